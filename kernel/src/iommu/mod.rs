@@ -1,0 +1,1 @@
+//! The IOMMU side: Arm SMMUv3 encodings, the software SMMU model, the driver and SVA binding.

@@ -1,0 +1,1 @@
+//! In-kernel tests: self-registering test cases grouped in suites, reported as KTAP version 1.

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Makes sure a QEMU that has both of our boards (virt with SMMUv3, raspi4b) is installed, and
+# that the Raspberry Pi 4 device tree is in the build folder. Idempotent; never waits forever.
+#
+#   qemu/install.sh qemu          QEMU >= 9.0 with the raspi4b machine
+#   qemu/install.sh dtb BUILD     BUILD/dtb/bcm2711-rpi-4-b.dtb from Debian's arm64 kernel package
+#   qemu/install.sh gdb           gdb-multiarch
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+is_debian() { [ -r /etc/debian_version ] && command -v apt-get >/dev/null; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+apt() { as_root env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=120 -q "$@"; }
+
+# `apt-get update` once per setup run (the stamp lives for the run, not across reboots).
+apt_updated=""
+apt_update() { [ -n "$apt_updated" ] || { say "apt-get update"; apt update >/dev/null; apt_updated=1; }; }
+
+qemu_ok() {
+    command -v qemu-system-aarch64 >/dev/null || return 1
+    local v; v=$(qemu-system-aarch64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p')
+    [ "${v:-0}" -ge 9 ] && qemu-system-aarch64 -machine help | grep -q '^raspi4b'
+}
+
+# The Debian mirror this machine already uses (first "URIs:" of a deb822 source or first
+# "deb" line), so that backports come from the same place as everything else.
+debian_mirror() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        uri=$(awk '/^URIs:/{u=$2} /^Suites:/ && / bookworm( |$)/{print u; exit}' "$f")
+        [ -n "$uri" ] && { echo "$uri"; return; }
+    done
+    awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null
+}
+
+install_qemu() {
+    qemu_ok && return 0
+    is_debian || die "install QEMU >= 9.0 with the raspi4b machine (qemu-system-aarch64)"
+    grep -q 'VERSION_CODENAME=bookworm' /etc/os-release || {
+        apt_update; apt install -y qemu-system-arm >/dev/null; qemu_ok && return 0
+        die "this Debian's qemu-system-arm lacks raspi4b: install QEMU >= 9.0"; }
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        local mirror; mirror=$(debian_mirror)
+        [ -n "$mirror" ] || die "no Debian mirror found in the apt sources to add bookworm-backports"
+        say "adding bookworm-backports from $mirror"
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$mirror" | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+        apt_updated=""
+    fi
+    apt_update
+    say "installing qemu-system-arm from bookworm-backports"
+    apt install -y -t bookworm-backports qemu-system-arm >/dev/null
+    qemu_ok || die "qemu-system-aarch64 is still older than 9.0 or has no raspi4b"
+}
+
+install_dtb() {
+    local build=$1 out="$1/dtb/bcm2711-rpi-4-b.dtb"
+    [ -s "$out" ] && return 0
+    is_debian || die "put the Raspberry Pi 4 device tree at $out (bcm2711-rpi-4-b.dtb from a Linux arm64 build)"
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        say "enabling the arm64 package lists (for the Pi 4 device tree only)"
+        as_root dpkg --add-architecture arm64
+        apt_updated=""
+    fi
+    apt_update
+    # The newest versioned kernel image that Debian's metapackage points at.
+    local pkg
+    pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    [ -n "$pkg" ] || die "could not find Debian's arm64 kernel package for the Pi 4 device tree"
+    pkg=${pkg%%:*}
+    local tmp; tmp=$(mktemp -d)
+    say "fetching $pkg:arm64 for bcm2711-rpi-4-b.dtb"
+    (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root "$pkg:arm64" >/dev/null)
+    dpkg-deb --fsys-tarfile "$tmp"/*.deb | tar -x -C "$tmp" --wildcards '*bcm2711-rpi-4-b.dtb'
+    mkdir -p "$build/dtb"
+    find "$tmp" -name bcm2711-rpi-4-b.dtb -exec cp {} "$out" \;
+    rm -rf "$tmp"
+    [ -s "$out" ] || die "the kernel package held no bcm2711-rpi-4-b.dtb"
+}
+
+install_gdb() {
+    command -v gdb-multiarch >/dev/null && return 0
+    is_debian || die "install gdb-multiarch (or a gdb that knows aarch64)"
+    apt_update; apt install -y gdb-multiarch >/dev/null
+}
+
+case "${1:-}" in
+    qemu) install_qemu ;;
+    dtb) install_dtb "${2:?build folder}" ;;
+    gdb) install_gdb ;;
+    *) die "usage: $0 qemu | dtb BUILD | gdb" ;;
+esac
