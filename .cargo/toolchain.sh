@@ -31,7 +31,8 @@ fi
 # 2. Debian 12: the web toolchain (Rust 1.96) with its std sources, building core/alloc ourselves.
 if [ -z "$kcargo" ]; then
     need=()
-    [ -x /usr/bin/rustc ] && /usr/bin/rustc -vV 2>/dev/null | grep -q '^release: 1\.\(9[0-9]\|[1-9][0-9][0-9]\)' || need+=(rustc-web)
+    release=$( { /usr/bin/rustc -vV 2>/dev/null || true; } | sed -n 's/^release: 1\.\([0-9]*\)\..*/\1/p')
+    [ "${release:-0}" -ge 90 ] || need+=(rustc-web)
     [ -x /usr/bin/cargo ] || need+=(cargo-web)
     [ -d /usr/lib/rustlib/src/rust/library/core ] || need+=(rust-web-src)
     command -v ld.lld-22 >/dev/null || need+=(lld-22)

@@ -36,4 +36,12 @@ pub mod sync;
 #[cfg(target_os = "none")]
 pub mod arch;
 #[cfg(target_os = "none")]
+pub mod console;
+#[cfg(target_os = "none")]
 pub mod drivers;
+#[cfg(target_os = "none")]
+mod job;
+#[cfg(target_os = "none")]
+pub mod kernel;
+#[cfg(target_os = "none")]
+mod tests;

@@ -1,0 +1,93 @@
+//! CPU identity, barriers and the small instructions everything else is built on.
+
+use core::arch::asm;
+
+use aarch64_cpu::registers::{Readable, MPIDR_EL1, TPIDR_EL1};
+
+/// This CPU's logical number (0 = the boot CPU), kept in TPIDR_EL1 by `boot/entry.S`.
+#[inline]
+pub fn cpu_id() -> usize {
+    TPIDR_EL1.get() as usize
+}
+
+/// MPIDR_EL1 affinity fields (Aff3..Aff0), the value device trees use in `/cpus/cpu@N/reg`.
+pub fn mpidr() -> u64 {
+    MPIDR_EL1.get() & 0xff_00ff_ffff
+}
+
+/// Waits for an event (SEV from another CPU, or any interrupt/event).
+#[inline]
+pub fn wfe() {
+    // SAFETY: WFE only pauses this CPU until an event; no memory or register effects.
+    unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Signals an event to every CPU (wakes their WFE).
+#[inline]
+pub fn sev() {
+    // SAFETY: SEV only sets the event register of all PEs.
+    unsafe { asm!("sev", options(nomem, nostack, preserves_flags)) };
+}
+
+/// `DSB ISH`: all earlier memory accesses complete for the inner shareable domain.
+#[inline]
+pub fn dsb_ish() {
+    // SAFETY: a barrier has no effect other than ordering.
+    unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+}
+
+/// `DSB ISHST`: earlier stores complete (e.g. page-table writes before a TLBI).
+#[inline]
+pub fn dsb_ishst() {
+    // SAFETY: a barrier has no effect other than ordering.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// `DSB SY`: full-system barrier (e.g. before device DMA observes memory).
+#[inline]
+pub fn dsb_sy() {
+    // SAFETY: a barrier has no effect other than ordering.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// `ISB`: the instruction stream sees all earlier context changes.
+#[inline]
+pub fn isb() {
+    // SAFETY: a barrier has no effect other than ordering.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Cleans the data cache lines covering `[addr, addr + len)` to the point of coherency, so
+/// that a CPU running with its MMU off (a secondary being started) sees what we wrote.
+pub fn clean_dcache_to_poc(addr: u64, len: usize) {
+    let line = dcache_line_size();
+    let mut p = addr & !(line - 1);
+    while p < addr + len as u64 {
+        // SAFETY: DC CVAC on a mapped address only writes back a cache line.
+        unsafe { asm!("dc cvac, {}", in(reg) p, options(nostack, preserves_flags)) };
+        p += line;
+    }
+    dsb_sy();
+}
+
+/// The smallest data cache line size (CTR_EL0.DminLine).
+pub fn dcache_line_size() -> u64 {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+    4 << ((ctr >> 16) & 0xf)
+}
+
+/// Masks IRQs/FIQs/SErrors/debug on this CPU (the kernel polls; nothing is interrupt driven).
+pub fn mask_interrupts() {
+    // SAFETY: only changes PSTATE.DAIF of this CPU.
+    unsafe { asm!("msr daifset, #0xf", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Stops this CPU for good.
+pub fn halt() -> ! {
+    mask_interrupts();
+    loop {
+        wfe();
+    }
+}

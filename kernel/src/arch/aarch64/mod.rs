@@ -1,0 +1,11 @@
+//! AArch64: boot glue, exceptions, system registers, barriers, TLB maintenance, PSCI and SMP.
+
+pub mod boot;
+pub mod cpu;
+pub mod exceptions;
+pub mod mmu;
+pub mod power;
+pub mod smp;
+pub mod timer;
+
+pub use cpu::cpu_id;

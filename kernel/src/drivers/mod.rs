@@ -1,0 +1,4 @@
+//! Device drivers. Each MMIO block is described with tock-registers `register_structs!`.
+
+pub mod bcm2711_gpio;
+pub mod pl011;

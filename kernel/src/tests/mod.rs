@@ -1,0 +1,7 @@
+//! In-kernel tests of the foundation: boot, device tree, memory, exceptions, SMP.
+//! (Tests of a subsystem live next to it; these cover what the kernel module sets up.)
+
+mod boot;
+mod exceptions;
+mod memory;
+mod smp;
