@@ -2,6 +2,7 @@
 //! (Tests of a subsystem live next to it; these cover what the kernel module sets up.)
 
 mod boot;
+mod devices;
 mod exceptions;
 mod memory;
 mod smp;
