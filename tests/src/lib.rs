@@ -3,5 +3,10 @@
 
 pub mod ktap;
 
+pub mod capture;
+pub mod junit;
 #[cfg(test)]
 mod ktap_fixtures;
+pub mod profile;
+pub mod qemu;
+pub mod report;
