@@ -25,8 +25,10 @@ pub fn render(name: &str, runs: &[RunInfo<'_>]) -> String {
     let mut suites = String::new();
     let mut total = Counts::default();
     let mut time = 0.0;
+    // With several boards in one file, suite names carry the board (`virt/boot`).
+    let qualify = runs.iter().any(|r| r.board != runs[0].board);
     for run in runs {
-        let (xml, counts) = run_suites(run);
+        let (xml, counts) = run_suites(run, qualify);
         suites.push_str(&xml);
         total.passed += counts.passed;
         total.failed += counts.failed;
@@ -50,13 +52,18 @@ pub fn render(name: &str, runs: &[RunInfo<'_>]) -> String {
 }
 
 /// Counts as JUnit sees them: `crashed` = errors, `skipped` includes expected failures.
-fn run_suites(run: &RunInfo<'_>) -> (String, Counts) {
+fn run_suites(run: &RunInfo<'_>, qualify: bool) -> (String, Counts) {
     let cap = run.capture;
     let doc = &cap.document;
     let suffix = run
         .repeat
         .map(|(k, _)| format!(" [run {k}]"))
         .unwrap_or_default();
+    let prefix = if qualify {
+        format!("{}/", run.board)
+    } else {
+        String::new()
+    };
     let mut xml = String::new();
     let mut total = Counts::default();
     let mut loose = Vec::new();
@@ -80,7 +87,8 @@ fn run_suites(run: &RunInfo<'_>) -> (String, Counts) {
         };
         let counts = suite(
             &mut xml,
-            &format!("{}{suffix}", test.name),
+            &format!("{prefix}{}{suffix}", test.name),
+            &test.name,
             run,
             &cases,
             suite_log,
@@ -89,7 +97,14 @@ fn run_suites(run: &RunInfo<'_>) -> (String, Counts) {
     }
     if !loose.is_empty() {
         let cases: Vec<_> = loose.iter().map(|t| (t.name.clone(), *t)).collect();
-        let counts = suite(&mut xml, &format!("(top level){suffix}"), run, &cases, None);
+        let counts = suite(
+            &mut xml,
+            &format!("{prefix}(top level){suffix}"),
+            "(top level)",
+            run,
+            &cases,
+            None,
+        );
         add(&mut total, counts);
     }
     // The run itself.
@@ -104,7 +119,8 @@ fn run_suites(run: &RunInfo<'_>) -> (String, Counts) {
     let classname = format!("{}.harness", run.board);
     let _ = writeln!(
         xml,
-        "  <testsuite name=\"harness{}\" tests=\"1\" failures=\"0\" errors=\"{}\" skipped=\"0\" time=\"{:.3}\">",
+        "  <testsuite name=\"{}harness{}\" tests=\"1\" failures=\"0\" errors=\"{}\" skipped=\"0\" time=\"{:.3}\">",
+        escape(&prefix),
         escape(&suffix),
         usize::from(!run_failures.is_empty()),
         cap.elapsed.as_secs_f64()
@@ -201,6 +217,7 @@ fn properties(xml: &mut String, run: &RunInfo<'_>) {
 fn suite(
     xml: &mut String,
     name: &str,
+    suite_name: &str,
     run: &RunInfo<'_>,
     cases: &[(String, &TestResult)],
     log: Option<String>,
@@ -208,8 +225,7 @@ fn suite(
     let mut counts = Counts::default();
     let mut body = String::new();
     let mut time = 0.0;
-    let suite_name = name.split(" [run ").next().unwrap_or(name);
-    let classname = format!("{}.{suite_name}", run.board);
+    let classname = format!("{}.{}", run.board, suite_name);
     for (case_name, t) in cases {
         let secs = t.duration.map(|d| d.as_secs_f64()).unwrap_or(0.0);
         time += secs;
@@ -482,5 +498,39 @@ mod tests {
             .find(|n| n.attribute("name") == Some("reached"))
             .unwrap();
         assert_eq!(case.attribute("classname"), Some("virt.boot"));
+    }
+
+    #[test]
+    fn several_boards_in_one_file_are_told_apart() {
+        let a = capture(&fixture("pass"), End::Exited(0));
+        let b = capture(&fixture("fail-not-ok"), End::Exited(1));
+        let xml = render(
+            "shootdown",
+            &[
+                RunInfo {
+                    board: "virt",
+                    repeat: None,
+                    capture: &a,
+                },
+                RunInfo {
+                    board: "raspi4b",
+                    repeat: None,
+                    capture: &b,
+                },
+            ],
+        );
+        let s = suites(&xml);
+        assert!(s.contains(&("virt/boot".into(), 0, 0, 0)), "{s:?}");
+        assert!(s.contains(&("raspi4b/mm".into(), 1, 0, 0)), "{s:?}");
+        assert!(s.contains(&("raspi4b/harness".into(), 0, 1, 0)), "{s:?}");
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let failure = doc
+            .descendants()
+            .find(|n| n.has_tag_name("failure"))
+            .unwrap();
+        assert_eq!(
+            failure.parent().unwrap().attribute("classname"),
+            Some("raspi4b.mm")
+        );
     }
 }

@@ -141,13 +141,31 @@ impl Qemu {
     /// Starts `cmd` in a new process group with stdout/stderr captured into `tx`.
     pub fn spawn(cmd: &[String], tx: Sender<Msg>) -> io::Result<Self> {
         let (program, args) = cmd.split_first().expect("a program");
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // If the harness itself is SIGKILLed, no handler of ours runs: PR_SET_PDEATHSIG has
+        // the kernel send SIGKILL to QEMU when we die.
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe system calls (prctl, getppid); it does not allocate.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The harness may have died before prctl took effect.
+                if libc::getppid() as u32 != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
         let group = i32::try_from(child.id()).expect("pid fits in pid_t");
         CHILD_GROUP.store(group, Ordering::SeqCst);
         let stop_readers = Arc::new(AtomicBool::new(false));
