@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::capture::{self, Capture, End, Limits, Sinks, Stream, Target};
 use crate::cli::{self, Command, ParseOptions, QemuOptions, SerialOptions};
 use crate::junit::{self, RunInfo};
-use crate::ktap::Parser;
+use crate::ktap::{Counts, Parser};
 use crate::profile::{self, Profile};
 use crate::qemu::{self, Console, Launch, Qemu};
 use crate::report::{self, Tally};
@@ -203,12 +203,29 @@ fn test(o: &QemuOptions) -> Result<i32, SetupError> {
                 caps.len()
             );
         }
+        let all = results.iter().flat_map(|(_, caps)| caps.iter());
+        let (counts, failures) = totals(all);
+        println!("{}", report::closing_line("total", &counts, failures));
     }
     Ok(if results.iter().all(|(_, caps)| passed(caps)) {
         PASS
     } else {
         FAIL
     })
+}
+
+/// Test counts and failure count summed over runs.
+fn totals<'a>(caps: impl IntoIterator<Item = &'a Capture>) -> (Counts, usize) {
+    let mut sum = Counts::default();
+    let mut failures = 0;
+    for cap in caps {
+        let c = cap.document.counts();
+        sum.passed += c.passed;
+        sum.skipped += c.skipped;
+        sum.xfail += c.xfail;
+        failures += cap.failures().len();
+    }
+    (sum, failures)
 }
 
 /// Runs one board `--repeat` times; prints its summary (and the pass counts when repeating).
@@ -259,10 +276,10 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
             if o.repeat > 1 {
                 println!("[harness] {board}: run {k}/{} FAILED", o.repeat);
             }
-            print!("{}", report::summary(board, &cap, o.verbose));
-            if !passed {
-                print!("{}", report::failure_context(&cap, Some(&log_path)));
-            }
+            print!(
+                "{}",
+                report::summary(board, &cap, o.verbose, Some(&log_path))
+            );
         } else {
             println!(
                 "[harness] {board}: run {k}/{}: passed ({} tests, {:.2} s)",
@@ -276,6 +293,8 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
     }
     if o.repeat > 1 {
         print!("{}", tally.render(board));
+        let (counts, failures) = totals(&captures);
+        println!("{}", report::closing_line(board, &counts, failures));
     }
     Ok(captures)
 }
@@ -433,10 +452,7 @@ fn finish_report(
     log_path: Option<&Path>,
     junit_path: Option<&Path>,
 ) -> Result<i32, SetupError> {
-    print!("{}", report::summary(name, cap, verbose));
-    if !cap.passed() {
-        print!("{}", report::failure_context(cap, log_path));
-    }
+    print!("{}", report::summary(name, cap, verbose, log_path));
     if let Some(path) = junit_path {
         let runs = [RunInfo {
             board: name,

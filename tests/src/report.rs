@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use crate::capture::Capture;
 use crate::ktap::{Counts, Outcome, TestResult};
@@ -12,8 +13,10 @@ const LOG_LINES: usize = 30;
 const MAX_LISTED: usize = 25;
 
 /// The per-board summary: one line per suite, failing tests with their logs, the totals line
-/// `Testing complete. Ran N tests: passed: X, failed: Y, skipped: Z` and the verdict.
-pub fn summary(board: &str, cap: &Capture, verbose: bool) -> String {
+/// `Testing complete. Ran N tests: passed: X, failed: Y, skipped: Z`; after a failure the
+/// console tail, the emulator's stderr and the log's path, then the failures, each naming its
+/// test. It ends with [`closing_line`].
+pub fn summary(board: &str, cap: &Capture, verbose: bool, log_path: Option<&Path>) -> String {
     let mut s = String::new();
     let doc = &cap.document;
     let _ = writeln!(s, "{:=^70}", format!(" {board} "));
@@ -33,9 +36,8 @@ pub fn summary(board: &str, cap: &Capture, verbose: bool) -> String {
         cap.elapsed.as_secs_f64()
     );
     let failures = cap.failures();
-    if failures.is_empty() {
-        let _ = writeln!(s, "PASSED on {board}");
-    } else {
+    if !failures.is_empty() {
+        s.push_str(&failure_context(cap, log_path));
         let _ = writeln!(s, "FAILED on {board}:");
         for f in failures.iter().take(MAX_LISTED) {
             let _ = writeln!(s, "  - {f}");
@@ -44,7 +46,19 @@ pub fn summary(board: &str, cap: &Capture, verbose: bool) -> String {
             let _ = writeln!(s, "  ... and {} more", failures.len() - MAX_LISTED);
         }
     }
+    let _ = writeln!(s, "{}", closing_line(board, &counts, failures.len()));
     s
+}
+
+/// `<label>: P passed, F failed, S skipped`: F counts the failures listed above it (failing
+/// tests, crashed tests and run-level failures such as a timeout), so that it is 0 exactly
+/// when the run passed. The format is the plain closing line CI log readers recognise.
+pub fn closing_line(label: &str, counts: &Counts, failures: usize) -> String {
+    format!(
+        "{label}: {} passed, {failures} failed, {} skipped",
+        counts.passed,
+        counts.skipped + counts.xfail
+    )
 }
 
 fn suite_lines(s: &mut String, suite: &TestResult, verbose: bool) {
@@ -121,9 +135,9 @@ fn duration(test: &TestResult) -> String {
     }
 }
 
-/// What to show after a failed run's summary: the last console lines, QEMU's stderr, and
-/// where the full log is.
-pub fn failure_context(cap: &Capture, log_path: Option<&std::path::Path>) -> String {
+/// What to show for a failed run: the last console lines, QEMU's stderr, and where the full
+/// log is.
+fn failure_context(cap: &Capture, log_path: Option<&Path>) -> String {
     let mut s = String::new();
     if !cap.tail.is_empty() {
         let _ = writeln!(s, "--- last {} console lines ---", cap.tail.len());
@@ -261,7 +275,12 @@ mod tests {
 
     #[test]
     fn passing_summary_has_suites_totals_and_verdict() {
-        let s = summary("virt", &capture(&fixture("pass"), End::Exited(0)), false);
+        let s = summary(
+            "virt",
+            &capture(&fixture("pass"), End::Exited(0)),
+            false,
+            None,
+        );
         assert!(s.contains("[PASSED] boot (3 tests)"), "{s}");
         assert!(s.contains("[PASSED] exceptions (1 test)"), "{s}");
         assert!(s.contains("seed=12345"), "{s}");
@@ -269,15 +288,21 @@ mod tests {
             s.contains("Testing complete. Ran 6 tests: passed: 6, failed: 0, skipped: 0 (board: virt, exited with status 0, 1.50 s)"),
             "{s}"
         );
-        assert!(s.ends_with("PASSED on virt\n"), "{s}");
+        assert!(
+            s.ends_with("\nvirt: 6 passed, 0 failed, 0 skipped\n"),
+            "{s}"
+        );
     }
 
     #[test]
     fn failing_summary_shows_the_test_and_its_log() {
+        let mut cap = capture(&fixture("fail-not-ok"), End::Exited(1));
+        cap.tail = vec!["not ok 2 mm".into()];
         let s = summary(
             "virt-smmu",
-            &capture(&fixture("fail-not-ok"), End::Exited(1)),
+            &cap,
             false,
+            Some(Path::new("build/logs/virt-smmu.log")),
         );
         assert!(
             s.contains("[FAILED] mm (3 tests): passed: 2, failed: 1, skipped: 0"),
@@ -287,8 +312,13 @@ mod tests {
             s.contains("    [FAILED] frames_alloc_free\n        # frames_alloc_free: expected 255"),
             "{s}"
         );
+        // The console tail and the log's path come before the failures, which end the summary.
         assert!(
-            s.contains("FAILED on virt-smmu:\n  - mm.frames_alloc_free: not ok [line 16]"),
+            s.contains(
+                "--- last 1 console lines ---\nnot ok 2 mm\n--- full console log: build/logs/virt-smmu.log ---\n\
+                 FAILED on virt-smmu:\n  - mm.frames_alloc_free: not ok [line 16]\n  - (kernel): the kernel reported exit status 1\n\
+                 virt-smmu: 3 passed, 2 failed, 0 skipped\n"
+            ),
             "{s}"
         );
         // The kernel's status came through QEMU: reported once, as the kernel's.
@@ -301,6 +331,7 @@ mod tests {
             "virt",
             &capture(&fixture("nested-skips"), End::Exited(0)),
             true,
+            None,
         );
         assert!(
             s.contains("[SKIPPED] smmu.ste_encoding # SKIP no SMMU on this board"),
@@ -316,7 +347,7 @@ mod tests {
             ),
             "{s}"
         );
-        assert!(s.contains("PASSED on virt"), "{s}");
+        assert!(s.ends_with("virt: 3 passed, 0 failed, 4 skipped\n"), "{s}");
     }
 
     #[test]

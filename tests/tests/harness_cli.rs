@@ -298,7 +298,11 @@ fn several_boards_run_in_turn_with_one_verdict() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("PASSED on virt\n") && text.contains("PASSED on virt-smmu\n"),
+        text.contains("\nvirt: 6 passed, 0 failed, 0 skipped\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\ntotal: 12 passed, 0 failed, 0 skipped\n"),
         "{text}"
     );
     assert!(
@@ -357,6 +361,10 @@ fn repeat_finds_a_flaky_test() {
     assert!(text.contains("[FLAKY] boot.reached: passed 2/4"), "{text}");
     assert!(text.contains("5 of 6 tests passed in all 4 runs"), "{text}");
     assert!(text.contains("virt: 2 of 4 runs passed"), "{text}");
+    assert!(
+        text.ends_with("\nvirt: 22 passed, 2 failed, 0 skipped\n"),
+        "{text}"
+    );
     assert!(dir.join("logs/virt.run4.log").exists());
     let xml = fs::read_to_string(&junit).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap();
