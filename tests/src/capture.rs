@@ -410,7 +410,8 @@ pub fn watch(
             }
         };
         if let Some((at, _)) = &exited {
-            consider(*at + limits.drain, Fired::Drained);
+            // The emulator is gone: only the drain is left to wait for.
+            deadline = (*at + limits.drain, Fired::Drained);
         } else if let Some(at) = w.finished_at {
             consider(at + limits.exit_grace, Fired::Grace);
         } else if let Some(limit) = limits.no_progress {

@@ -945,7 +945,10 @@ impl Parser {
         result.name = String::new();
         self.attach_subtests(&mut result, child, at, ended);
         result.outcome = Outcome::Crashed;
-        result.note = Some(format!("no result line for test {number}; {ended} first"));
+        result.note = Some(format!(
+            "`{}` printed no result line of its own; {ended} first",
+            result.name
+        ));
         self.add_result(result, at);
     }
 

@@ -100,7 +100,7 @@ fn a_suite_result_before_its_plan_is_done_is_a_crash() {
 #[test]
 fn a_missing_suite_result_line_is_a_crash_of_that_suite() {
     let doc = fixture("missing-suite-result");
-    assert_fails_with(&doc, "boot", "no result line for test 1");
+    assert_fails_with(&doc, "boot", "`boot` printed no result line of its own; the next test at its parent's level started first");
     assert_eq!(doc.tests[0].subtests[0].outcome, Outcome::Passed);
     assert_eq!(doc.tests[1].name, "mm");
     assert_eq!(doc.tests[1].outcome, Outcome::Passed);

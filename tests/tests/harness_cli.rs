@@ -235,6 +235,36 @@ fn a_timeout_kills_the_emulator_and_its_children_quickly() {
 }
 
 #[test]
+fn an_exited_emulator_whose_child_holds_the_console_does_not_hang_the_harness() {
+    let dir = scratch("orphan");
+    let pid_file = dir.join("sleep.pid");
+    let started = Instant::now();
+    let out = fake_test(
+        &dir,
+        &[],
+        &[
+            ("FAKE_TRANSCRIPT", path_str(&fixture("pass.ktap"))),
+            ("FAKE_ORPHAN", path_str(&pid_file)),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !dead(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        dead(pid),
+        "the emulator's leftover child {pid} was not cleaned up"
+    );
+}
+
+#[test]
 fn sigterm_to_the_harness_kills_the_emulator_group() {
     let dir = scratch("sigterm");
     let kernel = dir.join("shootdown.img");
