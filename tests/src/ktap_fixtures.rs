@@ -246,3 +246,76 @@ fn a_missing_top_level_plan_is_an_error() {
     assert_fails_with(&doc, "(KTAP line 5)", "top-level plan (1..N) is missing");
     assert_eq!(doc.counts().passed, 1);
 }
+
+#[test]
+fn format_errors_that_could_hide_results_are_reported() {
+    // Subtest results with no version line opening their block.
+    let doc = parse("KTAP version 1\n1..1\n  ok 1 a\nok 1 s\n");
+    assert_fails_with(&doc, "(KTAP line 3)", "without a `KTAP version` line");
+    // Two plans for one block.
+    let doc = parse("KTAP version 1\n1..1\n1..2\n  KTAP version 1\n  1..1\n  ok 1 a\nok 1 s\n");
+    assert_fails_with(&doc, "(KTAP line 3)", "a second plan");
+    // An unknown KTAP version.
+    let doc = parse("KTAP version 2\n1..1\n  KTAP version 1\n  1..1\n  ok 1 a\nok 1 s\n");
+    assert_fails_with(
+        &doc,
+        "(KTAP line 1)",
+        "unsupported version `KTAP version 2`",
+    );
+    // A result line naming a different suite than its header.
+    let doc = parse(
+        "KTAP version 1\n1..1\n  KTAP version 1\n  # Subtest: mm\n  1..1\n  ok 1 a\nok 1 iommu\n",
+    );
+    assert_fails_with(
+        &doc,
+        "(KTAP line 7)",
+        "header says `mm` but its result line says `iommu`",
+    );
+    // Indentation matching no open block.
+    let doc = parse("KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    ok 1 a\n  ok 1 s\n");
+    assert_fails_with(
+        &doc,
+        "(KTAP line 6)",
+        "indented 2 spaces, matching no open test",
+    );
+}
+
+#[test]
+fn older_kunit_and_tap14_layouts_parse() {
+    // `# Subtest:` before the nested version line, TAP version 14, `ok N - name`.
+    let doc = parse(
+        "TAP version 14\n1..1\n    # Subtest: example\n    KTAP version 1\n    1..2\n    ok 1 - a\n    ok 2 - b # SKIP off\nok 1 - example\n",
+    );
+    assert!(doc.passed(), "{:#?}", failures(&doc));
+    assert_eq!(doc.tests[0].name, "example");
+    assert_eq!(doc.counts().skipped, 1);
+    // A suite result without a description takes its name from the header.
+    let doc =
+        parse("KTAP version 1\n1..1\n  KTAP version 1\n  # Subtest: mm\n  1..1\n  ok 1 a\nok 1\n");
+    assert!(doc.passed(), "{:#?}", failures(&doc));
+    assert_eq!(doc.tests[0].name, "mm");
+}
+
+#[test]
+fn a_crash_two_levels_deep_closes_every_open_block() {
+    let doc = parse(
+        "KTAP version 1\n1..2\n  KTAP version 1\n  # Subtest: iommu\n  1..2\n    KTAP version 1\n    # Subtest: smmu\n    1..2\n    ok 1 cmdq\n",
+    );
+    assert!(!doc.complete);
+    assert_fails_with(
+        &doc,
+        "iommu.smmu.#2",
+        "test 2 of 2 never reported (last reported: `cmdq`)",
+    );
+    assert_fails_with(
+        &doc,
+        "iommu.#2",
+        "test 2 of 2 never reported (last reported: `smmu`)",
+    );
+    assert_fails_with(&doc, "#2", "suite 2 of 2 never reported");
+    assert_eq!(doc.tests[0].subtests[0].outcome, Outcome::Crashed);
+    // The crashed parents are not listed again: their missing children are.
+    assert!(!failures(&doc)
+        .iter()
+        .any(|f| f.starts_with("iommu:") || f.starts_with("iommu.smmu:")));
+}
