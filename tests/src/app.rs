@@ -1,0 +1,522 @@
+//! The `harness` commands.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::capture::{self, Capture, End, Limits, Sinks, Stream, Target};
+use crate::cli::{self, Command, ParseOptions, QemuOptions, SerialOptions};
+use crate::junit::{self, RunInfo};
+use crate::ktap::{Counts, Parser};
+use crate::profile::{self, Profile};
+use crate::qemu::{self, Console, Launch, Qemu};
+use crate::report::{self, Tally};
+use crate::serial;
+
+/// Exit status: everything passed.
+pub const PASS: i32 = 0;
+/// Exit status: a test or the run failed.
+pub const FAIL: i32 = 1;
+/// Exit status: bad usage or setup (missing kernel, profile, emulator...).
+pub const SETUP: i32 = 2;
+
+/// A setup problem, reported as one line and exit status 2.
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for SetupError {
+    fn from(e: E) -> Self {
+        SetupError(e.to_string())
+    }
+}
+
+fn setup<T>(message: impl Into<String>) -> Result<T, SetupError> {
+    Err(SetupError(message.into()))
+}
+
+/// Runs the command line (without the program name); returns the exit status.
+pub fn main(args: Vec<String>) -> i32 {
+    let command = match cli::parse(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("harness: {e}\n\n{}", cli::USAGE);
+            return SETUP;
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            Ok(PASS)
+        }
+        Command::Test(o) => test(&o),
+        Command::Run(o) => run(&o),
+        Command::Serial(o) => serial(&o),
+        Command::Parse(o) => parse(&o),
+        Command::Boards { profiles } => boards(profiles.as_deref()),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("harness: {e}");
+        SETUP
+    })
+}
+
+/// The nearest `qemu/` directory with profiles, from the current directory upwards.
+fn find_profiles() -> Result<PathBuf, SetupError> {
+    let cwd = std::env::current_dir()?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join("qemu");
+        if profile::list(&candidate).is_ok_and(|names| !names.is_empty()) {
+            return Ok(candidate);
+        }
+    }
+    setup(format!(
+        "no qemu/ directory with board profiles in {} or above: run from the repository or pass --profiles DIR",
+        cwd.display()
+    ))
+}
+
+/// Everything needed to start QEMU for one board.
+struct Prepared {
+    profile: Profile,
+    root: PathBuf,
+    command: Vec<String>,
+}
+
+fn prepare(o: &QemuOptions, board: &str, console: Console) -> Result<Prepared, SetupError> {
+    let profiles = match &o.profiles {
+        Some(dir) => dir.clone(),
+        None => find_profiles()?,
+    };
+    // Paths in profiles (the DTB) and the build outputs are relative to the repository root.
+    let root = fs::canonicalize(&profiles)
+        .map_err(|e| SetupError(format!("{}: {e}", profiles.display())))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let profile = Profile::load(&profiles, board)?;
+    let kernel = o
+        .kernel
+        .clone()
+        .unwrap_or_else(|| root.join("build/shootdown.img"));
+    if !kernel.is_file() {
+        return setup(format!(
+            "kernel image {} not found: build it with `make image`",
+            kernel.display()
+        ));
+    }
+    if let Some(dtb) = profile.dtb_path(&root) {
+        if !dtb.is_file() {
+            return setup(format!(
+                "device tree {} for board `{}` not found: fetch it with `qemu/install.sh dtb build`",
+                dtb.display(),
+                profile.name
+            ));
+        }
+    }
+    let launch = Launch {
+        qemu: o
+            .qemu
+            .clone()
+            .or_else(|| std::env::var("QEMU").ok().filter(|q| !q.is_empty()))
+            .unwrap_or_else(|| "qemu-system-aarch64".into()),
+        kernel,
+        bootargs: qemu::join_bootargs(&profile.bootargs, o.bootargs.as_deref()),
+        gdb: o.gdb,
+        console,
+        extra: o.extra.clone(),
+    };
+    let command = qemu::command_line(&profile, &root, &launch);
+    Ok(Prepared {
+        profile,
+        root,
+        command,
+    })
+}
+
+fn spawn_error(program: &str, e: io::Error) -> SetupError {
+    if e.kind() == io::ErrorKind::NotFound {
+        SetupError(format!(
+            "cannot start `{program}`: not found (install QEMU >= 9.0: `qemu/install.sh qemu`)"
+        ))
+    } else {
+        SetupError(format!("cannot start `{program}`: {e}"))
+    }
+}
+
+/// `harness test`: each board of `--board a,b,c` in turn.
+fn test(o: &QemuOptions) -> Result<i32, SetupError> {
+    let boards: Vec<&str> = o
+        .board
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    // Check every board's setup before booting any.
+    let prepared = boards
+        .iter()
+        .map(|b| prepare(o, b, Console::Captured))
+        .collect::<Result<Vec<_>, _>>()?;
+    if o.dry_run {
+        for p in &prepared {
+            println!("{}", qemu::shell_quote(&p.command));
+        }
+        return Ok(PASS);
+    }
+    qemu::kill_child_on_signals();
+    let mut results = Vec::new();
+    for p in &prepared {
+        results.push((p.profile.name.as_str(), test_board(o, p)?));
+    }
+    if let Some(path) = &o.junit {
+        let runs: Vec<_> = results
+            .iter()
+            .flat_map(|(board, caps)| {
+                caps.iter().enumerate().map(|(i, capture)| RunInfo {
+                    board,
+                    repeat: (o.repeat > 1).then_some((i + 1, o.repeat)),
+                    capture,
+                })
+            })
+            .collect();
+        write_junit(path, &format!("shootdown {}", boards.join(",")), &runs)?;
+    }
+    let passed = |caps: &[Capture]| caps.iter().all(Capture::passed);
+    if results.len() > 1 {
+        println!("{:=^70}", " all boards ");
+        for (board, caps) in &results {
+            let tests: usize = caps.iter().map(|c| c.document.counts().total()).sum();
+            let verdict = if passed(caps) { "PASSED" } else { "FAILED" };
+            println!(
+                "{board:<12} {verdict} ({tests} tests in {} runs)",
+                caps.len()
+            );
+        }
+        let all = results.iter().flat_map(|(_, caps)| caps.iter());
+        let (counts, failures) = totals(all);
+        println!("{}", report::closing_line("total", &counts, failures));
+    }
+    Ok(if results.iter().all(|(_, caps)| passed(caps)) {
+        PASS
+    } else {
+        FAIL
+    })
+}
+
+/// Test counts and failure count summed over runs.
+fn totals<'a>(caps: impl IntoIterator<Item = &'a Capture>) -> (Counts, usize) {
+    let mut sum = Counts::default();
+    let mut failures = 0;
+    for cap in caps {
+        let c = cap.document.counts();
+        sum.passed += c.passed;
+        sum.skipped += c.skipped;
+        sum.xfail += c.xfail;
+        failures += cap.failures().len();
+    }
+    (sum, failures)
+}
+
+/// Runs one board `--repeat` times; prints its summary (and the pass counts when repeating).
+fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError> {
+    let board = &p.profile.name;
+    let mut limits = Limits::new(o.timeout.unwrap_or(p.profile.timeout));
+    limits.no_progress = o.test_timeout.unwrap_or(p.profile.test_timeout);
+    let log_dir = o
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| p.root.join("build/logs"));
+    fs::create_dir_all(&log_dir).map_err(|e| SetupError(format!("{}: {e}", log_dir.display())))?;
+    println!("[harness] {board}: {}", qemu::shell_quote(&p.command));
+    let mut captures = Vec::new();
+    let mut tally = Tally::default();
+    for k in 1..=o.repeat {
+        let stem = if o.repeat == 1 {
+            board.clone()
+        } else {
+            format!("{board}.run{k}")
+        };
+        let log_path = log_dir.join(format!("{stem}.log"));
+        let mut log = BufWriter::new(
+            File::create(&log_path)
+                .map_err(|e| SetupError(format!("{}: {e}", log_path.display())))?,
+        );
+        let (tx, rx) = channel();
+        let mut target = Qemu::spawn(&p.command, tx).map_err(|e| spawn_error(&p.command[0], e))?;
+        let cap = capture::watch(
+            rx,
+            &mut target,
+            limits,
+            Sinks {
+                log: Some(&mut log),
+                echo: o.verbose,
+            },
+        );
+        drop(target);
+        drop(log);
+        let stderr_path = log_dir.join(format!("{stem}.stderr.log"));
+        if cap.stderr.is_empty() {
+            let _ = fs::remove_file(&stderr_path);
+        } else {
+            let _ = fs::write(&stderr_path, cap.stderr.join("\n") + "\n");
+        }
+        let passed = cap.passed();
+        if o.repeat == 1 || !passed {
+            if o.repeat > 1 {
+                println!("[harness] {board}: run {k}/{} FAILED", o.repeat);
+            }
+            print!(
+                "{}",
+                report::summary(board, &cap, o.verbose, Some(&log_path))
+            );
+        } else {
+            println!(
+                "[harness] {board}: run {k}/{}: passed ({} tests, {:.2} s)",
+                o.repeat,
+                cap.document.counts().total(),
+                cap.elapsed.as_secs_f64()
+            );
+        }
+        tally.add(&cap);
+        captures.push(cap);
+    }
+    if o.repeat > 1 {
+        print!("{}", tally.render(board));
+        let (counts, failures) = totals(&captures);
+        println!("{}", report::closing_line(board, &counts, failures));
+    }
+    Ok(captures)
+}
+
+fn write_junit(path: &Path, name: &str, runs: &[RunInfo<'_>]) -> Result<(), SetupError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| SetupError(format!("{}: {e}", dir.display())))?;
+    }
+    fs::write(path, junit::render(name, runs))
+        .map_err(|e| SetupError(format!("{}: {e}", path.display())))
+}
+
+/// `harness run`: QEMU takes over the terminal (exec), so its exit status is ours.
+fn run(o: &QemuOptions) -> Result<i32, SetupError> {
+    let on_terminal = qemu::stdin_is_terminal();
+    let console = if on_terminal {
+        Console::Terminal
+    } else {
+        Console::Captured
+    };
+    if o.board.contains(',') {
+        return setup("`harness run` boots one board");
+    }
+    let p = prepare(o, &o.board, console)?;
+    let quoted = qemu::shell_quote(&p.command);
+    if o.dry_run {
+        println!("{quoted}");
+        return Ok(PASS);
+    }
+    eprintln!("[harness] {}: {quoted}", p.profile.name);
+    if on_terminal {
+        eprintln!("[harness] Ctrl-A x quits QEMU, Ctrl-A c toggles its monitor");
+    }
+    if o.gdb {
+        let elf = o
+            .kernel
+            .as_ref()
+            .map(|k| k.with_extension("elf"))
+            .unwrap_or_else(|| p.root.join("build/shootdown.elf"));
+        eprintln!("[harness] QEMU is waiting for gdb on localhost:1234; in another terminal:");
+        eprintln!(
+            "[harness]   gdb-multiarch {} -ex 'target remote :1234'",
+            elf.display()
+        );
+    }
+    let e = qemu::exec(&p.command, !on_terminal);
+    Err(spawn_error(&p.command[0], e))
+}
+
+/// A serial port as a watch target: stopping means no longer reading.
+struct Port {
+    stop: Arc<AtomicBool>,
+}
+
+impl Target for Port {
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn ends_with_document(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How long `--reset-cmd` may take.
+const RESET_LIMIT: Duration = Duration::from_secs(60);
+
+fn run_reset(cmd: &str) -> Result<(), SetupError> {
+    let mut child = Process::new("sh")
+        .args(["-c", cmd])
+        .spawn()
+        .map_err(|e| SetupError(format!("--reset-cmd: {e}")))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return if status.success() {
+                Ok(())
+            } else {
+                setup(format!("--reset-cmd `{cmd}` failed ({status})"))
+            };
+        }
+        if started.elapsed() > RESET_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return setup(format!(
+                "--reset-cmd `{cmd}` took longer than {} s",
+                RESET_LIMIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `harness serial`.
+fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
+    let port = serial::open(&o.port, o.baud)
+        .map_err(|e| SetupError(format!("{}: {e}", o.port.display())))?;
+    let log_path = o
+        .log
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("build/logs/{}.log", o.name)));
+    if let Some(dir) = log_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| SetupError(format!("{}: {e}", dir.display())))?;
+    }
+    let mut log = BufWriter::new(
+        File::create(&log_path).map_err(|e| SetupError(format!("{}: {e}", log_path.display())))?,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = channel();
+    capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
+    if let Some(cmd) = &o.reset_cmd {
+        run_reset(cmd)?;
+    }
+    println!(
+        "[harness] {}: reading KTAP from {} at {} baud (timeout {} s)",
+        o.name,
+        o.port.display(),
+        o.baud,
+        o.timeout.as_secs_f64()
+    );
+    let mut limits = Limits::new(o.timeout);
+    limits.no_progress = o.test_timeout;
+    // Wait this long for `# shootdown: exit` after the last result.
+    limits.exit_grace = Duration::from_secs(2);
+    let mut target = Port { stop };
+    let cap = capture::watch(
+        rx,
+        &mut target,
+        limits,
+        Sinks {
+            log: Some(&mut log),
+            echo: o.verbose,
+        },
+    );
+    drop(log);
+    finish_report(
+        &o.name,
+        &cap,
+        o.verbose,
+        Some(&log_path),
+        o.junit.as_deref(),
+    )
+}
+
+fn finish_report(
+    name: &str,
+    cap: &Capture,
+    verbose: bool,
+    log_path: Option<&Path>,
+    junit_path: Option<&Path>,
+) -> Result<i32, SetupError> {
+    print!("{}", report::summary(name, cap, verbose, log_path));
+    if let Some(path) = junit_path {
+        let runs = [RunInfo {
+            board: name,
+            repeat: None,
+            capture: cap,
+        }];
+        write_junit(path, &format!("shootdown {name}"), &runs)?;
+    }
+    Ok(if cap.passed() { PASS } else { FAIL })
+}
+
+/// `harness parse`.
+fn parse(o: &ParseOptions) -> Result<i32, SetupError> {
+    let started = Instant::now();
+    let input: Box<dyn BufRead> = match &o.input {
+        Some(path) if path.as_os_str() != "-" => Box::new(io::BufReader::new(
+            File::open(path).map_err(|e| SetupError(format!("{}: {e}", path.display())))?,
+        )),
+        _ => Box::new(io::stdin().lock()),
+    };
+    let mut parser = Parser::new();
+    let mut tail = Vec::new();
+    for line in input.split(b'\n') {
+        let line = String::from_utf8_lossy(&line?)
+            .trim_end_matches('\r')
+            .to_string();
+        parser.push(&line, None);
+        if tail.len() == 40 {
+            tail.remove(0);
+        }
+        tail.push(line);
+    }
+    let cap = Capture {
+        document: parser.finish(),
+        end: End::Finished,
+        elapsed: started.elapsed(),
+        tail,
+        stderr: Vec::new(),
+    };
+    finish_report(
+        &o.name,
+        &cap,
+        o.verbose,
+        o.input.as_deref(),
+        o.junit.as_deref(),
+    )
+}
+
+/// `harness boards`.
+fn boards(profiles: Option<&Path>) -> Result<i32, SetupError> {
+    let dir = match profiles {
+        Some(d) => d.to_path_buf(),
+        None => find_profiles()?,
+    };
+    for name in profile::list(&dir)? {
+        match Profile::load(&dir, &name) {
+            Ok(p) => println!("{name:<12} {}", p.description),
+            Err(e) => println!("{name:<12} (broken: {e})"),
+        }
+    }
+    Ok(PASS)
+}
+
+/// Flushes stdout (the summary) before the process exits.
+pub fn flush() {
+    let _ = io::stdout().flush();
+}

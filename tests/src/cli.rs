@@ -1,0 +1,385 @@
+//! Command-line parsing (by hand: the harness is built on every CI run, so no clap).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage:
+  harness test   --board NAME [--bootargs ARGS] [--timeout SECS] [--test-timeout SECS]
+                 [--kernel PATH] [--junit PATH] [--repeat N] [--qemu PATH] [--profiles DIR]
+                 [--log-dir DIR] [--verbose] [--dry-run] [-- QEMU_ARGS...]
+      Boot the kernel under QEMU with board profile NAME (qemu/NAME.toml), parse its KTAP,
+      print a summary, write the console log to build/logs/NAME.log; exit 1 on any failure.
+  harness run    --board NAME [--bootargs ARGS] [--kernel PATH] [--gdb] [--qemu PATH]
+                 [--profiles DIR] [--dry-run] [-- QEMU_ARGS...]
+      Boot it interactively (console on the terminal; Ctrl-A x quits QEMU). Exits with
+      QEMU's status. --gdb: QEMU waits for gdb on :1234.
+  harness serial --port DEV [--baud N] [--timeout SECS] [--test-timeout SECS] [--junit PATH]
+                 [--log PATH] [--name NAME] [--reset-cmd CMD] [--verbose]
+      Read KTAP from a real board's serial port instead of QEMU.
+  harness parse  [FILE|-] [--junit PATH] [--name NAME] [--verbose]
+      Parse a saved console log (or stdin), like `kunit.py parse`.
+  harness boards [--profiles DIR]
+      List the board profiles.
+
+  --bootargs     appended to the profile's default kernel command line (`ktest=GLOB,...`,
+                 `seed=N`, ...)
+  --timeout      whole-run limit (default: the profile's `timeout`; serial: 300)
+  --test-timeout longest time without a new KTAP result line; 0 = off (default: the profile's
+                 `test_timeout`; serial: 60)
+  --kernel       default build/shootdown.img
+  --repeat N     run N times and print pass counts per test (finds flaky tests)
+  --qemu         the emulator program (default $QEMU, else qemu-system-aarch64)
+  --profiles     board profile directory (default: the nearest qemu/ above the current one)
+  --verbose      echo the console live and list every test in the summary
+  --dry-run      print the QEMU command line and exit
+  --reset-cmd    shell command run after the port is open, to power-cycle or reset the board
+  QEMU_ARGS      appended after the profile's arguments: they override -m, -smp, -cpu
+
+exit status: 0 all tests passed, 1 a test or the run failed, 2 bad usage or setup";
+
+/// `harness test` / `harness run` options.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QemuOptions {
+    pub board: String,
+    pub bootargs: Option<String>,
+    pub kernel: Option<PathBuf>,
+    pub qemu: Option<String>,
+    pub profiles: Option<PathBuf>,
+    pub extra: Vec<String>,
+    pub dry_run: bool,
+    // test only
+    pub timeout: Option<Duration>,
+    /// `Some(None)` = switched off with 0.
+    pub test_timeout: Option<Option<Duration>>,
+    pub junit: Option<PathBuf>,
+    pub repeat: usize,
+    pub log_dir: Option<PathBuf>,
+    pub verbose: bool,
+    // run only
+    pub gdb: bool,
+}
+
+/// `harness serial` options.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SerialOptions {
+    pub port: PathBuf,
+    pub baud: u32,
+    pub timeout: Duration,
+    pub test_timeout: Option<Duration>,
+    pub junit: Option<PathBuf>,
+    pub log: Option<PathBuf>,
+    pub name: String,
+    pub reset_cmd: Option<String>,
+    pub verbose: bool,
+}
+
+/// `harness parse` options.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParseOptions {
+    /// `None` or `-` = stdin.
+    pub input: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+    pub name: String,
+    pub verbose: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Test(QemuOptions),
+    Run(QemuOptions),
+    Serial(SerialOptions),
+    Parse(ParseOptions),
+    Boards { profiles: Option<PathBuf> },
+    Help,
+}
+
+/// Walks `--flag value` / `--flag=value` arguments.
+struct Args {
+    items: std::vec::IntoIter<String>,
+    /// A value given inline as `--flag=value`.
+    inline: Option<String>,
+    /// Everything after `--`.
+    rest: Vec<String>,
+}
+
+impl Args {
+    /// The next flag (or positional), or `None` at the end / at `--`.
+    fn next_flag(&mut self) -> Result<Option<String>, String> {
+        if let Some(v) = self.inline.take() {
+            return Err(format!("unexpected value `{v}`"));
+        }
+        let Some(arg) = self.items.next() else {
+            return Ok(None);
+        };
+        if arg == "--" {
+            self.rest = self.items.by_ref().collect();
+            return Ok(None);
+        }
+        if let Some((flag, value)) = arg.split_once('=').filter(|(f, _)| f.starts_with("--")) {
+            self.inline = Some(value.to_string());
+            return Ok(Some(flag.to_string()));
+        }
+        Ok(Some(arg))
+    }
+
+    fn value(&mut self, flag: &str) -> Result<String, String> {
+        if let Some(v) = self.inline.take() {
+            return Ok(v);
+        }
+        self.items
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))
+    }
+
+    fn seconds(&mut self, flag: &str) -> Result<Duration, String> {
+        let v = self.value(flag)?;
+        v.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("{flag}: `{v}` is not a number of seconds"))
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, flag: &str) -> Result<T, String> {
+        let v = self.value(flag)?;
+        v.parse()
+            .map_err(|_| format!("{flag}: `{v}` is not a valid number"))
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: Vec<String>) -> Result<Command, String> {
+    let mut it = args.into_iter();
+    let Some(sub) = it.next() else {
+        return Ok(Command::Help);
+    };
+    let mut a = Args {
+        items: it,
+        inline: None,
+        rest: Vec::new(),
+    };
+    match sub.as_str() {
+        "test" | "run" => parse_qemu(&sub, &mut a),
+        "serial" => parse_serial(&mut a),
+        "parse" => parse_parse(&mut a),
+        "boards" => {
+            let mut profiles = None;
+            while let Some(flag) = a.next_flag()? {
+                match flag.as_str() {
+                    "--profiles" => profiles = Some(a.value(&flag)?.into()),
+                    _ => return Err(unknown(&flag, "boards")),
+                }
+            }
+            Ok(Command::Boards { profiles })
+        }
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        other => Err(format!(
+            "unknown command `{other}` (test, run, serial, parse, boards)"
+        )),
+    }
+}
+
+fn unknown(flag: &str, sub: &str) -> String {
+    format!("unknown option `{flag}` for `harness {sub}`")
+}
+
+fn parse_qemu(sub: &str, a: &mut Args) -> Result<Command, String> {
+    let test = sub == "test";
+    let mut o = QemuOptions {
+        repeat: 1,
+        ..Default::default()
+    };
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--board" => o.board = a.value(&flag)?,
+            "--bootargs" => o.bootargs = Some(a.value(&flag)?),
+            "--kernel" => o.kernel = Some(a.value(&flag)?.into()),
+            "--qemu" => o.qemu = Some(a.value(&flag)?),
+            "--profiles" => o.profiles = Some(a.value(&flag)?.into()),
+            "--dry-run" => o.dry_run = true,
+            "--timeout" if test => {
+                let t = a.seconds(&flag)?;
+                if t.is_zero() {
+                    return Err("--timeout must be more than 0".into());
+                }
+                o.timeout = Some(t);
+            }
+            "--test-timeout" if test => {
+                let t = a.seconds(&flag)?;
+                o.test_timeout = Some(Some(t).filter(|t| !t.is_zero()));
+            }
+            "--junit" if test => o.junit = Some(a.value(&flag)?.into()),
+            "--repeat" if test => {
+                o.repeat = a.number(&flag)?;
+                if o.repeat == 0 {
+                    return Err("--repeat must be at least 1".into());
+                }
+            }
+            "--log-dir" if test => o.log_dir = Some(a.value(&flag)?.into()),
+            "--verbose" | "-v" if test => o.verbose = true,
+            "--gdb" if !test => o.gdb = true,
+            _ => return Err(unknown(&flag, sub)),
+        }
+    }
+    if o.board.is_empty() {
+        return Err(format!(
+            "`harness {sub}` needs --board NAME (see `harness boards`)"
+        ));
+    }
+    o.extra = std::mem::take(&mut a.rest);
+    Ok(if test {
+        Command::Test(o)
+    } else {
+        Command::Run(o)
+    })
+}
+
+fn parse_serial(a: &mut Args) -> Result<Command, String> {
+    let mut o = SerialOptions {
+        baud: 115200,
+        timeout: Duration::from_secs(300),
+        test_timeout: Some(Duration::from_secs(60)),
+        name: "serial".into(),
+        ..Default::default()
+    };
+    let mut port = None;
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--port" => port = Some(PathBuf::from(a.value(&flag)?)),
+            "--baud" => o.baud = a.number(&flag)?,
+            "--timeout" => {
+                o.timeout = a.seconds(&flag)?;
+                if o.timeout.is_zero() {
+                    return Err("--timeout must be more than 0".into());
+                }
+            }
+            "--test-timeout" => o.test_timeout = Some(a.seconds(&flag)?).filter(|t| !t.is_zero()),
+            "--junit" => o.junit = Some(a.value(&flag)?.into()),
+            "--log" => o.log = Some(a.value(&flag)?.into()),
+            "--name" => o.name = a.value(&flag)?,
+            "--reset-cmd" => o.reset_cmd = Some(a.value(&flag)?),
+            "--verbose" | "-v" => o.verbose = true,
+            _ => return Err(unknown(&flag, "serial")),
+        }
+    }
+    if !a.rest.is_empty() {
+        return Err("`harness serial` takes no arguments after --".into());
+    }
+    o.port = port.ok_or("`harness serial` needs --port DEV (e.g. /dev/ttyUSB0)")?;
+    Ok(Command::Serial(o))
+}
+
+fn parse_parse(a: &mut Args) -> Result<Command, String> {
+    let mut o = ParseOptions::default();
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--junit" => o.junit = Some(a.value(&flag)?.into()),
+            "--name" => o.name = a.value(&flag)?,
+            "--verbose" | "-v" => o.verbose = true,
+            f if !f.starts_with("--") && o.input.is_none() => o.input = Some(f.into()),
+            _ => return Err(unknown(&flag, "parse")),
+        }
+    }
+    if o.name.is_empty() {
+        // Label the summary with the log's name: `build/logs/virt.log` -> `virt`.
+        o.name = o
+            .input
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .filter(|s| *s != "-")
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "stdin".into());
+    }
+    Ok(Command::Parse(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn test_command_with_everything() {
+        let cmd = parse(args(&[
+            "test",
+            "--board",
+            "virt-smmu",
+            "--bootargs=ktest=mm.*,boot.reached seed=3",
+            "--timeout",
+            "30",
+            "--test-timeout",
+            "0",
+            "--junit",
+            "build/junit/virt.xml",
+            "--repeat",
+            "5",
+            "--",
+            "-m",
+            "3G",
+            "--weird",
+        ]))
+        .unwrap();
+        let Command::Test(o) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(o.board, "virt-smmu");
+        assert_eq!(
+            o.bootargs.as_deref(),
+            Some("ktest=mm.*,boot.reached seed=3")
+        );
+        assert_eq!(o.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(o.test_timeout, Some(None));
+        assert_eq!(o.repeat, 5);
+        assert_eq!(o.extra, ["-m", "3G", "--weird"]);
+    }
+
+    #[test]
+    fn run_takes_gdb_but_not_test_options() {
+        let Command::Run(o) = parse(args(&["run", "--board", "virt", "--gdb"])).unwrap() else {
+            panic!()
+        };
+        assert!(o.gdb);
+        assert!(parse(args(&["run", "--board", "virt", "--junit", "x"]))
+            .unwrap_err()
+            .contains("unknown option `--junit`"));
+        assert!(parse(args(&["test", "--board", "virt", "--gdb"])).is_err());
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        let err = |s: &[&str]| parse(args(s)).unwrap_err();
+        assert!(err(&["test"]).contains("needs --board"));
+        assert!(err(&["test", "--board"]).contains("--board needs a value"));
+        assert!(
+            err(&["test", "--board", "v", "--timeout", "soon"]).contains("not a number of seconds")
+        );
+        assert!(err(&["test", "--board", "v", "--repeat", "0"]).contains("at least 1"));
+        assert!(err(&["test", "--board", "v", "--dry-run=yes"]).contains("unexpected value `yes`"));
+        assert!(err(&["serial"]).contains("needs --port"));
+        assert!(err(&["flash"]).contains("unknown command"));
+    }
+
+    #[test]
+    fn serial_defaults() {
+        let Command::Serial(o) = parse(args(&["serial", "--port", "/dev/ttyUSB0"])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (o.baud, o.timeout, o.test_timeout),
+            (
+                115200,
+                Duration::from_secs(300),
+                Some(Duration::from_secs(60))
+            )
+        );
+        assert_eq!(parse(args(&[])).unwrap(), Command::Help);
+        let Command::Parse(p) = parse(args(&["parse", "build/logs/virt.log"])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.input, Some("build/logs/virt.log".into()));
+    }
+}

@@ -1,0 +1,22 @@
+//! Host-side test harness for Shootdown: boots the kernel under QEMU with a board profile (or
+//! reads a real board's serial port), parses the KTAP it prints and reports per test.
+//!
+//! - [`ktap`]: the KTAP v1 parser (the verdict).
+//! - [`capture`]: watching a running target with time limits.
+//! - [`profile`], [`qemu`]: board profiles (`qemu/*.toml`) and the QEMU command line.
+//! - [`serial`]: a real board's serial port.
+//! - [`report`], [`junit`]: the human summary and JUnit XML.
+//! - [`cli`], [`app`]: the `harness` command.
+
+pub mod app;
+pub mod capture;
+pub mod cli;
+pub mod junit;
+pub mod ktap;
+pub mod profile;
+pub mod qemu;
+pub mod report;
+pub mod serial;
+
+#[cfg(test)]
+mod ktap_fixtures;
