@@ -15,6 +15,8 @@ PI_DTB    := $(BUILD)/dtb/bcm2711-rpi-4-b.dtb
 KTARGET_DIR := target/kernel
 HARNESS   := target/release/harness
 TEST_BOARDS := virt virt-smmu raspi4b
+comma := ,
+space := $(empty) $(empty)
 
 .DEFAULT_GOAL := image
 
@@ -27,7 +29,7 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb test test-host test-boards qemu dtb clean FORCE
+.PHONY: help image run gdb test test-boards qemu dtb clean FORCE
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
@@ -71,16 +73,17 @@ gdb: image $(HARNESS) $(BOARD_DEPS)
 	$(HARNESS) run --gdb --board $(BOARD) --kernel $(KERNEL_IMG) --bootargs "$(BOOTARGS)" -- $(QEMU_ARGS)
 
 # ---------------------------------------------------------------------------------------------
-# Tests: the portable core and the harness on the host, then the kernel's KTAP on each board.
-test: test-host test-boards
-
-test-host:
+# Tests: the portable core and the harness on the host, the harness against the real kernel,
+# then the kernel's KTAP on every board.
+test: qemu $(PI_DTB)
 	$(HCARGO) test --workspace --release
+	@$(MAKE) --no-print-directory image
+	SHOOTDOWN_KERNEL=$(KERNEL_IMG) $(HCARGO) test -q --release -p shootdown-harness --test kernel_selfcheck
+	@$(MAKE) --no-print-directory test-boards
 
 test-boards: image $(HARNESS) qemu $(PI_DTB)
-	@set -e; for b in $(TEST_BOARDS); do \
-	    $(HARNESS) test --board $$b --kernel $(KERNEL_IMG) --junit $(BUILD)/junit/$$b.xml $(if $(TIMEOUT),--timeout $(TIMEOUT)); \
-	done
+	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \
+	    --bootargs "ktest=* $(BOOTARGS)" --junit $(BUILD)/junit.xml $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 clean:
 	rm -rf $(BUILD) target

@@ -180,7 +180,10 @@ fn the_profile_comes_first_and_user_arguments_last() {
     let args: Vec<&str> = args.lines().collect();
     assert_eq!(&args[..4], ["-M", "virt,gic-version=3", "-cpu", "max"]);
     let at = |flag: &str| args.iter().position(|a| *a == flag).unwrap();
-    assert_eq!(args[at("-append") + 1], "ktest=mm.* seed=9");
+    // The profile's boot arguments first, the user's last (the kernel takes the last value).
+    let append = args[at("-append") + 1];
+    assert!(append.starts_with("expect.mem_mib=1024 "), "{append}");
+    assert!(append.ends_with(" ktest=mm.* seed=9"), "{append}");
     assert_eq!(&args[args.len() - 4..], ["-m", "3G", "-smp", "2"]);
     assert!(args.contains(&"-semihosting") && args.contains(&"-no-reboot"));
 }
