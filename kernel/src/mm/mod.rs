@@ -2,6 +2,8 @@
 //! notifier core that keeps secondary TLBs (the SMMU's IOTLB) coherent with them.
 
 pub mod addr;
+pub mod asid;
+pub mod pgtable;
 pub mod phys;
 
 pub use addr::{PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
