@@ -3,7 +3,10 @@
 
 pub mod addr;
 pub mod asid;
+pub mod frame;
 pub mod pgtable;
 pub mod phys;
+#[cfg(not(target_os = "none"))]
+pub mod testing;
 
 pub use addr::{PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
