@@ -66,8 +66,14 @@ pub mod descriptor;
 pub mod error;
 pub mod range;
 pub mod regs;
+pub mod table;
 pub mod tlb;
+pub mod walk;
 
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use descriptor::{
     Attributes, Level, MemoryType, Permissions, MAIR_INDEX_DEVICE_NGNRE, MAIR_INDEX_NORMAL,
@@ -76,7 +82,9 @@ pub use descriptor::{
 pub use error::PageTableError;
 pub use range::VaRange;
 pub use regs::{mmu_config, tlb_features, ttbr, CpuFeatureError, MmuConfig, Ttbr1};
+pub use table::{Blocks, Change, Config, Holes, PageTable, TableStats};
 pub use tlb::{
     CpuTlb, Invalidate, RecordingTlb, TlbFeatures, TlbInvalidation, TlbMaintenance, TlbOp, TlbPlan,
     TlbPolicy, TlbScope, Tlbi,
 };
+pub use walk::{translate, Mapping, Translation};
