@@ -365,6 +365,8 @@ enum PlanKind {
     },
     /// One whole-ASID (or whole-TLB) operation.
     Whole(TlbScope),
+    /// An iterator's state once a `Whole` operation was produced.
+    Exhausted,
 }
 
 /// A sequence of barrier and TLBI operations, produced lazily by [`TlbPlan::ops`].
@@ -414,10 +416,10 @@ impl TlbOps {
     /// The next TLBI of the invalidation stage, or `None` when it is done.
     fn next_tlbi(&mut self) -> Option<TlbOp> {
         match &mut self.kind {
-            PlanKind::Publish => None,
+            PlanKind::Publish | PlanKind::Exhausted => None,
             PlanKind::Whole(scope) => {
                 let scope = *scope;
-                self.kind = PlanKind::Publish;
+                self.kind = PlanKind::Exhausted;
                 Some(match scope {
                     TlbScope::Asid(asid) => TlbOp::Tlbi {
                         op: Tlbi::Aside1is,
@@ -507,20 +509,17 @@ impl Iterator for TlbOps {
         loop {
             match self.stage {
                 Stage::Start => {
-                    self.stage = Stage::Invalidate;
+                    // With nothing to invalidate there is nothing to wait for: just the ISB.
+                    self.stage = match self.kind {
+                        PlanKind::Publish => Stage::Sync,
+                        _ => Stage::Invalidate,
+                    };
                     return Some(TlbOp::DsbIshst);
                 }
-                Stage::Invalidate => {
-                    if matches!(self.kind, PlanKind::Publish) {
-                        // Nothing to invalidate, so nothing to wait for: just the ISB.
-                        self.stage = Stage::Sync;
-                        continue;
-                    }
-                    match self.next_tlbi() {
-                        Some(op) => return Some(op),
-                        None => self.stage = Stage::Complete,
-                    }
-                }
+                Stage::Invalidate => match self.next_tlbi() {
+                    Some(op) => return Some(op),
+                    None => self.stage = Stage::Complete,
+                },
                 Stage::Complete => {
                     self.stage = Stage::Sync;
                     return Some(TlbOp::DsbIsh);
@@ -594,4 +593,252 @@ impl TlbMaintenance for RecordingTlb {
 /// Convenience for tests: the VA a by-VA operand targets.
 pub const fn va_of_operand(operand: u64) -> VirtAddr {
     VirtAddr((operand & ((1 << 44) - 1)) << PAGE_SHIFT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::asid::AsidBits;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    const M2: u64 = 2 << 20;
+
+    fn asid(v: u16) -> TlbScope {
+        TlbScope::Asid(Asid::new(v, AsidBits::Sixteen).unwrap())
+    }
+
+    fn range(start: u64, len: u64) -> VaRange {
+        VaRange::new(VirtAddr(start), len as usize).unwrap()
+    }
+
+    fn tlbis(plan: &TlbPlan) -> Vec<(Tlbi, u64)> {
+        plan.ops()
+            .filter_map(|op| match op {
+                TlbOp::Tlbi { op, operand } => Some((op, operand)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every plan is `DSB ISHST`, TLBIs, `DSB ISH`, `ISB`.
+    fn assert_framed(plan: &TlbPlan) {
+        let ops: Vec<_> = plan.ops().collect();
+        assert_eq!(ops.first(), Some(&TlbOp::DsbIshst));
+        assert_eq!(&ops[ops.len() - 2..], &[TlbOp::DsbIsh, TlbOp::Isb]);
+        assert!(ops[1..ops.len() - 2]
+            .iter()
+            .all(|op| matches!(op, TlbOp::Tlbi { .. })));
+    }
+
+    const NO_FEATURES: TlbPolicy = TlbPolicy::new(TlbFeatures {
+        range: false,
+        level_hints: false,
+    });
+    const TTL_ONLY: TlbPolicy = TlbPolicy::new(TlbFeatures {
+        range: false,
+        level_hints: true,
+    });
+    const RANGE: TlbPolicy = TlbPolicy::new(TlbFeatures {
+        range: true,
+        level_hints: true,
+    });
+
+    #[test]
+    fn publish_is_just_barriers() {
+        let ops: Vec<_> = TlbPlan::publish().ops().collect();
+        assert_eq!(ops, [TlbOp::DsbIshst, TlbOp::Isb]);
+    }
+
+    #[test]
+    fn leaf_pages_by_va_and_asid() {
+        let inv = TlbInvalidation::leaf(range(0x40_0000, 3 * 4096), Level::L3);
+        let plan = NO_FEATURES.plan(&inv, asid(5));
+        assert_framed(&plan);
+        let expected: Vec<_> = (0..3)
+            .map(|i| (Tlbi::Vale1is, (5u64 << 48) | ((0x40_0000 >> 12) + i)))
+            .collect();
+        assert_eq!(tlbis(&plan), expected);
+    }
+
+    #[test]
+    fn level_hint_only_with_feat_ttl() {
+        let inv = TlbInvalidation::leaf(range(0x40_0000, 4096), Level::L3);
+        let (_, operand) = tlbis(&TTL_ONLY.plan(&inv, asid(1)))[0];
+        assert_eq!((operand >> 44) & 0xf, 0b0111, "4K granule, level 3");
+        let (_, operand) = tlbis(&NO_FEATURES.plan(&inv, asid(1)))[0];
+        assert_eq!((operand >> 44) & 0xf, 0, "TTL is RES0 without FEAT_TTL");
+    }
+
+    #[test]
+    fn table_changes_use_all_level_ops_without_hint() {
+        let mut inv = TlbInvalidation::leaf(range(0x40_0000, 4096), Level::L3);
+        inv.add_table_change();
+        assert_eq!(inv.level_hint(), None);
+        let ops = tlbis(&TTL_ONLY.plan(&inv, asid(1)));
+        assert_eq!(ops, [(Tlbi::Vae1is, (1 << 48) | 0x400)]);
+        let ops = tlbis(&RANGE.plan(&inv, TlbScope::Global));
+        assert_eq!(ops, [(Tlbi::Vaae1is, 0x400)]);
+    }
+
+    #[test]
+    fn global_mappings_use_all_asid_ops() {
+        let inv = TlbInvalidation::leaf(range(0, 2 * 4096), Level::L3);
+        let ops = tlbis(&NO_FEATURES.plan(&inv, TlbScope::Global));
+        assert_eq!(ops, [(Tlbi::Vaale1is, 0), (Tlbi::Vaale1is, 1)]);
+        let big = TlbInvalidation::leaf(range(0, 1 << 30), Level::L3);
+        let ops = tlbis(&NO_FEATURES.plan(&big, TlbScope::Global));
+        assert_eq!(
+            ops,
+            [(Tlbi::Vmalle1is, 0)],
+            "ASID-based ops would miss global entries"
+        );
+    }
+
+    #[test]
+    fn threshold_switches_to_whole_asid() {
+        let at = TlbInvalidation::leaf(range(0, 512 * 4096), Level::L3);
+        assert_eq!(NO_FEATURES.plan(&at, asid(9)).tlbi_count(), 512);
+        let over = TlbInvalidation::leaf(range(0, 513 * 4096), Level::L3);
+        let plan = NO_FEATURES.plan(&over, asid(9));
+        assert_framed(&plan);
+        assert_eq!(tlbis(&plan), [(Tlbi::Aside1is, 9 << 48)]);
+        let custom = TlbPolicy {
+            max_by_va_ops: 2,
+            ..NO_FEATURES
+        };
+        assert_eq!(
+            tlbis(&custom.plan(&at, asid(9))),
+            [(Tlbi::Aside1is, 9 << 48)]
+        );
+    }
+
+    #[test]
+    fn blocks_are_invalidated_once_each() {
+        let inv = TlbInvalidation::leaf(range(8 * M2, 4 * M2), Level::L2);
+        let plan = TTL_ONLY.plan(&inv, asid(3));
+        let ops = tlbis(&plan);
+        assert_eq!(ops.len(), 4);
+        for (i, (op, operand)) in ops.into_iter().enumerate() {
+            assert_eq!(op, Tlbi::Vale1is);
+            assert_eq!(va_of_operand(operand), VirtAddr(8 * M2 + i as u64 * M2));
+            assert_eq!((operand >> 44) & 0xf, 0b0110, "level 2 hint");
+        }
+    }
+
+    #[test]
+    fn range_plan_uses_level_hint_and_leaf_op() {
+        let inv = TlbInvalidation::leaf(range(8 * M2, 4 * M2), Level::L2);
+        let ops = tlbis(&RANGE.plan(&inv, asid(3)));
+        assert_eq!(ops.len(), 1);
+        let (op, operand) = ops[0];
+        assert_eq!(op, Tlbi::Rvale1is);
+        let fields = RangeOperand::decode(operand);
+        assert_eq!(fields.ttl, 2);
+        assert_eq!(fields.asid, 3);
+        assert_eq!(fields.pages(), 4 * 512);
+        assert_eq!(fields.base_page, (8 * M2) >> 12);
+    }
+
+    #[test]
+    fn huge_ranges_flush_the_asid_even_with_range_ops() {
+        let inv = TlbInvalidation::leaf(range(0, MAX_RANGE_PAGES * 4096), Level::L3);
+        assert_eq!(
+            tlbis(&RANGE.plan(&inv, asid(2))),
+            [(Tlbi::Aside1is, 2 << 48)]
+        );
+        let inv = TlbInvalidation::leaf(range(0, (MAX_RANGE_PAGES - 1) * 4096), Level::L3);
+        assert!(tlbis(&RANGE.plan(&inv, asid(2)))
+            .iter()
+            .all(|(op, _)| *op != Tlbi::Aside1is));
+    }
+
+    #[test]
+    fn cpu_tlb_runs_plans() {
+        let mut recorder = RecordingTlb::default();
+        let mut cpu = CpuTlb {
+            policy: &NO_FEATURES,
+            scope: asid(4),
+            executor: &mut recorder,
+        };
+        cpu.publish();
+        cpu.invalidate(&TlbInvalidation::leaf(range(0x1000, 4096), Level::L3));
+        assert_eq!(
+            recorder.ops,
+            [
+                TlbOp::DsbIshst,
+                TlbOp::Isb,
+                TlbOp::DsbIshst,
+                TlbOp::Tlbi {
+                    op: Tlbi::Vale1is,
+                    operand: (4 << 48) | 1
+                },
+                TlbOp::DsbIsh,
+                TlbOp::Isb
+            ]
+        );
+    }
+
+    #[test]
+    fn range_operand_round_trip() {
+        let f = RangeOperand {
+            asid: 0xbeef,
+            tg: RANGE_TG_4K,
+            scale: 3,
+            num: 31,
+            ttl: 3,
+            base_page: (1 << 37) - 1,
+        };
+        assert_eq!(RangeOperand::decode(f.encode()), f);
+        assert_eq!(f.pages(), MAX_RANGE_PAGES);
+    }
+
+    proptest! {
+        /// A range plan covers exactly the requested pages, contiguously, in at most five
+        /// operations, each a valid range encoding (TG = 4K, never the reserved TG = 0).
+        #[test]
+        fn range_plans_cover_exactly(start_page in 0u64..(1 << 36) - MAX_RANGE_PAGES, pages in 1u64..MAX_RANGE_PAGES, leaf in any::<bool>()) {
+            let mut inv = TlbInvalidation::leaf(range(start_page << 12, pages << 12), Level::L3);
+            if !leaf {
+                inv.add_table_change();
+            }
+            let plan = RANGE.plan(&inv, asid(77));
+            assert_framed(&plan);
+            let ops = tlbis(&plan);
+            prop_assert!(ops.len() <= 5, "{} ops", ops.len());
+            let mut next = start_page;
+            for (i, (op, operand)) in ops.iter().copied().enumerate() {
+                prop_assert_eq!(operand >> 48, 77);
+                if op.is_range() {
+                    prop_assert_eq!(op, if leaf { Tlbi::Rvale1is } else { Tlbi::Rvae1is });
+                    let f = RangeOperand::decode(operand);
+                    prop_assert_eq!(f.tg, RANGE_TG_4K);
+                    prop_assert_eq!(f.base_page, next);
+                    prop_assert_eq!(f.ttl, if leaf { 3 } else { 0 });
+                    next += f.pages();
+                } else {
+                    prop_assert_eq!(i, 0, "only a leading odd page goes by VA");
+                    prop_assert_eq!(op, if leaf { Tlbi::Vale1is } else { Tlbi::Vae1is });
+                    prop_assert_eq!(operand & ((1 << 44) - 1), next);
+                    next += 1;
+                }
+            }
+            prop_assert_eq!(next, start_page + pages);
+        }
+
+        /// By-VA plans touch every page of a page-level range once, in order, or give up for the
+        /// whole ASID above the threshold.
+        #[test]
+        fn by_va_plans_cover_exactly(start_page in 0u64..1 << 30, pages in 1u64..1024) {
+            let inv = TlbInvalidation::leaf(range(start_page << 12, pages << 12), Level::L3);
+            let ops = tlbis(&NO_FEATURES.plan(&inv, asid(1)));
+            if pages > DEFAULT_MAX_BY_VA_OPS {
+                prop_assert_eq!(ops, vec![(Tlbi::Aside1is, 1 << 48)]);
+            } else {
+                let pages_seen: Vec<u64> = ops.iter().map(|(_, o)| o & ((1 << 44) - 1)).collect();
+                let expected: Vec<u64> = (start_page..start_page + pages).collect();
+                prop_assert_eq!(pages_seen, expected);
+            }
+        }
+    }
 }
