@@ -45,6 +45,7 @@ pub trait FrameAllocator: Sync {
 // `Arc<TestMemory>` (or a plain borrow) in host tests.
 
 impl<T: PhysMemory + ?Sized> PhysMemory for &T {
+    #[inline]
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
         (**self).word(pa)
     }
@@ -55,6 +56,7 @@ impl<T: PhysMemory + ?Sized> PhysMemory for &T {
 }
 
 impl<T: PhysMemory + Send + ?Sized> PhysMemory for alloc::sync::Arc<T> {
+    #[inline]
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
         (**self).word(pa)
     }

@@ -108,6 +108,7 @@ impl TestMemory {
     }
 
     /// The word index of `pa`, if it is inside the arena.
+    #[inline]
     fn index(&self, pa: PhysAddr) -> Option<usize> {
         let offset = pa.as_u64().checked_sub(self.base.as_u64())?;
         let index = usize::try_from(offset / 8).ok()?;
@@ -128,6 +129,7 @@ impl TestMemory {
 }
 
 impl PhysMemory for TestMemory {
+    #[inline]
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
         if !pa.is_aligned(8) {
             return None;

@@ -3,7 +3,7 @@
 //! Bit positions come from the Arm Architecture Reference Manual (DDI 0487K.a):
 //! - D8.3 "Translation table descriptor formats" (D8.3.1 table descriptors, D8.3.2 block and
 //!   page descriptors): valid/type bits, output address, lower and upper attributes;
-//! - D8.4 "Memory access control": AP[2:1], PXN/UXN, the access flag;
+//! - D8.4 "Memory access control": AP\[2:1\], PXN/UXN, the access flag;
 //! - D8.6 "Memory region attributes" and D19.2 `MAIR_EL1`: AttrIndx and the MAIR encodings.
 //!
 //! The public surface is typed ([`MemoryType`], [`Permissions`], [`Attributes`]); raw bits stay
@@ -19,7 +19,7 @@ pub const ENTRIES_PER_TABLE: usize = 512;
 /// Bits of input address translated by the tables: T0SZ = 16, four levels of 9 bits + 12.
 pub const VA_BITS: u32 = 48;
 
-/// Bits of output address a descriptor can hold without FEAT_LPA/LPA2 (D8.3: OA[47:12]).
+/// Bits of output address a descriptor can hold without FEAT_LPA/LPA2 (D8.3: OA\[47:12\]).
 pub const PA_BITS: u32 = 48;
 
 // ---- descriptor fields (D8.3) ------------------------------------------------------------
@@ -28,14 +28,14 @@ pub const PA_BITS: u32 = 48;
 const VALID: u64 = 1 << 0;
 /// Bit 1: at levels 0-2, 1 = table and 0 = block; at level 3, 1 = page (0 is reserved).
 const TYPE_TABLE_OR_PAGE: u64 = 1 << 1;
-/// Bits [4:2]: AttrIndx, an index into `MAIR_EL1`.
+/// Bits \[4:2\]: AttrIndx, an index into `MAIR_EL1`.
 const ATTR_INDEX_SHIFT: u32 = 2;
 const ATTR_INDEX_MASK: u64 = 0b111 << ATTR_INDEX_SHIFT;
-/// Bit 6: AP[1], access from EL0 permitted.
+/// Bit 6: AP\[1\], access from EL0 permitted.
 const AP_EL0: u64 = 1 << 6;
-/// Bit 7: AP[2], read-only (at every exception level that has access).
+/// Bit 7: AP\[2\], read-only (at every exception level that has access).
 const AP_READ_ONLY: u64 = 1 << 7;
-/// Bits [9:8]: SH, shareability. 0b11 = Inner Shareable.
+/// Bits \[9:8\]: SH, shareability. 0b11 = Inner Shareable.
 const SH_INNER: u64 = 0b11 << 8;
 const SH_MASK: u64 = 0b11 << 8;
 /// Bit 10: AF, the access flag. Without hardware AF management (FEAT_HAFDBS) an access through
@@ -47,11 +47,11 @@ const NOT_GLOBAL: u64 = 1 << 11;
 const PXN: u64 = 1 << 53;
 /// Bit 54: UXN (XN in single-privilege regimes), unprivileged execute-never.
 const UXN: u64 = 1 << 54;
-/// Bits [58:55]: reserved for software use in block and page descriptors. Unused by the
+/// Bits \[58:55\]: reserved for software use in block and page descriptors. Unused by the
 /// engine; left for the address-space layer (e.g. dirty or special-mapping tracking).
 pub const SOFTWARE_BITS_MASK: u64 = 0b1111 << 55;
 
-/// Output address field of a table or page descriptor: OA[47:12].
+/// Output address field of a table or page descriptor: OA\[47:12\].
 const OA_MASK_4K: u64 = ((1 << PA_BITS) - 1) & !((1 << PAGE_SHIFT) - 1);
 
 /// Every bit the engine writes into a leaf descriptor besides the output address.
@@ -80,7 +80,7 @@ pub const MAIR_VALUE: u64 = (MAIR_ATTR_NORMAL_WB << (8 * MAIR_INDEX_NORMAL as u6
     | (MAIR_ATTR_DEVICE_NGNRE << (8 * MAIR_INDEX_DEVICE_NGNRE as u64));
 
 /// A translation table level. With a 4 KiB granule and 48-bit VA the walk starts at level 0
-/// (VA[47:39]) and ends at level 3 (VA[20:12]).
+/// (VA\[47:39\]) and ends at level 3 (VA\[20:12\]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// Level 0: 512 GiB per entry; table descriptors only.
@@ -398,7 +398,7 @@ impl Descriptor {
         }
     }
 
-    /// The same leaf with its permissions replaced (AP[2:1], PXN, UXN; D8.4).
+    /// The same leaf with its permissions replaced (AP\[2:1\], PXN, UXN; D8.4).
     ///
     /// User pages are always PXN: the kernel never executes EL0 memory (and the architecture
     /// treats EL0-writable memory as PXN anyway). Kernel pages are always UXN.

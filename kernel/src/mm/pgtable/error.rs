@@ -38,7 +38,7 @@ pub enum PageTableError {
     /// `unmap` or `protect` with [`Holes::Reject`](super::Holes::Reject) found this address
     /// unmapped.
     NotMapped(VirtAddr),
-    /// `protect` would move this address between EL0 and EL1 ownership; that changes AP[1],
+    /// `protect` would move this address between EL0 and EL1 ownership; that changes AP\[1\],
     /// which is not a permission-only change, and must be done by unmap and map.
     OwnerChange(VirtAddr),
     /// The attributes cannot be encoded.

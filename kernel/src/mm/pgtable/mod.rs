@@ -56,8 +56,8 @@
 //! - Block descriptors (1 GiB at level 1, 2 MiB at level 2) are used wherever VA, PA and length
 //!   allow, unless the table's [`Config`] forbids them. Blocks are never re-merged.
 //! - Permissions are in leaves only; table descriptors carry no hierarchical limits.
-//! - `protect` changes AP[2], PXN and UXN only. Moving a page between EL0 and EL1 ownership
-//!   (AP[1]) is refused: do it with unmap and map.
+//! - `protect` changes AP\[2\], PXN and UXN only. Moving a page between EL0 and EL1 ownership
+//!   (AP\[1\]) is refused: do it with unmap and map.
 //!
 //! [`FrameAllocator`]: crate::mm::phys::FrameAllocator
 //! [`PhysMemory`]: crate::mm::phys::PhysMemory

@@ -41,7 +41,7 @@ const TCR_SH1_INNER: u64 = 0b11 << 28;
 /// TG1 encodes the granule differently from TG0: 0b10 is 4 KiB.
 const TCR_TG1_4K: u64 = 0b10 << 30;
 const TCR_IPS_SHIFT: u32 = 32;
-/// AS: 16-bit ASIDs in TTBRn_EL1[63:48].
+/// AS: 16-bit ASIDs in TTBRn_EL1\[63:48\].
 const TCR_AS: u64 = 1 << 36;
 
 /// The CPU cannot run these page tables.
@@ -114,7 +114,7 @@ pub const fn asid_bits_from_mmfr0(mmfr0: u64) -> AsidBits {
 ///
 /// - T0SZ (and T1SZ) = 64 - 48: four levels starting at level 0;
 /// - 4 KiB granule, table walks Inner Shareable, Write-Back read/write-allocate;
-/// - IPS = the CPU's PA range, capped at 48 bits because our descriptors only hold OA[47:12]
+/// - IPS = the CPU's PA range, capped at 48 bits because our descriptors only hold OA\[47:12\]
 ///   (52-bit output needs FEAT_LPA2 descriptors);
 /// - AS = 1 when the CPU has 16-bit ASIDs; A1 = 0 (the ASID comes from TTBR0).
 pub const fn mmu_config(mmfr0: u64, ttbr1: Ttbr1) -> Result<MmuConfig, CpuFeatureError> {
@@ -171,8 +171,8 @@ pub const fn tlb_features(isar0: u64, mmfr2: u64) -> TlbFeatures {
     }
 }
 
-/// The `TTBR0_EL1` value selecting the table rooted at `root` with `asid` (ASID in [63:48],
-/// BADDR in [47:1], CnP = 0). With 8-bit ASIDs the upper byte of the ASID must be zero, which
+/// The `TTBR0_EL1` value selecting the table rooted at `root` with `asid` (ASID in \[63:48\],
+/// BADDR in \[47:1\], CnP = 0). With 8-bit ASIDs the upper byte of the ASID must be zero, which
 /// the [`Asid`] allocator guarantees.
 pub const fn ttbr(root: PhysAddr, asid: Asid) -> u64 {
     ((asid.get() as u64) << 48) | (root.0 & ((1 << PA_BITS) - 1) & !1)

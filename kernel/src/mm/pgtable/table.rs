@@ -349,7 +349,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
 
     /// Changes the permissions of `len` bytes at `va` to `perms` (memory type unchanged).
     ///
-    /// Only AP[2] and PXN/UXN change, which the architecture allows on live entries without
+    /// Only AP\[2\] and PXN/UXN change, which the architecture allows on live entries without
     /// break-before-make (D8.16.1); the TLBs are invalidated once, by [`PageTable::complete`].
     /// Blocks partly inside the range are split (with break-before-make). Moving a page
     /// between user and kernel ownership is refused ([`PageTableError::OwnerChange`]), as is
@@ -370,11 +370,9 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     /// Clears the access flag of every leaf touching the range (whole leaves: a block is
     /// aged as one), skipping holes. [`Change::was_young`] tells whether any was set. The
     /// next access to a cleared page takes an Access flag fault, which the kernel answers with
-    /// [`PageTable::set_young`]. Clearing AF needs no break-before-make; whether the TLBs are
-    /// invalidated (Linux's `clear_flush_young`) or not (`clear_young`) is the caller's
-    /// choice: [`PageTable::complete`] invalidates, dropping the change's invalidation (the
-    /// [`Change`] still has to be completed if it freed nothing, which ageing never does) is
-    /// allowed.
+    /// [`PageTable::set_young`]. Clearing AF needs no break-before-make. Completing the
+    /// [`Change`] invalidates the TLBs (Linux's `clear_flush_young`); ageing never unlinks a
+    /// table, so a caller that wants `clear_young` semantics (no invalidation) may drop it.
     pub fn clear_young(
         &mut self,
         va: VirtAddr,

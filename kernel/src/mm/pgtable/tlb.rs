@@ -249,7 +249,7 @@ impl TlbPolicy {
         TlbPlan(PlanKind::Whole(scope))
     }
 
-    /// The non-range TTL field: granule 0b01 (4 KiB) in TTL[3:2] and the level in TTL[1:0], or
+    /// The non-range TTL field: granule 0b01 (4 KiB) in TTL\[3:2\] and the level in TTL\[1:0\], or
     /// zero ("no information") without FEAT_TTL or without a single level.
     fn ttl(&self, hint: Option<Level>) -> u8 {
         match hint {
@@ -284,8 +284,8 @@ const fn range_op(scope: TlbScope, leaf: bool) -> Tlbi {
     }
 }
 
-/// The operand of a by-VA TLBI (C5.5, e.g. "TLBI VAE1IS"): ASID in [63:48], TTL in [47:44],
-/// VA[55:12] in [43:0]. All-ASID forms leave [63:48] zero.
+/// The operand of a by-VA TLBI (C5.5, e.g. "TLBI VAE1IS"): ASID in \[63:48\], TTL in \[47:44\],
+/// VA\[55:12\] in \[43:0\]. All-ASID forms leave \[63:48\] zero.
 pub const fn va_operand(va: u64, asid: u16, ttl: u8) -> u64 {
     ((asid as u64) << 48) | (((ttl & 0xf) as u64) << 44) | ((va >> PAGE_SHIFT) & ((1 << 44) - 1))
 }
@@ -294,17 +294,17 @@ pub const fn va_operand(va: u64, asid: u16, ttl: u8) -> u64 {
 /// invalidation"): the range is `(num + 1) * 2^(5 * scale + 1)` pages from `base_page`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RangeOperand {
-    /// ASID, [63:48] (zero for all-ASID forms).
+    /// ASID, \[63:48\] (zero for all-ASID forms).
     pub asid: u16,
-    /// TG, [47:46]: 0b01 = 4 KiB. 0b00 is reserved: the operation would be ignored.
+    /// TG, \[47:46\]: 0b01 = 4 KiB. 0b00 is reserved: the operation would be ignored.
     pub tg: u8,
-    /// SCALE, [45:44].
+    /// SCALE, \[45:44\].
     pub scale: u8,
-    /// NUM, [43:39].
+    /// NUM, \[43:39\].
     pub num: u8,
-    /// TTL, [38:37]: the level of the leaf entries (1..=3) or 0 for "any level".
+    /// TTL, \[38:37\]: the level of the leaf entries (1..=3) or 0 for "any level".
     pub ttl: u8,
-    /// BaseADDR, [36:0]: VA[48:12] for the 4 KiB granule.
+    /// BaseADDR, \[36:0\]: VA\[48:12\] for the 4 KiB granule.
     pub base_page: u64,
 }
 

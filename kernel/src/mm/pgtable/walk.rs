@@ -57,6 +57,12 @@ pub(crate) fn load<M: PhysMemory + ?Sized>(
 ///
 /// Returns `None` if `va` is not mapped, outside the lower 48-bit half, or if the walk meets
 /// something this engine never writes (an unreachable table or a reserved encoding).
+///
+/// A software walker is a secondary TLB like any other: a table may be freed (and reused)
+/// once the invalidation that follows its unlinking completes, so the owner's
+/// [`Invalidate`](super::tlb::Invalidate) implementation must wait for walks in flight, as
+/// `arch_invalidate_secondary_tlbs` waits for the SMMU. A walk that loses that race reads
+/// stale words through `PhysMemory`, never freed Rust memory.
 pub fn translate<M: PhysMemory + ?Sized>(
     mem: &M,
     root: PhysAddr,
