@@ -335,7 +335,8 @@ impl Descriptor {
     }
 
     /// A block (levels 1 and 2) or page (level 3) descriptor mapping `pa`, which must be
-    /// aligned to `level.entry_size()`. `global` clears nG: the entry matches every ASID (kernel
+    /// aligned to `level.entry_size()`. At level 0 the result is a reserved encoding (see
+    /// [`Level::can_hold_leaf`]); the engine never asks for one. `global` clears nG: the entry matches every ASID (kernel
     /// mappings). The access flag is set, so the first access does not fault.
     ///
     /// Normal memory is Inner Shareable; Device and Non-cacheable memory are always treated as

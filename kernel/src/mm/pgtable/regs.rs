@@ -28,7 +28,6 @@ const ISAR0_TLB: u32 = 56;
 
 // TCR_EL1 fields.
 const TCR_T0SZ_SHIFT: u32 = 0;
-const TCR_EPD0: u64 = 1 << 7;
 const TCR_IRGN0_WBWA: u64 = 0b01 << 8;
 const TCR_ORGN0_WBWA: u64 = 0b01 << 10;
 const TCR_SH0_INNER: u64 = 0b11 << 12;
@@ -116,7 +115,9 @@ pub const fn asid_bits_from_mmfr0(mmfr0: u64) -> AsidBits {
 /// - 4 KiB granule, table walks Inner Shareable, Write-Back read/write-allocate;
 /// - IPS = the CPU's PA range, capped at 48 bits because our descriptors only hold OA\[47:12\]
 ///   (52-bit output needs FEAT_LPA2 descriptors);
-/// - AS = 1 when the CPU has 16-bit ASIDs; A1 = 0 (the ASID comes from TTBR0).
+/// - AS = 1 when the CPU has 16-bit ASIDs; A1 = 0 (the ASID comes from TTBR0);
+/// - HA = HD = 0: the access flag is managed by software (Access flag faults), as the
+///   engine's ageing operations expect; TBI0 = 0.
 pub const fn mmu_config(mmfr0: u64, ttbr1: Ttbr1) -> Result<MmuConfig, CpuFeatureError> {
     // TGran4: 0b0000 supported, 0b0001 supported with 52-bit addresses, 0b1111 absent.
     if field(mmfr0, MMFR0_TGRAN4) == 0b1111 {
@@ -141,7 +142,6 @@ pub const fn mmu_config(mmfr0: u64, ttbr1: Ttbr1) -> Result<MmuConfig, CpuFeatur
         | TCR_SH0_INNER
         | TCR_TG0_4K
         | ((ips as u64) << TCR_IPS_SHIFT);
-    tcr &= !TCR_EPD0;
     match ttbr1 {
         Ttbr1::Disabled => tcr |= TCR_EPD1 | TCR_TG1_4K,
         Ttbr1::Enabled => {

@@ -556,8 +556,10 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     /// stores before it for every observer, as the `smp_wmb()` Linux issues before linking a
     /// new page table).
     fn store(&self, table: PhysAddr, index: usize, desc: Descriptor) {
-        if let Some(word) = self.mem.word(PhysAddr(table.as_u64() + 8 * index as u64)) {
-            word.store(desc.bits(), Ordering::Release);
+        match self.mem.word(PhysAddr(table.as_u64() + 8 * index as u64)) {
+            Some(word) => word.store(desc.bits(), Ordering::Release),
+            // The dry run (or the reservation) checked the whole table frame.
+            None => debug_assert!(false, "table {table:?} unreachable after it was checked"),
         }
     }
 
@@ -844,8 +846,9 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         // The new table is not linked yet: nobody else can see these stores.
         for i in 0..ENTRIES_PER_TABLE {
             let pa = PhysAddr(base.as_u64() + i as u64 * next.entry_size());
-            if let Some(word) = self.mem.word(PhysAddr(table.as_u64() + 8 * i as u64)) {
-                word.store(block.leaf_like(next, pa).bits(), Ordering::Relaxed);
+            match self.mem.word(PhysAddr(table.as_u64() + 8 * i as u64)) {
+                Some(word) => word.store(block.leaf_like(next, pa).bits(), Ordering::Relaxed),
+                None => debug_assert!(false, "reserved frame {table:?} unreachable"),
             }
         }
         let block_range = VaRange::between(entry_start, entry_start + level.entry_size());
