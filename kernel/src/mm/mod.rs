@@ -2,7 +2,12 @@
 //! notifier core that keeps secondary TLBs (the SMMU's IOTLB) coherent with them.
 
 pub mod addr;
+pub mod asid;
+pub mod frame;
 pub mod layout;
+pub mod pgtable;
 pub mod phys;
+#[cfg(not(target_os = "none"))]
+pub mod testing;
 
 pub use addr::{PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};

@@ -39,3 +39,49 @@ pub trait FrameAllocator: Sync {
     /// Returns a frame obtained from [`FrameAllocator::alloc_zeroed`].
     fn free(&self, frame: PhysAddr);
 }
+
+// Shared references and `Arc`s to accessors and allocators are accessors and allocators, so
+// that page tables and address spaces can hold `&'static KernelMemory` in the kernel and an
+// `Arc<TestMemory>` (or a plain borrow) in host tests.
+
+impl<T: PhysMemory + ?Sized> PhysMemory for &T {
+    #[inline]
+    fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
+        (**self).word(pa)
+    }
+
+    fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8> {
+        (**self).bytes(pa, len)
+    }
+}
+
+impl<T: PhysMemory + Send + ?Sized> PhysMemory for alloc::sync::Arc<T> {
+    #[inline]
+    fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
+        (**self).word(pa)
+    }
+
+    fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8> {
+        (**self).bytes(pa, len)
+    }
+}
+
+impl<T: FrameAllocator + ?Sized> FrameAllocator for &T {
+    fn alloc_zeroed(&self) -> Result<PhysAddr, OutOfFrames> {
+        (**self).alloc_zeroed()
+    }
+
+    fn free(&self, frame: PhysAddr) {
+        (**self).free(frame)
+    }
+}
+
+impl<T: FrameAllocator + Send + ?Sized> FrameAllocator for alloc::sync::Arc<T> {
+    fn alloc_zeroed(&self) -> Result<PhysAddr, OutOfFrames> {
+        (**self).alloc_zeroed()
+    }
+
+    fn free(&self, frame: PhysAddr) {
+        (**self).free(frame)
+    }
+}
