@@ -8,7 +8,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use buddy_system_allocator::LockedHeap;
 
@@ -16,7 +16,8 @@ use crate::arch::aarch64::{cpu, mmu, power, smp, timer};
 use crate::board::dt::{self, BoardInfo, BoardKind, PsciMethod, Range};
 use crate::board::BootArgs;
 use crate::mm::layout::{self, KERNEL_VBASE};
-use crate::mm::phys::{FrameAllocator, OutOfFrames, PhysMemory};
+use crate::mm::frame::BitmapFrameAllocator;
+use crate::mm::phys::PhysMemory;
 use crate::mm::PhysAddr;
 use crate::{eprintln, println, symbol_addr};
 
@@ -106,67 +107,14 @@ fn is_ram(pa: u64, len: u64) -> bool {
     board().memory.iter().any(|r| pa >= r.base && end <= r.end())
 }
 
-/// The kernel's physical frame allocator (4 KiB frames from the usable RAM ranges).
-pub struct KernelFrames {
-    inner: spin::Mutex<buddy_system_allocator::FrameAllocator<32>>,
-    total: AtomicU64,
-    used: AtomicU64,
-}
+/// The kernel's physical frame allocator: every usable 4 KiB frame of RAM.
+pub type KernelFrames = BitmapFrameAllocator<LinearMap>;
 
-/// Frames in use / total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameStats {
-    /// Frames handed out.
-    pub used: u64,
-    /// Frames managed.
-    pub total: u64,
-}
+static FRAMES: spin::Once<KernelFrames> = spin::Once::new();
 
-impl KernelFrames {
-    const fn new() -> Self {
-        Self {
-            inner: spin::Mutex::new(buddy_system_allocator::FrameAllocator::new()),
-            total: AtomicU64::new(0),
-            used: AtomicU64::new(0),
-        }
-    }
-
-    fn add_range(&self, r: Range) {
-        let (s, e) = (r.base >> 12, r.end() >> 12);
-        if e > s {
-            self.inner.lock().add_frame(s as usize, e as usize);
-            self.total.fetch_add(e - s, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts.
-    pub fn stats(&self) -> FrameStats {
-        FrameStats { used: self.used.load(Ordering::Relaxed), total: self.total.load(Ordering::Relaxed) }
-    }
-}
-
-impl FrameAllocator for KernelFrames {
-    fn alloc_zeroed(&self) -> Result<PhysAddr, OutOfFrames> {
-        let frame = self.inner.lock().alloc(1).ok_or(OutOfFrames)?;
-        self.used.fetch_add(1, Ordering::Relaxed);
-        let pa = (frame as u64) << 12;
-        // SAFETY: the frame is RAM (it came from a usable range), covered by the linear map,
-        // and ours alone until freed.
-        unsafe { core::ptr::write_bytes(layout::phys_to_virt(pa) as *mut u8, 0, 4096) };
-        Ok(PhysAddr(pa))
-    }
-
-    fn free(&self, frame: PhysAddr) {
-        self.inner.lock().dealloc(frame.as_usize() >> 12, 1);
-        self.used.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Physical page frames.
-pub static FRAMES: KernelFrames = KernelFrames::new();
-
-fn kernel_table_frame() -> u64 {
-    FRAMES.alloc_zeroed().map_or(0, |p| p.as_u64())
+/// The frame allocator, once RAM is managed.
+pub fn frames() -> Option<&'static KernelFrames> {
+    FRAMES.get()
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -215,8 +163,10 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         eprintln!("shootdown: building the kernel page tables failed: {e:?}");
         exit(ExitCode::BootError);
     }
-    init_memory(info, load_pa, dtb_pa, dtb.len() as u64);
-    mmu::set_frame_source(kernel_table_frame);
+    if let Err(e) = init_memory(info, load_pa, dtb_pa, dtb.len() as u64) {
+        eprintln!("shootdown: cannot manage RAM: {e}");
+        exit(ExitCode::BootError);
+    }
     init_console(info);
 
     if let Some(m) = info.psci {
@@ -277,7 +227,7 @@ fn map_device_tree(dtb_pa: u64) -> Result<&'static [u8], dt::DtError> {
     Ok(unsafe { core::slice::from_raw_parts(va as *const u8, size) })
 }
 
-fn init_memory(info: &BoardInfo, load_pa: u64, dtb_pa: u64, dtb_size: u64) {
+fn init_memory(info: &BoardInfo, load_pa: u64, dtb_pa: u64, dtb_size: u64) -> Result<(), crate::mm::frame::FrameInitError> {
     let image = Range { base: load_pa, size: symbol_addr!(__image_end) - KERNEL_VBASE };
     let dtb = Range { base: dtb_pa, size: dtb_size };
     // Low memory holds firmware spin tables and QEMU's boot stub on the Pi.
@@ -286,18 +236,19 @@ fn init_memory(info: &BoardInfo, load_pa: u64, dtb_pa: u64, dtb_size: u64) {
 
     // Give the heap a slice of the largest range (1/8 of RAM, at most 64 MiB); frames get the rest.
     let largest = free.iter().copied().max_by_key(|r| r.size);
-    let mut heap_range = None;
+    let mut heap = Range { base: 0, size: 0 };
     if let Some(l) = largest {
         let size = (info.memory_bytes() / 8).min(64 << 20).min(l.size / 2) & !0xfff;
         if size > 0 {
             // SAFETY: the range is usable RAM nobody else owns, mapped by the linear map.
             unsafe { HEAP.lock().add_to_heap(layout::phys_to_virt(l.base) as usize, layout::phys_to_virt(l.base + size) as usize) };
-            heap_range = Some(Range { base: l.base, size });
+            heap = Range { base: l.base, size };
         }
     }
-    for r in dt::usable_ram(&free, &[], heap_range.as_slice()) {
-        FRAMES.add_range(r);
-    }
+    let ram: Vec<core::ops::Range<PhysAddr>> = free.iter().map(|r| PhysAddr(r.base)..PhysAddr(r.end())).collect();
+    let allocator = BitmapFrameAllocator::new(LinearMap, &ram, &[PhysAddr(heap.base)..PhysAddr(heap.end())])?;
+    FRAMES.call_once(|| allocator);
+    Ok(())
 }
 
 fn init_console(info: &BoardInfo) {
@@ -338,7 +289,8 @@ fn banner(info: &BoardInfo) {
     println!("Shootdown {} (aarch64)", env!("CARGO_PKG_VERSION"));
     println!("  board    {} ({kind})", info.model);
     println!("  cpus     {} online of {} in the device tree", smp::online_count(), info.cpus.len());
-    println!("  memory   {} MiB in {} range(s); {} MiB in page frames", info.memory_bytes() >> 20, info.memory.len(), (FRAMES.stats().total * 4096) >> 20);
+    let frame_mib = frames().map_or(0, |f| f.bitmap().total_frames() >> 8);
+    println!("  memory   {} MiB in {} range(s); {} MiB in page frames", info.memory_bytes() >> 20, info.memory.len(), frame_mib);
     println!("  entered  EL{} at {:#x}, device tree at {:#x} ({} bytes)", facts.entered_el, facts.load_pa, facts.dtb_pa, facts.dtb_size);
     let mut devices = String::new();
     for (i, d) in info.devices.iter().enumerate() {

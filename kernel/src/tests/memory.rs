@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use crate::kernel::FRAMES;
+use crate::kernel::frames;
 use crate::mm::layout;
 use crate::mm::phys::{FrameAllocator, PhysMemory};
 use crate::{kassert, kassert_eq, ktest};
@@ -26,12 +26,14 @@ ktest!(memory, heap_alloc_and_free, |t| {
 });
 
 ktest!(memory, frames_alloc_and_free, |_t| {
-    let before = FRAMES.stats();
-    kassert!(before.total > 0, "no page frames at all");
+    let Some(alloc) = frames() else { crate::kskip!("no frame allocator") };
+    let bitmap = alloc.bitmap();
+    let used_before = bitmap.used_frames();
+    kassert!(bitmap.total_frames() > 0, "no page frames at all");
     let mut frames = Vec::new();
     for _ in 0..256 {
-        let f = FRAMES.alloc_zeroed();
-        kassert!(f.is_ok(), "frame allocation failed with {} of {} used", FRAMES.stats().used, before.total);
+        let f = alloc.alloc_zeroed();
+        kassert!(f.is_ok(), "frame allocation failed with {} of {} used", bitmap.used_frames(), bitmap.total_frames());
         frames.push(f.unwrap_or_default());
     }
     let mut sorted: Vec<u64> = frames.iter().map(|f| f.as_u64()).collect();
@@ -51,9 +53,14 @@ ktest!(memory, frames_alloc_and_free, |_t| {
         // SAFETY: the frame is ours and RAM in the linear map.
         let v = unsafe { core::ptr::read_volatile(layout::phys_to_virt(f.as_u64()) as *const u64) };
         kassert_eq!(v, f.as_u64());
-        FRAMES.free(*f);
+        alloc.free(*f);
     }
-    kassert_eq!(FRAMES.stats(), before);
+    kassert_eq!(bitmap.used_frames(), used_before);
+    // A double free is detected, reported and changes nothing.
+    let bad = alloc.bad_frees();
+    alloc.free(frames[0]);
+    kassert_eq!(alloc.bad_frees(), bad + 1);
+    kassert_eq!(bitmap.used_frames(), used_before);
     Ok(())
 });
 

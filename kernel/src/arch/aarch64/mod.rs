@@ -7,5 +7,6 @@ pub mod mmu;
 pub mod power;
 pub mod smp;
 pub mod timer;
+pub mod tlb;
 
 pub use cpu::cpu_id;
