@@ -43,6 +43,17 @@ pub mod atomic {
     };
 }
 
+/// A point where a model check may switch threads; nothing outside loom.
+///
+/// Loom only switches threads at its own operations, so a window between two plain writes made
+/// under a lock is invisible to it even though another CPU's lock-free read can fall into it.
+/// Code with such a window that matters (a lock-free reader elsewhere) marks it with this.
+#[inline(always)]
+pub fn model_switch_point() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
 /// Tells the CPU (or loom's scheduler, or the host's) that this thread is busy-waiting.
 ///
 /// On the host test build this yields the OS thread: the test machine has two cores shared by

@@ -335,8 +335,10 @@ impl Subscriptions {
         let seq = self.invalidate_seq.load(Ordering::Relaxed);
         self.invalidate_seq
             .store(seq.wrapping_add(1), Ordering::Release);
-        let deferred = core::mem::take(&mut locked.deferred);
-        let mut deferred = deferred;
+        // `remove` waits for the sequence to move on; an unlocked read of it could return
+        // right here, before its entry leaves the deferred list below (319561669a59).
+        crate::sync::model_switch_point();
+        let mut deferred = core::mem::take(&mut locked.deferred);
         self.with_tree_mut(&mut locked, |tree| {
             for update in deferred.drain(..) {
                 match update {
