@@ -5,6 +5,7 @@ pub mod addr;
 pub mod asid;
 pub mod frame;
 pub mod layout;
+pub mod notifier;
 pub mod pgtable;
 pub mod phys;
 #[cfg(not(target_os = "none"))]

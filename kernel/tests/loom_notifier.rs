@@ -1,0 +1,212 @@
+//! Loom models of the notifier's concurrency core: the grace period, the collision-retry
+//! protocol, and `remove` racing the last `inv_end` over the deferred list.
+//!
+//! ```text
+//! LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" cargo test -p shootdown --release --test loom_notifier
+//! ```
+//!
+//! Each safety model has a `*_fails_*` twin with the protection switched off, which loom must
+//! catch (`should_panic`): the models can fail.
+#![cfg(loom)]
+
+use std::sync::Arc;
+
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use loom::sync::Mutex;
+use loom::thread;
+use shootdown::mm::notifier::{
+    IntervalNotifier, IntervalNotifierOps, MmCore, NotifierRange, NotifyEvent,
+};
+use shootdown::sync::{set_model_cpu, Srcu};
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(2);
+    }
+    b.check(f);
+}
+
+fn private_srcu() -> &'static Srcu {
+    Box::leak(Box::new(Srcu::new()))
+}
+
+// ---- grace period -------------------------------------------------------------------------------
+
+struct Object {
+    data: UnsafeCell<u64>,
+}
+
+/// A reader that found the old object may use it until its section ends; the updater "frees" it
+/// (writes) after `synchronize`. Loom reports a race if `synchronize` returned too early.
+fn grace_period(synchronize: bool) {
+    model(move || {
+        let srcu = private_srcu();
+        let old = Box::into_raw(Box::new(Object {
+            data: UnsafeCell::new(1),
+        }));
+        let new = Box::into_raw(Box::new(Object {
+            data: UnsafeCell::new(2),
+        }));
+        let published = Arc::new(AtomicPtr::new(old));
+        let reader = {
+            let published = published.clone();
+            thread::spawn(move || {
+                set_model_cpu(1);
+                let _g = srcu.read_lock();
+                let p = published.load(Ordering::Acquire);
+                // SAFETY: objects are freed only after a grace period following unpublishing.
+                let v = unsafe { (*p).data.with(|d| *d) };
+                assert!(v == 1 || v == 2);
+            })
+        };
+        published.store(new, Ordering::Release);
+        if synchronize {
+            srcu.synchronize();
+        }
+        // "Free" the old object: a write loom checks against the reader's read.
+        // SAFETY: `old` is still allocated (freed at the end of the model).
+        unsafe { (*old).data.with_mut(|d| *d = 0xdead) };
+        reader.join().unwrap();
+        // SAFETY: both were leaked from boxes above and nobody uses them any more.
+        unsafe {
+            drop(Box::from_raw(old));
+            drop(Box::from_raw(new));
+        }
+    });
+}
+
+#[test]
+fn grace_period_waits_for_a_reader_that_may_see_the_old_object() {
+    grace_period(true);
+}
+
+#[test]
+#[should_panic]
+fn grace_period_model_fails_without_synchronize() {
+    grace_period(false);
+}
+
+// ---- collision-retry protocol -------------------------------------------------------------------
+
+/// A device mirror in the style of test_hmm: its shadow PTE is established under `user_lock` only
+/// if `read_retry` says no invalidation collided, and cleared by `invalidate`.
+struct Mirror {
+    user_lock: Mutex<Option<u64>>,
+    set_seq: bool,
+}
+
+impl IntervalNotifierOps for Mirror {
+    fn invalidate(&self, sub: &IntervalNotifier, _range: &NotifierRange, cur_seq: u64) -> bool {
+        let mut spte = self.user_lock.lock().unwrap();
+        if self.set_seq {
+            sub.set_seq(cur_seq);
+        }
+        *spte = None;
+        true
+    }
+}
+
+/// The invalidator changes the "CPU PTE" (a generation counter) between start and end; the
+/// reader copies it into the shadow PTE. After both, the shadow PTE is empty or current.
+fn collision_retry(set_seq: bool) {
+    model(move || {
+        let mm = MmCore::with_grace_domain(private_srcu());
+        let pte = Arc::new(AtomicU64::new(1));
+        let mirror = Arc::new(Mirror {
+            user_lock: Mutex::new(None),
+            set_seq,
+        });
+        let sub = Arc::new(IntervalNotifier::insert(&mm, 0x1000, 0x1000, mirror.clone()).unwrap());
+        let invalidator = {
+            let (mm, pte) = (mm.clone(), pte.clone());
+            thread::spawn(move || {
+                set_model_cpu(1);
+                let lock = mm.mmap_read();
+                let range = NotifierRange::new(NotifyEvent::Clear, 0x1000, 0x2000).unwrap();
+                let inv = lock.invalidate_range_start(range);
+                pte.store(2, Ordering::Relaxed);
+                inv.end();
+            })
+        };
+        // The device fault path, once (a real one loops on retry).
+        let seq = sub.read_begin();
+        let value = pte.load(Ordering::Relaxed);
+        {
+            let mut spte = mirror.user_lock.lock().unwrap();
+            if !sub.read_retry(seq) {
+                *spte = Some(value);
+            }
+        }
+        invalidator.join().unwrap();
+        let spte = *mirror.user_lock.lock().unwrap();
+        assert!(
+            spte.is_none() || spte == Some(pte.load(Ordering::Relaxed)),
+            "stale shadow PTE {spte:?}"
+        );
+        drop(Arc::into_inner(sub));
+    });
+}
+
+#[test]
+fn collision_retry_never_leaves_a_stale_shadow_pte() {
+    collision_retry(true);
+}
+
+#[test]
+#[should_panic(expected = "stale shadow PTE")]
+fn collision_retry_model_fails_when_invalidate_skips_set_seq() {
+    collision_retry(false);
+}
+
+// ---- remove vs the last inv_end (319561669a59) ---------------------------------------------------
+
+struct Quiet;
+
+impl IntervalNotifierOps for Quiet {
+    fn invalidate(&self, sub: &IntervalNotifier, _range: &NotifierRange, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+/// An invalidation holds the subscription in full exclusion while another thread removes it, so
+/// the removal goes on the deferred list. When `remove` returns, the core must hold no reference
+/// to the subscription (in C: the caller may `kfree` it).
+fn remove_vs_inv_end(unlocked_seq_read: bool) {
+    model(move || {
+        let mm = MmCore::with_grace_domain(private_srcu());
+        mm.debug_knobs()
+            .remove_reads_seq_unlocked
+            .store(unlocked_seq_read, std::sync::atomic::Ordering::Relaxed);
+        let sub = IntervalNotifier::insert(&mm, 0x1000, 0x1000, Arc::new(Quiet)).unwrap();
+        let weak = Arc::downgrade(sub.notifier());
+        let lock = mm.mmap_read();
+        let inv = lock.invalidate_range_start(
+            NotifierRange::new(NotifyEvent::Unmap, 0x1000, 0x2000).unwrap(),
+        );
+        let remover = thread::spawn(move || {
+            set_model_cpu(1);
+            sub.remove();
+            assert!(
+                weak.upgrade().is_none(),
+                "remove returned while the subscription was still deferred"
+            );
+        });
+        inv.end();
+        drop(lock);
+        remover.join().unwrap();
+    });
+}
+
+#[test]
+fn remove_returns_only_after_the_deferred_list_is_processed() {
+    remove_vs_inv_end(false);
+}
+
+#[test]
+#[should_panic(expected = "still deferred")]
+fn remove_model_fails_with_an_unlocked_sequence_read() {
+    remove_vs_inv_end(true);
+}
