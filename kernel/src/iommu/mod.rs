@@ -10,6 +10,7 @@
 pub mod cd;
 pub mod command;
 pub mod event;
+pub mod planner;
 pub mod queue;
 pub mod regs;
 pub mod ste;
