@@ -7,10 +7,19 @@
 //! | [`ste`], [`cd`] | stream table entries and context descriptors |
 //! | [`event`] | event-queue records |
 //! | [`queue`] | circular-queue index arithmetic |
+//! | [`planner`] | which TLBI commands an `arch_invalidate_secondary_tlbs(start, end)` sends |
+//! | [`backend`] | what the driver needs: register access, a clock, table memory |
+//! | [`model`] | the software SMMUv3 (backend 2) with IOTLB, coherence checker and a DMA engine |
+//! | [`physmem`] | byte/word access to physical memory without `unsafe` |
+//! | [`testing`] | an in-memory physical arena, a minimal page-table builder, a stepping clock |
+pub mod backend;
 pub mod cd;
 pub mod command;
 pub mod event;
+pub mod model;
+pub mod physmem;
 pub mod planner;
 pub mod queue;
 pub mod regs;
 pub mod ste;
+pub mod testing;

@@ -45,6 +45,17 @@ impl QueueGeometry {
         }
     }
 
+    /// A queue of 2^`min(log2_entries, 19)` entries: what the SMMU uses when a base register
+    /// asks for more than the architecture allows.
+    pub const fn clamped(log2_entries: u8) -> Self {
+        let log2_entries = if log2_entries > MAX_LOG2_ENTRIES {
+            MAX_LOG2_ENTRIES
+        } else {
+            log2_entries
+        };
+        Self { log2_entries }
+    }
+
     /// log2 of the number of entries.
     pub const fn log2_entries(&self) -> u8 {
         self.log2_entries
