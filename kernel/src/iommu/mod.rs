@@ -8,6 +8,8 @@
 //! | [`event`] | event-queue records |
 //! | [`queue`] | circular-queue index arithmetic |
 //! | [`planner`] | which TLBI commands an `arch_invalidate_secondary_tlbs(start, end)` sends |
+//! | [`features`] | what an SMMU implements (ID registers) |
+//! | [`driver`] | the driver core: probe, stream table, contexts, queues, invalidation, events |
 //! | [`backend`] | what the driver needs: register access, a clock, table memory |
 //! | [`model`] | the software SMMUv3 (backend 2) with IOTLB, coherence checker and a DMA engine |
 //! | [`physmem`] | byte/word access to physical memory without `unsafe` |
@@ -15,7 +17,9 @@
 pub mod backend;
 pub mod cd;
 pub mod command;
+pub mod driver;
 pub mod event;
+pub mod features;
 pub mod model;
 pub mod physmem;
 pub mod planner;

@@ -141,6 +141,14 @@ impl PlannerConfig {
         Ok(Self { va_bits, ..self })
     }
 
+    /// The same settings with another strategy.
+    pub fn with_strategy(self, strategy: Strategy) -> Result<Self, PlanError> {
+        if strategy == Strategy::Range && !self.range_supported {
+            return Err(PlanError::RangeUnsupported);
+        }
+        Ok(Self { strategy, ..self })
+    }
+
     /// The selected strategy.
     pub const fn strategy(&self) -> Strategy {
         self.strategy

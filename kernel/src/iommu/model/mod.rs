@@ -70,6 +70,8 @@ pub struct ModelConfig {
     pub oas: u8,
     /// SMMU_IDR3.RIL.
     pub range_invalidation: bool,
+    /// SMMU_IDR0.ASID16 (else 8-bit ASIDs).
+    pub asid16: bool,
     /// Tag IOTLB entries with STE.S2VMID and match TLBI VMIDs (QEMU ≥ 9.2's nested SMMU, which
     /// also advertises stage 2 in SMMU_IDR0; stage-2 STEs themselves are not modelled).
     pub vmid_tagging: bool,
@@ -88,6 +90,7 @@ impl Default for ModelConfig {
             eventq_max_log2: 19,
             oas: 4,
             range_invalidation: true,
+            asid16: true,
             vmid_tagging: true,
             iotlb: IotlbConfig::QEMU,
             checker: true,
@@ -510,7 +513,7 @@ impl State {
                         + regs::IDR0::S2P.val(u32::from(c.vmid_tagging))
                         + regs::IDR0::TTF.val(2)
                         + regs::IDR0::COHACC::SET
-                        + regs::IDR0::ASID16::SET
+                        + regs::IDR0::ASID16.val(u32::from(c.asid16))
                         + regs::IDR0::VMID16::SET
                         + regs::IDR0::TTENDIAN.val(2)
                         + regs::IDR0::STALL_MODEL.val(1)
