@@ -818,6 +818,15 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             self.ste_addr(sid, 0),
         )?);
         let cfgi = [Command::CfgiSte { sid, leaf: true }];
+        if !ste.is_valid() {
+            // Turning the stream off: V goes first, so no valid mix is ever visible.
+            physmem::store(self.mem, self.ste_addr(sid, 0), ste.0[0], Ordering::Release)?;
+            for (i, w) in ste.0.iter().enumerate().skip(1) {
+                physmem::store(self.mem, self.ste_addr(sid, i), *w, Ordering::Relaxed)?;
+            }
+            self.submit(&cfgi, true)?;
+            return Ok(());
+        }
         if current.is_valid() && current.0[1..] != ste.0[1..] {
             physmem::store(self.mem, self.ste_addr(sid, 0), 0, Ordering::Release)?;
             self.submit(&cfgi, true)?;

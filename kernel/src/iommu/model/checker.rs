@@ -5,9 +5,17 @@
 //! software that changed the tables did not invalidate (or did not wait for the invalidation)
 //! before letting the change be relied upon.
 //!
-//! The kernel tells the checker about its unmaps ([`UnmapNote`], via
-//! [`super::SmmuModel::note_unmap`]) so a record can name the last unmap that covered the VA:
-//! that is the operation whose invalidation went missing.
+//! The kernel tells the checker about its unmaps ([`UnmapNote`]) so a record can name the last
+//! unmap that covered the VA: that is the operation whose invalidation went missing.
+//!
+//! Concurrency: while an unmap is in progress (PTEs already cleared, invalidation not yet
+//! complete) a device may legitimately still use the old translation — the architecture only
+//! promises the invalidation has taken effect once the CMD_SYNC completes, and the kernel only
+//! promises it once the unmap returns. The kernel brackets such windows with
+//! [`super::SmmuModel::begin_unmap`] / [`super::SmmuModel::end_unmap`]; a mismatch inside an
+//! open window of the same ASID covering the VA is counted as a *race* and not recorded. Any
+//! other mismatch is a violation. (Single-threaded callers can simply call
+//! [`super::SmmuModel::note_unmap`] for each unmap.)
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -105,8 +113,10 @@ impl fmt::Display for StaleTranslation {
 pub struct Checker {
     pub(super) enabled: bool,
     unmaps: VecDeque<UnmapNote>,
+    in_flight: Vec<UnmapNote>,
     records: Vec<StaleTranslation>,
     total: u64,
+    raced: u64,
 }
 
 impl Checker {
@@ -114,9 +124,35 @@ impl Checker {
         Self {
             enabled,
             unmaps: VecDeque::new(),
+            in_flight: Vec::new(),
             records: Vec::new(),
             total: 0,
+            raced: 0,
         }
+    }
+
+    pub(super) fn begin_unmap(&mut self, note: UnmapNote) {
+        self.in_flight.push(note);
+    }
+
+    /// Closes the window of unmap `id`; returns false if none was open.
+    pub(super) fn end_unmap(&mut self, id: u64) -> bool {
+        match self.in_flight.iter().position(|u| u.id == id) {
+            Some(i) => {
+                let note = self.in_flight.swap_remove(i);
+                self.note_unmap(note);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn racing(&self, asid: Option<u16>, va: VirtAddr) -> bool {
+        asid.is_some_and(|a| {
+            self.in_flight
+                .iter()
+                .any(|u| u.asid == a && u.start <= va && va < u.end)
+        })
     }
 
     pub(super) fn note_unmap(&mut self, note: UnmapNote) {
@@ -155,6 +191,10 @@ impl Checker {
             (Ok(_), Err(_)) => StaleKind::UseAfterUnmap,
             (Err(_), Ok(_)) => StaleKind::SpuriousFault,
         };
+        if self.racing(asid, va) {
+            self.raced += 1;
+            return false;
+        }
         self.total += 1;
         if self.records.len() < RECORD_CAPACITY {
             let last_unmap = self.last_unmap(asid, va);
@@ -184,5 +224,9 @@ impl Checker {
 
     pub(super) fn total(&self) -> u64 {
         self.total
+    }
+
+    pub(super) fn raced(&self) -> u64 {
+        self.raced
     }
 }

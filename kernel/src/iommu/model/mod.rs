@@ -258,7 +258,10 @@ pub struct ModelStats {
     pub commands: CommandCounts,
     pub syncs_completed: u64,
     pub command_errors: u64,
+    /// Cached translations that disagreed with the tables outside any open unmap window.
     pub stale_translations: u64,
+    /// Disagreements inside an open unmap window (allowed races, see [`checker`]).
+    pub raced_translations: u64,
     pub bad_register_accesses: u64,
 }
 
@@ -378,6 +381,7 @@ impl<'m> SmmuModel<'m> {
         stats.iotlb_evictions = s.iotlb.evictions;
         stats.iotlb_capacity_flushes = s.iotlb.capacity_flushes;
         stats.stale_translations = s.checker.total();
+        stats.raced_translations = s.checker.raced();
         stats
     }
 
@@ -407,7 +411,8 @@ impl<'m> SmmuModel<'m> {
     }
 
     /// Tells the checker the kernel unmapped (or changed the protection of) `[start, end)` in
-    /// `asid` as operation `id`.
+    /// `asid` as operation `id`, and that the operation has completed (or, single-threaded, is
+    /// about to): from now on a cached translation that disagrees there is a violation.
     pub fn note_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
         self.state.lock().checker.note_unmap(UnmapNote {
             id,
@@ -415,6 +420,23 @@ impl<'m> SmmuModel<'m> {
             start,
             end,
         });
+    }
+
+    /// Opens the window of unmap `id` (call before the kernel changes the PTEs or CD): until
+    /// [`SmmuModel::end_unmap`], a device still using the old translation is an allowed race.
+    pub fn begin_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
+        self.state.lock().checker.begin_unmap(UnmapNote {
+            id,
+            asid,
+            start,
+            end,
+        });
+    }
+
+    /// Closes the window of unmap `id` (call when the unmap returns, i.e. after its
+    /// invalidation completed). Returns false if no such window was open.
+    pub fn end_unmap(&self, id: u64) -> bool {
+        self.state.lock().checker.end_unmap(id)
     }
 
     /// The stale translations recorded so far (up to [`checker::RECORD_CAPACITY`]).

@@ -716,3 +716,33 @@ fn iotlb_policies_apply_in_the_model() {
     assert!(matches!(s.iotlb_hit_rate(), Some(r) if (r - 0.4).abs() < 1e-9));
     let _ = SyncSignal::Sev; // all CMD_SYNC signals are accepted
 }
+
+#[test]
+fn open_unmap_windows_turn_mismatches_into_allowed_races() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    // Unmap in progress: PTE cleared, invalidation not yet done — a hit is a race, not a bug.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 7);
+    t.unmap(VirtAddr(0x1000)).unwrap();
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    assert!(rig.smmu.stale_translations().is_empty());
+    assert_eq!(rig.smmu.stats().raced_translations, 1);
+    // The unmap "returns" without having invalidated: the next hit is a violation naming it.
+    assert!(rig.smmu.end_unmap(7));
+    assert!(!rig.smmu.end_unmap(7), "already closed");
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.stale_translations();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].last_unmap.map(|u| u.id), Some(7));
+    // A window of another ASID does not cover it.
+    rig.smmu
+        .begin_unmap(ASID + 1, VirtAddr(0), VirtAddr(1 << 48), 8);
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    assert_eq!(rig.smmu.stats().stale_translations, 2);
+}
