@@ -500,3 +500,80 @@ fn invalidation_plans_are_counted_per_kind() {
         assert_eq!(m.syncs_completed, s.commands.get(CommandKind::Sync));
     });
 }
+
+#[test]
+fn a_failed_attach_is_rolled_back_or_kept_accounted_for() {
+    with_default_world(|w| {
+        let s = w.smmu;
+        // The SMMU refuses the CFGI_STE: the STE is taken back, nothing is attached.
+        let fail = Some((Some(opcode::CFGI_STE), CommandErrorCode::Illegal));
+        w.model.set_knobs(Knobs {
+            fail_command: fail,
+            ..Knobs::default()
+        });
+        assert!(matches!(
+            s.attach(0x11, w.ctx),
+            Err(SmmuError::CommandFailed(_))
+        ));
+        assert_eq!(s.context_streams(w.ctx).unwrap(), [SID]);
+        let f = w
+            .model
+            .translate(0x11, VirtAddr(VA), AccessKind::Read)
+            .unwrap_err();
+        assert_eq!(f.kind, FaultKind::BadSte(BadSte::Invalid));
+        s.attach(0x11, w.ctx).unwrap();
+        // A wedged SMMU: the attach times out and cannot even be taken back, so the stream
+        // stays accounted for and its context cannot be destroyed under it.
+        w.model.set_knobs(Knobs {
+            stall_sync: true,
+            ..Knobs::default()
+        });
+        let other = s
+            .create_context(ContextParams {
+                root: w.tables.root(),
+                mair: MAIR,
+            })
+            .unwrap();
+        assert!(matches!(
+            s.attach(0x12, other),
+            Err(SmmuError::SyncTimeout { .. })
+        ));
+        assert_eq!(s.context_streams(other).unwrap(), [0x12]);
+        assert_eq!(
+            s.destroy_context(other),
+            Err(SmmuError::ContextInUse(other))
+        );
+        // Once the SMMU recovers, detach cleans up and the context can go.
+        w.model.set_knobs(Knobs::default());
+        s.detach(0x12).unwrap();
+        s.destroy_context(other).unwrap();
+    });
+}
+
+#[test]
+fn event_queue_write_aborts_are_reported_and_acknowledged() {
+    with_default_world(|w| {
+        w.model.set_knobs(Knobs {
+            abort_event_writes: true,
+            ..Knobs::default()
+        });
+        let f = w
+            .model
+            .translate(0x30, VirtAddr(0), AccessKind::Read)
+            .unwrap_err();
+        assert_eq!(f.kind, FaultKind::BadSte(BadSte::Invalid));
+        let drain = w.smmu.drain_events(|_| {}).unwrap();
+        assert_eq!((drain.drained, drain.write_aborted), (0, true));
+        assert_eq!(
+            w.model.read32(offset::GERROR),
+            w.model.read32(offset::GERRORN)
+        );
+        // The same through the generic acknowledgement.
+        let _ = w.model.translate(0x30, VirtAddr(0), AccessKind::Read);
+        assert_eq!(w.smmu.acknowledge_global_errors(), 1 << 2, "EVENTQ_ABT_ERR");
+        assert_eq!(w.smmu.acknowledge_global_errors(), 0);
+        w.model.set_knobs(Knobs::default());
+        let _ = w.model.translate(0x30, VirtAddr(0), AccessKind::Read);
+        assert_eq!(w.events().len(), 1);
+    });
+}

@@ -528,7 +528,8 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         self.submit(&[Command::CfgiAll, Command::TlbiNsnhAll], true)?;
         cr0.modify(CR0::EVENTQEN::SET);
         self.write_cr0(cr0.get())?;
-        self.regs.write32(offset::IRQ_CTRL, 0);
+        // Polled operation: no interrupts (the kernel may enable the wired ones later).
+        self.write_acked(offset::IRQ_CTRL, offset::IRQ_CTRLACK, "SMMU_IRQ_CTRLACK", 0)?;
         cr0.modify(CR0::SMMUEN::SET);
         self.write_cr0(cr0.get())
     }
@@ -557,16 +558,28 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     fn write_cr0(&self, value: u32) -> Result<(), SmmuError> {
-        self.regs.write32(offset::CR0, value);
+        self.write_acked(offset::CR0, offset::CR0ACK, "SMMU_CR0ACK", value)
+    }
+
+    /// Writes a register that has an ACK twin (§6.3.9 CR0/CR0ACK, §6.3.16 IRQ_CTRL/ACK) and
+    /// waits until the twin reads the same value.
+    fn write_acked(
+        &self,
+        reg: usize,
+        ack: usize,
+        name: &'static str,
+        value: u32,
+    ) -> Result<(), SmmuError> {
+        self.regs.write32(reg, value);
         let deadline = self.deadline(self.config.ack_timeout_ns);
         loop {
-            let seen = self.regs.read32(offset::CR0ACK);
+            let seen = self.regs.read32(ack);
             if seen == value {
                 return Ok(());
             }
             if self.clock.now_ns() >= deadline {
                 return Err(SmmuError::AckTimeout {
-                    register: "SMMU_CR0ACK",
+                    register: name,
                     wanted: value,
                     seen,
                 });
@@ -946,12 +959,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             return Err(SmmuError::ContextQuiesced(ctx));
         }
         let ste = Ste::stage1(c.cd).map_err(|_| SmmuError::Unreachable(c.cd))?;
-        self.write_ste(sid, &ste)?;
-        streams.attached.insert(sid, Attachment::Context(ctx));
-        if let Some(c) = streams.contexts.get_mut(&ctx) {
-            c.sids.push(sid);
-        }
-        Ok(())
+        self.install(&mut streams, sid, &ste, Attachment::Context(ctx))
     }
 
     /// Lets stream `sid` bypass translation.
@@ -970,9 +978,30 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         if streams.attached.contains_key(&sid) {
             return Err(SmmuError::StreamBusy(sid));
         }
-        self.write_ste(sid, ste)?;
+        self.install(&mut streams, sid, ste, how)
+    }
+
+    /// Writes the STE of an unattached stream and records the attachment. If that fails, the
+    /// STE is taken back; if even that fails, the STE may be live, so the attachment is
+    /// recorded anyway (a context cannot be destroyed under it; `detach` retries the clean-up).
+    fn install(
+        &self,
+        streams: &mut Streams,
+        sid: u32,
+        ste: &Ste,
+        how: Attachment,
+    ) -> Result<(), SmmuError> {
+        let result = self.write_ste(sid, ste);
+        if result.is_err() && self.write_ste(sid, &Ste::INVALID).is_ok() {
+            return result;
+        }
         streams.attached.insert(sid, how);
-        Ok(())
+        if let Attachment::Context(ctx) = how {
+            if let Some(c) = streams.contexts.get_mut(&ctx) {
+                c.sids.push(sid);
+            }
+        }
+        result
     }
 
     /// Detaches stream `sid`: its STE becomes invalid again (traffic aborts, C_BAD_STE).

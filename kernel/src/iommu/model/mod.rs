@@ -25,7 +25,8 @@
 //!   and EVENTQ_PROD.OVFLG toggles (if no overflow is already pending).
 //! * **Coherence checker** ([`checker`]): see there.
 //! * **Fault injection** ([`Knobs`]): a stalled command queue, a CMD_SYNC that never
-//!   completes, a one-shot command error.
+//!   completes, a one-shot command error, a lagging CR0ACK, aborting event-queue writes.
+//!   (Event-queue overflow needs no knob: a small queue and an edu-like device do it.)
 
 pub mod checker;
 pub mod dma;
@@ -127,6 +128,8 @@ pub struct Knobs {
     pub fail_command: Option<(Option<u8>, CommandErrorCode)>,
     /// After each CR0 write, this many CR0ACK reads still return the old value.
     pub cr0ack_lag: u32,
+    /// Event-queue writes abort (the SMMU raises GERROR.EVENTQ_ABT_ERR, the event is lost).
+    pub abort_event_writes: bool,
 }
 
 /// Why a translation failed (the model's view; [`FaultKind::event`] gives the event number).
@@ -801,6 +804,11 @@ impl State {
             if !pending {
                 self.regs.eventq_prod ^= EVENTQ_OVFLG;
             }
+            return false;
+        }
+        if self.knobs.abort_event_writes {
+            self.stats.events_lost += 1;
+            self.raise_gerror(GERROR_EVENTQ_ABT_ERR);
             return false;
         }
         let base = Self::queue_base(self.regs.eventq_base, q.bytes(EVENT_SIZE));
