@@ -970,16 +970,23 @@ impl State {
                 (o, Some(s1.asid), vmid, hit)
             }
         };
+        // Only cached state is checked: a cached configuration against a fresh decode, a
+        // cached leaf against a fresh walk. A walk done just now is fresh by definition, and
+        // walking twice would race with table writes the kernel may legitimately make
+        // concurrently (new mappings need no invalidation).
         if self.checker.enabled && (config_hit || iotlb_hit) {
-            let fresh = self.fresh(mem, sid, va, access);
-            let used = outcome.map(|(pa, _)| pa).map_err(|(k, _)| k);
-            let source = if iotlb_hit {
-                StaleSource::Iotlb
-            } else {
-                StaleSource::Config
-            };
-            self.checker
-                .check(sid, asid, vmid, va, access, source, used, fresh);
+            let config_stale = config_hit && self.decode_config(mem, sid) != Ok(cfg);
+            if config_stale || iotlb_hit {
+                let fresh = self.fresh(mem, sid, va, access);
+                let used = outcome.map(|(pa, _)| pa).map_err(|(k, _)| k);
+                let source = if config_stale {
+                    StaleSource::Config
+                } else {
+                    StaleSource::Iotlb
+                };
+                self.checker
+                    .check(sid, asid, vmid, va, access, source, used, fresh);
+            }
         }
         match outcome {
             Ok((pa, contiguous)) => Ok(Translation {
