@@ -1,7 +1,7 @@
 //! SMMUv3 commands: typed values that encode to, and decode from, the 16-byte command-queue
 //! entry format.
 //!
-//! Source: Arm SMMUv3 specification §4 "Commands": §4.1.1 (common layout: opcode in bits [7:0]),
+//! Source: Arm SMMUv3 specification §4 "Commands": §4.1.1 (common layout: opcode in bits `[7:0]`),
 //! §4.2 (CMD_PREFETCH_CONFIG), §4.3 (configuration invalidation: CMD_CFGI_*), §4.4 (TLB
 //! invalidation, including §4.4.1.1 range invalidation and the TTL hint), §4.7 (CMD_SYNC).
 //! The bit positions agree with Linux's `arm-smmu-v3.h` and QEMU's `smmuv3-internal.h`.
@@ -175,7 +175,7 @@ pub struct TlbiVa {
     pub vmid: u16,
     /// Ignored (and encoded as 0) for TLBI_NH_VAA.
     pub asid: u16,
-    /// The first address; bits [11:0] are not encodable and must be zero.
+    /// The first address; bits `[11:0]` are not encodable and must be zero.
     pub addr: VirtAddr,
     /// Only last-level (leaf) entries need to be invalidated.
     pub leaf: bool,

@@ -2,9 +2,9 @@
 //!
 //! Source: Arm SMMUv3 specification §7.3 "Event records" (common fields and per-event layouts,
 //! §7.3.2–§7.3.20 for the event numbers) and §7.4 "Event queue overflow". The layout agrees
-//! with QEMU's `smmuv3_record_event()` (facts §3.5): type in bits [7:0], SSV bit 11, SSID
-//! [31:12], StreamID [63:32]; STAG [79:64], Stall bit 95; PnU bit 97, InD bit 98, RnW bit 99,
-//! S2 bit 103, CLASS [105:104]; InputAddr [191:128]; IPA/FetchAddr [255:192].
+//! with QEMU's `smmuv3_record_event()` (facts §3.5): type in bits `[7:0]`, SSV bit 11, SSID
+//! `[31:12]`, StreamID `[63:32]`; STAG `[79:64]`, Stall bit 95; PnU bit 97, InD bit 98, RnW bit 99,
+//! S2 bit 103, CLASS `[105:104]`; InputAddr `[191:128]`; IPA/FetchAddr `[255:192]`.
 
 use core::fmt;
 

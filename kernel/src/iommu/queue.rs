@@ -2,7 +2,7 @@
 //!
 //! Source: Arm SMMUv3 specification §3.5 "Command and Event queues": a queue has 2^LOG2SIZE
 //! entries; a producer or consumer index register holds the entry index in bits
-//! [LOG2SIZE-1:0] and a wrap flag in bit [LOG2SIZE], toggled each time the index wraps. The
+//! `[LOG2SIZE-1:0]` and a wrap flag in bit `[LOG2SIZE]`, toggled each time the index wraps. The
 //! queue is empty when both index and wrap are equal, full when the index is equal and the wrap
 //! differs. Bits above the wrap flag carry other things (CMDQ_CONS.ERR, EVENTQ_PROD.OVFLG) and
 //! are masked off here.

@@ -194,7 +194,7 @@ register_bitfields! [u32,
 register_bitfields! [u64,
     /// SMMU_STRTAB_BASE (§6.3.24).
     pub STRTAB_BASE [
-        /// Physical address bits [51:6]; the SMMU aligns it down to the table size.
+        /// Physical address bits `[51:6]`; the SMMU aligns it down to the table size.
         ADDR OFFSET(6) NUMBITS(46) [],
         /// Read-allocate hint.
         RA OFFSET(62) NUMBITS(1) []
@@ -203,7 +203,7 @@ register_bitfields! [u64,
     pub Q_BASE [
         /// log2 of the number of entries.
         LOG2SIZE OFFSET(0) NUMBITS(5) [],
-        /// Physical address bits [51:5]; must be aligned to the queue size.
+        /// Physical address bits `[51:5]`; must be aligned to the queue size.
         ADDR OFFSET(5) NUMBITS(47) [],
         /// Read-allocate (command queue) / write-allocate (event queue) hint.
         ALLOC OFFSET(62) NUMBITS(1) []

@@ -213,24 +213,24 @@ pub mod desc {
     pub const VALID: u64 = 1 << 0;
     /// Table (levels 0-2) or page (level 3) descriptor; clear for a block.
     pub const TABLE_OR_PAGE: u64 = 1 << 1;
-    /// AttrIndx[2:0] = 0 (MAIR slot 0).
+    /// AttrIndx`[2:0]` = 0 (MAIR slot 0).
     pub const ATTR_INDEX_0: u64 = 0;
-    /// AP[2]: read-only.
+    /// `AP[2]`: read-only.
     pub const AP_READ_ONLY: u64 = 1 << 7;
-    /// SH[1:0] = 0b11: Inner Shareable.
+    /// SH`[1:0]` = 0b11: Inner Shareable.
     pub const SH_INNER: u64 = 0b11 << 8;
     /// Access flag.
     pub const AF: u64 = 1 << 10;
-    /// APTable[1]: read-only for everything below this table.
+    /// `APTable[1]`: read-only for everything below this table.
     pub const AP_TABLE_READ_ONLY: u64 = 1 << 62;
-    /// Output address bits [47:12].
+    /// Output address bits `[47:12]`.
     pub const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
 }
 
 /// Attributes of a leaf built by [`TestPageTables`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeafAttrs {
-    /// AP[2] = 0 when true.
+    /// `AP[2]` = 0 when true.
     pub writable: bool,
     /// AF = 1 when true.
     pub accessed: bool,
@@ -449,7 +449,7 @@ impl<'a> TestPageTables<'a> {
         Ok(PhysAddr(d & desc::OA_MASK))
     }
 
-    /// Sets or clears AP[2] (read-only) on the leaf for `va`.
+    /// Sets or clears `AP[2]` (read-only) on the leaf for `va`.
     pub fn set_writable(&self, va: VirtAddr, writable: bool) -> Result<(), TableError> {
         self.update(va, desc::AP_READ_ONLY, !writable)
     }

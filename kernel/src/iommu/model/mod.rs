@@ -300,7 +300,7 @@ struct Regs {
     strtab_base_cfg: u32,
     cmdq_base: u64,
     cmdq_prod: u32,
-    /// Read index, plus ERR in bits [30:24].
+    /// Read index, plus ERR in bits `[30:24]`.
     cmdq_cons: u32,
     eventq_base: u64,
     /// Write index, plus OVFLG in bit 31.
@@ -1056,7 +1056,7 @@ impl State {
     }
 }
 
-/// The permission check against a leaf: writes need AP[2] = 0 (everything is privileged).
+/// The permission check against a leaf: writes need `AP[2]` = 0 (everything is privileged).
 fn permit(leaf: &Leaf, access: AccessKind) -> Result<(), FaultKind> {
     if access == AccessKind::Write && !leaf.writable {
         Err(FaultKind::Permission { level: leaf.level })

@@ -1,10 +1,10 @@
 //! The model's stage-1 table walker: VMSAv8-64, 4 KiB granule, AArch64 descriptors.
 //!
 //! Source: Arm ARM (DDI 0487) D8.1-D8.4 (translation table walks, descriptor formats, start
-//! level from TxSZ, access flag, AP[2] and APTable) and SMMUv3 §3.4 (input/output address
+//! level from TxSZ, access flag, `AP[2]` and APTable) and SMMUv3 §3.4 (input/output address
 //! sizes). As in QEMU's `smmu_ptw_64_s1()`, every transaction is treated as privileged: only
-//! AP[2] (read-only) and APTable[1] (read-only below, unless CD.HAD0) restrict writes, and
-//! AP[1]/UXN/PXN are ignored. Walk entries are not cached: only the leaf result goes into the
+//! `AP[2]` (read-only) and `APTable[1]` (read-only below, unless CD.HAD0) restrict writes, and
+//! `AP[1]`/UXN/PXN are ignored. Walk entries are not cached: only the leaf result goes into the
 //! IOTLB.
 //!
 //! This walker is written independently of the kernel's page-table engine on purpose: it is the
@@ -35,7 +35,7 @@ pub struct Leaf {
     pub size_log2: u8,
     /// The walk level the leaf was found at (1, 2 or 3).
     pub level: u8,
-    /// Writes allowed (AP[2] = 0 and no APTable[1] above).
+    /// Writes allowed (`AP[2]` = 0 and no `APTable[1]` above).
     pub writable: bool,
 }
 
