@@ -113,7 +113,7 @@ fn measure(strategy: Strategy, ril: bool, pages: u64) -> Row {
             dma.touch(VirtAddr(UNRELATED_VA + i * PAGE), AccessKind::Read)
                 .unwrap();
         }
-        let hit_rate = w.model.stats().iotlb_hit_rate().unwrap_or(0.0);
+        let hit_rate = w.model.stats().iotlb_hits_per_mille().unwrap_or(0) as f64 / 10.0;
         // The benchmark is only meaningful if the invalidation was complete.
         assert!(dma.touch(VirtAddr(VA), AccessKind::Read).is_err());
         assert!(w.model.stale_translations().is_empty());
@@ -141,13 +141,7 @@ fn print_table() {
             let r = measure(strategy, ril, pages);
             println!(
                 "{:<12} {:>6} {:>6} {:>6} {:>7} {:>11} {:>21.0}%",
-                r.name,
-                r.pages,
-                r.tlbi,
-                r.syncs,
-                r.total,
-                r.prod_writes,
-                r.hit_rate * 100.0
+                r.name, r.pages, r.tlbi, r.syncs, r.total, r.prod_writes, r.hit_rate
             );
         }
     }

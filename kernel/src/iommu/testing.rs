@@ -173,6 +173,9 @@ impl ContiguousFrameAllocator for PhysArena {
 
 /// A clock that moves on by `step_ns` every time it is read: a polling loop with a timeout of
 /// `t` gives up after `t / step_ns` polls, deterministically and without sleeping.
+///
+/// (Like the arena's words, its counter is a `core` atomic: `PhysMemory` hands out `core`
+/// atomics, and this test clock is never model-checked.)
 pub struct StepClock {
     now: AtomicU64,
     step_ns: u64,

@@ -269,10 +269,11 @@ pub struct ModelStats {
 }
 
 impl ModelStats {
-    /// IOTLB hits / (hits + misses), or `None` before any stage-1 lookup.
-    pub fn iotlb_hit_rate(&self) -> Option<f64> {
+    /// IOTLB hits per thousand stage-1 lookups, or `None` before any lookup (integer: the
+    /// kernel does not use the FPU).
+    pub fn iotlb_hits_per_mille(&self) -> Option<u64> {
         let n = self.iotlb_hits + self.iotlb_misses;
-        (n != 0).then(|| self.iotlb_hits as f64 / n as f64)
+        (n != 0).then(|| self.iotlb_hits * 1000 / n)
     }
 }
 
