@@ -1,1 +1,29 @@
 //! The IOMMU side: Arm SMMUv3 encodings, the software SMMU model, the driver and SVA binding.
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`regs`] | register map (pages 0 and 1) and register fields |
+//! | [`command`] | command-queue entries: typed commands, encode/decode |
+//! | [`ste`], [`cd`] | stream table entries and context descriptors |
+//! | [`event`] | event-queue records |
+//! | [`queue`] | circular-queue index arithmetic |
+//! | [`planner`] | which TLBI commands an `arch_invalidate_secondary_tlbs(start, end)` sends |
+//! | [`features`] | what an SMMU implements (ID registers) |
+//! | [`driver`] | the driver core: probe, stream table, contexts, queues, invalidation, events |
+//! | [`backend`] | what the driver needs: register access, a clock, table memory |
+//! | [`model`] | the software SMMUv3 (backend 2) with IOTLB, coherence checker and a DMA engine |
+//! | [`physmem`] | byte/word access to physical memory without `unsafe` |
+//! | [`testing`] | an in-memory physical arena, a minimal page-table builder, a stepping clock |
+pub mod backend;
+pub mod cd;
+pub mod command;
+pub mod driver;
+pub mod event;
+pub mod features;
+pub mod model;
+pub mod physmem;
+pub mod planner;
+pub mod queue;
+pub mod regs;
+pub mod ste;
+pub mod testing;

@@ -1,0 +1,232 @@
+//! The coherence checker: every translation the model serves from a cache (IOTLB or
+//! configuration cache) is compared with a translation from scratch — fresh STE, fresh CD,
+//! fresh table walk. If the two disagree on the outcome of *this* access (one succeeds and the
+//! other faults, or they reach different frames), the device used a stale translation: the
+//! software that changed the tables did not invalidate (or did not wait for the invalidation)
+//! before letting the change be relied upon.
+//!
+//! The kernel tells the checker about its unmaps ([`UnmapNote`]) so a record can name the last
+//! unmap that covered the VA: that is the operation whose invalidation went missing.
+//!
+//! Concurrency: while an unmap is in progress (PTEs already cleared, invalidation not yet
+//! complete) a device may legitimately still use the old translation — the architecture only
+//! promises the invalidation has taken effect once the CMD_SYNC completes, and the kernel only
+//! promises it once the unmap returns. The kernel brackets such windows with
+//! [`super::SmmuModel::begin_unmap`] / [`super::SmmuModel::end_unmap`]; a mismatch inside an
+//! open window of the same ASID covering the VA is counted as a *race* and not recorded. Any
+//! other mismatch is a violation. (Single-threaded callers can simply call
+//! [`super::SmmuModel::note_unmap`] for each unmap.)
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::FaultKind;
+use crate::iommu::event::AccessKind;
+use crate::mm::{PhysAddr, VirtAddr};
+
+/// How many unmaps the checker remembers.
+pub const UNMAP_LOG_CAPACITY: usize = 4096;
+/// How many stale translations are kept for inspection (all are counted).
+pub const RECORD_CAPACITY: usize = 1024;
+
+/// An unmap (or protection change) the kernel performed on an address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnmapNote {
+    /// The kernel's identifier for the operation (e.g. a sequence number).
+    pub id: u64,
+    pub asid: u16,
+    pub start: VirtAddr,
+    /// Exclusive.
+    pub end: VirtAddr,
+}
+
+/// How a cached translation differed from the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleKind {
+    /// The device reached memory through a translation the tables no longer have (or no
+    /// longer allow for this access): the dangerous case.
+    UseAfterUnmap,
+    /// The device reached a frame other than the one the tables map now.
+    WrongFrame,
+    /// The access faulted on cached state although the tables now allow it (e.g. a read-only
+    /// entry cached before a permission upgrade).
+    SpuriousFault,
+}
+
+/// Which cache held the stale state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleSource {
+    /// An IOTLB entry.
+    Iotlb,
+    /// The configuration cache (STE/CD decoded before a change that was not invalidated).
+    Config,
+}
+
+/// One stale translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleTranslation {
+    pub sid: u32,
+    /// The ASID the cached state was tagged with (`None` if no stage-1 config was involved).
+    pub asid: Option<u16>,
+    pub vmid: u16,
+    pub va: VirtAddr,
+    pub access: AccessKind,
+    pub kind: StaleKind,
+    pub source: StaleSource,
+    /// What the model did, using its caches.
+    pub used: Result<PhysAddr, FaultKind>,
+    /// What the tables say now.
+    pub fresh: Result<PhysAddr, FaultKind>,
+    /// The most recent noted unmap of this ASID covering `va`.
+    pub last_unmap: Option<UnmapNote>,
+}
+
+impl fmt::Display for StaleTranslation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stale translation ({:?} from {:?}): SID {:#x}",
+            self.kind, self.source, self.sid
+        )?;
+        if let Some(asid) = self.asid {
+            write!(f, " ASID {asid}")?;
+        }
+        write!(f, " VA {} {:?}: ", self.va, self.access)?;
+        match self.used {
+            Ok(pa) => write!(f, "used {pa}")?,
+            Err(k) => write!(f, "faulted ({k})")?,
+        }
+        match self.fresh {
+            Ok(pa) => write!(f, ", tables say {pa}")?,
+            Err(k) => write!(f, ", tables say {k}")?,
+        }
+        match self.last_unmap {
+            Some(u) => write!(f, "; last unmap #{} covered {}..{}", u.id, u.start, u.end),
+            None => f.write_str("; no noted unmap covers it"),
+        }
+    }
+}
+
+/// Checker state.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    pub(super) enabled: bool,
+    unmaps: VecDeque<UnmapNote>,
+    in_flight: Vec<UnmapNote>,
+    records: Vec<StaleTranslation>,
+    total: u64,
+    raced: u64,
+}
+
+impl Checker {
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            unmaps: VecDeque::new(),
+            in_flight: Vec::new(),
+            records: Vec::new(),
+            total: 0,
+            raced: 0,
+        }
+    }
+
+    pub(super) fn begin_unmap(&mut self, note: UnmapNote) {
+        self.in_flight.push(note);
+    }
+
+    /// Closes the window of unmap `id`; returns false if none was open.
+    pub(super) fn end_unmap(&mut self, id: u64) -> bool {
+        match self.in_flight.iter().position(|u| u.id == id) {
+            Some(i) => {
+                let note = self.in_flight.swap_remove(i);
+                self.note_unmap(note);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn racing(&self, asid: Option<u16>, va: VirtAddr) -> bool {
+        asid.is_some_and(|a| {
+            self.in_flight
+                .iter()
+                .any(|u| u.asid == a && u.start <= va && va < u.end)
+        })
+    }
+
+    pub(super) fn note_unmap(&mut self, note: UnmapNote) {
+        if self.unmaps.len() == UNMAP_LOG_CAPACITY {
+            self.unmaps.pop_front();
+        }
+        self.unmaps.push_back(note);
+    }
+
+    fn last_unmap(&self, asid: Option<u16>, va: VirtAddr) -> Option<UnmapNote> {
+        let asid = asid?;
+        self.unmaps
+            .iter()
+            .rev()
+            .copied()
+            .find(|u| u.asid == asid && u.start <= va && va < u.end)
+    }
+
+    /// Compares the outcome the model produced with the fresh one; records a mismatch.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn check(
+        &mut self,
+        sid: u32,
+        asid: Option<u16>,
+        vmid: u16,
+        va: VirtAddr,
+        access: AccessKind,
+        source: StaleSource,
+        used: Result<PhysAddr, FaultKind>,
+        fresh: Result<PhysAddr, FaultKind>,
+    ) -> bool {
+        let kind = match (used, fresh) {
+            (Ok(a), Ok(b)) if a == b => return false,
+            (Err(_), Err(_)) => return false,
+            (Ok(_), Ok(_)) => StaleKind::WrongFrame,
+            (Ok(_), Err(_)) => StaleKind::UseAfterUnmap,
+            (Err(_), Ok(_)) => StaleKind::SpuriousFault,
+        };
+        if self.racing(asid, va) {
+            self.raced += 1;
+            return false;
+        }
+        self.total += 1;
+        if self.records.len() < RECORD_CAPACITY {
+            let last_unmap = self.last_unmap(asid, va);
+            self.records.push(StaleTranslation {
+                sid,
+                asid,
+                vmid,
+                va,
+                access,
+                kind,
+                source,
+                used,
+                fresh,
+                last_unmap,
+            });
+        }
+        true
+    }
+
+    pub(super) fn records(&self) -> &[StaleTranslation] {
+        &self.records
+    }
+
+    pub(super) fn take(&mut self) -> Vec<StaleTranslation> {
+        core::mem::take(&mut self.records)
+    }
+
+    pub(super) fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub(super) fn raced(&self) -> u64 {
+        self.raced
+    }
+}

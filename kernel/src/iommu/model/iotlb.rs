@@ -1,0 +1,284 @@
+//! The model's IOTLB: leaf translations tagged like hardware's, with a bounded capacity and a
+//! selectable replacement policy.
+//!
+//! An entry is keyed by (ASID, VMID, VA of the page/block, size) — SMMUv3 §3.17 "TLB tagging"
+//! — so a lookup tries each leaf size (4 KiB, 2 MiB, 1 GiB) like QEMU's
+//! `smmu_iotlb_lookup()`. Only successful walks are cached; translation and access-flag faults
+//! never are, permission faults are (the entry is cached and the permission check fails
+//! against it, which is why a permission *upgrade* needs an invalidation too).
+
+use alloc::collections::BTreeMap;
+
+use super::walk::Leaf;
+
+/// What happens when the IOTLB is full and a new entry must go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Replacement {
+    /// Evict the least recently used entry.
+    Lru,
+    /// Evict the oldest inserted entry.
+    Fifo,
+    /// Drop everything (what QEMU does at `SMMU_IOTLB_MAX_SIZE` = 256 entries).
+    FlushAll,
+}
+
+/// IOTLB settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IotlbConfig {
+    /// Maximum number of entries (0: nothing is cached).
+    pub capacity: usize,
+    pub replacement: Replacement,
+}
+
+impl IotlbConfig {
+    /// QEMU's IOTLB: 256 entries, flushed entirely when full.
+    pub const QEMU: IotlbConfig = IotlbConfig {
+        capacity: 256,
+        replacement: Replacement::FlushAll,
+    };
+}
+
+/// The tag of an IOTLB entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IotlbTag {
+    pub asid: u16,
+    pub vmid: u16,
+    pub size_log2: u8,
+    pub va_base: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    leaf: Leaf,
+    stamp: u64,
+}
+
+/// The IOTLB.
+#[derive(Debug, Clone)]
+pub struct Iotlb {
+    cfg: IotlbConfig,
+    entries: BTreeMap<IotlbTag, Slot>,
+    /// Replacement order: stamp → tag (insertion time for FIFO, last use for LRU).
+    order: BTreeMap<u64, IotlbTag>,
+    next_stamp: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+    /// Whole-IOTLB flushes caused by [`Replacement::FlushAll`].
+    pub capacity_flushes: u64,
+}
+
+const LEAF_SIZES: [u8; 3] = [12, 21, 30];
+
+impl Iotlb {
+    /// An empty IOTLB.
+    pub fn new(cfg: IotlbConfig) -> Self {
+        Self {
+            cfg,
+            entries: BTreeMap::new(),
+            order: BTreeMap::new(),
+            next_stamp: 0,
+            evictions: 0,
+            capacity_flushes: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> IotlbConfig {
+        self.cfg
+    }
+
+    /// Number of cached entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    /// The cached leaf covering `va` for (`asid`, `vmid`), if any.
+    pub fn lookup(&mut self, asid: u16, vmid: u16, va: u64) -> Option<(IotlbTag, Leaf)> {
+        for size_log2 in LEAF_SIZES {
+            let tag = IotlbTag {
+                asid,
+                vmid,
+                size_log2,
+                va_base: va & !((1u64 << size_log2) - 1),
+            };
+            if let Some(slot) = self.entries.get(&tag).copied() {
+                if self.cfg.replacement == Replacement::Lru {
+                    let new = self.stamp();
+                    self.order.remove(&slot.stamp);
+                    self.order.insert(new, tag);
+                    self.entries.insert(
+                        tag,
+                        Slot {
+                            leaf: slot.leaf,
+                            stamp: new,
+                        },
+                    );
+                }
+                return Some((tag, slot.leaf));
+            }
+        }
+        None
+    }
+
+    /// Caches `leaf` for (`asid`, `vmid`), evicting by the replacement policy if full.
+    pub fn insert(&mut self, asid: u16, vmid: u16, leaf: Leaf) {
+        if self.cfg.capacity == 0 {
+            return;
+        }
+        let tag = IotlbTag {
+            asid,
+            vmid,
+            size_log2: leaf.size_log2,
+            va_base: leaf.va_base,
+        };
+        if let Some(old) = self.entries.remove(&tag) {
+            self.order.remove(&old.stamp);
+        }
+        if self.entries.len() >= self.cfg.capacity {
+            match self.cfg.replacement {
+                Replacement::FlushAll => {
+                    self.evictions += self.entries.len() as u64;
+                    self.capacity_flushes += 1;
+                    self.entries.clear();
+                    self.order.clear();
+                }
+                Replacement::Lru | Replacement::Fifo => {
+                    if let Some((_, victim)) = self.order.pop_first() {
+                        self.entries.remove(&victim);
+                        self.evictions += 1;
+                    }
+                }
+            }
+        }
+        let stamp = self.stamp();
+        self.order.insert(stamp, tag);
+        self.entries.insert(tag, Slot { leaf, stamp });
+    }
+
+    /// Removes every entry for which `matches` is true; returns how many.
+    pub fn invalidate(&mut self, mut matches: impl FnMut(&IotlbTag, &Leaf) -> bool) -> usize {
+        let before = self.entries.len();
+        let order = &mut self.order;
+        self.entries.retain(|tag, slot| {
+            let hit = matches(tag, &slot.leaf);
+            if hit {
+                order.remove(&slot.stamp);
+            }
+            !hit
+        });
+        before - self.entries.len()
+    }
+
+    /// Every cached (tag, leaf), in tag order.
+    pub fn entries(&self) -> impl Iterator<Item = (IotlbTag, Leaf)> + '_ {
+        self.entries.iter().map(|(t, s)| (*t, s.leaf))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn page(va: u64) -> Leaf {
+        Leaf {
+            va_base: va,
+            pa_base: va + 0x1000_0000,
+            size_log2: 12,
+            level: 3,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn lookup_finds_pages_and_blocks_by_tag() {
+        let mut t = Iotlb::new(IotlbConfig {
+            capacity: 8,
+            replacement: Replacement::Lru,
+        });
+        t.insert(1, 0, page(0x5000));
+        let block = Leaf {
+            va_base: 0x20_0000,
+            pa_base: 0x4000_0000,
+            size_log2: 21,
+            level: 2,
+            writable: false,
+        };
+        t.insert(1, 0, block);
+        assert_eq!(t.lookup(1, 0, 0x5abc).map(|(_, l)| l), Some(page(0x5000)));
+        assert_eq!(t.lookup(1, 0, 0x2f_ffff).map(|(_, l)| l), Some(block));
+        assert!(t.lookup(2, 0, 0x5000).is_none(), "other ASID");
+        assert!(t.lookup(1, 1, 0x5000).is_none(), "other VMID");
+        assert!(t.lookup(1, 0, 0x6000).is_none());
+        assert_eq!(t.invalidate(|tag, _| tag.size_log2 == 21), 1);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn lru_and_fifo_evict_differently() {
+        for (policy, survivor) in [(Replacement::Lru, 0x1000), (Replacement::Fifo, 0x2000)] {
+            let mut t = Iotlb::new(IotlbConfig {
+                capacity: 2,
+                replacement: policy,
+            });
+            t.insert(1, 0, page(0x1000));
+            t.insert(1, 0, page(0x2000));
+            t.lookup(1, 0, 0x1000); // refreshes 0x1000 under LRU only
+            t.insert(1, 0, page(0x3000));
+            assert_eq!(t.len(), 2);
+            assert!(t.lookup(1, 0, survivor).is_some(), "{policy:?}");
+            assert!(t.lookup(1, 0, 0x3000).is_some());
+            assert_eq!(t.evictions, 1);
+        }
+    }
+
+    #[test]
+    fn flush_all_mimics_qemu() {
+        let mut t = Iotlb::new(IotlbConfig {
+            capacity: 3,
+            replacement: Replacement::FlushAll,
+        });
+        for i in 1..=3 {
+            t.insert(1, 0, page(i << 12));
+        }
+        t.insert(1, 0, page(4 << 12));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.capacity_flushes, 1);
+        assert_eq!(t.evictions, 3);
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing_and_reinsert_replaces() {
+        let mut t = Iotlb::new(IotlbConfig {
+            capacity: 0,
+            replacement: Replacement::Lru,
+        });
+        t.insert(1, 0, page(0x1000));
+        assert!(t.is_empty());
+        let mut t = Iotlb::new(IotlbConfig {
+            capacity: 1,
+            replacement: Replacement::Fifo,
+        });
+        t.insert(1, 0, page(0x1000));
+        t.insert(
+            1,
+            0,
+            Leaf {
+                writable: false,
+                ..page(0x1000)
+            },
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.evictions, 0);
+        assert!(!t.lookup(1, 0, 0x1000).unwrap().1.writable);
+    }
+}

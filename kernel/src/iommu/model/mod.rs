@@ -1,0 +1,1107 @@
+//! A software SMMUv3: the same register interface, in-memory structures and commands as the
+//! real thing, so that the one driver runs unchanged on it (Raspberry Pi 4, host tests).
+//!
+//! What it models, and where it is stricter than QEMU on purpose:
+//!
+//! * **Registers** (§6.3): ID registers describing a stage-1 SMMU with 16-bit ASIDs/VMIDs, RIL,
+//!   4 KiB granule and a linear stream table only; CR0/CR0ACK (optionally lagging, to exercise
+//!   the driver's polling), GBPA with UPDATE, GERROR/GERRORN toggles, the queue registers with
+//!   the event-queue indexes on page 1 only. Accesses to anything else, or base-register writes
+//!   while the queue/table is enabled, are ignored and counted in
+//!   [`ModelStats::bad_register_accesses`].
+//! * **Command queue** (§4): consumed synchronously when CMDQ_PROD is written (as QEMU does),
+//!   but TLBI and CFGI commands take effect only when a later CMD_SYNC completes — hardware is
+//!   allowed to delay them until then, so a forgotten CMD_SYNC shows up as a stale translation
+//!   here, which QEMU cannot show. Illegal commands (unknown opcode, the reserved range
+//!   encoding, SSEC) stop the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR until
+//!   software acknowledges through GERRORN (§7.1).
+//! * **Configuration** (§5.2, §5.4): STE and CD are decoded with the validity rules of
+//!   [`Ste::decode`] and [`CdFields::validate`] (C_BAD_STE / C_BAD_CD events) and cached per
+//!   StreamID until a CFGI.
+//! * **Translation**: an independent stage-1 walker ([`walk`]) and an IOTLB
+//!   ([`iotlb`]) tagged (ASID, VMID, VA, size), VMID taken from STE.S2VMID like QEMU ≥ 9.2's
+//!   nested SMMU. Faults are recorded as events only when CD.R = 1.
+//! * **Event queue** (§7.3, §7.4): records written at EVENTQ_PROD; when full, events are lost
+//!   and EVENTQ_PROD.OVFLG toggles (if no overflow is already pending).
+//! * **Coherence checker** ([`checker`]): see there.
+//! * **Fault injection** ([`Knobs`]): a stalled command queue, a CMD_SYNC that never
+//!   completes, a one-shot command error, a lagging CR0ACK, aborting event-queue writes.
+//!   (Event-queue overflow needs no knob: a small queue and an edu-like device do it.)
+
+pub mod checker;
+pub mod dma;
+pub mod iotlb;
+pub mod walk;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+use tock_registers::LocalRegisterCopy;
+
+use crate::iommu::backend::SmmuBackend;
+use crate::iommu::cd::{BadCd, CdFields, CdGranule, ContextDescriptor, Stage1Config, CD_WORDS};
+use crate::iommu::command::{Command, CommandCounts, Granule, TlbiVa};
+use crate::iommu::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_SIZE};
+use crate::iommu::physmem;
+use crate::iommu::queue::QueueGeometry;
+use crate::iommu::regs::{
+    self, offset, CommandErrorCode, CR0, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, Q_BASE, STRTAB_BASE,
+    STRTAB_BASE_CFG,
+};
+use crate::iommu::ste::{BadSte, Ste, StreamConfig, STE_SIZE, STE_WORDS};
+use crate::mm::phys::PhysMemory;
+use crate::mm::{PhysAddr, VirtAddr};
+use crate::sync::atomic::Ordering;
+
+use checker::{Checker, StaleSource, StaleTranslation, UnmapNote};
+use iotlb::{Iotlb, IotlbConfig, IotlbTag};
+use walk::{Leaf, WalkFault};
+
+/// What the model implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// SMMU_IDR1.SIDSIZE.
+    pub sid_bits: u8,
+    /// SMMU_IDR1.CMDQS.
+    pub cmdq_max_log2: u8,
+    /// SMMU_IDR1.EVENTQS.
+    pub eventq_max_log2: u8,
+    /// SMMU_IDR5.OAS encoding (4 = 44 bits, like QEMU).
+    pub oas: u8,
+    /// SMMU_IDR3.RIL.
+    pub range_invalidation: bool,
+    /// SMMU_IDR0.ASID16 (else 8-bit ASIDs).
+    pub asid16: bool,
+    /// Tag IOTLB entries with STE.S2VMID and match TLBI VMIDs (QEMU ≥ 9.2's nested SMMU, which
+    /// also advertises stage 2 in SMMU_IDR0; stage-2 STEs themselves are not modelled).
+    pub vmid_tagging: bool,
+    pub iotlb: IotlbConfig,
+    /// Run the coherence checker on every cached translation.
+    pub checker: bool,
+}
+
+impl Default for ModelConfig {
+    /// Like QEMU 10's `virt` SMMU: 16-bit StreamIDs, 2^19-entry queues, 44-bit OAS, RIL, VMID
+    /// tagging, a 256-entry IOTLB flushed when full — with the checker on.
+    fn default() -> Self {
+        Self {
+            sid_bits: 16,
+            cmdq_max_log2: 19,
+            eventq_max_log2: 19,
+            oas: 4,
+            range_invalidation: true,
+            asid16: true,
+            vmid_tagging: true,
+            iotlb: IotlbConfig::QEMU,
+            checker: true,
+        }
+    }
+}
+
+/// A [`ModelConfig`] that describes no possible SMMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelConfigError {
+    SidBits(u8),
+    QueueSize(u8),
+    Oas(u8),
+}
+
+impl fmt::Display for ModelConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SidBits(b) => write!(f, "SIDSIZE {b} exceeds 32"),
+            Self::QueueSize(b) => write!(f, "queue size 2^{b} exceeds 2^19"),
+            Self::Oas(o) => write!(f, "OAS encoding {o} is reserved"),
+        }
+    }
+}
+
+/// Fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Knobs {
+    /// The SMMU consumes no commands at all (a wedged SMMU: the queue fills up).
+    pub stall_command_queue: bool,
+    /// A CMD_SYNC at the head of the queue never completes (and nothing after it runs).
+    pub stall_sync: bool,
+    /// The next command (of the given opcode, or any if `None`) fails with this error.
+    pub fail_command: Option<(Option<u8>, CommandErrorCode)>,
+    /// After each CR0 write, this many CR0ACK reads still return the old value.
+    pub cr0ack_lag: u32,
+    /// Event-queue writes abort (the SMMU raises GERROR.EVENTQ_ABT_ERR, the event is lost).
+    pub abort_event_writes: bool,
+}
+
+/// Why a translation failed (the model's view; [`FaultKind::event`] gives the event number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// SMMUEN = 0 and GBPA.ABORT = 1.
+    GlobalAbort,
+    /// STE.Config = abort.
+    StreamAbort,
+    BadStreamId,
+    SteFetch(PhysAddr),
+    BadSte(BadSte),
+    CdFetch(PhysAddr),
+    BadCd(BadCd),
+    Translation {
+        level: u8,
+    },
+    AccessFlag {
+        level: u8,
+    },
+    AddressSize {
+        level: u8,
+    },
+    Permission {
+        level: u8,
+    },
+    WalkAbort {
+        level: u8,
+        pa: PhysAddr,
+    },
+}
+
+impl FaultKind {
+    /// The event this fault is reported with, if any.
+    pub fn event(&self) -> Option<EventKind> {
+        Some(match self {
+            Self::GlobalAbort | Self::StreamAbort => return None,
+            Self::BadStreamId => EventKind::BadStreamId,
+            Self::SteFetch(_) => EventKind::SteFetch,
+            Self::BadSte(_) => EventKind::BadSte,
+            Self::CdFetch(_) => EventKind::CdFetch,
+            Self::BadCd(_) => EventKind::BadCd,
+            Self::Translation { .. } => EventKind::Translation,
+            Self::AccessFlag { .. } => EventKind::Access,
+            Self::AddressSize { .. } => EventKind::AddrSize,
+            Self::Permission { .. } => EventKind::Permission,
+            Self::WalkAbort { .. } => EventKind::WalkEabt,
+        })
+    }
+
+    fn from_walk(f: WalkFault) -> Self {
+        match f {
+            WalkFault::Translation { level } => Self::Translation { level },
+            WalkFault::AccessFlag { level } => Self::AccessFlag { level },
+            WalkFault::AddressSize { level } => Self::AddressSize { level },
+            WalkFault::External { level, pa } => Self::WalkAbort { level, pa },
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::GlobalAbort => f.write_str("aborted (SMMU disabled, GBPA.ABORT)"),
+            Self::StreamAbort => f.write_str("aborted (STE.Config = abort)"),
+            Self::BadStreamId => f.write_str("C_BAD_STREAMID"),
+            Self::SteFetch(pa) => write!(f, "F_STE_FETCH at {pa}"),
+            Self::BadSte(e) => write!(f, "C_BAD_STE: {e}"),
+            Self::CdFetch(pa) => write!(f, "F_CD_FETCH at {pa}"),
+            Self::BadCd(e) => write!(f, "C_BAD_CD: {e}"),
+            Self::Translation { level } => write!(f, "F_TRANSLATION (level {level})"),
+            Self::AccessFlag { level } => write!(f, "F_ACCESS (level {level})"),
+            Self::AddressSize { level } => write!(f, "F_ADDR_SIZE (level {level})"),
+            Self::Permission { level } => write!(f, "F_PERMISSION (level {level})"),
+            Self::WalkAbort { level, pa } => write!(f, "F_WALK_EABT (level {level}, {pa})"),
+        }
+    }
+}
+
+/// A failed translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranslationFault {
+    pub kind: FaultKind,
+    /// An event record was written to the event queue for it.
+    pub recorded: bool,
+}
+
+impl fmt::Display for TranslationFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}",
+            self.kind,
+            if self.recorded {
+                " (event recorded)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// A successful translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    pub pa: PhysAddr,
+    /// Bytes from `pa` to the end of the page/block (for bypass: to the end of the 4 KiB page).
+    pub contiguous: u64,
+    /// Served from the IOTLB.
+    pub iotlb_hit: bool,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelStats {
+    pub translations: u64,
+    pub iotlb_hits: u64,
+    pub iotlb_misses: u64,
+    pub iotlb_evictions: u64,
+    pub iotlb_capacity_flushes: u64,
+    /// IOTLB entries removed by TLBI commands.
+    pub iotlb_invalidated: u64,
+    pub config_hits: u64,
+    pub config_misses: u64,
+    pub faults: u64,
+    pub events_recorded: u64,
+    /// Events dropped because the event queue was full (each may toggle OVFLG).
+    pub events_lost: u64,
+    pub commands: CommandCounts,
+    pub syncs_completed: u64,
+    pub command_errors: u64,
+    /// Cached translations that disagreed with the tables outside any open unmap window.
+    pub stale_translations: u64,
+    /// Disagreements inside an open unmap window (allowed races, see [`checker`]).
+    pub raced_translations: u64,
+    pub bad_register_accesses: u64,
+}
+
+impl ModelStats {
+    /// IOTLB hits per thousand stage-1 lookups, or `None` before any lookup (integer: the
+    /// kernel does not use the FPU).
+    pub fn iotlb_hits_per_mille(&self) -> Option<u64> {
+        let n = self.iotlb_hits + self.iotlb_misses;
+        (n != 0).then(|| self.iotlb_hits * 1000 / n)
+    }
+}
+
+/// A decoded, cacheable stream configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamCfg {
+    Abort,
+    Bypass,
+    Stage1 { s1: Stage1Config, vmid: u16 },
+}
+
+#[derive(Debug, Default)]
+struct Regs {
+    cr0: u32,
+    cr0ack: u32,
+    cr0ack_target: u32,
+    cr0ack_lag_left: u32,
+    cr1: u32,
+    cr2: u32,
+    gbpa: u32,
+    irq_ctrl: u32,
+    gerror: u32,
+    gerrorn: u32,
+    strtab_base: u64,
+    strtab_base_cfg: u32,
+    cmdq_base: u64,
+    cmdq_prod: u32,
+    /// Read index, plus ERR in bits `[30:24]`.
+    cmdq_cons: u32,
+    eventq_base: u64,
+    /// Write index, plus OVFLG in bit 31.
+    eventq_prod: u32,
+    /// Read index, plus OVACKFLG in bit 31.
+    eventq_cons: u32,
+    /// IRQ configuration registers: stored, never used (no MSIs).
+    irq_cfg: BTreeMap<usize, u64>,
+}
+
+struct State {
+    cfg: ModelConfig,
+    regs: Regs,
+    knobs: Knobs,
+    /// TLBI/CFGI commands consumed and waiting for a CMD_SYNC.
+    pending: Vec<Command>,
+    configs: BTreeMap<u32, StreamCfg>,
+    iotlb: Iotlb,
+    checker: Checker,
+    stats: ModelStats,
+}
+
+/// The software SMMUv3.
+pub struct SmmuModel<'m> {
+    mem: &'m dyn PhysMemory,
+    state: spin::Mutex<State>,
+}
+
+/// The GERROR bits the model can raise.
+const GERROR_CMDQ_ERR: u32 = 1 << 0;
+const GERROR_EVENTQ_ABT_ERR: u32 = 1 << 2;
+const EVENTQ_OVFLG: u32 = 1 << 31;
+const CMDQ_ERR_SHIFT: u32 = 24;
+const CMDQ_ERR_MASK: u32 = 0x7f << CMDQ_ERR_SHIFT;
+
+impl<'m> SmmuModel<'m> {
+    /// A reset SMMU reaching memory through `mem`.
+    pub fn new(mem: &'m dyn PhysMemory, cfg: ModelConfig) -> Result<Self, ModelConfigError> {
+        if cfg.sid_bits > 32 {
+            return Err(ModelConfigError::SidBits(cfg.sid_bits));
+        }
+        for q in [cfg.cmdq_max_log2, cfg.eventq_max_log2] {
+            QueueGeometry::new(q).map_err(|_| ModelConfigError::QueueSize(q))?;
+        }
+        if regs::oas_bits(cfg.oas).is_none() {
+            return Err(ModelConfigError::Oas(cfg.oas));
+        }
+        let state = State {
+            cfg,
+            regs: Regs {
+                gbpa: 0x1000,
+                ..Regs::default()
+            },
+            knobs: Knobs::default(),
+            pending: Vec::new(),
+            configs: BTreeMap::new(),
+            iotlb: Iotlb::new(cfg.iotlb),
+            checker: Checker::new(cfg.checker),
+            stats: ModelStats::default(),
+        };
+        Ok(Self {
+            mem,
+            state: spin::Mutex::new(state),
+        })
+    }
+
+    /// The physical memory the model reaches.
+    pub fn memory(&self) -> &'m dyn PhysMemory {
+        self.mem
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> ModelConfig {
+        self.state.lock().cfg
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ModelStats {
+        let s = self.state.lock();
+        let mut stats = s.stats;
+        stats.iotlb_evictions = s.iotlb.evictions;
+        stats.iotlb_capacity_flushes = s.iotlb.capacity_flushes;
+        stats.stale_translations = s.checker.total();
+        stats.raced_translations = s.checker.raced();
+        stats
+    }
+
+    /// Zeroes the counters (the stale-translation records are kept).
+    pub fn reset_stats(&self) {
+        let mut s = self.state.lock();
+        s.stats = ModelStats::default();
+        s.iotlb.evictions = 0;
+        s.iotlb.capacity_flushes = 0;
+    }
+
+    /// The current fault-injection settings.
+    pub fn knobs(&self) -> Knobs {
+        self.state.lock().knobs
+    }
+
+    /// Changes the fault-injection settings; a queue that was held up resumes.
+    pub fn set_knobs(&self, knobs: Knobs) {
+        let mut s = self.state.lock();
+        s.knobs = knobs;
+        s.consume_commands(self.mem);
+    }
+
+    /// Turns the coherence checker on or off.
+    pub fn set_checker(&self, enabled: bool) {
+        self.state.lock().checker.enabled = enabled;
+    }
+
+    /// Tells the checker the kernel unmapped (or changed the protection of) `[start, end)` in
+    /// `asid` as operation `id`, and that the operation has completed (or, single-threaded, is
+    /// about to): from now on a cached translation that disagrees there is a violation.
+    pub fn note_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
+        self.state.lock().checker.note_unmap(UnmapNote {
+            id,
+            asid,
+            start,
+            end,
+        });
+    }
+
+    /// Opens the window of unmap `id` (call before the kernel changes the PTEs or CD): until
+    /// [`SmmuModel::end_unmap`], a device still using the old translation is an allowed race.
+    pub fn begin_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
+        self.state.lock().checker.begin_unmap(UnmapNote {
+            id,
+            asid,
+            start,
+            end,
+        });
+    }
+
+    /// Closes the window of unmap `id` (call when the unmap returns, i.e. after its
+    /// invalidation completed). Returns false if no such window was open.
+    pub fn end_unmap(&self, id: u64) -> bool {
+        self.state.lock().checker.end_unmap(id)
+    }
+
+    /// The stale translations recorded so far (up to [`checker::RECORD_CAPACITY`]).
+    pub fn stale_translations(&self) -> Vec<StaleTranslation> {
+        self.state.lock().checker.records().to_vec()
+    }
+
+    /// Takes the recorded stale translations.
+    pub fn take_stale_translations(&self) -> Vec<StaleTranslation> {
+        self.state.lock().checker.take()
+    }
+
+    /// Every IOTLB entry.
+    pub fn iotlb_entries(&self) -> Vec<(IotlbTag, Leaf)> {
+        self.state.lock().iotlb.entries().collect()
+    }
+
+    /// Commands consumed but waiting for a CMD_SYNC to take effect.
+    pub fn pending_commands(&self) -> usize {
+        self.state.lock().pending.len()
+    }
+
+    /// Translates one access of `sid` to `va`, as a DMA transaction would.
+    pub fn translate(
+        &self,
+        sid: u32,
+        va: VirtAddr,
+        access: AccessKind,
+    ) -> Result<Translation, TranslationFault> {
+        self.state.lock().translate(self.mem, sid, va, access)
+    }
+
+    /// Translates one access and, on success, performs it with `f(pa, contiguous_bytes)` while
+    /// the SMMU cannot complete a CMD_SYNC: like hardware, an invalidation's completion covers
+    /// every transaction that used the old translation.
+    pub fn access<R>(
+        &self,
+        sid: u32,
+        va: VirtAddr,
+        access: AccessKind,
+        f: impl FnOnce(PhysAddr, u64) -> R,
+    ) -> Result<R, TranslationFault> {
+        let mut s = self.state.lock();
+        let t = s.translate(self.mem, sid, va, access)?;
+        Ok(f(t.pa, t.contiguous))
+    }
+}
+
+impl State {
+    fn oas_bits(&self) -> u8 {
+        regs::oas_bits(self.cfg.oas).unwrap_or(44)
+    }
+
+    fn cmdq(&self) -> QueueGeometry {
+        let log2 = LocalRegisterCopy::<u64, Q_BASE::Register>::new(self.regs.cmdq_base)
+            .read(Q_BASE::LOG2SIZE);
+        QueueGeometry::clamped((log2 as u8).min(self.cfg.cmdq_max_log2))
+    }
+
+    fn eventq(&self) -> QueueGeometry {
+        let log2 = LocalRegisterCopy::<u64, Q_BASE::Register>::new(self.regs.eventq_base)
+            .read(Q_BASE::LOG2SIZE);
+        QueueGeometry::clamped((log2 as u8).min(self.cfg.eventq_max_log2))
+    }
+
+    /// Queue memory base: ADDR aligned down to the queue size (at least 32 bytes).
+    fn queue_base(raw: u64, bytes: usize) -> u64 {
+        let addr = LocalRegisterCopy::<u64, Q_BASE::Register>::new(raw).read(Q_BASE::ADDR) << 5;
+        addr & !((bytes.max(32) as u64) - 1)
+    }
+
+    fn cr0(&self) -> LocalRegisterCopy<u32, CR0::Register> {
+        LocalRegisterCopy::new(self.regs.cr0)
+    }
+
+    fn gerror_active(&self) -> u32 {
+        self.regs.gerror ^ self.regs.gerrorn
+    }
+
+    /// Raises a global error unless it is already active.
+    fn raise_gerror(&mut self, bit: u32) {
+        if self.gerror_active() & bit == 0 {
+            self.regs.gerror ^= bit;
+        }
+    }
+
+    // ---- registers ----
+
+    fn read32(&mut self, off: usize) -> u32 {
+        let c = &self.cfg;
+        match off {
+            offset::IDR0 => {
+                let mut v = LocalRegisterCopy::<u32, regs::IDR0::Register>::new(0);
+                v.modify(
+                    regs::IDR0::S1P::SET
+                        + regs::IDR0::S2P.val(u32::from(c.vmid_tagging))
+                        + regs::IDR0::TTF.val(2)
+                        + regs::IDR0::COHACC::SET
+                        + regs::IDR0::ASID16.val(u32::from(c.asid16))
+                        + regs::IDR0::VMID16::SET
+                        + regs::IDR0::TTENDIAN.val(2)
+                        + regs::IDR0::STALL_MODEL.val(1)
+                        + regs::IDR0::TERM_MODEL::SET,
+                );
+                v.get()
+            }
+            offset::IDR1 => {
+                let mut v = LocalRegisterCopy::<u32, regs::IDR1::Register>::new(0);
+                v.modify(
+                    regs::IDR1::SIDSIZE.val(c.sid_bits.into())
+                        + regs::IDR1::EVENTQS.val(c.eventq_max_log2.into())
+                        + regs::IDR1::CMDQS.val(c.cmdq_max_log2.into()),
+                );
+                v.get()
+            }
+            offset::IDR3 => {
+                let mut v = LocalRegisterCopy::<u32, regs::IDR3::Register>::new(0);
+                v.modify(
+                    regs::IDR3::HAD::SET + regs::IDR3::RIL.val(u32::from(c.range_invalidation)),
+                );
+                v.get()
+            }
+            offset::IDR5 => {
+                let mut v = LocalRegisterCopy::<u32, regs::IDR5::Register>::new(0);
+                v.modify(regs::IDR5::OAS.val(c.oas.into()) + regs::IDR5::GRAN4K::SET);
+                v.get()
+            }
+            offset::AIDR => 0x1,     // SMMUv3.1
+            0x08 | 0x10 | 0x18 => 0, // IDR2, IDR4, IIDR
+            offset::CR0 => self.regs.cr0,
+            offset::CR0ACK => {
+                if self.regs.cr0ack_lag_left > 0 {
+                    self.regs.cr0ack_lag_left -= 1;
+                } else {
+                    self.regs.cr0ack = self.regs.cr0ack_target;
+                }
+                self.regs.cr0ack
+            }
+            offset::CR1 => self.regs.cr1,
+            offset::CR2 => self.regs.cr2,
+            0x40 => 0, // STATUSR
+            offset::GBPA => self.regs.gbpa,
+            offset::IRQ_CTRL | offset::IRQ_CTRLACK => self.regs.irq_ctrl,
+            offset::GERROR => self.regs.gerror,
+            offset::GERRORN => self.regs.gerrorn,
+            offset::STRTAB_BASE_CFG => self.regs.strtab_base_cfg,
+            offset::CMDQ_PROD => self.regs.cmdq_prod,
+            offset::CMDQ_CONS => self.regs.cmdq_cons,
+            offset::EVENTQ_PROD => self.regs.eventq_prod,
+            offset::EVENTQ_CONS => self.regs.eventq_cons,
+            0x70 | 0x74 | 0xb8 | 0xbc => *self.regs.irq_cfg.get(&off).unwrap_or(&0) as u32,
+            _ => {
+                self.stats.bad_register_accesses += 1;
+                0
+            }
+        }
+    }
+
+    fn write32(&mut self, mem: &dyn PhysMemory, off: usize, v: u32) {
+        match off {
+            offset::CR0 => {
+                let was = self.cr0();
+                self.regs.cr0 = v;
+                self.regs.cr0ack_target = v;
+                self.regs.cr0ack_lag_left = self.knobs.cr0ack_lag;
+                if self.knobs.cr0ack_lag == 0 {
+                    self.regs.cr0ack = v;
+                }
+                if !was.is_set(CR0::CMDQEN) && self.cr0().is_set(CR0::CMDQEN) {
+                    self.consume_commands(mem);
+                }
+            }
+            offset::CR1 => self.regs.cr1 = v,
+            offset::CR2 => self.regs.cr2 = v,
+            offset::GBPA => {
+                // A write only takes effect with UPDATE set; it completes at once here.
+                if LocalRegisterCopy::<u32, GBPA::Register>::new(v).is_set(GBPA::UPDATE) {
+                    self.regs.gbpa = v & !(1 << 31);
+                }
+            }
+            offset::IRQ_CTRL => self.regs.irq_ctrl = v,
+            offset::GERRORN => {
+                self.regs.gerrorn = v;
+                if self.gerror_active() & GERROR_CMDQ_ERR == 0
+                    && self.regs.cmdq_cons & CMDQ_ERR_MASK != 0
+                {
+                    // Acknowledged: clear ERR and retry the command at CONS (§7.1).
+                    self.regs.cmdq_cons &= !CMDQ_ERR_MASK;
+                    self.consume_commands(mem);
+                }
+            }
+            offset::STRTAB_BASE_CFG if !self.cr0().is_set(CR0::SMMUEN) => {
+                self.regs.strtab_base_cfg = v
+            }
+            offset::CMDQ_PROD => {
+                self.regs.cmdq_prod = v & self.cmdq().ptr_mask();
+                self.consume_commands(mem);
+            }
+            offset::CMDQ_CONS if !self.cr0().is_set(CR0::CMDQEN) => {
+                self.regs.cmdq_cons = v & self.cmdq().ptr_mask();
+            }
+            offset::EVENTQ_PROD if !self.cr0().is_set(CR0::EVENTQEN) => {
+                self.regs.eventq_prod = v & (self.eventq().ptr_mask() | EVENTQ_OVFLG);
+            }
+            offset::EVENTQ_CONS => {
+                let ptr = self.eventq().ptr(v);
+                self.regs.eventq_cons = ptr | (v & (1 << 31));
+            }
+            0x70 | 0x74 | 0xb8 | 0xbc => {
+                self.regs.irq_cfg.insert(off, v.into());
+            }
+            _ => self.stats.bad_register_accesses += 1,
+        }
+    }
+
+    fn read64(&mut self, off: usize) -> u64 {
+        match off {
+            offset::STRTAB_BASE => self.regs.strtab_base,
+            offset::CMDQ_BASE => self.regs.cmdq_base,
+            offset::EVENTQ_BASE => self.regs.eventq_base,
+            0x68 | 0xb0 => *self.regs.irq_cfg.get(&off).unwrap_or(&0),
+            _ => {
+                self.stats.bad_register_accesses += 1;
+                0
+            }
+        }
+    }
+
+    fn write64(&mut self, off: usize, v: u64) {
+        let cr0 = self.cr0();
+        match off {
+            offset::STRTAB_BASE if !cr0.is_set(CR0::SMMUEN) => self.regs.strtab_base = v,
+            offset::CMDQ_BASE if !cr0.is_set(CR0::CMDQEN) => self.regs.cmdq_base = v,
+            offset::EVENTQ_BASE if !cr0.is_set(CR0::EVENTQEN) => self.regs.eventq_base = v,
+            0x68 | 0xb0 => {
+                self.regs.irq_cfg.insert(off, v);
+            }
+            _ => self.stats.bad_register_accesses += 1,
+        }
+    }
+
+    // ---- command queue ----
+
+    /// Runs commands from CONS up to PROD until the queue is empty, an error stops it, or a
+    /// knob holds it.
+    fn consume_commands(&mut self, mem: &dyn PhysMemory) {
+        if !self.cr0().is_set(CR0::CMDQEN) || self.knobs.stall_command_queue {
+            return;
+        }
+        let q = self.cmdq();
+        let base = Self::queue_base(self.regs.cmdq_base, q.bytes(16));
+        loop {
+            if self.gerror_active() & GERROR_CMDQ_ERR != 0 {
+                return;
+            }
+            let cons = q.ptr(self.regs.cmdq_cons);
+            let prod = q.ptr(self.regs.cmdq_prod);
+            if q.is_empty(prod, cons) {
+                return;
+            }
+            let slot = PhysAddr(base + 16 * u64::from(q.index(cons)));
+            let decoded = match physmem::load_words::<2>(mem, slot) {
+                Err(_) => Err(CommandErrorCode::Abort),
+                Ok(words) => Command::decode(words).map_err(|_| CommandErrorCode::Illegal),
+            };
+            let injected = match (self.knobs.fail_command, &decoded) {
+                (Some((None, code)), _) => Some(code),
+                (Some((Some(op), code)), Ok(cmd)) if cmd.opcode() == op => Some(code),
+                _ => None,
+            };
+            let cmd = match (decoded, injected) {
+                (_, Some(code)) => {
+                    self.knobs.fail_command = None;
+                    Err(code)
+                }
+                (d, None) => d,
+            };
+            let cmd = match cmd {
+                Ok(cmd) => cmd,
+                Err(code) => {
+                    self.stats.command_errors += 1;
+                    self.regs.cmdq_cons = cons | u32::from(code.raw()) << CMDQ_ERR_SHIFT;
+                    self.raise_gerror(GERROR_CMDQ_ERR);
+                    return;
+                }
+            };
+            match cmd {
+                Command::Sync { .. } => {
+                    if self.knobs.stall_sync {
+                        return;
+                    }
+                    self.complete_sync();
+                }
+                Command::PrefetchConfig { .. } => {}
+                other => self.pending.push(other),
+            }
+            self.stats.commands.add(cmd.kind());
+            self.regs.cmdq_cons = q.advance(cons, 1);
+        }
+    }
+
+    /// A CMD_SYNC completes: every TLBI and CFGI consumed before it takes effect.
+    fn complete_sync(&mut self) {
+        let vmid_tagging = self.cfg.vmid_tagging;
+        let vmid_ok = move |tag: &IotlbTag, vmid: u16| !vmid_tagging || tag.vmid == vmid;
+        for cmd in core::mem::take(&mut self.pending) {
+            let removed = match cmd {
+                Command::TlbiNhVa(va) => self.iotlb.invalidate(|t, l| {
+                    t.asid == va.asid && vmid_ok(t, va.vmid) && va_matches(&va, t, l)
+                }),
+                Command::TlbiNhVaa(va) => self
+                    .iotlb
+                    .invalidate(|t, l| vmid_ok(t, va.vmid) && va_matches(&va, t, l)),
+                Command::TlbiNhAsid { vmid, asid } => self
+                    .iotlb
+                    .invalidate(|t, _| t.asid == asid && vmid_ok(t, vmid)),
+                Command::TlbiNhAll { vmid } => self.iotlb.invalidate(|t, _| vmid_ok(t, vmid)),
+                Command::TlbiNsnhAll => self.iotlb.invalidate(|_, _| true),
+                Command::CfgiSte { sid, .. }
+                | Command::CfgiCd { sid, .. }
+                | Command::CfgiCdAll { sid } => {
+                    self.configs.remove(&sid);
+                    0
+                }
+                Command::CfgiSteRange { sid, range } => {
+                    let mask = (1u64 << (range + 1)) - 1;
+                    let first = u64::from(sid) & !mask;
+                    self.configs
+                        .retain(|s, _| !(first..=first + mask).contains(&u64::from(*s)));
+                    0
+                }
+                Command::CfgiAll => {
+                    self.configs.clear();
+                    0
+                }
+                Command::PrefetchConfig { .. } | Command::Sync { .. } => 0,
+            };
+            self.stats.iotlb_invalidated += removed as u64;
+        }
+        self.stats.syncs_completed += 1;
+    }
+
+    // ---- event queue ----
+
+    fn record_event(&mut self, mem: &dyn PhysMemory, ev: &EventRecord) -> bool {
+        if !self.cr0().is_set(CR0::EVENTQEN) {
+            return false;
+        }
+        let q = self.eventq();
+        let prod = q.ptr(self.regs.eventq_prod);
+        let cons = q.ptr(self.regs.eventq_cons);
+        let ovflg = self.regs.eventq_prod & EVENTQ_OVFLG;
+        if q.is_full(prod, cons) {
+            self.stats.events_lost += 1;
+            // §7.4: toggle OVFLG unless an overflow is already pending acknowledgement.
+            let ovack = LocalRegisterCopy::<u32, EVENTQ_CONS::Register>::new(self.regs.eventq_cons)
+                .read(EVENTQ_CONS::OVACKFLG);
+            let pending =
+                LocalRegisterCopy::<u32, EVENTQ_PROD::Register>::new(self.regs.eventq_prod)
+                    .read(EVENTQ_PROD::OVFLG)
+                    != ovack;
+            if !pending {
+                self.regs.eventq_prod ^= EVENTQ_OVFLG;
+            }
+            return false;
+        }
+        if self.knobs.abort_event_writes {
+            self.stats.events_lost += 1;
+            self.raise_gerror(GERROR_EVENTQ_ABT_ERR);
+            return false;
+        }
+        let base = Self::queue_base(self.regs.eventq_base, q.bytes(EVENT_SIZE));
+        let slot = base + (EVENT_SIZE as u64) * u64::from(q.index(prod));
+        for (i, w) in ev.encode().iter().enumerate() {
+            if physmem::store(mem, PhysAddr(slot + 8 * i as u64), *w, Ordering::Release).is_err() {
+                self.raise_gerror(GERROR_EVENTQ_ABT_ERR);
+                return false;
+            }
+        }
+        self.regs.eventq_prod = q.advance(prod, 1) | ovflg;
+        self.stats.events_recorded += 1;
+        true
+    }
+
+    // ---- configuration ----
+
+    fn decode_config(&self, mem: &dyn PhysMemory, sid: u32) -> Result<StreamCfg, FaultKind> {
+        let cfg =
+            LocalRegisterCopy::<u32, STRTAB_BASE_CFG::Register>::new(self.regs.strtab_base_cfg);
+        let log2 = cfg
+            .read(STRTAB_BASE_CFG::LOG2SIZE)
+            .min(u32::from(self.cfg.sid_bits));
+        // Only the linear format is implemented (SMMU_IDR0.ST_LEVEL = 0).
+        if cfg.read(STRTAB_BASE_CFG::FMT) != 0 || u64::from(sid) >> log2 != 0 {
+            return Err(FaultKind::BadStreamId);
+        }
+        let table_bytes = (STE_SIZE as u64) << cfg.read(STRTAB_BASE_CFG::LOG2SIZE);
+        let addr = LocalRegisterCopy::<u64, STRTAB_BASE::Register>::new(self.regs.strtab_base)
+            .read(STRTAB_BASE::ADDR)
+            << 6;
+        let ste_pa = PhysAddr((addr & !(table_bytes - 1)) + STE_SIZE as u64 * u64::from(sid));
+        let words = physmem::load_words::<STE_WORDS>(mem, ste_pa)
+            .map_err(|_| FaultKind::SteFetch(ste_pa))?;
+        let ste = Ste(words)
+            .decode(self.oas_bits())
+            .map_err(FaultKind::BadSte)?;
+        let cd_pa = match ste.config {
+            StreamConfig::Abort => return Ok(StreamCfg::Abort),
+            StreamConfig::Bypass => return Ok(StreamCfg::Bypass),
+            StreamConfig::Stage1 { cd } => cd,
+        };
+        let words =
+            physmem::load_words::<CD_WORDS>(mem, cd_pa).map_err(|_| FaultKind::CdFetch(cd_pa))?;
+        let fields: CdFields = ContextDescriptor(words).decode();
+        let s1 = fields.validate(self.oas_bits()).map_err(FaultKind::BadCd)?;
+        if !fields.epd0 && s1.granule != CdGranule::K4 {
+            // SMMU_IDR5 advertises the 4 KiB granule only.
+            return Err(FaultKind::BadCd(BadCd::Granule { table: 0 }));
+        }
+        let vmid = if self.cfg.vmid_tagging { ste.s2vmid } else { 0 };
+        Ok(StreamCfg::Stage1 { s1, vmid })
+    }
+
+    fn fault_event(
+        &self,
+        sid: u32,
+        va: VirtAddr,
+        access: AccessKind,
+        kind: FaultKind,
+    ) -> Option<EventRecord> {
+        let mut ev = EventRecord::new(kind.event()?, sid);
+        match kind {
+            FaultKind::SteFetch(pa) | FaultKind::CdFetch(pa) => ev.addr2 = pa.as_u64(),
+            FaultKind::Translation { .. }
+            | FaultKind::AccessFlag { .. }
+            | FaultKind::AddressSize { .. }
+            | FaultKind::Permission { .. } => {
+                ev.input_addr = va.as_u64();
+                ev.access = access;
+                ev.class = FaultClass::Input;
+            }
+            FaultKind::WalkAbort { pa, .. } => {
+                ev.input_addr = va.as_u64();
+                ev.access = access;
+                ev.class = FaultClass::TableWalk;
+                ev.addr2 = pa.as_u64();
+            }
+            _ => {}
+        }
+        Some(ev)
+    }
+
+    /// The translation from scratch: no caches, no events, no statistics.
+    fn fresh(
+        &self,
+        mem: &dyn PhysMemory,
+        sid: u32,
+        va: VirtAddr,
+        access: AccessKind,
+    ) -> Result<PhysAddr, FaultKind> {
+        if !self.cr0().is_set(CR0::SMMUEN) {
+            return self.disabled_outcome(va);
+        }
+        match self.decode_config(mem, sid)? {
+            StreamCfg::Abort => Err(FaultKind::StreamAbort),
+            StreamCfg::Bypass => Ok(PhysAddr(va.as_u64())),
+            StreamCfg::Stage1 { s1, .. } => {
+                let leaf = walk::walk(mem, &s1, va.as_u64()).map_err(FaultKind::from_walk)?;
+                permit(&leaf, access)?;
+                Ok(leaf.output(va.as_u64()))
+            }
+        }
+    }
+
+    fn disabled_outcome(&self, va: VirtAddr) -> Result<PhysAddr, FaultKind> {
+        if LocalRegisterCopy::<u32, GBPA::Register>::new(self.regs.gbpa).is_set(GBPA::ABORT) {
+            Err(FaultKind::GlobalAbort)
+        } else {
+            Ok(PhysAddr(va.as_u64()))
+        }
+    }
+
+    fn translate(
+        &mut self,
+        mem: &dyn PhysMemory,
+        sid: u32,
+        va: VirtAddr,
+        access: AccessKind,
+    ) -> Result<Translation, TranslationFault> {
+        self.stats.translations += 1;
+        let page_left = 0x1000 - va.page_offset();
+        if !self.cr0().is_set(CR0::SMMUEN) {
+            return self
+                .disabled_outcome(va)
+                .map(|pa| Translation {
+                    pa,
+                    contiguous: page_left,
+                    iotlb_hit: false,
+                })
+                .map_err(|kind| self.fail(mem, sid, va, access, kind, false));
+        }
+        let (cfg, config_hit) = match self.configs.get(&sid) {
+            Some(c) => {
+                self.stats.config_hits += 1;
+                (*c, true)
+            }
+            None => {
+                self.stats.config_misses += 1;
+                match self.decode_config(mem, sid) {
+                    Ok(c) => {
+                        self.configs.insert(sid, c);
+                        (c, false)
+                    }
+                    Err(kind) => {
+                        let record = kind != FaultKind::BadStreamId
+                            || LocalRegisterCopy::<u32, CR2::Register>::new(self.regs.cr2)
+                                .is_set(CR2::RECINVSID);
+                        return Err(self.fail(mem, sid, va, access, kind, record));
+                    }
+                }
+            }
+        };
+        let (outcome, asid, vmid, iotlb_hit) = match cfg {
+            StreamCfg::Abort => (Err((FaultKind::StreamAbort, false)), None, 0, false),
+            StreamCfg::Bypass => (Ok((PhysAddr(va.as_u64()), page_left)), None, 0, false),
+            StreamCfg::Stage1 { s1, vmid } => {
+                let (o, hit) = self.stage1(mem, &s1, vmid, va, access);
+                (o, Some(s1.asid), vmid, hit)
+            }
+        };
+        // Only cached state is checked: a cached configuration against a fresh decode, a
+        // cached leaf against a fresh walk. A walk done just now is fresh by definition, and
+        // walking twice would race with table writes the kernel may legitimately make
+        // concurrently (new mappings need no invalidation).
+        if self.checker.enabled && (config_hit || iotlb_hit) {
+            let config_stale = config_hit && self.decode_config(mem, sid) != Ok(cfg);
+            if config_stale || iotlb_hit {
+                let fresh = self.fresh(mem, sid, va, access);
+                let used = outcome.map(|(pa, _)| pa).map_err(|(k, _)| k);
+                let source = if config_stale {
+                    StaleSource::Config
+                } else {
+                    StaleSource::Iotlb
+                };
+                self.checker
+                    .check(sid, asid, vmid, va, access, source, used, fresh);
+            }
+        }
+        match outcome {
+            Ok((pa, contiguous)) => Ok(Translation {
+                pa,
+                contiguous,
+                iotlb_hit,
+            }),
+            Err((kind, record)) => Err(self.fail(mem, sid, va, access, kind, record)),
+        }
+    }
+
+    /// Stage-1 translation through the IOTLB: (outcome, IOTLB hit). A fault carries whether
+    /// CD.R asks for it to be recorded.
+    #[allow(clippy::type_complexity)]
+    fn stage1(
+        &mut self,
+        mem: &dyn PhysMemory,
+        s1: &Stage1Config,
+        vmid: u16,
+        va: VirtAddr,
+        access: AccessKind,
+    ) -> (Result<(PhysAddr, u64), (FaultKind, bool)>, bool) {
+        let record = s1.record_faults;
+        let (leaf, hit) = match self.iotlb.lookup(s1.asid, vmid, va.as_u64()) {
+            Some((_, leaf)) => {
+                self.stats.iotlb_hits += 1;
+                (leaf, true)
+            }
+            None => {
+                self.stats.iotlb_misses += 1;
+                match walk::walk(mem, s1, va.as_u64()) {
+                    Ok(leaf) => {
+                        self.iotlb.insert(s1.asid, vmid, leaf);
+                        (leaf, false)
+                    }
+                    Err(f) => return (Err((FaultKind::from_walk(f), record)), false),
+                }
+            }
+        };
+        let outcome = permit(&leaf, access).map_err(|k| (k, record)).map(|()| {
+            let pa = leaf.output(va.as_u64());
+            let end = leaf.pa_base + (1u64 << leaf.size_log2);
+            (pa, end - pa.as_u64())
+        });
+        (outcome, hit)
+    }
+
+    fn fail(
+        &mut self,
+        mem: &dyn PhysMemory,
+        sid: u32,
+        va: VirtAddr,
+        access: AccessKind,
+        kind: FaultKind,
+        record: bool,
+    ) -> TranslationFault {
+        self.stats.faults += 1;
+        let recorded = record
+            && match self.fault_event(sid, va, access, kind) {
+                Some(ev) => {
+                    self.record_event(mem, &ev);
+                    true
+                }
+                None => false,
+            };
+        TranslationFault { kind, recorded }
+    }
+}
+
+/// The permission check against a leaf: writes need `AP[2]` = 0 (everything is privileged).
+fn permit(leaf: &Leaf, access: AccessKind) -> Result<(), FaultKind> {
+    if access == AccessKind::Write && !leaf.writable {
+        Err(FaultKind::Permission { level: leaf.level })
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether a VA-based TLBI covers an entry (§4.4.1.1, §4.4.2.3-4).
+fn va_matches(cmd: &TlbiVa, tag: &IotlbTag, leaf: &Leaf) -> bool {
+    let entry_start = tag.va_base;
+    let entry_end = entry_start.saturating_add(1 << tag.size_log2);
+    let addr = cmd.addr.as_u64();
+    match cmd.range {
+        // Any entry containing the address, whatever its size.
+        None => entry_start <= addr && addr < entry_end,
+        Some(r) => {
+            // Only entries inserted with the TG granule, and, with a TTL hint, at that level.
+            if r.tg != Granule::K4 || (r.ttl != 0 && leaf.level != r.ttl) {
+                return false;
+            }
+            let end = addr.saturating_add(r.bytes());
+            entry_start < end && addr < entry_end
+        }
+    }
+}
+
+impl SmmuBackend for SmmuModel<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        self.state.lock().read32(offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        self.state.lock().write32(self.mem, offset, value)
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        self.state.lock().read64(offset)
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.state.lock().write64(offset, value)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -1,0 +1,748 @@
+//! Unit tests of the model on its own: a small rig programs it register by register (no
+//! driver), so these tests pin the model's behaviour independently of the driver that the
+//! integration tests (`kernel/tests/smmu_*.rs`) run on top of it.
+
+use alloc::vec::Vec;
+
+use super::dma::{DmaEngine, DmaError, FaultPolicy};
+use super::iotlb::{IotlbConfig, Replacement};
+use super::*;
+use crate::iommu::cd::{CdFields, ContextDescriptor};
+use crate::iommu::command::{opcode, Granule, SyncSignal, TlbiRange};
+use crate::iommu::event::EVENT_WORDS;
+use crate::iommu::queue::QueueGeometry;
+use crate::iommu::testing::{LeafAttrs, PhysArena, TestPageTables};
+use crate::mm::phys::FrameAllocator;
+
+const SID: u32 = 5;
+const ASID: u16 = 9;
+
+struct Rig<'a> {
+    mem: &'a PhysArena,
+    smmu: SmmuModel<'a>,
+    strtab: PhysAddr,
+    cmdq: PhysAddr,
+    cmdq_geo: QueueGeometry,
+    evtq: PhysAddr,
+    evtq_geo: QueueGeometry,
+    prod: core::cell::Cell<u32>,
+    cons: core::cell::Cell<u32>,
+}
+
+fn arena() -> PhysArena {
+    PhysArena::new(PhysAddr(0x4000_0000), 128).unwrap()
+}
+
+impl<'a> Rig<'a> {
+    fn new(mem: &'a PhysArena, cfg: ModelConfig, evtq_log2: u8) -> Self {
+        let smmu = SmmuModel::new(mem, cfg).unwrap();
+        let strtab = mem.alloc_zeroed().unwrap();
+        let cmdq = mem.alloc_zeroed().unwrap();
+        let evtq = mem.alloc_zeroed().unwrap();
+        smmu.write64(offset::STRTAB_BASE, strtab.as_u64());
+        smmu.write32(offset::STRTAB_BASE_CFG, 6); // 64 STEs, linear
+        smmu.write64(offset::CMDQ_BASE, cmdq.as_u64() | 8);
+        smmu.write64(offset::EVENTQ_BASE, evtq.as_u64() | u64::from(evtq_log2));
+        smmu.write32(offset::CR2, 1 << 1); // RECINVSID
+        smmu.write32(offset::CR0, 0b1101); // SMMUEN | EVENTQEN | CMDQEN
+        let cmdq_geo = QueueGeometry::new(8).unwrap();
+        let evtq_geo = QueueGeometry::new(evtq_log2).unwrap();
+        Self {
+            mem,
+            smmu,
+            strtab,
+            cmdq,
+            cmdq_geo,
+            evtq,
+            evtq_geo,
+            prod: 0.into(),
+            cons: 0.into(),
+        }
+    }
+
+    fn push_raw(&self, words: [u64; 2]) {
+        let slot = self.cmdq.as_u64() + 16 * u64::from(self.cmdq_geo.index(self.prod.get()));
+        physmem::store(self.mem, PhysAddr(slot), words[0], Ordering::Relaxed).unwrap();
+        physmem::store(self.mem, PhysAddr(slot + 8), words[1], Ordering::Release).unwrap();
+        self.prod.set(self.cmdq_geo.advance(self.prod.get(), 1));
+        self.smmu.write32(offset::CMDQ_PROD, self.prod.get());
+    }
+
+    fn submit(&self, cmds: &[Command]) {
+        for c in cmds {
+            self.push_raw(c.encode().unwrap());
+        }
+    }
+
+    fn write_ste(&self, sid: u32, ste: Ste) {
+        for (i, w) in ste.0.iter().enumerate() {
+            let pa = self.strtab.as_u64() + 64 * u64::from(sid) + 8 * i as u64;
+            physmem::store(self.mem, PhysAddr(pa), *w, Ordering::Release).unwrap();
+        }
+    }
+
+    fn write_cd(&self, cd_pa: PhysAddr, f: &CdFields) {
+        for (i, w) in ContextDescriptor::encode(f).0.iter().enumerate() {
+            physmem::store(
+                self.mem,
+                PhysAddr(cd_pa.as_u64() + 8 * i as u64),
+                *w,
+                Ordering::Release,
+            )
+            .unwrap();
+        }
+    }
+
+    /// A stage-1 stream for `sid` over `tables`; returns the CD address.
+    fn attach(&self, sid: u32, tables: &TestPageTables) -> PhysAddr {
+        let cd = self.mem.alloc_zeroed().unwrap();
+        self.write_cd(cd, &CdFields::sva(ASID, tables.root(), 48, 4, 0).unwrap());
+        self.write_ste(sid, Ste::stage1(cd).unwrap());
+        cd
+    }
+
+    fn events(&self) -> Vec<EventRecord> {
+        let mut out = Vec::new();
+        let prod_raw = self.smmu.read32(offset::EVENTQ_PROD);
+        let prod = self.evtq_geo.ptr(prod_raw);
+        while !self.evtq_geo.is_empty(prod, self.cons.get()) {
+            let slot = self.evtq.as_u64() + 32 * u64::from(self.evtq_geo.index(self.cons.get()));
+            let words = physmem::load_words::<EVENT_WORDS>(self.mem, PhysAddr(slot)).unwrap();
+            out.push(EventRecord::decode(words));
+            self.cons.set(self.evtq_geo.advance(self.cons.get(), 1));
+        }
+        // Acknowledge any overflow along with the new read index.
+        self.smmu.write32(
+            offset::EVENTQ_CONS,
+            self.cons.get() | (prod_raw & EVENTQ_OVFLG),
+        );
+        out
+    }
+
+    fn cmdq_cons(&self) -> u32 {
+        self.smmu.read32(offset::CMDQ_CONS)
+    }
+
+    fn gerror_active(&self) -> u32 {
+        self.smmu.read32(offset::GERROR) ^ self.smmu.read32(offset::GERRORN)
+    }
+}
+
+fn tlbi_va(addr: u64, range: Option<TlbiRange>) -> Command {
+    Command::TlbiNhVa(TlbiVa {
+        vmid: 0,
+        asid: ASID,
+        addr: VirtAddr(addr),
+        leaf: false,
+        range,
+    })
+}
+
+fn pa_of(smmu: &SmmuModel, va: u64, access: AccessKind) -> Result<PhysAddr, FaultKind> {
+    smmu.translate(SID, VirtAddr(va), access)
+        .map(|t| t.pa)
+        .map_err(|f| f.kind)
+}
+
+#[test]
+fn tlbi_takes_effect_only_when_a_sync_completes() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(0x10_0000), a, LeafAttrs::RW).unwrap();
+    assert_eq!(
+        pa_of(&rig.smmu, 0x10_0010, AccessKind::Read),
+        Ok(PhysAddr(a.as_u64() + 0x10))
+    );
+    assert_eq!(rig.smmu.stats().iotlb_misses, 1);
+
+    t.remap(VirtAddr(0x10_0000), b).unwrap();
+    rig.smmu
+        .note_unmap(ASID, VirtAddr(0x10_0000), VirtAddr(0x10_1000), 42);
+    rig.submit(&[tlbi_va(0x10_0000, None)]);
+    assert_eq!(rig.smmu.pending_commands(), 1);
+    // Consumed but not synchronised: the old frame is still used, and the checker says so.
+    assert_eq!(pa_of(&rig.smmu, 0x10_0000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].kind, checker::StaleKind::WrongFrame);
+    assert_eq!(stale[0].asid, Some(ASID));
+    assert_eq!(stale[0].used, Ok(a));
+    assert_eq!(stale[0].fresh, Ok(b));
+    assert_eq!(stale[0].last_unmap.map(|u| u.id), Some(42));
+
+    rig.submit(&[Command::SYNC]);
+    assert_eq!(rig.smmu.pending_commands(), 0);
+    assert_eq!(pa_of(&rig.smmu, 0x10_0000, AccessKind::Read), Ok(b));
+    assert!(rig.smmu.stale_translations().is_empty());
+    let stats = rig.smmu.stats();
+    assert_eq!(stats.syncs_completed, 1);
+    assert_eq!(stats.iotlb_invalidated, 1);
+    assert_eq!(
+        stats
+            .commands
+            .get(crate::iommu::command::CommandKind::TlbiNhVa),
+        1
+    );
+    assert_eq!(stats.bad_register_accesses, 0);
+}
+
+#[test]
+fn unmapped_page_faults_with_an_event_after_invalidation() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x7000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x7000, AccessKind::Write).unwrap();
+    t.unmap(VirtAddr(0x7000)).unwrap();
+    rig.submit(&[tlbi_va(0x7000, None), Command::SYNC]);
+    let f = rig
+        .smmu
+        .translate(SID, VirtAddr(0x7008), AccessKind::Write)
+        .unwrap_err();
+    assert_eq!(f.kind, FaultKind::Translation { level: 3 });
+    assert!(f.recorded);
+    let ev = rig.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].kind, ev[0].sid, ev[0].input_addr),
+        (EventKind::Translation, SID, 0x7008)
+    );
+    assert_eq!(ev[0].access, AccessKind::Write);
+}
+
+#[test]
+fn reserved_range_encoding_stops_the_queue_until_acknowledged() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    // TG = 4K with NUM = SCALE = TTL = 0 (§4.4.1.1: CERROR_ILL).
+    rig.push_raw([u64::from(opcode::TLBI_NH_VA), 0x1000 | 1 << 10]);
+    rig.submit(&[Command::TlbiNsnhAll, Command::SYNC]);
+    let cons = rig.cmdq_cons();
+    assert_eq!(cons & 0xff_ffff, 0, "CONS stays on the failing command");
+    assert_eq!(
+        CommandErrorCode::from_raw((cons >> 24) as u8 & 0x7f),
+        Some(CommandErrorCode::Illegal)
+    );
+    assert_eq!(rig.gerror_active(), GERROR_CMDQ_ERR);
+    assert_eq!(
+        rig.smmu.stats().syncs_completed,
+        0,
+        "nothing after the error ran"
+    );
+    // Recovery: overwrite the bad slot with a CMD_SYNC, then toggle GERRORN (§7.1).
+    let w = Command::SYNC.encode().unwrap();
+    physmem::store(&mem, rig.cmdq, w[0], Ordering::Relaxed).unwrap();
+    physmem::store(
+        &mem,
+        PhysAddr(rig.cmdq.as_u64() + 8),
+        w[1],
+        Ordering::Release,
+    )
+    .unwrap();
+    let gerror = rig.smmu.read32(offset::GERROR);
+    rig.smmu.write32(offset::GERRORN, gerror);
+    assert_eq!(rig.gerror_active(), 0);
+    assert_eq!(rig.cmdq_cons(), 3, "the queue ran to the end, ERR cleared");
+    assert_eq!(rig.smmu.stats().syncs_completed, 2);
+    assert_eq!(rig.smmu.stats().command_errors, 1);
+}
+
+#[test]
+fn tlbi_with_another_vmid_or_asid_leaves_the_entry() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x3000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x3000, AccessKind::Read).unwrap();
+    t.unmap(VirtAddr(0x3000)).unwrap();
+    let wrong_vmid = Command::TlbiNhVa(TlbiVa {
+        vmid: 1,
+        asid: ASID,
+        addr: VirtAddr(0x3000),
+        leaf: true,
+        range: None,
+    });
+    let wrong_asid = Command::TlbiNhAsid {
+        vmid: 0,
+        asid: ASID + 1,
+    };
+    let neighbour = tlbi_va(0x4000, None);
+    rig.submit(&[wrong_vmid, wrong_asid, neighbour, Command::SYNC]);
+    assert_eq!(
+        pa_of(&rig.smmu, 0x3000, AccessKind::Read),
+        Ok(a),
+        "still cached (stale)"
+    );
+    assert_eq!(
+        rig.smmu.take_stale_translations()[0].kind,
+        checker::StaleKind::UseAfterUnmap
+    );
+    rig.submit(&[
+        Command::TlbiNhVaa(TlbiVa {
+            vmid: 0,
+            asid: 0,
+            addr: VirtAddr(0x3000),
+            leaf: true,
+            range: None,
+        }),
+        Command::SYNC,
+    ]);
+    assert_eq!(
+        pa_of(&rig.smmu, 0x3000, AccessKind::Read),
+        Err(FaultKind::Translation { level: 3 })
+    );
+}
+
+#[test]
+fn ttl_hint_limits_a_range_invalidation_to_its_level() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    t.map_block_2m(VirtAddr(0x20_0000), PhysAddr(0x4020_0000), LeafAttrs::RW)
+        .unwrap();
+    t.map(VirtAddr(0x40_0000), PhysAddr(0x4000_0000), LeafAttrs::RW)
+        .unwrap();
+    pa_of(&rig.smmu, 0x20_0000, AccessKind::Read).unwrap();
+    pa_of(&rig.smmu, 0x40_0000, AccessKind::Read).unwrap();
+    // 1024 pages from 0x200000 at TTL = 3: only the level-3 page goes.
+    let r = TlbiRange::new(Granule::K4, 0, 10, 3).unwrap();
+    rig.submit(&[tlbi_va(0x20_0000, Some(r)), Command::SYNC]);
+    let tags: Vec<_> = rig
+        .smmu
+        .iotlb_entries()
+        .iter()
+        .map(|(t, _)| t.size_log2)
+        .collect();
+    assert_eq!(tags, [21]);
+    // TTL = 0 takes blocks too; a range TLBI for another granule takes nothing.
+    let other_tg = TlbiRange::new(Granule::K64, 0, 1, 0).unwrap();
+    rig.submit(&[tlbi_va(0x20_0000, Some(other_tg)), Command::SYNC]);
+    assert_eq!(rig.smmu.iotlb_entries().len(), 1);
+    let r = TlbiRange::new(Granule::K4, 0, 1, 0).unwrap();
+    rig.submit(&[tlbi_va(0x3f_f000, Some(r)), Command::SYNC]);
+    assert!(
+        rig.smmu.iotlb_entries().is_empty(),
+        "a range touching the block's last page takes it"
+    );
+}
+
+#[test]
+fn event_queue_overflow_toggles_ovflg_once_per_acknowledgement() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 1); // 2 entries
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    for i in 0..5 {
+        assert!(pa_of(&rig.smmu, 0x1000 * i, AccessKind::Read).is_err());
+    }
+    let prod = rig.smmu.read32(offset::EVENTQ_PROD);
+    assert_ne!(prod & EVENTQ_OVFLG, 0, "overflow flagged");
+    let s = rig.smmu.stats();
+    assert_eq!((s.events_recorded, s.events_lost), (2, 3));
+    let ev = rig.events(); // drains and acknowledges
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1].input_addr, 0x1000);
+    for i in 0..3 {
+        let _ = pa_of(&rig.smmu, 0x1000 * i, AccessKind::Read);
+    }
+    let prod2 = rig.smmu.read32(offset::EVENTQ_PROD);
+    assert_eq!(
+        prod2 & EVENTQ_OVFLG,
+        0,
+        "a new overflow toggles the flag back"
+    );
+}
+
+#[test]
+fn configuration_faults_and_aborts() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    // No STE (V = 0): C_BAD_STE.
+    let f = rig
+        .smmu
+        .translate(3, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(f.kind, FaultKind::BadSte(BadSte::Invalid));
+    // Out of the 64-entry table: C_BAD_STREAMID (RECINVSID is set).
+    let f = rig
+        .smmu
+        .translate(64, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(f.kind, FaultKind::BadStreamId);
+    // Abort STE: silent. Bypass STE: identity.
+    rig.write_ste(4, Ste::abort());
+    let f = rig
+        .smmu
+        .translate(4, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(
+        f,
+        TranslationFault {
+            kind: FaultKind::StreamAbort,
+            recorded: false
+        }
+    );
+    rig.write_ste(6, Ste::bypass());
+    assert_eq!(
+        rig.smmu
+            .translate(6, VirtAddr(0x4000_1234), AccessKind::Write)
+            .unwrap()
+            .pa,
+        PhysAddr(0x4000_1234)
+    );
+    // A CD with A = 0: C_BAD_CD.
+    let t = TestPageTables::new(&mem).unwrap();
+    let cd = rig.attach(SID, &t);
+    rig.write_cd(
+        cd,
+        &CdFields {
+            a: false,
+            ..CdFields::sva(ASID, t.root(), 48, 4, 0).unwrap()
+        },
+    );
+    let f = rig
+        .smmu
+        .translate(SID, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert!(matches!(f.kind, FaultKind::BadCd(BadCd::AbortDisabled)));
+    let kinds: Vec<_> = rig.events().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::BadSte, EventKind::BadStreamId, EventKind::BadCd]
+    );
+    // Without RECINVSID a bad StreamID is not recorded.
+    rig.smmu.write32(offset::CR2, 0);
+    assert!(
+        !rig.smmu
+            .translate(100, VirtAddr(0), AccessKind::Read)
+            .unwrap_err()
+            .recorded
+    );
+}
+
+#[test]
+fn disabled_smmu_bypasses_or_aborts_by_gbpa() {
+    let mem = arena();
+    let smmu = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    assert_eq!(
+        smmu.translate(1, VirtAddr(0x1234), AccessKind::Read)
+            .unwrap()
+            .pa,
+        PhysAddr(0x1234)
+    );
+    smmu.write32(offset::GBPA, 1 << 20); // no UPDATE: ignored
+    assert!(smmu
+        .translate(1, VirtAddr(0x1234), AccessKind::Read)
+        .is_ok());
+    smmu.write32(offset::GBPA, 1 << 31 | 1 << 20);
+    assert_eq!(
+        smmu.read32(offset::GBPA),
+        1 << 20,
+        "UPDATE completes at once"
+    );
+    let f = smmu
+        .translate(1, VirtAddr(0x1234), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(
+        f,
+        TranslationFault {
+            kind: FaultKind::GlobalAbort,
+            recorded: false
+        }
+    );
+}
+
+#[test]
+fn permissions_access_flag_and_quiesced_context() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    let cd = rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RO).unwrap();
+    t.map(
+        VirtAddr(0x2000),
+        a,
+        LeafAttrs {
+            writable: true,
+            accessed: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    assert_eq!(
+        pa_of(&rig.smmu, 0x1000, AccessKind::Write),
+        Err(FaultKind::Permission { level: 3 })
+    );
+    assert_eq!(
+        pa_of(&rig.smmu, 0x2000, AccessKind::Read),
+        Err(FaultKind::AccessFlag { level: 3 })
+    );
+    let kinds: Vec<_> = rig.events().iter().map(|e| (e.kind, e.access)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::Permission, AccessKind::Write),
+            (EventKind::Access, AccessKind::Read)
+        ]
+    );
+    // Quiesce: EPD0 = 1, R = 0, CFGI_CD + TLBI_NH_ASID + SYNC: quiet faults.
+    let f = CdFields::sva(ASID, t.root(), 48, 4, 0).unwrap().quiesced();
+    rig.write_cd(cd, &f);
+    rig.submit(&[
+        Command::CfgiCd {
+            sid: SID,
+            ssid: 0,
+            leaf: true,
+        },
+        Command::TlbiNhAsid {
+            vmid: 0,
+            asid: ASID,
+        },
+        Command::SYNC,
+    ]);
+    let f = rig
+        .smmu
+        .translate(SID, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(
+        f,
+        TranslationFault {
+            kind: FaultKind::Translation { level: 0 },
+            recorded: false
+        }
+    );
+    assert!(rig.events().is_empty());
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+#[test]
+fn config_change_without_cfgi_is_stale() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    let cd = rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    // Quiesce the CD and flush the IOTLB but forget the CFGI: the cached CD still walks.
+    rig.write_cd(
+        cd,
+        &CdFields::sva(ASID, t.root(), 48, 4, 0).unwrap().quiesced(),
+    );
+    rig.submit(&[
+        Command::TlbiNhAsid {
+            vmid: 0,
+            asid: ASID,
+        },
+        Command::SYNC,
+    ]);
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale[0].source, checker::StaleSource::Config);
+    assert_eq!(stale[0].kind, checker::StaleKind::UseAfterUnmap);
+    // The stale walk refilled the IOTLB too, so the fix needs both invalidations.
+    rig.submit(&[
+        Command::CfgiSte {
+            sid: SID,
+            leaf: true,
+        },
+        Command::TlbiNhAsid {
+            vmid: 0,
+            asid: ASID,
+        },
+        Command::SYNC,
+    ]);
+    assert!(pa_of(&rig.smmu, 0x1000, AccessKind::Read).is_err());
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+#[test]
+fn knobs_stall_and_fail_commands() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    rig.smmu.set_knobs(Knobs {
+        stall_sync: true,
+        ..Knobs::default()
+    });
+    rig.submit(&[Command::TlbiNsnhAll, Command::SYNC]);
+    assert_eq!(rig.cmdq_cons(), 1, "stuck on the CMD_SYNC");
+    rig.smmu.set_knobs(Knobs::default());
+    assert_eq!(rig.cmdq_cons(), 2, "released");
+    rig.smmu.set_knobs(Knobs {
+        stall_command_queue: true,
+        ..Knobs::default()
+    });
+    rig.submit(&[Command::SYNC]);
+    assert_eq!(rig.cmdq_cons(), 2);
+    rig.smmu.set_knobs(Knobs {
+        fail_command: Some((Some(opcode::SYNC), CommandErrorCode::Abort)),
+        ..Knobs::default()
+    });
+    assert_eq!(rig.cmdq_cons() >> 24, 2, "CERROR_ABT on the SYNC");
+    assert_eq!(rig.gerror_active(), GERROR_CMDQ_ERR);
+    assert_eq!(rig.smmu.knobs().fail_command, None, "one-shot");
+    rig.smmu
+        .write32(offset::GERRORN, rig.smmu.read32(offset::GERROR));
+    assert_eq!(
+        rig.cmdq_cons(),
+        3,
+        "retried and completed after the acknowledgement"
+    );
+}
+
+#[test]
+fn registers_are_strict_and_cr0ack_can_lag() {
+    let mem = arena();
+    let smmu = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    assert_eq!(smmu.read32(0xa8), 0, "EVENTQ_PROD only exists on page 1");
+    assert_eq!(smmu.stats().bad_register_accesses, 1);
+    smmu.set_knobs(Knobs {
+        cr0ack_lag: 2,
+        ..Knobs::default()
+    });
+    smmu.write32(offset::CR0, 0b1000);
+    assert_eq!(smmu.read32(offset::CR0ACK), 0);
+    assert_eq!(smmu.read32(offset::CR0ACK), 0);
+    assert_eq!(smmu.read32(offset::CR0ACK), 0b1000);
+    // Base registers cannot move under an enabled queue.
+    smmu.write64(offset::CMDQ_BASE, 0x1234_5000);
+    assert_eq!(smmu.read64(offset::CMDQ_BASE), 0);
+    assert_eq!(smmu.stats().bad_register_accesses, 2);
+    let idr0 = smmu.read32(offset::IDR0);
+    assert_eq!(idr0 & 0b11, 0b11, "S1P and S2P (VMID tagging)");
+    assert_ne!(smmu.read32(offset::IDR3) & 1 << 10, 0, "RIL");
+    assert_eq!(
+        smmu.read32(offset::IDR5) & 0x77,
+        0x14,
+        "OAS 44, 4K granule only"
+    );
+    assert_eq!(
+        SmmuModel::new(
+            &mem,
+            ModelConfig {
+                oas: 7,
+                ..ModelConfig::default()
+            }
+        )
+        .err(),
+        Some(ModelConfigError::Oas(7))
+    );
+}
+
+#[test]
+fn dma_engine_moves_bytes_and_reports_faults() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(0x10_0000), a, LeafAttrs::RW).unwrap();
+    t.map(VirtAddr(0x10_1000), b, LeafAttrs::RW).unwrap();
+    let dma = DmaEngine::new(&rig.smmu, SID);
+    let data: Vec<u8> = (0..=255).cycle().take(0x1800).collect();
+    dma.write(VirtAddr(0x10_0400), &data).unwrap();
+    let mut back = alloc::vec![0; 0x1800];
+    dma.read(VirtAddr(0x10_0400), &mut back).unwrap();
+    assert_eq!(back, data);
+    let mut direct = [0u8; 4];
+    mem.read(PhysAddr(b.as_u64() + 0xbfc), &mut direct).unwrap();
+    assert_eq!(direct[..], data[0x17fc..]);
+    // Past the mapping: edu-like 4-byte transactions, one event per transaction.
+    let edu = DmaEngine::new(&rig.smmu, SID)
+        .with_transactions(4, FaultPolicy::Continue)
+        .unwrap();
+    let mut buf = [0xffu8; 32];
+    let err = edu.read(VirtAddr(0x10_1ff0), &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Fault {
+                faulted: 4,
+                bytes_done: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(buf[16..], [0; 16], "faulting reads deliver zeros");
+    assert_eq!(rig.events().len(), 4);
+    assert_eq!(
+        DmaEngine::new(&rig.smmu, SID)
+            .with_transactions(3, FaultPolicy::Stop)
+            .err(),
+        Some(DmaError::BadAccessSize(3))
+    );
+    assert_eq!(
+        dma.write(VirtAddr(u64::MAX - 1), &[0; 4]),
+        Err(DmaError::AddressOverflow(VirtAddr(u64::MAX - 1)))
+    );
+}
+
+#[test]
+fn iotlb_policies_apply_in_the_model() {
+    let mem = arena();
+    let cfg = ModelConfig {
+        iotlb: IotlbConfig {
+            capacity: 2,
+            replacement: Replacement::Lru,
+        },
+        ..ModelConfig::default()
+    };
+    let rig = Rig::new(&mem, cfg, 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    for i in 1..=3u64 {
+        t.map(
+            VirtAddr(i << 12),
+            PhysAddr(0x4000_0000 + (i << 12)),
+            LeafAttrs::RW,
+        )
+        .unwrap();
+    }
+    for va in [0x1000, 0x2000, 0x1000, 0x3000, 0x1000] {
+        pa_of(&rig.smmu, va, AccessKind::Read).unwrap();
+    }
+    let s = rig.smmu.stats();
+    assert_eq!((s.iotlb_hits, s.iotlb_misses, s.iotlb_evictions), (2, 3, 1));
+    assert_eq!(s.iotlb_hits_per_mille(), Some(400));
+    let _ = SyncSignal::Sev; // all CMD_SYNC signals are accepted
+}
+
+#[test]
+fn open_unmap_windows_turn_mismatches_into_allowed_races() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    // Unmap in progress: PTE cleared, invalidation not yet done — a hit is a race, not a bug.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 7);
+    t.unmap(VirtAddr(0x1000)).unwrap();
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    assert!(rig.smmu.stale_translations().is_empty());
+    assert_eq!(rig.smmu.stats().raced_translations, 1);
+    // The unmap "returns" without having invalidated: the next hit is a violation naming it.
+    assert!(rig.smmu.end_unmap(7));
+    assert!(!rig.smmu.end_unmap(7), "already closed");
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.stale_translations();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].last_unmap.map(|u| u.id), Some(7));
+    // A window of another ASID does not cover it.
+    rig.smmu
+        .begin_unmap(ASID + 1, VirtAddr(0), VirtAddr(1 << 48), 8);
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    assert_eq!(rig.smmu.stats().stale_translations, 2);
+}

@@ -1,0 +1,579 @@
+//! The SMMU driver's own duties on top of the model: probe and reset, default deny, stream
+//! attach/detach, context lifetime, typed errors for bad input, and recovery from a misbehaving
+//! SMMU (command errors, a CMD_SYNC that never completes, a full queue, a CR0ACK that never
+//! comes) — always an error, never a hang.
+
+#[path = "smmu_support.rs"]
+mod support;
+
+use shootdown::iommu::backend::SmmuBackend;
+use shootdown::iommu::command::{opcode, CommandKind};
+use shootdown::iommu::driver::{ContextParams, Smmu, SmmuConfig, SmmuError};
+use shootdown::iommu::event::{AccessKind, EventKind};
+use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
+use shootdown::iommu::planner::{PlanError, PlanKind, Strategy};
+use shootdown::iommu::regs::{offset, CommandErrorCode};
+use shootdown::iommu::ste::BadSte;
+use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock};
+use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
+use support::*;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+#[test]
+fn probe_reads_features_and_enables_with_everything_denied() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, smmu_config()).unwrap();
+    let f = smmu.features();
+    assert!(f.stage1 && f.range_invalidation && f.coherent && f.granule_4k);
+    assert!(!f.granule_16k && !f.granule_64k);
+    assert_eq!(
+        (
+            f.asid_bits,
+            f.vmid_bits,
+            f.sid_bits,
+            f.ssid_bits,
+            f.oas_bits
+        ),
+        (16, 16, 16, 0, 44)
+    );
+    assert!(format!("{f}").contains("OAS 44 bits"));
+    assert_eq!(smmu.max_sid(), 0xff);
+    // Enabled: SMMUEN, EVENTQEN, CMDQEN; GBPA aborts.
+    assert_eq!(model.read32(offset::CR0ACK), 0b1101);
+    assert_ne!(model.read32(offset::GBPA) & 1 << 20, 0);
+    // Reset invalidated every cache: CFGI_ALL + TLBI_NSNH_ALL + CMD_SYNC.
+    let s = model.stats();
+    assert_eq!(s.commands.get(CommandKind::CfgiAll), 1);
+    assert_eq!(s.commands.get(CommandKind::TlbiNsnhAll), 1);
+    assert_eq!(s.syncs_completed, 1);
+    // A device nobody attached is aborted and reported.
+    let fault = model
+        .translate(0x20, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(fault.kind, FaultKind::BadSte(BadSte::Invalid));
+    let fault = model
+        .translate(0x100, VirtAddr(0x1000), AccessKind::Read)
+        .unwrap_err();
+    assert_eq!(fault.kind, FaultKind::BadStreamId);
+    let mut kinds = Vec::new();
+    smmu.drain_events(|e| kinds.push((e.kind, e.sid))).unwrap();
+    assert_eq!(
+        kinds,
+        [(EventKind::BadSte, 0x20), (EventKind::BadStreamId, 0x100)]
+    );
+    assert_eq!(
+        model.stats().bad_register_accesses,
+        0,
+        "only architected registers touched"
+    );
+    // Shutting down aborts everything and returns the memory.
+    smmu.shutdown().unwrap();
+    assert_eq!(mem.frames_in_use(), 0);
+    assert_eq!(
+        model
+            .translate(0x20, VirtAddr(0), AccessKind::Read)
+            .unwrap_err()
+            .kind,
+        FaultKind::GlobalAbort
+    );
+}
+
+#[test]
+fn the_stream_table_is_sized_from_the_largest_sid() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    let cfg = SmmuConfig {
+        max_sid: 0x10,
+        ..smmu_config()
+    };
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, cfg).unwrap();
+    assert_eq!(smmu.max_sid(), 0x1f);
+    assert_eq!(model.read32(offset::STRTAB_BASE_CFG), 5);
+    assert_eq!(
+        smmu.attach_bypass(0x20),
+        Err(SmmuError::SidOutOfRange {
+            sid: 0x20,
+            max: 0x1f
+        })
+    );
+    // 2^16 StreamIDs: a 4 MiB table, naturally aligned.
+    drop(smmu);
+    let big = PhysArena::new(PhysAddr(0x4000_0000), 2048).unwrap();
+    let model = SmmuModel::new(&big, ModelConfig::default()).unwrap();
+    let cfg = SmmuConfig {
+        max_sid: 0xffff,
+        ..smmu_config()
+    };
+    let smmu = Smmu::new(&model, &clock, &big, &big, cfg).unwrap();
+    let base = model.read64(offset::STRTAB_BASE) & !(1 << 62);
+    assert_eq!(base % (4 << 20), 0, "aligned to its 4 MiB size");
+    smmu.attach_bypass(0xfffe).unwrap();
+    assert_eq!(
+        model
+            .translate(0xfffe, VirtAddr(0x1234), AccessKind::Read)
+            .unwrap()
+            .pa,
+        PhysAddr(0x1234)
+    );
+    // More StreamIDs than the SMMU has: refused before anything is allocated.
+    let small = ModelConfig {
+        sid_bits: 8,
+        ..ModelConfig::default()
+    };
+    let model = SmmuModel::new(&mem, small).unwrap();
+    let used = mem.frames_in_use();
+    let cfg = SmmuConfig {
+        max_sid: 0x100,
+        ..smmu_config()
+    };
+    assert_eq!(
+        Smmu::new(&model, &clock, &mem, &mem, cfg).err(),
+        Some(SmmuError::SidOutOfRange {
+            sid: 0x100,
+            max: 0xff
+        })
+    );
+    assert_eq!(mem.frames_in_use(), used);
+}
+
+/// A register file that claims no features at all.
+struct NothingImplemented;
+
+impl SmmuBackend for NothingImplemented {
+    fn read32(&self, _: usize) -> u32 {
+        0
+    }
+    fn write32(&self, _: usize, _: u32) {}
+    fn read64(&self, _: usize) -> u64 {
+        0
+    }
+    fn write64(&self, _: usize, _: u64) {}
+}
+
+#[test]
+fn probe_refuses_what_it_cannot_drive_and_leaks_nothing() {
+    let mem = arena();
+    let clock = StepClock::new(1_000);
+    let err = Smmu::new(NothingImplemented, &clock, &mem, &mem, smmu_config()).err();
+    assert_eq!(
+        err,
+        Some(SmmuError::Unsupported("stage-1 translation (IDR0.S1P)"))
+    );
+    // Too little memory for the stream table: out of memory, nothing kept.
+    let tiny = PhysArena::new(PhysAddr(0x4000_0000), 2).unwrap();
+    let model = SmmuModel::new(&tiny, ModelConfig::default()).unwrap();
+    assert_eq!(
+        Smmu::new(&model, &clock, &tiny, &tiny, smmu_config()).err(),
+        Some(SmmuError::OutOfMemory)
+    );
+    assert_eq!(tiny.frames_in_use(), 0);
+    // Range invalidation on an SMMU without RIL.
+    let no_ril = SmmuModel::new(
+        &mem,
+        ModelConfig {
+            range_invalidation: false,
+            ..ModelConfig::default()
+        },
+    )
+    .unwrap();
+    let cfg = SmmuConfig {
+        strategy: Strategy::Range,
+        ..smmu_config()
+    };
+    assert_eq!(
+        Smmu::new(&no_ril, &clock, &mem, &mem, cfg).err(),
+        Some(SmmuError::Plan(PlanError::RangeUnsupported))
+    );
+    assert_eq!(mem.frames_in_use(), 0);
+    assert!(format!("{}", SmmuError::Plan(PlanError::RangeUnsupported)).contains("RIL"));
+}
+
+#[test]
+fn a_cr0ack_that_never_comes_is_a_timeout() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    // A slow SMMU is fine...
+    model.set_knobs(Knobs {
+        cr0ack_lag: 5,
+        ..Knobs::default()
+    });
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, smmu_config()).unwrap();
+    smmu.shutdown().unwrap();
+    // ...one that never acknowledges is an error after the timeout, not a hang. (CR0ACK
+    // still reads 0, so the clean-up's disable is acknowledged and the memory returned.)
+    model.set_knobs(Knobs {
+        cr0ack_lag: u32::MAX,
+        ..Knobs::default()
+    });
+    let before = clock.reads();
+    let err = Smmu::new(&model, &clock, &mem, &mem, smmu_config()).err();
+    assert!(
+        matches!(
+            err,
+            Some(SmmuError::AckTimeout {
+                register: "SMMU_CR0ACK",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(clock.reads() - before < 10_000, "bounded polling");
+    assert_eq!(mem.frames_in_use(), 0);
+    // An SMMU that cannot be shut down keeps its memory: it is not handed out again while
+    // the SMMU may still write to it.
+    model.set_knobs(Knobs::default());
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, smmu_config()).unwrap();
+    model.set_knobs(Knobs {
+        cr0ack_lag: u32::MAX,
+        ..Knobs::default()
+    });
+    let used = mem.frames_in_use();
+    assert!(matches!(smmu.shutdown(), Err(SmmuError::AckTimeout { .. })));
+    assert_eq!(mem.frames_in_use(), used);
+}
+
+#[test]
+fn a_cmd_sync_that_never_completes_is_a_timeout_and_recovers() {
+    with_default_world(|w| {
+        w.map_pages(VA, 1, LeafAttrs::RW, 0);
+        w.dma().touch(VirtAddr(VA), AccessKind::Read).unwrap();
+        w.tables.unmap(VirtAddr(VA)).unwrap();
+        w.model.set_knobs(Knobs {
+            stall_sync: true,
+            ..Knobs::default()
+        });
+        let before = w.clock.reads();
+        let err = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA), VirtAddr(VA + PAGE))
+            .unwrap_err();
+        assert!(matches!(err, SmmuError::SyncTimeout { .. }), "{err}");
+        assert!(
+            w.clock.reads() - before <= 2_100,
+            "gave up after the 2 ms timeout"
+        );
+        assert_eq!(w.smmu.stats().sync_timeouts, 1);
+        // The SMMU comes back: the stuck CMD_SYNC completes and the next call works.
+        w.model.set_knobs(Knobs::default());
+        assert!(w.dma().touch(VirtAddr(VA), AccessKind::Read).is_err());
+        w.invalidate(VA, 1);
+        assert!(w.model.stale_translations().is_empty());
+    });
+}
+
+#[test]
+fn a_full_command_queue_is_an_error_not_a_hang() {
+    let cfg = SmmuConfig {
+        cmdq_log2: 4,
+        strategy: Strategy::PerPage,
+        ..smmu_config()
+    };
+    with_world(ModelConfig::default(), cfg, |w| {
+        w.model.set_knobs(Knobs {
+            stall_command_queue: true,
+            ..Knobs::default()
+        });
+        let err = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA), VirtAddr(VA + 64 * PAGE))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SmmuError::CommandQueueFull {
+                needed: 16,
+                free: 0
+            }
+        );
+        assert_eq!(w.smmu.stats().queue_full_timeouts, 1);
+        // Once the SMMU consumes again, the queue drains and work goes on.
+        w.model.set_knobs(Knobs::default());
+        let report = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA), VirtAddr(VA + 64 * PAGE))
+            .unwrap();
+        assert_eq!(report.commands.get(CommandKind::TlbiNhVa), 64);
+        // 64 per-page commands through a 16-entry queue: batches of 16.
+        assert!(w.smmu.stats().prod_writes >= 5);
+    });
+}
+
+#[test]
+fn a_refused_command_is_reported_and_coherence_kept() {
+    with_default_world(|w| {
+        let frame = w.map_pages(VA, 2, LeafAttrs::RW, 0x21)[0];
+        let dma = w.dma();
+        dma.touch(VirtAddr(VA), AccessKind::Write).unwrap();
+        dma.touch(VirtAddr(VA + PAGE), AccessKind::Write).unwrap();
+        w.tables.unmap(VirtAddr(VA)).unwrap();
+        // The SMMU refuses the range TLBI (CERROR_ILL)...
+        let fail = Some((Some(opcode::TLBI_NH_VA), CommandErrorCode::Illegal));
+        w.model.set_knobs(Knobs {
+            fail_command: fail,
+            ..Knobs::default()
+        });
+        let report = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA), VirtAddr(VA + PAGE))
+            .unwrap();
+        // ...the driver says so, and invalidated the whole ASID instead.
+        let failure = report.recovered.expect("reported");
+        assert_eq!(failure.code, CommandErrorCode::Illegal);
+        assert_eq!(
+            failure.command.map(|c| c.kind()),
+            Ok(CommandKind::TlbiNhVaRange)
+        );
+        assert_eq!(report.commands.get(CommandKind::TlbiNhAsid), 1);
+        let s = w.smmu.stats();
+        assert_eq!((s.command_errors, s.invalidation_fallbacks), (1, 1));
+        assert_eq!(s.last_command_error, Some(failure));
+        assert!(format!("{failure}").contains("CERROR_ILL"));
+        assert!(dma.write(VirtAddr(VA), &[9]).is_err());
+        assert_eq!(w.byte(frame), 0x21);
+        assert!(w.model.stale_translations().is_empty());
+        assert_eq!(
+            w.model.read32(offset::GERROR),
+            w.model.read32(offset::GERRORN),
+            "acknowledged"
+        );
+        // A fetch abort on the CMD_SYNC itself is retried (CERROR_ABT): reported, still done.
+        let fail = Some((Some(opcode::SYNC), CommandErrorCode::Abort));
+        w.model.set_knobs(Knobs {
+            fail_command: fail,
+            ..Knobs::default()
+        });
+        let report = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA + PAGE), VirtAddr(VA + 2 * PAGE))
+            .unwrap();
+        assert_eq!(
+            report.recovered.map(|f| f.code),
+            Some(CommandErrorCode::Abort)
+        );
+        assert_eq!(w.smmu.stats().command_errors, 2);
+    });
+}
+
+#[test]
+fn streams_attach_detach_and_bad_input() {
+    with_default_world(|w| {
+        let s = w.smmu;
+        assert_eq!(s.attach(SID, w.ctx), Err(SmmuError::StreamBusy(SID)));
+        assert_eq!(
+            s.attach(0x100, w.ctx),
+            Err(SmmuError::SidOutOfRange {
+                sid: 0x100,
+                max: 0xff
+            })
+        );
+        assert_eq!(s.detach(0x11), Err(SmmuError::StreamNotAttached(0x11)));
+        assert_eq!(
+            s.destroy_context(w.ctx),
+            Err(SmmuError::ContextInUse(w.ctx))
+        );
+        assert_eq!(
+            s.invalidate_range(w.ctx, VirtAddr(0x2000), VirtAddr(0x1000)),
+            Err(SmmuError::Plan(PlanError::EndBeforeStart {
+                start: VirtAddr(0x2000),
+                end: VirtAddr(0x1000)
+            }))
+        );
+        let bad_root = ContextParams {
+            root: PhysAddr(0x1234),
+            mair: MAIR,
+        };
+        assert!(matches!(s.create_context(bad_root), Err(SmmuError::Cd(_))));
+        // A second device shares the context (one subscription per address space).
+        s.attach(0x11, w.ctx).unwrap();
+        assert_eq!(s.context_streams(w.ctx).unwrap(), [SID, 0x11]);
+        w.map_pages(VA, 1, LeafAttrs::RW, 7);
+        assert!(w
+            .model
+            .translate(0x11, VirtAddr(VA), AccessKind::Read)
+            .is_ok());
+        // Detached: the device is aborted and reported again.
+        s.detach(0x11).unwrap();
+        let f = w
+            .model
+            .translate(0x11, VirtAddr(VA), AccessKind::Read)
+            .unwrap_err();
+        assert_eq!(f.kind, FaultKind::BadSte(BadSte::Invalid));
+        assert!(f.recorded);
+        // Abort and bypass streams; switching needs a detach in between.
+        s.attach_abort(0x12).unwrap();
+        let f = w
+            .model
+            .translate(0x12, VirtAddr(VA), AccessKind::Read)
+            .unwrap_err();
+        assert_eq!((f.kind, f.recorded), (FaultKind::StreamAbort, false));
+        assert_eq!(s.attach_bypass(0x12), Err(SmmuError::StreamBusy(0x12)));
+        s.detach(0x12).unwrap();
+        s.attach_bypass(0x12).unwrap();
+        assert_eq!(
+            w.model
+                .translate(0x12, VirtAddr(0x4000_0000), AccessKind::Write)
+                .unwrap()
+                .pa,
+            PhysAddr(0x4000_0000)
+        );
+        // Context ids are not reused; a destroyed one is gone.
+        s.detach(SID).unwrap();
+        s.destroy_context(w.ctx).unwrap();
+        assert_eq!(s.context_asid(w.ctx), Err(SmmuError::NoSuchContext(w.ctx)));
+        assert_eq!(
+            s.invalidate_range(w.ctx, VirtAddr(0), VirtAddr(PAGE)),
+            Err(SmmuError::NoSuchContext(w.ctx))
+        );
+        assert_eq!(w.model.stats().bad_register_accesses, 0);
+    });
+}
+
+#[test]
+fn a_recycled_asid_carries_no_stale_translations() {
+    // 8-bit ASIDs, so the allocator comes round quickly.
+    let model = ModelConfig {
+        asid16: false,
+        ..ModelConfig::default()
+    };
+    with_world(model, smmu_config(), |w| {
+        assert_eq!(w.smmu.features().asid_bits, 8);
+        let frame = w.map_pages(VA, 1, LeafAttrs::RW, 1)[0];
+        w.dma().touch(VirtAddr(VA), AccessKind::Read).unwrap();
+        w.smmu.detach(SID).unwrap();
+        w.smmu.destroy_context(w.ctx).unwrap();
+        // Burn through ASIDs until the old one comes back, with a different address space.
+        let other = shootdown::iommu::testing::TestPageTables::new(w.mem).unwrap();
+        let params = ContextParams {
+            root: other.root(),
+            mair: MAIR,
+        };
+        let mut ctx = w.smmu.create_context(params).unwrap();
+        let mut burned = Vec::new();
+        while w.smmu.context_asid(ctx).unwrap() != w.asid {
+            burned.push(ctx);
+            ctx = w.smmu.create_context(params).unwrap();
+            assert!(burned.len() < 256, "ASID never recycled");
+        }
+        w.smmu.attach(SID, ctx).unwrap();
+        // Nothing is mapped in the new space: the old translation must be gone.
+        assert!(w.dma().touch(VirtAddr(VA), AccessKind::Read).is_err());
+        assert!(w.model.stale_translations().is_empty());
+        assert_eq!(w.byte(frame), 1);
+        for c in burned {
+            w.smmu.destroy_context(c).unwrap();
+        }
+    });
+}
+
+#[test]
+fn invalidation_plans_are_counted_per_kind() {
+    with_default_world(|w| {
+        w.smmu.set_strategy(Strategy::PerPage).unwrap();
+        w.invalidate(VA, 3);
+        w.smmu.set_strategy(Strategy::Asid).unwrap();
+        w.invalidate(VA, 3);
+        w.smmu.set_strategy(Strategy::Auto).unwrap();
+        w.invalidate(VA, 3);
+        let empty = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA), VirtAddr(VA))
+            .unwrap();
+        assert_eq!(empty.plan, PlanKind::Nothing);
+        assert_eq!(empty.commands.total(), 0);
+        let s = w.smmu.stats();
+        assert_eq!(
+            (
+                s.invalidations_per_page,
+                s.invalidations_asid,
+                s.invalidations_range,
+                s.invalidations_empty
+            ),
+            (1, 1, 1, 1)
+        );
+        // Every command the driver sent reached the SMMU, and each batch ended in one sync.
+        let m = w.model.stats();
+        assert_eq!(m.commands, s.commands);
+        assert_eq!(m.syncs_completed, s.commands.get(CommandKind::Sync));
+    });
+}
+
+#[test]
+fn a_failed_attach_is_rolled_back_or_kept_accounted_for() {
+    with_default_world(|w| {
+        let s = w.smmu;
+        // The SMMU refuses the CFGI_STE: the STE is taken back, nothing is attached.
+        let fail = Some((Some(opcode::CFGI_STE), CommandErrorCode::Illegal));
+        w.model.set_knobs(Knobs {
+            fail_command: fail,
+            ..Knobs::default()
+        });
+        assert!(matches!(
+            s.attach(0x11, w.ctx),
+            Err(SmmuError::CommandFailed(_))
+        ));
+        assert_eq!(s.context_streams(w.ctx).unwrap(), [SID]);
+        let f = w
+            .model
+            .translate(0x11, VirtAddr(VA), AccessKind::Read)
+            .unwrap_err();
+        assert_eq!(f.kind, FaultKind::BadSte(BadSte::Invalid));
+        s.attach(0x11, w.ctx).unwrap();
+        // A wedged SMMU: the attach times out and cannot even be taken back, so the stream
+        // stays accounted for and its context cannot be destroyed under it.
+        w.model.set_knobs(Knobs {
+            stall_sync: true,
+            ..Knobs::default()
+        });
+        let other = s
+            .create_context(ContextParams {
+                root: w.tables.root(),
+                mair: MAIR,
+            })
+            .unwrap();
+        assert!(matches!(
+            s.attach(0x12, other),
+            Err(SmmuError::SyncTimeout { .. })
+        ));
+        assert_eq!(s.context_streams(other).unwrap(), [0x12]);
+        assert_eq!(
+            s.destroy_context(other),
+            Err(SmmuError::ContextInUse(other))
+        );
+        // Once the SMMU recovers, detach cleans up and the context can go.
+        w.model.set_knobs(Knobs::default());
+        s.detach(0x12).unwrap();
+        s.destroy_context(other).unwrap();
+    });
+}
+
+#[test]
+fn event_queue_write_aborts_are_reported_and_acknowledged() {
+    with_default_world(|w| {
+        w.model.set_knobs(Knobs {
+            abort_event_writes: true,
+            ..Knobs::default()
+        });
+        let f = w
+            .model
+            .translate(0x30, VirtAddr(0), AccessKind::Read)
+            .unwrap_err();
+        assert_eq!(f.kind, FaultKind::BadSte(BadSte::Invalid));
+        let drain = w.smmu.drain_events(|_| {}).unwrap();
+        assert_eq!((drain.drained, drain.write_aborted), (0, true));
+        assert_eq!(
+            w.model.read32(offset::GERROR),
+            w.model.read32(offset::GERRORN)
+        );
+        // The same through the generic acknowledgement.
+        let _ = w.model.translate(0x30, VirtAddr(0), AccessKind::Read);
+        assert_eq!(w.smmu.acknowledge_global_errors(), 1 << 2, "EVENTQ_ABT_ERR");
+        assert_eq!(w.smmu.acknowledge_global_errors(), 0);
+        w.model.set_knobs(Knobs::default());
+        let _ = w.model.translate(0x30, VirtAddr(0), AccessKind::Read);
+        assert_eq!(w.events().len(), 1);
+    });
+}
