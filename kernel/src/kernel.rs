@@ -15,8 +15,8 @@ use buddy_system_allocator::LockedHeap;
 use crate::arch::aarch64::{cpu, mmu, power, smp, timer};
 use crate::board::dt::{self, BoardInfo, BoardKind, PsciMethod, Range};
 use crate::board::BootArgs;
-use crate::mm::layout::{self, KERNEL_VBASE};
 use crate::mm::frame::BitmapFrameAllocator;
+use crate::mm::layout::{self, KERNEL_VBASE};
 use crate::mm::phys::PhysMemory;
 use crate::mm::PhysAddr;
 use crate::{eprintln, println, symbol_addr};
@@ -58,12 +58,16 @@ pub struct BootFacts {
 
 /// The board as the device tree describes it.
 pub fn board() -> &'static BoardInfo {
-    BOARD.get().expect("board() before the device tree was read")
+    BOARD
+        .get()
+        .expect("board() before the device tree was read")
 }
 
 /// The boot arguments.
 pub fn bootargs() -> &'static BootArgs {
-    BOOTARGS.get().expect("bootargs() before the device tree was read")
+    BOOTARGS
+        .get()
+        .expect("bootargs() before the device tree was read")
 }
 
 /// How this boot went.
@@ -94,7 +98,9 @@ impl PhysMemory for LinearMap {
         }
         // SAFETY: `pa` is RAM, which the linear map covers for the kernel's whole life; the
         // word is 8-byte aligned and only accessed atomically through this reference.
-        Some(unsafe { &*(layout::phys_to_virt(pa.as_u64()) as *const core::sync::atomic::AtomicU64) })
+        Some(unsafe {
+            &*(layout::phys_to_virt(pa.as_u64()) as *const core::sync::atomic::AtomicU64)
+        })
     }
 
     fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8> {
@@ -103,8 +109,13 @@ impl PhysMemory for LinearMap {
 }
 
 fn is_ram(pa: u64, len: u64) -> bool {
-    let Some(end) = pa.checked_add(len) else { return false };
-    board().memory.iter().any(|r| pa >= r.base && end <= r.end())
+    let Some(end) = pa.checked_add(len) else {
+        return false;
+    };
+    board()
+        .memory
+        .iter()
+        .any(|r| pa >= r.base && end <= r.end())
 }
 
 /// The kernel's physical frame allocator: every usable 4 KiB frame of RAM.
@@ -152,7 +163,12 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         }
     };
     let args = BootArgs::parse(&info.bootargs);
-    BOOT.call_once(|| BootFacts { entered_el, load_pa, dtb_pa, dtb_size: dtb.len() as u64 });
+    BOOT.call_once(|| BootFacts {
+        entered_el,
+        load_pa,
+        dtb_pa,
+        dtb_size: dtb.len() as u64,
+    });
     BOOTARGS.call_once(|| args);
     let info = BOARD.call_once(|| info);
     crate::console::init_logger(log_level(bootargs()));
@@ -227,11 +243,25 @@ fn map_device_tree(dtb_pa: u64) -> Result<&'static [u8], dt::DtError> {
     Ok(unsafe { core::slice::from_raw_parts(va as *const u8, size) })
 }
 
-fn init_memory(info: &BoardInfo, load_pa: u64, dtb_pa: u64, dtb_size: u64) -> Result<(), crate::mm::frame::FrameInitError> {
-    let image = Range { base: load_pa, size: symbol_addr!(__image_end) - KERNEL_VBASE };
-    let dtb = Range { base: dtb_pa, size: dtb_size };
+fn init_memory(
+    info: &BoardInfo,
+    load_pa: u64,
+    dtb_pa: u64,
+    dtb_size: u64,
+) -> Result<(), crate::mm::frame::FrameInitError> {
+    let image = Range {
+        base: load_pa,
+        size: symbol_addr!(__image_end) - KERNEL_VBASE,
+    };
+    let dtb = Range {
+        base: dtb_pa,
+        size: dtb_size,
+    };
     // Low memory holds firmware spin tables and QEMU's boot stub on the Pi.
-    let low = Range { base: 0, size: 0x10000 };
+    let low = Range {
+        base: 0,
+        size: 0x10000,
+    };
     let free = dt::usable_ram(&info.memory, &info.reserved, &[image, dtb, low]);
 
     // Give the heap a slice of the largest range (1/8 of RAM, at most 64 MiB); frames get the rest.
@@ -241,12 +271,24 @@ fn init_memory(info: &BoardInfo, load_pa: u64, dtb_pa: u64, dtb_size: u64) -> Re
         let size = (info.memory_bytes() / 8).min(64 << 20).min(l.size / 2) & !0xfff;
         if size > 0 {
             // SAFETY: the range is usable RAM nobody else owns, mapped by the linear map.
-            unsafe { HEAP.lock().add_to_heap(layout::phys_to_virt(l.base) as usize, layout::phys_to_virt(l.base + size) as usize) };
+            unsafe {
+                HEAP.lock().add_to_heap(
+                    layout::phys_to_virt(l.base) as usize,
+                    layout::phys_to_virt(l.base + size) as usize,
+                )
+            };
             heap = Range { base: l.base, size };
         }
     }
-    let ram: Vec<core::ops::Range<PhysAddr>> = free.iter().map(|r| PhysAddr(r.base)..PhysAddr(r.end())).collect();
-    let allocator = BitmapFrameAllocator::new(LinearMap, &ram, &[PhysAddr(heap.base)..PhysAddr(heap.end())])?;
+    let ram: Vec<core::ops::Range<PhysAddr>> = free
+        .iter()
+        .map(|r| PhysAddr(r.base)..PhysAddr(r.end()))
+        .collect();
+    let allocator = BitmapFrameAllocator::new(
+        LinearMap,
+        &ram,
+        &[PhysAddr(heap.base)..PhysAddr(heap.end())],
+    )?;
     FRAMES.call_once(|| allocator);
     Ok(())
 }
@@ -266,7 +308,10 @@ fn init_console(info: &BoardInfo) {
     if info.kind == BoardKind::RaspberryPi4 {
         // Real Pi firmware leaves GPIO 14/15 to the mini UART unless told otherwise, and the
         // PL011 reference clock is `init_uart_clock` (48 MHz in our config.txt).
-        if let Some(gpio) = info.gpio.and_then(|g| mmu::ioremap(g.base, g.size.max(0x1000)).ok()) {
+        if let Some(gpio) = info
+            .gpio
+            .and_then(|g| mmu::ioremap(g.base, g.size.max(0x1000)).ok())
+        {
             crate::console::flush();
             // SAFETY: `gpio` maps the BCM2711 GPIO block.
             unsafe { crate::drivers::bcm2711_gpio::route_uart0_to_gpio14_15(gpio) };
@@ -288,10 +333,22 @@ fn banner(info: &BoardInfo) {
     };
     println!("Shootdown {} (aarch64)", env!("CARGO_PKG_VERSION"));
     println!("  board    {} ({kind})", info.model);
-    println!("  cpus     {} online of {} in the device tree", smp::online_count(), info.cpus.len());
+    println!(
+        "  cpus     {} online of {} in the device tree",
+        smp::online_count(),
+        info.cpus.len()
+    );
     let frame_mib = frames().map_or(0, |f| f.bitmap().total_frames() >> 8);
-    println!("  memory   {} MiB in {} range(s); {} MiB in page frames", info.memory_bytes() >> 20, info.memory.len(), frame_mib);
-    println!("  entered  EL{} at {:#x}, device tree at {:#x} ({} bytes)", facts.entered_el, facts.load_pa, facts.dtb_pa, facts.dtb_size);
+    println!(
+        "  memory   {} MiB in {} range(s); {} MiB in page frames",
+        info.memory_bytes() >> 20,
+        info.memory.len(),
+        frame_mib
+    );
+    println!(
+        "  entered  EL{} at {:#x}, device tree at {:#x} ({} bytes)",
+        facts.entered_el, facts.load_pa, facts.dtb_pa, facts.dtb_size
+    );
     let mut devices = String::new();
     for (i, d) in info.devices.iter().enumerate() {
         if i > 0 {
@@ -315,7 +372,11 @@ fn run_tests(filter: &str) -> ExitCode {
         }
     };
     let failed = crate::ktest::runner::run(filter, seed);
-    if failed == 0 { ExitCode::Success } else { ExitCode::Failure }
+    if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -360,7 +421,10 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     cpu::mask_interrupts();
     let cpu = crate::arch::aarch64::cpu_id();
     match crate::ktest::runner::current_test() {
-        Some(t) => eprintln!("Bail out! panic in {}.{} on CPU {cpu}: {info}", t.suite, t.name),
+        Some(t) => eprintln!(
+            "Bail out! panic in {}.{} on CPU {cpu}: {info}",
+            t.suite, t.name
+        ),
         None => eprintln!("\n!!! kernel panic on CPU {cpu}: {info}"),
     }
     exit(ExitCode::Crash)

@@ -15,11 +15,18 @@ fn kernel() -> Option<PathBuf> {
         Some(k) => {
             // Relative to the repository root (where `make` runs), not this crate.
             let k = repo_root().join(PathBuf::from(k));
-            assert!(k.exists(), "SHOOTDOWN_KERNEL={} does not exist", k.display());
+            assert!(
+                k.exists(),
+                "SHOOTDOWN_KERNEL={} does not exist",
+                k.display()
+            );
             Some(std::fs::canonicalize(k).unwrap())
         }
         None => {
-            assert!(std::env::var_os("CI").is_none(), "CI run without SHOOTDOWN_KERNEL: run `make test`");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI run without SHOOTDOWN_KERNEL: run `make test`"
+            );
             eprintln!("SKIPPED: set SHOOTDOWN_KERNEL=build/shootdown.img (make test does)");
             None
         }
@@ -31,10 +38,20 @@ fn repo_root() -> PathBuf {
 }
 
 fn harness_test(kernel: &Path, board: &str, bootargs: &str, logs: &str) -> Output {
-    let log_dir = std::env::temp_dir().join(format!("shootdown-selfcheck-{logs}-{}", std::process::id()));
+    let log_dir =
+        std::env::temp_dir().join(format!("shootdown-selfcheck-{logs}-{}", std::process::id()));
     Command::new(HARNESS)
         .current_dir(repo_root())
-        .args(["test", "--board", board, "--timeout", "120", "--bootargs", bootargs, "--kernel"])
+        .args([
+            "test",
+            "--board",
+            board,
+            "--timeout",
+            "120",
+            "--bootargs",
+            bootargs,
+            "--kernel",
+        ])
         .arg(kernel)
         .arg("--log-dir")
         .arg(&log_dir)
@@ -44,7 +61,11 @@ fn harness_test(kernel: &Path, board: &str, bootargs: &str, logs: &str) -> Outpu
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -53,8 +74,14 @@ fn a_test_that_fails_on_request_fails_the_run_naming_it() {
     let out = harness_test(&k, "virt", "ktest=ktest ktest.fail=1", "fail");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("ktest.selftest_fail"), "the failing test is not named:\n{t}");
-    assert!(t.contains("deliberate failure requested by ktest.fail=1"), "its diagnostic is lost:\n{t}");
+    assert!(
+        t.contains("ktest.selftest_fail"),
+        "the failing test is not named:\n{t}"
+    );
+    assert!(
+        t.contains("deliberate failure requested by ktest.fail=1"),
+        "its diagnostic is lost:\n{t}"
+    );
     // The same selection without the request passes: the failure came from the boot argument.
     let out = harness_test(&k, "virt", "ktest=ktest", "fail-control");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -66,22 +93,41 @@ fn a_crash_inside_a_test_bails_out_with_a_decoded_report() {
     let out = harness_test(&k, "virt", "ktest=ktest ktest.crash=1", "crash");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("selftest_crash"), "the crashing test is not named:\n{t}");
+    assert!(
+        t.contains("selftest_crash"),
+        "the crashing test is not named:\n{t}"
+    );
     let log = std::fs::read_to_string(
-        std::env::temp_dir().join(format!("shootdown-selfcheck-crash-{}", std::process::id())).join("virt.log"),
+        std::env::temp_dir()
+            .join(format!("shootdown-selfcheck-crash-{}", std::process::id()))
+            .join("virt.log"),
     )
     .unwrap_or_default();
-    assert!(log.contains("Bail out!"), "no Bail out! in the console log:\n{log}");
-    assert!(log.contains("Data Abort") && log.contains("translation fault"), "the report is not decoded:\n{log}");
+    assert!(
+        log.contains("Bail out!"),
+        "no Bail out! in the console log:\n{log}"
+    );
+    assert!(
+        log.contains("Data Abort") && log.contains("translation fault"),
+        "the report is not decoded:\n{log}"
+    );
 }
 
 #[test]
 fn ktest_selects_exactly_the_named_tests() {
     let Some(k) = kernel() else { return };
-    let out = harness_test(&k, "virt", "ktest=boot.reached,smp.work_runs_on_every_cpu", "filter");
+    let out = harness_test(
+        &k,
+        "virt",
+        "ktest=boot.reached,smp.work_runs_on_every_cpu",
+        "filter",
+    );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
-    assert!(t.contains("Ran 2 tests"), "the filter did not select exactly two tests:\n{t}");
+    assert!(
+        t.contains("Ran 2 tests"),
+        "the filter did not select exactly two tests:\n{t}"
+    );
 }
 
 #[test]
@@ -89,12 +135,27 @@ fn booting_without_a_device_tree_says_so_and_exits_2() {
     let Some(k) = kernel() else { return };
     // QEMU's raspi4b has no built-in tree: without -dtb the kernel gets none.
     let out = Command::new(std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()))
-        .args(["-M", "raspi4b", "-display", "none", "-monitor", "none", "-serial", "stdio", "-semihosting", "-no-reboot", "-kernel"])
+        .args([
+            "-M",
+            "raspi4b",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-semihosting",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(&k)
         .stdin(Stdio::null())
         .output()
         .expect("qemu runs");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("cannot boot without a device tree"), "no clear message:\n{t}");
+    assert!(
+        t.contains("cannot boot without a device tree"),
+        "no clear message:\n{t}"
+    );
 }

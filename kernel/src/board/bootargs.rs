@@ -33,7 +33,11 @@ impl BootArgs {
 
     /// The value of the last `key=value` for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.args.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+        self.args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// True if `key` is present (as a flag or with any value other than `0`/`off`/`false`).
@@ -62,7 +66,8 @@ mod tests {
 
     #[test]
     fn parses_flags_values_and_numbers() {
-        let a = BootArgs::parse("  ktest=mm.*,boot seed=0x2a log=debug quiet ktest.fail=0 rounds=12x ");
+        let a =
+            BootArgs::parse("  ktest=mm.*,boot seed=0x2a log=debug quiet ktest.fail=0 rounds=12x ");
         assert_eq!(a.get("ktest"), Some("mm.*,boot"));
         assert_eq!(a.number("seed"), Some(Ok(42)));
         assert!(a.flag("quiet"));

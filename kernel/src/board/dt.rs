@@ -37,8 +37,13 @@ pub enum DtError {
 impl fmt::Display for DtError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DtError::BadPointer(p) => write!(f, "no device tree: x0 = {p:#x} is not a valid pointer"),
-            DtError::BadMagic(m) => write!(f, "corrupt device tree: magic {m:#010x}, expected {FDT_MAGIC:#010x}"),
+            DtError::BadPointer(p) => {
+                write!(f, "no device tree: x0 = {p:#x} is not a valid pointer")
+            }
+            DtError::BadMagic(m) => write!(
+                f,
+                "corrupt device tree: magic {m:#010x}, expected {FDT_MAGIC:#010x}"
+            ),
             DtError::BadSize(s) => write!(f, "corrupt device tree: total size {s} bytes"),
             DtError::Parse(e) => write!(f, "corrupt device tree: {e}"),
             DtError::Missing(what) => write!(f, "device tree lacks {what}"),
@@ -189,11 +194,15 @@ fn be_cells(bytes: &[u8], cells: usize) -> Option<u64> {
     if cells == 0 || cells > 2 || bytes.len() < cells * 4 {
         return None;
     }
-    Some(bytes[..cells * 4].chunks(4).fold(0u64, |acc, c| (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))))
+    Some(bytes[..cells * 4].chunks(4).fold(0u64, |acc, c| {
+        (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    }))
 }
 
 fn u32_at(bytes: &[u8], i: usize) -> Option<u32> {
-    bytes.get(i * 4..i * 4 + 4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    bytes
+        .get(i * 4..i * 4 + 4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 fn prop_str<'a>(node: &FdtNode<'a>, name: &str) -> Option<&'a str> {
@@ -225,7 +234,10 @@ fn is_compatible(node: &FdtNode<'_>, with: &str) -> bool {
 /// The cell sizes a node's children use (defaults: 2 address, 1 size cells, per the spec).
 fn child_cells(node: &FdtNode<'_>) -> (usize, usize) {
     let get = |name| prop_u32(node, name).map(|v| v as usize);
-    (get("#address-cells").unwrap_or(2), get("#size-cells").unwrap_or(1))
+    (
+        get("#address-cells").unwrap_or(2),
+        get("#size-cells").unwrap_or(1),
+    )
 }
 
 /// A node together with its ancestors (root first, parent last), so that its addresses can be
@@ -244,7 +256,10 @@ fn collect<'a>(node: FdtNode<'a>, ancestors: &mut Vec<FdtNode<'a>>, out: &mut Ve
     }
     ancestors.push(node);
     for child in node.children() {
-        out.push(Located { node: child, ancestors: ancestors.clone() });
+        out.push(Located {
+            node: child,
+            ancestors: ancestors.clone(),
+        });
         collect(child, ancestors, out);
     }
     ancestors.pop();
@@ -266,7 +281,11 @@ fn translate_through(bus: &FdtNode<'_>, parent_ac: usize, addr: u64) -> Option<u
     let entry = (child_ac + parent_ac + child_sc) * 4;
     for e in ranges.value().chunks_exact(entry) {
         // PCI child addresses have 3 cells; the low two are the address.
-        let child = if child_ac == 3 { be_cells(&e[4..], 2)? } else { be_cells(e, child_ac)? };
+        let child = if child_ac == 3 {
+            be_cells(&e[4..], 2)?
+        } else {
+            be_cells(e, child_ac)?
+        };
         let parent_addr = be_cells(&e[child_ac * 4..], parent_ac)?;
         let size = be_cells(&e[(child_ac + parent_ac) * 4..], child_sc)?;
         if addr >= child && addr - child < size {
@@ -287,7 +306,11 @@ fn reg_cpu(loc: &Located<'_>, index: usize) -> Option<Range> {
     let reg = loc.node.property("reg")?;
     let e = reg.value().get(index * stride..(index + 1) * stride)?;
     let mut addr = be_cells(e, ac)?;
-    let size = if sc == 0 { 0 } else { be_cells(&e[ac * 4..], sc)? };
+    let size = if sc == 0 {
+        0
+    } else {
+        be_cells(&e[ac * 4..], sc)?
+    };
     for i in (1..loc.ancestors.len()).rev() {
         let parent_ac = child_cells(&loc.ancestors[i - 1]).0;
         addr = translate_through(&loc.ancestors[i], parent_ac, addr)?;
@@ -296,7 +319,9 @@ fn reg_cpu(loc: &Located<'_>, index: usize) -> Option<Range> {
 }
 
 fn find<'l, 'a>(nodes: &'l [Located<'a>], compatible: &str) -> Option<&'l Located<'a>> {
-    nodes.iter().find(|l| is_enabled(&l.node) && is_compatible(&l.node, compatible))
+    nodes
+        .iter()
+        .find(|l| is_enabled(&l.node) && is_compatible(&l.node, compatible))
 }
 
 fn device_name(loc: &Located<'_>) -> String {
@@ -314,7 +339,10 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
     let root_compat: Vec<&str> = str_list(&root, "compatible").collect();
     let kind = if root_compat.contains(&"linux,dummy-virt") {
         BoardKind::QemuVirt
-    } else if root_compat.iter().any(|c| *c == "brcm,bcm2711" || *c == "raspberrypi,4-model-b") {
+    } else if root_compat
+        .iter()
+        .any(|c| *c == "brcm,bcm2711" || *c == "raspberrypi,4-model-b")
+    {
         BoardKind::RaspberryPi4
     } else {
         BoardKind::Other
@@ -346,7 +374,9 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
     if info.memory.is_empty() {
         return Err(DtError::Missing("a /memory node"));
     }
-    let chosen = nodes.iter().find(|l| l.ancestors.len() == 1 && l.node.name() == "chosen");
+    let chosen = nodes
+        .iter()
+        .find(|l| l.ancestors.len() == 1 && l.node.name() == "chosen");
     if let Some(args) = chosen.and_then(|c| prop_str(&c.node, "bootargs")) {
         info.bootargs = args.to_string();
     }
@@ -371,9 +401,16 @@ fn read_memory(fdt: &Fdt<'_>, nodes: &[Located<'_>], info: &mut BoardInfo) {
     }
     info.memory.sort_by_key(|r| r.base);
     for r in fdt.memory_reservations() {
-        info.reserved.push(Range { base: r.address(), size: r.size() });
+        info.reserved.push(Range {
+            base: r.address(),
+            size: r.size(),
+        });
     }
-    for loc in nodes.iter().filter(|l| l.ancestors.last().is_some_and(|p| p.name() == "reserved-memory")) {
+    for loc in nodes.iter().filter(|l| {
+        l.ancestors
+            .last()
+            .is_some_and(|p| p.name() == "reserved-memory")
+    }) {
         let mut i = 0;
         while let Some(r) = reg_cpu(loc, i) {
             info.reserved.push(r);
@@ -383,20 +420,31 @@ fn read_memory(fdt: &Fdt<'_>, nodes: &[Located<'_>], info: &mut BoardInfo) {
 }
 
 fn read_cpus(nodes: &[Located<'_>], info: &mut BoardInfo) {
-    for loc in nodes.iter().filter(|l| l.ancestors.last().is_some_and(|p| p.name() == "cpus")) {
+    for loc in nodes
+        .iter()
+        .filter(|l| l.ancestors.last().is_some_and(|p| p.name() == "cpus"))
+    {
         let n = &loc.node;
         if prop_str(n, "device_type") != Some("cpu") || !is_enabled(n) {
             continue;
         }
-        let Some(reg) = n.property("reg") else { continue };
-        let Some(parent) = loc.ancestors.last() else { continue };
-        let Some(mpidr) = be_cells(reg.value(), child_cells(parent).0) else { continue };
+        let Some(reg) = n.property("reg") else {
+            continue;
+        };
+        let Some(parent) = loc.ancestors.last() else {
+            continue;
+        };
+        let Some(mpidr) = be_cells(reg.value(), child_cells(parent).0) else {
+            continue;
+        };
         let enable = match prop_str(n, "enable-method") {
             Some("psci") => CpuEnable::Psci,
-            Some("spin-table") => match n.property("cpu-release-addr").and_then(|p| p.as_u64().ok()) {
-                Some(a) => CpuEnable::SpinTable(a),
-                None => CpuEnable::Unknown,
-            },
+            Some("spin-table") => {
+                match n.property("cpu-release-addr").and_then(|p| p.as_u64().ok()) {
+                    Some(a) => CpuEnable::SpinTable(a),
+                    None => CpuEnable::Unknown,
+                }
+            }
             _ => CpuEnable::Unknown,
         };
         info.cpus.push(CpuNode { mpidr, enable });
@@ -406,10 +454,16 @@ fn read_cpus(nodes: &[Located<'_>], info: &mut BoardInfo) {
 fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut BoardInfo) {
     // Console: the PL011 /chosen/stdout-path names (by node name; options after ':'), else
     // the first enabled one.
-    let stdout_name = stdout_path.map(|p| p.split(':').next().unwrap_or(p)).and_then(|p| p.rsplit('/').next());
+    let stdout_name = stdout_path
+        .map(|p| p.split(':').next().unwrap_or(p))
+        .and_then(|p| p.rsplit('/').next());
     let uart = nodes
         .iter()
-        .find(|l| is_enabled(&l.node) && is_compatible(&l.node, "arm,pl011") && Some(l.node.name()) == stdout_name)
+        .find(|l| {
+            is_enabled(&l.node)
+                && is_compatible(&l.node, "arm,pl011")
+                && Some(l.node.name()) == stdout_name
+        })
         .or_else(|| find(nodes, "arm,pl011"));
     if let Some(loc) = uart {
         info.uart = reg_cpu(loc, 0);
@@ -418,20 +472,30 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
 
     if let Some(loc) = find(nodes, "arm,gic-v3") {
         if let (Some(d), Some(r)) = (reg_cpu(loc, 0), reg_cpu(loc, 1)) {
-            info.gic = Some(Gic { version: 3, distributor: d, cpu_or_redist: r });
+            info.gic = Some(Gic {
+                version: 3,
+                distributor: d,
+                cpu_or_redist: r,
+            });
             info.devices.push(device_name(loc));
         }
-    } else if let Some(loc) = ["arm,gic-400", "arm,cortex-a15-gic"].iter().find_map(|c| find(nodes, c)) {
+    } else if let Some(loc) = ["arm,gic-400", "arm,cortex-a15-gic"]
+        .iter()
+        .find_map(|c| find(nodes, c))
+    {
         if let (Some(d), Some(c)) = (reg_cpu(loc, 0), reg_cpu(loc, 1)) {
-            info.gic = Some(Gic { version: 2, distributor: d, cpu_or_redist: c });
+            info.gic = Some(Gic {
+                version: 2,
+                distributor: d,
+                cpu_or_redist: c,
+            });
             info.devices.push(device_name(loc));
         }
     }
 
-    if let Some(psci) = nodes
-        .iter()
-        .find(|l| l.ancestors.len() == 1 && str_list(&l.node, "compatible").any(|s| s.starts_with("arm,psci")))
-    {
+    if let Some(psci) = nodes.iter().find(|l| {
+        l.ancestors.len() == 1 && str_list(&l.node, "compatible").any(|s| s.starts_with("arm,psci"))
+    }) {
         info.psci = match prop_str(&psci.node, "method") {
             Some("hvc") => Some(PsciMethod::Hvc),
             Some("smc") => Some(PsciMethod::Smc),
@@ -466,7 +530,12 @@ fn read_pcie(loc: &Located<'_>) -> Option<PcieHost> {
     let ecam = reg_cpu(loc, 0)?;
     let bus_range = n
         .property("bus-range")
-        .map(|p| (u32_at(p.value(), 0).unwrap_or(0) as u8, u32_at(p.value(), 1).unwrap_or(255) as u8))
+        .map(|p| {
+            (
+                u32_at(p.value(), 0).unwrap_or(0) as u8,
+                u32_at(p.value(), 1).unwrap_or(255) as u8,
+            )
+        })
         .unwrap_or((0, 255));
     let parent_ac = child_cells(loc.ancestors.last()?).0;
     let (child_ac, child_sc) = child_cells(n);
@@ -494,7 +563,13 @@ fn read_pcie(loc: &Located<'_>) -> Option<PcieHost> {
             iommu_map.push((u32_at(e, 0)?, u32_at(e, 1)?, u32_at(e, 2)?, u32_at(e, 3)?));
         }
     }
-    Some(PcieHost { ecam, bus_range, mem32, mem64, iommu_map })
+    Some(PcieHost {
+        ecam,
+        bus_range,
+        mem32,
+        mem64,
+        iommu_map,
+    })
 }
 
 /// RAM minus the reserved ranges (and `extra`), page-aligned inwards, sorted.
@@ -502,7 +577,10 @@ pub fn usable_ram(memory: &[Range], reserved: &[Range], extra: &[Range]) -> Vec<
     const PAGE: u64 = 4096;
     let mut free: Vec<(u64, u64)> = memory.iter().map(|r| (r.base, r.end())).collect();
     for r in reserved.iter().chain(extra) {
-        let (rs, re) = (r.base & !(PAGE - 1), r.end().saturating_add(PAGE - 1) & !(PAGE - 1));
+        let (rs, re) = (
+            r.base & !(PAGE - 1),
+            r.end().saturating_add(PAGE - 1) & !(PAGE - 1),
+        );
         let mut next = Vec::with_capacity(free.len() + 1);
         for (s, e) in free {
             if re <= s || rs >= e {
@@ -523,7 +601,10 @@ pub fn usable_ram(memory: &[Range], reserved: &[Range], extra: &[Range]) -> Vec<
         .filter_map(|(s, e)| {
             let s = s.checked_add(PAGE - 1)? & !(PAGE - 1);
             let e = e & !(PAGE - 1);
-            (e > s).then_some(Range { base: s, size: e - s })
+            (e > s).then_some(Range {
+                base: s,
+                size: e - s,
+            })
         })
         .collect();
     out.sort_by_key(|r| r.base);
@@ -541,7 +622,10 @@ mod tests {
     #[test]
     fn header_checks() {
         assert_eq!(check_header(&[0; 4]), Err(DtError::BadSize(4)));
-        assert_eq!(check_header(&[0, 0, 0, 0, 0, 0, 0, 0]), Err(DtError::BadMagic(0)));
+        assert_eq!(
+            check_header(&[0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DtError::BadMagic(0))
+        );
         let mut h = [0xd0, 0x0d, 0xfe, 0xed, 0, 0, 0, 0];
         assert_eq!(check_header(&h), Err(DtError::BadSize(0)));
         h[6] = 0x10; // 4 KiB

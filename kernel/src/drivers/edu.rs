@@ -63,8 +63,14 @@ impl fmt::Display for EduError {
         match self {
             EduError::Pcie(e) => write!(f, "edu: {e}"),
             EduError::BadId(id) => write!(f, "edu: identification register reads {id:#x}"),
-            EduError::BadLength { offset, len } => write!(f, "edu: {len} bytes at buffer offset {offset} do not fit the 4 KiB buffer"),
-            EduError::AddressBeyondMask { addr, mask } => write!(f, "edu: bus address {addr:#x} is beyond the DMA mask {mask:#x}"),
+            EduError::BadLength { offset, len } => write!(
+                f,
+                "edu: {len} bytes at buffer offset {offset} do not fit the 4 KiB buffer"
+            ),
+            EduError::AddressBeyondMask { addr, mask } => write!(
+                f,
+                "edu: bus address {addr:#x} is beyond the DMA mask {mask:#x}"
+            ),
             EduError::Timeout => f.write_str("edu: DMA did not complete within the timeout"),
         }
     }
@@ -94,10 +100,25 @@ impl Edu {
         let f = functions
             .iter()
             .find(|f| f.vendor == VENDOR && f.device == DEVICE)
-            .ok_or(EduError::Pcie(PcieError::NotFound { vendor: VENDOR, device: DEVICE }))?;
-        let bar = f.bars.iter().find(|b| b.index == 0).ok_or(EduError::Pcie(PcieError::NotFound { vendor: VENDOR, device: DEVICE }))?;
-        let regs = mmu::ioremap(bar.cpu_addr, bar.size).map_err(|e| EduError::Pcie(PcieError::Map(e)))?;
-        let edu = Self { regs, bdf: f.bdf, dma_mask };
+            .ok_or(EduError::Pcie(PcieError::NotFound {
+                vendor: VENDOR,
+                device: DEVICE,
+            }))?;
+        let bar =
+            f.bars
+                .iter()
+                .find(|b| b.index == 0)
+                .ok_or(EduError::Pcie(PcieError::NotFound {
+                    vendor: VENDOR,
+                    device: DEVICE,
+                }))?;
+        let regs =
+            mmu::ioremap(bar.cpu_addr, bar.size).map_err(|e| EduError::Pcie(PcieError::Map(e)))?;
+        let edu = Self {
+            regs,
+            bdf: f.bdf,
+            dma_mask,
+        };
         let id = edu.read32(REG_ID);
         if id & 0xff != 0xed {
             return Err(EduError::BadId(id));
@@ -139,13 +160,28 @@ impl Edu {
     /// Copies `len` bytes between bus address `addr` and the device buffer at `offset`, and
     /// waits (polling, at most `timeout_us`) for the engine to finish. What the device sees at
     /// `addr` is up to the IOMMU: a translation fault shows up as an SMMU event, not here.
-    pub fn dma(&self, dir: Direction, addr: u64, offset: usize, len: usize, timeout_us: u64) -> Result<(), EduError> {
+    pub fn dma(
+        &self,
+        dir: Direction,
+        addr: u64,
+        offset: usize,
+        len: usize,
+        timeout_us: u64,
+    ) -> Result<(), EduError> {
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > BUFFER_SIZE) {
             return Err(EduError::BadLength { offset, len });
         }
-        let last = addr.checked_add(len as u64 - 1).ok_or(EduError::AddressBeyondMask { addr, mask: self.dma_mask })?;
+        let last = addr
+            .checked_add(len as u64 - 1)
+            .ok_or(EduError::AddressBeyondMask {
+                addr,
+                mask: self.dma_mask,
+            })?;
         if addr & !self.dma_mask != 0 || last & !self.dma_mask != 0 {
-            return Err(EduError::AddressBeyondMask { addr, mask: self.dma_mask });
+            return Err(EduError::AddressBeyondMask {
+                addr,
+                mask: self.dma_mask,
+            });
         }
         let dev = BUFFER_ADDR + offset as u64;
         let (src, dst, cmd) = match dir {

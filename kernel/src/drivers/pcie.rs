@@ -46,10 +46,16 @@ pub enum PcieError {
 impl fmt::Display for PcieError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PcieError::NoHostBridge => f.write_str("no generic ECAM PCIe host bridge in the device tree"),
+            PcieError::NoHostBridge => {
+                f.write_str("no generic ECAM PCIe host bridge in the device tree")
+            }
             PcieError::Map(e) => write!(f, "mapping PCIe space failed: {e:?}"),
-            PcieError::WindowFull { size } => write!(f, "a {size:#x}-byte BAR does not fit in the memory window"),
-            PcieError::NotFound { vendor, device } => write!(f, "no PCI device {vendor:04x}:{device:04x}"),
+            PcieError::WindowFull { size } => {
+                write!(f, "a {size:#x}-byte BAR does not fit in the memory window")
+            }
+            PcieError::NotFound { vendor, device } => {
+                write!(f, "no PCI device {vendor:04x}:{device:04x}")
+            }
         }
     }
 }
@@ -117,11 +123,18 @@ impl PcieBus {
     pub fn new(host: &PcieHost) -> Result<Self, PcieError> {
         let ecam_va = mmu::ioremap(host.ecam.base, 1 << 20).map_err(PcieError::Map)?;
         let next = host.mem32.map_or(0, |(_, cpu, _)| cpu);
-        Ok(Self { ecam_va, host: host.clone(), next_mem32: next })
+        Ok(Self {
+            ecam_va,
+            host: host.clone(),
+            next_mem32: next,
+        })
     }
 
     fn cfg_addr(&self, bdf: Bdf, reg: u16) -> *mut u32 {
-        (self.ecam_va + ((u64::from(bdf.device) << 15) | (u64::from(bdf.function) << 12) | u64::from(reg & !3))) as *mut u32
+        (self.ecam_va
+            + ((u64::from(bdf.device) << 15)
+                | (u64::from(bdf.function) << 12)
+                | u64::from(reg & !3))) as *mut u32
     }
 
     /// Reads a 32-bit configuration register.
@@ -143,7 +156,11 @@ impl PcieBus {
         let mut found = Vec::new();
         for device in 0..32u8 {
             for function in 0..8u8 {
-                let bdf = Bdf { bus: 0, device, function };
+                let bdf = Bdf {
+                    bus: 0,
+                    device,
+                    function,
+                };
                 let id = self.read32(bdf, VENDOR_ID);
                 if id & 0xffff == 0xffff {
                     if function == 0 {
@@ -201,8 +218,13 @@ impl PcieBus {
                 continue; // unimplemented BAR
             }
             let size = (!mask).wrapping_add(1);
-            let (pci_base, cpu_base, win) = self.host.mem32.ok_or(PcieError::WindowFull { size })?;
-            let cpu = self.next_mem32.checked_add(size - 1).ok_or(PcieError::WindowFull { size })? & !(size - 1);
+            let (pci_base, cpu_base, win) =
+                self.host.mem32.ok_or(PcieError::WindowFull { size })?;
+            let cpu = self
+                .next_mem32
+                .checked_add(size - 1)
+                .ok_or(PcieError::WindowFull { size })?
+                & !(size - 1);
             if cpu + size > cpu_base + win {
                 return Err(PcieError::WindowFull { size });
             }
@@ -212,7 +234,11 @@ impl PcieBus {
                 self.write32(bdf, reg + 4, (pci >> 32) as u32);
             }
             self.next_mem32 = cpu + size;
-            bars.push(Bar { index: i, cpu_addr: cpu, size });
+            bars.push(Bar {
+                index: i,
+                cpu_addr: cpu,
+                size,
+            });
             i += if is64 { 2 } else { 1 };
         }
         self.write32(bdf, COMMAND, cmd | CMD_MEMORY | CMD_BUS_MASTER);

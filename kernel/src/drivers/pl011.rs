@@ -71,7 +71,9 @@ impl Pl011 {
     /// `base` must be the virtual address of a mapped PL011 (Device memory) that stays mapped
     /// for as long as the returned value is used.
     pub const unsafe fn new(base: u64) -> Self {
-        Self { regs: base as *const RegisterBlock }
+        Self {
+            regs: base as *const RegisterBlock,
+        }
     }
 
     fn regs(&self) -> &RegisterBlock {

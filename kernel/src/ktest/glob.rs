@@ -26,17 +26,21 @@ pub fn matches(pattern: &str, text: &str) -> bool {
 /// True if test `suite.case` is selected by a comma-separated list of globs. A glob without a
 /// dot selects whole suites (`mm` = `mm.*`).
 pub fn selected(filter: &str, suite: &str, case: &str) -> bool {
-    filter.split(',').map(str::trim).filter(|g| !g.is_empty()).any(|g| {
-        if g.contains('.') {
-            let mut full = alloc::string::String::with_capacity(suite.len() + case.len() + 1);
-            full.push_str(suite);
-            full.push('.');
-            full.push_str(case);
-            matches(g, &full)
-        } else {
-            matches(g, suite)
-        }
-    })
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .any(|g| {
+            if g.contains('.') {
+                let mut full = alloc::string::String::with_capacity(suite.len() + case.len() + 1);
+                full.push_str(suite);
+                full.push('.');
+                full.push_str(case);
+                matches(g, &full)
+            } else {
+                matches(g, suite)
+            }
+        })
 }
 
 #[cfg(test)]

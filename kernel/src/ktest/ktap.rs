@@ -67,9 +67,19 @@ impl<W: Write> KtapWriter<W> {
     }
 
     /// A result line. `#` in names or reasons is replaced: KTAP descriptions cannot contain it.
-    pub fn result(&mut self, number: usize, name: &str, outcome: Outcome, reason: Option<&str>) -> fmt::Result {
+    pub fn result(
+        &mut self,
+        number: usize,
+        name: &str,
+        outcome: Outcome,
+        reason: Option<&str>,
+    ) -> fmt::Result {
         self.indent()?;
-        let word = if outcome == Outcome::Fail { "not ok" } else { "ok" };
+        let word = if outcome == Outcome::Fail {
+            "not ok"
+        } else {
+            "ok"
+        };
         write!(self.out, "{word} {number} ")?;
         write_clean(&mut self.out, name)?;
         if outcome == Outcome::Skip {
@@ -116,7 +126,8 @@ mod tests {
         w.result(2, "cpus #online", Outcome::Fail, None).unwrap();
         w.leave();
         w.result(1, "boot", Outcome::Fail, None).unwrap();
-        w.result(2, "gic", Outcome::Skip, Some("no GIC # here")).unwrap();
+        w.result(2, "gic", Outcome::Skip, Some("no GIC # here"))
+            .unwrap();
         let out = w.into_inner();
         assert_eq!(
             out,

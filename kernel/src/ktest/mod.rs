@@ -51,7 +51,11 @@ impl TestCtx {
     /// A context for a test named `suite.case` in a run seeded with `seed`.
     pub fn new(seed: u64, suite: &str, case: &str) -> Self {
         let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
-        for b in suite.bytes().chain(core::iter::once(b'.')).chain(case.bytes()) {
+        for b in suite
+            .bytes()
+            .chain(core::iter::once(b'.'))
+            .chain(case.bytes())
+        {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         Self { seed, rng: h | 1 }
@@ -128,7 +132,12 @@ macro_rules! kassert_eq {
                 if l != r {
                     return Err($crate::ktest::TestError::Fail(alloc::format!(
                         "{}:{}: {} == {} failed: {:?} != {:?}",
-                        file!(), line!(), stringify!($left), stringify!($right), l, r
+                        file!(),
+                        line!(),
+                        stringify!($left),
+                        stringify!($right),
+                        l,
+                        r
                     )));
                 }
             }

@@ -47,7 +47,10 @@ impl core::fmt::Write for Console {
 /// Runs the tests selected by `filter` and returns the number that failed.
 pub fn run(filter: &str, seed: u64) -> usize {
     let tests = all_tests();
-    let chosen: Vec<&'static KTest> = tests.iter().filter(|t| selected(filter, t.suite, t.name)).collect();
+    let chosen: Vec<&'static KTest> = tests
+        .iter()
+        .filter(|t| selected(filter, t.suite, t.name))
+        .collect();
     let mut suites: Vec<&'static str> = Vec::new();
     for t in &chosen {
         if !suites.contains(&t.suite) {
@@ -60,7 +63,11 @@ pub fn run(filter: &str, seed: u64) -> usize {
     let mut w = KtapWriter::new(Console);
     let _ = w.header(suites.len());
     let _ = w.diagnostic(&alloc::format!("seed={seed}"));
-    let _ = w.diagnostic(&alloc::format!("ktest={filter} ({} of {} tests selected)", chosen.len(), tests.len()));
+    let _ = w.diagnostic(&alloc::format!(
+        "ktest={filter} ({} of {} tests selected)",
+        chosen.len(),
+        tests.len()
+    ));
     let mut failed_total = 0;
     for (si, suite) in suites.iter().enumerate() {
         let cases: Vec<&&'static KTest> = chosen.iter().filter(|t| t.suite == *suite).collect();
@@ -93,7 +100,11 @@ pub fn run(filter: &str, seed: u64) -> usize {
             }
         }
         w.leave();
-        let outcome = if failed > 0 { Outcome::Fail } else { Outcome::Pass };
+        let outcome = if failed > 0 {
+            Outcome::Fail
+        } else {
+            Outcome::Pass
+        };
         let _ = w.result(si + 1, suite, outcome, None);
         failed_total += failed;
     }

@@ -20,7 +20,9 @@ ktest!(ktest, selftest_crash, |_t| {
         // end the run with "Bail out!" and a decoded report.
         // SAFETY: deliberately invalid; the exception handler ends the kernel.
         let v = unsafe { core::ptr::read_volatile(0xdead_0000_0000usize as *const u64) };
-        return Err(TestError::Fail(alloc::format!("read of an unmapped address returned {v:#x}")));
+        return Err(TestError::Fail(alloc::format!(
+            "read of an unmapped address returned {v:#x}"
+        )));
     }
     Ok(())
 });

@@ -10,8 +10,16 @@ use crate::{kassert, kassert_eq, kskip, ktest};
 
 ktest!(boot, reached, |_t| {
     let f = boot_facts();
-    kassert!(f.entered_el == 1 || f.entered_el == 2, "entered at EL{}", f.entered_el);
-    kassert!(f.load_pa % 4096 == 0, "load address {:#x} not page aligned", f.load_pa);
+    kassert!(
+        f.entered_el == 1 || f.entered_el == 2,
+        "entered at EL{}",
+        f.entered_el
+    );
+    kassert!(
+        f.load_pa % 4096 == 0,
+        "load address {:#x} not page aligned",
+        f.load_pa
+    );
     Ok(())
 });
 
@@ -29,19 +37,25 @@ fn expected(key: &str) -> Option<u64> {
 }
 
 ktest!(boot, dt_memory_matches_qemu, |_t| {
-    let Some(mib) = expected("expect.mem_mib") else { kskip!("no expect.mem_mib= boot argument") };
+    let Some(mib) = expected("expect.mem_mib") else {
+        kskip!("no expect.mem_mib= boot argument")
+    };
     kassert_eq!(board().memory_bytes() >> 20, mib);
     Ok(())
 });
 
 ktest!(boot, dt_cpus_match_qemu, |_t| {
-    let Some(n) = expected("expect.cpus") else { kskip!("no expect.cpus= boot argument") };
+    let Some(n) = expected("expect.cpus") else {
+        kskip!("no expect.cpus= boot argument")
+    };
     kassert_eq!(board().cpus.len() as u64, n);
     Ok(())
 });
 
 ktest!(boot, dt_uart_matches_qemu, |_t| {
-    let Some(base) = expected("expect.uart") else { kskip!("no expect.uart= boot argument") };
+    let Some(base) = expected("expect.uart") else {
+        kskip!("no expect.uart= boot argument")
+    };
     let uart = board().uart;
     kassert!(uart.is_some(), "no PL011 found in the device tree");
     kassert_eq!(uart.map(|u| u.base), Some(base));

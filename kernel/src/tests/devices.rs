@@ -9,11 +9,16 @@ use crate::mm::phys::FrameAllocator;
 use crate::{kassert, kassert_eq, kskip, ktest};
 
 fn edu_dma_mask() -> u64 {
-    bootargs().number("edu.dma_mask").and_then(Result::ok).unwrap_or(edu::DEFAULT_DMA_MASK)
+    bootargs()
+        .number("edu.dma_mask")
+        .and_then(Result::ok)
+        .unwrap_or(edu::DEFAULT_DMA_MASK)
 }
 
 fn find_edu() -> Result<Option<Edu>, EduError> {
-    let Some(host) = board().pcie.as_ref() else { return Ok(None) };
+    let Some(host) = board().pcie.as_ref() else {
+        return Ok(None);
+    };
     let mut bus = PcieBus::new(host).map_err(EduError::Pcie)?;
     match Edu::probe(&mut bus, edu_dma_mask()) {
         Ok(e) => Ok(Some(e)),
@@ -29,11 +34,16 @@ ktest!(devices, edu_round_trip_dma, |t| {
         Err(e) => return Err(crate::ktest::TestError::Fail(alloc::format!("{e}"))),
     };
     kassert!(edu.is_alive(), "edu liveness check failed");
-    let Some(alloc) = frames() else { kskip!("no frame allocator") };
+    let Some(alloc) = frames() else {
+        kskip!("no frame allocator")
+    };
     let (a, b) = (alloc.alloc_zeroed(), alloc.alloc_zeroed());
     kassert!(a.is_ok() && b.is_ok(), "out of frames");
     let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
-    let (va, vb) = (layout::phys_to_virt(a.as_u64()) as *mut u8, layout::phys_to_virt(b.as_u64()) as *mut u8);
+    let (va, vb) = (
+        layout::phys_to_virt(a.as_u64()) as *mut u8,
+        layout::phys_to_virt(b.as_u64()) as *mut u8,
+    );
     let len = t.rand_range(64, 4096) as usize;
     for i in 0..len {
         // SAFETY: the frame is ours, mapped by the linear map.
@@ -47,7 +57,10 @@ ktest!(devices, edu_round_trip_dma, |t| {
     alloc.free(b);
     kassert_eq!(r1, Ok(()));
     kassert_eq!(r2, Ok(()));
-    kassert!(same, "the {len} bytes that came back differ from what went out");
+    kassert!(
+        same,
+        "the {len} bytes that came back differ from what went out"
+    );
     Ok(())
 });
 
@@ -57,25 +70,47 @@ ktest!(devices, edu_rejects_bad_requests, |_t| {
         Ok(None) => kskip!("no edu device on this board"),
         Err(e) => return Err(crate::ktest::TestError::Fail(alloc::format!("{e}"))),
     };
-    kassert_eq!(edu.dma(Direction::FromMemory, 0x1000, 0, 0, 1000), Err(EduError::BadLength { offset: 0, len: 0 }));
-    kassert_eq!(edu.dma(Direction::FromMemory, 0x1000, 4000, 200, 1000), Err(EduError::BadLength { offset: 4000, len: 200 }));
-    kassert!(matches!(edu.dma(Direction::ToMemory, u64::MAX - 10, 0, 64, 1000), Err(EduError::AddressBeyondMask { .. })));
+    kassert_eq!(
+        edu.dma(Direction::FromMemory, 0x1000, 0, 0, 1000),
+        Err(EduError::BadLength { offset: 0, len: 0 })
+    );
+    kassert_eq!(
+        edu.dma(Direction::FromMemory, 0x1000, 4000, 200, 1000),
+        Err(EduError::BadLength {
+            offset: 4000,
+            len: 200
+        })
+    );
+    kassert!(matches!(
+        edu.dma(Direction::ToMemory, u64::MAX - 10, 0, 64, 1000),
+        Err(EduError::AddressBeyondMask { .. })
+    ));
     Ok(())
 });
 
 ktest!(devices, pcie_requester_ids, |_t| {
-    let Some(host) = board().pcie.as_ref() else { kskip!("no PCIe host bridge") };
+    let Some(host) = board().pcie.as_ref() else {
+        kskip!("no PCIe host bridge")
+    };
     let bus = PcieBus::new(host);
     kassert!(bus.is_ok(), "cannot map ECAM");
     let mut bus = bus.unwrap_or_else(|_| unreachable!());
     let fns = bus.enumerate();
     kassert!(fns.is_ok(), "enumeration failed: {:?}", fns.err());
     let fns = fns.unwrap_or_default();
-    kassert!(!fns.is_empty(), "the root bus has no functions (the host bridge itself should be there)");
+    kassert!(
+        !fns.is_empty(),
+        "the root bus has no functions (the host bridge itself should be there)"
+    );
     for f in &fns {
         kassert_eq!(f.bdf.requester_id() >> 8, 0);
         for b in &f.bars {
-            kassert!(b.cpu_addr % b.size == 0, "BAR{} of {} not naturally aligned", b.index, f.bdf);
+            kassert!(
+                b.cpu_addr % b.size == 0,
+                "BAR{} of {} not naturally aligned",
+                b.index,
+                f.bdf
+            );
         }
     }
     Ok(())

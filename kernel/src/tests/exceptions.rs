@@ -11,11 +11,17 @@ ktest!(exceptions, unmapped_read_is_caught_and_decoded, |_t| {
     kassert!(fault.is_err(), "read of {addr:#x} did not fault");
     let fault = fault.unwrap_err();
     kassert!(fault.is_data_abort(), "not a data abort: {fault}");
-    kassert!(matches!(fault.kind(), FaultKind::Translation(_)), "not a translation fault: {fault}");
+    kassert!(
+        matches!(fault.kind(), FaultKind::Translation(_)),
+        "not a translation fault: {fault}"
+    );
     kassert!(!fault.is_write(), "decoded as a write: {fault}");
     kassert_eq!(fault.far, addr);
     let text = alloc::format!("{fault}");
-    kassert!(text.contains("Data Abort") && text.contains("translation fault") && text.contains("read"), "decoded as: {text}");
+    kassert!(
+        text.contains("Data Abort") && text.contains("translation fault") && text.contains("read"),
+        "decoded as: {text}"
+    );
     Ok(())
 });
 
@@ -27,7 +33,10 @@ ktest!(exceptions, write_to_text_faults, |_t| {
     let fault = unsafe { probe_write_u64(target, before.unwrap_or(0)) };
     kassert!(fault.is_err(), "kernel text is writable");
     let fault = fault.unwrap_err();
-    kassert!(matches!(fault.kind(), FaultKind::Permission(_)), "not a permission fault: {fault}");
+    kassert!(
+        matches!(fault.kind(), FaultKind::Permission(_)),
+        "not a permission fault: {fault}"
+    );
     kassert!(fault.is_write(), "not decoded as a write: {fault}");
     kassert_eq!(fault.far, target);
     Ok(())
@@ -39,10 +48,19 @@ ktest!(exceptions, execute_from_data_faults, |_t| {
     let addr = core::ptr::addr_of!(RET_INSN) as u64;
     // SAFETY: the target is a `ret`: if it executed, it would simply return.
     let fault = unsafe { probe_exec(addr) };
-    kassert!(fault.is_err(), "code in .data executed: W^X is not enforced");
+    kassert!(
+        fault.is_err(),
+        "code in .data executed: W^X is not enforced"
+    );
     let fault = fault.unwrap_err();
-    kassert!(fault.is_instruction_abort(), "not an instruction abort: {fault}");
-    kassert!(matches!(fault.kind(), FaultKind::Permission(_)), "not a permission fault: {fault}");
+    kassert!(
+        fault.is_instruction_abort(),
+        "not an instruction abort: {fault}"
+    );
+    kassert!(
+        matches!(fault.kind(), FaultKind::Permission(_)),
+        "not a permission fault: {fault}"
+    );
     kassert_eq!(fault.far, addr);
     Ok(())
 });
@@ -54,10 +72,16 @@ ktest!(exceptions, stack_guard_pages_are_unmapped, |_t| {
         for guard in [block, block + layout::MAIN_STACK_TOP as u64] {
             let r = probe_read_u64(guard + 8);
             kassert!(r.is_err(), "guard page {guard:#x} of CPU {cpu} is mapped");
-            kassert!(matches!(r.unwrap_err().kind(), FaultKind::Translation(3)), "guard of CPU {cpu}: not a level-3 translation fault");
+            kassert!(
+                matches!(r.unwrap_err().kind(), FaultKind::Translation(3)),
+                "guard of CPU {cpu}: not a level-3 translation fault"
+            );
         }
         // The stacks themselves are mapped.
-        kassert!(probe_read_u64(block + 4096).is_ok(), "main stack of CPU {cpu} not mapped");
+        kassert!(
+            probe_read_u64(block + 4096).is_ok(),
+            "main stack of CPU {cpu} not mapped"
+        );
     }
     Ok(())
 });

@@ -12,11 +12,16 @@ ktest!(memory, heap_alloc_and_free, |t| {
     for i in 0..100u64 {
         let size = t.rand_range(1, 16 * 1024) as usize;
         let mut v = alloc::vec![0u8; size];
-        v.iter_mut().enumerate().for_each(|(j, b)| *b = (i as usize + j) as u8);
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(j, b)| *b = (i as usize + j) as u8);
         blocks.push(v);
     }
     for (i, v) in blocks.iter().enumerate() {
-        kassert!(v.iter().enumerate().all(|(j, b)| *b == (i + j) as u8), "block {i} was overwritten");
+        kassert!(
+            v.iter().enumerate().all(|(j, b)| *b == (i + j) as u8),
+            "block {i} was overwritten"
+        );
     }
     drop(blocks);
     // A large allocation works after everything was returned.
@@ -26,14 +31,21 @@ ktest!(memory, heap_alloc_and_free, |t| {
 });
 
 ktest!(memory, frames_alloc_and_free, |_t| {
-    let Some(alloc) = frames() else { crate::kskip!("no frame allocator") };
+    let Some(alloc) = frames() else {
+        crate::kskip!("no frame allocator")
+    };
     let bitmap = alloc.bitmap();
     let used_before = bitmap.used_frames();
     kassert!(bitmap.total_frames() > 0, "no page frames at all");
     let mut frames = Vec::new();
     for _ in 0..256 {
         let f = alloc.alloc_zeroed();
-        kassert!(f.is_ok(), "frame allocation failed with {} of {} used", bitmap.used_frames(), bitmap.total_frames());
+        kassert!(
+            f.is_ok(),
+            "frame allocation failed with {} of {} used",
+            bitmap.used_frames(),
+            bitmap.total_frames()
+        );
         frames.push(f.unwrap_or_default());
     }
     let mut sorted: Vec<u64> = frames.iter().map(|f| f.as_u64()).collect();
@@ -66,9 +78,21 @@ ktest!(memory, frames_alloc_and_free, |_t| {
 
 ktest!(memory, linear_map_refuses_non_ram, |_t| {
     let mem = crate::kernel::LinearMap;
-    let uart = crate::kernel::board().uart.map(|u| u.base).unwrap_or(0x0900_0000);
-    kassert!(mem.word(crate::mm::PhysAddr(uart)).is_none(), "device registers are not RAM");
-    kassert!(mem.word(crate::mm::PhysAddr(1)).is_none(), "unaligned word accepted");
-    kassert!(mem.bytes(crate::mm::PhysAddr(u64::MAX - 4), 16).is_none(), "overflowing range accepted");
+    let uart = crate::kernel::board()
+        .uart
+        .map(|u| u.base)
+        .unwrap_or(0x0900_0000);
+    kassert!(
+        mem.word(crate::mm::PhysAddr(uart)).is_none(),
+        "device registers are not RAM"
+    );
+    kassert!(
+        mem.word(crate::mm::PhysAddr(1)).is_none(),
+        "unaligned word accepted"
+    );
+    kassert!(
+        mem.bytes(crate::mm::PhysAddr(u64::MAX - 4), 16).is_none(),
+        "overflowing range accepted"
+    );
     Ok(())
 });

@@ -30,6 +30,10 @@ ktest!(smp, cpus_run_concurrently, |_t| {
             core::hint::spin_loop();
         }
     });
-    kassert!(arrived.load(Ordering::Relaxed) == n, "only {} of {n} CPUs met", arrived.load(Ordering::Relaxed));
+    kassert!(
+        arrived.load(Ordering::Relaxed) == n,
+        "only {} of {n} CPUs met",
+        arrived.load(Ordering::Relaxed)
+    );
     Ok(())
 });

@@ -33,7 +33,8 @@ pub const TCR_EPD0: u64 = 1 << 7;
 
 /// SCTLR_EL1 bits that are RES1 in Armv8.0 (and harmless "on" settings later: EOS, TSCXT,
 /// EIS, SPAN, nTLSMD, LSMAOE). Arm ARM D19.2 "SCTLR_EL1".
-pub const SCTLR_MMU_OFF: u64 = (1 << 29) | (1 << 28) | (1 << 23) | (1 << 22) | (1 << 20) | (1 << 11);
+pub const SCTLR_MMU_OFF: u64 =
+    (1 << 29) | (1 << 28) | (1 << 23) | (1 << 22) | (1 << 20) | (1 << 11);
 /// SCTLR_EL1 with the MMU (M), data cache (C), instruction cache (I) and stack alignment
 /// checks (SA, SA0) on.
 pub const SCTLR_MMU_ON: u64 = SCTLR_MMU_OFF | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 12);

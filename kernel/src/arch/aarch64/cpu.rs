@@ -81,7 +81,12 @@ pub fn dcache_line_size() -> u64 {
 /// Masks IRQs/FIQs/SErrors/debug on this CPU (the kernel polls; nothing is interrupt driven).
 pub fn mask_interrupts() {
     // SAFETY: only changes PSTATE.DAIF of this CPU.
-    unsafe { asm!("msr daifset, #0xf", options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!(
+            "msr daifset, #0xf",
+            options(nomem, nostack, preserves_flags)
+        )
+    };
 }
 
 /// Stops this CPU for good.

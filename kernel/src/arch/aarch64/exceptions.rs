@@ -146,7 +146,9 @@ impl fmt::Display for FaultKind {
             FaultKind::Permission(l) => write!(f, "permission fault, level {l}"),
             FaultKind::Alignment => f.write_str("alignment fault"),
             FaultKind::ExternalAbort => f.write_str("synchronous external abort"),
-            FaultKind::ExternalAbortOnWalk(l) => write!(f, "external abort on table walk, level {l}"),
+            FaultKind::ExternalAbortOnWalk(l) => {
+                write!(f, "external abort on table walk, level {l}")
+            }
             FaultKind::TlbConflict => f.write_str("TLB conflict abort"),
             FaultKind::Other(c) => write!(f, "fault status code {c:#04x}"),
         }
@@ -155,7 +157,13 @@ impl fmt::Display for FaultKind {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (EC {:#04x}, ESR {:#010x})", exception_class_name(self.ec()), self.ec(), self.esr)?;
+        write!(
+            f,
+            "{} (EC {:#04x}, ESR {:#010x})",
+            exception_class_name(self.ec()),
+            self.ec(),
+            self.esr
+        )?;
         if self.is_data_abort() || self.is_instruction_abort() {
             let iss = self.iss();
             write!(f, ": {}", self.kind())?;
@@ -211,7 +219,10 @@ static PROBE_FAULT: [(AtomicU64, AtomicU64); MAX_CPUS] =
 
 fn take_probe_fault() -> Fault {
     let (esr, far) = &PROBE_FAULT[cpu_id()];
-    Fault { esr: esr.load(Ordering::Relaxed), far: far.load(Ordering::Relaxed) }
+    Fault {
+        esr: esr.load(Ordering::Relaxed),
+        far: far.load(Ordering::Relaxed),
+    }
 }
 
 /// Reads the 64-bit word at virtual address `addr`, or returns the fault it took.
@@ -219,7 +230,11 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
     // SAFETY: the probe is a single `ldr`; if it faults the handler resumes at the fixup, so
     // no memory is accessed other than `addr`, and an invalid `addr` is reported, not fatal.
     let r = unsafe { __probe_read_u64(addr) };
-    if r.faulted != 0 { Err(take_probe_fault()) } else { Ok(r.value) }
+    if r.faulted != 0 {
+        Err(take_probe_fault())
+    } else {
+        Ok(r.value)
+    }
 }
 
 /// Writes `value` to virtual address `addr`, or returns the fault it took.
@@ -229,7 +244,11 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
 pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
     // SAFETY: a single `str`, recovered if it faults; the caller owns `addr` if it succeeds.
     let r = unsafe { __probe_write_u64(addr, value) };
-    if r.faulted != 0 { Err(take_probe_fault()) } else { Ok(()) }
+    if r.faulted != 0 {
+        Err(take_probe_fault())
+    } else {
+        Ok(())
+    }
 }
 
 /// Branches to `addr` (which must hold code that returns, e.g. `ret`) and returns its x0, or
@@ -240,7 +259,11 @@ pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
 pub unsafe fn probe_exec(addr: u64) -> Result<u64, Fault> {
     // SAFETY: the caller vouches for the code at `addr`; an abort on fetching it is recovered.
     let r = unsafe { __probe_exec(addr) };
-    if r.faulted != 0 { Err(take_probe_fault()) } else { Ok(r.value) }
+    if r.faulted != 0 {
+        Err(take_probe_fault())
+    } else {
+        Ok(r.value)
+    }
 }
 
 macro_rules! sym {
@@ -261,7 +284,11 @@ fn fixup_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
     let (esr, far) = &PROBE_FAULT[cpu_id()];
     esr.store(fault.esr, Ordering::Relaxed);
     far.store(fault.far, Ordering::Relaxed);
-    frame.elr = if exec_probe { sym!(__probe_exec_fault) } else { sym!(__probe_fault) };
+    frame.elr = if exec_probe {
+        sym!(__probe_exec_fault)
+    } else {
+        sym!(__probe_fault)
+    };
     true
 }
 
@@ -277,7 +304,10 @@ static HOOKS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 /// Registers a hook tried (in order) for every synchronous exception that is not a probe fault.
 pub fn add_hook(hook: ExceptionHook) {
     for slot in &HOOKS {
-        if slot.compare_exchange(0, hook as usize, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if slot
+            .compare_exchange(0, hook as usize, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             return;
         }
     }
@@ -308,13 +338,19 @@ const KIND_NAMES: [&str; 4] = ["synchronous", "IRQ", "FIQ", "SError"];
 extern "C" fn handle_exception(frame: &mut TrapFrame, kind: u64) {
     let cpu = cpu_id();
     let depth = DEPTH[cpu].fetch_add(1, Ordering::Relaxed);
-    let fault = Fault { esr: frame.esr, far: frame.far };
+    let fault = Fault {
+        esr: frame.esr,
+        far: frame.far,
+    };
     if depth == 0 && kind == 0 && (fixup_probe(frame, fault) || run_hooks(frame, fault)) {
         DEPTH[cpu].fetch_sub(1, Ordering::Relaxed);
         return;
     }
     if depth > 0 {
-        eprintln!("\n!!! CPU {cpu}: {} inside the exception handler: {fault}", KIND_NAMES[(kind & 3) as usize]);
+        eprintln!(
+            "\n!!! CPU {cpu}: {} inside the exception handler: {fault}",
+            KIND_NAMES[(kind & 3) as usize]
+        );
         crate::kernel::exit_now(crate::kernel::ExitCode::Crash);
     }
     report(frame, kind, fault);
@@ -350,7 +386,10 @@ fn report(frame: &TrapFrame, kind: u64, fault: Fault) {
         2 => "from EL0 (AArch64)",
         _ => "from EL0 (AArch32)",
     };
-    eprintln!("\n!!! CPU {cpu}: unexpected {} exception {group}", KIND_NAMES[(kind & 3) as usize]);
+    eprintln!(
+        "\n!!! CPU {cpu}: unexpected {} exception {group}",
+        KIND_NAMES[(kind & 3) as usize]
+    );
     if kind & 3 == 0 {
         eprintln!("!!! {fault}");
         if fault.is_data_abort() || fault.is_instruction_abort() {
@@ -359,7 +398,10 @@ fn report(frame: &TrapFrame, kind: u64, fault: Fault) {
             }
         }
     }
-    eprintln!("    ELR  {:#018x}  SPSR {:#010x}  SP {:#018x}", frame.elr, frame.spsr, frame.sp);
+    eprintln!(
+        "    ELR  {:#018x}  SPSR {:#010x}  SP {:#018x}",
+        frame.elr, frame.spsr, frame.sp
+    );
     eprintln!("    ESR  {:#010x}  FAR  {:#018x}", frame.esr, frame.far);
     for i in (0..30).step_by(3) {
         eprintln!(

@@ -51,7 +51,9 @@ impl core::fmt::Display for KernelMapError {
         match self {
             KernelMapError::Table(e) => write!(f, "{e}"),
             KernelMapError::OutOfVirtualSpace => f.write_str("the MMIO window is full"),
-            KernelMapError::NotInitialised => f.write_str("the kernel page tables do not exist yet"),
+            KernelMapError::NotInitialised => {
+                f.write_str("the kernel page tables do not exist yet")
+            }
         }
     }
 }
@@ -92,7 +94,9 @@ impl KernelTableMemory {
         if pa >= load && end <= load + image_len() {
             Some(pa - load + KERNEL_VBASE)
         } else if LINEAR_LIVE.load(Ordering::Acquire) {
-            crate::kernel::LinearMap.bytes(PhysAddr(pa), len as usize).map(|p| p as u64)
+            crate::kernel::LinearMap
+                .bytes(PhysAddr(pa), len as usize)
+                .map(|p| p as u64)
         } else {
             None
         }
@@ -173,7 +177,13 @@ fn engine_va(va: u64) -> VirtAddr {
     VirtAddr(va & VA_MASK)
 }
 
-fn map(pt: &mut KernelTable, va: u64, pa: u64, len: u64, attrs: Attributes) -> Result<(), KernelMapError> {
+fn map(
+    pt: &mut KernelTable,
+    va: u64,
+    pa: u64,
+    len: u64,
+    attrs: Attributes,
+) -> Result<(), KernelMapError> {
     let change = pt.map(engine_va(va), PhysAddr(pa), len as usize, attrs)?;
     pt.complete(change, &mut KernelInvalidate);
     Ok(())
@@ -218,7 +228,13 @@ pub unsafe fn init_kernel_tables(load_pa: u64, ram: &[(u64, u64)]) -> Result<(),
     }
 
     // The fallback UART stays mapped until the real console is set up.
-    map(&mut pt, layout::FIXMAP_UART_VA, fixmap_uart_pa(load_pa), PAGE, Attributes::DEVICE)?;
+    map(
+        &mut pt,
+        layout::FIXMAP_UART_VA,
+        fixmap_uart_pa(load_pa),
+        PAGE,
+        Attributes::DEVICE,
+    )?;
 
     let root = pt.root().as_u64();
     ROOT_PA.store(root, Ordering::Release);
@@ -236,7 +252,11 @@ pub unsafe fn init_kernel_tables(load_pa: u64, ram: &[(u64, u64)]) -> Result<(),
 
 fn fixmap_uart_pa(load_pa: u64) -> u64 {
     // Same choice as boot/entry.S: the Pi's RAM starts at 0, virt's at 1 GiB.
-    if load_pa < 0x4000_0000 { layout::UART_PA_PI } else { layout::UART_PA_VIRT }
+    if load_pa < 0x4000_0000 {
+        layout::UART_PA_PI
+    } else {
+        layout::UART_PA_VIRT
+    }
 }
 
 /// Translates a kernel virtual address with the kernel tables (software walk).
@@ -267,7 +287,11 @@ pub fn ioremap(pa: u64, size: u64) -> Result<u64, KernelMapError> {
     let mut guard = KERNEL_PT.lock();
     let pt = guard.as_mut().ok_or(KernelMapError::NotInitialised)?;
     let start = pa & !(PAGE - 1);
-    let end = pa.checked_add(size).and_then(|e| e.checked_add(PAGE - 1)).ok_or(KernelMapError::OutOfVirtualSpace)? & !(PAGE - 1);
+    let end = pa
+        .checked_add(size)
+        .and_then(|e| e.checked_add(PAGE - 1))
+        .ok_or(KernelMapError::OutOfVirtualSpace)?
+        & !(PAGE - 1);
     let len = end - start;
     // A one-page hole between mappings catches overruns.
     let va = MMIO_NEXT.load(Ordering::Relaxed);

@@ -79,7 +79,11 @@ pub fn start_secondaries(cpus: &[CpuDesc], boot_mpidr: u64) -> usize {
     let mut next = 1;
     for c in cpus.iter().filter(|c| c.mpidr != boot_mpidr) {
         if next >= MAX_CPUS {
-            log::warn!("CPU with MPIDR {:#x} not started: the kernel supports {} CPUs", c.mpidr, MAX_CPUS);
+            log::warn!(
+                "CPU with MPIDR {:#x} not started: the kernel supports {} CPUs",
+                c.mpidr,
+                MAX_CPUS
+            );
             continue;
         }
         let id = next;
@@ -113,7 +117,10 @@ pub fn start_secondaries(cpus: &[CpuDesc], boot_mpidr: u64) -> usize {
             core::hint::spin_loop();
         }
         if !ONLINE[id].load(Ordering::Acquire) {
-            log::warn!("CPU {id} (MPIDR {:#x}) did not come online within 1 s", c.mpidr);
+            log::warn!(
+                "CPU {id} (MPIDR {:#x}) did not come online within 1 s",
+                c.mpidr
+            );
         }
     }
     online_count()
@@ -155,7 +162,12 @@ struct Work {
 }
 
 static WORK: [Work; MAX_CPUS] = [const {
-    Work { call: AtomicUsize::new(0), data: AtomicUsize::new(0), posted: AtomicU64::new(0), done: AtomicU64::new(0) }
+    Work {
+        call: AtomicUsize::new(0),
+        data: AtomicUsize::new(0),
+        posted: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+    }
 }; MAX_CPUS];
 static POSTER: spin::Mutex<()> = spin::Mutex::new(());
 
@@ -175,7 +187,10 @@ pub fn on_each_cpu<F: Fn(usize) + Sync>(f: &F) {
         if cpu == me || !is_online(cpu) {
             continue;
         }
-        w.call.store(trampoline::<F> as fn(usize, usize) as usize, Ordering::Relaxed);
+        w.call.store(
+            trampoline::<F> as fn(usize, usize) as usize,
+            Ordering::Relaxed,
+        );
         w.data.store(f as *const F as usize, Ordering::Relaxed);
         gens[cpu] = w.posted.fetch_add(1, Ordering::Release) + 1;
     }
@@ -203,7 +218,8 @@ fn idle_loop(cpu: usize) -> ! {
         let call = w.call.load(Ordering::Relaxed);
         let data = w.data.load(Ordering::Relaxed);
         // SAFETY: `on_each_cpu` stored a `trampoline::<F>` instance as `call`.
-        let call: fn(usize, usize) = unsafe { core::mem::transmute::<usize, fn(usize, usize)>(call) };
+        let call: fn(usize, usize) =
+            unsafe { core::mem::transmute::<usize, fn(usize, usize)>(call) };
         call(data, cpu);
         seen = posted;
         w.done.store(posted, Ordering::Release);

@@ -30,13 +30,25 @@ fn tlbi(op: Tlbi, x: u64) {
         match op {
             Tlbi::Vale1is => asm!("tlbi vale1is, {}", in(reg) x, options(nostack, preserves_flags)),
             Tlbi::Vae1is => asm!("tlbi vae1is, {}", in(reg) x, options(nostack, preserves_flags)),
-            Tlbi::Vaale1is => asm!("tlbi vaale1is, {}", in(reg) x, options(nostack, preserves_flags)),
+            Tlbi::Vaale1is => {
+                asm!("tlbi vaale1is, {}", in(reg) x, options(nostack, preserves_flags))
+            }
             Tlbi::Vaae1is => asm!("tlbi vaae1is, {}", in(reg) x, options(nostack, preserves_flags)),
-            Tlbi::Rvae1is => asm!("sys #0, c8, c2, #1, {}", in(reg) x, options(nostack, preserves_flags)),
-            Tlbi::Rvaae1is => asm!("sys #0, c8, c2, #3, {}", in(reg) x, options(nostack, preserves_flags)),
-            Tlbi::Rvale1is => asm!("sys #0, c8, c2, #5, {}", in(reg) x, options(nostack, preserves_flags)),
-            Tlbi::Rvaale1is => asm!("sys #0, c8, c2, #7, {}", in(reg) x, options(nostack, preserves_flags)),
-            Tlbi::Aside1is => asm!("tlbi aside1is, {}", in(reg) x, options(nostack, preserves_flags)),
+            Tlbi::Rvae1is => {
+                asm!("sys #0, c8, c2, #1, {}", in(reg) x, options(nostack, preserves_flags))
+            }
+            Tlbi::Rvaae1is => {
+                asm!("sys #0, c8, c2, #3, {}", in(reg) x, options(nostack, preserves_flags))
+            }
+            Tlbi::Rvale1is => {
+                asm!("sys #0, c8, c2, #5, {}", in(reg) x, options(nostack, preserves_flags))
+            }
+            Tlbi::Rvaale1is => {
+                asm!("sys #0, c8, c2, #7, {}", in(reg) x, options(nostack, preserves_flags))
+            }
+            Tlbi::Aside1is => {
+                asm!("tlbi aside1is, {}", in(reg) x, options(nostack, preserves_flags))
+            }
             Tlbi::Vmalle1is => asm!("tlbi vmalle1is", options(nostack, preserves_flags)),
         }
     }
