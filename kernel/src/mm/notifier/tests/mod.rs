@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 mod interleavings;
+mod stress;
 
 /// An address space with its own grace-period domain, so tests do not share grace periods.
 pub(super) fn new_mm() -> Arc<MmCore> {
