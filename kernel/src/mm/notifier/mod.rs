@@ -90,6 +90,7 @@ mod error;
 mod interval;
 pub mod interval_tree;
 mod list;
+mod lockdep;
 mod mm;
 mod range;
 mod subscriptions;
@@ -108,6 +109,7 @@ pub use range::{NotifierRange, NotifyEvent};
 /// has been freed (`mmu_notifier_synchronize`). Address spaces with a private domain use
 /// `mm.grace_domain().barrier()`.
 pub fn synchronize() {
+    lockdep::assert_may_wait("notifier::synchronize");
     notifier_srcu().barrier();
 }
 
@@ -318,10 +320,12 @@ impl MmCore {
             return;
         }
         let rcu = self.grace_domain().read_lock();
-        list::for_each(
-            subs,
-            &rcu,
-            |sub| if sub.implements(op) { f(sub) } else { true },
-        );
+        list::for_each(subs, &rcu, |sub| {
+            if !sub.implements(op) {
+                return true;
+            }
+            let _cb = lockdep::in_callback();
+            f(sub)
+        });
     }
 }

@@ -948,3 +948,37 @@ fn invalidation_reaches_exactly_the_overlapping_interval_subscribers() {
     assert_eq!(s.with_tree(&s.lock.lock(), |t| t.len()), 0);
     assert_eq!(s.lock.lock().intervals, 0);
 }
+
+/// The lockdep role: waiting for an invalidation from inside one is caught in debug builds.
+#[cfg(debug_assertions)]
+#[test]
+fn read_begin_from_an_invalidate_callback_is_caught() {
+    struct Reentrant(Mutex<Option<Arc<IntervalNotifier>>>);
+    impl IntervalNotifierOps for Reentrant {
+        fn invalidate(&self, sub: &IntervalNotifier, _range: &NotifierRange, cur_seq: u64) -> bool {
+            sub.set_seq(cur_seq);
+            if let Some(me) = self.0.lock().unwrap().as_ref() {
+                me.read_begin(); // would wait for the invalidation that is calling us
+            }
+            true
+        }
+    }
+    let mm = new_mm();
+    let ops = Arc::new(Reentrant(Mutex::new(None)));
+    let sub = IntervalNotifier::insert(&mm, 0, 0x1000, ops.clone()).unwrap();
+    *ops.0.lock().unwrap() = Some(sub.notifier().clone());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mm.mmap_read()
+            .invalidate_range_start(range(0, 0x1000))
+            .end();
+    }));
+    let message = outcome.unwrap_err();
+    let message = message.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("called from a notifier callback"),
+        "{message}"
+    );
+    // The panic left this address space mid-invalidation: abandon it rather than wait.
+    core::mem::forget(sub);
+    core::mem::forget(mm);
+}
