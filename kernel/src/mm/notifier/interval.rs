@@ -199,7 +199,7 @@ fn insert_into<T: IntervalNotifierOps>(
         sub.invalidate_seq
             .store(seq.wrapping_sub(1), Ordering::Relaxed);
         subs.with_tree_mut(&mut locked, |t| t.insert(node));
-    } else if subs.is_invalidating(&locked) {
+    } else if subs.is_invalidating(&locked) && !insert_ignores_exclusion(mm) {
         // Fully excluded: the tree may not change; link at the last inv_end. Meanwhile the
         // subscription counts as being invalidated, so read_begin waits.
         locked.deferred.push(Deferred::Insert(node));
@@ -213,6 +213,16 @@ fn insert_into<T: IntervalNotifierOps>(
     }
     drop(locked);
     Ok(IntervalSubscription { sub })
+}
+
+#[cfg(any(test, loom))]
+fn insert_ignores_exclusion(mm: &MmCore) -> bool {
+    mm.knobs.insert_ignores_exclusion.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(not(any(test, loom)))]
+fn insert_ignores_exclusion(_mm: &MmCore) -> bool {
+    false
 }
 
 impl IntervalSubscription {

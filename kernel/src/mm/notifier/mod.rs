@@ -127,6 +127,8 @@ pub struct DebugKnobs {
     pub unlink_before_release: core::sync::atomic::AtomicBool,
     /// A list refusal leaves the interval half open (6.10's behaviour, §6).
     pub leave_itree_open_on_list_refusal: core::sync::atomic::AtomicBool,
+    /// `insert` links into the tree even while it is fully excluded (no deferral).
+    pub insert_ignores_exclusion: core::sync::atomic::AtomicBool,
 }
 
 #[cfg(any(test, loom))]
