@@ -1,12 +1,18 @@
-//! Loom models of the notifier's concurrency core: the grace period, the collision-retry
-//! protocol, and `remove` racing the last `inv_end` over the deferred list.
+//! Loom models of the notifier's concurrency core:
+//!
+//! * the grace period (`synchronize`) and deferred callbacks (`call`/`barrier`);
+//! * the collision-retry protocol (no stale shadow PTE);
+//! * `remove` racing the last `inv_end` over the deferred list (319561669a59);
+//! * an insert during full exclusion (deferred add; the lock-free tree walk is never raced);
+//! * teardown racing `unregister` (3ad3d901, 751efd86, d34883d4).
 //!
 //! ```text
-//! LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" cargo test -p shootdown --release --test loom_notifier
+//! LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" cargo test -p shootdown --release --test loom_notifier
 //! ```
 //!
-//! Each safety model has a `*_fails_*` twin with the protection switched off, which loom must
-//! catch (`should_panic`): the models can fail.
+//! Each safety model has a `*_fails_*` twin with the protection switched off (a debug knob of
+//! the address space, or a broken subscriber), which loom must catch (`should_panic`): the
+//! models can fail. The preemption bound defaults to 2 when `LOOM_MAX_PREEMPTIONS` is unset.
 #![cfg(loom)]
 
 use std::mem::ManuallyDrop;
