@@ -546,13 +546,15 @@ fn refusal_setup(
 #[test]
 fn nonblock_refusal_calls_end_on_subscribers_that_started() {
     let mm = new_mm();
-    let (good, _refusing, a, b) = refusal_setup(&mm);
+    let (good, refusing, a, b) = refusal_setup(&mm);
     let lock = mm.mmap_read();
     assert_eq!(
         lock.invalidate_range_start_nonblock(range(0, 0x1000)).err(),
         Some(WouldBlock)
     );
     assert_eq!((good.starts.load(SeqCst), good.ends.load(SeqCst)), (1, 1));
+    // The refusing subscriber does not implement end, so it never gets one.
+    assert_eq!(refusing.ends.load(SeqCst), 0);
     // Blockable: the same subscriber does not refuse, and nothing is unwound.
     lock.invalidate_range_start(range(0, 0x1000)).end();
     assert_eq!((good.starts.load(SeqCst), good.ends.load(SeqCst)), (2, 2));
