@@ -5,4 +5,5 @@ mod boot;
 mod devices;
 mod exceptions;
 mod memory;
+mod mm;
 mod smp;

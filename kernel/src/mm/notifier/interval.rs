@@ -217,7 +217,9 @@ fn insert_into<T: IntervalNotifierOps>(
 
 #[cfg(any(test, loom))]
 fn insert_ignores_exclusion(mm: &MmCore) -> bool {
-    mm.knobs.insert_ignores_exclusion.load(core::sync::atomic::Ordering::Relaxed)
+    mm.knobs
+        .insert_ignores_exclusion
+        .load(core::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(not(any(test, loom)))]
