@@ -6,4 +6,5 @@ mod devices;
 mod exceptions;
 mod memory;
 mod mm;
+mod notifier;
 mod smp;
