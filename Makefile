@@ -87,3 +87,48 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 
 clean:
 	rm -rf $(BUILD) target
+
+# =============================================================================================
+# Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).
+# Everything for real boards lives in this block; see README "Running on a Raspberry Pi 4".
+#
+#   make chainloader                      build/chainloader.img (boot image that loads over UART)
+#   make sdcard [FIRMWARE=dir] [SDCARD_BOOT=kernel|chainloader] [CMDLINE='...']
+#                                         build/sdcard/ and build/sdcard.img
+#   make chainboot PORT=/dev/ttyUSB0 [BAUD=115200] [BOOTARGS=...] [RESET_CMD=...]
+#                                         push build/shootdown.img, then be its serial console
+#   make hil PORT=/dev/ttyUSB0 [BAUD=...] [BOOTARGS=...] [RESET_CMD=...] [TIMEOUT=...]
+#                                         push the kernel with ktest=*, report KTAP + JUnit
+#   make test-hil-offline                 the above without hardware (QEMU over a PTY, fake
+#                                         firmware): part of `make test`
+# =============================================================================================
+CHAINLOADER_ELF := $(BUILD)/chainloader.elf
+CHAINLOADER_IMG := $(BUILD)/chainloader.img
+SDCARD_DIR      := $(BUILD)/sdcard
+SDCARD_IMG      := $(BUILD)/sdcard.img
+FIRMWARE        ?=
+SDCARD_BOOT     ?= kernel
+CMDLINE         ?=
+PORT            ?=
+BAUD            ?= 115200
+RESET_CMD       ?=
+# The workspace's target rustflags carry the kernel's linker script; the chainloader has its
+# own (a static PIE linked at 0), so its build replaces them. RUSTFLAGS also enters cargo's
+# artifact hashes, so the kernel's and the chainloader's builds never invalidate each other.
+CHAINLOADER_RUSTFLAGS := -C link-arg=-Tboot/chainloader/link.ld -C relocation-model=pie \
+    -C link-arg=-pie -C link-arg=--no-dynamic-linker -C link-arg=-znotext \
+    -C target-cpu=cortex-a72
+
+.PHONY: chainloader sdcard chainboot hil test-hil-offline
+
+chainloader: $(CHAINLOADER_IMG)
+
+$(CHAINLOADER_ELF): FORCE
+	@mkdir -p $(BUILD)
+	RUSTFLAGS="$(CHAINLOADER_RUSTFLAGS)" CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build \
+	    -p shootdown-chainloader --bin chainloader --release --target $(KTARGET)
+	@cp $(KTARGET_DIR)/$(KTARGET)/release/chainloader $@
+
+$(CHAINLOADER_IMG): $(CHAINLOADER_ELF)
+	$(OBJCOPY) -O binary $< $@
+	@echo "built $@ ($$(stat -c %s $@) bytes) and $<"
