@@ -36,6 +36,14 @@ impl Deadline {
     }
 }
 
+/// Busy-waits about `us` microseconds on the counter (no memory accesses).
+pub fn delay_us(us: u32) {
+    let end = ticks().saturating_add(counter_hz() / 1_000_000 * u64::from(us));
+    while ticks() < end {
+        core::hint::spin_loop();
+    }
+}
+
 /// Smallest data cache line (CTR_EL0.DminLine, Arm ARM D19.2 "CTR_EL0": log2 of words).
 fn dcache_line() -> u64 {
     let ctr: u64;
