@@ -94,19 +94,20 @@ impl Board {
                 }
             });
         }
+        // From here on, dropping the board (also on a panic) kills and reaps QEMU.
+        let mut board = Board {
+            qemu,
+            pts: PathBuf::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
         while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             if let Some(at) = line.find("/dev/pts/") {
-                let path = line[at..].split_whitespace().next().unwrap().to_string();
-                return Board {
-                    qemu,
-                    pts: PathBuf::from(path),
-                };
+                board.pts = PathBuf::from(line[at..].split_whitespace().next().unwrap());
+                return board;
             }
             seen.push(line);
         }
-        let _ = qemu.kill();
         panic!("QEMU never said which pty it uses:\n{}", seen.join("\n"));
     }
 }
