@@ -6,6 +6,7 @@
 BOARD     ?= virt-smmu
 BOOTARGS  ?=
 QEMU_ARGS ?=
+TRACE     ?=
 TIMEOUT   ?=
 
 BUILD     := build
@@ -33,7 +34,7 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
-	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=...]"
+	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
 	@echo "make test    host unit tests + in-kernel tests on: $(TEST_BOARDS)"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
@@ -68,7 +69,8 @@ $(HARNESS): FORCE
 BOARD_DEPS = qemu $(if $(filter raspi4b,$(BOARD)),$(PI_DTB))
 
 run: image $(HARNESS) $(BOARD_DEPS)
-	$(HARNESS) run --board $(BOARD) --kernel $(KERNEL_IMG) --bootargs "$(BOOTARGS)" -- $(QEMU_ARGS)
+	$(HARNESS) run --board $(BOARD) --kernel $(KERNEL_IMG) --bootargs "$(BOOTARGS)" \
+	    $(if $(TRACE),--trace $(TRACE)) -- $(QEMU_ARGS)
 
 gdb: image $(HARNESS) $(BOARD_DEPS)
 	@bash qemu/install.sh gdb

@@ -159,3 +159,54 @@ fn booting_without_a_device_tree_says_so_and_exits_2() {
         "no clear message:\n{t}"
     );
 }
+
+#[test]
+fn make_run_trace_writes_valid_chrome_json_with_every_unmap_invalidated_before_it_returned() {
+    let Some(k) = kernel() else { return };
+    let out_json =
+        std::env::temp_dir().join(format!("shootdown-trace-{}.json", std::process::id()));
+    let out = Command::new(HARNESS)
+        .current_dir(repo_root())
+        .args([
+            "run",
+            "--board",
+            "virt",
+            "--bootargs",
+            "ktest=mm",
+            "--kernel",
+        ])
+        .arg(&k)
+        .arg("--trace")
+        .arg(&out_json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("harness runs");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("each returned after its secondary invalidation"),
+        "{t}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).expect("valid JSON");
+    let events = json["traceEvents"].as_array().expect("traceEvents");
+    let named = |n: &str| events.iter().filter(|e| e["name"] == n).count();
+    assert!(named("munmap") >= 2, "no unmaps traced");
+    assert_eq!(named("munmap") % 2, 0, "unbalanced munmap begin/end");
+    assert!(
+        named("arch_invalidate_secondary_tlbs") >= named("munmap"),
+        "{events:?}"
+    );
+    assert!(
+        named("CPU TLBI") > 0,
+        "the CPU TLB invalidations are not traced"
+    );
+    // Timestamps never go backwards within a CPU.
+    let mut last = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e["ph"] != "M") {
+        let (tid, ts) = (e["tid"].as_u64().unwrap(), e["ts"].as_f64().unwrap());
+        let prev = last.insert(tid, ts).unwrap_or(0.0);
+        assert!(ts >= prev, "time went backwards on CPU {tid}");
+    }
+    let _ = std::fs::remove_file(&out_json);
+}

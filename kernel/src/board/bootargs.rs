@@ -6,6 +6,7 @@
 //! | `ktest=<glob>[,<glob>...]` | run the in-kernel tests whose `suite.case` (or suite) matches |
 //! | `seed=<n>` | seed for randomized tests and workloads (printed, so a run can be replayed) |
 //! | `log=<level>` | console log level: `error`, `warn`, `info`, `debug`, `trace` |
+//! | `trace=1` | record events in per-CPU rings and print them at exit (`make run TRACE=out.json`) |
 //! | `ktest.fail=1` | the `ktest.selftest_fail` case fails on purpose (proves the harness catches it) |
 //! | `ktest.crash=1` | the `ktest.selftest_crash` case takes an unexpected exception on purpose |
 
