@@ -10,6 +10,7 @@
 //! | [`planner`] | which TLBI commands an `arch_invalidate_secondary_tlbs(start, end)` sends |
 //! | [`features`] | what an SMMU implements (ID registers) |
 //! | [`driver`] | the driver core: probe, stream table, contexts, queues, invalidation, events |
+//! | [`sva`] | binding devices to address spaces: one context and one notifier subscription per (SMMU, address space) |
 //! | [`backend`] | what the driver needs: register access, a clock, table memory |
 //! | [`model`] | the software SMMUv3 (backend 2) with IOTLB, coherence checker and a DMA engine |
 //! | [`physmem`] | byte/word access to physical memory without `unsafe` |
@@ -26,4 +27,5 @@ pub mod planner;
 pub mod queue;
 pub mod regs;
 pub mod ste;
+pub mod sva;
 pub mod testing;
