@@ -89,6 +89,7 @@ struct EarlyHeap([u8; EARLY_HEAP]);
 static mut EARLY_HEAP_SPACE: EarlyHeap = EarlyHeap([0; EARLY_HEAP]);
 
 /// Physical memory through the linear map.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct LinearMap;
 
 impl PhysMemory for LinearMap {
@@ -132,11 +133,24 @@ pub fn frames() -> Option<&'static KernelFrames> {
 /* Boot.                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
+/// How the portable synchronization primitives reach this CPU: its index, WFE and SEV.
+static PLATFORM_HOOKS: crate::sync::PlatformHooks = crate::sync::PlatformHooks {
+    current_cpu: crate::arch::aarch64::cpu_id,
+    wait_for_event: cpu::wfe,
+    send_event: send_event,
+};
+
+fn send_event() {
+    cpu::dsb_ish();
+    cpu::sev();
+}
+
 /// Rust entry of the boot CPU (from `boot/entry.S`: MMU on with the early tables, running at
 /// the link address on CPU 0's stacks, .bss zeroed).
 #[no_mangle]
 extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
     cpu::mask_interrupts();
+    crate::sync::install_platform_hooks(&PLATFORM_HOOKS);
     // SAFETY: boot/entry.S mapped the fallback UART page at FIXMAP_UART_VA.
     unsafe { crate::console::set_uart(layout::FIXMAP_UART_VA) };
     power::init();

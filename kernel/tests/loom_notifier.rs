@@ -1,14 +1,21 @@
-//! Loom models of the notifier's concurrency core: the grace period, the collision-retry
-//! protocol, and `remove` racing the last `inv_end` over the deferred list.
+//! Loom models of the notifier's concurrency core:
+//!
+//! * the grace period (`synchronize`) and deferred callbacks (`call`/`barrier`);
+//! * the collision-retry protocol (no stale shadow PTE);
+//! * `remove` racing the last `inv_end` over the deferred list (319561669a59);
+//! * an insert during full exclusion (deferred add; the lock-free tree walk is never raced);
+//! * teardown racing `unregister` (3ad3d901, 751efd86, d34883d4).
 //!
 //! ```text
-//! LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" cargo test -p shootdown --release --test loom_notifier
+//! LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" cargo test -p shootdown --release --test loom_notifier
 //! ```
 //!
-//! Each safety model has a `*_fails_*` twin with the protection switched off, which loom must
-//! catch (`should_panic`): the models can fail.
+//! Each safety model has a `*_fails_*` twin with the protection switched off (a debug knob of
+//! the address space, or a broken subscriber), which loom must catch (`should_panic`): the
+//! models can fail. The preemption bound defaults to 2 when `LOOM_MAX_PREEMPTIONS` is unset.
 #![cfg(loom)]
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use loom::cell::UnsafeCell;
@@ -16,9 +23,10 @@ use loom::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use loom::sync::Mutex;
 use loom::thread;
 use shootdown::mm::notifier::{
-    IntervalNotifier, IntervalNotifierOps, MmCore, NotifierRange, NotifyEvent,
+    IntervalNotifier, IntervalNotifierOps, MmCore, MmuNotifier, MmuNotifierOps, NotifierRange,
+    NotifyEvent, OpSet,
 };
-use shootdown::sync::{set_model_cpu, Srcu};
+use shootdown::sync::{set_model_cpu, GpLink, GpWork, Srcu};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
@@ -209,4 +217,174 @@ fn remove_returns_only_after_the_deferred_list_is_processed() {
 #[should_panic(expected = "still deferred")]
 fn remove_model_fails_with_an_unlocked_sequence_read() {
     remove_vs_inv_end(true);
+}
+
+// ---- deferred callbacks (call_srcu) --------------------------------------------------------------
+
+struct FreeLater {
+    link: GpLink,
+    object: *mut Object,
+}
+
+// SAFETY: the raw pointer is only dereferenced by `run`, after the grace period.
+unsafe impl Send for FreeLater {}
+// SAFETY: as above.
+unsafe impl Sync for FreeLater {}
+
+impl GpWork for FreeLater {
+    fn gp_link(&self) -> &GpLink {
+        &self.link
+    }
+    fn run(self: Arc<Self>) {
+        // SAFETY: the object is still allocated; the write models freeing it.
+        unsafe { (*self.object).data.with_mut(|d| *d = 0xdead) };
+    }
+}
+
+/// The updater unpublishes and queues the free without waiting; a third party's grace period
+/// runs it. Loom reports a race if it ran before the reader's section ended.
+#[test]
+fn deferred_callback_runs_only_after_readers_that_may_see_the_object() {
+    model(|| {
+        let srcu = private_srcu();
+        let old = Box::into_raw(Box::new(Object {
+            data: UnsafeCell::new(1),
+        }));
+        let published = Arc::new(AtomicPtr::new(old));
+        let reader = {
+            let published = published.clone();
+            thread::spawn(move || {
+                set_model_cpu(1);
+                let _g = srcu.read_lock();
+                let p = published.load(Ordering::Acquire);
+                if !p.is_null() {
+                    // SAFETY: freed only after a grace period following unpublishing.
+                    unsafe { (*p).data.with(|d| assert_eq!(*d, 1)) };
+                }
+            })
+        };
+        published.store(std::ptr::null_mut(), Ordering::Release);
+        srcu.call(Arc::new(FreeLater {
+            link: GpLink::new(),
+            object: old,
+        }));
+        let gp = thread::spawn(move || srcu.barrier());
+        gp.join().unwrap();
+        reader.join().unwrap();
+        // SAFETY: leaked above; every user is done.
+        unsafe { drop(Box::from_raw(old)) };
+    });
+}
+
+// ---- teardown vs unregister (3ad3d901, 751efd86, d34883d4) ----------------------------------------
+
+struct Releaser {
+    me: std::sync::OnceLock<std::sync::Weak<MmuNotifier>>,
+    releases: loom::sync::atomic::AtomicUsize,
+    saw_linked: loom::sync::atomic::AtomicBool,
+}
+
+impl MmuNotifierOps for Releaser {
+    fn implemented(&self) -> OpSet {
+        OpSet::RELEASE
+    }
+    fn release(&self, _mm: &MmCore) {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+            if me.is_linked() {
+                self.saw_linked.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Teardown (`mmput`) races `unregister`: no crash or double unlink, `release` runs once or
+/// twice, and at least one `release` runs while the subscriber is still linked.
+fn teardown_vs_unregister(unlink_before_release: bool) {
+    model(move || {
+        let mm = MmCore::with_grace_domain(private_srcu());
+        mm.debug_knobs()
+            .unlink_before_release
+            .store(unlink_before_release, std::sync::atomic::Ordering::Relaxed);
+        let ops = Arc::new(Releaser {
+            me: std::sync::OnceLock::new(),
+            releases: loom::sync::atomic::AtomicUsize::new(0),
+            saw_linked: loom::sync::atomic::AtomicBool::new(false),
+        });
+        let sub = MmuNotifier::register(&mm, ops.clone()).unwrap();
+        ops.me.set(Arc::downgrade(&sub)).unwrap();
+        let teardown = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                set_model_cpu(1);
+                assert!(mm.mmput());
+            })
+        };
+        sub.unregister();
+        teardown.join().unwrap();
+        let releases = ops.releases.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&releases), "{releases} releases");
+        assert!(
+            ops.saw_linked.load(Ordering::SeqCst),
+            "unlinked before release"
+        );
+    });
+}
+
+#[test]
+fn teardown_racing_unregister_releases_while_linked() {
+    teardown_vs_unregister(false);
+}
+
+#[test]
+#[should_panic(expected = "unlinked before release")]
+fn teardown_model_fails_when_unlinking_before_release() {
+    teardown_vs_unregister(true);
+}
+
+// ---- insert during full exclusion (the deferred add) ---------------------------------------------
+
+/// An insert races an invalidation that walks the tree without the lock. The insert must be
+/// deferred while the tree is fully excluded (loom's cell tracking reports a concurrent write
+/// otherwise), and the new subscription must end up linked and not "being invalidated".
+fn insert_vs_invalidation(ignore_exclusion: bool) {
+    model(move || {
+        let mm = MmCore::with_grace_domain(private_srcu());
+        mm.debug_knobs()
+            .insert_ignores_exclusion
+            .store(ignore_exclusion, std::sync::atomic::Ordering::Relaxed);
+        // Not dropped on unwinding: after a detected violation, a removal would touch a poisoned
+        // model lock and abort the whole test binary instead of failing this test.
+        let first = ManuallyDrop::new(
+            IntervalNotifier::insert(&mm, 0x1000, 0x1000, Arc::new(Quiet)).unwrap(),
+        );
+        let invalidator = {
+            let mm = mm.clone();
+            thread::spawn(move || {
+                set_model_cpu(1);
+                let lock = mm.mmap_read();
+                let range = NotifierRange::new(NotifyEvent::Clear, 0x1000, 0x3000).unwrap();
+                lock.invalidate_range_start(range).end();
+            })
+        };
+        let second = ManuallyDrop::new(
+            IntervalNotifier::insert(&mm, 0x2000, 0x1000, Arc::new(Quiet)).unwrap(),
+        );
+        invalidator.join().unwrap();
+        let seq = second.read_begin(); // must not wait: every invalidation has ended
+        assert!(!second.read_retry(seq));
+        ManuallyDrop::into_inner(second).remove();
+        ManuallyDrop::into_inner(first).remove();
+    });
+}
+
+#[test]
+fn insert_during_full_exclusion_is_deferred() {
+    insert_vs_invalidation(false);
+}
+
+#[test]
+#[should_panic]
+fn insert_model_fails_when_the_tree_changes_under_a_walker() {
+    insert_vs_invalidation(true);
 }

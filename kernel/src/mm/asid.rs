@@ -257,6 +257,16 @@ impl AsidAllocator {
         }
     }
 
+    /// The ASID `ctx` is tagged with in TLBs right now, or `None` if it never ran. An id of an
+    /// older generation still names the right TLB entries: a rollover either flushed them or
+    /// (for a context running at the time) kept its number.
+    pub fn asid_of(&self, ctx: &AsidContext) -> Option<Asid> {
+        match ctx.0.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(Asid((id & self.asid_mask()) as u16)),
+        }
+    }
+
     /// Switches `cpu` to the address space owning `ctx`: returns the ASID to run it with.
     ///
     /// The caller runs this with preemption off on `cpu`, then writes `TTBR0_EL1` (after the

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod asid;
+pub mod aspace;
 pub mod frame;
 pub mod layout;
 pub mod notifier;

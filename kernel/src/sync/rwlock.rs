@@ -91,7 +91,7 @@ impl<T> RwLock<T> {
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
         RwLockReadGuard {
             lock: self,
-            inner: self.inner.read().unwrap(),
+            inner: self.inner.read().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -123,7 +123,7 @@ impl<T> RwLock<T> {
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         RwLockWriteGuard {
             lock: self,
-            inner: self.inner.write().unwrap(),
+            inner: self.inner.write().unwrap_or_else(|e| e.into_inner()),
         }
     }
 

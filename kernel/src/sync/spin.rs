@@ -71,7 +71,7 @@ impl<T> SpinLock<T> {
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
         SpinLockGuard {
             lock: self,
-            inner: self.inner.lock().unwrap(),
+            inner: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -96,7 +96,7 @@ impl<T> SpinLock<T> {
         }
         #[cfg(loom)]
         {
-            self.inner.get_mut().unwrap()
+            self.inner.get_mut().unwrap_or_else(|e| e.into_inner())
         }
     }
 }

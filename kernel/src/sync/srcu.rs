@@ -328,12 +328,12 @@ impl Drop for SrcuReadGuard<'_> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize as StdAtomicUsize;
     use std::sync::Arc;
 
     struct Counted {
         link: GpLink,
-        ran: Arc<StdAtomicUsize>,
+        id: usize,
+        ran: Arc<std::sync::Mutex<Vec<usize>>>,
     }
 
     impl GpWork for Counted {
@@ -341,7 +341,7 @@ mod tests {
             &self.link
         }
         fn run(self: Arc<Self>) {
-            self.ran.fetch_add(1, Ordering::SeqCst);
+            self.ran.lock().unwrap().push(self.id);
         }
     }
 
@@ -396,31 +396,31 @@ mod tests {
     #[test]
     fn callbacks_run_after_a_grace_period_in_order_and_barrier_drains_them() {
         let srcu = Srcu::new();
-        let ran = Arc::new(StdAtomicUsize::new(0));
-        let a = Arc::new(Counted {
-            link: GpLink::new(),
-            ran: ran.clone(),
-        });
-        let b = Arc::new(Counted {
-            link: GpLink::new(),
-            ran: ran.clone(),
-        });
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let work = |id| {
+            Arc::new(Counted {
+                link: GpLink::new(),
+                id,
+                ran: ran.clone(),
+            })
+        };
+        let (a, b, c) = (work(1), work(2), work(3));
         {
             let _g = srcu.read_lock();
             srcu.call(a.clone());
             srcu.call(b.clone());
-            assert_eq!(
-                ran.load(Ordering::SeqCst),
-                0,
+            srcu.call(c.clone());
+            assert!(
+                ran.lock().unwrap().is_empty(),
                 "callbacks ran inside the read section"
             );
         }
         srcu.barrier();
-        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        assert_eq!(*ran.lock().unwrap(), [1, 2, 3]);
         // Once run, a work may be queued again.
         srcu.call(a.clone());
         srcu.process_callbacks();
-        assert_eq!(ran.load(Ordering::SeqCst), 3);
+        assert_eq!(*ran.lock().unwrap(), [1, 2, 3, 1]);
         assert_eq!(Arc::strong_count(&a), 1, "the queue kept a reference");
     }
 

@@ -5,4 +5,6 @@ mod boot;
 mod devices;
 mod exceptions;
 mod memory;
+mod mm;
+mod notifier;
 mod smp;

@@ -1,5 +1,6 @@
 //! AArch64: boot glue, exceptions, system registers, barriers, TLB maintenance, PSCI and SMP.
 
+pub mod aspace;
 pub mod boot;
 pub mod cpu;
 pub mod exceptions;

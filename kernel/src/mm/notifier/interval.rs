@@ -7,6 +7,7 @@ use core::ops::Deref;
 use super::error::{InvalidArgument, NotifierError, Overflow};
 use super::interval_tree::{DetachedNode, NodeError};
 use super::list::register_subscriber;
+use super::lockdep;
 use super::mm::{MmCore, MmapWriteGuard};
 use super::range::NotifierRange;
 use super::subscriptions::{Deferred, Subscriptions};
@@ -85,6 +86,7 @@ impl IntervalNotifier {
     /// takes held, nor from a callback. `read_retry` may already be true on return: the caller
     /// loops and bounds the time it spends.
     pub fn read_begin(&self) -> u64 {
+        lockdep::assert_may_wait("IntervalNotifier::read_begin");
         let subs = self.subscriptions();
         let (seq, invalidating) = {
             let _locked = subs.lock.lock();
@@ -197,7 +199,7 @@ fn insert_into<T: IntervalNotifierOps>(
         sub.invalidate_seq
             .store(seq.wrapping_sub(1), Ordering::Relaxed);
         subs.with_tree_mut(&mut locked, |t| t.insert(node));
-    } else if subs.is_invalidating(&locked) {
+    } else if subs.is_invalidating(&locked) && !insert_ignores_exclusion(mm) {
         // Fully excluded: the tree may not change; link at the last inv_end. Meanwhile the
         // subscription counts as being invalidated, so read_begin waits.
         locked.deferred.push(Deferred::Insert(node));
@@ -211,6 +213,18 @@ fn insert_into<T: IntervalNotifierOps>(
     }
     drop(locked);
     Ok(IntervalSubscription { sub })
+}
+
+#[cfg(any(test, loom))]
+fn insert_ignores_exclusion(mm: &MmCore) -> bool {
+    mm.knobs
+        .insert_ignores_exclusion
+        .load(core::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(not(any(test, loom)))]
+fn insert_ignores_exclusion(_mm: &MmCore) -> bool {
+    false
 }
 
 impl IntervalSubscription {
@@ -228,6 +242,7 @@ impl IntervalSubscription {
     }
 
     fn remove_now(&self) {
+        lockdep::assert_may_wait("IntervalSubscription::remove");
         let sub = &self.sub;
         let subs = sub.subscriptions();
         let tag = sub.tag();
@@ -372,6 +387,7 @@ impl Subscriptions {
             self.with_tree_excluded(|tree| {
                 for node in tree.overlapping(range.start(), range.last()) {
                     let sub = node.value();
+                    let _cb = lockdep::in_callback();
                     if sub.ops.invalidate(sub, range, seq) {
                         continue;
                     }
@@ -402,6 +418,7 @@ impl Subscriptions {
                 self.with_tree_excluded(|tree| {
                     for node in tree.overlapping(range.start(), range.last()) {
                         let sub = node.value();
+                        let _cb = lockdep::in_callback();
                         if !sub.ops.invalidate(sub, &range, seq) {
                             log::warn!(
                                 "mmu interval notifier: invalidate refused the release range"

@@ -7,6 +7,7 @@ use core::ops::BitOr;
 use core::ptr;
 
 use super::error::{InvalidArgument, NotifierError, Overflow};
+use super::lockdep;
 use super::mm::{MmCore, MmapWriteGuard};
 use super::range::NotifierRange;
 use super::subscriptions::{Locked, Subscriptions};
@@ -200,6 +201,7 @@ impl MmuNotifier {
     /// already did, unlinks, then waits for a grace period. When it returns no operation of
     /// this subscriber is running or will run.
     pub fn unregister(self: Arc<Self>) {
+        lockdep::assert_may_wait("MmuNotifier::unregister");
         let subs = self.mm.subscriptions_of_subscribed();
         if self.linked.load(Ordering::Relaxed) {
             {
@@ -207,6 +209,7 @@ impl MmuNotifier {
                 // before this `release` has dropped the secondary mappings.
                 let _rcu = self.mm.grace_domain().read_lock();
                 if self.implemented.contains(OpSet::RELEASE) {
+                    let _cb = lockdep::in_callback();
                     self.ops.release(&self.mm);
                 }
             }
@@ -412,9 +415,7 @@ pub(crate) fn invalidate_range_start(
     let rcu = mm.grace_domain().read_lock();
     let mut refused = false;
     for_each(subs, &rcu, |sub| {
-        if sub.implements(OpSet::INVALIDATE_RANGE_START)
-            && sub.ops.invalidate_range_start(mm, range).is_err()
-        {
+        if sub.implements(OpSet::INVALIDATE_RANGE_START) && call_start(sub, mm, range).is_err() {
             if range.is_blockable() {
                 // A driver bug (8402ce61): Linux warns and still unwinds, after which its
                 // caller calls end again. We warn and carry on: one end per start.
@@ -445,6 +446,11 @@ pub(crate) fn invalidate_range_start(
     }
 }
 
+fn call_start(sub: &MmuNotifier, mm: &MmCore, range: &NotifierRange) -> Result<(), WouldBlock> {
+    let _cb = lockdep::in_callback();
+    sub.ops.invalidate_range_start(mm, range)
+}
+
 /// `mn_hlist_invalidate_end`.
 pub(crate) fn invalidate_range_end(
     subs: &Subscriptions,
@@ -454,6 +460,7 @@ pub(crate) fn invalidate_range_end(
 ) {
     for_each(subs, rcu, |sub| {
         if sub.implements(OpSet::INVALIDATE_RANGE_END) {
+            let _cb = lockdep::in_callback();
             sub.ops.invalidate_range_end(mm, range);
         }
         true
@@ -486,6 +493,7 @@ pub(crate) fn release(subs: &Subscriptions, mm: &MmCore) {
         // SAFETY: as in `for_each`; a detached chain is additionally owned by us.
         while let Some(sub) = unsafe { p.as_ref() } {
             if sub.implements(OpSet::RELEASE) {
+                let _cb = lockdep::in_callback();
                 sub.ops.release(mm);
             }
             p = sub.next.load(Ordering::Acquire);

@@ -90,6 +90,7 @@ mod error;
 mod interval;
 pub mod interval_tree;
 mod list;
+mod lockdep;
 mod mm;
 mod range;
 mod subscriptions;
@@ -108,6 +109,7 @@ pub use range::{NotifierRange, NotifyEvent};
 /// has been freed (`mmu_notifier_synchronize`). Address spaces with a private domain use
 /// `mm.grace_domain().barrier()`.
 pub fn synchronize() {
+    lockdep::assert_may_wait("notifier::synchronize");
     notifier_srcu().barrier();
 }
 
@@ -125,6 +127,8 @@ pub struct DebugKnobs {
     pub unlink_before_release: core::sync::atomic::AtomicBool,
     /// A list refusal leaves the interval half open (6.10's behaviour, §6).
     pub leave_itree_open_on_list_refusal: core::sync::atomic::AtomicBool,
+    /// `insert` links into the tree even while it is fully excluded (no deferral).
+    pub insert_ignores_exclusion: core::sync::atomic::AtomicBool,
 }
 
 #[cfg(any(test, loom))]
@@ -318,10 +322,12 @@ impl MmCore {
             return;
         }
         let rcu = self.grace_domain().read_lock();
-        list::for_each(
-            subs,
-            &rcu,
-            |sub| if sub.implements(op) { f(sub) } else { true },
-        );
+        list::for_each(subs, &rcu, |sub| {
+            if !sub.implements(op) {
+                return true;
+            }
+            let _cb = lockdep::in_callback();
+            f(sub)
+        });
     }
 }

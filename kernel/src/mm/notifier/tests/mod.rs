@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 mod interleavings;
+mod stress;
 
 /// An address space with its own grace-period domain, so tests do not share grace periods.
 pub(super) fn new_mm() -> Arc<MmCore> {
@@ -545,13 +546,15 @@ fn refusal_setup(
 #[test]
 fn nonblock_refusal_calls_end_on_subscribers_that_started() {
     let mm = new_mm();
-    let (good, _refusing, a, b) = refusal_setup(&mm);
+    let (good, refusing, a, b) = refusal_setup(&mm);
     let lock = mm.mmap_read();
     assert_eq!(
         lock.invalidate_range_start_nonblock(range(0, 0x1000)).err(),
         Some(WouldBlock)
     );
     assert_eq!((good.starts.load(SeqCst), good.ends.load(SeqCst)), (1, 1));
+    // The refusing subscriber does not implement end, so it never gets one.
+    assert_eq!(refusing.ends.load(SeqCst), 0);
     // Blockable: the same subscriber does not refuse, and nothing is unwound.
     lock.invalidate_range_start(range(0, 0x1000)).end();
     assert_eq!((good.starts.load(SeqCst), good.ends.load(SeqCst)), (2, 2));
@@ -946,4 +949,38 @@ fn invalidation_reaches_exactly_the_overlapping_interval_subscribers() {
     drop(subs);
     assert_eq!(s.with_tree(&s.lock.lock(), |t| t.len()), 0);
     assert_eq!(s.lock.lock().intervals, 0);
+}
+
+/// The lockdep role: waiting for an invalidation from inside one is caught in debug builds.
+#[cfg(debug_assertions)]
+#[test]
+fn read_begin_from_an_invalidate_callback_is_caught() {
+    struct Reentrant(Mutex<Option<Arc<IntervalNotifier>>>);
+    impl IntervalNotifierOps for Reentrant {
+        fn invalidate(&self, sub: &IntervalNotifier, _range: &NotifierRange, cur_seq: u64) -> bool {
+            sub.set_seq(cur_seq);
+            if let Some(me) = self.0.lock().unwrap().as_ref() {
+                me.read_begin(); // would wait for the invalidation that is calling us
+            }
+            true
+        }
+    }
+    let mm = new_mm();
+    let ops = Arc::new(Reentrant(Mutex::new(None)));
+    let sub = IntervalNotifier::insert(&mm, 0, 0x1000, ops.clone()).unwrap();
+    *ops.0.lock().unwrap() = Some(sub.notifier().clone());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mm.mmap_read()
+            .invalidate_range_start(range(0, 0x1000))
+            .end();
+    }));
+    let message = outcome.unwrap_err();
+    let message = message.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("called from a notifier callback"),
+        "{message}"
+    );
+    // The panic left this address space mid-invalidation: abandon it rather than wait.
+    core::mem::forget(sub);
+    core::mem::forget(mm);
 }

@@ -1,0 +1,132 @@
+//! Address spaces on the CPU: the kernel's [`MmPlatform`] (RAM through the linear map, the
+//! frame allocator, real TLB instructions) and running an address space on a CPU (ASID +
+//! `TTBR0_EL1`).
+
+use aarch64_cpu::registers::{
+    ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, TCR_EL1, TTBR0_EL1,
+};
+
+use crate::kernel::{frames, KernelFrames, LinearMap};
+use crate::mm::asid::{AsidAllocator, AsidBits, AsidError};
+use crate::mm::aspace::{AddressSpace, MmError, MmPlatform, MmUser};
+use crate::mm::layout::MAX_CPUS;
+use crate::mm::pgtable::regs::ttbr;
+use crate::mm::pgtable::tlb::{TlbMaintenance, TlbPlan, TlbPolicy};
+
+use super::cpu::{cpu_id, dsb_ish, isb};
+use super::tlb::{cpu_policy, HwTlb};
+
+/// The kernel's address-space platform.
+pub struct KernelMm {
+    asids: AsidAllocator,
+    policy: TlbPolicy,
+    /// Test knob: CPU TLB invalidations are skipped (shows the TLB tests can fail).
+    skip_cpu_tlbi: core::sync::atomic::AtomicBool,
+}
+
+/// An address space of the kernel.
+pub type KernelAddressSpace = AddressSpace<KernelMm>;
+
+static KERNEL_MM: spin::Once<KernelMm> = spin::Once::new();
+
+/// The platform (created on first use, after frames exist).
+pub fn kernel_mm() -> &'static KernelMm {
+    KERNEL_MM.call_once(|| {
+        // ID_AA64MMFR0_EL1.ASIDBits (Arm ARM D19.2): 0b0010 = 16 bits, else 8.
+        let bits = if (ID_AA64MMFR0_EL1.get() >> 4) & 0xf == 0b0010 {
+            AsidBits::Sixteen
+        } else {
+            AsidBits::Eight
+        };
+        KernelMm {
+            asids: AsidAllocator::new(bits, MAX_CPUS).expect("MAX_CPUS leaves room for ASIDs"),
+            policy: cpu_policy(),
+            skip_cpu_tlbi: core::sync::atomic::AtomicBool::new(false),
+        }
+    })
+}
+
+impl KernelMm {
+    /// Turns the CPU TLB invalidations off or on (tests only: proves the TLB test notices).
+    pub fn set_skip_cpu_tlbi(&self, skip: bool) {
+        self.skip_cpu_tlbi
+            .store(skip, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl MmPlatform for KernelMm {
+    type Mem = LinearMap;
+    type Frames = &'static KernelFrames;
+
+    fn memory(&self) -> LinearMap {
+        LinearMap
+    }
+
+    fn frames(&self) -> &'static KernelFrames {
+        frames().expect("address spaces exist only after the frame allocator")
+    }
+
+    fn asids(&self) -> &AsidAllocator {
+        &self.asids
+    }
+
+    fn tlb_policy(&self) -> TlbPolicy {
+        self.policy
+    }
+
+    fn run_tlb_plan(&self, plan: &TlbPlan) {
+        if self
+            .skip_cpu_tlbi
+            .load(core::sync::atomic::Ordering::Relaxed)
+        {
+            dsb_ish();
+            return;
+        }
+        HwTlb.execute(plan);
+    }
+
+    fn full_barrier(&self) {
+        dsb_ish();
+    }
+}
+
+/// A new kernel address space.
+pub fn create() -> Result<MmUser<KernelMm>, MmError> {
+    AddressSpace::create(kernel_mm())
+}
+
+/// Runs `aspace` on this CPU: takes an ASID (flushing the local TLB after a rollover) and
+/// loads `TTBR0_EL1`. Translations of the lower half come from it until [`deactivate`].
+pub fn activate(aspace: &KernelAddressSpace) -> Result<(), ActivateError> {
+    let root = aspace.root().ok_or(ActivateError::Exited)?;
+    let a = kernel_mm()
+        .asids
+        .activate(cpu_id(), aspace.asid_context())
+        .map_err(ActivateError::Asid)?;
+    // The ASID store is visible before this CPU walks the tables (pairs with the barrier the
+    // unmap path makes before reading the ASID: see MmPlatform::full_barrier).
+    dsb_ish();
+    if a.flush_local_tlb {
+        super::mmu::flush_local_tlb();
+    }
+    TTBR0_EL1.set(ttbr(root, a.asid));
+    TCR_EL1.modify(TCR_EL1::EPD0::EnableTTBR0Walks);
+    isb();
+    Ok(())
+}
+
+/// Stops this CPU from translating the lower half (no address space active).
+pub fn deactivate() {
+    TCR_EL1.modify(TCR_EL1::EPD0::DisableTTBR0Walks);
+    TTBR0_EL1.set(0);
+    isb();
+}
+
+/// Why an address space could not be activated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivateError {
+    /// It has no page table any more.
+    Exited,
+    /// The ASID allocator refused (an unknown CPU).
+    Asid(AsidError),
+}

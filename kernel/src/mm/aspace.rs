@@ -1,0 +1,901 @@
+//! Address spaces: the role of Linux's `mm_struct`.
+//!
+//! An [`AddressSpace`] owns a user-half page table (TTBR0, per-ASID entries), a list of regions
+//! (VMAs), an ASID context, and the notifier core's [`MmCore`] (user and grab counts, the mmap
+//! lock, the subscriptions). CPUs run it by loading its root and ASID into `TTBR0_EL1`; devices
+//! reach it through the SMMU, whose context descriptor points at the same root (shared virtual
+//! addressing). Everything that removes or weakens a translation is therefore a three-party
+//! affair, done in the order Linux does it:
+//!
+//! ```text
+//!   mmap write lock
+//!   invalidate_range_start(range, event)       list subscribers' start, interval
+//!                                              subscribers (collision-retry readers)
+//!   page-table lock
+//!     change the entries
+//!     CPU TLB invalidation (DSB; TLBI ...; DSB; ISB)  ┐ one place: the Invalidate impl
+//!     arch_invalidate_secondary_tlbs(exact range)     ┘ (IOTLBs: waits for CMD_SYNC)
+//!     free emptied table pages                  only now: walk caches are clean
+//!   free the data frames                        no TLB, CPU or device, can reach them
+//!   invalidate_range_end(range)
+//! ```
+//!
+//! The secondary invalidation is made from the same place as the CPU's, with exactly the range
+//! whose translations changed (arm64's `__flush_tlb_range` calling
+//! `mmu_notifier_arch_invalidate_secondary_tlbs`; f7edb07ad7c6 is what happens when that range
+//! is lost), so when `munmap`/`mprotect` return, no device can use the old translation.
+//!
+//! | operation | event | notes |
+//! |---|---|---|
+//! | [`munmap`](AddressSpace::munmap) | `Unmap` | frees anonymous frames after the flush |
+//! | [`mprotect`](AddressSpace::mprotect) | `ProtectionVma` | upgrades are flushed too (a TLB may cache read-only) |
+//! | [`discard`](AddressSpace::discard) | `Clear` | drops anonymous pages, keeps the region |
+//! | teardown (last [`MmUser`] dropped) | `Release` | after every subscriber's `release` |
+//! | [`clear_flush_young`](AddressSpace::clear_flush_young) / [`clear_young`](AddressSpace::clear_young) / [`test_young`](AddressSpace::test_young) | — | access-flag ageing, with the notifier's young ops |
+//!
+//! Mapping (`mmap`, `populate`) only turns invalid entries valid: nothing can be cached for an
+//! invalid entry, so it publishes the entries and notifies nobody (as Linux).
+//!
+//! # Choices
+//!
+//! - `munmap`, `mprotect` and `discard` need the whole range inside regions; a hole is
+//!   [`MmError::NotMapped`] and changes nothing. (Linux's `munmap` skips holes; being strict
+//!   here makes every error path "nothing happened".)
+//! - Regions never merge; `mprotect` and `munmap` split them at the range's edges.
+//! - Every failure is detected before anything changes; the one thing that can fail half-way,
+//!   running out of frames while mapping anonymous memory, unmaps what was mapped (through the
+//!   full invalidation path) and frees it.
+//!
+//! # References
+//!
+//! `users` ([`MmUser`], `mmget`/`mmput`) keep the address space alive: dropping the last one
+//! tears it down. `Arc<AddressSpace>` (`mmgrab`/`mmdrop`) only keeps the structure: operations
+//! then fail with [`MmError::Exited`].
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Deref;
+
+use super::asid::{AsidAllocator, AsidContext};
+use super::notifier::{MmCore, NotifierError, NotifierRange, NotifyEvent, WouldBlock};
+use super::pgtable::descriptor::{AttributeError, Attributes, MemoryType, Permissions};
+use super::pgtable::table::{Config, Holes, PageTable};
+use super::pgtable::tlb::{Invalidate, TlbInvalidation, TlbPlan, TlbPolicy, TlbScope};
+use super::pgtable::walk::Translation;
+use super::pgtable::PageTableError;
+use super::phys::{FrameAllocator, PhysMemory};
+use super::{PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::SpinLock;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Lowest address a region may start at (page 0 stays unmapped so null pointers fault).
+pub const USER_START: u64 = 0x1_0000;
+/// One past the highest user address (48-bit VAs, TTBR0).
+pub const USER_END: u64 = 1 << 48;
+
+/// What an address space needs from the machine it runs on: the kernel gives it RAM through the
+/// linear map, its frame allocator and real TLB instructions; host tests give it an arena and a
+/// recorder.
+pub trait MmPlatform: Send + Sync + 'static {
+    /// Reaches physical memory (page tables, frames).
+    type Mem: PhysMemory + Clone + Send + Sync + 'static;
+    /// Hands out frames for page tables and anonymous memory.
+    type Frames: FrameAllocator + Clone + Send + Sync + 'static;
+
+    /// The memory accessor.
+    fn memory(&self) -> Self::Mem;
+    /// The frame allocator.
+    fn frames(&self) -> Self::Frames;
+    /// The ASID allocator shared by every address space.
+    fn asids(&self) -> &AsidAllocator;
+    /// How CPU TLB invalidations are planned on this machine.
+    fn tlb_policy(&self) -> TlbPolicy;
+    /// Runs a CPU TLB plan.
+    fn run_tlb_plan(&self, plan: &TlbPlan);
+    /// Orders this CPU's page-table stores before its next load (`DSB ISH`): the invalidation
+    /// path reads which ASID to flush after changing entries, and a CPU activating the address
+    /// space stores that ASID before walking them, with the same barrier.
+    fn full_barrier(&self);
+}
+
+/// Errors of address-space operations. Whatever the error, nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmError {
+    /// An address or length is not a multiple of 4 KiB.
+    Misaligned(u64),
+    /// The length is zero.
+    ZeroLength,
+    /// `start + len` overflows.
+    Overflow {
+        /// Start of the range.
+        start: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// The range is not inside `[USER_START, USER_END)`.
+    OutOfRange {
+        /// Start of the range.
+        start: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// A fixed `mmap` overlaps this existing region start.
+    Overlap(VirtAddr),
+    /// Part of the range is in no region.
+    NotMapped(VirtAddr),
+    /// No free virtual range of that size.
+    NoVirtualSpace(usize),
+    /// Frames ran out (page tables or anonymous memory).
+    OutOfMemory,
+    /// The permissions or memory type cannot be expressed.
+    Attributes(AttributeError),
+    /// The last user is gone: the address space is being or was torn down.
+    Exited,
+    /// A non-blockable invalidation was refused by a subscriber; nothing changed.
+    WouldBlock,
+    /// The page-table engine refused (a bug: the address space validates before calling it).
+    Table(PageTableError),
+    /// The notifier core refused.
+    Notifier(NotifierError),
+}
+
+impl fmt::Display for MmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmError::Misaligned(v) => write!(f, "{v:#x} is not page aligned"),
+            MmError::ZeroLength => f.write_str("zero-length range"),
+            MmError::Overflow { start, len } => {
+                write!(f, "range {start:#x} + {len:#x} overflows")
+            }
+            MmError::OutOfRange { start, len } => write!(
+                f,
+                "range {start:#x} + {len:#x} is outside the user address space \
+                 [{USER_START:#x}, {USER_END:#x})"
+            ),
+            MmError::Overlap(at) => write!(f, "overlaps the region at {at}"),
+            MmError::NotMapped(at) => write!(f, "{at} is not mapped"),
+            MmError::NoVirtualSpace(len) => write!(f, "no free {len:#x}-byte virtual range"),
+            MmError::OutOfMemory => f.write_str("out of physical memory"),
+            MmError::Attributes(e) => write!(f, "{e}"),
+            MmError::Exited => f.write_str("the address space has exited"),
+            MmError::WouldBlock => f.write_str("a notifier subscriber refused to block"),
+            MmError::Table(e) => write!(f, "page table: {e}"),
+            MmError::Notifier(e) => write!(f, "notifier: {e:?}"),
+        }
+    }
+}
+
+impl From<PageTableError> for MmError {
+    fn from(e: PageTableError) -> Self {
+        match e {
+            PageTableError::OutOfFrames => MmError::OutOfMemory,
+            PageTableError::Attributes(a) => MmError::Attributes(a),
+            other => MmError::Table(other),
+        }
+    }
+}
+
+impl From<NotifierError> for MmError {
+    fn from(e: NotifierError) -> Self {
+        MmError::Notifier(e)
+    }
+}
+
+/// What backs a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Zeroed frames owned by the address space, freed when unmapped.
+    Anonymous,
+    /// A fixed physical range (device memory, or RAM owned by someone else) starting at this
+    /// address for the region's first page, with this memory type.
+    Physical(PhysAddr, MemoryType),
+}
+
+/// Where `mmap` puts a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Exactly here (fails if anything is mapped in the way).
+    Fixed(VirtAddr),
+    /// The lowest free range that fits.
+    Anywhere,
+}
+
+/// A region (VMA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// First address.
+    pub start: VirtAddr,
+    /// One past the last address.
+    pub end: VirtAddr,
+    /// Access permissions.
+    pub perms: Permissions,
+    /// What is behind it.
+    pub backing: Backing,
+}
+
+impl Region {
+    fn attributes(&self) -> Attributes {
+        let memory = match self.backing {
+            Backing::Anonymous => MemoryType::Normal,
+            Backing::Physical(_, m) => m,
+        };
+        Attributes::new(memory, self.perms)
+    }
+
+    /// The physical address backing `va` for a physical region.
+    fn phys_of(&self, va: u64) -> Option<PhysAddr> {
+        match self.backing {
+            Backing::Physical(pa, _) => Some(PhysAddr(pa.0 + (va - self.start.0))),
+            Backing::Anonymous => None,
+        }
+    }
+}
+
+/// Counters (for tests and the workload's summary).
+#[derive(Debug, Default)]
+pub struct AspaceStats {
+    /// Pages mapped.
+    pub pages_mapped: AtomicU64,
+    /// Pages unmapped (munmap, discard, teardown).
+    pub pages_unmapped: AtomicU64,
+    /// CPU TLB invalidations run (each one range or one ASID).
+    pub cpu_invalidations: AtomicU64,
+    /// `arch_invalidate_secondary_tlbs` calls made.
+    pub secondary_invalidations: AtomicU64,
+}
+
+struct Inner<P: MmPlatform> {
+    /// `None` once torn down.
+    table: Option<PageTable<P::Mem, P::Frames>>,
+    regions: BTreeMap<u64, Region>,
+}
+
+/// An address space. See the module documentation.
+pub struct AddressSpace<P: MmPlatform> {
+    platform: &'static P,
+    mm: Arc<MmCore>,
+    asid: AsidContext,
+    inner: SpinLock<Inner<P>>,
+    stats: AspaceStats,
+    /// Test knob: skip `arch_invalidate_secondary_tlbs` (shows the tests notice).
+    #[cfg(test)]
+    skip_secondary: core::sync::atomic::AtomicBool,
+}
+
+/// A user reference (`mmget`): keeps the address space alive. Dropping the last one runs every
+/// subscriber's `release` and tears the page tables down.
+pub struct MmUser<P: MmPlatform> {
+    aspace: Arc<AddressSpace<P>>,
+}
+
+impl<P: MmPlatform> Deref for MmUser<P> {
+    type Target = Arc<AddressSpace<P>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.aspace
+    }
+}
+
+impl<P: MmPlatform> Clone for MmUser<P> {
+    fn clone(&self) -> Self {
+        self.aspace.mm.mmget();
+        MmUser {
+            aspace: self.aspace.clone(),
+        }
+    }
+}
+
+impl<P: MmPlatform> Drop for MmUser<P> {
+    fn drop(&mut self) {
+        if self.aspace.mm.mmput() {
+            self.aspace.teardown();
+        }
+    }
+}
+
+/// The CPU and secondary TLB maintenance of one address space: the single place both happen.
+struct Flush<'a, P: MmPlatform> {
+    aspace: &'a AddressSpace<P>,
+    /// Notify secondary TLBs too (false only for ageing without flush).
+    secondary: bool,
+}
+
+impl<P: MmPlatform> Invalidate for Flush<'_, P> {
+    fn publish(&mut self) {
+        self.aspace.platform.run_tlb_plan(&TlbPlan::publish());
+    }
+
+    fn invalidate(&mut self, inv: &TlbInvalidation) {
+        let a = self.aspace;
+        a.platform.full_barrier();
+        // A context that never ran on a CPU has nothing in any CPU TLB (see MmPlatform::full_barrier).
+        if let Some(asid) = a.platform.asids().asid_of(&a.asid) {
+            let plan = a.platform.tlb_policy().plan(inv, TlbScope::Asid(asid));
+            a.platform.run_tlb_plan(&plan);
+            a.stats.cpu_invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+        #[cfg(test)]
+        if a.skip_secondary.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.secondary {
+            let range = inv.range();
+            let done =
+                a.mm.arch_invalidate_secondary_tlbs(range.start().as_u64(), range.end().as_u64());
+            // The engine's ranges are never empty; an error here would be a lost invalidation.
+            debug_assert!(done.is_ok(), "empty secondary invalidation of {range:?}");
+            a.stats
+                .secondary_invalidations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Checks alignment, length, overflow and the user range; returns `[start, end)`.
+fn check_range(va: VirtAddr, len: usize) -> Result<(u64, u64), MmError> {
+    if len == 0 {
+        return Err(MmError::ZeroLength);
+    }
+    if !va.is_page_aligned() {
+        return Err(MmError::Misaligned(va.0));
+    }
+    if len % PAGE_SIZE != 0 {
+        return Err(MmError::Misaligned(len as u64));
+    }
+    let end =
+        va.0.checked_add(len as u64)
+            .ok_or(MmError::Overflow { start: va.0, len })?;
+    if va.0 < USER_START || end > USER_END {
+        return Err(MmError::OutOfRange { start: va.0, len });
+    }
+    Ok((va.0, end))
+}
+
+impl<P: MmPlatform> AddressSpace<P> {
+    /// A new, empty address space with one user.
+    pub fn create(platform: &'static P) -> Result<MmUser<P>, MmError> {
+        let table = PageTable::new(platform.memory(), platform.frames(), Config::USER)?;
+        let aspace = Arc::new(AddressSpace {
+            platform,
+            mm: MmCore::new(),
+            asid: AsidContext::new(),
+            inner: SpinLock::new(Inner {
+                table: Some(table),
+                regions: BTreeMap::new(),
+            }),
+            stats: AspaceStats::default(),
+            #[cfg(test)]
+            skip_secondary: core::sync::atomic::AtomicBool::new(false),
+        });
+        Ok(MmUser { aspace })
+    }
+
+    /// Another user reference, unless the address space already exited (`mmget_not_zero`).
+    pub fn mmget(self: &Arc<Self>) -> Option<MmUser<P>> {
+        self.mm.mmget_not_zero().then(|| MmUser {
+            aspace: self.clone(),
+        })
+    }
+
+    /// The notifier core's view (subscriptions, mmap lock, reference counts).
+    pub fn mm(&self) -> &Arc<MmCore> {
+        &self.mm
+    }
+
+    /// The ASID context (the kernel activates it on a CPU).
+    pub fn asid_context(&self) -> &AsidContext {
+        &self.asid
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &'static P {
+        self.platform
+    }
+
+    /// Physical address of the root table, or `None` after teardown.
+    pub fn root(&self) -> Option<PhysAddr> {
+        self.inner.lock().table.as_ref().map(|t| t.root())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &AspaceStats {
+        &self.stats
+    }
+
+    /// The regions, in address order.
+    pub fn regions(&self) -> Vec<Region> {
+        self.inner.lock().regions.values().copied().collect()
+    }
+
+    /// What `va` translates to right now (a software walk of the table).
+    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+        self.inner.lock().table.as_ref()?.query(va)
+    }
+
+    fn ensure_live(&self) -> Result<(), MmError> {
+        if self.mm.users() == 0 {
+            return Err(MmError::Exited);
+        }
+        Ok(())
+    }
+
+    /* ------------------------------------------------------------------------------------ */
+    /* Mapping.                                                                              */
+    /* ------------------------------------------------------------------------------------ */
+
+    /// Creates a region of `len` bytes and maps it completely (anonymous memory is allocated
+    /// and zeroed now: there is no demand paging). Returns its start.
+    pub fn mmap(
+        &self,
+        at: Placement,
+        len: usize,
+        perms: Permissions,
+        backing: Backing,
+    ) -> Result<VirtAddr, MmError> {
+        let attrs = Attributes::new(
+            match backing {
+                Backing::Anonymous => MemoryType::Normal,
+                Backing::Physical(_, m) => m,
+            },
+            perms,
+        );
+        attrs.validate().map_err(MmError::Attributes)?;
+        if let Backing::Physical(pa, _) = backing {
+            if !pa.is_page_aligned() {
+                return Err(MmError::Misaligned(pa.0));
+            }
+            pa.0.checked_add(len as u64)
+                .ok_or(MmError::Overflow { start: pa.0, len })?;
+        }
+        let _mmap = self.mm.mmap_write();
+        self.ensure_live()?;
+        let start = {
+            let inner = self.inner.lock();
+            match at {
+                Placement::Fixed(va) => {
+                    let (s, e) = check_range(va, len)?;
+                    if let Some(r) = overlapping(&inner.regions, s, e).next() {
+                        return Err(MmError::Overlap(r.start));
+                    }
+                    s
+                }
+                Placement::Anywhere => {
+                    check_range(VirtAddr(USER_START), len)?;
+                    find_gap(&inner.regions, len as u64).ok_or(MmError::NoVirtualSpace(len))?
+                }
+            }
+        };
+        let region = Region {
+            start: VirtAddr(start),
+            end: VirtAddr(start + len as u64),
+            perms,
+            backing,
+        };
+        self.inner.lock().regions.insert(start, region);
+        if let Err(e) = self.fill(&region, start, start + len as u64) {
+            // Undo through the full unmap path: the pages mapped so far were visible.
+            self.unmap_locked(start, start + len as u64, NotifyEvent::Unmap, true, &_mmap)
+                .expect("unmapping what this call just mapped cannot fail");
+            self.inner.lock().regions.remove(&start);
+            return Err(e);
+        }
+        Ok(VirtAddr(start))
+    }
+
+    /// Maps every unmapped page of `[start, end)` inside `region`: anonymous regions get a fresh
+    /// zeroed frame per page, physical ones their range (in runs, so blocks can be used).
+    fn fill(&self, region: &Region, start: u64, end: u64) -> Result<(), MmError> {
+        let attrs = region.attributes();
+        let frames = self.platform.frames();
+        let mut inner = self.inner.lock();
+        let table = inner.table.as_mut().ok_or(MmError::Exited)?;
+        let mut flush = Flush {
+            aspace: self,
+            secondary: true,
+        };
+        let mut va = start;
+        while va < end {
+            if table.query(VirtAddr(va)).is_some() {
+                va += PAGE;
+                continue;
+            }
+            let (pa, len) = match region.phys_of(va) {
+                Some(pa) => {
+                    let mut run_end = va + PAGE;
+                    while run_end < end && table.query(VirtAddr(run_end)).is_none() {
+                        run_end += PAGE;
+                    }
+                    (pa, run_end - va)
+                }
+                None => (
+                    frames.alloc_zeroed().map_err(|_| MmError::OutOfMemory)?,
+                    PAGE,
+                ),
+            };
+            match table.map(VirtAddr(va), pa, len as usize, attrs) {
+                Ok(change) => table.complete(change, &mut flush),
+                Err(e) => {
+                    if region.backing == Backing::Anonymous {
+                        frames.free(pa);
+                    }
+                    return Err(e.into());
+                }
+            }
+            self.stats
+                .pages_mapped
+                .fetch_add(len / PAGE, Ordering::Relaxed);
+            va += len;
+        }
+        Ok(())
+    }
+
+    /// Maps again the pages of `[va, va + len)` that `discard` dropped.
+    pub fn populate(&self, va: VirtAddr, len: usize) -> Result<(), MmError> {
+        let (start, end) = check_range(va, len)?;
+        let _mmap = self.mm.mmap_write();
+        self.ensure_live()?;
+        let pieces = self.covering(start, end)?;
+        for r in pieces {
+            self.fill(&r, r.start.0.max(start), r.end.0.min(end))?;
+        }
+        Ok(())
+    }
+
+    /// The regions covering `[start, end)` completely, or the first hole.
+    fn covering(&self, start: u64, end: u64) -> Result<Vec<Region>, MmError> {
+        let inner = self.inner.lock();
+        let mut at = start;
+        let mut out = Vec::new();
+        for r in overlapping(&inner.regions, start, end) {
+            if r.start.0 > at {
+                return Err(MmError::NotMapped(VirtAddr(at)));
+            }
+            out.push(*r);
+            at = r.end.0;
+        }
+        if at < end {
+            return Err(MmError::NotMapped(VirtAddr(at)));
+        }
+        Ok(out)
+    }
+
+    /* ------------------------------------------------------------------------------------ */
+    /* Removing and weakening translations.                                                  */
+    /* ------------------------------------------------------------------------------------ */
+
+    /// Unmaps `[va, va + len)`, which must lie entirely inside regions. When it returns, no CPU
+    /// and no device behind an SMMU bound to this address space can use the old translations,
+    /// and anonymous frames are back in the allocator.
+    pub fn munmap(&self, va: VirtAddr, len: usize) -> Result<(), MmError> {
+        let (start, end) = check_range(va, len)?;
+        let mmap = self.mm.mmap_write();
+        self.ensure_live()?;
+        self.covering(start, end)?;
+        self.unmap_locked(start, end, NotifyEvent::Unmap, true, &mmap)?;
+        split_out(&mut self.inner.lock().regions, start, end, |_| None);
+        Ok(())
+    }
+
+    /// As [`munmap`](Self::munmap), but with a non-blockable invalidation (the OOM reaper's):
+    /// a subscriber that would have to sleep refuses, and then nothing changes.
+    pub fn munmap_nonblocking(&self, va: VirtAddr, len: usize) -> Result<(), MmError> {
+        let (start, end) = check_range(va, len)?;
+        let mmap = self.mm.mmap_write();
+        self.ensure_live()?;
+        self.covering(start, end)?;
+        self.unmap_locked(start, end, NotifyEvent::Unmap, false, &mmap)?;
+        split_out(&mut self.inner.lock().regions, start, end, |_| None);
+        Ok(())
+    }
+
+    /// Drops the pages of `[va, va + len)` but keeps the regions (`madvise(DONTNEED)`; the
+    /// `Clear` event): anonymous frames are freed, and accesses fault until
+    /// [`populate`](Self::populate). Returns the number of pages dropped.
+    pub fn discard(&self, va: VirtAddr, len: usize) -> Result<u64, MmError> {
+        let (start, end) = check_range(va, len)?;
+        let mmap = self.mm.mmap_write();
+        self.ensure_live()?;
+        self.covering(start, end)?;
+        self.unmap_locked(start, end, NotifyEvent::Clear, true, &mmap)
+    }
+
+    /// Unmaps whatever is mapped in `[start, end)` with the full invalidation protocol; the
+    /// caller holds the mmap write lock and checked the range. Returns the pages unmapped.
+    fn unmap_locked(
+        &self,
+        start: u64,
+        end: u64,
+        event: NotifyEvent,
+        blockable: bool,
+        mmap: &super::notifier::MmapWriteGuard<'_>,
+    ) -> Result<u64, MmError> {
+        let len = (end - start) as usize;
+        let announced = {
+            let inner = self.inner.lock();
+            let table = inner.table.as_ref().ok_or(MmError::Exited)?;
+            // Splitting a block briefly invalidates all of it: announce that much.
+            table.affected_range(VirtAddr(start), len)?
+        };
+        let range =
+            NotifierRange::new(event, announced.start().as_u64(), announced.end().as_u64())?;
+        let inv = if blockable {
+            mmap.invalidate_range_start(range)
+        } else {
+            mmap.invalidate_range_start_nonblock(range)
+                .map_err(|WouldBlock| MmError::WouldBlock)?
+        };
+        let mut data_frames = Vec::new();
+        let pages = {
+            let mut inner = self.inner.lock();
+            let owned: Vec<(u64, u64)> = overlapping(&inner.regions, start, end)
+                .filter(|r| r.backing == Backing::Anonymous)
+                .map(|r| (r.start.0.max(start), r.end.0.min(end)))
+                .collect();
+            let table = inner.table.as_mut().ok_or(MmError::Exited)?;
+            for (s, e) in owned {
+                table.walk(VirtAddr(s), (e - s) as usize, |m| {
+                    let mut pa = m.pa.0;
+                    for _ in 0..m.va.pages() {
+                        data_frames.push(PhysAddr(pa));
+                        pa += PAGE;
+                    }
+                })?;
+            }
+            let mut pages = 0;
+            table.walk(VirtAddr(start), len, |m| pages += m.va.pages())?;
+            let mut flush = Flush {
+                aspace: self,
+                secondary: true,
+            };
+            let change = table.unmap(VirtAddr(start), len, Holes::Skip, &mut flush)?;
+            table.complete(change, &mut flush);
+            pages
+        };
+        // Every TLB, the CPUs' and the devices', has dropped the translations: the frames can
+        // go back.
+        let frames = self.platform.frames();
+        for f in data_frames {
+            frames.free(f);
+        }
+        self.stats
+            .pages_unmapped
+            .fetch_add(pages, Ordering::Relaxed);
+        inv.end();
+        Ok(pages)
+    }
+
+    /// Changes the permissions of `[va, va + len)`, which must lie entirely inside regions.
+    /// Upgrades are flushed like downgrades: a TLB (the CPU's or the SMMU's) may hold the old
+    /// read-only entry and would keep faulting on writes.
+    pub fn mprotect(&self, va: VirtAddr, len: usize, perms: Permissions) -> Result<(), MmError> {
+        let (start, end) = check_range(va, len)?;
+        let mmap = self.mm.mmap_write();
+        self.ensure_live()?;
+        let pieces = self.covering(start, end)?;
+        for r in &pieces {
+            Attributes::new(r.attributes().memory, perms)
+                .validate()
+                .map_err(MmError::Attributes)?;
+        }
+        let announced = {
+            let inner = self.inner.lock();
+            let table = inner.table.as_ref().ok_or(MmError::Exited)?;
+            table.affected_range(VirtAddr(start), (end - start) as usize)?
+        };
+        let inv = mmap.invalidate_range_start(NotifierRange::new(
+            NotifyEvent::ProtectionVma,
+            announced.start().as_u64(),
+            announced.end().as_u64(),
+        )?);
+        {
+            let mut inner = self.inner.lock();
+            let table = inner.table.as_mut().ok_or(MmError::Exited)?;
+            let mut flush = Flush {
+                aspace: self,
+                secondary: true,
+            };
+            let change = table.protect(
+                VirtAddr(start),
+                (end - start) as usize,
+                perms,
+                Holes::Skip,
+                &mut flush,
+            )?;
+            table.complete(change, &mut flush);
+            split_out(&mut inner.regions, start, end, |mut r| {
+                r.perms = perms;
+                Some(r)
+            });
+        }
+        inv.end();
+        Ok(())
+    }
+
+    /* ------------------------------------------------------------------------------------ */
+    /* Access-flag ageing.                                                                   */
+    /* ------------------------------------------------------------------------------------ */
+
+    /// Test-and-clears the access flag of `[va, va + len)` and flushes the TLBs (CPU and
+    /// secondary), then asks the subscribers' `clear_flush_young`. True if anything had been
+    /// accessed (`ptep_clear_flush_young_notify`).
+    pub fn clear_flush_young(&self, va: VirtAddr, len: usize) -> Result<bool, MmError> {
+        self.age(va, len, true)
+    }
+
+    /// As [`clear_flush_young`](Self::clear_flush_young) without flushing any TLB: the access
+    /// flag is a hint, stale cached copies only delay the next "young" (`clear_young_notify`).
+    pub fn clear_young(&self, va: VirtAddr, len: usize) -> Result<bool, MmError> {
+        self.age(va, len, false)
+    }
+
+    fn age(&self, va: VirtAddr, len: usize, flush: bool) -> Result<bool, MmError> {
+        let (start, end) = check_range(va, len)?;
+        let _mmap = self.mm.mmap_read();
+        self.ensure_live()?;
+        let young = {
+            let mut inner = self.inner.lock();
+            let table = inner.table.as_mut().ok_or(MmError::Exited)?;
+            if flush {
+                let mut f = Flush {
+                    aspace: self,
+                    secondary: true,
+                };
+                let change = table.clear_young(VirtAddr(start), (end - start) as usize, &mut f)?;
+                let young = change.was_young();
+                table.complete(change, &mut f);
+                young
+            } else {
+                let mut f = NoFlush;
+                let change = table.clear_young(VirtAddr(start), (end - start) as usize, &mut f)?;
+                let young = change.was_young();
+                table.complete(change, &mut f);
+                young
+            }
+        };
+        let secondary = if flush {
+            self.mm.clear_flush_young(start, end)
+        } else {
+            self.mm.clear_young(start, end)
+        };
+        Ok(young | secondary)
+    }
+
+    /// True if the page at `va` was accessed since its flag was last cleared, by the CPU or by a
+    /// secondary user (`mmu_notifier_test_young`).
+    pub fn test_young(&self, va: VirtAddr) -> Result<bool, MmError> {
+        let (start, _) = check_range(va.align_down(PAGE), PAGE_SIZE)?;
+        let _mmap = self.mm.mmap_read();
+        self.ensure_live()?;
+        let cpu = {
+            let inner = self.inner.lock();
+            let table = inner.table.as_ref().ok_or(MmError::Exited)?;
+            table.test_young(VirtAddr(start), PAGE_SIZE)?
+        };
+        Ok(cpu || self.mm.test_young(start))
+    }
+
+    /* ------------------------------------------------------------------------------------ */
+    /* Teardown.                                                                             */
+    /* ------------------------------------------------------------------------------------ */
+
+    /// The last user is gone and every subscriber got `release` (in `mmput`): free everything.
+    fn teardown(&self) {
+        let _mmap = self.mm.mmap_write();
+        let mut inner = self.inner.lock();
+        let Some(table) = inner.table.take() else {
+            return;
+        };
+        let frames = self.platform.frames();
+        let mut data_frames = Vec::new();
+        let mut pages = 0;
+        for r in inner.regions.values() {
+            let anonymous = r.backing == Backing::Anonymous;
+            let _ = table.walk(r.start, (r.end.0 - r.start.0) as usize, |m| {
+                pages += m.va.pages();
+                if anonymous {
+                    let mut pa = m.pa.0;
+                    for _ in 0..m.va.pages() {
+                        data_frames.push(PhysAddr(pa));
+                        pa += PAGE;
+                    }
+                }
+            });
+        }
+        inner.regions.clear();
+        drop(inner);
+        table.destroy(|| {
+            self.platform.full_barrier();
+            if let Some(asid) = self.platform.asids().asid_of(&self.asid) {
+                self.platform
+                    .run_tlb_plan(&TlbPolicy::plan_all(TlbScope::Asid(asid)));
+            }
+            // Subscribers were released (and unlinked) first: nobody is left to tell, and the
+            // SMMU quiesced its context in `release`.
+        });
+        for f in data_frames {
+            frames.free(f);
+        }
+        self.stats
+            .pages_unmapped
+            .fetch_add(pages, Ordering::Relaxed);
+    }
+}
+
+/// [`Invalidate`] for ageing without a flush: entries are only published.
+struct NoFlush;
+
+impl Invalidate for NoFlush {
+    fn publish(&mut self) {}
+    fn invalidate(&mut self, _inv: &TlbInvalidation) {}
+}
+
+/// The regions intersecting `[start, end)`, in order.
+fn overlapping(
+    regions: &BTreeMap<u64, Region>,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = &Region> {
+    let first = regions
+        .range(..=start)
+        .next_back()
+        .filter(|(_, r)| r.end.0 > start)
+        .map(|(k, _)| *k)
+        .unwrap_or(start);
+    regions
+        .range(first..end)
+        .map(|(_, r)| r)
+        .filter(move |r| r.end.0 > start && r.start.0 < end)
+}
+
+/// The lowest gap of `len` bytes in `[USER_START, USER_END)`, keeping a guard page between
+/// regions.
+fn find_gap(regions: &BTreeMap<u64, Region>, len: u64) -> Option<u64> {
+    let mut at = USER_START;
+    for r in regions.values() {
+        if r.start.0 >= at.checked_add(len)? {
+            return Some(at);
+        }
+        at = at.max(r.end.0.checked_add(PAGE)?);
+    }
+    (at.checked_add(len)? <= USER_END).then_some(at)
+}
+
+/// Splits the regions at `start` and `end` and replaces each piece inside `[start, end)` with
+/// `f(piece)` (or removes it).
+fn split_out(
+    regions: &mut BTreeMap<u64, Region>,
+    start: u64,
+    end: u64,
+    f: impl Fn(Region) -> Option<Region>,
+) {
+    let hit: Vec<Region> = overlapping(regions, start, end).copied().collect();
+    for r in hit {
+        regions.remove(&r.start.0);
+        let piece = |s: u64, e: u64| Region {
+            start: VirtAddr(s),
+            end: VirtAddr(e),
+            backing: match r.backing {
+                Backing::Physical(pa, m) => Backing::Physical(PhysAddr(pa.0 + (s - r.start.0)), m),
+                b => b,
+            },
+            ..r
+        };
+        if r.start.0 < start {
+            regions.insert(r.start.0, piece(r.start.0, start));
+        }
+        if r.end.0 > end {
+            regions.insert(end, piece(end, r.end.0));
+        }
+        let inside = piece(r.start.0.max(start), r.end.0.min(end));
+        if let Some(n) = f(inside) {
+            regions.insert(n.start.0, n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

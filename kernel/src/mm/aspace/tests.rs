@@ -1,0 +1,630 @@
+//! Host tests of address spaces over the in-memory arena, with a recording TLB and recording
+//! notifier subscribers.
+
+extern crate std;
+
+use std::sync::Mutex;
+use std::vec;
+use std::vec::Vec;
+
+use super::*;
+use crate::mm::asid::AsidBits;
+use crate::mm::notifier::{MmuNotifier, MmuNotifierOps, OpSet};
+use crate::mm::pgtable::tlb::{RecordingTlb, TlbFeatures, TlbMaintenance, TlbOp, Tlbi};
+use crate::mm::testing::TestMemory;
+
+/// The host platform: an arena of RAM, a TLB recorder, an ASID allocator for 4 CPUs.
+struct Host {
+    mem: Arc<TestMemory>,
+    asids: AsidAllocator,
+    tlb: Mutex<RecordingTlb>,
+}
+
+impl MmPlatform for Host {
+    type Mem = Arc<TestMemory>;
+    type Frames = Arc<TestMemory>;
+
+    fn memory(&self) -> Self::Mem {
+        self.mem.clone()
+    }
+    fn frames(&self) -> Self::Frames {
+        self.mem.clone()
+    }
+    fn asids(&self) -> &AsidAllocator {
+        &self.asids
+    }
+    fn tlb_policy(&self) -> TlbPolicy {
+        TlbPolicy::new(TlbFeatures {
+            range: false,
+            level_hints: false,
+        })
+    }
+    fn run_tlb_plan(&self, plan: &TlbPlan) {
+        self.tlb.lock().unwrap().execute(plan);
+    }
+    fn full_barrier(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn host(frames: usize) -> &'static Host {
+    std::boxed::Box::leak(std::boxed::Box::new(Host {
+        mem: Arc::new(TestMemory::new(frames)),
+        asids: AsidAllocator::new(AsidBits::Sixteen, 4).unwrap(),
+        tlb: Mutex::new(RecordingTlb::default()),
+    }))
+}
+
+/// What a subscriber saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Start(NotifyEvent, u64, u64, bool),
+    End(NotifyEvent, u64, u64),
+    Secondary(u64, u64),
+    Release,
+}
+
+/// A subscriber using invalidate_range_start/end.
+#[derive(Default)]
+struct RangeRecorder {
+    log: Mutex<Vec<Seen>>,
+    refuse_nonblocking: bool,
+    young: bool,
+}
+
+impl MmuNotifierOps for RangeRecorder {
+    fn implemented(&self) -> OpSet {
+        OpSet::RELEASE
+            | OpSet::INVALIDATE_RANGE_START
+            | OpSet::CLEAR_FLUSH_YOUNG
+            | OpSet::CLEAR_YOUNG
+            | OpSet::TEST_YOUNG
+            | if self.refuse_nonblocking {
+                OpSet::NONE
+            } else {
+                OpSet::INVALIDATE_RANGE_END
+            }
+    }
+    fn release(&self, _mm: &MmCore) {
+        self.log.lock().unwrap().push(Seen::Release);
+    }
+    fn invalidate_range_start(
+        &self,
+        _mm: &MmCore,
+        range: &NotifierRange,
+    ) -> Result<(), WouldBlock> {
+        if self.refuse_nonblocking && !range.is_blockable() {
+            return Err(WouldBlock);
+        }
+        self.log.lock().unwrap().push(Seen::Start(
+            range.event(),
+            range.start(),
+            range.end(),
+            range.is_blockable(),
+        ));
+        Ok(())
+    }
+    fn invalidate_range_end(&self, _mm: &MmCore, range: &NotifierRange) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Seen::End(range.event(), range.start(), range.end()));
+    }
+    fn clear_flush_young(&self, _mm: &MmCore, _s: u64, _e: u64) -> bool {
+        self.young
+    }
+    fn clear_young(&self, _mm: &MmCore, _s: u64, _e: u64) -> bool {
+        self.young
+    }
+    fn test_young(&self, _mm: &MmCore, _a: u64) -> bool {
+        self.young
+    }
+}
+
+/// A secondary-TLB subscriber (the SMMU's role).
+#[derive(Default)]
+struct TlbRecorder {
+    log: Mutex<Vec<Seen>>,
+}
+
+impl MmuNotifierOps for TlbRecorder {
+    fn implemented(&self) -> OpSet {
+        OpSet::RELEASE | OpSet::ARCH_INVALIDATE_SECONDARY_TLBS
+    }
+    fn release(&self, _mm: &MmCore) {
+        self.log.lock().unwrap().push(Seen::Release);
+    }
+    fn arch_invalidate_secondary_tlbs(&self, _mm: &MmCore, start: u64, end: u64) {
+        self.log.lock().unwrap().push(Seen::Secondary(start, end));
+    }
+}
+
+fn rw() -> Permissions {
+    Permissions::new(true, false, false)
+}
+
+fn ro() -> Permissions {
+    Permissions::new(false, false, false)
+}
+
+const A: u64 = 0x4000_0000;
+
+#[test]
+fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
+    let h = host(256);
+    let base = h.mem.live_frames();
+    let user = AddressSpace::create(h).unwrap();
+    let va = user
+        .mmap(
+            Placement::Fixed(VirtAddr(A)),
+            3 * PAGE_SIZE,
+            rw(),
+            Backing::Anonymous,
+        )
+        .unwrap();
+    let pas: Vec<PhysAddr> = (0..3)
+        .map(|i| user.translate(VirtAddr(va.0 + i * PAGE)).unwrap().pa)
+        .collect();
+    assert!(pas[0] != pas[1] && pas[1] != pas[2] && pas[0] != pas[2]);
+    for pa in &pas {
+        assert_eq!(
+            h.mem.word(*pa).unwrap().load(Ordering::Relaxed),
+            0,
+            "not zeroed"
+        );
+    }
+    user.munmap(VirtAddr(A + PAGE), PAGE_SIZE).unwrap();
+    assert!(user.translate(VirtAddr(A + PAGE)).is_none());
+    assert!(
+        !h.mem.is_allocated(pas[1]),
+        "the unmapped frame was not freed"
+    );
+    assert!(h.mem.is_allocated(pas[0]) && h.mem.is_allocated(pas[2]));
+    let regions = user.regions();
+    assert_eq!(
+        regions.len(),
+        2,
+        "munmap in the middle splits the region: {regions:?}"
+    );
+    drop(user);
+    assert_eq!(h.mem.live_frames(), base, "teardown leaked frames");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        2 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    let rec = Arc::new(RangeRecorder::default());
+    let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
+    let regions = user.regions();
+    let frames = h.mem.live_frames();
+    let fixed = |va: u64, len: usize| {
+        user.mmap(
+            Placement::Fixed(VirtAddr(va)),
+            len,
+            rw(),
+            Backing::Anonymous,
+        )
+    };
+    assert_eq!(fixed(A + 1, PAGE_SIZE), Err(MmError::Misaligned(A + 1)));
+    assert_eq!(fixed(A, 100), Err(MmError::Misaligned(100)));
+    assert_eq!(fixed(A, 0), Err(MmError::ZeroLength));
+    assert_eq!(
+        fixed(u64::MAX - 0xfff, PAGE_SIZE),
+        Err(MmError::Overflow {
+            start: u64::MAX - 0xfff,
+            len: PAGE_SIZE
+        })
+    );
+    assert!(matches!(
+        fixed(USER_END, PAGE_SIZE),
+        Err(MmError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        fixed(0, PAGE_SIZE),
+        Err(MmError::OutOfRange { .. })
+    ));
+    assert_eq!(
+        fixed(A + PAGE, PAGE_SIZE),
+        Err(MmError::Overlap(VirtAddr(A)))
+    );
+    assert_eq!(
+        user.munmap(VirtAddr(A), 3 * PAGE_SIZE),
+        Err(MmError::NotMapped(VirtAddr(A + 2 * PAGE)))
+    );
+    assert_eq!(
+        user.mprotect(VirtAddr(A - PAGE), 2 * PAGE_SIZE, ro()),
+        Err(MmError::NotMapped(VirtAddr(A - PAGE)))
+    );
+    assert_eq!(
+        user.discard(VirtAddr(A + 3 * PAGE), PAGE_SIZE),
+        Err(MmError::NotMapped(VirtAddr(A + 3 * PAGE)))
+    );
+    assert!(matches!(
+        user.mmap(
+            Placement::Anywhere,
+            PAGE_SIZE,
+            Permissions::new(false, true, false),
+            Backing::Physical(PhysAddr(0x1000), MemoryType::Device)
+        ),
+        Err(MmError::Attributes(AttributeError::ExecutableDevice))
+    ));
+    assert_eq!(user.regions(), regions);
+    assert_eq!(h.mem.live_frames(), frames);
+    assert!(
+        rec.log.lock().unwrap().is_empty(),
+        "a refused call reached the notifier"
+    );
+}
+
+#[test]
+fn every_weakening_reaches_the_notifier_with_its_exact_range_and_event() {
+    let h = host(256);
+    let user = AddressSpace::create(h).unwrap();
+    let ranges = Arc::new(RangeRecorder::default());
+    let tlbs = Arc::new(TlbRecorder::default());
+    let _r = MmuNotifier::register(user.mm(), ranges.clone()).unwrap();
+    let _t = MmuNotifier::register(user.mm(), tlbs.clone()).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        8 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    assert!(
+        ranges.log.lock().unwrap().is_empty(),
+        "mapping needs no invalidation"
+    );
+    assert!(tlbs.log.lock().unwrap().is_empty());
+
+    user.munmap(VirtAddr(A + 2 * PAGE), 2 * PAGE_SIZE).unwrap();
+    user.mprotect(VirtAddr(A + 4 * PAGE), PAGE_SIZE, ro())
+        .unwrap();
+    user.mprotect(VirtAddr(A + 4 * PAGE), PAGE_SIZE, rw())
+        .unwrap(); // the upgrade, too
+    assert_eq!(user.discard(VirtAddr(A + 6 * PAGE), 2 * PAGE_SIZE), Ok(2));
+    let (s, e) = (A + 2 * PAGE, A + 4 * PAGE);
+    let (p, q) = (A + 4 * PAGE, A + 5 * PAGE);
+    let (c, d) = (A + 6 * PAGE, A + 8 * PAGE);
+    assert_eq!(
+        *ranges.log.lock().unwrap(),
+        vec![
+            Seen::Start(NotifyEvent::Unmap, s, e, true),
+            Seen::End(NotifyEvent::Unmap, s, e),
+            Seen::Start(NotifyEvent::ProtectionVma, p, q, true),
+            Seen::End(NotifyEvent::ProtectionVma, p, q),
+            Seen::Start(NotifyEvent::ProtectionVma, p, q, true),
+            Seen::End(NotifyEvent::ProtectionVma, p, q),
+            Seen::Start(NotifyEvent::Clear, c, d, true),
+            Seen::End(NotifyEvent::Clear, c, d),
+        ]
+    );
+    assert_eq!(
+        *tlbs.log.lock().unwrap(),
+        vec![
+            Seen::Secondary(s, e),
+            Seen::Secondary(p, q),
+            Seen::Secondary(p, q),
+            Seen::Secondary(c, d)
+        ]
+    );
+    assert!(
+        user.translate(VirtAddr(c)).is_none(),
+        "discard keeps no page"
+    );
+    user.populate(VirtAddr(c), 2 * PAGE_SIZE).unwrap();
+    assert!(
+        user.translate(VirtAddr(c)).is_some(),
+        "populate maps the region again"
+    );
+
+    drop(user);
+    assert_eq!(ranges.log.lock().unwrap().last(), Some(&Seen::Release));
+    assert_eq!(tlbs.log.lock().unwrap().last(), Some(&Seen::Release));
+}
+
+#[test]
+fn the_cpu_tlb_is_invalidated_only_for_the_asid_and_range_once_it_ran() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        4 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    h.tlb.lock().unwrap().ops.clear();
+    user.munmap(VirtAddr(A), PAGE_SIZE).unwrap();
+    let tlbis = |h: &Host| {
+        h.tlb
+            .lock()
+            .unwrap()
+            .ops
+            .iter()
+            .filter(|op| matches!(op, TlbOp::Tlbi { .. }))
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        tlbis(h).is_empty(),
+        "a context that never ran cannot be in any TLB"
+    );
+
+    let act = h.asids.activate(0, user.asid_context()).unwrap();
+    user.munmap(VirtAddr(A + PAGE), PAGE_SIZE).unwrap();
+    let ops = tlbis(h);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    let TlbOp::Tlbi { op, operand } = ops[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        op,
+        Tlbi::Vale1is,
+        "a leaf-only change flushes the last level"
+    );
+    assert_eq!(operand >> 48, u64::from(act.asid.get()), "wrong ASID");
+    assert_eq!((operand & ((1 << 44) - 1)) << 12, A + PAGE, "wrong address");
+    assert_eq!(
+        user.stats().secondary_invalidations.load(Ordering::Relaxed),
+        2
+    );
+}
+
+#[test]
+fn splitting_a_block_announces_the_whole_block_and_invalidates_it() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let ranges = Arc::new(RangeRecorder::default());
+    let tlbs = Arc::new(TlbRecorder::default());
+    let _r = MmuNotifier::register(user.mm(), ranges.clone()).unwrap();
+    let _t = MmuNotifier::register(user.mm(), tlbs.clone()).unwrap();
+    let block = 2 << 20;
+    // A 2 MiB-aligned physical window maps as one block (device-style memory not in the arena).
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        block,
+        rw(),
+        Backing::Physical(PhysAddr(0x8000_0000), MemoryType::Normal),
+    )
+    .unwrap();
+    assert_eq!(
+        user.translate(VirtAddr(A)).unwrap().level,
+        crate::mm::pgtable::Level::L2
+    );
+    user.munmap(VirtAddr(A + PAGE), PAGE_SIZE).unwrap();
+    let end = A + block as u64;
+    assert_eq!(
+        ranges.log.lock().unwrap()[0],
+        Seen::Start(NotifyEvent::Unmap, A, end, true),
+        "devices must stop using the whole block while it is split"
+    );
+    let secondary = tlbs.log.lock().unwrap().clone();
+    assert!(
+        secondary.contains(&Seen::Secondary(A, end)),
+        "the break: {secondary:?}"
+    );
+    assert!(
+        secondary.contains(&Seen::Secondary(A + PAGE, A + 2 * PAGE)),
+        "the unmapped page: {secondary:?}"
+    );
+    assert_eq!(
+        user.translate(VirtAddr(A)).unwrap().pa,
+        PhysAddr(0x8000_0000)
+    );
+    assert!(user.translate(VirtAddr(A + PAGE)).is_none());
+    assert_eq!(
+        user.translate(VirtAddr(A + 2 * PAGE)).unwrap().pa,
+        PhysAddr(0x8000_2000)
+    );
+}
+
+#[test]
+fn running_out_of_frames_midway_rolls_everything_back() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let frames = h.mem.live_frames();
+    h.mem.set_alloc_budget(Some(10));
+    let r = user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        32 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    );
+    h.mem.set_alloc_budget(None);
+    assert_eq!(r, Err(MmError::OutOfMemory));
+    assert!(user.regions().is_empty());
+    assert!(user.translate(VirtAddr(A)).is_none());
+    assert_eq!(h.mem.live_frames(), frames, "frames leaked by the rollback");
+    assert_eq!(h.mem.bad_frees(), 0);
+    // And the address space still works.
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        32 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_refused_nonblocking_unmap_changes_nothing() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let refuser = Arc::new(RangeRecorder {
+        refuse_nonblocking: true,
+        ..Default::default()
+    });
+    let _s = MmuNotifier::register(user.mm(), refuser).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    let before = user.translate(VirtAddr(A));
+    assert_eq!(
+        user.munmap_nonblocking(VirtAddr(A), PAGE_SIZE),
+        Err(MmError::WouldBlock)
+    );
+    assert_eq!(user.translate(VirtAddr(A)), before);
+    assert_eq!(user.regions().len(), 1);
+    user.munmap(VirtAddr(A), PAGE_SIZE).unwrap(); // the blockable path still works
+}
+
+#[test]
+fn ageing_combines_the_cpu_and_secondary_access_flags() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        2 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    assert_eq!(
+        user.test_young(VirtAddr(A)),
+        Ok(true),
+        "new mappings are young"
+    );
+    assert_eq!(user.clear_flush_young(VirtAddr(A), 2 * PAGE_SIZE), Ok(true));
+    assert_eq!(user.test_young(VirtAddr(A)), Ok(false));
+    assert_eq!(user.clear_young(VirtAddr(A), PAGE_SIZE), Ok(false));
+    let young = Arc::new(RangeRecorder {
+        young: true,
+        ..Default::default()
+    });
+    let _s = MmuNotifier::register(user.mm(), young).unwrap();
+    assert_eq!(
+        user.test_young(VirtAddr(A)),
+        Ok(true),
+        "the device's access counts"
+    );
+    assert_eq!(user.clear_young(VirtAddr(A), PAGE_SIZE), Ok(true));
+}
+
+#[test]
+fn the_last_user_releases_subscribers_before_the_tables_go() {
+    /// Checks, in `release`, that the translations are still there.
+    struct Witness {
+        aspace: Mutex<Option<Arc<AddressSpace<Host>>>>,
+        mapped_at_release: Mutex<Option<bool>>,
+    }
+    impl MmuNotifierOps for Witness {
+        fn implemented(&self) -> OpSet {
+            OpSet::RELEASE
+        }
+        fn release(&self, _mm: &MmCore) {
+            let a = self.aspace.lock().unwrap().clone().unwrap();
+            *self.mapped_at_release.lock().unwrap() = Some(a.translate(VirtAddr(A)).is_some());
+        }
+    }
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    let w = Arc::new(Witness {
+        aspace: Mutex::new(Some(Arc::clone(&user))),
+        mapped_at_release: Mutex::new(None),
+    });
+    let _s = MmuNotifier::register(user.mm(), w.clone()).unwrap();
+    let grabbed: Arc<AddressSpace<Host>> = Arc::clone(&user);
+    let second = grabbed.mmget().unwrap();
+    drop(user);
+    assert!(
+        grabbed.translate(VirtAddr(A)).is_some(),
+        "a user is still there"
+    );
+    drop(second);
+    assert_eq!(*w.mapped_at_release.lock().unwrap(), Some(true));
+    assert!(
+        grabbed.translate(VirtAddr(A)).is_none(),
+        "torn down after release"
+    );
+    assert_eq!(
+        grabbed.munmap(VirtAddr(A), PAGE_SIZE),
+        Err(MmError::Exited),
+        "a grab is not a user"
+    );
+    assert!(grabbed.mmget().is_none(), "no user can come back");
+    w.aspace.lock().unwrap().take();
+}
+
+#[test]
+fn concurrent_unmaps_on_disjoint_ranges_each_invalidate_before_returning() {
+    let h = host(2048);
+    let user = AddressSpace::create(h).unwrap();
+    let tlbs = Arc::new(TlbRecorder::default());
+    let _t = MmuNotifier::register(user.mm(), tlbs.clone()).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let user = user.clone();
+            let tlbs = tlbs.clone();
+            std::thread::spawn(move || {
+                let base = A + t * (64 << 20);
+                for round in 0..20u64 {
+                    let va = VirtAddr(base + round * 16 * PAGE);
+                    user.mmap(
+                        Placement::Fixed(va),
+                        8 * PAGE_SIZE,
+                        rw(),
+                        Backing::Anonymous,
+                    )
+                    .unwrap();
+                    user.munmap(va, 8 * PAGE_SIZE).unwrap();
+                    let seen = tlbs.log.lock().unwrap().clone();
+                    assert!(
+                        seen.contains(&Seen::Secondary(va.0, va.0 + 8 * PAGE)),
+                        "munmap returned before the secondary TLBs were told"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(user.regions().is_empty());
+    assert_eq!(
+        user.stats().pages_unmapped.load(Ordering::Relaxed),
+        4 * 20 * 8
+    );
+}
+
+#[test]
+fn skipping_the_secondary_invalidation_is_caught() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let tlbs = Arc::new(TlbRecorder::default());
+    let _t = MmuNotifier::register(user.mm(), tlbs.clone()).unwrap();
+    user.skip_secondary.store(true, Ordering::Relaxed);
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    user.munmap(VirtAddr(A), PAGE_SIZE).unwrap();
+    // The check the other tests make now fails: the device side was never told.
+    assert!(!tlbs
+        .log
+        .lock()
+        .unwrap()
+        .contains(&Seen::Secondary(A, A + PAGE)));
+}
