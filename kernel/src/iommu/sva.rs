@@ -561,7 +561,8 @@ impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
 }
 
 /// A stream bound to an address space on the SMMU `D`. Unbind with [`Bond::unbind`]; dropping
-/// a bond unbinds too (reporting failures to the log).
+/// a bond unbinds too (reporting failures to the log). Both take the address space's mmap
+/// write lock: never unbind or drop a bond while holding it.
 #[must_use = "dropping a bond unbinds the stream at once"]
 pub struct Bond<D: SvaDomain> {
     sid: u32,
