@@ -87,3 +87,79 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 
 clean:
 	rm -rf $(BUILD) target
+
+# =============================================================================================
+# Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).
+# Everything for real boards lives in this block; see README "Running on a Raspberry Pi 4".
+#
+#   make chainloader                      build/chainloader.img (boot image that loads over UART)
+#   make sdcard [FIRMWARE=dir] [SDCARD_BOOT=kernel|chainloader] [CMDLINE='...']
+#                                         build/sdcard/ and build/sdcard.img
+#   make chainboot PORT=/dev/ttyUSB0 [BAUD=115200] [BOOTARGS=...] [RESET_CMD=...]
+#                                         push build/shootdown.img, then be its serial console
+#   make hil PORT=/dev/ttyUSB0 [BAUD=...] [BOOTARGS=...] [RESET_CMD=...] [TIMEOUT=...]
+#                                         push the kernel with ktest=*, report KTAP + JUnit
+#   make test-hil-offline                 the above without hardware (QEMU over a PTY, fake
+#                                         firmware): part of `make test`
+# =============================================================================================
+CHAINLOADER_ELF := $(BUILD)/chainloader.elf
+CHAINLOADER_IMG := $(BUILD)/chainloader.img
+SDCARD_DIR      := $(BUILD)/sdcard
+SDCARD_IMG      := $(BUILD)/sdcard.img
+FIRMWARE        ?=
+SDCARD_BOOT     ?= kernel
+CMDLINE         ?=
+PORT            ?=
+BAUD            ?= 115200
+RESET_CMD       ?=
+# The workspace's target rustflags carry the kernel's linker script; the chainloader has its
+# own (a static PIE linked at 0), so its build replaces them. RUSTFLAGS also enters cargo's
+# artifact hashes, so the kernel's and the chainloader's builds never invalidate each other.
+CHAINLOADER_RUSTFLAGS := -C link-arg=-Tboot/chainloader/link.ld -C relocation-model=pie \
+    -C link-arg=-pie -C link-arg=--no-dynamic-linker -C link-arg=-znotext \
+    -C target-cpu=cortex-a72
+
+.PHONY: chainloader sdcard chainboot hil hil-port-check test-hil-offline
+
+chainloader: $(CHAINLOADER_IMG)
+
+$(CHAINLOADER_ELF): FORCE
+	@mkdir -p $(BUILD)
+	RUSTFLAGS="$(CHAINLOADER_RUSTFLAGS)" CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build \
+	    -p shootdown-chainloader --bin chainloader --release --target $(KTARGET)
+	@cp $(KTARGET_DIR)/$(KTARGET)/release/chainloader $@
+
+$(CHAINLOADER_IMG): $(CHAINLOADER_ELF)
+	$(OBJCOPY) -O binary $< $@
+	@echo "built $@ ($$(stat -c %s $@) bytes) and $<"
+
+sdcard: image chainloader $(PI_DTB)
+	@bash boot/rpi4/mksdcard.sh --out $(SDCARD_DIR) --image $(SDCARD_IMG) --kernel $(KERNEL_IMG) \
+	    --chainloader $(CHAINLOADER_IMG) --dtb $(PI_DTB) --boot $(SDCARD_BOOT) \
+	    $(if $(FIRMWARE),--firmware $(FIRMWARE)) --cmdline "$(CMDLINE)"
+
+# The port is checked here so that a forgotten PORT= fails before any build.
+hil-port-check:
+	@test -n "$(PORT)" || { echo "make: PORT=/dev/ttyUSB0 (the board's serial port) is required"; exit 2; }
+
+chainboot: hil-port-check image $(HARNESS)
+	$(HARNESS) chainboot --port $(PORT) --baud $(BAUD) --kernel $(KERNEL_IMG) \
+	    $(if $(BOOTARGS),--bootargs "$(BOOTARGS)") $(if $(RESET_CMD),--reset-cmd '$(RESET_CMD)')
+
+# Tests on the board: the same image, tests selected by boot arguments the chainloader appends
+# to the board's /chosen/bootargs (cmdline.txt on the card).
+hil: hil-port-check image $(HARNESS)
+	$(HARNESS) serial --port $(PORT) --baud $(BAUD) --name hil --chainload $(KERNEL_IMG) \
+	    --bootargs "ktest=* $(BOOTARGS)" --junit $(BUILD)/junit/hil.xml --log $(BUILD)/logs/hil.log \
+	    $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(RESET_CMD),--reset-cmd '$(RESET_CMD)')
+
+# Without hardware: the chainloader's protocol through QEMU raspi4b on a pseudo-terminal, and
+# `make sdcard`'s packaging with stand-in firmware files (the check is about our packaging, not
+# Broadcom's blobs). Both take seconds except the real kernel's transfer (~30-60 s under TCG).
+test-hil-offline: image chainloader qemu $(PI_DTB) $(HARNESS)
+	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
+	    $(HCARGO) test -q --release -p shootdown-harness --test chainload_qemu --test sdcard
+
+# `make test` runs these too (a prerequisite, so that this block is the only edit).
+test: test-hil-offline
+# ==================================== end of the Raspberry Pi 4 block ========================

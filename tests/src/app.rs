@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{self, Capture, End, Limits, Sinks, Stream, Target};
-use crate::cli::{self, Command, ParseOptions, QemuOptions, SerialOptions};
+use crate::chainload::{self, BootargsMode, ConsoleEnd, Observer};
+use crate::cli::{
+    self, ChainbootOptions, Command, ParseOptions, PushOptions, QemuOptions, SerialOptions,
+};
 use crate::junit::{self, RunInfo};
 use crate::ktap::{Counts, Parser};
 use crate::profile::{self, Profile};
@@ -63,6 +66,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Test(o) => test(&o),
         Command::Run(o) => run(&o),
         Command::Serial(o) => serial(&o),
+        Command::Chainboot(o) => chainboot(&o),
         Command::Parse(o) => parse(&o),
         Command::Boards { profiles } => boards(profiles.as_deref()),
     };
@@ -396,7 +400,8 @@ fn run_reset(cmd: &str) -> Result<(), SetupError> {
 
 /// `harness serial`.
 fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
-    let port = serial::open(&o.port, o.baud)
+    let kernel = o.chainload.as_deref().map(read_kernel).transpose()?;
+    let mut port = serial::open(&o.port, o.baud)
         .map_err(|e| SetupError(format!("{}: {e}", o.port.display())))?;
     let log_path = o
         .log
@@ -410,9 +415,56 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = channel();
-    capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
-    if let Some(cmd) = &o.reset_cmd {
-        run_reset(cmd)?;
+    if let Some(kernel) = &kernel {
+        // The push reads the port itself; the KTAP reader starts with what it read past the
+        // final ACK.
+        if let Some(cmd) = &o.reset_cmd {
+            run_reset(cmd)?;
+        }
+        let image = o.chainload.as_deref().unwrap_or(Path::new(""));
+        println!(
+            "[harness] {}: pushing {} through the chainloader on {} at {} baud",
+            o.name,
+            image.display(),
+            o.port.display(),
+            o.baud
+        );
+        let mut obs = Logged {
+            console: chainload::Console::new("[chainload] "),
+            log: &mut log,
+        };
+        match chainload::push(&mut port, &push_request(kernel, &o.push), &mut obs) {
+            Ok(p) => {
+                println!(
+                    "[harness] {}: kernel at {:#x}, device tree at {:#x} ({} attempt(s))",
+                    o.name, p.kernel_at, p.dtb, p.attempts
+                );
+                let _ = tx.send(capture::Msg::Out(p.leftover));
+            }
+            Err(e) => {
+                drop(log);
+                let cap = Capture {
+                    document: crate::ktap::Parser::new().finish(),
+                    end: End::LoadFailed(e.to_string()),
+                    elapsed: Duration::ZERO,
+                    tail: Vec::new(),
+                    stderr: Vec::new(),
+                };
+                return finish_report(
+                    &o.name,
+                    &cap,
+                    o.verbose,
+                    Some(&log_path),
+                    o.junit.as_deref(),
+                );
+            }
+        }
+        capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
+    } else {
+        capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
+        if let Some(cmd) = &o.reset_cmd {
+            run_reset(cmd)?;
+        }
     }
     println!(
         "[harness] {}: reading KTAP from {} at {} baud (timeout {} s)",
@@ -443,6 +495,116 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
         Some(&log_path),
         o.junit.as_deref(),
     )
+}
+
+/// Reads a kernel image to push, refusing anything that is not an arm64 Image up front.
+fn read_kernel(path: &Path) -> Result<Vec<u8>, SetupError> {
+    let bytes = fs::read(path).map_err(|e| {
+        SetupError(format!(
+            "kernel image {}: {e} (build it with `make image`)",
+            path.display()
+        ))
+    })?;
+    if shootdown_chainloader::protocol::image_size(&bytes).is_none() {
+        return setup(format!(
+            "{} is not an arm64 Image (no ARM\\x64 magic at offset 56)",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+fn push_request<'a>(kernel: &'a [u8], o: &'a PushOptions) -> chainload::Push<'a> {
+    let mode = match (&o.bootargs, o.replace_bootargs) {
+        (_, true) => BootargsMode::Replace,
+        (Some(_), false) => BootargsMode::Append,
+        (None, false) => BootargsMode::Keep,
+    };
+    chainload::Push {
+        kernel,
+        bootargs: o.bootargs.as_deref().unwrap_or(""),
+        mode,
+        ready_timeout: o.ready_timeout,
+        retries: o.retries,
+    }
+}
+
+/// The board's lines during a push: on the terminal and in the log.
+struct Logged<'a> {
+    console: chainload::Console,
+    log: &'a mut dyn Write,
+}
+
+impl Observer for Logged<'_> {
+    fn board_line(&mut self, line: &str) {
+        self.console.board_line(line);
+        let _ = writeln!(self.log, "{line}");
+    }
+
+    fn progress(&mut self, sent: u64, total: u64, elapsed: Duration) {
+        self.console.progress(sent, total, elapsed);
+    }
+
+    fn retrying(&mut self, code: u8, message: &str) {
+        self.console.retrying(code, message);
+        let _ = writeln!(self.log, "[chainload] NAK {code}: {message}; sending again");
+    }
+}
+
+/// `harness chainboot`: push the kernel, then be the board's console.
+fn chainboot(o: &ChainbootOptions) -> Result<i32, SetupError> {
+    let path = o
+        .kernel
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("build/shootdown.img"));
+    let kernel = read_kernel(&path)?;
+    let mut port = serial::open(&o.port, o.baud)
+        .map_err(|e| SetupError(format!("{}: {e}", o.port.display())))?;
+    if let Some(cmd) = &o.reset_cmd {
+        run_reset(cmd)?;
+    }
+    eprintln!(
+        "[chainboot] waiting for the chainloader on {} at {} baud (reset the board if it is already running; Ctrl-C gives up)",
+        o.port.display(),
+        o.baud
+    );
+    let mut console = chainload::Console::new("[chainboot] ");
+    let pushed = match chainload::push(&mut port, &push_request(&kernel, &o.push), &mut console) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("harness: {e}");
+            return Ok(FAIL);
+        }
+    };
+    eprintln!(
+        "[chainboot] {} is running at {:#x} (device tree at {:#x}); console follows, Ctrl-C quits",
+        path.display(),
+        pushed.kernel_at,
+        pushed.dtb
+    );
+    let end = chainload::console(
+        &mut port,
+        &pushed.leftover,
+        o.timeout,
+        true,
+        &mut io::stdout(),
+    )
+    .map_err(|e| SetupError(format!("{}: {e}", o.port.display())))?;
+    Ok(match end {
+        ConsoleEnd::KernelExit(code) => code,
+        ConsoleEnd::StdinClosed => PASS,
+        ConsoleEnd::PortClosed => {
+            eprintln!("harness: {} closed", o.port.display());
+            FAIL
+        }
+        ConsoleEnd::TimedOut => {
+            eprintln!(
+                "harness: no `# shootdown: exit` line within {} s",
+                o.timeout.unwrap_or_default().as_secs_f64()
+            );
+            FAIL
+        }
+    })
 }
 
 fn finish_report(

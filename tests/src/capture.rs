@@ -150,6 +150,8 @@ pub enum End {
     Finished,
     /// Serial: the port closed or failed before the document finished.
     PortClosed(String),
+    /// Serial: the kernel never started (pushing it through the chainloader failed).
+    LoadFailed(String),
 }
 
 impl End {
@@ -185,6 +187,7 @@ impl End {
             ),
             End::PortClosed(_) if document_finished => return None,
             End::PortClosed(why) => ("(serial)".to_string(), format!("the port closed before the tests finished: {why}")),
+            End::LoadFailed(why) => ("(chainload)".to_string(), format!("the kernel was not started: {why}")),
         };
         Some(Failure { test, message })
     }
@@ -213,6 +216,7 @@ impl fmt::Display for End {
             End::OutputLimit { .. } => write!(f, "stopped: too much output"),
             End::Finished => write!(f, "finished"),
             End::PortClosed(why) => write!(f, "port closed: {why}"),
+            End::LoadFailed(why) => write!(f, "not started: {why}"),
         }
     }
 }

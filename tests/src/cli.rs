@@ -16,7 +16,16 @@ usage:
       QEMU's status. --gdb: QEMU waits for gdb on :1234.
   harness serial --port DEV [--baud N] [--timeout SECS] [--test-timeout SECS] [--junit PATH]
                  [--log PATH] [--name NAME] [--reset-cmd CMD] [--verbose]
-      Read KTAP from a real board's serial port instead of QEMU.
+                 [--chainload IMAGE [--bootargs ARGS] [--replace-bootargs] [--ready-timeout SECS]
+                  [--retries N]]
+      Read KTAP from a real board's serial port instead of QEMU. With --chainload, first push
+      IMAGE through the board's UART chainloader (boot/chainloader), with ARGS added to (or,
+      with --replace-bootargs, replacing) the board's /chosen/bootargs.
+  harness chainboot --port DEV [--baud N] [--kernel PATH] [--bootargs ARGS] [--replace-bootargs]
+                 [--reset-cmd CMD] [--ready-timeout SECS] [--retries N] [--timeout SECS]
+      Push the kernel through the chainloader, then be the board's serial console (stdin to
+      the port, the port to stdout) until the kernel prints `# shootdown: exit N` (exit N),
+      Ctrl-D or Ctrl-C.
   harness parse  [FILE|-] [--junit PATH] [--name NAME] [--verbose]
       Parse a saved console log (or stdin), like `kunit.py parse`.
   harness boards [--profiles DIR]
@@ -34,6 +43,8 @@ usage:
   --verbose      echo the console live and list every test in the summary
   --dry-run      print the QEMU command line and exit
   --reset-cmd    shell command run after the port is open, to power-cycle or reset the board
+  --ready-timeout how long to wait for the chainloader's READY (serial: 60; chainboot: forever)
+  --retries      sends repeated after a line-noise refusal (checksum, timeout): default 3
   QEMU_ARGS      appended after the profile's arguments: they override -m, -smp, -cpu
 
 exit status: 0 all tests passed, 1 a test or the run failed, 2 bad usage or setup";
@@ -72,6 +83,44 @@ pub struct SerialOptions {
     pub name: String,
     pub reset_cmd: Option<String>,
     pub verbose: bool,
+    /// Push this image through the chainloader first.
+    pub chainload: Option<PathBuf>,
+    pub push: PushOptions,
+}
+
+/// How `--chainload` / `chainboot` push a kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushOptions {
+    /// Boot arguments sent with the kernel (`None`: the board's own are kept).
+    pub bootargs: Option<String>,
+    /// Replace the board's boot arguments instead of appending to them.
+    pub replace_bootargs: bool,
+    /// `None`: wait for READY until the port closes.
+    pub ready_timeout: Option<Duration>,
+    pub retries: u32,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            bootargs: None,
+            replace_bootargs: false,
+            ready_timeout: Some(Duration::from_secs(60)),
+            retries: 3,
+        }
+    }
+}
+
+/// `harness chainboot` options.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainbootOptions {
+    pub port: PathBuf,
+    pub baud: u32,
+    pub kernel: Option<PathBuf>,
+    pub reset_cmd: Option<String>,
+    /// Console time limit (`None`: none).
+    pub timeout: Option<Duration>,
+    pub push: PushOptions,
 }
 
 /// `harness parse` options.
@@ -89,6 +138,7 @@ pub enum Command {
     Test(QemuOptions),
     Run(QemuOptions),
     Serial(SerialOptions),
+    Chainboot(ChainbootOptions),
     Parse(ParseOptions),
     Boards { profiles: Option<PathBuf> },
     Help,
@@ -162,6 +212,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     match sub.as_str() {
         "test" | "run" => parse_qemu(&sub, &mut a),
         "serial" => parse_serial(&mut a),
+        "chainboot" => parse_chainboot(&mut a),
         "parse" => parse_parse(&mut a),
         "boards" => {
             let mut profiles = None;
@@ -175,7 +226,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         }
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!(
-            "unknown command `{other}` (test, run, serial, parse, boards)"
+            "unknown command `{other}` (test, run, serial, chainboot, parse, boards)"
         )),
     }
 }
@@ -260,14 +311,62 @@ fn parse_serial(a: &mut Args) -> Result<Command, String> {
             "--name" => o.name = a.value(&flag)?,
             "--reset-cmd" => o.reset_cmd = Some(a.value(&flag)?),
             "--verbose" | "-v" => o.verbose = true,
+            "--chainload" => o.chainload = Some(a.value(&flag)?.into()),
+            f if push_flag(f, a, &mut o.push)? => {}
             _ => return Err(unknown(&flag, "serial")),
         }
     }
     if !a.rest.is_empty() {
         return Err("`harness serial` takes no arguments after --".into());
     }
+    if o.chainload.is_none() && o.push != PushOptions::default() {
+        return Err(
+            "--bootargs, --replace-bootargs, --ready-timeout and --retries need --chainload IMAGE"
+                .into(),
+        );
+    }
     o.port = port.ok_or("`harness serial` needs --port DEV (e.g. /dev/ttyUSB0)")?;
     Ok(Command::Serial(o))
+}
+
+/// The push options shared by `serial --chainload` and `chainboot`; true if `flag` was one.
+fn push_flag(flag: &str, a: &mut Args, o: &mut PushOptions) -> Result<bool, String> {
+    match flag {
+        "--bootargs" => o.bootargs = Some(a.value(flag)?),
+        "--replace-bootargs" => o.replace_bootargs = true,
+        "--ready-timeout" => o.ready_timeout = Some(a.seconds(flag)?).filter(|t| !t.is_zero()),
+        "--retries" => o.retries = a.number(flag)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn parse_chainboot(a: &mut Args) -> Result<Command, String> {
+    let mut o = ChainbootOptions {
+        baud: 115200,
+        push: PushOptions {
+            ready_timeout: None,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut port = None;
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--port" => port = Some(PathBuf::from(a.value(&flag)?)),
+            "--baud" => o.baud = a.number(&flag)?,
+            "--kernel" => o.kernel = Some(a.value(&flag)?.into()),
+            "--reset-cmd" => o.reset_cmd = Some(a.value(&flag)?),
+            "--timeout" => o.timeout = Some(a.seconds(&flag)?).filter(|t| !t.is_zero()),
+            f if push_flag(f, a, &mut o.push)? => {}
+            _ => return Err(unknown(&flag, "chainboot")),
+        }
+    }
+    if !a.rest.is_empty() {
+        return Err("`harness chainboot` takes no arguments after --".into());
+    }
+    o.port = port.ok_or("`harness chainboot` needs --port DEV (e.g. /dev/ttyUSB0)")?;
+    Ok(Command::Chainboot(o))
 }
 
 fn parse_parse(a: &mut Args) -> Result<Command, String> {
@@ -360,7 +459,51 @@ mod tests {
         assert!(err(&["test", "--board", "v", "--repeat", "0"]).contains("at least 1"));
         assert!(err(&["test", "--board", "v", "--dry-run=yes"]).contains("unexpected value `yes`"));
         assert!(err(&["serial"]).contains("needs --port"));
+        assert!(err(&["chainboot"]).contains("needs --port"));
+        assert!(err(&["serial", "--port", "p", "--bootargs", "x"]).contains("need --chainload"));
+        assert!(
+            err(&["chainboot", "--port", "p", "--retries", "many"]).contains("not a valid number")
+        );
         assert!(err(&["flash"]).contains("unknown command"));
+    }
+
+    #[test]
+    fn chainload_options() {
+        let Command::Serial(o) = parse(args(&[
+            "serial",
+            "--port",
+            "/dev/ttyUSB0",
+            "--chainload",
+            "build/shootdown.img",
+            "--bootargs=ktest=*",
+            "--ready-timeout",
+            "30",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.chainload, Some("build/shootdown.img".into()));
+        assert_eq!(o.push.bootargs.as_deref(), Some("ktest=*"));
+        assert_eq!(o.push.ready_timeout, Some(Duration::from_secs(30)));
+        assert!(!o.push.replace_bootargs);
+        let Command::Chainboot(c) = parse(args(&[
+            "chainboot",
+            "--port",
+            "/dev/pts/3",
+            "--replace-bootargs",
+            "--retries",
+            "0",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.baud, c.kernel, c.timeout, c.push.ready_timeout),
+            (115200, None, None, None),
+            "chainboot waits for the board as long as it takes"
+        );
+        assert!(c.push.replace_bootargs);
+        assert_eq!(c.push.retries, 0);
     }
 
     #[test]

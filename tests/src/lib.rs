@@ -4,12 +4,14 @@
 //! - [`ktap`]: the KTAP v1 parser (the verdict).
 //! - [`capture`]: watching a running target with time limits.
 //! - [`profile`], [`qemu`]: board profiles (`qemu/*.toml`) and the QEMU command line.
-//! - [`serial`]: a real board's serial port.
+//! - [`serial`]: a real board's serial port; [`chainload`]: pushing a kernel through the
+//!   UART chainloader.
 //! - [`report`], [`junit`]: the human summary and JUnit XML.
 //! - [`cli`], [`app`]: the `harness` command.
 
 pub mod app;
 pub mod capture;
+pub mod chainload;
 pub mod cli;
 pub mod junit;
 pub mod ktap;

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Builds the Raspberry Pi 4 boot folder and a flashable SD card image (MBR + one FAT32
+# partition) from Shootdown's build outputs and the Pi firmware. Used by `make sdcard`.
+#
+#   boot/rpi4/mksdcard.sh --out DIR --image FILE --kernel IMG --chainloader IMG --dtb DTB
+#                         [--firmware DIR] [--boot kernel|chainloader] [--cmdline TEXT]
+#
+# Firmware (start4.elf, fixup4.dat) comes from --firmware DIR, else from Debian's
+# raspi-firmware package (/usr/lib/raspi-firmware). It is never installed or downloaded here:
+# raspi-firmware is in Debian's non-free-firmware component, arm64/armhf only, and its
+# maintainer scripts manage /boot/firmware, which a build host should not get.
+#
+# The FAT tools (mtools, dosfstools) are installed on Debian if missing, like the other setup
+# scripts (idempotent, with time limits); elsewhere one line says what to install.
+set -euo pipefail
+
+say() { printf 'sdcard: %s\n' "$*" >&2; }
+die() { printf 'sdcard: %s\n' "$*" >&2; exit 1; }
+is_debian() { [ -r /etc/debian_version ] && command -v apt-get >/dev/null; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+out="" image="" kernel="" chainloader="" dtb="" firmware="" boot=kernel cmdline=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out=$2; shift 2 ;;
+        --image) image=$2; shift 2 ;;
+        --kernel) kernel=$2; shift 2 ;;
+        --chainloader) chainloader=$2; shift 2 ;;
+        --dtb) dtb=$2; shift 2 ;;
+        --firmware) firmware=$2; shift 2 ;;
+        --boot) boot=$2; shift 2 ;;
+        --cmdline) cmdline=$2; shift 2 ;;
+        *) die "unknown argument $1 (see the header of $0)" ;;
+    esac
+done
+[ -n "$out" ] && [ -n "$image" ] && [ -n "$kernel" ] && [ -n "$chainloader" ] && [ -n "$dtb" ] ||
+    die "usage: $0 --out DIR --image FILE --kernel IMG --chainloader IMG --dtb DTB [--firmware DIR] [--boot kernel|chainloader] [--cmdline TEXT]"
+case "$boot" in
+    kernel) boot_file=kernel8.img ;;
+    chainloader) boot_file=chainloader.img ;;
+    *) die "--boot must be kernel or chainloader, not '$boot'" ;;
+esac
+case "$cmdline" in *$'\n'*) die "--cmdline must be one line" ;; esac
+
+# 1. Everything we need, and one message for everything that is missing.
+if [ -z "$firmware" ] && [ -d /usr/lib/raspi-firmware ]; then
+    firmware=/usr/lib/raspi-firmware
+fi
+missing=()
+for f in "$kernel" "$chainloader" "$dtb"; do [ -s "$f" ] || missing+=("$f"); done
+firmware_files=(start4.elf fixup4.dat)
+for f in "${firmware_files[@]}"; do
+    [ -n "$firmware" ] && [ -s "$firmware/$f" ] || missing+=("${firmware:-<no FIRMWARE dir>}/$f")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    {
+        echo "sdcard: missing: ${missing[*]}"
+        echo "sdcard:   the Pi 4 firmware (start4.elf, fixup4.dat) is the boot/ folder of the"
+        echo "sdcard:   raspberrypi/firmware repository, or /usr/lib/raspi-firmware from Debian's"
+        echo "sdcard:   raspi-firmware package (non-free-firmware, arm64/armhf): pass it as"
+        echo "sdcard:   make sdcard FIRMWARE=/path/to/boot. Kernel, chainloader and device tree"
+        echo "sdcard:   come from make image, make chainloader and make dtb."
+    } >&2
+    exit 1
+fi
+
+# 2. The boot folder, rebuilt from scratch so that nothing stale is flashed.
+rm -rf "$out"
+mkdir -p "$out"
+cp "$kernel" "$out/kernel8.img"
+cp "$chainloader" "$out/chainloader.img"
+cp "$dtb" "$out/bcm2711-rpi-4-b.dtb"
+for f in "${firmware_files[@]}"; do cp "$firmware/$f" "$out/$f"; done
+sed "s/@KERNEL@/$boot_file/" "$here/config.txt" > "$out/config.txt"
+grep -q "^kernel=$boot_file\$" "$out/config.txt" || die "config.txt template lost its kernel= line"
+# The firmware turns cmdline.txt into /chosen/bootargs (one line).
+printf '%s\n' "$cmdline" > "$out/cmdline.txt"
+
+# 3. The FAT tools.
+need=()
+command -v mcopy >/dev/null || need+=(mtools)
+command -v mkfs.fat >/dev/null || [ -x /sbin/mkfs.fat ] || need+=(dosfstools)
+if [ ${#need[@]} -gt 0 ]; then
+    is_debian || die "install ${need[*]} (mcopy, mkfs.fat) to build the SD card image"
+    say "installing ${need[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=120 -q update >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=120 -q install -y "${need[@]}" >/dev/null
+fi
+mkfs_fat=$(command -v mkfs.fat || echo /sbin/mkfs.fat)
+
+# 4. The image: an MBR with one FAT32 (LBA, type 0x0c) partition from 1 MiB to the end. The
+#    Pi 4 boot loader reads the first FAT partition of the card's MBR.
+size_mib=64
+part_start=2048                                   # sectors of 512 bytes: 1 MiB
+part_sectors=$(( (size_mib << 11) - part_start ))
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$mkfs_fat" -F 32 -S 512 -s 1 -n SHOOTDOWN -C "$tmp/part.img" $(( part_sectors / 2 )) >/dev/null
+MTOOLS_SKIP_CHECK=1 mcopy -i "$tmp/part.img" -o "$out"/* ::/
+# A 32-bit little-endian number as 4 raw bytes.
+le32() {
+    # shellcheck disable=SC2059 # the format is the bytes
+    printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(( $1 & 255 )) $(( ($1 >> 8) & 255 )) \
+        $(( ($1 >> 16) & 255 )) $(( ($1 >> 24) & 255 )))"
+}
+{
+    head -c 446 /dev/zero
+    # Partition entry 1: not active, CHS fields "beyond 8 GiB" (LBA is what counts), type 0x0c.
+    printf '\x00\xfe\xff\xff\x0c\xfe\xff\xff'
+    le32 "$part_start"
+    le32 "$part_sectors"
+    head -c 48 /dev/zero                          # entries 2-4 unused
+    printf '\x55\xaa'                             # boot signature
+} > "$tmp/mbr.bin"
+[ "$(stat -c %s "$tmp/mbr.bin")" = 512 ] || die "internal error: the MBR is not 512 bytes"
+mkdir -p "$(dirname "$image")"
+rm -f "$image"
+truncate -s "${size_mib}M" "$image"
+dd if="$tmp/mbr.bin" of="$image" conv=notrunc status=none
+dd if="$tmp/part.img" of="$image" bs=512 seek="$part_start" conv=notrunc status=none
+say "wrote $out/ and $image (${size_mib} MiB: MBR + FAT32 at 1 MiB); booting $boot_file"
