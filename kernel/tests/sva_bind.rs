@@ -434,6 +434,14 @@ fn bad_binds_are_refused_and_leave_nothing_behind() {
     let other = TestPageTables::new(w.mem).unwrap();
     let err = sva::bind::<Domain<7>>(2, &s.mm, other.root(), MAIR).unwrap_err();
     assert!(matches!(err, SvaError::RootMismatch { .. }), "{err}");
+    let err = sva::bind::<Domain<7>>(2, &s.mm, s.tables.root(), 0x44).unwrap_err();
+    assert_eq!(
+        err,
+        SvaError::MairMismatch {
+            bound: MAIR,
+            requested: 0x44
+        }
+    );
     // A domain without SMMU.
     let err = sva::bind::<Domain<15>>(2, &s.mm, s.tables.root(), MAIR).unwrap_err();
     assert_eq!(err, SvaError::NoSmmu);

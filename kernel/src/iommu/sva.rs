@@ -172,11 +172,13 @@ pub enum SvaError {
     Notifier(NotifierError),
     /// The SMMU driver failed.
     Smmu(SmmuError),
-    /// The address space is bound to this SMMU with another page-table root or MAIR.
+    /// The address space is bound to this SMMU with another page-table root.
     RootMismatch {
         bound: PhysAddr,
         requested: PhysAddr,
     },
+    /// The address space is bound to this SMMU with another MAIR.
+    MairMismatch { bound: u64, requested: u64 },
     /// The address space's context on this SMMU cannot take new streams.
     ContextDead(ContextState),
     /// The subscription found belongs to another [`Sva`] of the same domain type (a domain was
@@ -195,6 +197,10 @@ impl fmt::Display for SvaError {
             Self::RootMismatch { bound, requested } => write!(
                 f,
                 "address space already bound with page-table root {bound}, not {requested}"
+            ),
+            Self::MairMismatch { bound, requested } => write!(
+                f,
+                "address space already bound with MAIR {bound:#x}, not {requested:#x}"
             ),
             Self::ContextDead(s) => write!(f, "the address space's SMMU context is {s:?}"),
             Self::DomainMismatch => f.write_str("SVA subscription belongs to another SMMU"),
@@ -380,10 +386,16 @@ impl<D: SvaDomain> SvaNotifier<D> {
         }
         let ctx = match self.ctx.get() {
             Some(&(ctx, _)) => {
-                if b.root != root || b.mair != mair {
+                if b.root != root {
                     return Err(SvaError::RootMismatch {
                         bound: b.root,
                         requested: root,
+                    });
+                }
+                if b.mair != mair {
+                    return Err(SvaError::MairMismatch {
+                        bound: b.mair,
+                        requested: mair,
                     });
                 }
                 ctx
