@@ -222,6 +222,7 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         .collect();
     smp::start_secondaries(&cpus, cpu::mpidr());
     smp::on_each_cpu(&|_cpu| mmu::drop_identity_map());
+    crate::iommu::kernel::init();
 
     banner(info);
     let status = match bootargs().get("ktest") {

@@ -123,7 +123,7 @@ macro_rules! kassert {
     };
 }
 
-/// Fails the current test unless both sides are equal.
+/// Fails the current test unless both sides are equal (optionally with a message).
 #[macro_export]
 macro_rules! kassert_eq {
     ($left:expr, $right:expr $(,)?) => {
@@ -138,6 +138,24 @@ macro_rules! kassert_eq {
                         stringify!($right),
                         l,
                         r
+                    )));
+                }
+            }
+        }
+    };
+    ($left:expr, $right:expr, $($fmt:tt)+) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l != r {
+                    return Err($crate::ktest::TestError::Fail(alloc::format!(
+                        "{}:{}: {} == {} failed: {:?} != {:?}: {}",
+                        file!(),
+                        line!(),
+                        stringify!($left),
+                        stringify!($right),
+                        l,
+                        r,
+                        format_args!($($fmt)+)
                     )));
                 }
             }

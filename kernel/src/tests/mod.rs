@@ -3,8 +3,11 @@
 
 mod boot;
 mod devices;
+mod dma_rig;
 mod exceptions;
 mod memory;
 mod mm;
 mod notifier;
+mod smmu;
 mod smp;
+mod sva;
