@@ -210,3 +210,52 @@ fn make_run_trace_writes_valid_chrome_json_with_every_unmap_invalidated_before_i
     }
     let _ = std::fs::remove_file(&out_json);
 }
+
+fn harness_run(kernel: &Path, board: &str, bootargs: &str) -> Output {
+    Command::new(HARNESS)
+        .current_dir(repo_root())
+        .args(["run", "--board", board, "--bootargs", bootargs, "--kernel"])
+        .arg(kernel)
+        .stdin(Stdio::null())
+        .output()
+        .expect("harness runs")
+}
+
+/// The number after `stale accesses` in the workload's summary.
+fn stale_count(text: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("stale accesses"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[test]
+fn make_run_workload_passes_with_no_stale_access_on_both_boards() {
+    let Some(k) = kernel() else { return };
+    for board in ["virt-smmu", "raspi4b"] {
+        let out = harness_run(&k, board, "rounds=4 seed=11");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{board}:\n{t}");
+        assert_eq!(stale_count(&t), Some(0), "{board}:\n{t}");
+        assert!(t.contains("result           PASS"), "{board}:\n{t}");
+        assert!(
+            t.contains("faults           expected"),
+            "{board}: no fault summary:\n{t}"
+        );
+    }
+}
+
+#[test]
+fn the_workload_fails_when_the_iotlb_is_not_invalidated() {
+    let Some(k) = kernel() else { return };
+    for board in ["virt-smmu", "raspi4b"] {
+        let out = harness_run(&k, board, "rounds=4 seed=11 smmu.skip_invalidate=1");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{board}:\n{t}");
+        assert!(
+            stale_count(&t).is_some_and(|n| n > 0),
+            "{board}: stale accesses not reported:\n{t}"
+        );
+        assert!(t.contains("result           FAIL"), "{board}:\n{t}");
+    }
+}

@@ -659,6 +659,11 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     /// Selects the invalidation strategy (`Range` needs SMMU_IDR3.RIL).
+    /// The invalidation strategy in use.
+    pub fn strategy(&self) -> Strategy {
+        self.planner.lock().strategy()
+    }
+
     pub fn set_strategy(&self, strategy: Strategy) -> Result<(), SmmuError> {
         let mut p = self.planner.lock();
         *p = p.with_strategy(strategy)?;

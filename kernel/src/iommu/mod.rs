@@ -15,6 +15,7 @@
 //! | [`backend`] | what the driver needs: register access, a clock, table memory |
 //! | [`model`] | the software SMMUv3 (backend 2) with IOTLB, coherence checker and a DMA engine |
 //! | [`physmem`] | byte/word access to physical memory without `unsafe` |
+//! | `rig` | (kernel) a DMA master bound to an address space, for tests and the main job |
 //! | [`testing`] | an in-memory physical arena, a minimal page-table builder, a stepping clock |
 pub mod backend;
 pub mod cd;
@@ -29,6 +30,8 @@ pub mod physmem;
 pub mod planner;
 pub mod queue;
 pub mod regs;
+#[cfg(target_os = "none")]
+pub mod rig;
 pub mod ste;
 pub mod sva;
 pub mod testing;

@@ -247,6 +247,8 @@ pub struct AspaceStats {
     pub cpu_invalidations: AtomicU64,
     /// `arch_invalidate_secondary_tlbs` calls made.
     pub secondary_invalidations: AtomicU64,
+    /// `invalidate_range_start` / `invalidate_range_end` pairs (or non-blocking starts refused).
+    pub range_invalidations: AtomicU64,
 }
 
 struct Inner<P: MmPlatform> {
@@ -640,6 +642,9 @@ impl<P: MmPlatform> AddressSpace<P> {
                 .map_err(|WouldBlock| MmError::WouldBlock)?
         };
         trace::record(Kind::NotifierStart, range.start(), range.end());
+        self.stats
+            .range_invalidations
+            .fetch_add(1, Ordering::Relaxed);
         let mut data_frames = Vec::new();
         let pages = {
             let mut inner = self.inner.lock();
@@ -707,6 +712,9 @@ impl<P: MmPlatform> AddressSpace<P> {
         trace::record(Kind::ProtectBegin, start, end);
         let inv = mmap.invalidate_range_start(range);
         trace::record(Kind::NotifierStart, range.start(), range.end());
+        self.stats
+            .range_invalidations
+            .fetch_add(1, Ordering::Relaxed);
         {
             let mut inner = self.inner.lock();
             let table = inner.table.as_mut().ok_or(MmError::Exited)?;

@@ -3,7 +3,6 @@
 
 mod boot;
 mod devices;
-mod dma_rig;
 mod exceptions;
 mod memory;
 mod mm;

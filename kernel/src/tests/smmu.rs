@@ -3,7 +3,6 @@
 
 use alloc::vec;
 
-use super::dma_rig::*;
 use crate::arch::aarch64::timer;
 use crate::iommu::command::CommandKind;
 use crate::iommu::driver::{DriverStats, SmmuConfig, SmmuError};
@@ -12,6 +11,7 @@ use crate::iommu::kernel::{self as kiommu, Probe, MODEL_DMA_SID};
 use crate::iommu::model::dma::{DmaEngine, FaultPolicy};
 use crate::iommu::model::{Knobs, ModelConfig};
 use crate::iommu::planner::Strategy;
+use crate::iommu::rig::*;
 use crate::iommu::sva::{ContextState, SvaError};
 use crate::kernel::{board, bootargs, frames};
 use crate::ktest::TestError;
@@ -26,7 +26,7 @@ const LEN: usize = 16;
 ktest!(smmu, probe_reports_sane_features, |_t| {
     let smmu = match kiommu::probe_outcome() {
         Probe::Absent => kskip!("no SMMU on this board"),
-        Probe::Failed(e) => return Err(fail(alloc::format!("probe failed: {e}"))),
+        Probe::Failed(e) => return Err(fail(alloc::format!("probe failed: {e}")).into()),
         Probe::Mmio { .. } | Probe::Model => {
             kiommu::smmu().ok_or_else(|| fail("probed but absent"))?
         }

@@ -13,7 +13,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use super::dma_rig::*;
 use crate::arch::aarch64::{smp, timer};
 use crate::iommu::driver::SmmuError;
 use crate::iommu::event::{AccessKind, EventKind};
@@ -23,6 +22,7 @@ use crate::iommu::model::iotlb::IotlbConfig;
 use crate::iommu::model::ModelConfig;
 use crate::iommu::physmem;
 use crate::iommu::planner::Strategy;
+use crate::iommu::rig::*;
 use crate::iommu::sva::{self, ContextState, SvaDebugKnobs, SvaError};
 use crate::kernel::{bootargs, frames};
 use crate::ktest::TestError;
@@ -46,7 +46,7 @@ fn unmap_noted<D: crate::iommu::sva::SvaDomain>(r: &Rig<D>, va: u64) -> Result<(
     if let Some(m) = r.model {
         m.end_unmap(id);
     }
-    result
+    Ok(result?)
 }
 
 ktest!(sva, dma_moves_the_right_bytes_through_shared_vas, |t| {

@@ -1,4 +1,5 @@
-//! What the SMMU and SVA tests run on: a DMA master bound to a fresh address space.
+//! A DMA master bound to a fresh address space: what the SMMU/SVA tests and the main job
+//! (the SVA coherence workload) run on.
 //!
 //! * On QEMU `virt,iommu=smmuv3` the master is QEMU's `edu` behind the real SMMUv3; its
 //!   StreamID comes from the host bridge's `iommu-map`. `edu` cannot report faults (the SMMU
@@ -31,7 +32,6 @@ use crate::iommu::model::{ModelConfig, SmmuModel};
 use crate::iommu::physmem;
 use crate::iommu::sva::{self, Bond, Sva, SvaDomain};
 use crate::kernel::{board, bootargs, frames, LinearMap};
-use crate::ktest::TestError;
 use crate::mm::aspace::{Backing, MmUser, Placement};
 use crate::mm::notifier::MmCore;
 use crate::mm::pgtable::descriptor::{MemoryType, Permissions, MAIR_VALUE};
@@ -48,8 +48,27 @@ const EDU_TIMEOUT_US: u64 = 5_000_000;
 
 pub static LINEAR: LinearMap = LinearMap;
 
-pub fn fail(e: impl core::fmt::Display) -> TestError {
-    TestError::Fail(alloc::format!("{e}"))
+/// Why a rig operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RigError {
+    /// This board lacks what the rig needs (no SMMU, no DMA master).
+    Unavailable(alloc::string::String),
+    /// An operation failed.
+    Failed(alloc::string::String),
+}
+
+impl core::fmt::Display for RigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RigError::Unavailable(why) => write!(f, "unavailable: {why}"),
+            RigError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A failure with `e`'s message.
+pub fn fail(e: impl core::fmt::Display) -> RigError {
+    RigError::Failed(alloc::format!("{e}"))
 }
 
 /// Read-write data for the device (kernel-owned pages: every SMMU access is privileged).
@@ -82,12 +101,14 @@ impl Device {
     }
 
     /// Finds the kernel's DMA master: `edu` (QEMU virt) or the model engine (Pi).
-    fn kernel() -> Result<(Self, u32), TestError> {
+    fn kernel() -> Result<(Self, u32), RigError> {
         if let Some(engine) = kiommu::model_dma_engine() {
             return Ok((Self::model(engine), MODEL_DMA_SID));
         }
         let Some(host) = board().pcie.as_ref() else {
-            return Err(TestError::Skip("no PCIe and no model DMA engine".into()));
+            return Err(RigError::Unavailable(
+                "no PCIe and no model DMA engine".into(),
+            ));
         };
         let mut bus = PcieBus::new(host).map_err(fail)?;
         let mask = bootargs()
@@ -97,7 +118,7 @@ impl Device {
         let edu = match Edu::probe(&mut bus, mask) {
             Ok(e) => e,
             Err(EduError::Pcie(crate::drivers::pcie::PcieError::NotFound { .. })) => {
-                return Err(TestError::Skip("no edu device".into()))
+                return Err(RigError::Unavailable("no edu device".into()))
             }
             Err(e) => return Err(fail(e)),
         };
@@ -111,7 +132,7 @@ impl Device {
     }
 
     /// DMA read: `len` bytes at `va` into the device buffer.
-    pub fn fetch(&self, va: u64, len: usize) -> Result<Outcome, TestError> {
+    pub fn fetch(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
         match self {
             Device::Edu(e) => e
                 .dma(Direction::FromMemory, va, 0, len, EDU_TIMEOUT_US)
@@ -124,7 +145,7 @@ impl Device {
     }
 
     /// DMA write: the first `len` bytes of the device buffer to `va`.
-    pub fn store(&self, va: u64, len: usize) -> Result<Outcome, TestError> {
+    pub fn store(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
         match self {
             Device::Edu(e) => e
                 .dma(Direction::ToMemory, va, 0, len, EDU_TIMEOUT_US)
@@ -137,7 +158,7 @@ impl Device {
     }
 
     /// Starts a DMA write and returns (the model engine runs it right here).
-    pub fn start_store(&self, va: u64, len: usize) -> Result<(), TestError> {
+    pub fn start_store(&self, va: u64, len: usize) -> Result<(), RigError> {
         match self {
             Device::Edu(e) => e.start_dma(Direction::ToMemory, va, 0, len).map_err(fail),
             Device::Model(..) => self.store(va, len).map(|_| ()),
@@ -145,7 +166,7 @@ impl Device {
     }
 
     /// Waits for the transfer [`Device::start_store`] started.
-    pub fn wait(&self) -> Result<(), TestError> {
+    pub fn wait(&self) -> Result<(), RigError> {
         match self {
             Device::Edu(e) => e.wait_dma(EDU_TIMEOUT_US).map_err(fail),
             Device::Model(..) => Ok(()),
@@ -153,7 +174,7 @@ impl Device {
     }
 }
 
-fn model_outcome(r: Result<(), DmaError>) -> Result<Outcome, TestError> {
+fn model_outcome(r: Result<(), DmaError>) -> Result<Outcome, RigError> {
     match r {
         Ok(()) => Ok(Outcome::Clean),
         Err(DmaError::Fault { .. }) => Ok(Outcome::Faulted),
@@ -191,9 +212,9 @@ pub struct Rig<D: SvaDomain> {
 
 impl Rig<KernelDomain> {
     /// The kernel's SMMU and DMA master (skips on boards with neither).
-    pub fn kernel() -> Result<Self, TestError> {
+    pub fn kernel() -> Result<Self, RigError> {
         let (Some(smmu), Some(sva)) = (kiommu::smmu(), kiommu::sva()) else {
-            return Err(TestError::Skip(alloc::format!(
+            return Err(RigError::Unavailable(alloc::format!(
                 "no SMMU on this board ({:?})",
                 kiommu::probe_outcome()
             )));
@@ -206,7 +227,7 @@ impl Rig<KernelDomain> {
 impl Rig<TestModelDomain> {
     /// A private model SMMU over RAM with its own DMA engine (StreamID [`MODEL_DMA_SID`]),
     /// driven with `cfg` (short timeouts, small queues unless given otherwise).
-    pub fn model(model_cfg: ModelConfig, cfg: SmmuConfig) -> Result<Self, TestError> {
+    pub fn model(model_cfg: ModelConfig, cfg: SmmuConfig) -> Result<Self, RigError> {
         let frames = frames().ok_or_else(|| fail("no frame allocator"))?;
         let model: &'static SmmuModel<'static> = alloc::boxed::Box::leak(alloc::boxed::Box::new(
             SmmuModel::new(&LINEAR, model_cfg).map_err(fail)?,
@@ -244,7 +265,7 @@ impl<D: SvaDomain> Rig<D> {
         model: Option<&'static SmmuModel<'static>>,
         dev: Device,
         sid: u32,
-    ) -> Result<Self, TestError> {
+    ) -> Result<Self, RigError> {
         let space = aspace::create().map_err(fail)?;
         let mm = space.mm().clone();
         let mut rig = Rig {
@@ -273,14 +294,14 @@ impl<D: SvaDomain> Rig<D> {
     }
 
     /// Binds the device to the address space.
-    pub fn bind(&mut self) -> Result<(), TestError> {
+    pub fn bind(&mut self) -> Result<(), RigError> {
         let root = self.space().root().ok_or_else(|| fail("no page table"))?;
         self.bond = Some(sva::bind::<D>(self.sid, &self.mm, root, MAIR_VALUE).map_err(fail)?);
         Ok(())
     }
 
     /// Unbinds the device.
-    pub fn unbind(&mut self) -> Result<(), TestError> {
+    pub fn unbind(&mut self) -> Result<(), RigError> {
         match self.bond.take() {
             Some(b) => b.unbind().map_err(fail),
             None => Ok(()),
@@ -315,7 +336,7 @@ impl<D: SvaDomain> Rig<D> {
         &self.mm
     }
 
-    fn map_frame(&mut self, va: u64, perms: Permissions, byte: u8) -> Result<PhysAddr, TestError> {
+    fn map_frame(&mut self, va: u64, perms: Permissions, byte: u8) -> Result<PhysAddr, RigError> {
         let frame = frames()
             .ok_or_else(|| fail("no frames"))?
             .alloc_zeroed()
@@ -340,28 +361,28 @@ impl<D: SvaDomain> Rig<D> {
         pages: u64,
         perms: Permissions,
         byte: u8,
-    ) -> Result<Vec<PhysAddr>, TestError> {
+    ) -> Result<Vec<PhysAddr>, RigError> {
         (0..pages)
             .map(|i| self.map_frame(va + i * PAGE, perms, byte))
             .collect()
     }
 
     /// `munmap` of `pages` pages at `va`.
-    pub fn unmap(&self, va: u64, pages: u64) -> Result<(), TestError> {
+    pub fn unmap(&self, va: u64, pages: u64) -> Result<(), RigError> {
         self.space()
             .munmap(VirtAddr(va), (pages * PAGE) as usize)
             .map_err(fail)
     }
 
     /// `mprotect` of `pages` pages at `va`.
-    pub fn protect(&self, va: u64, pages: u64, perms: Permissions) -> Result<(), TestError> {
+    pub fn protect(&self, va: u64, pages: u64, perms: Permissions) -> Result<(), RigError> {
         self.space()
             .mprotect(VirtAddr(va), (pages * PAGE) as usize, perms)
             .map_err(fail)
     }
 
     /// Puts `data` into the device buffer (edu: through the staging page).
-    pub fn load_buffer(&self, data: &[u8]) -> Result<(), TestError> {
+    pub fn load_buffer(&self, data: &[u8]) -> Result<(), RigError> {
         match &self.dev {
             Device::Model(_, buf) => {
                 buf.lock()[..data.len()].copy_from_slice(data);
@@ -375,7 +396,7 @@ impl<D: SvaDomain> Rig<D> {
     }
 
     /// The first `len` bytes of the device buffer (edu: through the staging page).
-    pub fn read_buffer(&self, len: usize) -> Result<Vec<u8>, TestError> {
+    pub fn read_buffer(&self, len: usize) -> Result<Vec<u8>, RigError> {
         match &self.dev {
             Device::Model(_, buf) => Ok(buf.lock()[..len].to_vec()),
             Device::Edu(_) => {
@@ -426,17 +447,17 @@ impl<D: SvaDomain> Drop for Rig<D> {
 }
 
 /// Fills a frame with `byte`.
-pub fn fill(frame: PhysAddr, byte: u8) -> Result<(), TestError> {
+pub fn fill(frame: PhysAddr, byte: u8) -> Result<(), RigError> {
     physmem::fill(&LINEAR, frame, PAGE_SIZE, byte).map_err(fail)
 }
 
 /// Writes `data` at physical `pa`.
-pub fn write(pa: PhysAddr, data: &[u8]) -> Result<(), TestError> {
+pub fn write(pa: PhysAddr, data: &[u8]) -> Result<(), RigError> {
     physmem::write_bytes(&LINEAR, pa, data).map_err(fail)
 }
 
 /// Reads `len` bytes at physical `pa`.
-pub fn read(pa: PhysAddr, len: usize) -> Result<Vec<u8>, TestError> {
+pub fn read(pa: PhysAddr, len: usize) -> Result<Vec<u8>, RigError> {
     let mut v = vec![0; len];
     physmem::read_bytes(&LINEAR, pa, &mut v).map_err(fail)?;
     Ok(v)
