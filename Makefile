@@ -14,7 +14,7 @@ KERNEL_ELF := $(BUILD)/shootdown.elf
 KERNEL_IMG := $(BUILD)/shootdown.img
 PI_DTB    := $(BUILD)/dtb/bcm2711-rpi-4-b.dtb
 KTARGET_DIR := target/kernel
-HARNESS   := target/release/harness
+HARNESS   := target/debug/harness
 TEST_BOARDS := virt virt-smmu raspi4b
 comma := ,
 space := $(empty) $(empty)
@@ -63,8 +63,9 @@ dtb: $(PI_DTB)
 $(PI_DTB):
 	@bash qemu/install.sh dtb $(BUILD)
 
+# The dev build: the same artifacts `cargo test --workspace` builds.
 $(HARNESS): FORCE
-	@$(HCARGO) build -q -p shootdown-harness --release
+	@$(HCARGO) build -q -p shootdown-harness
 
 BOARD_DEPS = qemu $(if $(filter raspi4b,$(BOARD)),$(PI_DTB))
 
@@ -91,9 +92,7 @@ test: qemu $(PI_DTB)
 # allocator's (own target dir: --cfg loom rebuilds everything).
 test-loom:
 	LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	    $(HCARGO) test -q -p shootdown --test loom_notifier
-	LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	    $(HCARGO) test -q -p shootdown --lib -- loom_tests
+	    $(HCARGO) test -q -p shootdown --test loom_notifier --test loom_asid
 
 test-boards: image $(HARNESS) qemu $(PI_DTB)
 	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \

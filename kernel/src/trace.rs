@@ -17,7 +17,9 @@
 
 use core::fmt::{self, Write};
 
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+// Plain `core` atomics, also under loom: tracing is instrumentation, not part of any modelled
+// protocol (and loom's atomics cannot be built in a `const`).
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Records per CPU ring (a power of two).
 pub const RING_RECORDS: usize = 4096;

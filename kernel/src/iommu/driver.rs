@@ -728,9 +728,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             }
         }
         if sync {
+            let index = u64::from(q.prod);
+            crate::trace::record(crate::trace::Kind::CmdSyncBegin, index, 0);
             self.publish(&mut q, &[Command::SYNC], &mut failure)?;
             counts.add(Command::SYNC.kind());
-            self.wait_consumed(&mut q, &mut failure)?;
+            let waited = self.wait_consumed(&mut q, &mut failure);
+            let failed = waited.is_err() || failure.is_some();
+            crate::trace::record(crate::trace::Kind::CmdSyncEnd, index, u64::from(failed));
+            waited?;
         }
         match failure {
             Some(f) => Err(SmmuError::CommandFailed(f)),
@@ -754,6 +759,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             physmem::store(self.mem, PhysAddr(slot + 8), words[1], Ordering::Relaxed)?;
             q.prod = q.geo.advance(q.prod, 1);
             q.stats.commands.add(cmd.kind());
+            crate::trace::record(crate::trace::Kind::SmmuCommand, words[0] & 0xff, words[0]);
         }
         // The entries (and any STE/CD written before) must be visible before PROD moves.
         fence(Ordering::Release);

@@ -37,6 +37,7 @@ use crate::mm::notifier::MmCore;
 use crate::mm::pgtable::descriptor::{MemoryType, Permissions, MAIR_VALUE};
 use crate::mm::phys::FrameAllocator;
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::trace::{self, Kind};
 
 pub const PAGE: u64 = PAGE_SIZE as u64;
 /// Where test data is mapped: below 2^28, so `edu` reaches it even with its default DMA mask.
@@ -133,6 +134,17 @@ impl Device {
 
     /// DMA read: `len` bytes at `va` into the device buffer.
     pub fn fetch(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
+        trace::record(Kind::DmaBegin, va, len as u64);
+        let r = self.fetch_untraced(va, len);
+        trace::record(
+            Kind::DmaEnd,
+            va,
+            u64::from(!matches!(r, Ok(Outcome::Done | Outcome::Clean))),
+        );
+        r
+    }
+
+    fn fetch_untraced(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
         match self {
             Device::Edu(e) => e
                 .dma(Direction::FromMemory, va, 0, len, EDU_TIMEOUT_US)
@@ -146,6 +158,17 @@ impl Device {
 
     /// DMA write: the first `len` bytes of the device buffer to `va`.
     pub fn store(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
+        trace::record(Kind::DmaBegin, va, len as u64 | 1 << 63);
+        let r = self.store_untraced(va, len);
+        trace::record(
+            Kind::DmaEnd,
+            va,
+            u64::from(!matches!(r, Ok(Outcome::Done | Outcome::Clean))),
+        );
+        r
+    }
+
+    fn store_untraced(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
         match self {
             Device::Edu(e) => e
                 .dma(Direction::ToMemory, va, 0, len, EDU_TIMEOUT_US)
@@ -407,11 +430,18 @@ impl<D: SvaDomain> Rig<D> {
         }
     }
 
-    /// Every pending event of the rig's SMMU.
+    /// Every pending event of the rig's SMMU (each traced as a fault).
     pub fn drain_events(&self) -> Vec<EventRecord> {
         let mut out = Vec::new();
         if let Err(e) = self.smmu.drain_events(|e| out.push(*e)) {
             log::error!("draining SMMU events: {e}");
+        }
+        for e in &out {
+            trace::record(
+                Kind::Fault,
+                e.input_addr,
+                u64::from(e.sid) << 8 | e.kind.code() as u64,
+            );
         }
         out
     }
