@@ -21,7 +21,8 @@ space := $(empty) $(empty)
 
 .DEFAULT_GOAL := image
 
-# Toolchain variables (KCARGO, KTARGET, HCARGO, OBJCOPY), found or installed once per checkout.
+# Toolchain variables (KCARGO, KTARGET, HCARGO, OBJCOPY, KCLIPPY_DRIVER, HCLIPPY), found or
+# installed once per checkout.
 ifeq ($(filter clean help,$(MAKECMDGOALS)),)
 include $(BUILD)/toolchain.mk
 endif
@@ -30,12 +31,13 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb test test-loom test-boards qemu dtb clean FORCE
+.PHONY: help image run gdb test test-loom test-boards lint qemu dtb clean FORCE
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
 	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
-	@echo "make test    host unit tests + in-kernel tests on: $(TEST_BOARDS)"
+	@echo "make test    lint, host unit tests + in-kernel tests on: $(TEST_BOARDS)"
+	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
@@ -47,7 +49,7 @@ image: $(KERNEL_IMG)
 
 $(KERNEL_ELF): FORCE
 	@mkdir -p $(BUILD)
-	CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build -p shootdown --bin shootdown --release --target $(KTARGET)
+	$(KLINT) CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build -p shootdown --bin shootdown --release --target $(KTARGET)
 	@cp $(KTARGET_DIR)/$(KTARGET)/release/shootdown $@
 
 $(KERNEL_IMG): $(KERNEL_ELF)
@@ -82,11 +84,20 @@ gdb: image $(HARNESS) $(BOARD_DEPS)
 # kernel, the chainloader over a PTY and the SD-card packaging), the concurrency core under
 # loom, then the kernel's KTAP on every board.
 test: qemu $(PI_DTB)
-	@$(MAKE) --no-print-directory image chainloader
+	@$(MAKE) --no-print-directory lint
 	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
 	    $(HCARGO) test --workspace
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
+
+# Clippy with warnings as errors, everywhere the code is compiled: the host workspace (the
+# portable core, its tests and benches, the harness) here, and the kernel and the chainloader
+# for the target in every build of them (KLINT; `CLIPPY_ARGS` is how cargo-clippy hands its
+# lint flags to clippy-driver).
+KLINT = RUSTC_WORKSPACE_WRAPPER=$(KCLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+lint:
+	$(HCLIPPY) --workspace --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory image chainloader
 
 # The concurrency core under loom's model checker: the notifier's models and the ASID
 # allocator's (own target dir: --cfg loom rebuilds everything).
@@ -138,7 +149,7 @@ chainloader: $(CHAINLOADER_IMG)
 
 $(CHAINLOADER_ELF): FORCE
 	@mkdir -p $(BUILD)
-	RUSTFLAGS="$(CHAINLOADER_RUSTFLAGS)" CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build \
+	$(KLINT) RUSTFLAGS="$(CHAINLOADER_RUSTFLAGS)" CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build \
 	    -p shootdown-chainloader --bin chainloader --release --target $(KTARGET)
 	@cp $(KTARGET_DIR)/$(KTARGET)/release/chainloader $@
 

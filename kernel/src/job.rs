@@ -155,7 +155,7 @@ pub fn run() -> ExitCode {
     rig.teardown();
     let sva = rig.sva.stats();
     let smmu = rig.smmu.stats();
-    let mut commands = smmu.commands.clone();
+    let mut commands = smmu.commands;
     commands.subtract(&smmu_before.commands);
 
     let stale = tally.stale() + model_stale;
