@@ -114,6 +114,29 @@ fn a_crash_inside_a_test_bails_out_with_a_decoded_report() {
 }
 
 #[test]
+fn a_stack_overflow_is_reported_as_one() {
+    let Some(k) = kernel() else { return };
+    let out = harness_test(&k, "virt", "ktest=ktest ktest.crash=stack", "stack");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let log = std::fs::read_to_string(
+        std::env::temp_dir()
+            .join(format!("shootdown-selfcheck-stack-{}", std::process::id()))
+            .join("virt.log"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains("Bail out!") && log.contains("selftest_crash"),
+        "no Bail out! naming the test:\n{log}"
+    );
+    assert!(
+        log.contains("stack overflow: CPU ")
+            && log.contains("ran off the bottom of its main stack"),
+        "the guard-page hit is not reported as a stack overflow:\n{log}"
+    );
+}
+
+#[test]
 fn ktest_selects_exactly_the_named_tests() {
     let Some(k) = kernel() else { return };
     let out = harness_test(

@@ -8,7 +8,7 @@
 //! | `log=<level>` | console log level: `error`, `warn`, `info`, `debug`, `trace` |
 //! | `trace=1` | record events in per-CPU rings and print them at exit (`make run TRACE=out.json`) |
 //! | `ktest.fail=1` | the `ktest.selftest_fail` case fails on purpose (proves the harness catches it) |
-//! | `ktest.crash=1` | the `ktest.selftest_crash` case takes an unexpected exception on purpose |
+//! | `ktest.crash=1` | the `ktest.selftest_crash` case takes an unexpected exception on purpose (`=stack`: a stack overflow) |
 //! | `edu.dma_mask=<n>` | the DMA mask QEMU's `edu` was given (its `dma_mask` property) |
 //! | `smmu.strategy=per-page\|range\|asid\|auto` | SMMU invalidation strategy (`strategy=` also works; default `auto`) |
 //! | `smmu.skip_invalidate=1` | **debug only**: SVA invalidations are not sent to the SMMU (the SVA tests must then fail) |
