@@ -48,7 +48,7 @@ use crate::iommu::rig::{self, faults, Device, Outcome, Rig, RigError, PAGE, RO, 
 use crate::iommu::sva::{self, Bond, ContextState};
 use crate::kernel::{bootargs, frames, ExitCode};
 use crate::ktest::TestCtx;
-use crate::mm::aspace::{Backing, MmError, MmUser, Placement};
+use crate::mm::aspace::{Backing, MmError, MmUser, Placement, USER_END};
 use crate::mm::notifier::{
     IntervalNotifier, IntervalNotifierOps, IntervalSubscription, NotifierRange,
 };
@@ -207,6 +207,8 @@ struct Soak<'r> {
     slowest: spin::Mutex<String>,
     errors: spin::Mutex<Vec<String>>,
     next_unmap: AtomicU64,
+    /// Frames of finished rounds, freed after the unbind.
+    quarantine: spin::Mutex<Vec<PhysAddr>>,
     cpus: usize,
 }
 
@@ -400,6 +402,7 @@ pub fn soak(params: SoakParams) -> Result<SoakReport, RigError> {
         slowest: spin::Mutex::new(String::new()),
         errors: spin::Mutex::new(Vec::new()),
         next_unmap: AtomicU64::new(1),
+        quarantine: spin::Mutex::new(Vec::new()),
         cpus,
     };
     let rounds_done: Vec<AtomicU64> = (0..cpus).map(|_| AtomicU64::new(0)).collect();
@@ -431,33 +434,42 @@ pub fn soak(params: SoakParams) -> Result<SoakReport, RigError> {
     let bond = s.device.lock().bond.take();
     let errors = s.errors.lock().clone();
     report.errors.extend(errors);
+    let quarantine = core::mem::take(&mut *s.quarantine.lock());
     drop(s);
     // The end: a DMA races the teardown (fault=teardown), or a plain unbind and teardown.
     let counters = FaultCounters::new();
-    if params.faults.kinds.contains(Fault::TeardownRace) {
+    let ended = if params.faults.kinds.contains(Fault::TeardownRace) {
         let survived = match bond {
-            Some(bond) => teardown_race(&mut rig, bond, cpus)?,
-            None => Err(String::from("no binding left for the teardown race")),
+            Some(bond) => teardown_race(&mut rig, bond, cpus),
+            None => Ok(Err(String::from("no binding left for the teardown race"))),
         };
-        if let Err(why) = &survived {
-            report.errors.push(format!("teardown race: {why}"));
+        if let Ok(survived) = &survived {
+            if let Err(why) = survived {
+                report.errors.push(format!("teardown race: {why}"));
+            }
+            if params.verbose {
+                println!(
+                    "    # fault teardown: DMA in flight during teardown: {}",
+                    match survived {
+                        Ok(()) => String::from("quiesced first, nothing landed"),
+                        Err(e) => e.clone(),
+                    }
+                );
+            }
+            counters.record(Fault::TeardownRace, survived.is_ok());
         }
-        if params.verbose {
-            println!(
-                "    # fault teardown: DMA in flight during teardown: {}",
-                match &survived {
-                    Ok(()) => String::from("quiesced first, nothing landed"),
-                    Err(e) => e.clone(),
-                }
-            );
-        }
-        counters.record(Fault::TeardownRace, survived.is_ok());
+        survived.map(|_| ())
     } else {
-        if let Some(b) = bond {
-            b.unbind().map_err(rig::fail)?;
-        }
+        let unbound = bond.map_or(Ok(()), |b| b.unbind().map_err(rig::fail));
         rig.teardown();
+        unbound
+    };
+    if let Some(f) = frames() {
+        for frame in quarantine {
+            f.free(frame);
+        }
     }
+    ended?;
     let (i, sv) = counters.get(Fault::TeardownRace);
     if i > 0 {
         report.injected.push((Fault::TeardownRace, i, sv));
@@ -715,9 +727,10 @@ impl Soak<'_> {
         let alloc = frames().ok_or_else(|| rig::fail("no frames"))?;
         let mut owned = Vec::new();
         let result = self.round_body(cpu, ctx, churn, fault, va, pages, alloc, &mut owned);
-        for f in owned {
-            alloc.free(f);
-        }
+        // Freed only after the unbind has invalidated the whole ASID: with the invalidation
+        // switched off (`smmu.skip_invalidate=1`) the device may still write through stale
+        // entries, which must land in these frames (and be counted), not in reused ones.
+        self.quarantine.lock().extend(owned);
         result
     }
 
@@ -1255,7 +1268,7 @@ fn edu_teardown_race(
 
 fn model_teardown_race(
     rig: &mut Rig<KernelDomain>,
-    _bond: &Bond<KernelDomain>,
+    bond: &Bond<KernelDomain>,
     frame: PhysAddr,
     cpus: usize,
 ) -> Result<Result<(), String>, RigError> {
@@ -1272,18 +1285,18 @@ fn model_teardown_race(
     let racer = if cpus > 1 { 1 } else { 0 };
     smp::on_each_cpu(&|cpu| {
         if cpu == racer {
-            // Transfers back to back: value i written by transfer i.
-            for i in 1..=200u64 {
-                if rig.load_buffer(&[i as u8; 16]).is_err() {
+            // Transfers back to back, transfer i writing i, until well after the teardown.
+            for i in 1..=1_000_000u32 {
+                let value: Vec<u8> = (0..4).flat_map(|_| i.to_le_bytes()).collect();
+                if rig.load_buffer(&value).is_err() {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
-                started.store(i, Ordering::SeqCst);
+                started.store(u64::from(i), Ordering::SeqCst);
                 if rig.dev.store(TEARDOWN_VA, 16).is_err() {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
-                if at_teardown.load(Ordering::SeqCst) != u64::MAX
-                    && i > at_teardown.load(Ordering::SeqCst) + 20
-                {
+                let torn = at_teardown.load(Ordering::SeqCst);
+                if torn != u64::MAX && u64::from(i) > torn + 20 {
                     break;
                 }
             }
@@ -1292,13 +1305,20 @@ fn model_teardown_race(
             while started.load(Ordering::SeqCst) < 5 {
                 core::hint::spin_loop();
             }
+            // Transfers during the teardown may still translate (until release's CMD_SYNC):
+            // tell the checker, which then flags only uses after the teardown returned.
+            let id = u64::MAX - 1;
+            let asid = bond.asid().unwrap_or(0);
+            model.begin_unmap(asid, VirtAddr(0), VirtAddr(USER_END), id);
             drop(space.lock().take()); // release, then the tables are freed
             at_teardown.store(started.load(Ordering::SeqCst), Ordering::SeqCst);
+            model.end_unmap(id);
         }
     });
     let s = at_teardown.load(Ordering::SeqCst);
     let last = started.load(Ordering::SeqCst);
-    let value = u64::from(rig::read(frame, 1)?[0]);
+    let bytes = rig::read(frame, 4)?;
+    let value = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
     let stale = model.take_stale_translations();
     let _ = rig.drain_events();
     Ok(if failures.load(Ordering::Relaxed) != 0 {
