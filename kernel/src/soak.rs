@@ -1199,7 +1199,7 @@ fn disarm_smmu_faults(rig: &Rig<KernelDomain>) -> bool {
 /// after it is started, so the teardown (release: quiesce) completes first; the model engine
 /// runs transfers back to back on another CPU. Either way no transfer that started after the
 /// teardown returned may land, and the context ends released.
-fn teardown_race(
+pub(crate) fn teardown_race(
     rig: &mut Rig<KernelDomain>,
     bond: Bond<KernelDomain>,
     cpus: usize,
