@@ -259,17 +259,17 @@ ktest!(faults, event_queue_overflow_is_reported_once, |_t| {
         "{} events kept: nothing was lost?",
         events.len()
     );
-    kassert_eq!(
+    let reads_faulted = |events: &[crate::iommu::event::EventRecord], len: u64| {
         faults(
-            &events,
+            events,
             EventKind::Translation,
             r.sid,
             hole,
-            hole + PAGE,
-            AccessKind::Read
-        ),
-        events.len()
-    );
+            hole + len,
+            AccessKind::Read,
+        )
+    };
+    kassert_eq!(reads_faulted(&events, PAGE), events.len());
     // Reported once: the next drain has nothing more to say.
     let (none, quiet) = r.drain_events_reporting();
     kassert!(
@@ -280,17 +280,7 @@ ktest!(faults, event_queue_overflow_is_reported_once, |_t| {
     r.dev.fetch(hole, LEN)?;
     let (events, drain) = r.drain_events_reporting();
     kassert!(!drain.overflowed && !drain.write_aborted);
-    kassert_eq!(
-        faults(
-            &events,
-            EventKind::Translation,
-            r.sid,
-            hole,
-            hole + LEN as u64,
-            AccessKind::Read
-        ),
-        LEN / 4
-    );
+    kassert_eq!(reads_faulted(&events, LEN as u64), LEN / 4);
     kassert_eq!(events.len(), LEN / 4);
     Ok(())
 });
