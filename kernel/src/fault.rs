@@ -234,7 +234,7 @@ impl FaultDice {
     }
 
     /// The next random number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -244,7 +244,7 @@ impl FaultDice {
 
     /// Whether the next operation gets a fault, and which of the enabled kinds in `allowed`.
     pub fn roll(&mut self, allowed: FaultSet) -> Option<Fault> {
-        let hit = self.next() % 1000 < u64::from(self.cfg.rate_per_mille);
+        let hit = self.next_u64() % 1000 < u64::from(self.cfg.rate_per_mille);
         let kinds: alloc::vec::Vec<Fault> = self
             .cfg
             .kinds
@@ -254,7 +254,7 @@ impl FaultDice {
         if !hit || kinds.is_empty() {
             return None;
         }
-        Some(kinds[(self.next() % kinds.len() as u64) as usize])
+        Some(kinds[(self.next_u64() % kinds.len() as u64) as usize])
     }
 }
 
