@@ -231,7 +231,8 @@ pub fn run() -> ExitCode {
         }
     };
     let fault_seed = match args.number("fault.seed") {
-        None => None,
+        // By default the faults follow the workload's seed, so every seed injects its own.
+        None => Some(seed),
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => {
             println!("shootdown: {e}");

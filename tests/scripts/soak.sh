@@ -25,12 +25,14 @@ while [ $# -gt 0 ]; do
         *) echo "soak.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
+extra=$(echo $extra) # trim
 for v in harness kernel boards seeds rounds; do
     [ -n "${!v}" ] || { echo "soak.sh: --$v is required" >&2; exit 2; }
 done
 mkdir -p build/logs
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
-printf '%-10s %6s %6s %9s %6s %13s %6s %17s %14s %9s %8s %s\n' board seed rounds operations dmas faults stale "notifier ins/rm" invalidations slowest_us injected result
+printf '%-10s %6s %6s %9s %6s %13s %6s %17s %14s %9s %9s %8s %s\n' board seed rounds operations dmas faults stale \
+    "notifier ins/rm" invalidations smmu_us unmap_us survived result
 failed=0 runs=0 t_ops=0 t_dmas=0 t_stale=0 t_inj=0 t_surv=0 t_ins=0 t_inv=0 t_exp=0 t_seen=0 slowest=0 slowest_smmu=0
 start=$SECONDS
 for board in $boards; do
@@ -52,8 +54,9 @@ for board in $boards; do
         inv=$(field notifier_invalidations "$line") us=$(field slowest_us "$line")
         smmu=$(field slowest_smmu_us "$line")
         inj=$(field injected "$line") surv=$(field survived "$line") result=$(field result "$line")
-        printf '%-10s %6s %6s %9s %6s %13s %6s %17s %14s %9s %8s %s\n' "$board" "$seed" "$rounds" \
-            "$ops" "$dmas" "$seen/$exp" "$stale" "$ins/$rm" "$inv" "$us" "$surv/$inj" "$result (exit $status)"
+        printf '%-10s %6s %6s %9s %6s %13s %6s %17s %14s %9s %9s %8s %s\n' "$board" "$seed" "$rounds" \
+            "$ops" "$dmas" "$seen/$exp" "$stale" "$ins/$rm" "$inv" "$smmu" "$us" "$surv/$inj" \
+            "$result (exit $status)"
         t_ops=$((t_ops + ops)) t_dmas=$((t_dmas + dmas)) t_stale=$((t_stale + stale))
         t_inj=$((t_inj + inj)) t_surv=$((t_surv + surv)) t_ins=$((t_ins + ins)) t_inv=$((t_inv + inv))
         t_exp=$((t_exp + exp)) t_seen=$((t_seen + seen))
@@ -69,7 +72,7 @@ done
 echo "soak: $runs runs on [$boards], seeds [$seeds], $rounds rounds per CPU${extra:+, $extra}, $((SECONDS - start)) s"
 echo "soak: operations $t_ops, DMA transfers $t_dmas, faults seen/expected $t_seen/$t_exp, stale accesses $t_stale"
 echo "soak: interval notifiers inserted $t_ins, invalidations seen $t_inv; injected faults $t_inj, survived $t_surv"
-echo "soak: slowest SMMU invalidation ${slowest_smmu} us, slowest munmap/mprotect ${slowest} us"
+echo "soak: slowest SMMU invalidation ${slowest_smmu} us (driver: queue wait + TLBIs + CMD_SYNC), slowest munmap/mprotect ${slowest} us (wall clock, locks included)"
 if [ "$expect_stale" = 1 ]; then
     if [ "$failed" -eq 0 ]; then
         echo "soak: every run caught the missing invalidation (stale accesses > 0, exit non-zero): OK"
