@@ -120,8 +120,10 @@ soak: image $(HARNESS) qemu $(PI_DTB)
 # The short soak of `make test`: one seed per board with every fault kind, then the same
 # without IOTLB invalidation, which must fail with stale accesses.
 test-soak: image $(HARNESS) qemu $(PI_DTB)
-	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "fault=all fault.rate=500"
-	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "smmu.skip_invalidate=1" --expect-stale
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "fault=all fault.rate=500" \
+	    --log-prefix test-soak
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "smmu.skip_invalidate=1" \
+	    --expect-stale --log-prefix test-soak-stale
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The soak over many seeds and boards (`make soak`, and the short soak of `make test`): boots
 # the kernel with `job=soak seed=S rounds=N [BOOTARGS]` through the harness on each board,
-# keeps each console in build/logs/soak-<board>-<seed>.log, reads the kernel's `# soak ...`
+# keeps each console in build/logs/<prefix>-<board>-<seed>.log, reads the kernel's `# soak ...`
 # line and prints one row per run and a total.
 #
 #   soak.sh --harness H --kernel IMG --boards "virt-smmu raspi4b" --seeds "1 2" --rounds N
-#           [--bootargs "fault=all"] [--expect-stale] [--timeout SECS]
+#           [--bootargs "fault=all"] [--expect-stale] [--timeout SECS] [--log-prefix soak]
 #
 # Exit status 0 when every run passed (exit 0, stale=0, every injected fault survived). With
 # --expect-stale (for `smmu.skip_invalidate=1`), 0 only when every run FAILED and reported
 # stale accesses: the soak must catch a missing IOTLB invalidation.
 set -u
-harness= kernel= boards= seeds= rounds= extra= expect_stale=0 timeout=600
+harness= kernel= boards= seeds= rounds= extra= expect_stale=0 timeout=600 prefix=soak
 while [ $# -gt 0 ]; do
     case "$1" in
         --harness) harness=$2; shift 2 ;;
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
         --bootargs) extra=$2; shift 2 ;;
         --expect-stale) expect_stale=1; shift ;;
         --timeout) timeout=$2; shift 2 ;;
+        --log-prefix) prefix=$2; shift 2 ;;
         *) echo "soak.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -37,7 +38,7 @@ failed=0 runs=0 t_ops=0 t_dmas=0 t_stale=0 t_inj=0 t_surv=0 t_ins=0 t_inv=0 t_ex
 start=$SECONDS
 for board in $boards; do
     for seed in $seeds; do
-        log=build/logs/soak-$board-$seed.log
+        log=build/logs/$prefix-$board-$seed.log
         timeout "$timeout" "$harness" run --board "$board" --kernel "$kernel" \
             --bootargs "job=soak seed=$seed rounds=$rounds $extra" >"$log" 2>&1 </dev/null
         status=$?
@@ -81,7 +82,7 @@ if [ "$expect_stale" = 1 ]; then
         exit 1
     fi
 elif [ "$failed" -ne 0 ]; then
-    echo "soak: $failed of $runs runs FAILED (logs in build/logs/soak-*.log)"
+    echo "soak: $failed of $runs runs FAILED (logs in build/logs/$prefix-*.log)"
     exit 1
 else
     echo "soak: PASS"
