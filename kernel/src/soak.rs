@@ -362,7 +362,7 @@ fn print_summary(p: &SoakParams, r: &SoakReport) {
     println!("  result           {result}");
     // One line for scripts (make soak).
     println!(
-        "# soak board-cpus={} seed={} rounds={} operations={} dmas={} faults_expected={} faults_seen={} \
+        "# soak cpus={} seed={} rounds={} operations={} dmas={} faults_expected={} faults_seen={} \
          stale={} notifier_inserts={} notifier_removes={} notifier_invalidations={} slowest_ticks={} \
          slowest_us={} slowest_smmu_us={} elapsed_ms={} injected={injected} survived={survived} result={result}",
         r.cpus,
