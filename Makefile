@@ -31,13 +31,14 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb test test-loom test-boards lint qemu dtb clean FORCE
+.PHONY: help image run gdb test test-loom test-boards lint qemu dtb clean FORCE soak test-soak
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
 	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
 	@echo "make test    lint, host unit tests + in-kernel tests on: $(TEST_BOARDS)"
 	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
+	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
@@ -89,6 +90,7 @@ test: qemu $(PI_DTB)
 	    $(HCARGO) test --workspace
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
+	@$(MAKE) --no-print-directory test-soak
 
 # Clippy with warnings as errors, everywhere the code is compiled: the host workspace (the
 # portable core, its tests and benches, the harness) here, and the kernel and the chainloader
@@ -111,6 +113,28 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 
 clean:
 	rm -rf $(BUILD) target
+
+# ---------------------------------------------------------------------------------------------
+# Soak: the coherence workload on every CPU at once (job=soak), many seeds, both SMMU boards,
+# optionally with fault injection (FAULTS=all, or e.g. FAULTS=alloc,sync; see README
+# "Reliability"). Per-run consoles in build/logs/soak-<board>-<seed>.log.
+SEEDS       ?= 1 2 3 4 5 6 7 8
+ROUNDS      ?= 8
+FAULTS      ?=
+SOAK_BOARDS ?= virt-smmu raspi4b
+SOAK        = tests/scripts/soak.sh --harness $(HARNESS) --kernel $(KERNEL_IMG)
+
+soak: image $(HARNESS) qemu $(PI_DTB)
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds "$(SEEDS)" --rounds $(ROUNDS) \
+	    --bootargs "$(if $(FAULTS),fault=$(FAULTS)) $(BOOTARGS)"
+
+# The short soak of `make test`: one seed per board with every fault kind, then the same
+# without IOTLB invalidation, which must fail with stale accesses.
+test-soak: image $(HARNESS) qemu $(PI_DTB)
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "fault=all fault.rate=500" \
+	    --log-prefix test-soak
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "smmu.skip_invalidate=1" \
+	    --expect-stale --log-prefix test-soak-stale
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).

@@ -13,6 +13,9 @@
 //! | `smmu.strategy=per-page\|range\|asid\|auto` | SMMU invalidation strategy (`strategy=` also works; default `auto`) |
 //! | `smmu.skip_invalidate=1` | **debug only**: SVA invalidations are not sent to the SMMU (the SVA tests must then fail) |
 //! | `sva.smp_rounds=<n>` | multiplies the transfers of `sva.smp_unmaps_on_every_cpu_while_dma_runs` (soak) |
+//! | `job=soak` | run the soak (every CPU at once) instead of the coherence workload; `rounds=` per CPU |
+//! | `fault=<kind>[,<kind>…]` or `fault=all` | soak fault injection: `alloc`, `notifier`, `sync`, `cmdq`, `evtq`, `teardown` (see `crate::fault`) |
+//! | `fault.seed=<n>`, `fault.rate=<‰>` | the fault dice's seed, and the chance per round (per mille, default 125) |
 
 use alloc::string::String;
 use alloc::vec::Vec;
