@@ -6,6 +6,7 @@
 BOARD     ?= virt-smmu
 BOOTARGS  ?=
 QEMU_ARGS ?=
+TRACE     ?=
 TIMEOUT   ?=
 
 BUILD     := build
@@ -13,7 +14,7 @@ KERNEL_ELF := $(BUILD)/shootdown.elf
 KERNEL_IMG := $(BUILD)/shootdown.img
 PI_DTB    := $(BUILD)/dtb/bcm2711-rpi-4-b.dtb
 KTARGET_DIR := target/kernel
-HARNESS   := target/release/harness
+HARNESS   := target/debug/harness
 TEST_BOARDS := virt virt-smmu raspi4b
 comma := ,
 space := $(empty) $(empty)
@@ -33,7 +34,7 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
-	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=...]"
+	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
 	@echo "make test    host unit tests + in-kernel tests on: $(TEST_BOARDS)"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
@@ -62,13 +63,15 @@ dtb: $(PI_DTB)
 $(PI_DTB):
 	@bash qemu/install.sh dtb $(BUILD)
 
+# The dev build: the same artifacts `cargo test --workspace` builds.
 $(HARNESS): FORCE
-	@$(HCARGO) build -q -p shootdown-harness --release
+	@$(HCARGO) build -q -p shootdown-harness
 
 BOARD_DEPS = qemu $(if $(filter raspi4b,$(BOARD)),$(PI_DTB))
 
 run: image $(HARNESS) $(BOARD_DEPS)
-	$(HARNESS) run --board $(BOARD) --kernel $(KERNEL_IMG) --bootargs "$(BOOTARGS)" -- $(QEMU_ARGS)
+	$(HARNESS) run --board $(BOARD) --kernel $(KERNEL_IMG) --bootargs "$(BOOTARGS)" \
+	    $(if $(TRACE),--trace $(TRACE)) -- $(QEMU_ARGS)
 
 gdb: image $(HARNESS) $(BOARD_DEPS)
 	@bash qemu/install.sh gdb
@@ -89,9 +92,7 @@ test: qemu $(PI_DTB)
 # allocator's (own target dir: --cfg loom rebuilds everything).
 test-loom:
 	LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	    $(HCARGO) test -q -p shootdown --test loom_notifier
-	LOOM_MAX_PREEMPTIONS=2 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	    $(HCARGO) test -q -p shootdown --lib -- loom_tests
+	    $(HCARGO) test -q -p shootdown --test loom_notifier --test loom_asid
 
 test-boards: image $(HARNESS) qemu $(PI_DTB)
 	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \

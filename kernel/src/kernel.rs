@@ -186,6 +186,9 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
     BOOTARGS.call_once(|| args);
     let info = BOARD.call_once(|| info);
     crate::console::init_logger(log_level(bootargs()));
+    if bootargs().flag("trace") {
+        crate::trace::TRACER.enable(timer::now_ns, crate::arch::aarch64::cpu_id);
+    }
 
     let ram: Vec<(u64, u64)> = info.memory.iter().map(|r| (r.base, r.size)).collect();
     // SAFETY: boot CPU, early tables still live, no other CPU running.
@@ -219,6 +222,7 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         .collect();
     smp::start_secondaries(&cpus, cpu::mpidr());
     smp::on_each_cpu(&|_cpu| mmu::drop_identity_map());
+    crate::iommu::kernel::init();
 
     banner(info);
     let status = match bootargs().get("ktest") {
@@ -410,6 +414,7 @@ pub fn exit(code: ExitCode) -> ! {
 
 /// Like [`exit`] but without the once-only check (for the exception path).
 pub fn exit_now(code: ExitCode) -> ! {
+    dump_trace();
     eprintln!("# shootdown: exit {}", code as u32);
     crate::console::flush();
     power::semihosting_exit(code as u32);
@@ -420,6 +425,29 @@ pub fn exit_now(code: ExitCode) -> ! {
     }
     crate::console::flush();
     cpu::halt()
+}
+
+/// Prints the trace rings (if tracing was on) as `# T` lines between markers the harness
+/// looks for. Lock-free: it may run on the crash path.
+fn dump_trace() {
+    if !crate::trace::TRACER.is_enabled() {
+        return;
+    }
+    let records = crate::trace::TRACER.drain();
+    eprintln!(
+        "# trace-begin {} records, clock {} Hz",
+        records.len(),
+        timer::frequency()
+    );
+    struct Emergency;
+    impl core::fmt::Write for Emergency {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            crate::console::emergency_print(format_args!("{s}"));
+            Ok(())
+        }
+    }
+    let _ = crate::trace::write_records(&mut Emergency, &records);
+    eprintln!("# trace-end");
 }
 
 /// The end of an unexpected exception (after its report): a test run bails out.

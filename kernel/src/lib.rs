@@ -14,6 +14,7 @@
 //! | [`iommu`] | SMMUv3 command/table encodings, the SMMU model, the driver, SVA binding | host + kernel |
 //! | [`board`] | what differs between QEMU `virt` and the Raspberry Pi 4, read from the device tree | host + kernel |
 //! | [`ktest`] | in-kernel tests and their KTAP v1 output | kernel (format code also on the host) |
+//! | [`trace`] | per-CPU event rings, dumped for Chrome/Perfetto traces | host + kernel |
 //! | `arch::aarch64` | boot glue, exceptions, system registers, barriers, TLBI, PSCI, SMP | kernel |
 //! | `drivers` | PL011, GIC, PCIe, `edu` | kernel |
 //!
@@ -32,6 +33,7 @@ pub mod iommu;
 pub mod ktest;
 pub mod mm;
 pub mod sync;
+pub mod trace;
 
 #[cfg(target_os = "none")]
 pub mod arch;

@@ -21,6 +21,7 @@ use crate::profile::{self, Profile};
 use crate::qemu::{self, Console, Launch, Qemu};
 use crate::report::{self, Tally};
 use crate::serial;
+use crate::trace;
 
 /// Exit status: everything passed.
 pub const PASS: i32 = 0;
@@ -68,6 +69,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Serial(o) => serial(&o),
         Command::Chainboot(o) => chainboot(&o),
         Command::Parse(o) => parse(&o),
+        Command::Trace { input, out } => trace_command(input.as_deref(), &out),
         Command::Boards { profiles } => boards(profiles.as_deref()),
     };
     result.unwrap_or_else(|e| {
@@ -322,6 +324,12 @@ fn run(o: &QemuOptions) -> Result<i32, SetupError> {
     if o.board.contains(',') {
         return setup("`harness run` boots one board");
     }
+    let mut o = o.clone();
+    if o.trace.is_some() {
+        // Tracing is a boot argument; the kernel prints the rings at exit.
+        o.bootargs = Some(format!("{} trace=1", o.bootargs.as_deref().unwrap_or("")));
+    }
+    let o = &o;
     let p = prepare(o, &o.board, console)?;
     let quoted = qemu::shell_quote(&p.command);
     if o.dry_run {
@@ -344,8 +352,72 @@ fn run(o: &QemuOptions) -> Result<i32, SetupError> {
             elf.display()
         );
     }
+    if let Some(out) = &o.trace {
+        return run_traced(&p.command, out);
+    }
     let e = qemu::exec(&p.command, !on_terminal);
     Err(spawn_error(&p.command[0], e))
+}
+
+/// `run --trace`: QEMU's console is copied through (and kept) instead of handed over, so the
+/// trace the kernel prints at exit can be written out as Chrome JSON.
+fn run_traced(command: &[String], out: &Path) -> Result<i32, SetupError> {
+    let mut child = Process::new(&command[0])
+        .args(&command[1..])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error(&command[0], e))?;
+    let mut console = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    for line in io::BufReader::new(stdout).split(b'\n') {
+        let line = line.map_err(|e| SetupError(format!("reading the console: {e}")))?;
+        let line = String::from_utf8_lossy(&line);
+        println!("{line}");
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let status = child
+        .wait()
+        .map_err(|e| SetupError(format!("waiting for QEMU: {e}")))?;
+    let code = status.code().unwrap_or(FAIL);
+    write_trace(&console, out)?;
+    Ok(code)
+}
+
+/// Writes the trace in `console` to `out` and checks its unmap ordering.
+fn write_trace(console: &str, out: &Path) -> Result<(), SetupError> {
+    let t = trace::parse(console).map_err(|e| SetupError(e.to_string()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| SetupError(format!("{}: {e}", dir.display())))?;
+    }
+    fs::write(out, trace::chrome_json(&t))
+        .map_err(|e| SetupError(format!("{}: {e}", out.display())))?;
+    eprintln!(
+        "[harness] trace: {} events written to {}",
+        t.records.len(),
+        out.display()
+    );
+    match trace::check_unmaps(&t) {
+        Ok(n) => {
+            eprintln!(
+                "[harness] trace: {n} unmaps, each returned after its secondary invalidation"
+            );
+            Ok(())
+        }
+        Err(e) => Err(SetupError(format!("trace check failed: {e}"))),
+    }
+}
+
+/// `harness trace`: a saved console log's trace to Chrome JSON.
+fn trace_command(input: Option<&Path>, out: &Path) -> Result<i32, SetupError> {
+    let console = match input {
+        Some(p) if p.as_os_str() != "-" => {
+            fs::read_to_string(p).map_err(|e| SetupError(format!("{}: {e}", p.display())))?
+        }
+        _ => io::read_to_string(io::stdin()).map_err(|e| SetupError(format!("stdin: {e}")))?,
+    };
+    write_trace(&console, out)?;
+    Ok(PASS)
 }
 
 /// A serial port as a watch target: stopping means no longer reading.

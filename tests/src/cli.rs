@@ -10,10 +10,14 @@ usage:
                  [--log-dir DIR] [--verbose] [--dry-run] [-- QEMU_ARGS...]
       Boot the kernel under QEMU with board profile NAME (qemu/NAME.toml), parse its KTAP,
       print a summary, write the console log to build/logs/NAME.log; exit 1 on any failure.
-  harness run    --board NAME [--bootargs ARGS] [--kernel PATH] [--gdb] [--qemu PATH]
-                 [--profiles DIR] [--dry-run] [-- QEMU_ARGS...]
+  harness run    --board NAME [--bootargs ARGS] [--kernel PATH] [--gdb] [--trace OUT.json]
+                 [--qemu PATH] [--profiles DIR] [--dry-run] [-- QEMU_ARGS...]
       Boot it interactively (console on the terminal; Ctrl-A x quits QEMU). Exits with
-      QEMU's status. --gdb: QEMU waits for gdb on :1234.
+      QEMU's status. --gdb: QEMU waits for gdb on :1234. --trace: boot with trace=1 and write
+      the kernel's event trace as Chrome/Perfetto JSON.
+  harness trace  [FILE|-] --out OUT.json
+      Convert the trace in a saved console log (boot with trace=1) to Chrome/Perfetto JSON and
+      check that every unmap returned only after the secondary TLBs were invalidated.
   harness serial --port DEV [--baud N] [--timeout SECS] [--test-timeout SECS] [--junit PATH]
                  [--log PATH] [--name NAME] [--reset-cmd CMD] [--verbose]
                  [--chainload IMAGE [--bootargs ARGS] [--replace-bootargs] [--ready-timeout SECS]
@@ -69,6 +73,8 @@ pub struct QemuOptions {
     pub verbose: bool,
     // run only
     pub gdb: bool,
+    /// Write the kernel's trace (boot with `trace=1`) here as Chrome trace JSON.
+    pub trace: Option<PathBuf>,
 }
 
 /// `harness serial` options.
@@ -140,7 +146,14 @@ pub enum Command {
     Serial(SerialOptions),
     Chainboot(ChainbootOptions),
     Parse(ParseOptions),
-    Boards { profiles: Option<PathBuf> },
+    /// `harness trace`: a saved log's trace to Chrome JSON.
+    Trace {
+        input: Option<PathBuf>,
+        out: PathBuf,
+    },
+    Boards {
+        profiles: Option<PathBuf>,
+    },
     Help,
 }
 
@@ -214,6 +227,23 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         "serial" => parse_serial(&mut a),
         "chainboot" => parse_chainboot(&mut a),
         "parse" => parse_parse(&mut a),
+        "trace" => {
+            let mut input = None;
+            let mut out = None;
+            while let Some(flag) = a.next_flag()? {
+                match flag.as_str() {
+                    "--out" | "-o" => out = Some(PathBuf::from(a.value(&flag)?)),
+                    f if (f == "-" || !f.starts_with('-')) && input.is_none() => {
+                        input = Some(PathBuf::from(f))
+                    }
+                    _ => return Err(unknown(&flag, "trace")),
+                }
+            }
+            Ok(Command::Trace {
+                input,
+                out: out.ok_or("`harness trace` needs --out OUT.json")?,
+            })
+        }
         "boards" => {
             let mut profiles = None;
             while let Some(flag) = a.next_flag()? {
@@ -226,7 +256,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         }
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!(
-            "unknown command `{other}` (test, run, serial, chainboot, parse, boards)"
+            "unknown command `{other}` (test, run, serial, chainboot, parse, trace, boards)"
         )),
     }
 }
@@ -270,6 +300,7 @@ fn parse_qemu(sub: &str, a: &mut Args) -> Result<Command, String> {
             "--log-dir" if test => o.log_dir = Some(a.value(&flag)?.into()),
             "--verbose" | "-v" if test => o.verbose = true,
             "--gdb" if !test => o.gdb = true,
+            "--trace" if !test => o.trace = Some(a.value(&flag)?.into()),
             _ => return Err(unknown(&flag, sub)),
         }
     }

@@ -7,6 +7,7 @@
 //! - [`serial`]: a real board's serial port; [`chainload`]: pushing a kernel through the
 //!   UART chainloader.
 //! - [`report`], [`junit`]: the human summary and JUnit XML.
+//! - [`trace`]: the kernel's event trace as Chrome/Perfetto JSON.
 //! - [`cli`], [`app`]: the `harness` command.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod profile;
 pub mod qemu;
 pub mod report;
 pub mod serial;
+pub mod trace;
 
 #[cfg(test)]
 mod ktap_fixtures;

@@ -159,3 +159,103 @@ fn booting_without_a_device_tree_says_so_and_exits_2() {
         "no clear message:\n{t}"
     );
 }
+
+#[test]
+fn make_run_trace_writes_valid_chrome_json_with_every_unmap_invalidated_before_it_returned() {
+    let Some(k) = kernel() else { return };
+    let out_json =
+        std::env::temp_dir().join(format!("shootdown-trace-{}.json", std::process::id()));
+    let out = Command::new(HARNESS)
+        .current_dir(repo_root())
+        .args([
+            "run",
+            "--board",
+            "virt",
+            "--bootargs",
+            "ktest=mm",
+            "--kernel",
+        ])
+        .arg(&k)
+        .arg("--trace")
+        .arg(&out_json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("harness runs");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("each returned after its secondary invalidation"),
+        "{t}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).expect("valid JSON");
+    let events = json["traceEvents"].as_array().expect("traceEvents");
+    let named = |n: &str| events.iter().filter(|e| e["name"] == n).count();
+    assert!(named("munmap") >= 2, "no unmaps traced");
+    assert_eq!(named("munmap") % 2, 0, "unbalanced munmap begin/end");
+    assert!(
+        named("arch_invalidate_secondary_tlbs") >= named("munmap"),
+        "{events:?}"
+    );
+    assert!(
+        named("CPU TLBI") > 0,
+        "the CPU TLB invalidations are not traced"
+    );
+    // Timestamps never go backwards within a CPU.
+    let mut last = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e["ph"] != "M") {
+        let (tid, ts) = (e["tid"].as_u64().unwrap(), e["ts"].as_f64().unwrap());
+        let prev = last.insert(tid, ts).unwrap_or(0.0);
+        assert!(ts >= prev, "time went backwards on CPU {tid}");
+    }
+    let _ = std::fs::remove_file(&out_json);
+}
+
+fn harness_run(kernel: &Path, board: &str, bootargs: &str) -> Output {
+    Command::new(HARNESS)
+        .current_dir(repo_root())
+        .args(["run", "--board", board, "--bootargs", bootargs, "--kernel"])
+        .arg(kernel)
+        .stdin(Stdio::null())
+        .output()
+        .expect("harness runs")
+}
+
+/// The number after `stale accesses` in the workload's summary.
+fn stale_count(text: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("stale accesses"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[test]
+fn make_run_workload_passes_with_no_stale_access_on_both_boards() {
+    let Some(k) = kernel() else { return };
+    for board in ["virt-smmu", "raspi4b"] {
+        let out = harness_run(&k, board, "rounds=4 seed=11");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{board}:\n{t}");
+        assert_eq!(stale_count(&t), Some(0), "{board}:\n{t}");
+        assert!(t.contains("result           PASS"), "{board}:\n{t}");
+        assert!(
+            t.contains("faults           expected"),
+            "{board}: no fault summary:\n{t}"
+        );
+    }
+}
+
+#[test]
+fn the_workload_fails_when_the_iotlb_is_not_invalidated() {
+    let Some(k) = kernel() else { return };
+    for board in ["virt-smmu", "raspi4b"] {
+        let out = harness_run(&k, board, "rounds=4 seed=11 smmu.skip_invalidate=1");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{board}:\n{t}");
+        assert!(
+            stale_count(&t).is_some_and(|n| n > 0),
+            "{board}: stale accesses not reported:\n{t}"
+        );
+        assert!(t.contains("result           FAIL"), "{board}:\n{t}");
+    }
+}

@@ -133,6 +133,23 @@ pub struct PcieHost {
     pub iommu_map: Vec<(u32, u32, u32, u32)>,
 }
 
+impl PcieHost {
+    /// The StreamID that the IOMMU with phandle `iommu` sees for requester `rid`, through the
+    /// host bridge's `iommu-map` (Linux `Documentation/devicetree/bindings/pci/pci-iommu.txt`:
+    /// each entry maps `length` requester IDs from `rid-base` to `iommu-base` onwards).
+    /// `None` if no entry for that IOMMU covers `rid`: the device is not translated by it (Linux
+    /// `of_map_id()` refuses such a device too).
+    pub fn stream_id(&self, iommu: u32, rid: u16) -> Option<u32> {
+        let rid = u32::from(rid);
+        self.iommu_map
+            .iter()
+            .find(|&&(base, phandle, _, len)| {
+                phandle == iommu && rid >= base && u64::from(rid) < u64::from(base) + u64::from(len)
+            })
+            .and_then(|&(base, _, sid_base, _)| sid_base.checked_add(rid - base))
+    }
+}
+
 /// Everything the kernel takes from the device tree.
 #[derive(Debug, Clone)]
 pub struct BoardInfo {
@@ -655,6 +672,30 @@ mod tests {
         for blob in [&name[..], &token[..]] {
             assert!(matches!(parse(blob), Err(DtError::Parse(_))));
         }
+    }
+
+    #[test]
+    fn iommu_map_translates_requester_ids() {
+        let host = PcieHost {
+            ecam: r(0x40_1000_0000, 0x1000_0000),
+            bus_range: (0, 0xff),
+            mem32: None,
+            mem64: None,
+            // QEMU virt's identity map, and a second IOMMU with an offset window.
+            iommu_map: vec![(0, 0x8000, 0, 0x10000), (0x100, 0x9000, 0x4000, 0x20)],
+        };
+        assert_eq!(host.stream_id(0x8000, 0x0010), Some(0x10));
+        assert_eq!(host.stream_id(0x8000, 0xffff), Some(0xffff));
+        assert_eq!(host.stream_id(0x9000, 0x0105), Some(0x4005));
+        assert_eq!(host.stream_id(0x9000, 0x0120), None, "past the window");
+        assert_eq!(host.stream_id(0x9000, 0x00ff), None, "before the window");
+        assert_eq!(host.stream_id(0x7777, 0x0010), None, "another IOMMU");
+        let overflow = PcieHost {
+            iommu_map: vec![(0, 1, u32::MAX, 16)],
+            ..host
+        };
+        assert_eq!(overflow.stream_id(1, 0), Some(u32::MAX));
+        assert_eq!(overflow.stream_id(1, 1), None);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum EduError {
     },
     /// The transfer did not finish in time.
     Timeout,
+    /// A transfer is still running (the device ignores register writes until it is done).
+    Busy,
 }
 
 impl fmt::Display for EduError {
@@ -72,6 +74,7 @@ impl fmt::Display for EduError {
                 "edu: bus address {addr:#x} is beyond the DMA mask {mask:#x}"
             ),
             EduError::Timeout => f.write_str("edu: DMA did not complete within the timeout"),
+            EduError::Busy => f.write_str("edu: a DMA transfer is still running"),
         }
     }
 }
@@ -168,6 +171,19 @@ impl Edu {
         len: usize,
         timeout_us: u64,
     ) -> Result<(), EduError> {
+        self.start_dma(dir, addr, offset, len)?;
+        self.wait_dma(timeout_us)
+    }
+
+    /// Starts a transfer like [`Edu::dma`] and returns at once; [`Edu::wait_dma`] waits for
+    /// it. QEMU runs the transfer 100 ms (virtual clock) after this call.
+    pub fn start_dma(
+        &self,
+        dir: Direction,
+        addr: u64,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), EduError> {
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > BUFFER_SIZE) {
             return Err(EduError::BadLength { offset, len });
         }
@@ -183,6 +199,9 @@ impl Edu {
                 mask: self.dma_mask,
             });
         }
+        if self.is_busy() {
+            return Err(EduError::Busy);
+        }
         let dev = BUFFER_ADDR + offset as u64;
         let (src, dst, cmd) = match dir {
             Direction::FromMemory => (addr, dev, DMA_RUN),
@@ -193,14 +212,24 @@ impl Edu {
         self.write64(REG_DMA_DST, dst);
         self.write64(REG_DMA_COUNT, len as u64);
         self.write64(REG_DMA_CMD, cmd);
+        Ok(())
+    }
+
+    /// True while a transfer runs.
+    pub fn is_busy(&self) -> bool {
+        self.read64(REG_DMA_CMD) & DMA_RUN != 0
+    }
+
+    /// Waits (polling, at most `timeout_us`) until no transfer runs.
+    pub fn wait_dma(&self, timeout_us: u64) -> Result<(), EduError> {
         let deadline = timer::Deadline::after_us(timeout_us);
-        while self.read64(REG_DMA_CMD) & DMA_RUN != 0 {
+        while self.is_busy() {
             if deadline.expired() {
                 return Err(EduError::Timeout);
             }
             core::hint::spin_loop();
         }
-        crate::arch::aarch64::cpu::dsb_sy();
+        crate::arch::aarch64::cpu::dsb_sy(); // what the device wrote is seen after this
         Ok(())
     }
 }

@@ -4,3 +4,4 @@ pub mod bcm2711_gpio;
 pub mod edu;
 pub mod pcie;
 pub mod pl011;
+pub mod smmuv3;

@@ -72,8 +72,9 @@ pub struct Bdf {
 }
 
 impl Bdf {
-    /// The PCI requester ID (`bus << 8 | device << 3 | function`): the StreamID on QEMU virt,
-    /// whose `iommu-map` is the identity.
+    /// The PCI requester ID (`bus << 8 | device << 3 | function`). Its StreamID comes from the
+    /// host bridge's `iommu-map` ([`crate::iommu::kernel::stream_id`]); on QEMU virt that map
+    /// happens to be the identity.
     pub fn requester_id(&self) -> u16 {
         (u16::from(self.bus) << 8) | (u16::from(self.device) << 3) | u16::from(self.function)
     }

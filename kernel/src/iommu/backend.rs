@@ -8,8 +8,7 @@
 //! that both the CPU and the SMMU reach: the driver writes them through
 //! [`crate::mm::phys::PhysMemory`] and allocates them from a [`ContiguousFrameAllocator`].
 
-use crate::mm::phys::{FrameAllocator, OutOfFrames};
-use crate::mm::PhysAddr;
+pub use crate::mm::phys::ContiguousFrameAllocator;
 
 /// Access to the SMMU's register window (pages 0 and 1, see [`crate::iommu::regs`]).
 ///
@@ -64,19 +63,4 @@ impl<T: Clock + ?Sized> Clock for &T {
     fn now_ns(&self) -> u64 {
         (**self).now_ns()
     }
-}
-
-/// A frame allocator that can also hand out naturally aligned runs of frames.
-///
-/// The SMMU requires a linear stream table and each queue to be aligned to their own size
-/// (§3.3.1 and §6.3.24 SMMU_STRTAB_BASE: "the effective base address is aligned by the SMMU
-/// to the table size"; §6.3.26 SMMU_CMDQ_BASE likewise), and a stream table covering 256
-/// StreamIDs is already 16 KiB.
-pub trait ContiguousFrameAllocator: FrameAllocator {
-    /// 2^`order` zeroed, physically contiguous frames, aligned to 2^`order` frames.
-    fn alloc_contiguous_zeroed(&self, order: u32) -> Result<PhysAddr, OutOfFrames>;
-
-    /// Returns a run obtained from [`ContiguousFrameAllocator::alloc_contiguous_zeroed`] with
-    /// the same `order`.
-    fn free_contiguous(&self, base: PhysAddr, order: u32);
 }

@@ -517,6 +517,13 @@ impl CommandCounts {
         }
     }
 
+    /// Takes away an earlier snapshot of the same counters (saturating).
+    pub fn subtract(&mut self, earlier: &CommandCounts) {
+        for (a, b) in self.0.iter_mut().zip(earlier.0.iter()) {
+            *a = a.saturating_sub(*b);
+        }
+    }
+
     /// Number of commands of `kind`.
     pub fn get(&self, kind: CommandKind) -> u64 {
         self.0[kind as usize]

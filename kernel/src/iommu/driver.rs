@@ -34,6 +34,10 @@
 //! * **Release** ([`Smmu::quiesce`]) keeps the CD valid but disables TTB0 walks (EPD0 = 1) and
 //!   fault recording (R = 0), then invalidates the CD for every attached stream and the whole
 //!   ASID: in-flight DMA aborts quietly, and the page tables can be freed afterwards.
+//! * **Last resort.** If the SMMU stops answering (a CMD_SYNC timed out and a quiesce did too),
+//!   [`Smmu::abort_all_traffic`] turns translation off with SMMU_GBPA.ABORT set, which needs no
+//!   command: every transaction of every stream then aborts, so nothing cached can be used.
+//!   Later submissions fail at once with [`SmmuError::Disabled`] instead of timing out.
 //! * **Events** are drained on request ([`Smmu::drain_events`]); a full queue loses events,
 //!   which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG and the driver acknowledges through
 //!   OVACKFLG (§7.4) and counts.
@@ -60,7 +64,7 @@ use crate::iommu::regs::{
 use crate::iommu::ste::{Ste, STE_SIZE, STE_WORDS};
 use crate::mm::phys::PhysMemory;
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SHIFT};
-use crate::sync::atomic::{fence, Ordering};
+use crate::sync::atomic::{fence, AtomicBool, Ordering};
 
 /// Command-queue entry size (§4.1).
 const CMD_SIZE: usize = 16;
@@ -127,6 +131,13 @@ impl fmt::Display for CommandFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContextId(u32);
 
+impl ContextId {
+    /// The context's number (for reports; numbers are never reused).
+    pub const fn index(self) -> u32 {
+        self.0
+    }
+}
+
 /// What an address space looks like to the SMMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextParams {
@@ -165,6 +176,9 @@ pub enum SmmuError {
     },
     /// The SMMU refused a command (recovered: the queue runs on).
     CommandFailed(CommandFailure),
+    /// Translation was turned off by [`Smmu::abort_all_traffic`]: all traffic aborts and no
+    /// command is sent any more.
+    Disabled,
     /// A StreamID beyond the stream table.
     SidOutOfRange {
         sid: u32,
@@ -213,6 +227,9 @@ impl fmt::Display for SmmuError {
                 write!(f, "command queue full: {needed} slots needed, {free} free")
             }
             Self::CommandFailed(c) => write!(f, "command failed: {c}"),
+            Self::Disabled => {
+                f.write_str("the SMMU was disabled after a failure: all traffic aborts")
+            }
             Self::SidOutOfRange { sid, max } => write!(f, "StreamID {sid:#x} exceeds {max:#x}"),
             Self::StreamBusy(sid) => write!(f, "StreamID {sid:#x} is already attached"),
             Self::StreamNotAttached(sid) => write!(f, "StreamID {sid:#x} is not attached"),
@@ -352,6 +369,8 @@ pub struct Smmu<'a, B: SmmuBackend, C: Clock> {
     streams: spin::Mutex<Streams>,
     planner: spin::Mutex<PlannerConfig>,
     debug: spin::Mutex<DebugKnobs>,
+    /// Set by [`Smmu::abort_all_traffic`].
+    disabled: AtomicBool,
 }
 
 /// Frames needed for `bytes`, as an allocation order.
@@ -462,6 +481,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             }),
             planner: spin::Mutex::new(planner),
             debug: spin::Mutex::new(DebugKnobs::default()),
+            disabled: AtomicBool::new(false),
         };
         match smmu.reset() {
             Ok(()) => Ok(smmu),
@@ -639,6 +659,11 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     /// Selects the invalidation strategy (`Range` needs SMMU_IDR3.RIL).
+    /// The invalidation strategy in use.
+    pub fn strategy(&self) -> Strategy {
+        self.planner.lock().strategy()
+    }
+
     pub fn set_strategy(&self, strategy: Strategy) -> Result<(), SmmuError> {
         let mut p = self.planner.lock();
         *p = p.with_strategy(strategy)?;
@@ -648,6 +673,25 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Debug-only: sets knobs that deliberately break invalidation.
     pub fn set_debug_knobs(&self, knobs: DebugKnobs) {
         *self.debug.lock() = knobs;
+    }
+
+    /// The debug knobs in force.
+    pub fn debug_knobs(&self) -> DebugKnobs {
+        *self.debug.lock()
+    }
+
+    /// The last resort when the SMMU stops completing commands: translation off with
+    /// SMMU_GBPA.ABORT set (§6.3.2, §6.3.9), which aborts every transaction of every stream
+    /// and needs no command queue. The tables and queues stay allocated (the SMMU may still
+    /// read them); later commands fail with [`SmmuError::Disabled`]. Idempotent.
+    pub fn abort_all_traffic(&self) -> Result<(), SmmuError> {
+        self.disabled.store(true, Ordering::SeqCst);
+        self.disable()
+    }
+
+    /// True once [`Smmu::abort_all_traffic`] was called.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
     }
 
     /// Counters so far.
@@ -668,6 +712,9 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         sync: bool,
     ) -> Result<CommandCounts, SmmuError> {
         let mut q = self.cmdq.lock();
+        if self.disabled.load(Ordering::Acquire) {
+            return Err(SmmuError::Disabled);
+        }
         let mut counts = CommandCounts::default();
         let mut failure = None;
         let mut batch = Vec::with_capacity(self.config.batch as usize);
@@ -681,9 +728,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             }
         }
         if sync {
+            let index = u64::from(q.prod);
+            crate::trace::record(crate::trace::Kind::CmdSyncBegin, index, 0);
             self.publish(&mut q, &[Command::SYNC], &mut failure)?;
             counts.add(Command::SYNC.kind());
-            self.wait_consumed(&mut q, &mut failure)?;
+            let waited = self.wait_consumed(&mut q, &mut failure);
+            let failed = waited.is_err() || failure.is_some();
+            crate::trace::record(crate::trace::Kind::CmdSyncEnd, index, u64::from(failed));
+            waited?;
         }
         match failure {
             Some(f) => Err(SmmuError::CommandFailed(f)),
@@ -707,6 +759,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             physmem::store(self.mem, PhysAddr(slot + 8), words[1], Ordering::Relaxed)?;
             q.prod = q.geo.advance(q.prod, 1);
             q.stats.commands.add(cmd.kind());
+            crate::trace::record(crate::trace::Kind::SmmuCommand, words[0] & 0xff, words[0]);
         }
         // The entries (and any STE/CD written before) must be visible before PROD moves.
         fence(Ordering::Release);

@@ -68,6 +68,18 @@ impl Strategy {
     /// Every strategy, for benchmarks and tests.
     pub const ALL: [Strategy; 4] = [Self::PerPage, Self::Range, Self::Asid, Self::Auto];
 
+    /// The strategy called `name` (as [`Strategy::name`] spells it; `per_page` and `perpage`
+    /// also accepted), for boot arguments.
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        match name {
+            "per-page" | "per_page" | "perpage" => Some(Self::PerPage),
+            "range" => Some(Self::Range),
+            "asid" => Some(Self::Asid),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
+
     /// A short name.
     pub const fn name(self) -> &'static str {
         match self {
@@ -402,6 +414,16 @@ mod tests {
     use super::*;
     use crate::iommu::command::CommandKind;
     use proptest::prelude::*;
+
+    #[test]
+    fn strategy_names_round_trip() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::from_name(s.name()), Some(s));
+        }
+        assert_eq!(Strategy::from_name("per_page"), Some(Strategy::PerPage));
+        assert_eq!(Strategy::from_name("Range"), None);
+        assert_eq!(Strategy::from_name(""), None);
+    }
 
     /// What a list of commands invalidates, in pages: `None` = everything in the ASID.
     fn covered(plan: &Plan) -> Option<alloc::vec::Vec<(u64, u64)>> {

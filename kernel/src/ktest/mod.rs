@@ -40,6 +40,17 @@ pub enum TestError {
 /// What a test returns.
 pub type TestResult = Result<(), TestError>;
 
+/// A board without an SMMU or DMA master skips the test; any other rig failure fails it.
+#[cfg(target_os = "none")]
+impl From<crate::iommu::rig::RigError> for TestError {
+    fn from(e: crate::iommu::rig::RigError) -> Self {
+        match e {
+            crate::iommu::rig::RigError::Unavailable(why) => TestError::Skip(why),
+            crate::iommu::rig::RigError::Failed(why) => TestError::Fail(why),
+        }
+    }
+}
+
 /// Context handed to each test.
 pub struct TestCtx {
     /// The run's seed (`seed=`), mixed with the test's name so every test gets its own stream.
@@ -123,7 +134,7 @@ macro_rules! kassert {
     };
 }
 
-/// Fails the current test unless both sides are equal.
+/// Fails the current test unless both sides are equal (optionally with a message).
 #[macro_export]
 macro_rules! kassert_eq {
     ($left:expr, $right:expr $(,)?) => {
@@ -138,6 +149,24 @@ macro_rules! kassert_eq {
                         stringify!($right),
                         l,
                         r
+                    )));
+                }
+            }
+        }
+    };
+    ($left:expr, $right:expr, $($fmt:tt)+) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l != r {
+                    return Err($crate::ktest::TestError::Fail(alloc::format!(
+                        "{}:{}: {} == {} failed: {:?} != {:?}: {}",
+                        file!(),
+                        line!(),
+                        stringify!($left),
+                        stringify!($right),
+                        l,
+                        r,
+                        format_args!($($fmt)+)
                     )));
                 }
             }

@@ -69,6 +69,7 @@ use super::phys::{FrameAllocator, PhysMemory};
 use super::{PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::SpinLock;
+use crate::trace::{self, Kind};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -265,6 +266,8 @@ pub struct AspaceStats {
     pub cpu_invalidations: AtomicU64,
     /// `arch_invalidate_secondary_tlbs` calls made.
     pub secondary_invalidations: AtomicU64,
+    /// `invalidate_range_start` / `invalidate_range_end` pairs (or non-blocking starts refused).
+    pub range_invalidations: AtomicU64,
 }
 
 struct Inner<P: MmPlatform> {
@@ -332,19 +335,22 @@ impl<P: MmPlatform> Invalidate for Flush<'_, P> {
         let a = self.aspace;
         a.platform.full_barrier();
         // A context that never ran on a CPU has nothing in any CPU TLB (see MmPlatform::full_barrier).
+        let range = inv.range();
+        let (start, end) = (range.start().as_u64(), range.end().as_u64());
         if let Some(asid) = a.platform.asids().asid_of(&a.asid) {
             let plan = a.platform.tlb_policy().plan(inv, TlbScope::Asid(asid));
             a.platform.run_tlb_plan(&plan);
             a.stats.cpu_invalidations.fetch_add(1, Ordering::Relaxed);
+            trace::record(Kind::CpuTlbi, start, end);
         }
         #[cfg(test)]
         if a.skip_secondary.load(Ordering::Relaxed) {
             return;
         }
         if self.secondary {
-            let range = inv.range();
-            let done =
-                a.mm.arch_invalidate_secondary_tlbs(range.start().as_u64(), range.end().as_u64());
+            trace::record(Kind::SecondaryBegin, start, end);
+            let done = a.mm.arch_invalidate_secondary_tlbs(start, end);
+            trace::record(Kind::SecondaryEnd, start, end);
             // The engine's ranges are never empty; an error here would be a lost invalidation.
             debug_assert!(done.is_ok(), "empty secondary invalidation of {range:?}");
             a.stats
@@ -600,9 +606,13 @@ impl<P: MmPlatform> AddressSpace<P> {
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
         self.covering(start, end)?;
-        self.unmap_locked(start, end, NotifyEvent::Unmap, true, &mmap)?;
-        split_out(&mut self.inner.lock().regions, start, end, |_| None);
-        Ok(())
+        trace::record(Kind::UnmapBegin, start, end);
+        let r = self.unmap_locked(start, end, NotifyEvent::Unmap, true, &mmap);
+        if r.is_ok() {
+            split_out(&mut self.inner.lock().regions, start, end, |_| None);
+        }
+        trace::record(Kind::UnmapEnd, start, end);
+        r.map(|_| ())
     }
 
     /// As [`munmap`](Self::munmap), but with a non-blockable invalidation (the OOM reaper's):
@@ -625,7 +635,10 @@ impl<P: MmPlatform> AddressSpace<P> {
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
         self.covering(start, end)?;
-        self.unmap_locked(start, end, NotifyEvent::Clear, true, &mmap)
+        trace::record(Kind::UnmapBegin, start, end);
+        let r = self.unmap_locked(start, end, NotifyEvent::Clear, true, &mmap);
+        trace::record(Kind::UnmapEnd, start, end);
+        r
     }
 
     /// Unmaps whatever is mapped in `[start, end)` with the full invalidation protocol; the
@@ -653,6 +666,10 @@ impl<P: MmPlatform> AddressSpace<P> {
             mmap.invalidate_range_start_nonblock(range)
                 .map_err(|WouldBlock| MmError::WouldBlock)?
         };
+        trace::record(Kind::NotifierStart, range.start(), range.end());
+        self.stats
+            .range_invalidations
+            .fetch_add(1, Ordering::Relaxed);
         let mut data_frames = Vec::new();
         let pages = {
             let mut inner = self.inner.lock();
@@ -690,6 +707,7 @@ impl<P: MmPlatform> AddressSpace<P> {
             .pages_unmapped
             .fetch_add(pages, Ordering::Relaxed);
         inv.end();
+        trace::record(Kind::NotifierEnd, range.start(), range.end());
         Ok(pages)
     }
 
@@ -717,11 +735,17 @@ impl<P: MmPlatform> AddressSpace<P> {
             let table = inner.table.as_ref().ok_or(MmError::Exited)?;
             table.affected_range(VirtAddr(start), (end - start) as usize)?
         };
-        let inv = mmap.invalidate_range_start(NotifierRange::new(
+        let range = NotifierRange::new(
             NotifyEvent::ProtectionVma,
             announced.start().as_u64(),
             announced.end().as_u64(),
-        )?);
+        )?;
+        trace::record(Kind::ProtectBegin, start, end);
+        let inv = mmap.invalidate_range_start(range);
+        trace::record(Kind::NotifierStart, range.start(), range.end());
+        self.stats
+            .range_invalidations
+            .fetch_add(1, Ordering::Relaxed);
         {
             let mut inner = self.inner.lock();
             let table = inner.table.as_mut().ok_or(MmError::Exited)?;
@@ -743,6 +767,8 @@ impl<P: MmPlatform> AddressSpace<P> {
             });
         }
         inv.end();
+        trace::record(Kind::NotifierEnd, range.start(), range.end());
+        trace::record(Kind::ProtectEnd, start, end);
         Ok(())
     }
 

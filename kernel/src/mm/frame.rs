@@ -13,6 +13,12 @@
 //! leaves the bitmap unchanged: [`FrameBitmap::try_free`] returns the error, the
 //! [`FrameAllocator`] implementation (whose `free` cannot fail) counts it in
 //! [`BitmapFrameAllocator::bad_frees`] and logs it, like Linux's `bad_page()` report.
+//!
+//! Runs of 2^order frames aligned to their own size (physically: the SMMU aligns its stream
+//! table and queues down to their size, SMMUv3 §6.3.24/§6.3.26) come from
+//! [`FrameBitmap::alloc_contiguous`]: first fit over the aligned candidates of each region,
+//! claimed word by word with compare-and-swap and rolled back if another CPU got one of the
+//! frames first, so single-frame allocations stay lock-free beside it.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -20,11 +26,14 @@ use core::fmt;
 use core::ops::Range;
 
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
-use crate::mm::phys::{FrameAllocator, OutOfFrames, PhysMemory};
+use crate::mm::phys::{ContiguousFrameAllocator, FrameAllocator, OutOfFrames, PhysMemory};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const FRAME: u64 = PAGE_SIZE as u64;
 const BITS_PER_WORD: usize = 64;
+
+/// The largest run [`FrameBitmap::alloc_contiguous`] hands out: 2^18 frames (1 GiB).
+pub const MAX_CONTIGUOUS_ORDER: u32 = 18;
 
 /// Why a frame could not be freed. The bitmap is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +44,8 @@ pub enum FreeError {
     NotManaged(PhysAddr),
     /// The frame is managed but not allocated: a double free.
     NotAllocated(PhysAddr),
+    /// A run of 2^order frames is not aligned to its size, or `order` is too large.
+    BadRun { base: PhysAddr, order: u32 },
 }
 
 impl fmt::Display for FreeError {
@@ -43,6 +54,9 @@ impl fmt::Display for FreeError {
             FreeError::Misaligned(pa) => write!(f, "freeing unaligned frame address {pa}"),
             FreeError::NotManaged(pa) => write!(f, "freeing frame {pa} that is not managed RAM"),
             FreeError::NotAllocated(pa) => write!(f, "double free of frame {pa}"),
+            FreeError::BadRun { base, order } => {
+                write!(f, "{base} does not start a run of 2^{order} managed frames")
+            }
         }
     }
 }
@@ -287,6 +301,134 @@ impl FrameBitmap {
         ))
     }
 
+    /// Claims 2^`order` free frames that are physically contiguous and aligned to 2^`order`
+    /// frames (first fit), or returns `None`. Contents as left by previous owners.
+    pub fn alloc_contiguous(&self, order: u32) -> Option<PhysAddr> {
+        if order == 0 {
+            return self.alloc();
+        }
+        if order > MAX_CONTIGUOUS_ORDER {
+            return None;
+        }
+        let count = 1usize << order;
+        let align = FRAME << order;
+        for region in &self.regions {
+            let Some(mut pa) = region.start.checked_next_multiple_of(align) else {
+                continue;
+            };
+            while pa + count as u64 * FRAME <= region.end() {
+                let first = ((pa - region.start) / FRAME) as usize;
+                if self.claim_run(region, first, count) {
+                    self.free.fetch_sub(count, Ordering::Relaxed);
+                    return Some(PhysAddr(pa));
+                }
+                pa += align;
+            }
+        }
+        None
+    }
+
+    /// Releases a run from [`FrameBitmap::alloc_contiguous`] with the same `order`. The whole
+    /// run is checked before anything changes: a misaligned, foreign or partly free run is
+    /// refused and the bitmap stays as it was.
+    pub fn try_free_contiguous(&self, base: PhysAddr, order: u32) -> Result<(), FreeError> {
+        if order == 0 {
+            return self.try_free(base);
+        }
+        if order > MAX_CONTIGUOUS_ORDER || !base.is_aligned(FRAME << order) {
+            return Err(FreeError::BadRun { base, order });
+        }
+        let count = 1usize << order;
+        let pa = base.as_u64();
+        let after = self.regions.partition_point(|r| r.start <= pa);
+        let region = match after.checked_sub(1).map(|i| &self.regions[i]) {
+            Some(r) if pa < r.end() => r,
+            _ => return Err(FreeError::NotManaged(base)),
+        };
+        if pa + count as u64 * FRAME > region.end() {
+            return Err(FreeError::BadRun { base, order });
+        }
+        let first = ((pa - region.start) / FRAME) as usize;
+        let mut missing = None;
+        Self::for_each_run_word(first, count, |word, mask| {
+            let held = self.words[region.first_word + word].load(Ordering::Relaxed) & mask;
+            if held != mask && missing.is_none() {
+                let bit = (!held & mask).trailing_zeros() as usize;
+                missing = Some(word * BITS_PER_WORD + bit);
+            }
+            true
+        });
+        if let Some(index) = missing {
+            return Err(FreeError::NotAllocated(PhysAddr(
+                region.start + index as u64 * FRAME,
+            )));
+        }
+        self.release_run(region, first, count);
+        self.free.fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Calls `f(word index within the region, mask)` for each bitmap word covering bits
+    /// `[first, first + count)` of a region, in order, until it returns false.
+    fn for_each_run_word(first: usize, count: usize, mut f: impl FnMut(usize, u64) -> bool) {
+        let end = first + count;
+        let mut bit = first;
+        while bit < end {
+            let lo = bit % BITS_PER_WORD;
+            let n = (BITS_PER_WORD - lo).min(end - bit);
+            let mask = if n == BITS_PER_WORD {
+                !0
+            } else {
+                ((1u64 << n) - 1) << lo
+            };
+            if !f(bit / BITS_PER_WORD, mask) {
+                return;
+            }
+            bit += n;
+        }
+    }
+
+    /// Sets bits `[first, first + count)` of `region` if all are clear, all or nothing: each
+    /// word is claimed with a compare-and-swap, and a word found partly taken releases the
+    /// words claimed before it.
+    fn claim_run(&self, region: &Region, first: usize, count: usize) -> bool {
+        let mut claimed = 0;
+        let mut ok = true;
+        Self::for_each_run_word(first, count, |word, mask| {
+            let cell = &self.words[region.first_word + word];
+            let mut current = cell.load(Ordering::Relaxed);
+            loop {
+                if current & mask != 0 {
+                    ok = false;
+                    return false;
+                }
+                match cell.compare_exchange_weak(
+                    current,
+                    current | mask,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(seen) => current = seen,
+                }
+            }
+            claimed += mask.count_ones() as usize;
+            true
+        });
+        if !ok && claimed > 0 {
+            self.release_run(region, first, claimed);
+        }
+        ok
+    }
+
+    /// Clears bits `[first, first + count)` of `region`.
+    fn release_run(&self, region: &Region, first: usize, count: usize) {
+        Self::for_each_run_word(first, count, |word, mask| {
+            self.words[region.first_word + word].fetch_and(!mask, Ordering::Release);
+            true
+        });
+    }
+
     /// The frame of bit `bit` in bitmap word `word`.
     fn frame_at(&self, word: usize, bit: usize) -> PhysAddr {
         let after = self.regions.partition_point(|r| r.first_word <= word);
@@ -349,6 +491,26 @@ pub(crate) fn zero_frame<M: PhysMemory + ?Sized>(
             .store(0, Ordering::Relaxed);
     }
     Ok(())
+}
+
+impl<M: PhysMemory> ContiguousFrameAllocator for BitmapFrameAllocator<M> {
+    fn alloc_contiguous_zeroed(&self, order: u32) -> Result<PhysAddr, OutOfFrames> {
+        let base = self.bitmap.alloc_contiguous(order).ok_or(OutOfFrames)?;
+        for i in 0..1u64 << order {
+            if zero_frame(&self.mem, PhysAddr(base.as_u64() + i * FRAME)).is_err() {
+                let _ = self.bitmap.try_free_contiguous(base, order);
+                return Err(OutOfFrames);
+            }
+        }
+        Ok(base)
+    }
+
+    fn free_contiguous(&self, base: PhysAddr, order: u32) {
+        if let Err(e) = self.bitmap.try_free_contiguous(base, order) {
+            self.bad_frees.fetch_add(1, Ordering::Relaxed);
+            log::error!("frame allocator: {e}");
+        }
+    }
 }
 
 impl<M: PhysMemory> FrameAllocator for BitmapFrameAllocator<M> {
@@ -531,6 +693,157 @@ mod tests {
         frames.free(again);
         assert_eq!(frames.bad_frees(), 1);
         assert_eq!(frames.bitmap().used_frames(), 0);
+    }
+
+    #[test]
+    fn contiguous_runs_are_aligned_disjoint_and_all_or_nothing() {
+        // A region starting off any large alignment, with a tail that is not a whole word.
+        let start = 0x4000_3000;
+        let bitmap = FrameBitmap::new(&[pa(start)..pa(start + 200 * FRAME)], &[]).unwrap();
+        let mut runs = Vec::new();
+        for order in [3, 0, 2, 5, 1, 4, 6] {
+            let base = bitmap.alloc_contiguous(order).unwrap();
+            assert!(base.is_aligned(FRAME << order), "{base:?} order {order}");
+            assert!(base.as_u64() >= start);
+            assert!(base.as_u64() + (FRAME << order) <= start + 200 * FRAME);
+            runs.push((base, order));
+        }
+        let mut frames = HashSet::new();
+        for &(base, order) in &runs {
+            for i in 0..1u64 << order {
+                let f = pa(base.as_u64() + i * FRAME);
+                assert!(frames.insert(f), "frame {f:?} in two runs");
+                assert_eq!(bitmap.is_allocated(f), Ok(true));
+            }
+        }
+        assert_eq!(bitmap.used_frames(), frames.len());
+        // 200 frames cannot hold an aligned run of 256.
+        assert_eq!(bitmap.alloc_contiguous(8), None);
+        assert_eq!(bitmap.alloc_contiguous(MAX_CONTIGUOUS_ORDER + 1), None);
+        for &(base, order) in &runs {
+            bitmap.try_free_contiguous(base, order).unwrap();
+        }
+        assert_eq!(bitmap.used_frames(), 0);
+    }
+
+    #[test]
+    fn contiguous_allocation_skips_taken_frames_and_rolls_back() {
+        let base = 0x10_0000;
+        let bitmap = FrameBitmap::new(&[pa(base)..pa(base + 256 * FRAME)], &[]).unwrap();
+        // Take frame 70: the aligned 128-frame run at 0 is impossible, the one at 128 is free.
+        let mut taken = Vec::new();
+        while let Some(f) = bitmap.alloc() {
+            taken.push(f);
+            if f == pa(base + 70 * FRAME) {
+                break;
+            }
+        }
+        for f in taken.iter().filter(|f| **f != pa(base + 70 * FRAME)) {
+            bitmap.try_free(*f).unwrap();
+        }
+        assert_eq!(bitmap.used_frames(), 1);
+        let run = bitmap.alloc_contiguous(7).unwrap();
+        assert_eq!(run, pa(base + 128 * FRAME));
+        // The failed candidate at 0 claimed frames 0..64 before meeting frame 70: rolled back.
+        for i in 0..64 {
+            assert_eq!(bitmap.is_allocated(pa(base + i * FRAME)), Ok(false));
+        }
+        assert_eq!(bitmap.used_frames(), 129);
+        assert_eq!(bitmap.alloc_contiguous(7), None);
+    }
+
+    #[test]
+    fn bad_contiguous_frees_change_nothing() {
+        let base = 0x20_0000;
+        let bitmap = FrameBitmap::new(&[pa(base)..pa(base + 64 * FRAME)], &[]).unwrap();
+        let run = bitmap.alloc_contiguous(3).unwrap();
+        let used = bitmap.used_frames();
+        assert_eq!(
+            bitmap.try_free_contiguous(pa(run.as_u64() + FRAME), 3),
+            Err(FreeError::BadRun {
+                base: pa(run.as_u64() + FRAME),
+                order: 3
+            })
+        );
+        // A larger order than allocated: the frames past the run are free, nothing changes.
+        assert_eq!(
+            bitmap
+                .try_free_contiguous(run, 4)
+                .map_err(|e| matches!(e, FreeError::NotAllocated(_))),
+            Err(true)
+        );
+        assert_eq!(
+            bitmap.try_free_contiguous(pa(0x9000_0000), 1),
+            Err(FreeError::NotManaged(pa(0x9000_0000)))
+        );
+        assert_eq!(
+            bitmap.try_free_contiguous(pa(base + 48 * FRAME), 5),
+            Err(FreeError::BadRun {
+                base: pa(base + 48 * FRAME),
+                order: 5
+            })
+        );
+        assert_eq!(bitmap.used_frames(), used);
+        bitmap.try_free_contiguous(run, 3).unwrap();
+        assert_eq!(
+            bitmap.try_free_contiguous(run, 3),
+            Err(FreeError::NotAllocated(run))
+        );
+        assert_eq!(bitmap.used_frames(), 0);
+    }
+
+    #[test]
+    fn concurrent_runs_and_frames_never_overlap() {
+        let bitmap = FrameBitmap::new(&[pa(0x10_0000)..pa(0x10_0000 + 1024 * FRAME)], &[]).unwrap();
+        let owned: Vec<Vec<(PhysAddr, u32)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u32)
+                .map(|t| {
+                    let bitmap = &bitmap;
+                    s.spawn(move || {
+                        let mut kept = Vec::new();
+                        for round in 0..150u32 {
+                            let order = (round + t) % 4;
+                            if let Some(f) = bitmap.alloc_contiguous(order) {
+                                if round % 3 == 0 {
+                                    bitmap.try_free_contiguous(f, order).unwrap();
+                                } else {
+                                    kept.push((f, order));
+                                }
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut frames = HashSet::new();
+        let mut count = 0;
+        for (base, order) in owned.into_iter().flatten() {
+            for i in 0..1u64 << order {
+                assert!(frames.insert(base.as_u64() + i * FRAME), "shared frame");
+                count += 1;
+            }
+        }
+        assert_eq!(bitmap.used_frames(), count);
+    }
+
+    #[test]
+    fn contiguous_allocator_zeroes_every_frame() {
+        let mem = TestMemory::new(16);
+        let ram = [mem.base()..PhysAddr(mem.base().as_u64() + 16 * FRAME)];
+        let frames = BitmapFrameAllocator::new(&mem, &ram, &[]).unwrap();
+        let run = frames.alloc_contiguous_zeroed(2).unwrap();
+        for i in 0..4 * PAGE_SIZE as u64 / 8 {
+            let w = mem.word(PhysAddr(run.as_u64() + 8 * i)).unwrap();
+            assert_eq!(w.load(Ordering::Relaxed), 0);
+            w.store(0x77, Ordering::Relaxed);
+        }
+        frames.free_contiguous(run, 2);
+        frames.free_contiguous(run, 2);
+        assert_eq!(frames.bad_frees(), 1);
+        assert_eq!(frames.bitmap().used_frames(), 0);
+        assert_eq!(frames.alloc_contiguous_zeroed(5), Err(OutOfFrames));
     }
 
     #[test]

@@ -40,6 +40,31 @@ pub trait FrameAllocator: Sync {
     fn free(&self, frame: PhysAddr);
 }
 
+/// A frame allocator that can also hand out naturally aligned runs of frames.
+///
+/// The SMMU requires a linear stream table and each queue to be aligned to their own size
+/// (SMMUv3 §3.3.1 and §6.3.24 SMMU_STRTAB_BASE: "the effective base address is aligned by the
+/// SMMU to the table size"; §6.3.26 SMMU_CMDQ_BASE likewise), and a stream table covering 256
+/// StreamIDs is already 16 KiB.
+pub trait ContiguousFrameAllocator: FrameAllocator {
+    /// 2^`order` zeroed, physically contiguous frames, aligned to 2^`order` frames.
+    fn alloc_contiguous_zeroed(&self, order: u32) -> Result<PhysAddr, OutOfFrames>;
+
+    /// Returns a run obtained from [`ContiguousFrameAllocator::alloc_contiguous_zeroed`] with
+    /// the same `order`.
+    fn free_contiguous(&self, base: PhysAddr, order: u32);
+}
+
+impl<T: ContiguousFrameAllocator + ?Sized> ContiguousFrameAllocator for &T {
+    fn alloc_contiguous_zeroed(&self, order: u32) -> Result<PhysAddr, OutOfFrames> {
+        (**self).alloc_contiguous_zeroed(order)
+    }
+
+    fn free_contiguous(&self, base: PhysAddr, order: u32) {
+        (**self).free_contiguous(base, order)
+    }
+}
+
 // Shared references and `Arc`s to accessors and allocators are accessors and allocators, so
 // that page tables and address spaces can hold `&'static KernelMemory` in the kernel and an
 // `Arc<TestMemory>` (or a plain borrow) in host tests.

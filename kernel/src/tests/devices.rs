@@ -1,5 +1,5 @@
-//! PCIe enumeration and the `edu` DMA engine, with the SMMU not yet enabled (bypass): the
-//! device's bus addresses are physical addresses.
+//! PCIe enumeration and the `edu` DMA engine with bus address = physical address: on boards
+//! with an SMMU the test lets edu's stream bypass it (everything else stays denied).
 
 use crate::drivers::edu::{self, Direction, Edu, EduError};
 use crate::drivers::pcie::PcieBus;
@@ -34,6 +34,16 @@ ktest!(devices, edu_round_trip_dma, |t| {
         Err(e) => return Err(crate::ktest::TestError::Fail(alloc::format!("{e}"))),
     };
     kassert!(edu.is_alive(), "edu liveness check failed");
+    let sid = match crate::iommu::kernel::stream_id(edu.bdf()) {
+        Ok(sid) => Some(sid),
+        Err(crate::iommu::kernel::StreamIdError::NoSmmu) => None,
+        Err(e) => return Err(crate::ktest::TestError::Fail(alloc::format!("{e}"))),
+    };
+    let _bypass = match sid.map(crate::iommu::kernel::Bypass::new) {
+        Some(Err(e)) => return Err(crate::ktest::TestError::Fail(alloc::format!("{e}"))),
+        Some(Ok(b)) => b,
+        None => None,
+    };
     let Some(alloc) = frames() else {
         kskip!("no frame allocator")
     };

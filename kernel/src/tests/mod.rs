@@ -7,4 +7,6 @@ mod exceptions;
 mod memory;
 mod mm;
 mod notifier;
+mod smmu;
 mod smp;
+mod sva;

@@ -22,6 +22,8 @@ pub struct KernelMm {
     policy: TlbPolicy,
     /// Test knob: CPU TLB invalidations are skipped (shows the TLB tests can fail).
     skip_cpu_tlbi: core::sync::atomic::AtomicBool,
+    /// CPU TLB invalidation plans executed (and skipped by the knob).
+    plans: [core::sync::atomic::AtomicU64; 2],
 }
 
 /// An address space of the kernel.
@@ -42,6 +44,7 @@ pub fn kernel_mm() -> &'static KernelMm {
             asids: AsidAllocator::new(bits, MAX_CPUS).expect("MAX_CPUS leaves room for ASIDs"),
             policy: cpu_policy(),
             skip_cpu_tlbi: core::sync::atomic::AtomicBool::new(false),
+            plans: [const { core::sync::atomic::AtomicU64::new(0) }; 2],
         }
     })
 }
@@ -51,6 +54,12 @@ impl KernelMm {
     pub fn set_skip_cpu_tlbi(&self, skip: bool) {
         self.skip_cpu_tlbi
             .store(skip, core::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// CPU TLB invalidation plans (executed, skipped by the knob) so far.
+    pub fn tlb_plans(&self) -> (u64, u64) {
+        use core::sync::atomic::Ordering::Relaxed;
+        (self.plans[0].load(Relaxed), self.plans[1].load(Relaxed))
     }
 }
 
@@ -75,12 +84,15 @@ impl MmPlatform for KernelMm {
     }
 
     fn run_tlb_plan(&self, plan: &TlbPlan) {
-        if self
-            .skip_cpu_tlbi
-            .load(core::sync::atomic::Ordering::Relaxed)
-        {
+        use core::sync::atomic::Ordering::Relaxed;
+        let invalidates = plan.tlbi_count() > 0;
+        if invalidates && self.skip_cpu_tlbi.load(Relaxed) {
+            self.plans[1].fetch_add(1, Relaxed);
             dsb_ish();
             return;
+        }
+        if invalidates {
+            self.plans[0].fetch_add(1, Relaxed);
         }
         HwTlb.execute(plan);
     }

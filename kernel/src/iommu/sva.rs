@@ -1,0 +1,687 @@
+//! Shared virtual addressing (SVA): a device translates the virtual addresses of a CPU address
+//! space through that address space's own page tables, and the notifier core keeps the SMMU's
+//! IOTLB coherent with every change the CPU side makes.
+//!
+//! # The binding
+//!
+//! [`bind`] attaches a stream (a device's StreamID) to an address space ([`MmCore`] plus the
+//! root of its page tables). Per (SMMU, address space) there is exactly **one context** (one CD,
+//! one ASID, walked by every stream bound to it) and **one list subscription** on the address
+//! space, of type [`SvaNotifier<D>`]. The SMMU is named by the type `D` ([`SvaDomain`]), so the
+//! notifier core's [`MmuNotifier::get`] — one subscriber per (ops type, address space) — gives
+//! one subscription per (SMMU, address space): the first bind creates it (`alloc_notifier`),
+//! later binds of other streams share it, each unbind `put`s one reference, and the last put
+//! frees it a grace period later (`free_notifier`), as Linux 6.6's `arm_smmu_mmu_notifier_get`
+//! / `_put` do.
+//!
+//! Bind and unbind run under the mmap write lock, as do all page-table changes, so a stream is
+//! never attached while an unmap of the same address space is half-way through, and the
+//! context is created before any stream can use it.
+//!
+//! # Invalidation
+//!
+//! The page-table code calls `arch_invalidate_secondary_tlbs(start, end)` from its TLB flush,
+//! after the CPU invalidation and before the unmap returns or a page is freed. The subscription
+//! turns it into [`Smmu::invalidate_range`] on its context, which follows the planner strategy
+//! (per page, range, ASID-wide or automatic) and returns only once the SMMU has completed the
+//! CMD_SYNC that follows the TLBIs (SMMUv3 §4.7.3: completion of a CMD_SYNC means every earlier
+//! command has completed). A protection change — downgrade *or* upgrade, since an SMMU may
+//! cache a read-only entry and keep faulting writes (the 2023 permission-upgrade series) — goes
+//! through the same path.
+//!
+//! # Failure
+//!
+//! The SMMU can stop answering (a CMD_SYNC times out, the command queue stays full). An unmap
+//! must still never return while a device can use the old translation, and must never hang. So
+//! the first failed SMMU operation of a context is reported once, the context is marked
+//! **broken**, and it is quiesced (below); if even that times out, the whole SMMU is switched
+//! to abort all traffic ([`Smmu::abort_all_traffic`], no command needed). Either way no cached
+//! translation of the context can be used any more, and later invalidations of a broken
+//! context are skipped. Other CPUs failing at the same time wait for that recovery (bounded by
+//! the driver's timeouts) before they return.
+//!
+//! # Release
+//!
+//! When the address space is torn down while still bound, the notifier core calls `release`
+//! before any page or table is freed. It quiesces the context (Linux 6.11's
+//! `arm_smmu_mm_release`): the CD stays valid, so in-flight DMA does not raise C_BAD_CD storms,
+//! but TTB0 walks are disabled (EPD0 = 1) and fault recording is off (R = 0), and the ASID is
+//! invalidated: the device's accesses fault quietly from then on, and no walk can reach the
+//! freed tables. The streams stay attached until their owners unbind.
+//!
+//! # Unbind
+//!
+//! [`Bond::unbind`] detaches the stream (its STE becomes invalid: C_BAD_STE, default deny);
+//! the last stream of a context also destroys the context (TLBI by ASID, then CD and ASID are
+//! freed), then the subscription reference is put.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+
+use crate::iommu::backend::{Clock, SmmuBackend};
+use crate::iommu::driver::{ContextId, ContextParams, InvalidationReport, Smmu, SmmuError};
+use crate::mm::notifier::{
+    InvalidArgument, MmCore, MmuNotifier, MmuNotifierOps, NotifierError, OpSet,
+};
+use crate::mm::{PhysAddr, VirtAddr};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// What SVA needs from an SMMU driver. [`Smmu`] implements it for every backend; SVA holds it
+/// as a trait object so that one [`Sva`] type serves the MMIO SMMU and the software model.
+pub trait SvaIommu: Send + Sync {
+    /// See [`Smmu::create_context`].
+    fn create_context(&self, params: ContextParams) -> Result<ContextId, SmmuError>;
+    /// See [`Smmu::destroy_context`].
+    fn destroy_context(&self, ctx: ContextId) -> Result<(), SmmuError>;
+    /// See [`Smmu::context_asid`].
+    fn context_asid(&self, ctx: ContextId) -> Result<u16, SmmuError>;
+    /// See [`Smmu::attach`].
+    fn attach(&self, sid: u32, ctx: ContextId) -> Result<(), SmmuError>;
+    /// See [`Smmu::detach`].
+    fn detach(&self, sid: u32) -> Result<(), SmmuError>;
+    /// See [`Smmu::invalidate_range`].
+    fn invalidate_range(
+        &self,
+        ctx: ContextId,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<InvalidationReport, SmmuError>;
+    /// See [`Smmu::quiesce`].
+    fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError>;
+    /// See [`Smmu::abort_all_traffic`].
+    fn abort_all_traffic(&self) -> Result<(), SmmuError>;
+}
+
+impl<B: SmmuBackend + Send, C: Clock + Send> SvaIommu for Smmu<'_, B, C> {
+    fn create_context(&self, params: ContextParams) -> Result<ContextId, SmmuError> {
+        Smmu::create_context(self, params)
+    }
+    fn destroy_context(&self, ctx: ContextId) -> Result<(), SmmuError> {
+        Smmu::destroy_context(self, ctx)
+    }
+    fn context_asid(&self, ctx: ContextId) -> Result<u16, SmmuError> {
+        Smmu::context_asid(self, ctx)
+    }
+    fn attach(&self, sid: u32, ctx: ContextId) -> Result<(), SmmuError> {
+        Smmu::attach(self, sid, ctx)
+    }
+    fn detach(&self, sid: u32) -> Result<(), SmmuError> {
+        Smmu::detach(self, sid)
+    }
+    fn invalidate_range(
+        &self,
+        ctx: ContextId,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<InvalidationReport, SmmuError> {
+        Smmu::invalidate_range(self, ctx, start, end)
+    }
+    fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError> {
+        Smmu::quiesce(self, ctx)
+    }
+    fn abort_all_traffic(&self) -> Result<(), SmmuError> {
+        Smmu::abort_all_traffic(self)
+    }
+}
+
+/// Names one SMMU at the type level: [`SvaNotifier<D>`] is the subscription type of that SMMU,
+/// so the notifier core keeps one subscription per (SMMU, address space).
+pub trait SvaDomain: Send + Sync + 'static {
+    /// The SMMU's SVA state, or `None` if this SMMU does not exist (on this board).
+    fn sva() -> Option<&'static Sva>;
+}
+
+/// Where a context is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ContextState {
+    /// Translating; invalidations reach the SMMU.
+    Live,
+    /// The address space was torn down: the context was quiesced by `release`.
+    Released,
+    /// An SMMU operation failed: the context was quiesced, or the whole SMMU now aborts all
+    /// traffic.
+    Broken,
+    /// The last stream was unbound and the context destroyed.
+    Gone,
+}
+
+impl ContextState {
+    const fn from_raw(raw: u32) -> Self {
+        match raw {
+            0 => Self::Live,
+            1 => Self::Released,
+            2 => Self::Broken,
+            _ => Self::Gone,
+        }
+    }
+
+    const fn raw(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Why a bind or unbind failed. A failed bind leaves nothing behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvaError {
+    /// The domain has no SMMU (on this board).
+    NoSmmu,
+    /// The notifier core refused the subscription (e.g. the address space has no user left).
+    Notifier(NotifierError),
+    /// The SMMU driver failed.
+    Smmu(SmmuError),
+    /// The address space is bound to this SMMU with another page-table root.
+    RootMismatch {
+        bound: PhysAddr,
+        requested: PhysAddr,
+    },
+    /// The address space is bound to this SMMU with another MAIR.
+    MairMismatch { bound: u64, requested: u64 },
+    /// The address space's context on this SMMU cannot take new streams.
+    ContextDead(ContextState),
+    /// The subscription found belongs to another [`Sva`] of the same domain type (a domain was
+    /// re-pointed while still in use).
+    DomainMismatch,
+    /// The stream is not bound through this subscription.
+    NotBound(u32),
+}
+
+impl fmt::Display for SvaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSmmu => f.write_str("no SMMU for SVA on this board"),
+            Self::Notifier(e) => write!(f, "SVA notifier: {e}"),
+            Self::Smmu(e) => write!(f, "SMMU: {e}"),
+            Self::RootMismatch { bound, requested } => write!(
+                f,
+                "address space already bound with page-table root {bound}, not {requested}"
+            ),
+            Self::MairMismatch { bound, requested } => write!(
+                f,
+                "address space already bound with MAIR {bound:#x}, not {requested:#x}"
+            ),
+            Self::ContextDead(s) => write!(f, "the address space's SMMU context is {s:?}"),
+            Self::DomainMismatch => f.write_str("SVA subscription belongs to another SMMU"),
+            Self::NotBound(sid) => write!(f, "StreamID {sid:#x} is not bound"),
+        }
+    }
+}
+
+impl From<SmmuError> for SvaError {
+    fn from(e: SmmuError) -> Self {
+        Self::Smmu(e)
+    }
+}
+
+/// Debug-only knobs that break SVA on purpose, so tests can show what they catch. Off by
+/// default. (Skipping the invalidation itself is the driver's
+/// [`crate::iommu::driver::DebugKnobs::skip_invalidation`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SvaDebugKnobs {
+    /// `release` leaves the context translating (no quiesce).
+    pub skip_release_quiesce: bool,
+}
+
+/// Counters of one SMMU's SVA layer (a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SvaStats {
+    pub binds: u64,
+    pub unbinds: u64,
+    pub contexts_created: u64,
+    pub contexts_destroyed: u64,
+    /// `arch_invalidate_secondary_tlbs` calls sent to the SMMU.
+    pub invalidations: u64,
+    /// Calls skipped because the context was released, broken or gone.
+    pub invalidations_skipped: u64,
+    pub releases: u64,
+    /// SMMU operations that failed (each marks its context broken).
+    pub failures: u64,
+    /// Times the whole SMMU was switched to abort all traffic.
+    pub aborts: u64,
+    /// Subscriptions freed after their grace period.
+    pub notifiers_freed: u64,
+}
+
+struct Counters {
+    binds: AtomicU64,
+    unbinds: AtomicU64,
+    contexts_created: AtomicU64,
+    contexts_destroyed: AtomicU64,
+    invalidations: AtomicU64,
+    invalidations_skipped: AtomicU64,
+    releases: AtomicU64,
+    failures: AtomicU64,
+    aborts: AtomicU64,
+    notifiers_freed: AtomicU64,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let zero = || AtomicU64::new(0);
+        Self {
+            binds: zero(),
+            unbinds: zero(),
+            contexts_created: zero(),
+            contexts_destroyed: zero(),
+            invalidations: zero(),
+            invalidations_skipped: zero(),
+            releases: zero(),
+            failures: zero(),
+            aborts: zero(),
+            notifiers_freed: zero(),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One SMMU's SVA layer.
+pub struct Sva {
+    iommu: &'static dyn SvaIommu,
+    name: &'static str,
+    counters: Counters,
+    skip_release_quiesce: AtomicBool,
+}
+
+impl Sva {
+    /// SVA over `iommu`; `name` appears in reports.
+    pub fn new(iommu: &'static dyn SvaIommu, name: &'static str) -> Self {
+        Self {
+            iommu,
+            name,
+            counters: Counters::new(),
+            skip_release_quiesce: AtomicBool::new(false),
+        }
+    }
+
+    /// The SMMU.
+    pub fn iommu(&self) -> &'static dyn SvaIommu {
+        self.iommu
+    }
+
+    /// The name used in reports.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SvaStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SvaStats {
+            binds: get(&c.binds),
+            unbinds: get(&c.unbinds),
+            contexts_created: get(&c.contexts_created),
+            contexts_destroyed: get(&c.contexts_destroyed),
+            invalidations: get(&c.invalidations),
+            invalidations_skipped: get(&c.invalidations_skipped),
+            releases: get(&c.releases),
+            failures: get(&c.failures),
+            aborts: get(&c.aborts),
+            notifiers_freed: get(&c.notifiers_freed),
+        }
+    }
+
+    /// Debug-only: sets knobs that deliberately break SVA.
+    pub fn set_debug_knobs(&self, knobs: SvaDebugKnobs) {
+        self.skip_release_quiesce
+            .store(knobs.skip_release_quiesce, Ordering::Relaxed);
+    }
+
+    /// The debug knobs in force.
+    pub fn debug_knobs(&self) -> SvaDebugKnobs {
+        SvaDebugKnobs {
+            skip_release_quiesce: self.skip_release_quiesce.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The streams bound through one subscription, and what their context was made from.
+struct Binding {
+    root: PhysAddr,
+    mair: u64,
+    sids: Vec<u32>,
+}
+
+/// The subscription of one address space on the SMMU named by `D`: owns the context.
+pub struct SvaNotifier<D: SvaDomain> {
+    sva: &'static Sva,
+    /// The context and its ASID, once the first stream was bound. Never changes afterwards;
+    /// [`ContextState::Gone`] says when it no longer exists.
+    ctx: spin::Once<(ContextId, u16)>,
+    binding: spin::Mutex<Binding>,
+    state: AtomicU32,
+    /// Serialises failure recovery: whoever fails waits until the context is safe.
+    recovery: spin::Mutex<bool>,
+    _domain: PhantomData<fn() -> D>,
+}
+
+impl<D: SvaDomain> SvaNotifier<D> {
+    /// The context's state.
+    pub fn state(&self) -> ContextState {
+        ContextState::from_raw(self.state.load(Ordering::Acquire))
+    }
+
+    /// The context and its ASID, once a stream has been bound.
+    pub fn context(&self) -> Option<(ContextId, u16)> {
+        self.ctx.get().copied()
+    }
+
+    /// The streams bound through this subscription.
+    pub fn streams(&self) -> Vec<u32> {
+        self.binding.lock().sids.clone()
+    }
+
+    /// Adds stream `sid`, creating the context on first use. Runs under the mmap write lock.
+    fn attach(&self, sid: u32, root: PhysAddr, mair: u64) -> Result<(), SvaError> {
+        let iommu = self.sva.iommu;
+        let mut b = self.binding.lock();
+        match self.state() {
+            ContextState::Live => {}
+            s => return Err(SvaError::ContextDead(s)),
+        }
+        let ctx = match self.ctx.get() {
+            Some(&(ctx, _)) => {
+                if b.root != root {
+                    return Err(SvaError::RootMismatch {
+                        bound: b.root,
+                        requested: root,
+                    });
+                }
+                if b.mair != mair {
+                    return Err(SvaError::MairMismatch {
+                        bound: b.mair,
+                        requested: mair,
+                    });
+                }
+                ctx
+            }
+            None => {
+                let ctx = iommu.create_context(ContextParams { root, mair })?;
+                let asid = match iommu.context_asid(ctx) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = iommu.destroy_context(ctx);
+                        return Err(e.into());
+                    }
+                };
+                self.ctx.call_once(|| (ctx, asid));
+                b.root = root;
+                b.mair = mair;
+                bump(&self.sva.counters.contexts_created);
+                ctx
+            }
+        };
+        if let Err(e) = iommu.attach(sid, ctx) {
+            if b.sids.is_empty() {
+                // The context was made for this stream alone: nothing may outlive the failure.
+                self.destroy(ctx);
+            }
+            return Err(e.into());
+        }
+        b.sids.push(sid);
+        bump(&self.sva.counters.binds);
+        Ok(())
+    }
+
+    /// Removes stream `sid`; the last one destroys the context. Runs under the mmap write lock.
+    fn detach(&self, sid: u32) -> Result<(), SvaError> {
+        let mut b = self.binding.lock();
+        let (Some(&(ctx, _)), Some(pos)) = (self.ctx.get(), b.sids.iter().position(|s| *s == sid))
+        else {
+            return Err(SvaError::NotBound(sid));
+        };
+        b.sids.remove(pos);
+        bump(&self.sva.counters.unbinds);
+        if let Err(e) = self.sva.iommu.detach(sid) {
+            // The STE may still point at our CD: keep the context (and its CD) and make it
+            // harmless instead.
+            self.fail("detaching a stream", ctx, e);
+            return Err(e.into());
+        }
+        if b.sids.is_empty() {
+            self.destroy(ctx);
+        }
+        Ok(())
+    }
+
+    /// Destroys a context no stream uses any more.
+    fn destroy(&self, ctx: ContextId) {
+        self.state
+            .store(ContextState::Gone.raw(), Ordering::Release);
+        match self.sva.iommu.destroy_context(ctx) {
+            Ok(()) => bump(&self.sva.counters.contexts_destroyed),
+            // An SMMU already switched off has nothing left to invalidate; the CD stays
+            // allocated (the SMMU may still read it).
+            Err(SmmuError::Disabled) => {}
+            Err(e) => self.fail("destroying a context", ctx, e),
+        }
+    }
+
+    /// Reports the first failure of this context, and makes sure no translation it may have
+    /// cached can be used any more before returning: quiesce the context, or, if the SMMU does
+    /// not even complete that, switch the SMMU to abort everything.
+    fn fail(&self, what: &str, ctx: ContextId, e: SmmuError) {
+        bump(&self.sva.counters.failures);
+        self.state
+            .store(ContextState::Broken.raw(), Ordering::Release);
+        let mut recovered = self.recovery.lock();
+        if *recovered {
+            return;
+        }
+        let asid = self.ctx.get().map_or(0, |c| c.1);
+        log::error!(
+            "sva: {what} failed on {} (context {}, ASID {asid}): {e}; quiescing the context",
+            self.sva.name,
+            ctx.index()
+        );
+        if let Err(e2) = self.sva.iommu.quiesce(ctx) {
+            if e2 != SmmuError::Disabled {
+                log::error!(
+                    "sva: quiescing failed on {} too ({e2}): all its traffic now aborts",
+                    self.sva.name
+                );
+                bump(&self.sva.counters.aborts);
+                // Nothing more can be done if even the register write is ignored.
+                let _ = self.sva.iommu.abort_all_traffic();
+            }
+        }
+        *recovered = true;
+    }
+}
+
+impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
+    fn implemented(&self) -> OpSet {
+        OpSet::ARCH_INVALIDATE_SECONDARY_TLBS | OpSet::RELEASE
+    }
+
+    /// Invalidates `[start, end)` in the context and waits for the SMMU to complete it.
+    fn arch_invalidate_secondary_tlbs(&self, _mm: &MmCore, start: u64, end: u64) {
+        let Some(&(ctx, _)) = self.ctx.get() else {
+            return; // no stream was ever attached: nothing can be cached
+        };
+        if self.state() != ContextState::Live {
+            // Quiesced or destroyed: no walk happens and nothing of the ASID is cached.
+            bump(&self.sva.counters.invalidations_skipped);
+            return;
+        }
+        bump(&self.sva.counters.invalidations);
+        match self
+            .sva
+            .iommu
+            .invalidate_range(ctx, VirtAddr(start), VirtAddr(end))
+        {
+            Ok(_) => {}
+            // Destroyed after the state check: its ASID was invalidated on the way out.
+            Err(SmmuError::NoSuchContext(_)) => {}
+            Err(e) => self.fail("an IOTLB invalidation", ctx, e),
+        }
+    }
+
+    /// The address space is going away: quiesce the context before its pages are freed.
+    fn release(&self, _mm: &MmCore) {
+        if self
+            .state
+            .compare_exchange(
+                ContextState::Live.raw(),
+                ContextState::Released.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return; // already released, broken or gone (release may run twice)
+        }
+        bump(&self.sva.counters.releases);
+        let Some(&(ctx, _)) = self.ctx.get() else {
+            return;
+        };
+        if self.sva.skip_release_quiesce.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.sva.iommu.quiesce(ctx) {
+            if e != SmmuError::Disabled {
+                self.fail("quiescing on release", ctx, e);
+            }
+        }
+    }
+
+    fn alloc_notifier(_mm: &MmCore) -> Result<Arc<Self>, NotifierError> {
+        // `bind` checked the domain first; a domain without SMMU has nothing to subscribe.
+        let sva = D::sva().ok_or(NotifierError::from(InvalidArgument::NoAllocNotifier))?;
+        Ok(Arc::new(Self {
+            sva,
+            ctx: spin::Once::new(),
+            binding: spin::Mutex::new(Binding {
+                root: PhysAddr(0),
+                mair: 0,
+                sids: Vec::new(),
+            }),
+            state: AtomicU32::new(ContextState::Live.raw()),
+            recovery: spin::Mutex::new(false),
+            _domain: PhantomData,
+        }))
+    }
+
+    fn free_notifier(&self) {
+        bump(&self.sva.counters.notifiers_freed);
+    }
+}
+
+/// A stream bound to an address space on the SMMU `D`. Unbind with [`Bond::unbind`]; dropping
+/// a bond unbinds too (reporting failures to the log). Both take the address space's mmap
+/// write lock: never unbind or drop a bond while holding it.
+#[must_use = "dropping a bond unbinds the stream at once"]
+pub struct Bond<D: SvaDomain> {
+    sid: u32,
+    sub: Option<Arc<MmuNotifier>>,
+    _domain: PhantomData<fn() -> D>,
+}
+
+/// Binds stream `sid` of the SMMU `D` to the address space `mm` whose page-table root is `root`
+/// (the CPU's TTBR0 table) and whose attribute indexes refer to `mair` (the CPU's MAIR_EL1).
+///
+/// The first bind of `mm` on this SMMU creates its context and subscription; later binds of
+/// other streams share them (and must name the same root). Takes the mmap write lock. On error
+/// nothing is left attached, created or subscribed.
+pub fn bind<D: SvaDomain>(
+    sid: u32,
+    mm: &MmCore,
+    root: PhysAddr,
+    mair: u64,
+) -> Result<Bond<D>, SvaError> {
+    let sva = D::sva().ok_or(SvaError::NoSmmu)?;
+    let lock = mm.mmap_write();
+    let sub = MmuNotifier::get_locked::<SvaNotifier<D>>(&lock).map_err(SvaError::Notifier)?;
+    let attached = match sub.ops_as::<SvaNotifier<D>>() {
+        Some(ops) if core::ptr::eq(ops.sva, sva) => ops.attach(sid, root, mair),
+        _ => Err(SvaError::DomainMismatch),
+    };
+    match attached {
+        Ok(()) => Ok(Bond {
+            sid,
+            sub: Some(sub),
+            _domain: PhantomData,
+        }),
+        Err(e) => {
+            sub.put();
+            Err(e)
+        }
+    }
+}
+
+impl<D: SvaDomain> Bond<D> {
+    /// The bound StreamID.
+    pub fn sid(&self) -> u32 {
+        self.sid
+    }
+
+    fn notifier(&self) -> Option<&SvaNotifier<D>> {
+        self.sub.as_ref()?.ops_as::<SvaNotifier<D>>()
+    }
+
+    /// The context's ASID.
+    pub fn asid(&self) -> Option<u16> {
+        self.notifier()?.context().map(|c| c.1)
+    }
+
+    /// The context.
+    pub fn context(&self) -> Option<ContextId> {
+        self.notifier()?.context().map(|c| c.0)
+    }
+
+    /// The context's state (e.g. [`ContextState::Released`] after teardown).
+    pub fn state(&self) -> ContextState {
+        self.notifier().map_or(ContextState::Gone, |n| n.state())
+    }
+
+    /// The subscription this bond holds a reference of.
+    pub fn subscription(&self) -> Option<&Arc<MmuNotifier>> {
+        self.sub.as_ref()
+    }
+
+    /// Detaches the stream (traffic aborts, C_BAD_STE), destroys the context if it was the
+    /// last stream, and puts the subscription. The subscription is freed after a grace period.
+    /// An SMMU failure is reported, and the context is left quiesced (or the SMMU aborting).
+    pub fn unbind(mut self) -> Result<(), SvaError> {
+        self.unbind_now()
+    }
+
+    fn unbind_now(&mut self) -> Result<(), SvaError> {
+        let Some(sub) = self.sub.take() else {
+            return Ok(());
+        };
+        let mm = sub.mm().clone();
+        let lock = mm.mmap_write();
+        let result = match sub.ops_as::<SvaNotifier<D>>() {
+            Some(ops) => ops.detach(self.sid),
+            None => Err(SvaError::DomainMismatch),
+        };
+        // Under the lock, so a concurrent bind never finds a subscription whose context is gone.
+        sub.put();
+        drop(lock);
+        result
+    }
+}
+
+impl<D: SvaDomain> Drop for Bond<D> {
+    fn drop(&mut self) {
+        if let Err(e) = self.unbind_now() {
+            log::error!("sva: unbinding StreamID {:#x} failed: {e}", self.sid);
+        }
+    }
+}
+
+impl<D: SvaDomain> fmt::Debug for Bond<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bond")
+            .field("sid", &self.sid)
+            .field("asid", &self.asid())
+            .field("state", &self.state())
+            .finish()
+    }
+}

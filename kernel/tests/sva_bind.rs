@@ -1,0 +1,609 @@
+//! SVA binding on the host: the notifier core, the SMMU driver and the SMMU model together.
+//! Page-table changes go through `MmCore::arch_invalidate_secondary_tlbs` exactly as the
+//! kernel's TLB flush path calls it; each protection is also shown failing with its debug knob.
+//!
+//! The SVA layer needs `'static` SMMUs (a subscription outlives any stack frame), so every test
+//! leaks its small world and names it with its own domain type `Domain<N>`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+
+use shootdown::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
+use shootdown::iommu::event::{AccessKind, EventKind, EventRecord};
+use shootdown::iommu::model::checker::StaleKind;
+use shootdown::iommu::model::dma::{DmaEngine, DmaError};
+use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
+use shootdown::iommu::sva::{self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError};
+use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock, TestPageTables};
+use shootdown::mm::notifier::{self, InvalidArgument, MmCore, NotifierError};
+use shootdown::mm::phys::FrameAllocator;
+use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+const VA: u64 = 0x0000_7f00_0000_0000;
+const MAIR: u64 = 0xff;
+
+type ModelSmmu = Smmu<'static, &'static SmmuModel<'static>, &'static StepClock>;
+
+static SLOTS: [OnceLock<&'static Sva>; 16] = [const { OnceLock::new() }; 16];
+
+/// The SMMU of test world `N`.
+struct Domain<const N: usize>;
+
+impl<const N: usize> SvaDomain for Domain<N> {
+    fn sva() -> Option<&'static Sva> {
+        SLOTS[N].get().copied()
+    }
+}
+
+struct World {
+    mem: &'static PhysArena,
+    model: &'static SmmuModel<'static>,
+    smmu: &'static ModelSmmu,
+    sva: &'static Sva,
+}
+
+fn leak<T>(t: T) -> &'static T {
+    Box::leak(Box::new(t))
+}
+
+/// A leaked world for domain `N`: 8 MiB of "RAM", the QEMU-like model, the driver with short
+/// timeouts (the step clock moves 1 µs per read, so a 2 ms timeout is 2000 polls).
+fn world<const N: usize>(model_cfg: ModelConfig) -> World {
+    let mem = leak(PhysArena::new(PhysAddr(0x4000_0000), 2048).unwrap());
+    let model = leak(SmmuModel::new(mem, model_cfg).unwrap());
+    let clock = leak(StepClock::new(1_000));
+    let cfg = SmmuConfig {
+        sync_timeout_ns: 2_000_000,
+        ack_timeout_ns: 2_000_000,
+        ..SmmuConfig::default()
+    };
+    let smmu: &'static ModelSmmu = leak(Smmu::new(model, clock, mem, mem, cfg).unwrap());
+    let sva = leak(Sva::new(smmu, "model"));
+    assert!(SLOTS[N].set(sva).is_ok(), "domain {N} used twice");
+    World {
+        mem,
+        model,
+        smmu,
+        sva,
+    }
+}
+
+/// An address space: its notifier core and its page tables.
+struct Space {
+    mm: Arc<MmCore>,
+    tables: TestPageTables<'static>,
+}
+
+impl World {
+    fn space(&self) -> Space {
+        Space {
+            mm: MmCore::new(),
+            tables: TestPageTables::new(self.mem).unwrap(),
+        }
+    }
+
+    /// Maps `pages` fresh frames at `va`, filled with `byte`.
+    fn map(&self, s: &Space, va: u64, pages: u64, attrs: LeafAttrs, byte: u8) -> Vec<PhysAddr> {
+        (0..pages)
+            .map(|i| {
+                let f = self.mem.alloc_zeroed().unwrap();
+                self.mem.fill_frame(f, byte).unwrap();
+                s.tables.map(VirtAddr(va + i * PAGE), f, attrs).unwrap();
+                f
+            })
+            .collect()
+    }
+
+    fn device(&self, sid: u32) -> DmaEngine<'static, 'static> {
+        DmaEngine::new(self.model, sid)
+    }
+
+    fn events(&self) -> Vec<EventRecord> {
+        let mut v = Vec::new();
+        self.smmu.drain_events(|e| v.push(*e)).unwrap();
+        v
+    }
+
+    fn byte(&self, pa: PhysAddr) -> u8 {
+        let mut b = [0u8];
+        self.mem.read(pa, &mut b).unwrap();
+        b[0]
+    }
+}
+
+impl Space {
+    /// The kernel's unmap in miniature: clear the leaves, then the TLB flush path's call.
+    fn unmap(&self, va: u64, pages: u64) {
+        for i in 0..pages {
+            self.tables.unmap(VirtAddr(va + i * PAGE)).unwrap();
+        }
+        self.flush(va, pages);
+    }
+
+    fn protect(&self, va: u64, writable: bool) {
+        self.tables.set_writable(VirtAddr(va), writable).unwrap();
+        self.flush(va, 1);
+    }
+
+    fn flush(&self, va: u64, pages: u64) {
+        self.mm
+            .arch_invalidate_secondary_tlbs(va, va + pages * PAGE)
+            .unwrap();
+    }
+}
+
+#[test]
+fn one_context_and_one_subscription_per_address_space() {
+    let w = world::<0>(ModelConfig::default());
+    let baseline = w.mem.frames_in_use();
+    let a = w.space();
+    let b = w.space();
+    let frames = w.map(&a, VA, 2, LeafAttrs::RW, 0x11);
+    w.map(&b, VA, 1, LeafAttrs::RW, 0x22);
+    let tables_in_use = w.mem.frames_in_use();
+
+    let a1 = sva::bind::<Domain<0>>(1, &a.mm, a.tables.root(), MAIR).unwrap();
+    let a2 = sva::bind::<Domain<0>>(2, &a.mm, a.tables.root(), MAIR).unwrap();
+    let b3 = sva::bind::<Domain<0>>(3, &b.mm, b.tables.root(), MAIR).unwrap();
+    assert_eq!(
+        a1.asid(),
+        a2.asid(),
+        "streams of one address space share its context"
+    );
+    assert_ne!(a1.asid(), b3.asid());
+    let sub = a1.subscription().unwrap().clone();
+    assert!(Arc::ptr_eq(&sub, a2.subscription().unwrap()));
+    assert_eq!(
+        sub.users(),
+        2,
+        "one subscription, one reference per bound stream"
+    );
+    assert_eq!(w.sva.stats().contexts_created, 2);
+
+    let mut buf = [0u8; 16];
+    w.device(1).read(VirtAddr(VA + PAGE), &mut buf).unwrap();
+    assert_eq!(buf, [0x11; 16]);
+    w.device(3).read(VirtAddr(VA), &mut buf).unwrap();
+    assert_eq!(buf, [0x22; 16], "the same VA, another address space");
+    w.device(2).write(VirtAddr(VA + 8), &[0xab; 4]).unwrap();
+    assert_eq!(w.byte(PhysAddr(frames[0].as_u64() + 8)), 0xab);
+
+    // An unmap in one address space is invalidated in its context only.
+    w.model.reset_stats();
+    w.device(3).touch(VirtAddr(VA), AccessKind::Read).unwrap();
+    a.unmap(VA + PAGE, 1);
+    assert!(w
+        .device(1)
+        .touch(VirtAddr(VA + PAGE), AccessKind::Read)
+        .is_err());
+    w.device(3).touch(VirtAddr(VA), AccessKind::Read).unwrap();
+    assert_eq!(
+        w.model.stats().iotlb_hits,
+        2,
+        "b's entry survived a's unmap"
+    );
+    assert_eq!(w.sva.stats().invalidations, 1);
+
+    // The first unbind keeps the context for the other stream; the last one destroys it.
+    let ctx = a1.context().unwrap();
+    a1.unbind().unwrap();
+    assert_eq!(sub.users(), 1);
+    w.device(2).read(VirtAddr(VA), &mut buf).unwrap();
+    let err = w.device(1).read(VirtAddr(VA), &mut buf).unwrap_err();
+    assert!(
+        matches!(err, DmaError::Fault { fault, .. } if matches!(fault.kind, FaultKind::BadSte(_))),
+        "an unbound stream is denied: {err:?}"
+    );
+    a2.unbind().unwrap();
+    assert!(!sub.is_linked());
+    assert_eq!(w.smmu.context_asid(ctx), Err(SmmuError::NoSuchContext(ctx)));
+    assert_eq!(w.sva.stats().contexts_destroyed, 1);
+    drop(b3);
+    notifier::synchronize();
+    assert_eq!(w.sva.stats().notifiers_freed, 2);
+    assert_eq!(
+        w.mem.frames_in_use(),
+        tables_in_use,
+        "every CD went back to the allocator"
+    );
+    assert!(tables_in_use > baseline);
+    let ev = w.events();
+    assert!(ev.iter().any(|e| e.kind == EventKind::BadSte && e.sid == 1));
+    assert!(w.model.stale_translations().is_empty());
+}
+
+/// Maps a page, lets stream 1 cache it, unmaps it through the notifier (the driver's skip
+/// knob set as given), then has the device write and read there.
+fn dma_after_unmap<const N: usize>(skip: bool) -> (World, Result<(), DmaError>, [u8; 8], PhysAddr) {
+    let w = world::<N>(ModelConfig::default());
+    let s = w.space();
+    let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0x5a)[0];
+    let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let dev = w.device(1);
+    dev.read(VirtAddr(VA), &mut [0u8; 8]).unwrap();
+    w.smmu.set_debug_knobs(DebugKnobs {
+        skip_invalidation: skip,
+        ..DebugKnobs::default()
+    });
+    w.model
+        .note_unmap(bond.asid().unwrap(), VirtAddr(VA), VirtAddr(VA + PAGE), 1);
+    s.unmap(VA, 1);
+    let write = dev.write(VirtAddr(VA), &[0xee; 8]);
+    let mut read = [0x77u8; 8];
+    let _ = dev.read(VirtAddr(VA), &mut read);
+    w.smmu.set_debug_knobs(DebugKnobs::default());
+    drop(bond);
+    (w, write, read, frame)
+}
+
+#[test]
+fn dma_after_unmap_faults_and_touches_nothing() {
+    let (w, write, read, frame) = dma_after_unmap::<1>(false);
+    assert!(
+        matches!(write, Err(DmaError::Fault { fault, .. }) if fault.kind == FaultKind::Translation { level: 3 })
+    );
+    assert_eq!(w.byte(frame), 0x5a, "the old frame was not written");
+    assert_eq!(
+        read, [0; 8],
+        "a faulting read delivers zeros, not the old frame"
+    );
+    let ev = w.events();
+    assert_eq!(ev.len(), 2);
+    assert!(ev
+        .iter()
+        .all(|e| e.kind == EventKind::Translation && e.sid == 1 && e.input_addr == VA));
+    assert!(w.model.stale_translations().is_empty());
+    assert_eq!(w.smmu.stats().invalidations_skipped, 0);
+}
+
+#[test]
+fn without_the_invalidation_the_device_uses_the_unmapped_frame() {
+    let (w, write, read, frame) = dma_after_unmap::<2>(true);
+    assert_eq!(write, Ok(()));
+    assert_eq!(
+        w.byte(frame),
+        0xee,
+        "the stale translation reached the old frame"
+    );
+    assert_eq!(read, [0xee; 8]);
+    let stale = w.model.take_stale_translations();
+    assert_eq!(stale.len(), 2);
+    assert_eq!(stale[0].kind, StaleKind::UseAfterUnmap);
+    assert_eq!(stale[0].last_unmap.map(|u| u.id), Some(1));
+    assert_eq!(w.smmu.stats().invalidations_skipped, 1);
+}
+
+#[test]
+fn protection_changes_reach_the_iotlb_both_ways() {
+    let w = world::<3>(ModelConfig::default());
+    let s = w.space();
+    let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0)[0];
+    let _bond = sva::bind::<Domain<3>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let dev = w.device(1);
+    dev.write(VirtAddr(VA), &[1]).unwrap();
+    s.protect(VA, false);
+    let err = dev.write(VirtAddr(VA), &[2]).unwrap_err();
+    assert!(
+        matches!(err, DmaError::Fault { fault, .. } if fault.kind == FaultKind::Permission { level: 3 })
+    );
+    let mut b = [0u8];
+    dev.read(VirtAddr(VA), &mut b).unwrap();
+    assert_eq!((b, w.byte(frame)), ([1], 1));
+    // The upgrade must reach the IOTLB too, or the cached read-only entry keeps faulting.
+    s.protect(VA, true);
+    dev.write(VirtAddr(VA), &[3]).unwrap();
+    assert_eq!(w.byte(frame), 3);
+    assert!(w.model.stale_translations().is_empty());
+    // The same upgrade with the invalidation skipped: the 2023 bug.
+    s.protect(VA, false);
+    dev.read(VirtAddr(VA), &mut b).unwrap();
+    w.smmu.set_debug_knobs(DebugKnobs {
+        skip_invalidation: true,
+        ..DebugKnobs::default()
+    });
+    s.protect(VA, true);
+    w.smmu.set_debug_knobs(DebugKnobs::default());
+    assert!(dev.write(VirtAddr(VA), &[4]).is_err());
+    assert_eq!(
+        w.model.take_stale_translations()[0].kind,
+        StaleKind::SpuriousFault
+    );
+}
+
+/// Teardown while bound. Returns (write after release, events, old frame, trap frame).
+fn teardown_while_bound<const N: usize>(
+    skip_quiesce: bool,
+) -> (
+    World,
+    Result<(), DmaError>,
+    Vec<EventRecord>,
+    PhysAddr,
+    PhysAddr,
+) {
+    let w = world::<N>(ModelConfig::default());
+    w.sva.set_debug_knobs(SvaDebugKnobs {
+        skip_release_quiesce: skip_quiesce,
+    });
+    let s = w.space();
+    let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0x66)[0];
+    let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let dev = w.device(1);
+    dev.write(VirtAddr(VA), &[1]).unwrap();
+    assert!(s.mm.mmput(), "the last user: release runs");
+    assert_eq!(bond.state(), ContextState::Released);
+    // The tables are about to be freed and their frames reused: point the leaf at a trap frame
+    // the way a recycled table page would, without any invalidation (nobody is subscribed).
+    let trap = w.mem.alloc_zeroed().unwrap();
+    s.tables.remap(VirtAddr(VA), trap).unwrap();
+    let write = dev.write(VirtAddr(VA), &[0xee; 8]);
+    let events = w.events();
+    w.sva.set_debug_knobs(SvaDebugKnobs::default());
+    bond.unbind().unwrap();
+    (w, write, events, frame, trap)
+}
+
+#[test]
+fn teardown_while_bound_quiesces_the_context_quietly() {
+    let (w, write, events, frame, trap) = teardown_while_bound::<4>(false);
+    let fault = match write {
+        Err(DmaError::Fault { fault, .. }) => fault,
+        other => panic!("a DMA after release must fault, got {other:?}"),
+    };
+    assert!(!fault.recorded, "release faults are quiet");
+    assert!(events.is_empty());
+    assert_eq!(
+        (w.byte(frame), w.byte(trap)),
+        (1, 0),
+        "neither frame reached"
+    );
+    assert_eq!(w.sva.stats().releases, 1);
+    assert!(w.model.stale_translations().is_empty());
+}
+
+#[test]
+fn without_the_quiesce_release_leaves_the_device_translating() {
+    let (w, write, _, frame, _) = teardown_while_bound::<5>(true);
+    assert_eq!(write, Ok(()), "the cached translation was still usable");
+    assert_eq!(w.byte(frame), 0xee);
+    assert!(!w.model.take_stale_translations().is_empty());
+}
+
+#[test]
+fn invalidations_after_release_are_skipped() {
+    let w = world::<6>(ModelConfig::default());
+    let s = w.space();
+    w.map(&s, VA, 1, LeafAttrs::RW, 0);
+    let bond = sva::bind::<Domain<6>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    s.mm.mmget();
+    s.unmap(VA, 1);
+    let sent = w.smmu.stats().commands.total();
+    // Release through `mmput` (the core unlinks the subscription); a page-table teardown
+    // after it reaches nobody, and a stray call on the ops directly is skipped.
+    s.mm.mmput();
+    assert!(s.mm.mmput());
+    let ops = bond
+        .subscription()
+        .unwrap()
+        .ops_as::<sva::SvaNotifier<Domain<6>>>()
+        .unwrap();
+    use shootdown::mm::notifier::MmuNotifierOps;
+    ops.arch_invalidate_secondary_tlbs(&s.mm, VA, VA + PAGE);
+    let stats = w.sva.stats();
+    assert_eq!((stats.invalidations, stats.invalidations_skipped), (1, 1));
+    // The quiesce sent its own commands; nothing else was.
+    assert!(w.smmu.stats().commands.total() > sent);
+    bond.unbind().unwrap();
+}
+
+#[test]
+fn bad_binds_are_refused_and_leave_nothing_behind() {
+    let w = world::<7>(ModelConfig::default());
+    let s = w.space();
+    let baseline = w.mem.frames_in_use();
+    // A StreamID beyond the stream table (256 entries by default).
+    let err = sva::bind::<Domain<7>>(0x1_0000, &s.mm, s.tables.root(), MAIR).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SvaError::Smmu(SmmuError::SidOutOfRange { sid: 0x1_0000, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        w.mem.frames_in_use(),
+        baseline,
+        "the context made for it is gone"
+    );
+    let stats = w.sva.stats();
+    assert_eq!((stats.contexts_created, stats.contexts_destroyed), (1, 1));
+    // A misaligned root cannot make a CD.
+    let err = sva::bind::<Domain<7>>(1, &s.mm, PhysAddr(0x4000_0800), MAIR).unwrap_err();
+    assert!(matches!(err, SvaError::Smmu(SmmuError::Cd(_))), "{err}");
+    // The same stream twice.
+    let bond = sva::bind::<Domain<7>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let err = sva::bind::<Domain<7>>(1, &s.mm, s.tables.root(), MAIR).unwrap_err();
+    assert_eq!(err, SvaError::Smmu(SmmuError::StreamBusy(1)));
+    assert_eq!(
+        bond.subscription().unwrap().users(),
+        1,
+        "the failed bind put its reference"
+    );
+    // Another root for the same address space.
+    let other = TestPageTables::new(w.mem).unwrap();
+    let err = sva::bind::<Domain<7>>(2, &s.mm, other.root(), MAIR).unwrap_err();
+    assert!(matches!(err, SvaError::RootMismatch { .. }), "{err}");
+    let err = sva::bind::<Domain<7>>(2, &s.mm, s.tables.root(), 0x44).unwrap_err();
+    assert_eq!(
+        err,
+        SvaError::MairMismatch {
+            bound: MAIR,
+            requested: 0x44
+        }
+    );
+    // A domain without SMMU.
+    let err = sva::bind::<Domain<15>>(2, &s.mm, s.tables.root(), MAIR).unwrap_err();
+    assert_eq!(err, SvaError::NoSmmu);
+    // An address space being torn down.
+    assert!(s.mm.mmput());
+    let err = sva::bind::<Domain<7>>(2, &s.mm, s.tables.root(), MAIR).unwrap_err();
+    assert_eq!(
+        err,
+        SvaError::Notifier(NotifierError::InvalidArgument(InvalidArgument::NoLiveUsers))
+    );
+    bond.unbind().unwrap();
+    assert!(!w.smmu.is_disabled());
+    assert!(w.events().is_empty());
+}
+
+/// An SMMU that stops completing commands (per `knobs`) during an unmap.
+fn wedged_unmap<const N: usize>(knobs: Knobs) -> (World, SmmuError) {
+    let w = world::<N>(ModelConfig::default());
+    let s = w.space();
+    let frame = w.map(&s, VA, 2, LeafAttrs::RW, 0x33)[0];
+    let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let dev = w.device(1);
+    dev.read(VirtAddr(VA), &mut [0u8; 8]).unwrap();
+    w.model.set_knobs(knobs);
+    s.unmap(VA, 1); // returns: bounded by the driver's timeouts
+    assert_eq!(bond.state(), ContextState::Broken);
+    let stats = w.sva.stats();
+    assert!(stats.failures >= 1 && stats.aborts == 1, "{stats:?}");
+    assert!(w.smmu.is_disabled());
+    // The SMMU now aborts everything: the device reaches neither the unmapped frame nor any
+    // other.
+    let err = dev.write(VirtAddr(VA), &[0xee; 8]).unwrap_err();
+    assert!(
+        matches!(err, DmaError::Fault { fault, .. } if fault.kind == FaultKind::GlobalAbort),
+        "{err:?}"
+    );
+    assert!(dev.read(VirtAddr(VA + PAGE), &mut [0u8; 8]).is_err());
+    assert_eq!(w.byte(frame), 0x33);
+    // Later unmaps of the broken context return at once; unbind reports the dead SMMU.
+    let before = w.smmu.stats().sync_timeouts;
+    s.unmap(VA + PAGE, 1);
+    assert_eq!(w.smmu.stats().sync_timeouts, before);
+    let err = bond.unbind().unwrap_err();
+    w.model.set_knobs(Knobs::default());
+    match err {
+        SvaError::Smmu(e) => (w, e),
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_cmd_sync_timeout_never_hangs_the_unmap_and_nothing_stale_survives() {
+    let (w, unbind_error) = wedged_unmap::<8>(Knobs {
+        stall_sync: true,
+        ..Knobs::default()
+    });
+    assert_eq!(unbind_error, SmmuError::Disabled);
+    assert!(
+        w.smmu.stats().sync_timeouts >= 2,
+        "invalidation and quiesce"
+    );
+}
+
+#[test]
+fn a_full_command_queue_never_hangs_the_unmap_either() {
+    let (w, unbind_error) = wedged_unmap::<9>(Knobs {
+        stall_command_queue: true,
+        ..Knobs::default()
+    });
+    assert_eq!(unbind_error, SmmuError::Disabled);
+    assert!(w.smmu.stats().sync_timeouts + w.smmu.stats().queue_full_timeouts >= 1);
+}
+
+const CPUS: u64 = 4;
+const PAGES: u64 = 16;
+
+/// Unmaps on four threads while a device thread writes every page all the time. Returns
+/// (translations usable right after their unmap returned, checker violations, frames written
+/// after the last unmap).
+fn concurrent_unmaps<const N: usize>(skip: bool) -> (u64, usize, usize) {
+    let w = world::<N>(ModelConfig::default());
+    w.smmu.set_debug_knobs(DebugKnobs {
+        skip_invalidation: skip,
+        ..DebugKnobs::default()
+    });
+    let s = w.space();
+    let frames: Vec<Vec<PhysAddr>> = (0..CPUS)
+        .map(|c| w.map(&s, VA + c * 0x10_0000, PAGES, LeafAttrs::RW, c as u8))
+        .collect();
+    let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let asid = bond.asid().unwrap();
+    let stop = AtomicBool::new(false);
+    let next_id = AtomicU64::new(1);
+    let post_unmap_hits = AtomicU64::new(0);
+    thread::scope(|scope| {
+        // The device: writes every page over and over.
+        scope.spawn(|| {
+            let dev = w.device(1);
+            while !stop.load(Ordering::Relaxed) {
+                for c in 0..CPUS {
+                    for p in 0..PAGES {
+                        let _ = dev.write(VirtAddr(VA + c * 0x10_0000 + p * PAGE), &[0xee]);
+                    }
+                }
+            }
+        });
+        let unmappers: Vec<_> = (0..CPUS)
+            .map(|c| {
+                let (w, s, next_id, post) = (&w, &s, &next_id, &post_unmap_hits);
+                scope.spawn(move || {
+                    let probe = w.device(1);
+                    for p in 0..PAGES {
+                        let va = VA + c * 0x10_0000 + p * PAGE;
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        // Accesses racing with the unmap are allowed until it returns.
+                        w.model
+                            .begin_unmap(asid, VirtAddr(va), VirtAddr(va + PAGE), id);
+                        s.tables.unmap(VirtAddr(va)).unwrap();
+                        s.flush(va, 1);
+                        w.model.end_unmap(id);
+                        if probe.touch(VirtAddr(va), AccessKind::Read).is_ok() {
+                            post.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for u in unmappers {
+            u.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(w.sva.stats().invalidations, CPUS * PAGES);
+    // After the last unmap nothing may reach the frames any more.
+    for f in frames.iter().flatten() {
+        w.mem.fill_frame(*f, 0x11).unwrap();
+    }
+    for c in 0..CPUS {
+        for p in 0..PAGES {
+            let _ = w
+                .device(1)
+                .write(VirtAddr(VA + c * 0x10_0000 + p * PAGE), &[0xee]);
+        }
+    }
+    let written = frames
+        .iter()
+        .flatten()
+        .filter(|f| w.byte(**f) != 0x11)
+        .count();
+    let violations = w.model.stats().stale_translations as usize;
+    w.smmu.set_debug_knobs(DebugKnobs::default());
+    drop(bond);
+    (post_unmap_hits.load(Ordering::Relaxed), violations, written)
+}
+
+#[test]
+fn concurrent_unmaps_through_the_notifier_leave_nothing_stale() {
+    assert_eq!(concurrent_unmaps::<10>(false), (0, 0, 0));
+}
+
+#[test]
+fn concurrent_unmaps_without_invalidation_are_caught() {
+    let (post_unmap_hits, violations, written) = concurrent_unmaps::<11>(true);
+    assert!(post_unmap_hits > 0 && violations > 0 && written > 0);
+}
