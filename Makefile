@@ -36,6 +36,7 @@ help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
 	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
 	@echo "make test    host unit tests + in-kernel tests on: $(TEST_BOARDS)"
+	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
@@ -85,6 +86,7 @@ test: qemu $(PI_DTB)
 	@$(MAKE) --no-print-directory image chainloader
 	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
 	    $(HCARGO) test --workspace
+	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
 
@@ -100,6 +102,22 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 
 clean:
 	rm -rf $(BUILD) target
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing the portable core with libFuzzer (cargo-fuzz, rustup's nightly; see README
+# "Reliability"). `make fuzz` runs each target FUZZ_SECONDS on a corpus kept in build/fuzz/ and
+# writes build/fuzz/figures.md; `make test` runs each FUZZ_SHORT_SECONDS from the committed
+# seeds only (cargo test already replays seeds and regressions on stable).
+FUZZ_SECONDS       ?= 300
+FUZZ_SHORT_SECONDS ?= 15
+FUZZ_TARGETS       ?=
+
+.PHONY: fuzz test-fuzz
+fuzz:
+	bash tests/fuzz/fuzz.sh --seconds $(FUZZ_SECONDS) --out $(BUILD)/fuzz $(FUZZ_TARGETS)
+
+test-fuzz:
+	bash tests/fuzz/fuzz.sh --seconds $(FUZZ_SHORT_SECONDS) --out $(BUILD)/fuzz-short --fresh $(FUZZ_TARGETS)
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).
