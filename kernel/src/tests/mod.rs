@@ -4,6 +4,7 @@
 mod boot;
 mod devices;
 mod exceptions;
+mod isolation;
 mod memory;
 mod mm;
 mod notifier;
