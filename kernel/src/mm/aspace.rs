@@ -528,38 +528,42 @@ impl<P: MmPlatform> AddressSpace<P> {
             aspace: self,
             secondary: true,
         };
-        let mut va = start;
-        while va < end {
-            if table.query(VirtAddr(va)).is_some() {
-                va += PAGE;
-                continue;
+        // The unmapped runs, from one walk over the leaves (a 1 GiB region is not 2^18 walks).
+        let mut holes = Vec::new();
+        let mut next = start;
+        table.walk(VirtAddr(start), (end - start) as usize, |m| {
+            if m.va.start().0 > next {
+                holes.push((next, m.va.start().0));
             }
-            let (pa, len) = match region.phys_of(va) {
-                Some(pa) => {
-                    let mut run_end = va + PAGE;
-                    while run_end < end && table.query(VirtAddr(run_end)).is_none() {
-                        run_end += PAGE;
+            next = m.va.end().0;
+        })?;
+        if next < end {
+            holes.push((next, end));
+        }
+        for (hole_start, hole_end) in holes {
+            let mut va = hole_start;
+            while va < hole_end {
+                let (pa, len) = match region.phys_of(va) {
+                    Some(pa) => (pa, hole_end - va),
+                    None => (
+                        frames.alloc_zeroed().map_err(|_| MmError::OutOfMemory)?,
+                        PAGE,
+                    ),
+                };
+                match table.map(VirtAddr(va), pa, len as usize, attrs) {
+                    Ok(change) => table.complete(change, &mut flush),
+                    Err(e) => {
+                        if region.backing == Backing::Anonymous {
+                            frames.free(pa);
+                        }
+                        return Err(e.into());
                     }
-                    (pa, run_end - va)
                 }
-                None => (
-                    frames.alloc_zeroed().map_err(|_| MmError::OutOfMemory)?,
-                    PAGE,
-                ),
-            };
-            match table.map(VirtAddr(va), pa, len as usize, attrs) {
-                Ok(change) => table.complete(change, &mut flush),
-                Err(e) => {
-                    if region.backing == Backing::Anonymous {
-                        frames.free(pa);
-                    }
-                    return Err(e.into());
-                }
+                self.stats
+                    .pages_mapped
+                    .fetch_add(len / PAGE, Ordering::Relaxed);
+                va += len;
             }
-            self.stats
-                .pages_mapped
-                .fetch_add(len / PAGE, Ordering::Relaxed);
-            va += len;
         }
         Ok(())
     }
