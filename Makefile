@@ -39,6 +39,7 @@ help:
 	@echo "make test    lint, host unit tests + in-kernel tests on: $(TEST_BOARDS)"
 	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
+	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
@@ -88,6 +89,7 @@ test: qemu $(PI_DTB)
 	@$(MAKE) --no-print-directory lint
 	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
 	    $(HCARGO) test --workspace
+	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
 	@$(MAKE) --no-print-directory test-soak
@@ -135,6 +137,22 @@ test-soak: image $(HARNESS) qemu $(PI_DTB)
 	    --log-prefix test-soak
 	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "smmu.skip_invalidate=1" \
 	    --expect-stale --log-prefix test-soak-stale
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing the portable core with libFuzzer (cargo-fuzz, rustup's nightly; see README
+# "Reliability"). `make fuzz` runs each target FUZZ_SECONDS on a corpus kept in build/fuzz/ and
+# writes build/fuzz/figures.md; `make test` runs each FUZZ_SHORT_SECONDS from the committed
+# seeds only (cargo test already replays seeds and regressions on stable).
+FUZZ_SECONDS       ?= 300
+FUZZ_SHORT_SECONDS ?= 15
+FUZZ_TARGETS       ?=
+
+.PHONY: fuzz test-fuzz
+fuzz:
+	bash tests/fuzz/fuzz.sh --seconds $(FUZZ_SECONDS) --out $(BUILD)/fuzz $(FUZZ_TARGETS)
+
+test-fuzz:
+	bash tests/fuzz/fuzz.sh --seconds $(FUZZ_SHORT_SECONDS) --out $(BUILD)/fuzz-short --fresh $(FUZZ_TARGETS)
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).

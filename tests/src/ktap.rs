@@ -788,6 +788,11 @@ impl Parser {
         }
     }
 
+    /// The largest plan taken at its word. A bigger one (a corrupted line) is a format error
+    /// and counts as this many: a transcript cut short must not make the parser invent billions
+    /// of never-reported entries (found by the `ktap` fuzz target).
+    const MAX_PLAN: usize = 1024;
+
     fn on_plan(
         &mut self,
         indent: usize,
@@ -805,11 +810,20 @@ impl Parser {
             self.top().pending.push(content.to_string());
             return;
         }
-        let top = self.top();
-        if top.plan.is_some() {
+        if self.top().plan.is_some() {
             self.problem("a second plan for the same test".into());
             return;
         }
+        let count = if count > Self::MAX_PLAN {
+            self.problem(format!(
+                "the plan 1..{count} is beyond {max} tests: taken as 1..{max}",
+                max = Self::MAX_PLAN
+            ));
+            Self::MAX_PLAN
+        } else {
+            count
+        };
+        let top = self.top();
         top.plan = Some(count);
         top.plan_comment = comment.to_string();
         if top.results.is_empty() {
@@ -1227,6 +1241,20 @@ mod tests {
         assert_eq!(suite.duration, Some(s(6)));
         assert_eq!(suite.subtests[0].duration, Some(s(2)));
         assert_eq!(suite.subtests[1].duration, Some(s(4)));
+    }
+
+    #[test]
+    fn a_huge_plan_in_a_cut_transcript_is_an_error_not_billions_of_entries() {
+        let doc = parse("KTAP version 1\n1..2\n  KTAP version 1\n  1..23333333333\n");
+        assert!(!doc.passed());
+        assert!(
+            doc.problems
+                .iter()
+                .any(|p| p.message.contains("1..23333333333")),
+            "{:?}",
+            doc.problems
+        );
+        assert_eq!(doc.tests[0].subtests.len(), Parser::MAX_PLAN);
     }
 
     #[test]

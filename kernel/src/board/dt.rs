@@ -184,9 +184,12 @@ pub struct BoardInfo {
 }
 
 impl BoardInfo {
-    /// Total RAM in bytes.
+    /// Total RAM in bytes (saturating: a corrupt tree may describe more than 2^64 bytes; found
+    /// by the `dt` fuzz target).
     pub fn memory_bytes(&self) -> u64 {
-        self.memory.iter().map(|r| r.size).sum()
+        self.memory
+            .iter()
+            .fold(0, |sum, r| sum.saturating_add(r.size))
     }
 }
 
@@ -223,17 +226,18 @@ fn u32_at(bytes: &[u8], i: usize) -> Option<u32> {
 }
 
 fn prop_str<'a>(node: &FdtNode<'a>, name: &str) -> Option<&'a str> {
-    node.property(name).and_then(|p| p.as_str().ok())
+    node.property(name)
+        .and_then(|p| p.value_as::<&'a str>().ok())
 }
 
 fn prop_u32(node: &FdtNode<'_>, name: &str) -> Option<u32> {
-    node.property(name).and_then(|p| p.as_u32().ok())
+    node.property(name).and_then(|p| p.value_as::<u32>().ok())
 }
 
 /// A string-list property (`compatible`): NUL-separated strings.
 fn str_list<'a>(node: &FdtNode<'a>, name: &str) -> impl Iterator<Item = &'a str> {
     node.property(name)
-        .map(|p| p.value())
+        .and_then(|p| p.value_as::<&'a [u8]>().ok())
         .unwrap_or(&[])
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())
@@ -292,7 +296,10 @@ fn translate_through(bus: &FdtNode<'_>, parent_ac: usize, addr: u64) -> Option<u
         return Some(addr); // `ranges;` = identity mapping
     }
     let (child_ac, child_sc) = child_cells(bus);
-    if child_ac > 3 || parent_ac > 2 || child_sc > 2 {
+    // An entry without cells on any side translates nothing (and would be a zero-sized chunk:
+    // a seed of the `dt` fuzz target panicked here).
+    if !(1..=3).contains(&child_ac) || !(1..=2).contains(&parent_ac) || !(1..=2).contains(&child_sc)
+    {
         return None;
     }
     let entry = (child_ac + parent_ac + child_sc) * 4;
@@ -306,7 +313,7 @@ fn translate_through(bus: &FdtNode<'_>, parent_ac: usize, addr: u64) -> Option<u
         let parent_addr = be_cells(&e[child_ac * 4..], parent_ac)?;
         let size = be_cells(&e[(child_ac + parent_ac) * 4..], child_sc)?;
         if addr >= child && addr - child < size {
-            return Some(parent_addr + (addr - child));
+            return parent_addr.checked_add(addr - child);
         }
     }
     None
@@ -457,7 +464,10 @@ fn read_cpus(nodes: &[Located<'_>], info: &mut BoardInfo) {
         let enable = match prop_str(n, "enable-method") {
             Some("psci") => CpuEnable::Psci,
             Some("spin-table") => {
-                match n.property("cpu-release-addr").and_then(|p| p.as_u64().ok()) {
+                match n
+                    .property("cpu-release-addr")
+                    .and_then(|p| p.value_as::<u64>().ok())
+                {
                     Some(a) => CpuEnable::SpinTable(a),
                     None => CpuEnable::Unknown,
                 }
@@ -618,7 +628,9 @@ pub fn usable_ram(memory: &[Range], reserved: &[Range], extra: &[Range]) -> Vec<
         .filter_map(|(s, e)| {
             let s = s.checked_add(PAGE - 1)? & !(PAGE - 1);
             let e = e & !(PAGE - 1);
-            (e > s).then_some(Range {
+            // `then`, not `then_some`: `e - s` must not be computed when `e < s` (found by
+            // the `dt` fuzz target: a sub-page RAM range overflowed in debug builds).
+            (e > s).then(|| Range {
                 base: s,
                 size: e - s,
             })
@@ -649,6 +661,17 @@ mod tests {
         assert_eq!(check_header(&h), Ok(0x1000));
         h[4] = 0x10; // 256 MiB: too big
         assert!(matches!(check_header(&h), Err(DtError::BadSize(_))));
+    }
+
+    /// Found by the `dt` fuzz target: blobs that `dtoolkit` 0.1 validated and then panicked
+    /// on (a node name that is not UTF-8; a token offset past the end). 0.4 refuses both.
+    #[test]
+    fn blobs_that_made_dtoolkit_panic_are_errors() {
+        let name = include_bytes!("../../../tests/fuzz/regressions/dt/node-name-not-utf8");
+        let token = include_bytes!("../../../tests/fuzz/regressions/dt/token-past-the-end");
+        for blob in [&name[..], &token[..]] {
+            assert!(matches!(parse(blob), Err(DtError::Parse(_))));
+        }
     }
 
     #[test]
@@ -691,5 +714,7 @@ mod tests {
         );
         // Everything reserved: nothing left.
         assert!(usable_ram(&mem, &[r(0, u64::MAX)], &[]).is_empty());
+        // Less than a page, not page aligned: nothing usable, and no overflow.
+        assert!(usable_ram(&[r(0x1001, 0x10)], &[], &[]).is_empty());
     }
 }

@@ -7,11 +7,12 @@
 //! 1 = device to memory, bit 2 raise an interrupt). The buffer is at device address 0x40000.
 //! A transfer starts 100 ms (QEMU virtual clock) after the command is written.
 
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::arch::aarch64::{mmu, timer};
 
-use super::pcie::{Bdf, PcieBus, PcieError};
+use super::pcie::{Bdf, PciFunction, PcieBus, PcieError};
 
 /// PCI vendor / device ID of `edu`.
 pub const VENDOR: u16 = 0x1234;
@@ -99,14 +100,26 @@ impl Edu {
     /// Finds `edu` on the bus (after enumeration assigned its BAR0) and maps its registers.
     /// `dma_mask` is what QEMU was configured with ([`DEFAULT_DMA_MASK`] by default).
     pub fn probe(bus: &mut PcieBus, dma_mask: u64) -> Result<Self, EduError> {
-        let functions = bus.enumerate().map_err(EduError::Pcie)?;
-        let f = functions
-            .iter()
-            .find(|f| f.vendor == VENDOR && f.device == DEVICE)
+        Self::probe_all(bus, dma_mask)?
+            .into_iter()
+            .next()
             .ok_or(EduError::Pcie(PcieError::NotFound {
                 vendor: VENDOR,
                 device: DEVICE,
-            }))?;
+            }))
+    }
+
+    /// Every `edu` on the bus, in bus order (none is not an error).
+    pub fn probe_all(bus: &mut PcieBus, dma_mask: u64) -> Result<Vec<Self>, EduError> {
+        let functions = bus.enumerate().map_err(EduError::Pcie)?;
+        functions
+            .iter()
+            .filter(|f| f.vendor == VENDOR && f.device == DEVICE)
+            .map(|f| Self::from_function(f, dma_mask))
+            .collect()
+    }
+
+    fn from_function(f: &PciFunction, dma_mask: u64) -> Result<Self, EduError> {
         let bar =
             f.bars
                 .iter()

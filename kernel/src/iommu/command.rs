@@ -285,7 +285,8 @@ impl Command {
             Self::PrefetchConfig { sid } => [op | u64::from(sid) << SID_SHIFT, 0],
             Self::CfgiSte { sid, leaf } => [op | u64::from(sid) << SID_SHIFT, u64::from(leaf)],
             Self::CfgiSteRange { sid, range } => {
-                check_field("RANGE", range.into(), 31)?;
+                // RANGE = 31 is CMD_CFGI_ALL (§4.3.2), which decodes as [`Command::CfgiAll`].
+                check_field("RANGE", range.into(), u64::from(CFGI_ALL_RANGE) - 1)?;
                 [op | u64::from(sid) << SID_SHIFT, u64::from(range)]
             }
             Self::CfgiAll => [op, u64::from(CFGI_ALL_RANGE)],
@@ -380,6 +381,10 @@ impl Command {
 fn encode_tlbi_va(op: u64, va: &TlbiVa, with_asid: bool) -> Result<[u64; 2], CommandError> {
     if !va.addr.is_page_aligned() {
         return Err(CommandError::MisalignedAddress(va.addr.as_u64()));
+    }
+    // TLBI_NH_VAA has no ASID field (§4.4.2.3): a non-zero one cannot be encoded.
+    if !with_asid {
+        check_field("ASID of TLBI_NH_VAA", va.asid.into(), 0)?;
     }
     let asid = if with_asid { u64::from(va.asid) } else { 0 };
     let mut w0 = op | u64::from(va.vmid) << VMID_SHIFT | asid << ASID_SHIFT;
@@ -755,6 +760,30 @@ mod tests {
             prop_assert_eq!(words[0] & OP_MASK, u64::from(cmd.opcode()));
             prop_assert_eq!(Command::decode(words), Ok(cmd));
         }
+    }
+
+    /// Found by the `smmu_codec` fuzz target: these encoded, but decoded to something else.
+    #[test]
+    fn encode_refuses_what_would_not_decode_back() {
+        let vaa = Command::TlbiNhVaa(TlbiVa {
+            vmid: 0,
+            asid: 1,
+            addr: VirtAddr(0x1000),
+            leaf: false,
+            range: None,
+        });
+        assert!(matches!(
+            vaa.encode(),
+            Err(CommandError::FieldOutOfRange { max: 0, .. })
+        ));
+        // RANGE = 31 is CMD_CFGI_ALL, a command of its own.
+        let all = Command::CfgiSteRange { sid: 0, range: 31 };
+        assert!(matches!(
+            all.encode(),
+            Err(CommandError::FieldOutOfRange { max: 30, .. })
+        ));
+        let range = Command::CfgiSteRange { sid: 0, range: 30 };
+        assert_eq!(Command::decode(range.encode().unwrap()), Ok(range));
     }
 
     #[test]

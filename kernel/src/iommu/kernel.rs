@@ -41,6 +41,10 @@ pub type KernelSmmu = Smmu<'static, &'static dyn SmmuBackend, GenericTimerClock>
 /// `edu` has at 00:02.0 on `virt`, so both boards bind the same StreamID).
 pub const MODEL_DMA_SID: u32 = 0x10;
 
+/// The StreamIDs of the model DMA engines: two masters, like `edu` at 00:02.0 and 00:03.0 on
+/// `virt`, so isolation between devices is tested on both boards.
+pub const MODEL_DMA_SIDS: [u32; 2] = [MODEL_DMA_SID, 0x18];
+
 /// Transactions of the model DMA engine: 4 bytes each, carrying on after a fault, like QEMU's
 /// `edu` (one event per faulting word; a faulting read delivers zeros).
 const MODEL_DMA_ACCESS: usize = 4;
@@ -210,7 +214,13 @@ pub fn model() -> Option<&'static SmmuModel<'static>> {
 
 /// The model DMA engine (StreamID [`MODEL_DMA_SID`]) on boards where the model is the SMMU.
 pub fn model_dma_engine() -> Option<DmaEngine<'static, 'static>> {
-    DmaEngine::new(MODEL.get()?, MODEL_DMA_SID)
+    model_dma_engine_at(MODEL_DMA_SID)
+}
+
+/// A model DMA engine issuing as StreamID `sid` (one of [`MODEL_DMA_SIDS`]), on boards where
+/// the model is the SMMU.
+pub fn model_dma_engine_at(sid: u32) -> Option<DmaEngine<'static, 'static>> {
+    DmaEngine::new(MODEL.get()?, sid)
         .with_transactions(MODEL_DMA_ACCESS, FaultPolicy::Continue)
         .ok()
 }

@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use core::marker::PhantomData;
 
 use crate::arch::aarch64::aspace::{self, KernelMm};
-use crate::drivers::edu::{self, Direction, Edu, EduError};
+use crate::drivers::edu::{self, Direction, Edu};
 use crate::drivers::pcie::PcieBus;
 use crate::drivers::smmuv3::GenericTimerClock;
 use crate::iommu::backend::SmmuBackend;
@@ -101,10 +101,26 @@ impl Device {
         Device::Model(engine, spin::Mutex::new(vec![0; edu::BUFFER_SIZE]))
     }
 
-    /// Finds the kernel's DMA master: `edu` (QEMU virt) or the model engine (Pi).
+    /// Finds the kernel's DMA master: the first `edu` (QEMU virt) or model engine (Pi).
     fn kernel() -> Result<(Self, u32), RigError> {
-        if let Some(engine) = kiommu::model_dma_engine() {
-            return Ok((Self::model(engine), MODEL_DMA_SID));
+        Self::kernel_all()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| RigError::Unavailable("no edu device".into()))
+    }
+
+    /// Every DMA master of the kernel with its StreamID: each `edu` on the bus (QEMU virt,
+    /// StreamIDs from the `iommu-map`), or the model's engines (Pi).
+    fn kernel_all() -> Result<Vec<(Self, u32)>, RigError> {
+        if kiommu::model().is_some() {
+            return kiommu::MODEL_DMA_SIDS
+                .iter()
+                .map(|&sid| {
+                    let engine = kiommu::model_dma_engine_at(sid)
+                        .ok_or_else(|| fail("no model DMA engine"))?;
+                    Ok((Self::model(engine), sid))
+                })
+                .collect();
         }
         let Some(host) = board().pcie.as_ref() else {
             return Err(RigError::Unavailable(
@@ -116,15 +132,14 @@ impl Device {
             .number("edu.dma_mask")
             .and_then(Result::ok)
             .unwrap_or(edu::DEFAULT_DMA_MASK);
-        let edu = match Edu::probe(&mut bus, mask) {
-            Ok(e) => e,
-            Err(EduError::Pcie(crate::drivers::pcie::PcieError::NotFound { .. })) => {
-                return Err(RigError::Unavailable("no edu device".into()))
-            }
-            Err(e) => return Err(fail(e)),
-        };
-        let sid = kiommu::stream_id(edu.bdf()).map_err(fail)?;
-        Ok((Device::Edu(edu), sid))
+        Edu::probe_all(&mut bus, mask)
+            .map_err(fail)?
+            .into_iter()
+            .map(|edu| {
+                let sid = kiommu::stream_id(edu.bdf()).map_err(fail)?;
+                Ok((Device::Edu(edu), sid))
+            })
+            .collect()
     }
 
     /// True for QEMU's `edu` (slow: ~100 ms per transfer).
@@ -236,14 +251,29 @@ pub struct Rig<D: SvaDomain> {
 impl Rig<KernelDomain> {
     /// The kernel's SMMU and DMA master (skips on boards with neither).
     pub fn kernel() -> Result<Self, RigError> {
-        let (Some(smmu), Some(sva)) = (kiommu::smmu(), kiommu::sva()) else {
-            return Err(RigError::Unavailable(alloc::format!(
-                "no SMMU on this board ({:?})",
-                kiommu::probe_outcome()
-            )));
-        };
+        let (smmu, sva) = Self::kernel_smmu()?;
         let (dev, sid) = Device::kernel()?;
         Rig::new(smmu, sva, kiommu::model(), dev, sid)
+    }
+
+    /// One rig per DMA master of the kernel (each with its own address space): every `edu`
+    /// on QEMU virt, the model's two engines on the Pi.
+    pub fn kernel_all() -> Result<Vec<Self>, RigError> {
+        let (smmu, sva) = Self::kernel_smmu()?;
+        Device::kernel_all()?
+            .into_iter()
+            .map(|(dev, sid)| Rig::new(smmu, sva, kiommu::model(), dev, sid))
+            .collect()
+    }
+
+    fn kernel_smmu() -> Result<(&'static KernelSmmu, &'static Sva), RigError> {
+        match (kiommu::smmu(), kiommu::sva()) {
+            (Some(smmu), Some(sva)) => Ok((smmu, sva)),
+            _ => Err(RigError::Unavailable(alloc::format!(
+                "no SMMU on this board ({:?})",
+                kiommu::probe_outcome()
+            ))),
+        }
     }
 }
 

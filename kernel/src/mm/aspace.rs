@@ -60,7 +60,7 @@ use core::ops::Deref;
 
 use super::asid::{AsidAllocator, AsidContext};
 use super::notifier::{MmCore, NotifierError, NotifierRange, NotifyEvent, WouldBlock};
-use super::pgtable::descriptor::{AttributeError, Attributes, MemoryType, Permissions};
+use super::pgtable::descriptor::{AttributeError, Attributes, MemoryType, Permissions, PA_BITS};
 use super::pgtable::table::{Config, Holes, PageTable};
 use super::pgtable::tlb::{Invalidate, TlbInvalidation, TlbPlan, TlbPolicy, TlbScope};
 use super::pgtable::walk::Translation;
@@ -124,6 +124,17 @@ pub enum MmError {
         /// Its length.
         len: usize,
     },
+    /// A physical backing reaches beyond what a descriptor can hold (2^48, Arm ARM D8.3).
+    PhysOutOfRange {
+        /// Start of the physical range.
+        start: PhysAddr,
+        /// Its length.
+        len: usize,
+    },
+    /// `mprotect` would move this page between EL0 and EL1 ownership (`Permissions::user`):
+    /// that is not a permission change (the translation's owner changes), do it with `munmap`
+    /// and `mmap`.
+    OwnerChange(VirtAddr),
     /// A fixed `mmap` overlaps this existing region start.
     Overlap(VirtAddr),
     /// Part of the range is in no region.
@@ -156,6 +167,14 @@ impl fmt::Display for MmError {
                 f,
                 "range {start:#x} + {len:#x} is outside the user address space \
                  [{USER_START:#x}, {USER_END:#x})"
+            ),
+            MmError::PhysOutOfRange { start, len } => write!(
+                f,
+                "physical range {start} + {len:#x} is beyond the {PA_BITS}-bit output size"
+            ),
+            MmError::OwnerChange(at) => write!(
+                f,
+                "{at} would move between user and kernel ownership: unmap and map it instead"
             ),
             MmError::Overlap(at) => write!(f, "overlaps the region at {at}"),
             MmError::NotMapped(at) => write!(f, "{at} is not mapped"),
@@ -454,8 +473,14 @@ impl<P: MmPlatform> AddressSpace<P> {
             if !pa.is_page_aligned() {
                 return Err(MmError::Misaligned(pa.0));
             }
-            pa.0.checked_add(len as u64)
-                .ok_or(MmError::Overflow { start: pa.0, len })?;
+            let end =
+                pa.0.checked_add(len as u64)
+                    .ok_or(MmError::Overflow { start: pa.0, len })?;
+            // Checked here rather than left to the page-table engine (found by the `aspace`
+            // fuzz target: it failed half-way through `fill` with `MmError::Table`).
+            if end > 1 << PA_BITS {
+                return Err(MmError::PhysOutOfRange { start: pa, len });
+            }
         }
         let _mmap = self.mm.mmap_write();
         self.ensure_live()?;
@@ -503,38 +528,42 @@ impl<P: MmPlatform> AddressSpace<P> {
             aspace: self,
             secondary: true,
         };
-        let mut va = start;
-        while va < end {
-            if table.query(VirtAddr(va)).is_some() {
-                va += PAGE;
-                continue;
+        // The unmapped runs, from one walk over the leaves (a 1 GiB region is not 2^18 walks).
+        let mut holes = Vec::new();
+        let mut next = start;
+        table.walk(VirtAddr(start), (end - start) as usize, |m| {
+            if m.va.start().0 > next {
+                holes.push((next, m.va.start().0));
             }
-            let (pa, len) = match region.phys_of(va) {
-                Some(pa) => {
-                    let mut run_end = va + PAGE;
-                    while run_end < end && table.query(VirtAddr(run_end)).is_none() {
-                        run_end += PAGE;
+            next = m.va.end().0;
+        })?;
+        if next < end {
+            holes.push((next, end));
+        }
+        for (hole_start, hole_end) in holes {
+            let mut va = hole_start;
+            while va < hole_end {
+                let (pa, len) = match region.phys_of(va) {
+                    Some(pa) => (pa, hole_end - va),
+                    None => (
+                        frames.alloc_zeroed().map_err(|_| MmError::OutOfMemory)?,
+                        PAGE,
+                    ),
+                };
+                match table.map(VirtAddr(va), pa, len as usize, attrs) {
+                    Ok(change) => table.complete(change, &mut flush),
+                    Err(e) => {
+                        if region.backing == Backing::Anonymous {
+                            frames.free(pa);
+                        }
+                        return Err(e.into());
                     }
-                    (pa, run_end - va)
                 }
-                None => (
-                    frames.alloc_zeroed().map_err(|_| MmError::OutOfMemory)?,
-                    PAGE,
-                ),
-            };
-            match table.map(VirtAddr(va), pa, len as usize, attrs) {
-                Ok(change) => table.complete(change, &mut flush),
-                Err(e) => {
-                    if region.backing == Backing::Anonymous {
-                        frames.free(pa);
-                    }
-                    return Err(e.into());
-                }
+                self.stats
+                    .pages_mapped
+                    .fetch_add(len / PAGE, Ordering::Relaxed);
+                va += len;
             }
-            self.stats
-                .pages_mapped
-                .fetch_add(len / PAGE, Ordering::Relaxed);
-            va += len;
         }
         Ok(())
     }
@@ -686,7 +715,8 @@ impl<P: MmPlatform> AddressSpace<P> {
         Ok(pages)
     }
 
-    /// Changes the permissions of `[va, va + len)`, which must lie entirely inside regions.
+    /// Changes the permissions of `[va, va + len)`, which must lie entirely inside regions
+    /// owned by the same exception level as `perms` ([`MmError::OwnerChange`] otherwise).
     /// Upgrades are flushed like downgrades: a TLB (the CPU's or the SMMU's) may hold the old
     /// read-only entry and would keep faulting on writes.
     pub fn mprotect(&self, va: VirtAddr, len: usize, perms: Permissions) -> Result<(), MmError> {
@@ -698,6 +728,11 @@ impl<P: MmPlatform> AddressSpace<P> {
             Attributes::new(r.attributes().memory, perms)
                 .validate()
                 .map_err(MmError::Attributes)?;
+        }
+        // The engine refuses this too, but only after the invalidation was announced (found by
+        // the `aspace` fuzz target): refuse it before anything happens.
+        if let Some(r) = pieces.iter().find(|r| r.perms.user != perms.user) {
+            return Err(MmError::OwnerChange(VirtAddr(r.start.0.max(start))));
         }
         let announced = {
             let inner = self.inner.lock();

@@ -264,6 +264,77 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
 }
 
+/// Found by the `aspace` fuzz target: a physical backing past 2^48 reached the page-table
+/// engine, which refused it half-way through `mmap` as `MmError::Table`.
+#[test]
+fn a_physical_range_beyond_the_output_size_is_refused_up_front() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let rec = Arc::new(RangeRecorder::default());
+    let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
+    let frames = h.mem.live_frames();
+    let top = PhysAddr((1 << 48) - PAGE);
+    let map = |pa: PhysAddr, len: usize| {
+        user.mmap(
+            Placement::Fixed(VirtAddr(A)),
+            len,
+            rw(),
+            Backing::Physical(pa, MemoryType::Device),
+        )
+    };
+    assert_eq!(
+        map(top, 2 * PAGE_SIZE),
+        Err(MmError::PhysOutOfRange {
+            start: top,
+            len: 2 * PAGE_SIZE
+        })
+    );
+    assert!(user.regions().is_empty());
+    assert_eq!(h.mem.live_frames(), frames);
+    assert!(rec.log.lock().unwrap().is_empty());
+    // The last page below 2^48 is fine.
+    assert_eq!(map(top, PAGE_SIZE), Ok(VirtAddr(A)));
+}
+
+/// Found by the `aspace` fuzz target: moving pages between EL0 and EL1 ownership reached the
+/// engine's refusal only after the invalidation had been announced.
+#[test]
+fn mprotect_refuses_an_owner_change_before_notifying() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        2 * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+    user.mmap(
+        Placement::Fixed(VirtAddr(A + 2 * PAGE)),
+        PAGE_SIZE,
+        Permissions::USER_RW,
+        Backing::Anonymous,
+    )
+    .unwrap();
+    let rec = Arc::new(RangeRecorder::default());
+    let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
+    let regions = user.regions();
+    assert_eq!(
+        user.mprotect(VirtAddr(A + PAGE), PAGE_SIZE, Permissions::USER_RO),
+        Err(MmError::OwnerChange(VirtAddr(A + PAGE)))
+    );
+    assert_eq!(
+        user.mprotect(VirtAddr(A + PAGE), 2 * PAGE_SIZE, ro()),
+        Err(MmError::OwnerChange(VirtAddr(A + 2 * PAGE)))
+    );
+    assert_eq!(user.regions(), regions);
+    assert!(rec.log.lock().unwrap().is_empty(), "a refused call notified");
+    assert_eq!(
+        user.mprotect(VirtAddr(A + 2 * PAGE), PAGE_SIZE, Permissions::USER_RO),
+        Ok(())
+    );
+}
+
 #[test]
 fn every_weakening_reaches_the_notifier_with_its_exact_range_and_event() {
     let h = host(256);
