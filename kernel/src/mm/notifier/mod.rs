@@ -39,7 +39,9 @@
 //! user lock, so a reader that began before sees a different sequence in `read_retry` (under the
 //! same lock) and retries. `read_begin` waits while its subscription's sequence equals the
 //! current odd one (it is being invalidated right now) until the last `inv_end`. Only the last
-//! of several concurrent or nested invalidations makes the sequence even again.
+//! of several concurrent or nested invalidations makes the sequence even again. Unlike 6.10,
+//! `read_begin` takes no lock: a device fault path on many CPUs writes no shared cache line
+//! (the ordering that replaces the lock is explained at [`IntervalNotifier::read_begin`]).
 //!
 //! The writer side has two states. *Partially excluded* (`active > 0`, sequence even): no
 //! running invalidation hit a subscription, and the tree may change. *Fully excluded*
@@ -129,6 +131,9 @@ pub struct DebugKnobs {
     pub leave_itree_open_on_list_refusal: core::sync::atomic::AtomicBool,
     /// `insert` links into the tree even while it is fully excluded (no deferral).
     pub insert_ignores_exclusion: core::sync::atomic::AtomicBool,
+    /// The lock-free `read_begin` loads the address space's sequence before the
+    /// subscription's, so it can miss an invalidation that is running.
+    pub read_begin_reads_mm_seq_first: core::sync::atomic::AtomicBool,
 }
 
 #[cfg(any(test, loom))]
