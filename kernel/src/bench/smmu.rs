@@ -26,7 +26,7 @@ use crate::iommu::planner::Strategy;
 use crate::iommu::sva::SvaDomain;
 use crate::ktest::{TestCtx, TestError, TestResult};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
-use crate::tests::dma_rig::{Outcome, Rig, RW};
+use crate::iommu::rig::{Outcome, Rig, RW};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const SIZES: [u64; 5] = [1, 16, 512, 4096, 262_144];
@@ -223,7 +223,9 @@ fn hit_rates<D: SvaDomain>(
     let original = r.smmu.planner().strategy();
     let target = PhysAddr(run.base().as_u64() + PAGE);
     let touch = |r: &Rig<D>, va: u64, n: u64| -> Result<Vec<Outcome>, TestError> {
-        (0..n).map(|i| r.dev.fetch(va + i * PAGE, 4)).collect()
+        (0..n)
+            .map(|i| r.dev.fetch(va + i * PAGE, 4).map_err(TestError::from))
+            .collect()
     };
     let result = (|| {
         for &strategy in strategies {
