@@ -36,6 +36,7 @@ help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
 	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
 	@echo "make test    host unit tests + in-kernel tests on: $(TEST_BOARDS)"
+	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
@@ -87,6 +88,7 @@ test: qemu $(PI_DTB)
 	    $(HCARGO) test --workspace
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
+	@$(MAKE) --no-print-directory test-bench-smoke
 
 # The concurrency core under loom's model checker: the notifier's models and the ASID
 # allocator's (own target dir: --cfg loom rebuilds everything).
@@ -100,6 +102,38 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 
 clean:
 	rm -rf $(BUILD) target
+
+# =============================================================================================
+# Benchmarks (issue 7; README "Performance"). `make bench` runs criterion's host benchmarks and
+# the in-kernel benchmarks (`bench=*`) on both SMMU boards under QEMU -icount shift=0 (QEMU
+# counts guest instructions exactly and the PMU's INST_RETIRED reads them), then
+# `harness bench-report` writes bench/results.json, bench/results.md and bench/*.svg and checks
+# the goals: it fails if one fails. `make test-bench-smoke` (part of `make test`) runs the kernel
+# benchmarks with small sizes and checks the goals that are exact command counts.
+# =============================================================================================
+BENCH_BOARDS := virt-smmu raspi4b
+BENCH_OUT    := bench
+BENCH_LOGS   := $(BUILD)/bench
+ICOUNT       := -icount shift=0
+# 4095 pages is the worst case of the range planner (every low bit set).
+BENCH_SMOKE_PAGES := 1,16,511,512,4095
+
+.PHONY: bench test-bench-smoke
+
+bench: image $(HARNESS) qemu $(PI_DTB)
+	rm -rf target/criterion
+	nice $(HCARGO) bench -p shootdown --features bench
+	$(HARNESS) test --board $(subst $(space),$(comma),$(BENCH_BOARDS)) --kernel $(KERNEL_IMG) \
+	    --bootargs "bench=* $(BOOTARGS)" --log-dir $(BENCH_LOGS) --timeout 1800 --test-timeout 0 \
+	    -- $(ICOUNT)
+	$(HARNESS) bench-report $(foreach b,$(BENCH_BOARDS),--kernel-log $(b)=$(BENCH_LOGS)/$(b).log) \
+	    --criterion target/criterion --out $(BENCH_OUT) --require all
+
+test-bench-smoke: image $(HARNESS) qemu
+	$(HARNESS) test --board virt-smmu --kernel $(KERNEL_IMG) --log-dir $(BUILD)/logs/bench-smoke \
+	    --bootargs "bench=* bench.pages=$(BENCH_SMOKE_PAGES)" --test-timeout 0 -- $(ICOUNT)
+	$(HARNESS) bench-report --kernel-log virt-smmu=$(BUILD)/logs/bench-smoke/virt-smmu.log \
+	    --require commands
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).

@@ -93,8 +93,7 @@ fn emptied_mm() -> Arc<MmCore> {
     let sub = MmuNotifier::register(&mm, Arc::new(TlbCounter(AtomicUsize::new(0)))).unwrap();
     sub.unregister();
     let interval =
-        IntervalNotifier::insert(&mm, 0x1000, PAGE, Arc::new(Mirror(AtomicUsize::new(0))))
-            .unwrap();
+        IntervalNotifier::insert(&mm, 0x1000, PAGE, Arc::new(Mirror(AtomicUsize::new(0)))).unwrap();
     drop(interval);
     mm
 }
@@ -117,7 +116,13 @@ fn dispatch(c: &mut Criterion) {
         });
     }
     group.bench_function("empty_call/secondary_tlbs", |b| {
-        b.iter(|| empty_secondary(black_box(&never), black_box(0x40_0000), black_box(0x40_1000)))
+        b.iter(|| {
+            empty_secondary(
+                black_box(&never),
+                black_box(0x40_0000),
+                black_box(0x40_1000),
+            )
+        })
     });
     for (name, mm) in [("never_subscribed", &never), ("all_unsubscribed", &emptied)] {
         group.bench_function(BenchmarkId::new("secondary_tlbs", name), |b| {

@@ -82,7 +82,9 @@ pub fn run(filter: &str, seed: u64) -> usize {
 fn boot_to_first_bench(_t: &mut TestCtx) -> TestResult {
     let count = AT_START.load(Ordering::Relaxed);
     if count == 0 {
-        return Err(TestError::Fail("the counter did not run during boot".into()));
+        return Err(TestError::Fail(
+            "the counter did not run during boot".into(),
+        ));
     }
     Record::new("boot.to_first_bench").emit("boot", count);
     Ok(())
@@ -107,7 +109,9 @@ pub(crate) fn sizes(default: &[u64]) -> Result<Vec<u64>, TestError> {
 pub(crate) fn measure<R>(f: impl FnOnce() -> R) -> Result<(R, u64), TestError> {
     let m = Measurement::begin();
     let r = f();
-    let n = m.end().map_err(|e| TestError::Fail(alloc::format!("{e}")))?;
+    let n = m
+        .end()
+        .map_err(|e| TestError::Fail(alloc::format!("{e}")))?;
     Ok((r, n))
 }
 
