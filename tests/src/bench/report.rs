@@ -211,6 +211,68 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("–".into(), |v| v.to_string())
 }
 
+/// The strategies side by side, one table per board: a row per (SMMU, strategy), a column per
+/// size, each cell `commands (× floor) · invalidation instructions (× floor) · unrelated hits`.
+pub fn strategy_summary(runs: &[KernelRun]) -> String {
+    let rows = unmap_rows(runs);
+    let mut s = String::new();
+    for run in runs {
+        let mine: Vec<&UnmapRow> = rows.iter().filter(|r| r.board == run.board).collect();
+        let sizes: BTreeSet<u64> = mine.iter().map(|r| r.pages).collect();
+        if sizes.is_empty() {
+            continue;
+        }
+        let mut keys: Vec<(&str, &str)> = Vec::new();
+        for r in &mine {
+            if !keys.contains(&(r.smmu.as_str(), r.strategy.as_str())) {
+                keys.push((&r.smmu, &r.strategy));
+            }
+        }
+        let _ = write!(s, "
+**{}** (cell: commands ×floor · invalidation instructions ×floor · model IOTLB hits on unrelated pages)
+
+| SMMU | strategy |", run.board);
+        for p in &sizes {
+            let _ = write!(s, " {p} pages |");
+        }
+        let _ = write!(
+            s,
+            "
+|---|---|"
+        );
+        s.push_str(&"---|".repeat(sizes.len()));
+        s.push('\n');
+        for (smmu, strategy) in keys {
+            let name = if strategy == "auto" {
+                "Linux policy (`auto`)"
+            } else {
+                strategy
+            };
+            let _ = write!(s, "| {smmu} | {name} |");
+            for p in &sizes {
+                let cell = mine
+                    .iter()
+                    .find(|r| r.smmu == smmu && r.strategy == strategy && r.pages == *p)
+                    .map_or("–".to_string(), |r| {
+                        let insns = r
+                            .insns_vs_floor
+                            .map_or(opt(r.invalidate), |x| format!("{x:.1}×"));
+                        let hits = r
+                            .unrelated_hit_permille
+                            .map_or("–".into(), |h| format!("{}%", h / 10));
+                        format!(
+                            "{} ({:.1}×) · {insns} · {hits}",
+                            r.commands, r.commands_vs_floor
+                        )
+                    });
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
 /// The human tables (Markdown): goals, boot, map/unmap, unmap by strategy, host benches.
 pub fn markdown(runs: &[KernelRun], host_results: &[HostResult], goals: &[Goal]) -> String {
     let mut s = String::new();
@@ -235,6 +297,8 @@ pub fn markdown(runs: &[KernelRun], host_results: &[HostResult], goals: &[Goal])
                 .trim_start_matches("FAIL ")
         );
     }
+    let _ = writeln!(s, "\n#### Invalidation strategies compared with the floor");
+    s.push_str(&strategy_summary(runs));
     let _ = writeln!(
         s,
         "\n#### Boot and page tables (instructions, QEMU `-icount shift=0`)\n"
@@ -790,6 +854,15 @@ ok 2 smmu
             "{md}"
         );
         assert!(md.contains("**not measured**"));
+        assert!(md.contains("| SMMU | strategy | 16 pages |"), "{md}");
+        assert!(
+            md.contains("| mmio | per-page | 17 (8.5×) · 2.4× · 100% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mmio | range | 2 (1.0×) · 1.0× · – |"),
+            "{md}"
+        );
         assert!(md.contains("`interval_invalidation/tree/100000` | 50.00 ns"));
     }
 

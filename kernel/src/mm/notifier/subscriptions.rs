@@ -80,6 +80,7 @@ impl Subscriptions {
     }
 
     /// True if no list subscriber is linked.
+    #[inline]
     pub(crate) fn list_is_empty(&self) -> bool {
         self.list.load(Ordering::Relaxed).is_null()
     }
