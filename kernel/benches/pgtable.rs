@@ -2,8 +2,9 @@
 //! 1, 512 and 262144 pages on the in-memory arena, with 4 KiB pages only and with blocks
 //! allowed (where 512 and 262144 pages become one 2 MiB or 1 GiB block).
 //!
-//! `cargo bench -p shootdown --features bench --bench pgtable`. The instruction counts under QEMU `-icount` come
-//! from the in-kernel benchmark, which drives the same code.
+//! `cargo bench -p shootdown --features bench --bench pgtable` (`make bench` runs it). The
+//! instruction counts under QEMU `-icount` come from the in-kernel benchmark, `mm.map_unmap`,
+//! which drives the same code.
 
 use std::hint::black_box;
 

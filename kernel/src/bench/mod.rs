@@ -1,5 +1,5 @@
-//! In-kernel benchmarks: `bench=<glob>[,<glob>...]` runs them (instead of the main job; after
-//! the tests if `ktest=` is given too) and the kernel exits.
+//! In-kernel benchmarks: `bench=<glob>[,<glob>...]` runs them instead of the main job (and
+//! instead of `ktest=`: one KTAP document per boot) and the kernel exits.
 //!
 //! They are meant for QEMU with `-icount shift=0`, where guest instructions are counted
 //! exactly and every run of the same image with the same arguments gives the same numbers
@@ -14,7 +14,7 @@
 //! ```
 //!
 //! `name` is the case, then its parameters, then `metric`, `value` and `unit` (always last).
-//! `tests/src/bench.rs` (`harness bench-report`) reads these lines.
+//! `tests/src/bench/` (`harness bench-report`) reads these lines.
 //!
 //! | argument | meaning |
 //! |---|---|
