@@ -23,7 +23,7 @@ use crate::iommu::driver::SmmuConfig;
 use crate::iommu::kernel::{self as kiommu, Probe};
 use crate::iommu::model::ModelConfig;
 use crate::iommu::planner::Strategy;
-use crate::iommu::rig::{Outcome, Rig, RW};
+use crate::iommu::rig::{Outcome, Rig, TestModelDomain, RW};
 use crate::iommu::sva::SvaDomain;
 use crate::ktest::{TestCtx, TestError, TestResult};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
@@ -48,6 +48,16 @@ fn private_config() -> SmmuConfig {
         max_sid: 0x1f,
         ..SmmuConfig::default()
     }
+}
+
+/// A private model without range invalidation (`model-noril`), where Linux's policy goes
+/// per-page, then ASID-wide.
+fn model_without_ril() -> Result<Rig<TestModelDomain>, TestError> {
+    let no_ril = ModelConfig {
+        range_invalidation: false,
+        ..ModelConfig::default()
+    };
+    Ok(Rig::model(no_ril, private_config())?)
 }
 
 /// The kernel's SMMU as benchmarks name it.
@@ -91,11 +101,7 @@ pub(super) fn unmap(_t: &mut TestCtx) -> TestResult {
         let mut r = Rig::kernel()?;
         unmap_on(&mut r, label, &Strategy::ALL, &run, &sizes)?;
     }
-    let no_ril = ModelConfig {
-        range_invalidation: false,
-        ..ModelConfig::default()
-    };
-    let mut m = Rig::model(no_ril, private_config())?;
+    let mut m = model_without_ril()?;
     unmap_on(&mut m, "model-noril", &[Strategy::Auto], &run, &sizes)
 }
 
@@ -217,11 +223,7 @@ pub(super) fn iotlb_hit_rate(_t: &mut TestCtx) -> TestResult {
         let mut r = Rig::model(ModelConfig::default(), private_config())?;
         hit_rates(&mut r, "model", &Strategy::ALL, &run, &sizes)?;
     }
-    let no_ril = ModelConfig {
-        range_invalidation: false,
-        ..ModelConfig::default()
-    };
-    let mut r = Rig::model(no_ril, private_config())?;
+    let mut r = model_without_ril()?;
     hit_rates(&mut r, "model-noril", &[Strategy::Auto], &run, &sizes)
 }
 
