@@ -2,8 +2,8 @@
 //! instead of `ktest=`: one KTAP document per boot) and the kernel exits.
 //!
 //! They are meant for QEMU with `-icount shift=0`, where guest instructions are counted
-//! exactly and every run of the same image with the same arguments gives the same numbers
-//! (`make bench`). The counter is the PMU's INST_RETIRED event, or the generic timer where
+//! exactly and every run of the same image with the same arguments gives the same numbers up
+//! to a few instructions of the idle vCPUs (`make bench`; see [`pmu`]). The counter is the PMU's INST_RETIRED event, or the generic timer where
 //! that event does not exist (see [`pmu`]); every result line names its unit.
 //!
 //! The cases run like tests (the same registry type and runner, so the output is KTAP and a

@@ -11,7 +11,8 @@
 //! `icount_get_raw()`, QEMU's instruction count of **all** vCPUs (icount runs them round-robin
 //! on one thread). Idle secondary CPUs add a few instructions per scheduling round (a WFE in
 //! TCG yields to the next vCPU instead of halting), so a count is the boot CPU's work plus a
-//! small, deterministic remainder: the same image and arguments give the same counts.
+//! small remainder: the same image and arguments give the same counts up to the 10 to 15
+//! instructions of a round that may or may not land inside a measurement.
 //!
 //! Without the event (no PMUv3, or QEMU without precise icount) [`read`] falls back to the
 //! generic timer's counter, and [`kind`] says so: benchmark lines carry the unit.
