@@ -40,6 +40,7 @@ help:
 	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
+	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
@@ -93,6 +94,7 @@ test: qemu $(PI_DTB)
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
 	@$(MAKE) --no-print-directory test-soak
+	@$(MAKE) --no-print-directory test-bench-smoke
 
 # Clippy with warnings as errors, everywhere the code is compiled: the host workspace (the
 # portable core, its tests and benches, the harness) here, and the kernel and the chainloader
@@ -153,6 +155,38 @@ fuzz:
 
 test-fuzz:
 	bash tests/fuzz/fuzz.sh --seconds $(FUZZ_SHORT_SECONDS) --out $(BUILD)/fuzz-short --fresh $(FUZZ_TARGETS)
+
+# =============================================================================================
+# Benchmarks (issue 7; README "Performance"). `make bench` runs criterion's host benchmarks and
+# the in-kernel benchmarks (`bench=*`) on both SMMU boards under QEMU -icount shift=0 (QEMU
+# counts guest instructions exactly and the PMU's INST_RETIRED reads them), then
+# `harness bench-report` writes bench/results.json, bench/results.md and bench/*.svg and checks
+# the goals: it fails if one fails. `make test-bench-smoke` (part of `make test`) runs the kernel
+# benchmarks with small sizes and checks the goals that are exact command counts.
+# =============================================================================================
+BENCH_BOARDS := virt-smmu raspi4b
+BENCH_OUT    := bench
+BENCH_LOGS   := $(BUILD)/bench
+ICOUNT       := -icount shift=0
+# 4095 pages is the worst case of the range planner (every low bit set).
+BENCH_SMOKE_PAGES := 1,16,511,512,4095
+
+.PHONY: bench test-bench-smoke
+
+bench: image $(HARNESS) qemu $(PI_DTB)
+	rm -rf target/criterion
+	nice $(HCARGO) bench -p shootdown --features bench
+	$(HARNESS) test --board $(subst $(space),$(comma),$(BENCH_BOARDS)) --kernel $(KERNEL_IMG) \
+	    --bootargs "bench=* $(BOOTARGS)" --log-dir $(BENCH_LOGS) --timeout 1800 --test-timeout 0 \
+	    -- $(ICOUNT)
+	$(HARNESS) bench-report $(foreach b,$(BENCH_BOARDS),--kernel-log $(b)=$(BENCH_LOGS)/$(b).log) \
+	    --criterion target/criterion --out $(BENCH_OUT) --require all
+
+test-bench-smoke: image $(HARNESS) qemu
+	$(HARNESS) test --board virt-smmu --kernel $(KERNEL_IMG) --log-dir $(BUILD)/logs/bench-smoke \
+	    --bootargs "bench=* bench.pages=$(BENCH_SMOKE_PAGES)" --test-timeout 0 -- $(ICOUNT)
+	$(HARNESS) bench-report --kernel-log virt-smmu=$(BUILD)/logs/bench-smoke/virt-smmu.log \
+	    --require commands
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).

@@ -138,6 +138,15 @@ enter_el1:
     mov     x1, #0x33ff                 // CPTR_EL2: RES1 bits only, no FP/SIMD traps
     msr     cptr_el2, x1
     msr     hstr_el2, xzr
+    mrs     x1, id_aa64dfr0_el1         // PMUv3 present (PMUVer not 0 or 0xf)?
+    ubfx    x1, x1, #8, #4
+    cbz     x1, 3f
+    cmp     x1, #0xf
+    b.eq    3f
+    mrs     x1, pmcr_el0                // MDCR_EL2 (Arm ARM D19.2): HPMN = PMCR_EL0.N gives EL1
+    ubfx    x1, x1, #11, #5             // every event counter; TPM = TPMCR = 0: no PMU traps
+    msr     mdcr_el2, x1                // (its other fields may reset UNKNOWN on real boards)
+3:
     mrs     x1, midr_el1                // EL1 reads of MIDR/MPIDR see the real values
     msr     vpidr_el2, x1
     mrs     x1, mpidr_el1

@@ -2,8 +2,9 @@
 //! 1, 512 and 262144 pages on the in-memory arena, with 4 KiB pages only and with blocks
 //! allowed (where 512 and 262144 pages become one 2 MiB or 1 GiB block).
 //!
-//! `cargo bench -p shootdown --bench pgtable`. The instruction counts under QEMU `-icount` come
-//! from the in-kernel benchmark, which drives the same code.
+//! `cargo bench -p shootdown --features bench --bench pgtable` (`make bench` runs it). The
+//! instruction counts under QEMU `-icount` come from the in-kernel benchmark, `mm.map_unmap`,
+//! which drives the same code.
 
 use std::hint::black_box;
 
@@ -69,5 +70,17 @@ fn map_unmap(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, map_unmap);
+/// Short enough for `make bench` (262144 pages take milliseconds per iteration).
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = map_unmap
+}
 criterion_main!(benches);

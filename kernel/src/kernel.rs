@@ -3,7 +3,7 @@
 //! Boot order on the boot CPU (the others wait in `arch::aarch64::smp` until started):
 //! early console (fallback UART) → device tree check → heap → device tree parse → kernel page
 //! tables → frames → real console → secondary CPUs → identity map dropped → banner →
-//! `ktest=` tests or the main job → exit with a status.
+//! `ktest=` tests, `bench=` benchmarks or the main job → exit with a status.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -149,6 +149,8 @@ fn send_event() {
 /// the link address on CPU 0's stacks, .bss zeroed).
 #[no_mangle]
 extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
+    // First, so that the benchmarks can tell what boot cost (`bench=boot`).
+    crate::arch::aarch64::pmu::start();
     cpu::mask_interrupts();
     crate::sync::install_platform_hooks(&PLATFORM_HOOKS);
     // SAFETY: boot/entry.S mapped the fallback UART page at FIXMAP_UART_VA.
@@ -225,11 +227,22 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
     crate::iommu::kernel::init();
 
     banner(info);
-    let status = match bootargs().get("ktest") {
-        Some(filter) => run_tests(filter),
-        None => crate::job::run(),
+    // One KTAP document per boot: benchmarks or tests.
+    let failed = match (bootargs().get("bench"), bootargs().get("ktest")) {
+        (Some(benches), tests) => {
+            if tests.is_some() {
+                log::warn!("bench= given: ktest= is ignored (one KTAP document per boot)");
+            }
+            crate::bench::run(benches, seed())
+        }
+        (None, Some(tests)) => crate::ktest::runner::run(tests, seed()),
+        (None, None) => exit(crate::job::run()),
     };
-    exit(status)
+    exit(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
 }
 
 fn log_level(args: &BootArgs) -> log::LevelFilter {
@@ -380,20 +393,15 @@ fn banner(info: &BoardInfo) {
     }
 }
 
-fn run_tests(filter: &str) -> ExitCode {
-    let seed = match bootargs().number("seed") {
+/// The `seed=` of this boot, else the timer.
+fn seed() -> u64 {
+    match bootargs().number("seed") {
         None => timer::ticks(),
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             println!("# {e}; using the timer as seed");
             timer::ticks()
         }
-    };
-    let failed = crate::ktest::runner::run(filter, seed);
-    if failed == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
     }
 }
 

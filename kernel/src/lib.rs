@@ -39,6 +39,8 @@ pub mod trace;
 #[cfg(target_os = "none")]
 pub mod arch;
 #[cfg(target_os = "none")]
+mod bench;
+#[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
 pub mod drivers;

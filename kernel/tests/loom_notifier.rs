@@ -1,7 +1,7 @@
 //! Loom models of the notifier's concurrency core:
 //!
 //! * the grace period (`synchronize`) and deferred callbacks (`call`/`barrier`);
-//! * the collision-retry protocol (no stale shadow PTE);
+//! * the collision-retry protocol (no stale shadow PTE), with the lock-free `read_begin`;
 //! * `remove` racing the last `inv_end` over the deferred list (319561669a59);
 //! * an insert during full exclusion (deferred add; the lock-free tree walk is never raced);
 //! * teardown racing `unregister` (3ad3d901, 751efd86, d34883d4).
@@ -118,9 +118,13 @@ impl IntervalNotifierOps for Mirror {
 
 /// The invalidator changes the "CPU PTE" (a generation counter) between start and end; the
 /// reader copies it into the shadow PTE. After both, the shadow PTE is empty or current.
-fn collision_retry(set_seq: bool) {
+/// `read_begin` takes no lock; `mm_seq_first` makes it load the sequences in the wrong order.
+fn collision_retry(set_seq: bool, mm_seq_first: bool) {
     model(move || {
         let mm = MmCore::with_grace_domain(private_srcu());
+        mm.debug_knobs()
+            .read_begin_reads_mm_seq_first
+            .store(mm_seq_first, std::sync::atomic::Ordering::Relaxed);
         let pte = Arc::new(AtomicU64::new(1));
         let mirror = Arc::new(Mirror {
             user_lock: Mutex::new(None),
@@ -159,13 +163,21 @@ fn collision_retry(set_seq: bool) {
 
 #[test]
 fn collision_retry_never_leaves_a_stale_shadow_pte() {
-    collision_retry(true);
+    collision_retry(true, false);
 }
 
 #[test]
 #[should_panic(expected = "stale shadow PTE")]
 fn collision_retry_model_fails_when_invalidate_skips_set_seq() {
-    collision_retry(false);
+    collision_retry(false, false);
+}
+
+/// The lock-free `read_begin` must load the subscription's sequence before the address
+/// space's; the other way round it can return the sequence of a running invalidation.
+#[test]
+#[should_panic(expected = "stale shadow PTE")]
+fn collision_retry_model_fails_when_read_begin_loads_the_sequences_in_the_wrong_order() {
+    collision_retry(true, true);
 }
 
 // ---- remove vs the last inv_end (319561669a59) ---------------------------------------------------

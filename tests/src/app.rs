@@ -71,6 +71,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Parse(o) => parse(&o),
         Command::Trace { input, out } => trace_command(input.as_deref(), &out),
         Command::Boards { profiles } => boards(profiles.as_deref()),
+        Command::BenchReport(o) => crate::bench::report::run(&o).map_err(SetupError),
     };
     result.unwrap_or_else(|e| {
         eprintln!("harness: {e}");

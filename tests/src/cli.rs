@@ -34,6 +34,13 @@ usage:
       Parse a saved console log (or stdin), like `kunit.py parse`.
   harness boards [--profiles DIR]
       List the board profiles.
+  harness bench-report [--kernel-log BOARD=LOG]... [--criterion DIR] [--out DIR]
+                 [--require all|commands|GOAL,...]
+      Read the in-kernel benchmark lines of console logs (`bench=` boots under
+      QEMU -icount shift=0) and criterion's results (target/criterion), check the
+      performance goals, and with --out write results.json, results.md and SVG plots
+      there. Exit 1 if a goal fails, a benchmark failed, a log counted timer ticks
+      instead of instructions, or a --require'd goal was not measured.
 
   --bootargs     appended to the profile's default kernel command line (`ktest=GLOB,...`,
                  `seed=N`, ...)
@@ -154,6 +161,7 @@ pub enum Command {
     Boards {
         profiles: Option<PathBuf>,
     },
+    BenchReport(crate::bench::report::ReportOptions),
     Help,
 }
 
@@ -254,11 +262,44 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             }
             Ok(Command::Boards { profiles })
         }
+        "bench-report" => parse_bench_report(&mut a),
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!(
-            "unknown command `{other}` (test, run, serial, chainboot, parse, trace, boards)"
+            "unknown command `{other}` (test, run, serial, chainboot, parse, trace, boards, bench-report)"
         )),
     }
+}
+
+fn parse_bench_report(a: &mut Args) -> Result<Command, String> {
+    let mut o = crate::bench::report::ReportOptions::default();
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--kernel-log" => {
+                let v = a.value(&flag)?;
+                let (board, path) = v
+                    .split_once('=')
+                    .filter(|(b, p)| !b.is_empty() && !p.is_empty())
+                    .ok_or_else(|| format!("--kernel-log: `{v}` is not BOARD=LOG"))?;
+                o.kernel_logs.push((board.to_string(), path.into()));
+            }
+            "--criterion" => o.criterion = Some(a.value(&flag)?.into()),
+            "--out" => o.out = Some(a.value(&flag)?.into()),
+            "--require" => o
+                .require
+                .extend(a.value(&flag)?.split(',').map(str::to_string)),
+            _ => return Err(unknown(&flag, "bench-report")),
+        }
+    }
+    if !a.rest.is_empty() {
+        return Err("`harness bench-report` takes no arguments after --".into());
+    }
+    if o.kernel_logs.is_empty() && o.criterion.is_none() {
+        return Err(
+            "`harness bench-report` needs --kernel-log BOARD=LOG or --criterion DIR".into(),
+        );
+    }
+    crate::bench::report::required_goals(&o.require)?;
+    Ok(Command::BenchReport(o))
 }
 
 fn unknown(flag: &str, sub: &str) -> String {
@@ -555,5 +596,42 @@ mod tests {
             panic!()
         };
         assert_eq!(p.input, Some("build/logs/virt.log".into()));
+    }
+
+    #[test]
+    fn bench_report_options() {
+        let cmd = parse(args(&[
+            "bench-report",
+            "--kernel-log",
+            "virt-smmu=build/bench/virt-smmu.log",
+            "--kernel-log=raspi4b=build/bench/raspi4b.log",
+            "--criterion",
+            "target/criterion",
+            "--out",
+            "bench",
+            "--require",
+            "commands,interval_100x",
+        ]))
+        .unwrap();
+        let Command::BenchReport(o) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(
+            o.kernel_logs,
+            [
+                ("virt-smmu".to_string(), "build/bench/virt-smmu.log".into()),
+                ("raspi4b".to_string(), "build/bench/raspi4b.log".into())
+            ]
+        );
+        assert_eq!(o.criterion, Some("target/criterion".into()));
+        assert_eq!(o.out, Some("bench".into()));
+        assert_eq!(o.require, ["commands", "interval_100x"]);
+        for bad in [
+            vec!["bench-report"],
+            vec!["bench-report", "--kernel-log", "nolog"],
+            vec!["bench-report", "--kernel-log", "b=l", "--require", "fast"],
+        ] {
+            assert!(parse(args(&bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -8,9 +8,11 @@
 //!   UART chainloader.
 //! - [`report`], [`junit`]: the human summary and JUnit XML.
 //! - [`trace`]: the kernel's event trace as Chrome/Perfetto JSON.
+//! - [`bench`]: `make bench`'s report (results file, SVG plots, performance goals).
 //! - [`cli`], [`app`]: the `harness` command.
 
 pub mod app;
+pub mod bench;
 pub mod capture;
 pub mod chainload;
 pub mod cli;

@@ -46,7 +46,12 @@ impl core::fmt::Write for Console {
 
 /// Runs the tests selected by `filter` and returns the number that failed.
 pub fn run(filter: &str, seed: u64) -> usize {
-    let tests = all_tests();
+    run_cases(all_tests(), "ktest", filter, seed)
+}
+
+/// Runs the cases of `tests` selected by `filter` as one KTAP document (`what` names the
+/// selecting boot argument in its header) and returns the number that failed.
+pub fn run_cases(tests: &'static [KTest], what: &str, filter: &str, seed: u64) -> usize {
     let chosen: Vec<&'static KTest> = tests
         .iter()
         .filter(|t| selected(filter, t.suite, t.name))
@@ -64,7 +69,7 @@ pub fn run(filter: &str, seed: u64) -> usize {
     let _ = w.header(suites.len());
     let _ = w.diagnostic(&alloc::format!("seed={seed}"));
     let _ = w.diagnostic(&alloc::format!(
-        "ktest={filter} ({} of {} tests selected)",
+        "{what}={filter} ({} of {} tests selected)",
         chosen.len(),
         tests.len()
     ));

@@ -27,8 +27,26 @@ pub trait PhysMemory: Sync {
     /// accessor can reach.
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64>;
 
-    /// A raw pointer to `len` bytes at `pa`, or `None` if any of them is out of reach.
+    /// A raw pointer to `len` bytes at `pa`, or `None` if any of them is out of reach. The
+    /// bytes stay reachable through the pointer for as long as the accessor lives.
     fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8>;
+
+    /// The `count` consecutive 64-bit words from `pa` (8-byte aligned), or `None` if any of
+    /// them is out of reach. Loops over a whole table or frame (zeroing, scanning for a valid
+    /// entry) check the range once here instead of once per [`PhysMemory::word`].
+    fn words(&self, pa: PhysAddr, count: usize) -> Option<&[AtomicU64]> {
+        if !pa.is_aligned(8) {
+            return None;
+        }
+        let p = self.bytes(pa, count.checked_mul(8)?)?;
+        if p as usize % core::mem::align_of::<AtomicU64>() != 0 {
+            return None;
+        }
+        // SAFETY: `bytes` vouches for `count * 8` reachable bytes at `p` that live as long as
+        // `self`; `p` is aligned for `AtomicU64`, and physical memory is only ever accessed
+        // through atomics or raw pointers (interior mutability), never through `&mut`.
+        Some(unsafe { core::slice::from_raw_parts(p.cast::<AtomicU64>(), count) })
+    }
 }
 
 /// Hands out and takes back 4 KiB physical page frames.

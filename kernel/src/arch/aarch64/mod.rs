@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cpu;
 pub mod exceptions;
 pub mod mmu;
+pub mod pmu;
 pub mod power;
 pub mod smp;
 pub mod timer;

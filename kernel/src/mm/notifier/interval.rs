@@ -85,18 +85,40 @@ impl IntervalNotifier {
     /// subscription is in progress, so it must not be called with a lock that `invalidate`
     /// takes held, nor from a callback. `read_retry` may already be true on return: the caller
     /// loops and bounds the time it spends.
+    ///
+    /// **Deviation from 6.10**, which reads both sequences under the address space's spin lock:
+    /// every device fault then writes that lock's cache line, and readers on several CPUs
+    /// serialise on it (`make bench`, `read_side`). Here the read side only loads:
+    ///
+    /// ```text
+    ///   invalidation                            read_begin
+    ///   mm_seq = V (odd)   [inv_start, locked]  s = sub.seq        (acquire)
+    ///   sub.seq = V        [set_seq, release]   m = mm_seq         (acquire)
+    ///   ...                                     s == m: wait until mm_seq != s
+    ///   mm_seq = V + 1     [inv_end, release]
+    /// ```
+    ///
+    /// What the lock guaranteed is that `read_begin` never returns `V` while the invalidation
+    /// that stored `V` is still running (a concurrent one would store the same `V`, which
+    /// `read_retry` could not tell apart). Reading `sub.seq` first, with acquire, gives that:
+    /// if it returns `V`, the store `mm_seq = V` happened before (it precedes `set_seq` in
+    /// the invalidating thread, or in the one whose `inv_start` it found odd, through the
+    /// lock), so `mm_seq` reads `V` until that invalidation's `inv_end`. Any older `s` differs
+    /// from every later `V` and `read_retry` catches the collision as before; an `m` read after
+    /// `inv_end` (acquire) also makes the page-table changes made before it visible.
     pub fn read_begin(&self) -> u64 {
         lockdep::assert_may_wait("IntervalNotifier::read_begin");
         let subs = self.subscriptions();
-        let (seq, invalidating) = {
-            let _locked = subs.lock.lock();
-            // Pairs with the store in `set_seq`.
-            let seq = self.invalidate_seq.load(Ordering::Relaxed);
-            (seq, seq == subs.invalidate_seq.load(Ordering::Relaxed))
+        let (seq, current) = if read_begin_reads_mm_seq_first(&self.mm) {
+            let current = subs.invalidate_seq.load(Ordering::Acquire);
+            (self.invalidate_seq.load(Ordering::Acquire), current)
+        } else {
+            let seq = self.invalidate_seq.load(Ordering::Acquire);
+            (seq, subs.invalidate_seq.load(Ordering::Acquire))
         };
         // `seq` is odd (set_seq always stores the odd current value), and the address space's
         // sequence is even once idle, so this wait ends even if the sequence wraps.
-        if invalidating {
+        if seq == current {
             subs.wq
                 .wait_until(|| subs.invalidate_seq.load(Ordering::Acquire) != seq);
         }
@@ -116,10 +138,11 @@ impl IntervalNotifier {
     }
 
     /// Records the invalidation in progress (`mmu_interval_set_seq`): call it from `invalidate`
-    /// under the user lock, with the `cur_seq` passed in.
+    /// under the user lock, with the `cur_seq` passed in. Release: a `read_begin` that reads
+    /// `cur_seq` also sees the address space's sequence made odd before it (see there).
     pub fn set_seq(&self, cur_seq: u64) {
         debug_assert!(cur_seq & 1 == 1, "invalidation sequences are odd");
-        self.invalidate_seq.store(cur_seq, Ordering::Relaxed);
+        self.invalidate_seq.store(cur_seq, Ordering::Release);
     }
 
     /// First watched address.
@@ -224,6 +247,16 @@ fn insert_ignores_exclusion(mm: &MmCore) -> bool {
 
 #[cfg(not(any(test, loom)))]
 fn insert_ignores_exclusion(_mm: &MmCore) -> bool {
+    false
+}
+
+#[cfg(any(test, loom))]
+fn read_begin_reads_mm_seq_first(mm: &MmCore) -> bool {
+    super::knob(&mm.knobs.read_begin_reads_mm_seq_first)
+}
+
+#[cfg(not(any(test, loom)))]
+fn read_begin_reads_mm_seq_first(_mm: &MmCore) -> bool {
     false
 }
 

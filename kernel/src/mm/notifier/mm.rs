@@ -158,6 +158,7 @@ impl MmCore {
     }
 
     /// The subscriptions, if allocated.
+    #[inline]
     pub(crate) fn subscriptions(&self) -> Option<&Subscriptions> {
         let p = self.subscriptions.load(Ordering::Acquire);
         // SAFETY: a non-null pointer was published (release) by `install_subscriptions` and is
@@ -211,6 +212,7 @@ impl Drop for MmCore {
 
 impl<'a> MmapReadGuard<'a> {
     /// The address space whose lock is held.
+    #[inline]
     pub fn mm(&self) -> &'a MmCore {
         self.mm
     }
@@ -218,6 +220,7 @@ impl<'a> MmapReadGuard<'a> {
 
 impl<'a> MmapWriteGuard<'a> {
     /// The address space whose lock is held.
+    #[inline]
     pub fn mm(&self) -> &'a MmCore {
         self.mm
     }

@@ -39,7 +39,9 @@
 //! user lock, so a reader that began before sees a different sequence in `read_retry` (under the
 //! same lock) and retries. `read_begin` waits while its subscription's sequence equals the
 //! current odd one (it is being invalidated right now) until the last `inv_end`. Only the last
-//! of several concurrent or nested invalidations makes the sequence even again.
+//! of several concurrent or nested invalidations makes the sequence even again. Unlike 6.10,
+//! `read_begin` takes no lock: a device fault path on many CPUs writes no shared cache line
+//! (the ordering that replaces the lock is explained at [`IntervalNotifier::read_begin`]).
 //!
 //! The writer side has two states. *Partially excluded* (`active > 0`, sequence even): no
 //! running invalidation hit a subscription, and the tree may change. *Fully excluded*
@@ -105,6 +107,8 @@ pub use list::{MmuNotifier, MmuNotifierOps, OpSet};
 pub use mm::{notifier_srcu, MmCore, MmapReadGuard, MmapWriteGuard};
 pub use range::{NotifierRange, NotifyEvent};
 
+use subscriptions::Subscriptions;
+
 /// Waits until every subscriber freed by [`MmuNotifier::put`] on the shared grace-period domain
 /// has been freed (`mmu_notifier_synchronize`). Address spaces with a private domain use
 /// `mm.grace_domain().barrier()`.
@@ -129,6 +133,9 @@ pub struct DebugKnobs {
     pub leave_itree_open_on_list_refusal: core::sync::atomic::AtomicBool,
     /// `insert` links into the tree even while it is fully excluded (no deferral).
     pub insert_ignores_exclusion: core::sync::atomic::AtomicBool,
+    /// The lock-free `read_begin` loads the address space's sequence before the
+    /// subscription's, so it can miss an invalidation that is running.
+    pub read_begin_reads_mm_seq_first: core::sync::atomic::AtomicBool,
 }
 
 #[cfg(any(test, loom))]
@@ -164,14 +171,37 @@ impl Invalidation<'_> {
     }
 
     /// Ends the invalidation (`mmu_notifier_invalidate_range_end`).
+    #[inline]
     pub fn end(self) {}
 }
 
 impl Drop for Invalidation<'_> {
+    /// Inline: an invalidation that called nobody at start (no subscriber) ends for the price
+    /// of two flag tests.
+    #[inline]
     fn drop(&mut self) {
-        let Some(subs) = self.mm.subscriptions() else {
-            return;
-        };
+        if self.itree || self.list {
+            self.end_started();
+        }
+    }
+}
+
+impl<'a> Invalidation<'a> {
+    /// The invalidation of `range` once [`start`] started what it did.
+    #[inline]
+    fn new(mm: &'a MmCore, range: NotifierRange, started: Started) -> Self {
+        Self {
+            mm,
+            range,
+            itree: started.itree,
+            list: started.list,
+        }
+    }
+
+    /// `__mmu_notifier_invalidate_range_end` for the halves that were started.
+    #[inline(never)]
+    fn end_started(&self) {
+        let subs = self.mm.subscriptions_of_subscribed();
         if self.itree {
             subs.itree_inv_end();
         }
@@ -182,43 +212,75 @@ impl Drop for Invalidation<'_> {
     }
 }
 
-/// `__mmu_notifier_invalidate_range_start`.
-fn invalidate_range_start(
-    mm: &MmCore,
-    mut range: NotifierRange,
-    blockable: bool,
-) -> Result<Invalidation<'_>, WouldBlock> {
-    range.set_blockable(blockable);
-    let mut inv = Invalidation {
-        mm,
-        range,
+/// Which halves of an invalidation were started (and must be ended).
+#[derive(Clone, Copy)]
+struct Started {
+    itree: bool,
+    list: bool,
+}
+
+impl Started {
+    const NOTHING: Started = Started {
         itree: false,
         list: false,
     };
-    let Some(subs) = mm.subscriptions() else {
-        return Ok(inv);
-    };
+}
+
+/// `mmu_notifier_invalidate_range_start`: starts both halves for an address space with
+/// subscribers. Inline: one that nobody ever subscribed to (`mm_has_notifiers()` false) pays
+/// one load and a branch, as in Linux, and one whose list emptied with no interval tree two
+/// more loads (`make bench`: `dispatch/start_end/*` against an empty call). The range is taken
+/// by value so that only the slow path puts a copy in memory: the fast path moves it once,
+/// into the [`Invalidation`].
+#[inline]
+fn start(mm: &MmCore, range: NotifierRange) -> Result<Started, WouldBlock> {
+    match mm.subscriptions() {
+        None => Ok(Started::NOTHING),
+        // Everyone unsubscribed and the tree was never enabled: nothing to start either.
+        Some(subs)
+            if !subs.has_itree.load(core::sync::atomic::Ordering::Acquire)
+                && subs.list_is_empty() =>
+        {
+            Ok(Started::NOTHING)
+        }
+        Some(subs) => start_subscribed(mm, subs, &range),
+    }
+}
+
+/// `__mmu_notifier_invalidate_range_start`. On refusal nothing is left started.
+#[inline(never)]
+fn start_subscribed(
+    mm: &MmCore,
+    subs: &Subscriptions,
+    range: &NotifierRange,
+) -> Result<Started, WouldBlock> {
+    let mut started = Started::NOTHING;
     if subs.has_itree.load(core::sync::atomic::Ordering::Acquire) {
         // On refusal the interval half has already ended itself.
-        subs.itree_invalidate(&inv.range)?;
-        inv.itree = true;
+        subs.itree_invalidate(range)?;
+        started.itree = true;
     }
     if !subs.list_is_empty() {
-        #[cfg(any(test, loom))]
-        if knob(&mm.knobs.leave_itree_open_on_list_refusal) {
-            if let Err(refused) = list::invalidate_range_start(subs, mm, &inv.range) {
-                core::mem::forget(inv);
-                return Err(refused);
+        if let Err(refused) = list::invalidate_range_start(subs, mm, range) {
+            // End the interval half too (the §6 fix), and only it.
+            if started.itree && !leave_itree_open_on_list_refusal(mm) {
+                subs.itree_inv_end();
             }
-            inv.list = true;
-            return Ok(inv);
+            return Err(refused);
         }
-        // On refusal `inv` is dropped with `list` unset: that ends the interval half too (the
-        // §6 fix), and only it.
-        list::invalidate_range_start(subs, mm, &inv.range)?;
-        inv.list = true;
+        started.list = true;
     }
-    Ok(inv)
+    Ok(started)
+}
+
+#[cfg(any(test, loom))]
+fn leave_itree_open_on_list_refusal(mm: &MmCore) -> bool {
+    knob(&mm.knobs.leave_itree_open_on_list_refusal)
+}
+
+#[cfg(not(any(test, loom)))]
+fn leave_itree_open_on_list_refusal(_mm: &MmCore) -> bool {
+    false
 }
 
 fn release(mm: &MmCore) {
@@ -238,22 +300,28 @@ macro_rules! invalidation_methods {
         impl<'a> $guard<'a> {
             /// Starts a blockable invalidation of `range` (`mmu_notifier_invalidate_range_start`):
             /// callbacks may sleep. Cannot fail.
+            #[inline]
             pub fn invalidate_range_start(&self, range: NotifierRange) -> Invalidation<'_> {
-                match invalidate_range_start(self.mm(), range, true) {
-                    Ok(inv) => inv,
+                let range = range.with_blockable(true);
+                let started = match start(self.mm(), range) {
+                    Ok(started) => started,
                     // Blockable starts treat refusals as driver bugs and carry on.
                     Err(WouldBlock) => unreachable!("a blockable invalidation cannot be refused"),
-                }
+                };
+                Invalidation::new(self.mm(), range, started)
             }
 
             /// Starts a non-blockable invalidation
             /// (`mmu_notifier_invalidate_range_start_nonblock`). On [`WouldBlock`] nothing is
             /// left started: do not change the page tables in `range`.
+            #[inline]
             pub fn invalidate_range_start_nonblock(
                 &self,
                 range: NotifierRange,
             ) -> Result<Invalidation<'_>, WouldBlock> {
-                invalidate_range_start(self.mm(), range, false)
+                let range = range.with_blockable(false);
+                let started = start(self.mm(), range)?;
+                Ok(Invalidation::new(self.mm(), range, started))
             }
         }
     };
@@ -267,7 +335,11 @@ impl MmCore {
     /// (`mmu_notifier_arch_invalidate_secondary_tlbs`). Call it from TLB maintenance with
     /// exactly the range invalidated: an empty range is refused (f7edb07ad7c6, where arm64 passed
     /// an empty range and every SMMU invalidation became a full flush).
+    ///
+    /// Inline up to the subscriber check: with no list subscriber the call costs a load or
+    /// two (`make bench`: `dispatch/secondary_tlbs/*` against an empty call).
     #[must_use = "an empty range means the caller lost track of what it invalidated"]
+    #[inline]
     pub fn arch_invalidate_secondary_tlbs(
         &self,
         start: u64,
@@ -276,11 +348,21 @@ impl MmCore {
         if start >= end {
             return Err(InvalidArgument::EmptyRange.into());
         }
+        if self
+            .subscriptions()
+            .is_some_and(|subs| !subs.list_is_empty())
+        {
+            self.call_secondary_tlbs(start, end);
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn call_secondary_tlbs(&self, start: u64, end: u64) {
         self.for_each_list_subscriber(OpSet::ARCH_INVALIDATE_SECONDARY_TLBS, |sub| {
             sub.ops().arch_invalidate_secondary_tlbs(self, start, end);
             true
         });
-        Ok(())
     }
 
     /// Test-and-clears the accessed state of secondary mappings in `[start, end)`, flushing

@@ -71,8 +71,11 @@ impl NotifierRange {
         }
     }
 
-    pub(crate) fn set_blockable(&mut self, blockable: bool) {
-        self.blockable = blockable;
+    /// The same range with the blockable flag set to `blockable`, built field by field (the
+    /// notifier's fast path: no byte store into a copy that is then read back whole).
+    #[inline]
+    pub(crate) fn with_blockable(self, blockable: bool) -> Self {
+        Self { blockable, ..self }
     }
 
     /// First address.

@@ -43,7 +43,7 @@ pub(crate) struct Subscriptions {
     /// Interval subscribers have been enabled (set once, under the mmap write lock).
     pub(crate) has_itree: AtomicBool,
     /// The collision-retry sequence: even = no interval subscriber is being invalidated, odd =
-    /// the tree is fully excluded. Written under `lock`; read lock-free by `read_begin`'s wait.
+    /// the tree is fully excluded. Written under `lock`; read lock-free by `read_begin`.
     pub(crate) invalidate_seq: AtomicU64,
     pub(crate) lock: SpinLock<Locked>,
     /// The interval tree. Written only under `lock` while `invalidate_seq` is even; read under
@@ -80,6 +80,7 @@ impl Subscriptions {
     }
 
     /// True if no list subscriber is linked.
+    #[inline]
     pub(crate) fn list_is_empty(&self) -> bool {
         self.list.load(Ordering::Relaxed).is_null()
     }

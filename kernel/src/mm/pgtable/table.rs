@@ -844,12 +844,14 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         let next = Self::below(level, entry_start, block)?;
         let table = self.take_frame(pass)?;
         // The new table is not linked yet: nobody else can see these stores.
-        for i in 0..ENTRIES_PER_TABLE {
-            let pa = PhysAddr(base.as_u64() + i as u64 * next.entry_size());
-            match self.mem.word(PhysAddr(table.as_u64() + 8 * i as u64)) {
-                Some(word) => word.store(block.leaf_like(next, pa).bits(), Ordering::Relaxed),
-                None => debug_assert!(false, "reserved frame {table:?} unreachable"),
+        match self.mem.words(table, ENTRIES_PER_TABLE) {
+            Some(words) => {
+                for (i, word) in words.iter().enumerate() {
+                    let pa = PhysAddr(base.as_u64() + i as u64 * next.entry_size());
+                    word.store(block.leaf_like(next, pa).bits(), Ordering::Relaxed);
+                }
             }
+            None => debug_assert!(false, "reserved frame {table:?} unreachable"),
         }
         let block_range = VaRange::between(entry_start, entry_start + level.entry_size());
         #[cfg(test)]

@@ -154,12 +154,11 @@ pub(crate) fn table_is_empty<M: PhysMemory + ?Sized>(
     mem: &M,
     table: PhysAddr,
 ) -> Result<bool, PageTableError> {
-    for index in 0..PAGE_SIZE / 8 {
-        let desc =
-            load(mem, table, index, Ordering::Relaxed).ok_or(PageTableError::Unreachable(table))?;
-        if desc.is_valid() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    // One reachability check for the whole table (see PhysMemory::words).
+    let words = mem
+        .words(table, PAGE_SIZE / 8)
+        .ok_or(PageTableError::Unreachable(table))?;
+    Ok(words
+        .iter()
+        .all(|w| !Descriptor::from_bits(w.load(Ordering::Relaxed)).is_valid()))
 }

@@ -1,0 +1,287 @@
+//! What keeping an SMMU coherent costs per unmap, for each invalidation strategy.
+//!
+//! * `smmu.unmap`: `munmap` of 1, 16, 512, 4095, 4096 and 262144 pages (4 KiB leaves) of an
+//!   address space bound to a device (SVA) and active on this CPU. For each strategy: the commands the
+//!   driver sent by kind, the CMDQ_PROD writes, the instructions of the whole `munmap`
+//!   (`unmap`), and those of the same invalidation made directly through the driver
+//!   (`invalidate`: planner, queue, MMIO, completion). Also measured: the same `munmap` with no
+//!   SMMU bound (`smmu=none`), and the physical floor, one range command and one CMD_SYNC
+//!   (`strategy=floor`). Run on the kernel's SMMU (`mmio`: QEMU's SMMUv3; `model`: the software
+//!   model on the Pi, whose command processing runs on this CPU and is counted) and on a private
+//!   model without range invalidation running Linux's policy (`model-noril`, strategy `auto`).
+//! * `smmu.iotlb_hit_rate`: on the model, 64 unrelated pages of the same address space are
+//!   cached in the IOTLB (device reads), a range is unmapped, and the unrelated pages are read
+//!   again: the per-mille of those reads served from the IOTLB is what the strategy left alone.
+
+use alloc::vec::Vec;
+
+use super::mm::{map_aliased, map_unmap_once, AliasRun, Layout, VA};
+use super::{fail, measure, sizes, Record};
+use crate::arch::aarch64::aspace;
+use crate::iommu::command::CommandKind;
+use crate::iommu::driver::SmmuConfig;
+use crate::iommu::kernel::{self as kiommu, Probe};
+use crate::iommu::model::ModelConfig;
+use crate::iommu::planner::Strategy;
+use crate::iommu::rig::{Outcome, Rig, TestModelDomain, RW};
+use crate::iommu::sva::SvaDomain;
+use crate::ktest::{TestCtx, TestError, TestResult};
+use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+/// The sizes, plus 4095: the worst case of the range decomposition (every low bit set),
+/// where the RIL bound ceil(log2(pages)) + 1 actually constrains the planner.
+const SIZES: [u64; 6] = [1, 16, 512, 4095, 4096, 262_144];
+/// Unrelated pages kept warm in the IOTLB (QEMU's and the model's IOTLB hold 256 entries).
+const UNRELATED: u64 = 64;
+/// Where the unrelated pages are (another 1 GiB of the same address space).
+const UNRELATED_VA: u64 = VA - (1 << 30);
+/// Pages of the unmapped range the device touches before the unmap.
+const TOUCHED: u64 = 64;
+/// The floor's range: 16 pages at a 16-page boundary, one command (NUM = 0, SCALE = 4).
+const FLOOR_PAGES: u64 = 16;
+
+/// Driver settings of the private model rigs: the kernel's queue sizes and timeouts, a small
+/// stream table.
+fn private_config() -> SmmuConfig {
+    SmmuConfig {
+        max_sid: 0x1f,
+        ..SmmuConfig::default()
+    }
+}
+
+/// A private model without range invalidation (`model-noril`), where Linux's policy goes
+/// per-page, then ASID-wide.
+fn model_without_ril() -> Result<Rig<TestModelDomain>, TestError> {
+    let no_ril = ModelConfig {
+        range_invalidation: false,
+        ..ModelConfig::default()
+    };
+    Ok(Rig::model(no_ril, private_config())?)
+}
+
+/// The kernel's SMMU as benchmarks name it.
+fn kernel_smmu_label() -> Option<&'static str> {
+    match kiommu::probe_outcome() {
+        Probe::Mmio { .. } => Some("mmio"),
+        Probe::Model => Some("model"),
+        Probe::Absent | Probe::Failed(_) => None,
+    }
+}
+
+/// Keeps a rig's address space active on this CPU (so unmaps invalidate the CPU TLB too) and
+/// deactivates it before the rig can tear it down.
+struct Active;
+
+impl Active {
+    fn new<D: SvaDomain>(r: &Rig<D>) -> Result<Self, TestError> {
+        aspace::activate(r.space()).map_err(|e| fail(alloc::format!("{e:?}")))?;
+        Ok(Active)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        aspace::deactivate();
+    }
+}
+
+pub(super) fn unmap(_t: &mut TestCtx) -> TestResult {
+    let sizes = sizes(&SIZES)?;
+    let run = AliasRun::new()?;
+    for &pages in &sizes {
+        let (_, unmap) = map_unmap_once(&run, Layout::Pages, pages)?;
+        Record::new("smmu.unmap")
+            .with("smmu", "none")
+            .with("strategy", "none")
+            .with("pages", pages)
+            .emit("unmap", unmap);
+    }
+    if let Some(label) = kernel_smmu_label() {
+        let mut r = Rig::kernel()?;
+        unmap_on(&mut r, label, &Strategy::ALL, &run, &sizes)?;
+    }
+    let mut m = model_without_ril()?;
+    unmap_on(&mut m, "model-noril", &[Strategy::Auto], &run, &sizes)
+}
+
+/// Runs the unmap measurements of `strategies` (those the SMMU supports) on rig `r`.
+fn unmap_on<D: SvaDomain>(
+    r: &mut Rig<D>,
+    label: &str,
+    strategies: &[Strategy],
+    run: &AliasRun,
+    sizes: &[u64],
+) -> TestResult {
+    r.bind()?;
+    let ctx = r
+        .bond()
+        .and_then(|b| b.context())
+        .ok_or_else(|| fail("bound without a context"))?;
+    let _active = Active::new(r)?;
+    let original = r.smmu.planner().strategy();
+    let pa = PhysAddr(run.base().as_u64() + PAGE);
+    let result = (|| {
+        let ril = r.smmu.features().range_invalidation;
+        // `harness bench-report` checks the RIL goal on the SMMUs that have it.
+        Record::new("smmu.features").with("smmu", label).emit_unit(
+            "range_invalidation",
+            u8::from(ril),
+            "bool",
+        );
+        for &strategy in strategies {
+            if strategy == Strategy::Range && !ril {
+                continue;
+            }
+            r.smmu.set_strategy(strategy).map_err(fail)?;
+            for &pages in sizes {
+                let (start, end) = (VirtAddr(VA), VirtAddr(VA + pages * PAGE));
+                map_aliased(r.space(), VA, pages, pa, RW)?;
+                let before = r.smmu.stats();
+                let notified = r.sva.stats().invalidations;
+                let (unmapped, unmap) = measure(|| r.unmap(VA, pages))?;
+                unmapped?;
+                let after = r.smmu.stats();
+                if r.sva.stats().invalidations != notified + 1 {
+                    return Err(fail("one munmap must make exactly one SMMU invalidation"));
+                }
+                let (report, invalidate) = measure(|| r.smmu.invalidate_range(ctx, start, end))?;
+                let report = report.map_err(fail)?;
+                let c = |k: CommandKind| after.commands.get(k) - before.commands.get(k);
+                if c(CommandKind::Sync) != 1 || report.commands.get(CommandKind::Sync) != 1 {
+                    return Err(fail("an invalidation must end with exactly one CMD_SYNC"));
+                }
+                let rec = Record::new("smmu.unmap")
+                    .with("smmu", label)
+                    .with("strategy", strategy.name())
+                    .with("pages", pages);
+                rec.emit("unmap", unmap);
+                rec.emit("invalidate", invalidate);
+                let kinds = [
+                    ("tlbi_va", CommandKind::TlbiNhVa),
+                    ("tlbi_va_range", CommandKind::TlbiNhVaRange),
+                    ("tlbi_asid", CommandKind::TlbiNhAsid),
+                    ("sync", CommandKind::Sync),
+                ];
+                let mut total = 0;
+                for (metric, kind) in kinds {
+                    rec.emit_unit(metric, c(kind), "commands");
+                    total += c(kind);
+                }
+                rec.emit_unit("commands", total, "commands");
+                rec.emit_unit(
+                    "prod_writes",
+                    after.prod_writes - before.prod_writes,
+                    "writes",
+                );
+            }
+        }
+        if ril {
+            floor(r, label, ctx)?;
+        }
+        Ok(())
+    })();
+    r.smmu.set_strategy(original).map_err(fail)?;
+    result
+}
+
+/// The cheapest possible invalidation: one range command and one CMD_SYNC.
+fn floor<D: SvaDomain>(
+    r: &Rig<D>,
+    label: &str,
+    ctx: crate::iommu::driver::ContextId,
+) -> TestResult {
+    r.smmu.set_strategy(Strategy::Range).map_err(fail)?;
+    let (start, end) = (VirtAddr(VA), VirtAddr(VA + FLOOR_PAGES * PAGE));
+    let (report, insns) = measure(|| r.smmu.invalidate_range(ctx, start, end))?;
+    let report = report.map_err(fail)?;
+    if report.commands.get(CommandKind::TlbiNhVaRange) != 1
+        || report.commands.get(CommandKind::Sync) != 1
+        || report.commands.total() != 2
+    {
+        return Err(fail(alloc::format!(
+            "the floor must be one range command and one CMD_SYNC: {:?}",
+            report.commands
+        )));
+    }
+    let rec = Record::new("smmu.unmap")
+        .with("smmu", label)
+        .with("strategy", "floor")
+        .with("pages", FLOOR_PAGES);
+    rec.emit("invalidate", insns);
+    rec.emit_unit("commands", 2, "commands");
+    Ok(())
+}
+
+pub(super) fn iotlb_hit_rate(_t: &mut TestCtx) -> TestResult {
+    let sizes = sizes(&SIZES)?;
+    let run = AliasRun::new()?;
+    if kiommu::model().is_some() {
+        let mut r = Rig::kernel()?;
+        hit_rates(&mut r, "model", &Strategy::ALL, &run, &sizes)?;
+    } else {
+        let mut r = Rig::model(ModelConfig::default(), private_config())?;
+        hit_rates(&mut r, "model", &Strategy::ALL, &run, &sizes)?;
+    }
+    let mut r = model_without_ril()?;
+    hit_rates(&mut r, "model-noril", &[Strategy::Auto], &run, &sizes)
+}
+
+fn hit_rates<D: SvaDomain>(
+    r: &mut Rig<D>,
+    label: &str,
+    strategies: &[Strategy],
+    run: &AliasRun,
+    sizes: &[u64],
+) -> TestResult {
+    let model = r.model.ok_or_else(|| fail("not a model SMMU"))?;
+    r.bind()?;
+    // The unrelated pages: the first UNRELATED frames of the run, read by the device.
+    map_aliased(r.space(), UNRELATED_VA, UNRELATED, run.base(), RW)?;
+    let original = r.smmu.planner().strategy();
+    let target = PhysAddr(run.base().as_u64() + PAGE);
+    let touch = |r: &Rig<D>, va: u64, n: u64| -> Result<Vec<Outcome>, TestError> {
+        (0..n)
+            .map(|i| r.dev.fetch(va + i * PAGE, 4).map_err(TestError::from))
+            .collect()
+    };
+    let result = (|| {
+        for &strategy in strategies {
+            if strategy == Strategy::Range && !r.smmu.features().range_invalidation {
+                continue;
+            }
+            r.smmu.set_strategy(strategy).map_err(fail)?;
+            for &pages in sizes {
+                map_aliased(r.space(), VA, pages, target, RW)?;
+                touch(r, UNRELATED_VA, UNRELATED)?;
+                touch(r, VA, pages.min(TOUCHED))?;
+                r.unmap(VA, pages)?;
+                model.reset_stats();
+                let after = touch(r, UNRELATED_VA, UNRELATED)?;
+                let stats = model.stats();
+                if after.iter().any(|o| *o != Outcome::Clean) {
+                    return Err(fail("an unrelated page faulted"));
+                }
+                // The benchmark means something only if the invalidation was complete.
+                if r.dev.fetch(VA, 4)? != Outcome::Faulted {
+                    return Err(fail("the unmapped range is still reachable"));
+                }
+                if !model.stale_translations().is_empty() {
+                    return Err(fail("the model's checker saw a stale translation"));
+                }
+                let rec = Record::new("smmu.iotlb_hit_rate")
+                    .with("smmu", label)
+                    .with("strategy", strategy.name())
+                    .with("pages", pages);
+                rec.emit_unit("hits", stats.iotlb_hits, "lookups");
+                rec.emit_unit("misses", stats.iotlb_misses, "lookups");
+                let per_mille = stats.iotlb_hits_per_mille().unwrap_or(0);
+                rec.emit_unit("hit_rate", per_mille, "permille");
+            }
+        }
+        Ok(())
+    })();
+    r.smmu.set_strategy(original).map_err(fail)?;
+    r.drain_events();
+    result
+}
