@@ -91,9 +91,9 @@ pub fn start() {
         return;
     }
     let pmuver = (read_sysreg!("id_aa64dfr0_el1") >> PMUVER_SHIFT) & 0xf;
-    let state = if pmuver == 0 || pmuver == 0xf {
-        TICKS
-    } else if read_sysreg!("pmceid0_el0") & (1 << INST_RETIRED) == 0 {
+    // No PMUv3 (0, or 0xf: IMPLEMENTATION DEFINED), or one without the INST_RETIRED event.
+    let no_pmu = pmuver == 0 || pmuver == 0xf;
+    let state = if no_pmu || read_sysreg!("pmceid0_el0") & (1 << INST_RETIRED) == 0 {
         TICKS
     } else {
         let wide = pmuver >= PMUV3P5;
