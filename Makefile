@@ -21,7 +21,8 @@ space := $(empty) $(empty)
 
 .DEFAULT_GOAL := image
 
-# Toolchain variables (KCARGO, KTARGET, HCARGO, OBJCOPY), found or installed once per checkout.
+# Toolchain variables (KCARGO, KTARGET, HCARGO, OBJCOPY, KCLIPPY_DRIVER, HCLIPPY), found or
+# installed once per checkout.
 ifeq ($(filter clean help,$(MAKECMDGOALS)),)
 include $(BUILD)/toolchain.mk
 endif
@@ -30,12 +31,14 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb test test-loom test-boards qemu dtb clean FORCE
+.PHONY: help image run gdb test test-loom test-boards lint qemu dtb clean FORCE soak test-soak
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
 	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
-	@echo "make test    host unit tests + in-kernel tests on: $(TEST_BOARDS)"
+	@echo "make test    lint, host unit tests + in-kernel tests on: $(TEST_BOARDS)"
+	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
+	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
@@ -48,7 +51,7 @@ image: $(KERNEL_IMG)
 
 $(KERNEL_ELF): FORCE
 	@mkdir -p $(BUILD)
-	CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build -p shootdown --bin shootdown --release --target $(KTARGET)
+	$(KLINT) CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build -p shootdown --bin shootdown --release --target $(KTARGET)
 	@cp $(KTARGET_DIR)/$(KTARGET)/release/shootdown $@
 
 $(KERNEL_IMG): $(KERNEL_ELF)
@@ -83,12 +86,22 @@ gdb: image $(HARNESS) $(BOARD_DEPS)
 # kernel, the chainloader over a PTY and the SD-card packaging), the concurrency core under
 # loom, then the kernel's KTAP on every board.
 test: qemu $(PI_DTB)
-	@$(MAKE) --no-print-directory image chainloader
+	@$(MAKE) --no-print-directory lint
 	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
 	    $(HCARGO) test --workspace
 	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
+	@$(MAKE) --no-print-directory test-soak
+
+# Clippy with warnings as errors, everywhere the code is compiled: the host workspace (the
+# portable core, its tests and benches, the harness) here, and the kernel and the chainloader
+# for the target in every build of them (KLINT; `CLIPPY_ARGS` is how cargo-clippy hands its
+# lint flags to clippy-driver).
+KLINT = RUSTC_WORKSPACE_WRAPPER=$(KCLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+lint:
+	$(HCLIPPY) --workspace --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory image chainloader
 
 # The concurrency core under loom's model checker: the notifier's models and the ASID
 # allocator's (own target dir: --cfg loom rebuilds everything).
@@ -102,6 +115,28 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 
 clean:
 	rm -rf $(BUILD) target
+
+# ---------------------------------------------------------------------------------------------
+# Soak: the coherence workload on every CPU at once (job=soak), many seeds, both SMMU boards,
+# optionally with fault injection (FAULTS=all, or e.g. FAULTS=alloc,sync; see README
+# "Reliability"). Per-run consoles in build/logs/soak-<board>-<seed>.log.
+SEEDS       ?= 1 2 3 4 5 6 7 8
+ROUNDS      ?= 8
+FAULTS      ?=
+SOAK_BOARDS ?= virt-smmu raspi4b
+SOAK        = tests/scripts/soak.sh --harness $(HARNESS) --kernel $(KERNEL_IMG)
+
+soak: image $(HARNESS) qemu $(PI_DTB)
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds "$(SEEDS)" --rounds $(ROUNDS) \
+	    --bootargs "$(if $(FAULTS),fault=$(FAULTS)) $(BOOTARGS)"
+
+# The short soak of `make test`: one seed per board with every fault kind, then the same
+# without IOTLB invalidation, which must fail with stale accesses.
+test-soak: image $(HARNESS) qemu $(PI_DTB)
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "fault=all fault.rate=500" \
+	    --log-prefix test-soak
+	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "smmu.skip_invalidate=1" \
+	    --expect-stale --log-prefix test-soak-stale
 
 # ---------------------------------------------------------------------------------------------
 # Fuzzing the portable core with libFuzzer (cargo-fuzz, rustup's nightly; see README
@@ -156,7 +191,7 @@ chainloader: $(CHAINLOADER_IMG)
 
 $(CHAINLOADER_ELF): FORCE
 	@mkdir -p $(BUILD)
-	RUSTFLAGS="$(CHAINLOADER_RUSTFLAGS)" CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build \
+	$(KLINT) RUSTFLAGS="$(CHAINLOADER_RUSTFLAGS)" CARGO_TARGET_DIR=$(KTARGET_DIR) $(KCARGO) build \
 	    -p shootdown-chainloader --bin chainloader --release --target $(KTARGET)
 	@cp $(KTARGET_DIR)/$(KTARGET)/release/chainloader $@
 

@@ -6,6 +6,8 @@
 #   KTARGET   the kernel's target triple (pass as --target after the cargo subcommand)
 #   HCARGO    cargo for host builds (portable-core tests, the harness)
 #   OBJCOPY   an objcopy that understands aarch64 ELF
+#   KCLIPPY_DRIVER  clippy-driver matching the kernel's rustc (lints kernel builds)
+#   HCLIPPY   clippy for host builds
 #
 # Idempotent; rustup is only ever asked with a timeout (it can hang on machines without network).
 set -euo pipefail
@@ -64,7 +66,30 @@ if [ -z "$objcopy" ]; then
     objcopy=aarch64-linux-gnu-objcopy
 fi
 
+# Clippy. The kernel is linted while it is built: clippy-driver as the workspace wrapper around
+# rustc (what `cargo clippy` itself does, but for `build`), so the lint costs no second compile
+# of core/alloc. Each toolchain's clippy-driver must match its rustc; the Debian one is in
+# rust-web-clippy. The host workspace uses plain `cargo clippy`.
+debian_clippy() {
+    [ -x /usr/bin/clippy-driver ] || { is_debian || die "install clippy"; apt_install rust-web-clippy; }
+}
+if [ "$kcargo" = cargo ]; then
+    kdriver="$(rustc --print sysroot)/bin/clippy-driver"
+    [ -x "$kdriver" ] || die "no clippy-driver next to rustc (rustup component add clippy)"
+else
+    debian_clippy
+    kdriver=/usr/bin/clippy-driver
+fi
+if [ "$hcargo" = cargo ] && timeout 20 cargo clippy --version >/dev/null 2>&1; then
+    hclippy="cargo clippy"
+else
+    debian_clippy
+    hclippy="env CARGO=/usr/bin/cargo /usr/bin/cargo-clippy clippy"
+fi
+
 echo "KCARGO := $kcargo${linker:+ --config 'target.$target.linker=\"$linker\"'}"
 echo "KTARGET := $target"
 echo "HCARGO := $hcargo"
 echo "OBJCOPY := $objcopy"
+echo "KCLIPPY_DRIVER := $kdriver"
+echo "HCLIPPY := $hclippy"

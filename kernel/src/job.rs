@@ -15,7 +15,8 @@
 //! 6. everything is unmapped.
 //!
 //! The run ends with a summary and exits non-zero on any stale access, unexpected fault or
-//! wrong data. Boot arguments: `rounds=N` (default 12), `seed=N` (printed; replays the run),
+//! wrong data. `job=soak` runs the soak instead ([`crate::soak`]: every CPU at once, optional
+//! fault injection). Boot arguments: `rounds=N` (default 12), `seed=N` (printed; replays the run),
 //! `smmu.strategy=per-page|range|asid|auto` (how the IOTLB is invalidated), `log=LEVEL`.
 
 use alloc::vec::Vec;
@@ -65,6 +66,9 @@ impl Tally {
 /// Runs the workload and returns the kernel's exit status.
 pub fn run() -> ExitCode {
     let args = bootargs();
+    if args.get("job") == Some("soak") {
+        return crate::soak::run();
+    }
     let seed = match args.number("seed") {
         Some(Ok(s)) => s,
         _ => timer::ticks(),
@@ -155,7 +159,7 @@ pub fn run() -> ExitCode {
     rig.teardown();
     let sva = rig.sva.stats();
     let smmu = rig.smmu.stats();
-    let mut commands = smmu.commands.clone();
+    let mut commands = smmu.commands;
     commands.subtract(&smmu_before.commands);
 
     let stale = tally.stale() + model_stale;

@@ -137,7 +137,7 @@ pub fn frames() -> Option<&'static KernelFrames> {
 static PLATFORM_HOOKS: crate::sync::PlatformHooks = crate::sync::PlatformHooks {
     current_cpu: crate::arch::aarch64::cpu_id,
     wait_for_event: cpu::wfe,
-    send_event: send_event,
+    send_event,
 };
 
 fn send_event() {

@@ -29,6 +29,7 @@
 extern crate alloc;
 
 pub mod board;
+pub mod fault;
 pub mod iommu;
 pub mod ktest;
 pub mod mm;
@@ -45,5 +46,7 @@ pub mod drivers;
 mod job;
 #[cfg(target_os = "none")]
 pub mod kernel;
+#[cfg(target_os = "none")]
+mod soak;
 #[cfg(target_os = "none")]
 mod tests;

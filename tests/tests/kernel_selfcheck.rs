@@ -60,6 +60,13 @@ fn harness_test(kernel: &Path, board: &str, bootargs: &str, logs: &str) -> Outpu
         .expect("harness runs")
 }
 
+/// The console log `harness_test(.., logs)` kept for `board`.
+fn console_log(logs: &str, board: &str) -> String {
+    let dir =
+        std::env::temp_dir().join(format!("shootdown-selfcheck-{logs}-{}", std::process::id()));
+    std::fs::read_to_string(dir.join(format!("{board}.log"))).unwrap_or_default()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -97,12 +104,7 @@ fn a_crash_inside_a_test_bails_out_with_a_decoded_report() {
         t.contains("selftest_crash"),
         "the crashing test is not named:\n{t}"
     );
-    let log = std::fs::read_to_string(
-        std::env::temp_dir()
-            .join(format!("shootdown-selfcheck-crash-{}", std::process::id()))
-            .join("virt.log"),
-    )
-    .unwrap_or_default();
+    let log = console_log("crash", "virt");
     assert!(
         log.contains("Bail out!"),
         "no Bail out! in the console log:\n{log}"
@@ -110,6 +112,24 @@ fn a_crash_inside_a_test_bails_out_with_a_decoded_report() {
     assert!(
         log.contains("Data Abort") && log.contains("translation fault"),
         "the report is not decoded:\n{log}"
+    );
+}
+
+#[test]
+fn a_stack_overflow_is_reported_as_one() {
+    let Some(k) = kernel() else { return };
+    let out = harness_test(&k, "virt", "ktest=ktest ktest.crash=stack", "stack");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let log = console_log("stack", "virt");
+    assert!(
+        log.contains("Bail out!") && log.contains("selftest_crash"),
+        "no Bail out! naming the test:\n{log}"
+    );
+    assert!(
+        log.contains("stack overflow: CPU ")
+            && log.contains("ran off the bottom of its main stack"),
+        "the guard-page hit is not reported as a stack overflow:\n{log}"
     );
 }
 

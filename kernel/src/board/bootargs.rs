@@ -8,11 +8,14 @@
 //! | `log=<level>` | console log level: `error`, `warn`, `info`, `debug`, `trace` |
 //! | `trace=1` | record events in per-CPU rings and print them at exit (`make run TRACE=out.json`) |
 //! | `ktest.fail=1` | the `ktest.selftest_fail` case fails on purpose (proves the harness catches it) |
-//! | `ktest.crash=1` | the `ktest.selftest_crash` case takes an unexpected exception on purpose |
+//! | `ktest.crash=1` | the `ktest.selftest_crash` case takes an unexpected exception on purpose (`=stack`: a stack overflow) |
 //! | `edu.dma_mask=<n>` | the DMA mask QEMU's `edu` was given (its `dma_mask` property) |
 //! | `smmu.strategy=per-page\|range\|asid\|auto` | SMMU invalidation strategy (`strategy=` also works; default `auto`) |
 //! | `smmu.skip_invalidate=1` | **debug only**: SVA invalidations are not sent to the SMMU (the SVA tests must then fail) |
 //! | `sva.smp_rounds=<n>` | multiplies the transfers of `sva.smp_unmaps_on_every_cpu_while_dma_runs` (soak) |
+//! | `job=soak` | run the soak (every CPU at once) instead of the coherence workload; `rounds=` per CPU |
+//! | `fault=<kind>[,<kind>…]` or `fault=all` | soak fault injection: `alloc`, `notifier`, `sync`, `cmdq`, `evtq`, `teardown` (see `crate::fault`) |
+//! | `fault.seed=<n>`, `fault.rate=<‰>` | the fault dice's seed, and the chance per round (per mille, default 125) |
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -297,6 +297,9 @@ pub struct DriverStats {
     pub invalidations_empty: u64,
     pub invalidations_skipped: u64,
     pub invalidation_fallbacks: u64,
+    /// The longest successful [`Smmu::invalidate_range`] that reached the SMMU: waiting for the
+    /// command queue, the TLBIs and the CMD_SYNC (the driver's clock, ns).
+    pub slowest_invalidation_ns: u64,
     pub events: u64,
     pub events_by_kind: BTreeMap<EventKind, u64>,
     pub event_overflows: u64,
@@ -1108,6 +1111,25 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         if plan.is_empty() {
             return Ok(report);
         }
+        let started = self.clock.now_ns();
+        let result = self.invalidate_with_fallback(&plan, asid, debug, &mut report);
+        if result.is_ok() {
+            // A timed-out invalidation is counted as such, not as a slow one.
+            let took = self.clock.now_ns().saturating_sub(started);
+            let mut q = self.cmdq.lock();
+            q.stats.slowest_invalidation_ns = q.stats.slowest_invalidation_ns.max(took);
+        }
+        result.map(|()| report)
+    }
+
+    /// Sends `plan`; if the SMMU refused one of its commands, the whole ASID instead.
+    fn invalidate_with_fallback(
+        &self,
+        plan: &crate::iommu::planner::Plan,
+        asid: u16,
+        debug: DebugKnobs,
+        report: &mut InvalidationReport,
+    ) -> Result<(), SmmuError> {
         match self.submit_iter(plan.commands(), !debug.skip_sync) {
             Ok(counts) => report.commands = counts,
             Err(SmmuError::CommandFailed(f)) => {
@@ -1122,7 +1144,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             }
             Err(e) => return Err(e),
         }
-        Ok(report)
+        Ok(())
     }
 
     /// The "release" path: the context stays valid but every access now faults without an

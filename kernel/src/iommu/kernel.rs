@@ -27,6 +27,7 @@ use crate::drivers::smmuv3::{GenericTimerClock, MmioSmmu};
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
 use crate::iommu::event::EventRecord;
+use crate::iommu::inject::InjectingBackend;
 use crate::iommu::model::dma::{DmaEngine, FaultPolicy};
 use crate::iommu::model::{ModelConfig, SmmuModel};
 use crate::iommu::planner::Strategy;
@@ -88,6 +89,7 @@ impl fmt::Display for ProbeError {
 static LINEAR: LinearMap = LinearMap;
 static MMIO: spin::Once<MmioSmmu> = spin::Once::new();
 static MODEL: spin::Once<SmmuModel<'static>> = spin::Once::new();
+static INJECTOR: spin::Once<InjectingBackend<'static>> = spin::Once::new();
 static SMMU: spin::Once<KernelSmmu> = spin::Once::new();
 static SVA: spin::Once<Sva> = spin::Once::new();
 static PROBE: spin::Once<Probe> = spin::Once::new();
@@ -165,6 +167,10 @@ fn probe() -> Probe {
         }
         (None, _) => return Probe::Absent,
     };
+    // The driver talks to the SMMU through the fault injector, a pass-through unless a test or
+    // the soak arms it (crate::fault).
+    let backend: &'static dyn SmmuBackend =
+        INJECTOR.call_once(|| InjectingBackend::new(backend, &LINEAR));
     let Some(frames) = frames() else {
         return Probe::Failed(ProbeError::NoFrames);
     };
@@ -194,6 +200,11 @@ pub fn smmu() -> Option<&'static KernelSmmu> {
 /// The kernel's SVA layer, if there is an SMMU.
 pub fn sva() -> Option<&'static Sva> {
     SVA.get()
+}
+
+/// The fault injector between the kernel's driver and its SMMU (disarmed unless asked).
+pub fn injector() -> Option<&'static InjectingBackend<'static>> {
+    INJECTOR.get()
 }
 
 /// The software model, when it is the kernel's SMMU (Raspberry Pi 4).

@@ -12,6 +12,7 @@
 //! | [`driver`] | the driver core: probe, stream table, contexts, queues, invalidation, events |
 //! | `kernel` | the kernel's SMMU (MMIO, or the model on the Pi), probed at boot (kernel only) |
 //! | [`sva`] | binding devices to address spaces: one context and one notifier subscription per (SMMU, address space) |
+//! | [`inject`] | fault injection at the driver/backend boundary (CMD_SYNC timeout, command error) |
 //! | [`backend`] | what the driver needs: register access, a clock, table memory |
 //! | [`model`] | the software SMMUv3 (backend 2) with IOTLB, coherence checker and a DMA engine |
 //! | [`physmem`] | byte/word access to physical memory without `unsafe` |
@@ -23,6 +24,7 @@ pub mod command;
 pub mod driver;
 pub mod event;
 pub mod features;
+pub mod inject;
 #[cfg(target_os = "none")]
 pub mod kernel;
 pub mod model;

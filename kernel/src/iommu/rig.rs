@@ -24,7 +24,7 @@ use crate::drivers::edu::{self, Direction, Edu};
 use crate::drivers::pcie::PcieBus;
 use crate::drivers::smmuv3::GenericTimerClock;
 use crate::iommu::backend::SmmuBackend;
-use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig};
+use crate::iommu::driver::{DebugKnobs, EventDrain, Smmu, SmmuConfig};
 use crate::iommu::event::{AccessKind, EventKind, EventRecord};
 use crate::iommu::kernel::{self as kiommu, KernelDomain, KernelSmmu, MODEL_DMA_SID};
 use crate::iommu::model::dma::{DmaEngine, DmaError, FaultPolicy};
@@ -379,6 +379,12 @@ impl<D: SvaDomain> Rig<D> {
         self.space = None;
     }
 
+    /// Hands the address space's user reference to the caller (who tears it down by dropping
+    /// it, e.g. while another CPU uses the device). [`Rig::space`] panics afterwards.
+    pub fn take_space(&mut self) -> Option<MmUser<KernelMm>> {
+        self.space.take()
+    }
+
     /// The root table's physical address.
     pub fn root(&self) -> Option<PhysAddr> {
         self.space.as_ref()?.root()
@@ -462,9 +468,30 @@ impl<D: SvaDomain> Rig<D> {
 
     /// Every pending event of the rig's SMMU (each traced as a fault).
     pub fn drain_events(&self) -> Vec<EventRecord> {
+        self.drain_events_reporting().0
+    }
+
+    /// Every pending event, and whether events were lost since the last drain (the queue
+    /// overflowed: EVENTQ_PROD.OVFLG, or QEMU's GERROR.EVENTQ_ABT_ERR), which is logged once.
+    pub fn drain_events_reporting(&self) -> (Vec<EventRecord>, EventDrain) {
         let mut out = Vec::new();
-        if let Err(e) = self.smmu.drain_events(|e| out.push(*e)) {
-            log::error!("draining SMMU events: {e}");
+        let drain = match self.smmu.drain_events(|e| out.push(*e)) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("draining SMMU events: {e}");
+                EventDrain::default()
+            }
+        };
+        if drain.overflowed || drain.write_aborted {
+            log::warn!(
+                "smmu: event queue {} after {} events: later events were lost",
+                if drain.overflowed {
+                    "overflowed (OVFLG)"
+                } else {
+                    "write aborted (GERROR.EVENTQ_ABT_ERR)"
+                },
+                drain.drained
+            );
         }
         for e in &out {
             trace::record(
@@ -473,7 +500,7 @@ impl<D: SvaDomain> Rig<D> {
                 u64::from(e.sid) << 8 | e.kind.code() as u64,
             );
         }
-        out
+        (out, drain)
     }
 
     /// Runs `f` with the driver's skip-invalidation knob set (test-controlled), then puts the

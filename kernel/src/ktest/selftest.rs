@@ -1,5 +1,6 @@
-//! Tests of the test framework itself: one that fails and one that crashes, each only when a
-//! boot argument asks for it, so the harness can prove it notices both.
+//! Tests of the test framework itself: one that fails and one that crashes (an unmapped read,
+//! or with `ktest.crash=stack` a stack overflow), each only when a boot argument asks for it,
+//! so the harness can prove it notices both.
 
 use crate::kernel::bootargs;
 use crate::ktest;
@@ -14,7 +15,26 @@ ktest!(ktest, selftest_fail, |_t| {
     Ok(())
 });
 
+/// Recurses until the main stack's guard page stops it (each frame keeps 512 bytes live).
+#[inline(never)]
+fn overflow_the_stack(depth: u64) -> u64 {
+    let frame = [depth; 64];
+    core::hint::black_box(&frame);
+    if depth == u64::MAX {
+        return 0;
+    }
+    overflow_the_stack(depth + 1).wrapping_add(frame[7])
+}
+
 ktest!(ktest, selftest_crash, |_t| {
+    if bootargs().get("ktest.crash") == Some("stack") {
+        // Runs off the bottom of the main stack: the guard page faults, the handler (on its
+        // own stack) must say so.
+        let v = overflow_the_stack(0);
+        return Err(TestError::Fail(alloc::format!(
+            "unbounded recursion returned {v}"
+        )));
+    }
     if bootargs().flag("ktest.crash") {
         // An access to an address no page table maps: an unexpected Data Abort, which must
         // end the run with "Bail out!" and a decoded report.

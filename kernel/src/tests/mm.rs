@@ -143,10 +143,8 @@ ktest!(mm, read_only_and_execute_never_are_enforced, |_t| {
         // The upgrade back to writable is seen at once (no stale read-only TLB entry).
         a.mprotect(va, PAGE_SIZE, rw()).map_err(fail)?;
         // SAFETY: our page, writable again.
-        kassert!(
-            unsafe { probe_write_u64(va.0 + 8, 2) }.is_ok(),
-            "upgrade to RW not seen"
-        );
+        let upgraded = unsafe { probe_write_u64(va.0 + 8, 2) };
+        kassert!(upgraded.is_ok(), "upgrade to RW not seen");
         Ok(())
     })
 });

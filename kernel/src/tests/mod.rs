@@ -4,6 +4,7 @@
 mod boot;
 mod devices;
 mod exceptions;
+mod faults;
 mod isolation;
 mod memory;
 mod mm;

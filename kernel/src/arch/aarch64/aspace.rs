@@ -12,6 +12,8 @@ use crate::mm::aspace::{AddressSpace, MmError, MmPlatform, MmUser};
 use crate::mm::layout::MAX_CPUS;
 use crate::mm::pgtable::regs::ttbr;
 use crate::mm::pgtable::tlb::{TlbMaintenance, TlbPlan, TlbPolicy};
+use crate::mm::phys::{FrameAllocator, OutOfFrames};
+use crate::mm::PhysAddr;
 
 use super::cpu::{cpu_id, dsb_ish, isb};
 use super::tlb::{cpu_policy, HwTlb};
@@ -63,16 +65,34 @@ impl KernelMm {
     }
 }
 
+/// The kernel's frames as address spaces see them: with the `alloc` fault-injection point
+/// ([`crate::fault::arm_alloc_failure`]), which fails nothing unless a CPU armed it.
+#[derive(Clone, Copy)]
+pub struct AspaceFrames(&'static KernelFrames);
+
+impl FrameAllocator for AspaceFrames {
+    fn alloc_zeroed(&self) -> Result<PhysAddr, OutOfFrames> {
+        if crate::fault::alloc_should_fail(cpu_id()) {
+            return Err(OutOfFrames);
+        }
+        self.0.alloc_zeroed()
+    }
+
+    fn free(&self, frame: PhysAddr) {
+        self.0.free(frame)
+    }
+}
+
 impl MmPlatform for KernelMm {
     type Mem = LinearMap;
-    type Frames = &'static KernelFrames;
+    type Frames = AspaceFrames;
 
     fn memory(&self) -> LinearMap {
         LinearMap
     }
 
-    fn frames(&self) -> &'static KernelFrames {
-        frames().expect("address spaces exist only after the frame allocator")
+    fn frames(&self) -> AspaceFrames {
+        AspaceFrames(frames().expect("address spaces exist only after the frame allocator"))
     }
 
     fn asids(&self) -> &AsidAllocator {

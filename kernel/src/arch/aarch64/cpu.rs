@@ -96,3 +96,32 @@ pub fn halt() -> ! {
         wfe();
     }
 }
+
+/// FEAT_PAN, Privileged Access Never (Arm ARM D19.2 "ID_AA64MMFR1_EL1", field PAN [23:20]).
+pub fn has_pan() -> bool {
+    use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
+    ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
+}
+
+/// PSTATE.PAN through its system register (op0=3 op1=0 CRn=4 CRm=2 op2=3, bit 22; Arm ARM
+/// C5.2 "PAN"), by generic name so the assembler needs no `+pan`. Only with [`has_pan`].
+const PAN_BIT: u64 = 1 << 22;
+
+/// Sets or clears PSTATE.PAN on this CPU. The caller checks [`has_pan`]: without FEAT_PAN the
+/// register does not exist and the access is UNDEFINED.
+pub fn set_pan(on: bool) {
+    let v = if on { PAN_BIT } else { 0 };
+    // SAFETY: writes PSTATE.PAN only (callers establish FEAT_PAN); no memory is touched.
+    unsafe { asm!("msr s3_0_c4_c2_3, {}", "isb", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Whether PSTATE.PAN is set on this CPU (false without FEAT_PAN).
+pub fn pan_enabled() -> bool {
+    if !has_pan() {
+        return false;
+    }
+    let v: u64;
+    // SAFETY: reads PSTATE.PAN (FEAT_PAN checked above).
+    unsafe { asm!("mrs {}, s3_0_c4_c2_3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v & PAN_BIT != 0
+}

@@ -244,10 +244,28 @@ pub unsafe fn init_kernel_tables(load_pa: u64, ram: &[(u64, u64)]) -> Result<(),
     isb();
     flush_local_tlb();
     LINEAR_LIVE.store(true, Ordering::Release);
-    SCTLR_EL1.modify(SCTLR_EL1::WXN::SET);
-    isb();
-    flush_local_tlb();
+    harden_this_cpu();
     Ok(())
+}
+
+/// SCTLR_EL1.SPAN (bit 23; Arm ARM D19.2): 0 = PSTATE.PAN is set on every exception taken to EL1.
+const SCTLR_SPAN: u64 = 1 << 23;
+
+/// The protections every CPU runs with once the kernel's tables are live: WXN (nothing
+/// writable executes) and, with FEAT_PAN, Privileged Access Never (the kernel faults on an
+/// access to an EL0 page instead of following a pointer it was handed into user memory), kept
+/// across exception entry by clearing SPAN. Without FEAT_PAN, SPAN is RES1 and stays set.
+pub fn harden_this_cpu() {
+    let mut sctlr = SCTLR_EL1.get() | SCTLR_EL1::WXN::SET.value;
+    if super::cpu::has_pan() {
+        sctlr &= !SCTLR_SPAN;
+    }
+    SCTLR_EL1.set(sctlr);
+    isb();
+    if super::cpu::has_pan() {
+        super::cpu::set_pan(true);
+    }
+    flush_local_tlb();
 }
 
 fn fixmap_uart_pa(load_pa: u64) -> u64 {

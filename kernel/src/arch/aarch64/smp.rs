@@ -232,11 +232,7 @@ fn idle_loop(cpu: usize) -> ! {
 #[no_mangle]
 extern "C" fn secondary_cpu_entry(cpu: usize) -> ! {
     cpu::mask_interrupts();
-    {
-        use aarch64_cpu::registers::{ReadWriteable, SCTLR_EL1};
-        SCTLR_EL1.modify(SCTLR_EL1::WXN::SET);
-    }
-    mmu::flush_local_tlb();
+    mmu::harden_this_cpu();
     ONLINE[cpu].store(true, Ordering::Release);
     ONLINE_COUNT.fetch_add(1, Ordering::AcqRel);
     idle_loop(cpu)

@@ -24,7 +24,7 @@ pub fn cpu_policy() -> TlbPolicy {
 }
 
 fn tlbi(op: Tlbi, x: u64) {
-    // SAFETY (every arm): TLB maintenance only drops cached translations; the operand is a
+    // SAFETY: TLB maintenance (every arm) only drops cached translations; the operand is a
     // value, not a pointer.
     unsafe {
         match op {
