@@ -518,7 +518,7 @@ ktest!(sva, unrelated_mappings_stay_cached_after_an_unmap, |_t| {
 // One page per (CPU, slot); page `p` is unmapped by CPU `p % cpus`.
 ktest!(sva, smp_unmaps_on_every_cpu_while_dma_runs, |_t| {
     let mut r = Rig::kernel()?;
-    // The SMMU is shared with earlier tests (the faults suite times out CMD_SYNCs on purpose).
+    // The kernel SMMU's counters run since boot (the `faults` suite times out on purpose).
     let timeouts_before = r.smmu.stats().sync_timeouts;
     let cpus = smp::online_count().clamp(1, 4);
     let rounds_factor = bootargs()
