@@ -466,6 +466,12 @@ impl<D: SvaDomain> Rig<D> {
         }
     }
 
+    /// Stale translations the model's coherence checker recorded (always 0 on a real SMMU,
+    /// whose IOTLB cannot be inspected).
+    pub fn stale_translation_count(&self) -> usize {
+        self.model.map_or(0, |m| m.stale_translations().len())
+    }
+
     /// Every pending event of the rig's SMMU (each traced as a fault).
     pub fn drain_events(&self) -> Vec<EventRecord> {
         self.drain_events_reporting().0

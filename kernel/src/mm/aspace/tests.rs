@@ -328,7 +328,10 @@ fn mprotect_refuses_an_owner_change_before_notifying() {
         Err(MmError::OwnerChange(VirtAddr(A + 2 * PAGE)))
     );
     assert_eq!(user.regions(), regions);
-    assert!(rec.log.lock().unwrap().is_empty(), "a refused call notified");
+    assert!(
+        rec.log.lock().unwrap().is_empty(),
+        "a refused call notified"
+    );
     assert_eq!(
         user.mprotect(VirtAddr(A + 2 * PAGE), PAGE_SIZE, Permissions::USER_RO),
         Ok(())
