@@ -17,9 +17,10 @@
 //!   CMDQ_PROD is passed on and the queue runs on. The real GERROR/GERRORN bits are never
 //!   touched, so the SMMU's own error state stays consistent.
 //!
-//! Disarmed, it is a pass-through (one uncontended lock on the command-queue registers, which
-//! the driver already serialises). The kernel always wraps its SMMU in one, so tests and the
-//! soak can arm it; nothing is armed unless asked (`fault=sync,cmdq` or the `faults` tests).
+//! Disarmed, it is a pass-through: one relaxed flag test per register access and a relaxed
+//! store of CMDQ_PROD, no lock (the invalidation hot path runs through it). The kernel always
+//! wraps its SMMU in one, so tests and the soak can arm it; nothing is armed unless asked
+//! (`fault=sync,cmdq` or the `faults` tests).
 
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::command::opcode;
@@ -28,6 +29,7 @@ use crate::iommu::queue::QueueGeometry;
 use crate::iommu::regs::{offset, CommandErrorCode, CMDQ_CONS, GERROR, Q_BASE};
 use crate::mm::phys::PhysMemory;
 use crate::mm::PhysAddr;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use tock_registers::LocalRegisterCopy;
 
 /// Command-queue entry size (§4.1).
@@ -40,8 +42,6 @@ struct State {
     /// From the last CMDQ_BASE write.
     cmdq_base: u64,
     cmdq_geo: Option<QueueGeometry>,
-    /// The last CMDQ_PROD value the driver wrote (and we passed on, unless held).
-    prod: u32,
     sync_armed: bool,
     /// CMDQ_CONS as reported while a CMD_SYNC "times out".
     frozen_cons: Option<u32>,
@@ -50,6 +50,16 @@ struct State {
     held: Option<Held>,
     syncs_timed_out: u64,
     errors_injected: u64,
+}
+
+impl State {
+    /// Something is armed or in progress: register accesses must go through [`State`].
+    fn engaged(&self) -> bool {
+        self.sync_armed
+            || self.error_armed.is_some()
+            || self.frozen_cons.is_some()
+            || self.held.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +83,13 @@ pub struct InjectingBackend<'a> {
     inner: &'a dyn SmmuBackend,
     mem: &'a dyn PhysMemory,
     state: spin::Mutex<State>,
+    /// Mirrors [`State::engaged`], updated under the lock after every change; while false the
+    /// state is idle and every access passes straight through. Relaxed is enough: the driver
+    /// serialises its queue accesses, and arming is a racy "from the next write on" by nature.
+    engaged: AtomicBool,
+    /// The last CMDQ_PROD value the driver wrote (and we passed on, unless held), kept even
+    /// while disengaged so that an armed write knows which entries are new.
+    prod: AtomicU32,
 }
 
 impl<'a> InjectingBackend<'a> {
@@ -82,26 +99,41 @@ impl<'a> InjectingBackend<'a> {
             inner,
             mem,
             state: spin::Mutex::new(State::default()),
+            engaged: AtomicBool::new(false),
+            prod: AtomicU32::new(0),
         }
+    }
+
+    /// Runs `f` on the locked state and republishes whether it is engaged.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut s = self.state.lock();
+        let r = f(&mut s);
+        self.engaged.store(s.engaged(), Ordering::Relaxed);
+        r
+    }
+
+    fn is_engaged(&self) -> bool {
+        self.engaged.load(Ordering::Relaxed)
     }
 
     /// The next CMD_SYNC will not complete as far as the driver can see (once).
     pub fn arm_sync_timeout(&self) {
-        self.state.lock().sync_armed = true;
+        self.with_state(|s| s.sync_armed = true);
     }
 
     /// The next published TLBI command is refused with CERROR_ILL (once).
     pub fn arm_command_error(&self) {
-        self.state.lock().error_armed = Some(CommandErrorCode::Illegal);
+        self.with_state(|s| s.error_armed = Some(CommandErrorCode::Illegal));
     }
 
     /// Disarms whatever has not fired yet; true if something was still armed.
     pub fn disarm(&self) -> bool {
-        let mut s = self.state.lock();
-        let armed = s.sync_armed || s.error_armed.is_some();
-        s.sync_armed = false;
-        s.error_armed = None;
-        armed
+        self.with_state(|s| {
+            let armed = s.sync_armed || s.error_armed.is_some();
+            s.sync_armed = false;
+            s.error_armed = None;
+            armed
+        })
     }
 
     /// Injections delivered so far.
@@ -123,8 +155,7 @@ impl<'a> InjectingBackend<'a> {
     }
 
     fn write_prod(&self, s: &mut State, new: u32) {
-        let old = s.prod;
-        s.prod = new;
+        let old = self.prod.swap(new, Ordering::Relaxed);
         if let Some(h) = s.held.as_mut() {
             // Still stopped at the refused command: hold this batch too.
             h.prod = new;
@@ -220,6 +251,7 @@ fn is_tlbi(op: u8) -> bool {
 impl SmmuBackend for InjectingBackend<'_> {
     fn read32(&self, off: usize) -> u32 {
         match off {
+            offset::CMDQ_CONS | offset::GERROR if !self.is_engaged() => self.inner.read32(off),
             offset::CMDQ_CONS => self.read_cons(&self.state.lock()),
             offset::GERROR => {
                 let s = self.state.lock();
@@ -238,8 +270,13 @@ impl SmmuBackend for InjectingBackend<'_> {
 
     fn write32(&self, off: usize, value: u32) {
         match off {
-            offset::CMDQ_PROD => self.write_prod(&mut self.state.lock(), value),
-            offset::GERRORN => self.write_gerrorn(&mut self.state.lock(), value),
+            offset::CMDQ_PROD if !self.is_engaged() => {
+                self.prod.store(value, Ordering::Relaxed);
+                self.inner.write32(off, value)
+            }
+            offset::GERRORN if !self.is_engaged() => self.inner.write32(off, value),
+            offset::CMDQ_PROD => self.with_state(|s| self.write_prod(s, value)),
+            offset::GERRORN => self.with_state(|s| self.write_gerrorn(s, value)),
             _ => self.inner.write32(off, value),
         }
     }
@@ -256,7 +293,7 @@ impl SmmuBackend for InjectingBackend<'_> {
             let bytes = geo.bytes(CMD_SIZE as usize) as u64;
             s.cmdq_base = (reg.read(Q_BASE::ADDR) << 5) & !(bytes.max(32) - 1);
             s.cmdq_geo = Some(geo);
-            s.prod = 0;
+            self.prod.store(0, Ordering::Relaxed);
         }
         self.inner.write64(off, value)
     }

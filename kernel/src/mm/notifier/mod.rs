@@ -107,8 +107,6 @@ pub use list::{MmuNotifier, MmuNotifierOps, OpSet};
 pub use mm::{notifier_srcu, MmCore, MmapReadGuard, MmapWriteGuard};
 pub use range::{NotifierRange, NotifyEvent};
 
-use subscriptions::Subscriptions;
-
 /// Waits until every subscriber freed by [`MmuNotifier::put`] on the shared grace-period domain
 /// has been freed (`mmu_notifier_synchronize`). Address spaces with a private domain use
 /// `mm.grace_domain().barrier()`.
@@ -154,8 +152,17 @@ fn knob(flag: &core::sync::atomic::AtomicBool) -> bool {
 
 /// An invalidation between its start and its end. Ends when dropped or with
 /// [`Invalidation::end`]; it borrows the mmap lock guard, so it cannot outlive the lock.
+///
+/// An invalidation of an address space with no subscriber holds nothing: `start` called
+/// nobody, so `end` has nobody to call: the inlined fast path never stores the range, and the
+/// compiler folds its end away (`None` is known at compile time there).
 #[must_use = "dropping the invalidation ends it at once"]
 pub struct Invalidation<'a> {
+    started: Option<Started<'a>>,
+}
+
+/// What an invalidation with subscribers started, and so must end.
+struct Started<'a> {
     mm: &'a MmCore,
     range: NotifierRange,
     /// The interval half was started (and must be ended), decided once at start.
@@ -165,10 +172,8 @@ pub struct Invalidation<'a> {
 }
 
 impl Invalidation<'_> {
-    /// The range being invalidated.
-    pub fn range(&self) -> &NotifierRange {
-        &self.range
-    }
+    /// The invalidation of an address space with no subscriber.
+    const NOBODY: Self = Self { started: None };
 
     /// Ends the invalidation (`mmu_notifier_invalidate_range_end`).
     #[inline]
@@ -176,31 +181,18 @@ impl Invalidation<'_> {
 }
 
 impl Drop for Invalidation<'_> {
-    /// Inline: an invalidation that called nobody at start (no subscriber) ends for the price
-    /// of two flag tests.
     #[inline]
     fn drop(&mut self) {
-        if self.itree || self.list {
-            self.end_started();
+        if let Some(started) = &self.started {
+            started.end();
         }
     }
 }
 
-impl<'a> Invalidation<'a> {
-    /// The invalidation of `range` once [`start`] started what it did.
-    #[inline]
-    fn new(mm: &'a MmCore, range: NotifierRange, started: Started) -> Self {
-        Self {
-            mm,
-            range,
-            itree: started.itree,
-            list: started.list,
-        }
-    }
-
+impl Started<'_> {
     /// `__mmu_notifier_invalidate_range_end` for the halves that were started.
     #[inline(never)]
-    fn end_started(&self) {
+    fn end(&self) {
         let subs = self.mm.subscriptions_of_subscribed();
         if self.itree {
             subs.itree_inv_end();
@@ -212,65 +204,67 @@ impl<'a> Invalidation<'a> {
     }
 }
 
-/// Which halves of an invalidation were started (and must be ended).
+impl MmCore {
+    /// `mm_has_notifiers()`, widened to what an invalidation has to call: false if nobody ever
+    /// subscribed (one load, as in Linux), or if every list subscriber left and the interval
+    /// tree was never enabled (two more).
+    #[inline]
+    fn invalidation_has_subscribers(&self) -> bool {
+        self.subscriptions().is_some_and(|subs| {
+            subs.has_itree.load(core::sync::atomic::Ordering::Acquire) || !subs.list_is_empty()
+        })
+    }
+}
+
+/// Which halves of an invalidation [`start_subscribed`] started.
 #[derive(Clone, Copy)]
-struct Started {
+struct Halves {
     itree: bool,
     list: bool,
 }
 
-impl Started {
-    const NOTHING: Started = Started {
-        itree: false,
-        list: false,
-    };
-}
-
-/// `mmu_notifier_invalidate_range_start`: starts both halves for an address space with
-/// subscribers. Inline: one that nobody ever subscribed to (`mm_has_notifiers()` false) pays
-/// one load and a branch, as in Linux, and one whose list emptied with no interval tree two
-/// more loads (`make bench`: `dispatch/start_end/*` against an empty call). The range is taken
-/// by value so that only the slow path puts a copy in memory: the fast path moves it once,
-/// into the [`Invalidation`].
-#[inline]
-fn start(mm: &MmCore, range: NotifierRange) -> Result<Started, WouldBlock> {
-    match mm.subscriptions() {
-        None => Ok(Started::NOTHING),
-        // Everyone unsubscribed and the tree was never enabled: nothing to start either.
-        Some(subs)
-            if !subs.has_itree.load(core::sync::atomic::Ordering::Acquire)
-                && subs.list_is_empty() =>
-        {
-            Ok(Started::NOTHING)
+impl<'a> Invalidation<'a> {
+    /// The invalidation of `range` after [`start_subscribed`] started `halves` of it.
+    #[inline]
+    fn started(mm: &'a MmCore, range: NotifierRange, halves: Halves) -> Self {
+        Self {
+            started: Some(Started {
+                mm,
+                range,
+                itree: halves.itree,
+                list: halves.list,
+            }),
         }
-        Some(subs) => start_subscribed(mm, subs, &range),
     }
 }
 
-/// `__mmu_notifier_invalidate_range_start`. On refusal nothing is left started.
+/// `__mmu_notifier_invalidate_range_start`: starts both halves for an address space with
+/// subscribers. Out of line, so that only this path needs the range in memory; it returns the
+/// two flags (in registers) rather than the whole invalidation, which the caller builds from
+/// what it already holds. On refusal nothing is left started.
 #[inline(never)]
-fn start_subscribed(
-    mm: &MmCore,
-    subs: &Subscriptions,
-    range: &NotifierRange,
-) -> Result<Started, WouldBlock> {
-    let mut started = Started::NOTHING;
+fn start_subscribed(mm: &MmCore, range: &NotifierRange) -> Result<Halves, WouldBlock> {
+    let subs = mm.subscriptions_of_subscribed();
+    let mut halves = Halves {
+        itree: false,
+        list: false,
+    };
     if subs.has_itree.load(core::sync::atomic::Ordering::Acquire) {
         // On refusal the interval half has already ended itself.
         subs.itree_invalidate(range)?;
-        started.itree = true;
+        halves.itree = true;
     }
     if !subs.list_is_empty() {
         if let Err(refused) = list::invalidate_range_start(subs, mm, range) {
             // End the interval half too (the §6 fix), and only it.
-            if started.itree && !leave_itree_open_on_list_refusal(mm) {
+            if halves.itree && !leave_itree_open_on_list_refusal(mm) {
                 subs.itree_inv_end();
             }
             return Err(refused);
         }
-        started.list = true;
+        halves.list = true;
     }
-    Ok(started)
+    Ok(halves)
 }
 
 #[cfg(any(test, loom))]
@@ -300,15 +294,21 @@ macro_rules! invalidation_methods {
         impl<'a> $guard<'a> {
             /// Starts a blockable invalidation of `range` (`mmu_notifier_invalidate_range_start`):
             /// callbacks may sleep. Cannot fail.
+            ///
+            /// Inline up to the subscriber check: with no subscriber, start and end cost the
+            /// loads of [`MmCore`]'s subscriber check and a branch (`make bench`:
+            /// `dispatch/start_end/*` against an empty call).
             #[inline]
             pub fn invalidate_range_start(&self, range: NotifierRange) -> Invalidation<'_> {
+                if !self.mm().invalidation_has_subscribers() {
+                    return Invalidation::NOBODY;
+                }
                 let range = range.with_blockable(true);
-                let started = match start(self.mm(), range) {
-                    Ok(started) => started,
+                match start_subscribed(self.mm(), &range) {
+                    Ok(halves) => Invalidation::started(self.mm(), range, halves),
                     // Blockable starts treat refusals as driver bugs and carry on.
                     Err(WouldBlock) => unreachable!("a blockable invalidation cannot be refused"),
-                };
-                Invalidation::new(self.mm(), range, started)
+                }
             }
 
             /// Starts a non-blockable invalidation
@@ -319,9 +319,12 @@ macro_rules! invalidation_methods {
                 &self,
                 range: NotifierRange,
             ) -> Result<Invalidation<'_>, WouldBlock> {
+                if !self.mm().invalidation_has_subscribers() {
+                    return Ok(Invalidation::NOBODY);
+                }
                 let range = range.with_blockable(false);
-                let started = start(self.mm(), range)?;
-                Ok(Invalidation::new(self.mm(), range, started))
+                let halves = start_subscribed(self.mm(), &range)?;
+                Ok(Invalidation::started(self.mm(), range, halves))
             }
         }
     };
