@@ -126,7 +126,7 @@ SEEDS       ?= 1 2 3 4 5 6 7 8
 ROUNDS      ?= 8
 FAULTS      ?=
 SOAK_BOARDS ?= virt-smmu raspi4b
-SOAK        = tests/scripts/soak.sh --harness $(HARNESS) --kernel $(KERNEL_IMG)
+SOAK        = $(HARNESS) soak --kernel $(KERNEL_IMG)
 
 soak: image $(HARNESS) qemu $(PI_DTB)
 	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds "$(SEEDS)" --rounds $(ROUNDS) \

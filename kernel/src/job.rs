@@ -249,6 +249,21 @@ fn check_events(
     matching > 0
 }
 
+/// Counts a transfer to `page_va` that must fault with `kind`: expected once, seen if the SMMU
+/// reported it (and nothing else) or the device saw the fault.
+fn expect_fault(
+    rig: &Rig<KernelDomain>,
+    t: &mut Tally,
+    outcome: Outcome,
+    kind: EventKind,
+    page_va: u64,
+    access: AccessKind,
+) {
+    t.faults_expected += 1;
+    let reported = check_events(rig, t, Some((kind, page_va, page_va + PAGE, access)));
+    t.faults_seen += u64::from(reported || outcome == Outcome::Faulted);
+}
+
 fn one_round(rig: &mut Rig<KernelDomain>, seed: u64, t: &mut Tally) -> Result<(), RigError> {
     let mut ctx = TestCtx::new(seed, "job", "round");
     let pages = ctx.rand_range(1, MAX_PAGES + 1);
@@ -329,19 +344,15 @@ fn round_body(
         // A read must fault, not return the old bytes.
         let outcome = dev.fetch(page_va + off, len)?;
         t.dma_reads += 1;
-        t.faults_expected += 1;
         let got = rig.read_buffer(len)?;
-        let seen = check_events(
+        expect_fault(
             rig,
             t,
-            Some((
-                EventKind::Translation,
-                page_va,
-                page_va + PAGE,
-                AccessKind::Read,
-            )),
-        ) || outcome == Outcome::Faulted;
-        t.faults_seen += u64::from(seen);
+            outcome,
+            EventKind::Translation,
+            page_va,
+            AccessKind::Read,
+        );
         if got[..] == old[off as usize..off as usize + len] {
             t.stale_reads += 1;
         }
@@ -349,18 +360,14 @@ fn round_body(
         rig.load_buffer(&random_bytes(ctx, len))?;
         let outcome = dev.store(page_va + off, len)?;
         t.dma_writes += 1;
-        t.faults_expected += 1;
-        let seen = check_events(
+        expect_fault(
             rig,
             t,
-            Some((
-                EventKind::Translation,
-                page_va,
-                page_va + PAGE,
-                AccessKind::Write,
-            )),
-        ) || outcome == Outcome::Faulted;
-        t.faults_seen += u64::from(seen);
+            outcome,
+            EventKind::Translation,
+            page_va,
+            AccessKind::Write,
+        );
         if rig::read(frames[k as usize], PAGE as usize)? != old {
             t.stale_writes += 1;
         }
@@ -372,18 +379,14 @@ fn round_body(
         rig.load_buffer(&random_bytes(ctx, len))?;
         let outcome = dev.store(page_va + off, len)?;
         t.dma_writes += 1;
-        t.faults_expected += 1;
-        let seen = check_events(
+        expect_fault(
             rig,
             t,
-            Some((
-                EventKind::Permission,
-                page_va,
-                page_va + PAGE,
-                AccessKind::Write,
-            )),
-        ) || outcome == Outcome::Faulted;
-        t.faults_seen += u64::from(seen);
+            outcome,
+            EventKind::Permission,
+            page_va,
+            AccessKind::Write,
+        );
         if rig::read(frames[k as usize], PAGE as usize)? != old {
             t.stale_writes += 1;
         }

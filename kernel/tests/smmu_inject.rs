@@ -7,14 +7,11 @@ mod support;
 
 use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::command::CommandKind;
-use shootdown::iommu::driver::{ContextParams, Smmu, SmmuError};
+use shootdown::iommu::driver::SmmuError;
 use shootdown::iommu::event::AccessKind;
-use shootdown::iommu::inject::{InjectStats, InjectingBackend};
-use shootdown::iommu::model::dma::DmaEngine;
-use shootdown::iommu::model::{ModelConfig, SmmuModel};
+use shootdown::iommu::inject::InjectStats;
 use shootdown::iommu::regs::{offset, CommandErrorCode};
-use shootdown::iommu::testing::{LeafAttrs, StepClock, TestPageTables};
-use shootdown::mm::phys::FrameAllocator;
+use shootdown::iommu::testing::LeafAttrs;
 use shootdown::mm::{VirtAddr, PAGE_SIZE};
 use support::*;
 
@@ -22,89 +19,67 @@ const PAGE: u64 = PAGE_SIZE as u64;
 
 #[test]
 fn injected_faults_look_real_to_the_driver_and_keep_coherence() {
-    let mem = arena();
-    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
-    let inject = InjectingBackend::new(&model, &mem);
-    let clock = StepClock::new(1_000);
-    let smmu = Smmu::new(&inject, &clock, &mem, &mem, smmu_config()).unwrap();
-    let tables = TestPageTables::new(&mem).unwrap();
-    let ctx = smmu
-        .create_context(ContextParams {
-            root: tables.root(),
-            mair: MAIR,
-        })
-        .unwrap();
-    smmu.attach(SID, ctx).unwrap();
-    let frames: Vec<_> = (0..4).map(|_| mem.alloc_zeroed().unwrap()).collect();
-    for (i, f) in frames.iter().enumerate() {
-        tables
-            .map(VirtAddr(VA + i as u64 * PAGE), *f, LeafAttrs::RW)
-            .unwrap();
-    }
-    let dma = DmaEngine::new(&model, SID);
-    let warm = |page: u64| dma.touch(VirtAddr(VA + page * PAGE), AccessKind::Write);
-    let unmap = |page: u64| {
-        tables.unmap(VirtAddr(VA + page * PAGE)).unwrap();
-        smmu.invalidate_range(
-            ctx,
-            VirtAddr(VA + page * PAGE),
-            VirtAddr(VA + (page + 1) * PAGE),
-        )
-    };
-    // Disarmed: a pass-through.
-    warm(0).unwrap();
-    assert!(unmap(0).unwrap().recovered.is_none());
-    assert!(warm(0).is_err());
-    assert_eq!(inject.stats(), InjectStats::default());
+    with_injecting_world(|w, inject| {
+        w.map_pages(VA, 4, LeafAttrs::RW, 0);
+        let dma = w.dma();
+        let warm = |page: u64| dma.touch(VirtAddr(VA + page * PAGE), AccessKind::Write);
+        let unmap = |page: u64| w.try_unmap(VA + page * PAGE, 1);
 
-    // A refused TLBI: the SMMU really stopped in front of it, the driver skipped it, ran the
-    // ASID-wide fallback, and the real GERROR/GERRORN are untouched.
-    warm(1).unwrap();
-    inject.arm_command_error();
-    let report = unmap(1).unwrap();
-    let failure = report.recovered.expect("the refused TLBI is reported");
-    assert_eq!(failure.code, CommandErrorCode::Illegal);
-    assert_eq!(
-        failure.command.map(|c| c.kind()),
-        Ok(CommandKind::TlbiNhVaRange),
-        "the driver read back the refused command"
-    );
-    assert_eq!(report.commands.get(CommandKind::TlbiNhAsid), 1);
-    assert_eq!(inject.stats().command_errors, 1);
-    let s = smmu.stats();
-    assert_eq!((s.command_errors, s.invalidation_fallbacks), (1, 1));
-    assert!(warm(1).is_err(), "no stale translation after the fallback");
-    assert_eq!(
-        model.read32(offset::GERROR),
-        model.read32(offset::GERRORN),
-        "the model never saw an error"
-    );
-    assert_eq!(model.stats().command_errors, 0);
-    assert!(!inject.disarm(), "one-shot: nothing left armed");
+        // Disarmed: a pass-through.
+        warm(0).unwrap();
+        assert!(unmap(0).unwrap().recovered.is_none());
+        assert!(warm(0).is_err());
+        assert_eq!(inject.stats(), InjectStats::default());
 
-    // A CMD_SYNC that never completes, as far as the driver can tell: a typed error, and the
-    // next submission works (the freeze ends when the driver moves on).
-    warm(2).unwrap();
-    inject.arm_sync_timeout();
-    let err = unmap(2).unwrap_err();
-    assert!(matches!(err, SmmuError::SyncTimeout { .. }), "{err}");
-    assert_eq!(inject.stats().syncs_timed_out, 1);
-    assert_eq!(smmu.stats().sync_timeouts, 1);
-    // The commands did run on the SMMU: the injected failure errs on the safe side.
-    assert!(warm(2).is_err());
-    warm(3).unwrap();
-    assert!(unmap(3).unwrap().recovered.is_none());
-    assert!(warm(3).is_err());
-    assert!(model.stale_translations().is_empty());
-    // Arming and disarming without a submission injects nothing.
-    inject.arm_sync_timeout();
-    inject.arm_command_error();
-    assert!(inject.disarm());
-    assert_eq!(
-        inject.stats(),
-        InjectStats {
-            syncs_timed_out: 1,
-            command_errors: 1
-        }
-    );
+        // A refused TLBI: the SMMU really stopped in front of it, the driver skipped it, ran
+        // the ASID-wide fallback, and the real GERROR/GERRORN are untouched.
+        warm(1).unwrap();
+        inject.arm_command_error();
+        let report = unmap(1).unwrap();
+        let failure = report.recovered.expect("the refused TLBI is reported");
+        assert_eq!(failure.code, CommandErrorCode::Illegal);
+        assert_eq!(
+            failure.command.map(|c| c.kind()),
+            Ok(CommandKind::TlbiNhVaRange),
+            "the driver read back the refused command"
+        );
+        assert_eq!(report.commands.get(CommandKind::TlbiNhAsid), 1);
+        assert_eq!(inject.stats().command_errors, 1);
+        let s = w.smmu.stats();
+        assert_eq!((s.command_errors, s.invalidation_fallbacks), (1, 1));
+        assert!(warm(1).is_err(), "no stale translation after the fallback");
+        assert_eq!(
+            w.model.read32(offset::GERROR),
+            w.model.read32(offset::GERRORN),
+            "the model never saw an error"
+        );
+        assert_eq!(w.model.stats().command_errors, 0);
+        assert!(!inject.disarm(), "one-shot: nothing left armed");
+
+        // A CMD_SYNC that never completes, as far as the driver can tell: a typed error, and
+        // the next submission works (the freeze ends when the driver moves on).
+        warm(2).unwrap();
+        inject.arm_sync_timeout();
+        let err = unmap(2).unwrap_err();
+        assert!(matches!(err, SmmuError::SyncTimeout { .. }), "{err}");
+        assert_eq!(inject.stats().syncs_timed_out, 1);
+        assert_eq!(w.smmu.stats().sync_timeouts, 1);
+        // The commands did run on the SMMU: the injected failure errs on the safe side.
+        assert!(warm(2).is_err());
+        warm(3).unwrap();
+        assert!(unmap(3).unwrap().recovered.is_none());
+        assert!(warm(3).is_err());
+        assert!(w.model.stale_translations().is_empty());
+        // Arming and disarming without a submission injects nothing.
+        inject.arm_sync_timeout();
+        inject.arm_command_error();
+        assert!(inject.disarm());
+        assert_eq!(
+            inject.stats(),
+            InjectStats {
+                syncs_timed_out: 1,
+                command_errors: 1
+            }
+        );
+    });
 }

@@ -5,8 +5,12 @@
 //! Included with `#[path = "smmu_support.rs"] mod support;`; not a test target by itself.
 #![allow(dead_code)]
 
-use shootdown::iommu::driver::{ContextId, ContextParams, InvalidationReport, Smmu, SmmuConfig};
+use shootdown::iommu::backend::SmmuBackend;
+use shootdown::iommu::driver::{
+    ContextId, ContextParams, InvalidationReport, Smmu, SmmuConfig, SmmuError,
+};
 use shootdown::iommu::event::EventRecord;
+use shootdown::iommu::inject::InjectingBackend;
 use shootdown::iommu::model::dma::DmaEngine;
 use shootdown::iommu::model::{ModelConfig, SmmuModel};
 use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock, TestPageTables};
@@ -37,12 +41,13 @@ pub fn smmu_config() -> SmmuConfig {
 
 pub type TestSmmu<'a> = Smmu<'a, &'a SmmuModel<'a>, &'a StepClock>;
 
-/// Everything one scenario needs.
-pub struct World<'a> {
+/// Everything one scenario needs. The driver talks to the model through `B`: the model itself,
+/// or something wrapping it (the fault injector).
+pub struct World<'a, B: SmmuBackend = &'a SmmuModel<'a>> {
     pub mem: &'a PhysArena,
     pub model: &'a SmmuModel<'a>,
     pub clock: &'a StepClock,
-    pub smmu: &'a TestSmmu<'a>,
+    pub smmu: &'a Smmu<'a, B, &'a StepClock>,
     pub tables: &'a TestPageTables<'a>,
     pub ctx: ContextId,
     pub asid: u16,
@@ -58,9 +63,33 @@ pub fn with_world<R>(
 ) -> R {
     let mem = arena();
     let model = SmmuModel::new(&mem, model_cfg).unwrap();
+    run_world(&mem, &model, &model, smmu_cfg, |world| f(world))
+}
+
+/// As [`with_default_world`], with the driver reaching the model through the fault injector,
+/// which `f` also gets to arm.
+pub fn with_injecting_world<R>(
+    f: impl FnOnce(&World<'_, &InjectingBackend<'_>>, &InjectingBackend<'_>) -> R,
+) -> R {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let inject = InjectingBackend::new(&model, &mem);
+    run_world(&mem, &model, &inject, smmu_config(), |world| {
+        f(world, &inject)
+    })
+}
+
+/// The driver on `backend` with one context attached to [`SID`], and `f` run in that world.
+fn run_world<'a, B: SmmuBackend, R>(
+    mem: &'a PhysArena,
+    model: &'a SmmuModel<'a>,
+    backend: B,
+    smmu_cfg: SmmuConfig,
+    f: impl FnOnce(&World<'_, B>) -> R,
+) -> R {
     let clock = StepClock::new(1_000);
-    let smmu = Smmu::new(&model, &clock, &mem, &mem, smmu_cfg).unwrap();
-    let tables = TestPageTables::new(&mem).unwrap();
+    let smmu = Smmu::new(backend, &clock, mem, mem, smmu_cfg).unwrap();
+    let tables = TestPageTables::new(mem).unwrap();
     let ctx = smmu
         .create_context(ContextParams {
             root: tables.root(),
@@ -70,8 +99,8 @@ pub fn with_world<R>(
     smmu.attach(SID, ctx).unwrap();
     let asid = smmu.context_asid(ctx).unwrap();
     let world = World {
-        mem: &mem,
-        model: &model,
+        mem,
+        model,
         clock: &clock,
         smmu: &smmu,
         tables: &tables,
@@ -87,7 +116,7 @@ pub fn with_default_world<R>(f: impl FnOnce(&World<'_>) -> R) -> R {
     with_world(ModelConfig::default(), smmu_config(), f)
 }
 
-impl World<'_> {
+impl<B: SmmuBackend> World<'_, B> {
     /// The test device, doing page-sized transactions and stopping at the first fault.
     pub fn dma(&self) -> DmaEngine<'_, '_> {
         DmaEngine::new(self.model, SID)
@@ -113,21 +142,31 @@ impl World<'_> {
     /// through the driver (what `arch_invalidate_secondary_tlbs` will do) and return the
     /// driver's report.
     pub fn unmap(&self, va: u64, pages: u64) -> InvalidationReport {
+        self.try_unmap(va, pages).unwrap()
+    }
+
+    /// As [`World::unmap`], returning the driver's error.
+    pub fn try_unmap(&self, va: u64, pages: u64) -> Result<InvalidationReport, SmmuError> {
         for i in 0..pages {
             self.tables
                 .unmap(VirtAddr(va + i * PAGE_SIZE as u64))
                 .unwrap();
         }
-        self.invalidate(va, pages)
+        self.try_invalidate(va, pages)
     }
 
     /// Notes an unmap/protection change of `[va, va + pages)` and invalidates it.
     pub fn invalidate(&self, va: u64, pages: u64) -> InvalidationReport {
+        self.try_invalidate(va, pages).unwrap()
+    }
+
+    /// As [`World::invalidate`], returning the driver's error.
+    pub fn try_invalidate(&self, va: u64, pages: u64) -> Result<InvalidationReport, SmmuError> {
         let (start, end) = (VirtAddr(va), VirtAddr(va + pages * PAGE_SIZE as u64));
         let id = self.next_unmap.get();
         self.next_unmap.set(id + 1);
         self.model.note_unmap(self.asid, start, end, id);
-        self.smmu.invalidate_range(self.ctx, start, end).unwrap()
+        self.smmu.invalidate_range(self.ctx, start, end)
     }
 
     /// Every pending event.

@@ -21,6 +21,7 @@ use crate::profile::{self, Profile};
 use crate::qemu::{self, Console, Launch, Qemu};
 use crate::report::{self, Tally};
 use crate::serial;
+use crate::soak::{self, Exit, SoakOptions, SoakRun, SoakSummary};
 use crate::trace;
 
 /// Exit status: everything passed.
@@ -72,6 +73,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Trace { input, out } => trace_command(input.as_deref(), &out),
         Command::Boards { profiles } => boards(profiles.as_deref()),
         Command::BenchReport(o) => crate::bench::report::run(&o).map_err(SetupError),
+        Command::Soak(o) => soak(&o),
     };
     result.unwrap_or_else(|e| {
         eprintln!("harness: {e}");
@@ -358,6 +360,50 @@ fn run(o: &QemuOptions) -> Result<i32, SetupError> {
     }
     let e = qemu::exec(&p.command, !on_terminal);
     Err(spawn_error(&p.command[0], e))
+}
+
+/// `harness soak`: one boot per board and seed, judged by the kernel's `# soak` line.
+fn soak(o: &SoakOptions) -> Result<i32, SetupError> {
+    fs::create_dir_all(&o.log_dir)
+        .map_err(|e| SetupError(format!("{}: {e}", o.log_dir.display())))?;
+    qemu::kill_child_on_signals();
+    println!("{}", soak::header());
+    let start = Instant::now();
+    let mut runs = Vec::new();
+    for board in &o.boards {
+        for &seed in &o.seeds {
+            let q = QemuOptions {
+                board: board.clone(),
+                bootargs: Some(o.bootargs_for(seed)),
+                kernel: o.kernel.clone(),
+                qemu: o.qemu.clone(),
+                profiles: o.profiles.clone(),
+                ..Default::default()
+            };
+            let p = prepare(&q, board, Console::Captured)?;
+            let log = o.log_path(board, seed);
+            let exit = match qemu::run_to_file(&p.command, &log, o.timeout) {
+                Ok(Some(status)) => status.code().map_or(Exit::Abnormal, Exit::Status),
+                Ok(None) => Exit::TimedOut,
+                Err(e) => return Err(spawn_error(&p.command[0], e)),
+            };
+            let console = fs::read(&log)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default();
+            let run = SoakRun {
+                board: board.clone(),
+                seed,
+                exit,
+                summary: SoakSummary::last_in(&console).unwrap_or_else(|| Err("no summary".into())),
+            };
+            println!("{}", soak::row(&run, o.rounds, &log.display().to_string()));
+            flush();
+            runs.push(run);
+        }
+    }
+    let (text, passed) = soak::conclusion(o, &runs, start.elapsed().as_secs());
+    print!("{text}");
+    Ok(if passed { PASS } else { FAIL })
 }
 
 /// `run --trace`: QEMU's console is copied through (and kept) instead of handed over, so the

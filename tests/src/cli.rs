@@ -34,6 +34,14 @@ usage:
       Parse a saved console log (or stdin), like `kunit.py parse`.
   harness boards [--profiles DIR]
       List the board profiles.
+  harness soak   --boards B1,B2 --seeds S1,S2 --rounds N [--bootargs ARGS] [--expect-stale]
+                 [--timeout SECS] [--log-dir DIR] [--log-prefix NAME] [--kernel PATH]
+                 [--qemu PATH] [--profiles DIR]
+      Boot `job=soak seed=S rounds=N ARGS` on every board for every seed (console in
+      DIR/NAME-BOARD-SEED.log; default build/logs/soak-...), print one row per run from the
+      kernel's `# soak` line and the totals. Exit 1 unless every run exited 0 with no stale
+      access and the kernel's PASS; with --expect-stale (smmu.skip_invalidate=1) unless every
+      run failed *and* saw stale accesses. --timeout is per run (default 600).
   harness bench-report [--kernel-log BOARD=LOG]... [--criterion DIR] [--out DIR]
                  [--require all|commands|GOAL,...]
       Read the in-kernel benchmark lines of console logs (`bench=` boots under
@@ -162,6 +170,7 @@ pub enum Command {
         profiles: Option<PathBuf>,
     },
     BenchReport(crate::bench::report::ReportOptions),
+    Soak(crate::soak::SoakOptions),
     Help,
 }
 
@@ -263,9 +272,10 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             Ok(Command::Boards { profiles })
         }
         "bench-report" => parse_bench_report(&mut a),
+        "soak" => parse_soak(&mut a),
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!(
-            "unknown command `{other}` (test, run, serial, chainboot, parse, trace, boards, bench-report)"
+            "unknown command `{other}` (test, run, serial, chainboot, parse, trace, boards, soak, bench-report)"
         )),
     }
 }
@@ -300,6 +310,56 @@ fn parse_bench_report(a: &mut Args) -> Result<Command, String> {
     }
     crate::bench::report::required_goals(&o.require)?;
     Ok(Command::BenchReport(o))
+}
+
+/// A list given as one argument, separated by spaces or commas (`--boards "virt-smmu raspi4b"`).
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+}
+
+fn parse_soak(a: &mut Args) -> Result<Command, String> {
+    let mut o = crate::soak::SoakOptions::default();
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--boards" | "--board" => o.boards.extend(list(&a.value(&flag)?).map(str::to_string)),
+            "--seeds" | "--seed" => {
+                let v = a.value(&flag)?;
+                for seed in list(&v) {
+                    o.seeds.push(
+                        seed.parse()
+                            .map_err(|_| format!("{flag}: `{seed}` is not a seed"))?,
+                    );
+                }
+            }
+            "--rounds" => o.rounds = a.number(&flag)?,
+            "--bootargs" => o.bootargs = a.value(&flag)?,
+            "--expect-stale" => o.expect_stale = true,
+            "--timeout" => {
+                o.timeout = a.seconds(&flag)?;
+                if o.timeout.is_zero() {
+                    return Err("--timeout must be more than 0".into());
+                }
+            }
+            "--log-dir" => o.log_dir = a.value(&flag)?.into(),
+            "--log-prefix" => o.log_prefix = a.value(&flag)?,
+            "--kernel" => o.kernel = Some(a.value(&flag)?.into()),
+            "--qemu" => o.qemu = Some(a.value(&flag)?),
+            "--profiles" => o.profiles = Some(a.value(&flag)?.into()),
+            _ => return Err(unknown(&flag, "soak")),
+        }
+    }
+    if !a.rest.is_empty() {
+        return Err("`harness soak` takes no arguments after --".into());
+    }
+    if o.boards.is_empty() || o.seeds.is_empty() {
+        return Err("`harness soak` needs --boards and --seeds".into());
+    }
+    if o.rounds == 0 {
+        return Err("`harness soak` needs --rounds N (at least 1)".into());
+    }
+    Ok(Command::Soak(o))
 }
 
 fn unknown(flag: &str, sub: &str) -> String {
@@ -576,6 +636,47 @@ mod tests {
         );
         assert!(c.push.replace_bootargs);
         assert_eq!(c.push.retries, 0);
+    }
+
+    #[test]
+    fn soak_options() {
+        let Command::Soak(o) = parse(args(&[
+            "soak",
+            "--boards",
+            "virt-smmu raspi4b",
+            "--seeds=1,2 3",
+            "--rounds",
+            "2",
+            "--bootargs",
+            "smmu.skip_invalidate=1",
+            "--expect-stale",
+            "--log-prefix",
+            "test-soak-stale",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.boards, ["virt-smmu", "raspi4b"]);
+        assert_eq!(o.seeds, [1, 2, 3]);
+        assert_eq!(o.rounds, 2);
+        assert!(o.expect_stale);
+        assert_eq!(o.timeout, Duration::from_secs(600));
+        assert_eq!(
+            o.log_path("raspi4b", 2),
+            std::path::PathBuf::from("build/logs/test-soak-stale-raspi4b-2.log")
+        );
+        for bad in [
+            "soak --seeds 1 --rounds 2",
+            "soak --boards virt-smmu --rounds 2",
+            "soak --boards virt-smmu --seeds 1",
+            "soak --boards virt-smmu --seeds one --rounds 2",
+            "soak --boards virt-smmu --seeds 1 --rounds 0",
+            "soak --boards virt-smmu --seeds 1 --rounds 2 --timeout 0",
+            "soak --boards virt-smmu --seeds 1 --rounds 2 -- -smp 1",
+        ] {
+            let words: Vec<&str> = bad.split(' ').collect();
+            assert!(parse(args(&words)).is_err(), "{bad}");
+        }
     }
 
     #[test]

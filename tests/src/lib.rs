@@ -9,6 +9,7 @@
 //! - [`report`], [`junit`]: the human summary and JUnit XML.
 //! - [`trace`]: the kernel's event trace as Chrome/Perfetto JSON.
 //! - [`bench`]: `make bench`'s report (results file, SVG plots, performance goals).
+//! - [`soak`]: `make soak`'s runs judged from the kernel's summary lines.
 //! - [`cli`], [`app`]: the `harness` command.
 
 pub mod app;
@@ -22,6 +23,7 @@ pub mod profile;
 pub mod qemu;
 pub mod report;
 pub mod serial;
+pub mod soak;
 pub mod trace;
 
 #[cfg(test)]

@@ -16,14 +16,16 @@
 //! interrupted) kills it and anything it started, and stdin is /dev/null so it never takes the
 //! terminal.
 
+use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::capture::{spawn_reader, Msg, Stream, Target};
 use crate::profile::Profile;
@@ -131,6 +133,56 @@ pub fn kill_child_on_signals() {
     }
 }
 
+/// `cmd` as a child in its own process group, stdin /dev/null, that dies with the harness.
+fn group_command(cmd: &[String]) -> Command {
+    let (program, args) = cmd.split_first().expect("a program");
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).process_group(0);
+    // If the harness itself is SIGKILLed, no handler of ours runs: PR_SET_PDEATHSIG has the
+    // kernel send SIGKILL to QEMU when we die.
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid); it does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The harness may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// Runs `cmd` to the end with its stdout and stderr in the file `log`, killing its process
+/// group at `limit`. `None` if it was killed there.
+pub fn run_to_file(cmd: &[String], log: &Path, limit: Duration) -> io::Result<Option<ExitStatus>> {
+    let out = File::create(log)?;
+    let err = out.try_clone()?;
+    let mut child = group_command(cmd).stdout(out).stderr(err).spawn()?;
+    let group = i32::try_from(child.id()).expect("pid fits in pid_t");
+    CHILD_GROUP.store(group, Ordering::SeqCst);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: signals the process group created for this child only (see kill_group).
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            child.wait()?;
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    CHILD_GROUP.store(0, Ordering::SeqCst);
+    Ok(status)
+}
+
 /// QEMU running under the watcher.
 pub struct Qemu {
     group: i32,
@@ -140,32 +192,10 @@ pub struct Qemu {
 impl Qemu {
     /// Starts `cmd` in a new process group with stdout/stderr captured into `tx`.
     pub fn spawn(cmd: &[String], tx: Sender<Msg>) -> io::Result<Self> {
-        let (program, args) = cmd.split_first().expect("a program");
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
+        let mut child = group_command(cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0);
-        // If the harness itself is SIGKILLed, no handler of ours runs: PR_SET_PDEATHSIG has
-        // the kernel send SIGKILL to QEMU when we die.
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe system calls (prctl, getppid); it does not allocate.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The harness may have died before prctl took effect.
-                if libc::getppid() as u32 != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let mut child = command.spawn()?;
+            .spawn()?;
         let group = i32::try_from(child.id()).expect("pid fits in pid_t");
         CHILD_GROUP.store(group, Ordering::SeqCst);
         let stop_readers = Arc::new(AtomicBool::new(false));
