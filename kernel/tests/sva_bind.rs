@@ -533,6 +533,16 @@ fn concurrent_unmaps<const N: usize>(skip: bool) -> (u64, usize, usize) {
         .collect();
     let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
     let asid = bond.asid().unwrap();
+    // Every page in the IOTLB before the race starts: whether a skipped invalidation is caught
+    // must not depend on the device thread being scheduled before the unmappers finish (on a
+    // loaded 2-core CI machine it sometimes was not).
+    let warm = w.device(1);
+    for c in 0..CPUS {
+        for p in 0..PAGES {
+            warm.write(VirtAddr(VA + c * 0x10_0000 + p * PAGE), &[0xee])
+                .unwrap();
+        }
+    }
     let stop = AtomicBool::new(false);
     let next_id = AtomicU64::new(1);
     let post_unmap_hits = AtomicU64::new(0);
