@@ -152,6 +152,7 @@ pub fn run() -> ExitCode {
     );
     let model_stale = rig.model.map_or(0, |m| m.stale_translations().len() as u64);
     let model_stats = rig.model.map(|m| m.stats());
+    let event_losses = rig.event_losses();
     if let Err(e) = rig.unbind() {
         println!("shootdown: unbinding the device failed: {e}");
         return ExitCode::Failure;
@@ -193,7 +194,8 @@ pub fn run() -> ExitCode {
         tally.dma_writes
     );
     println!(
-        "  faults           expected {}, seen {}, unexpected {}",
+        "  faults           expected {}, seen {}, unexpected {} (events lost \
+         {event_losses} times: a faulting transfer makes an event per access, more than the queue holds)",
         tally.faults_expected, tally.faults_seen, tally.unexpected_faults
     );
     println!(

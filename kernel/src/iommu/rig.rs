@@ -18,6 +18,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::aarch64::aspace::{self, KernelMm};
 use crate::drivers::edu::{self, Direction, Edu};
@@ -245,6 +246,10 @@ pub struct Rig<D: SvaDomain> {
     bond: Option<Bond<D>>,
     staging: PhysAddr,
     owned: Vec<PhysAddr>,
+    /// Drains that found events lost; only the first is logged as a warning (a faulting 4 KiB
+    /// transfer alone makes ~1024 events for the queue's 128 slots, so a workload that faults
+    /// on purpose would otherwise warn once per transfer).
+    event_losses: AtomicU64,
     _domain: PhantomData<D>,
 }
 
@@ -332,6 +337,7 @@ impl<D: SvaDomain> Rig<D> {
             bond: None,
             staging: PhysAddr(0),
             owned: Vec::new(),
+            event_losses: AtomicU64::new(0),
             _domain: PhantomData,
         };
         rig.staging = rig.map_frame(STAGING_VA, RW, 0)?;
@@ -472,13 +478,19 @@ impl<D: SvaDomain> Rig<D> {
         self.model.map_or(0, |m| m.stale_translations().len())
     }
 
+    /// How many drains found events lost (see [`Rig::drain_events_reporting`]).
+    pub fn event_losses(&self) -> u64 {
+        self.event_losses.load(Ordering::Relaxed)
+    }
+
     /// Every pending event of the rig's SMMU (each traced as a fault).
     pub fn drain_events(&self) -> Vec<EventRecord> {
         self.drain_events_reporting().0
     }
 
     /// Every pending event, and whether events were lost since the last drain (the queue
-    /// overflowed: EVENTQ_PROD.OVFLG, or QEMU's GERROR.EVENTQ_ABT_ERR), which is logged once.
+    /// overflowed: EVENTQ_PROD.OVFLG, or QEMU's GERROR.EVENTQ_ABT_ERR). A loss is counted
+    /// ([`Rig::event_losses`]); the first is a warning, later ones are debug messages.
     pub fn drain_events_reporting(&self) -> (Vec<EventRecord>, EventDrain) {
         let mut out = Vec::new();
         let drain = match self.smmu.drain_events(|e| out.push(*e)) {
@@ -489,15 +501,20 @@ impl<D: SvaDomain> Rig<D> {
             }
         };
         if drain.overflowed || drain.write_aborted {
-            log::warn!(
-                "smmu: event queue {} after {} events: later events were lost",
-                if drain.overflowed {
-                    "overflowed (OVFLG)"
-                } else {
-                    "write aborted (GERROR.EVENTQ_ABT_ERR)"
-                },
-                drain.drained
-            );
+            let how = if drain.overflowed {
+                "overflowed (OVFLG)"
+            } else {
+                "write aborted (GERROR.EVENTQ_ABT_ERR)"
+            };
+            let n = drain.drained;
+            if self.event_losses.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::warn!(
+                    "smmu: event queue {how} after {n} events: later events were lost \
+                     (further losses are counted, not warned about)"
+                );
+            } else {
+                log::debug!("smmu: event queue {how} after {n} events: later events were lost");
+            }
         }
         for e in &out {
             trace::record(
