@@ -42,7 +42,6 @@ pub mod arch;
 mod bench;
 #[cfg(target_os = "none")]
 pub mod console;
-#[cfg(target_os = "none")]
 pub mod drivers;
 #[cfg(target_os = "none")]
 mod job;
