@@ -15,6 +15,7 @@
 
 use core::fmt;
 
+use crate::iommu::bits::Field;
 use crate::mm::PhysAddr;
 
 /// Size of one CD in bytes.
@@ -23,31 +24,31 @@ pub const CD_SIZE: usize = 64;
 pub const CD_WORDS: usize = CD_SIZE / 8;
 
 // dword 0 (§5.4)
-const T0SZ_SHIFT: u32 = 0;
-const TG0_SHIFT: u32 = 6;
-const IRGN0_SHIFT: u32 = 8;
-const ORGN0_SHIFT: u32 = 10;
-const SH0_SHIFT: u32 = 12;
-const EPD0: u64 = 1 << 14;
-const ENDI: u64 = 1 << 15;
-const T1SZ_SHIFT: u32 = 16;
-const TG1_SHIFT: u32 = 22;
-const EPD1: u64 = 1 << 30;
-const V: u64 = 1 << 31;
-const IPS_SHIFT: u32 = 32;
-const AFFD: u64 = 1 << 35;
-const TBI_SHIFT: u32 = 38;
-const AA64: u64 = 1 << 41;
-const HD: u64 = 1 << 42;
-const HA: u64 = 1 << 43;
-const S: u64 = 1 << 44;
-const R: u64 = 1 << 45;
-const A: u64 = 1 << 46;
-const ASET: u64 = 1 << 47;
-const ASID_SHIFT: u32 = 48;
-// dword 1 / 2
-const HADX: u64 = 1 << 1;
-const TTB_MASK: u64 = 0x000f_ffff_ffff_fff0; // [51:4]
+const T0SZ: Field = Field::bits(5, 0);
+const TG0: Field = Field::bits(7, 6);
+const IRGN0: Field = Field::bits(9, 8);
+const ORGN0: Field = Field::bits(11, 10);
+const SH0: Field = Field::bits(13, 12);
+const EPD0: Field = Field::bit(14);
+const ENDI: Field = Field::bit(15);
+const T1SZ: Field = Field::bits(21, 16);
+const TG1: Field = Field::bits(23, 22);
+const EPD1: Field = Field::bit(30);
+const V: Field = Field::bit(31);
+const IPS: Field = Field::bits(34, 32);
+const AFFD: Field = Field::bit(35);
+const TBI: Field = Field::bits(39, 38);
+const AA64: Field = Field::bit(41);
+const HD: Field = Field::bit(42);
+const HA: Field = Field::bit(43);
+const S: Field = Field::bit(44);
+const R: Field = Field::bit(45);
+const A: Field = Field::bit(46);
+const ASET: Field = Field::bit(47);
+const ASID: Field = Field::bits(63, 48);
+// dwords 1 and 2: TTB0/TTB1 and HAD0/HAD1
+const HADX: Field = Field::bit(1);
+const TTB: Field = Field::bits(51, 4);
 
 /// Normal memory, Inner/Outer Write-Back Read-Allocate Write-Allocate (IRGN/ORGN = 0b01).
 const CACHE_WBWA: u8 = 0b01;
@@ -425,66 +426,65 @@ impl ContextDescriptor {
     /// Encodes `f`. Fields wider than their encoding are truncated to it, which is why
     /// [`CdFields`] values should come from [`CdFields::sva`] or [`ContextDescriptor::decode`].
     pub fn encode(f: &CdFields) -> ContextDescriptor {
-        let b = |cond: bool, bit: u64| if cond { bit } else { 0 };
-        let w0 = u64::from(f.t0sz & 0x3f) << T0SZ_SHIFT
-            | u64::from(f.tg0 & 0b11) << TG0_SHIFT
-            | u64::from(f.irgn0 & 0b11) << IRGN0_SHIFT
-            | u64::from(f.orgn0 & 0b11) << ORGN0_SHIFT
-            | u64::from(f.sh0 & 0b11) << SH0_SHIFT
-            | b(f.epd0, EPD0)
-            | b(f.endi, ENDI)
-            | u64::from(f.t1sz & 0x3f) << T1SZ_SHIFT
-            | u64::from(f.tg1 & 0b11) << TG1_SHIFT
-            | b(f.epd1, EPD1)
-            | b(f.valid, V)
-            | u64::from(f.ips & 0b111) << IPS_SHIFT
-            | b(f.affd, AFFD)
-            | u64::from(f.tbi & 0b11) << TBI_SHIFT
-            | b(f.aa64, AA64)
-            | b(f.hd, HD)
-            | b(f.ha, HA)
-            | b(f.s, S)
-            | b(f.r, R)
-            | b(f.a, A)
-            | b(f.aset, ASET)
-            | u64::from(f.asid) << ASID_SHIFT;
-        let w1 = (f.ttb0.as_u64() & TTB_MASK) | b(f.had0, HADX);
-        let w2 = (f.ttb1.as_u64() & TTB_MASK) | b(f.had1, HADX);
+        let w0 = T0SZ.put(f.t0sz.into())
+            | TG0.put(f.tg0.into())
+            | IRGN0.put(f.irgn0.into())
+            | ORGN0.put(f.orgn0.into())
+            | SH0.put(f.sh0.into())
+            | EPD0.flag(f.epd0)
+            | ENDI.flag(f.endi)
+            | T1SZ.put(f.t1sz.into())
+            | TG1.put(f.tg1.into())
+            | EPD1.flag(f.epd1)
+            | V.flag(f.valid)
+            | IPS.put(f.ips.into())
+            | AFFD.flag(f.affd)
+            | TBI.put(f.tbi.into())
+            | AA64.flag(f.aa64)
+            | HD.flag(f.hd)
+            | HA.flag(f.ha)
+            | S.flag(f.s)
+            | R.flag(f.r)
+            | A.flag(f.a)
+            | ASET.flag(f.aset)
+            | ASID.put(f.asid.into());
+        let w1 = (f.ttb0.as_u64() & TTB.in_place()) | HADX.flag(f.had0);
+        let w2 = (f.ttb1.as_u64() & TTB.in_place()) | HADX.flag(f.had1);
         ContextDescriptor([w0, w1, w2, f.mair, 0, 0, 0, 0])
     }
 
     /// Decodes every field, without judging validity.
     pub fn decode(&self) -> CdFields {
         let [w0, w1, w2, w3, ..] = self.0;
-        let bit = |b: u64| w0 & b != 0;
-        let f2 = |shift: u32| ((w0 >> shift) & 0b11) as u8;
+        // The multi-bit fields other than the ASID are at most 6 bits wide.
+        let small = |field: Field| field.get(w0) as u8;
         CdFields {
-            valid: bit(V),
-            t0sz: ((w0 >> T0SZ_SHIFT) & 0x3f) as u8,
-            tg0: f2(TG0_SHIFT),
-            irgn0: f2(IRGN0_SHIFT),
-            orgn0: f2(ORGN0_SHIFT),
-            sh0: f2(SH0_SHIFT),
-            epd0: bit(EPD0),
-            endi: bit(ENDI),
-            t1sz: ((w0 >> T1SZ_SHIFT) & 0x3f) as u8,
-            tg1: f2(TG1_SHIFT),
-            epd1: bit(EPD1),
-            ips: ((w0 >> IPS_SHIFT) & 0b111) as u8,
-            affd: bit(AFFD),
-            tbi: f2(TBI_SHIFT),
-            aa64: bit(AA64),
-            hd: bit(HD),
-            ha: bit(HA),
-            s: bit(S),
-            r: bit(R),
-            a: bit(A),
-            aset: bit(ASET),
-            asid: (w0 >> ASID_SHIFT) as u16,
-            ttb0: PhysAddr(w1 & TTB_MASK),
-            had0: w1 & HADX != 0,
-            ttb1: PhysAddr(w2 & TTB_MASK),
-            had1: w2 & HADX != 0,
+            valid: V.is_set(w0),
+            t0sz: small(T0SZ),
+            tg0: small(TG0),
+            irgn0: small(IRGN0),
+            orgn0: small(ORGN0),
+            sh0: small(SH0),
+            epd0: EPD0.is_set(w0),
+            endi: ENDI.is_set(w0),
+            t1sz: small(T1SZ),
+            tg1: small(TG1),
+            epd1: EPD1.is_set(w0),
+            ips: small(IPS),
+            affd: AFFD.is_set(w0),
+            tbi: small(TBI),
+            aa64: AA64.is_set(w0),
+            hd: HD.is_set(w0),
+            ha: HA.is_set(w0),
+            s: S.is_set(w0),
+            r: R.is_set(w0),
+            a: A.is_set(w0),
+            aset: ASET.is_set(w0),
+            asid: ASID.get(w0) as u16,
+            ttb0: PhysAddr(w1 & TTB.in_place()),
+            had0: HADX.is_set(w1),
+            ttb1: PhysAddr(w2 & TTB.in_place()),
+            had1: HADX.is_set(w2),
             mair: w3,
         }
     }
@@ -631,8 +631,8 @@ mod tests {
         fn decode_inverts_encode(w0 in any::<u64>(), ttb0 in any::<u64>(), ttb1 in any::<u64>(),
                                  mair in any::<u64>()) {
             // Every bit the driver cares about survives decode → encode.
-            let w1 = ttb0 & (TTB_MASK | HADX);
-            let w2 = ttb1 & (TTB_MASK | HADX);
+            let w1 = ttb0 & (TTB.in_place() | HADX.in_place());
+            let w2 = ttb1 & (TTB.in_place() | HADX.in_place());
             // IRGN1/ORGN1/SH1, WXN, UWXN and PAN are not modelled.
             let known = !(0x3f << 24 | 1 << 36 | 1 << 37 | 1 << 40);
             let cd = ContextDescriptor([w0 & known, w1, w2, mair, 0, 0, 0, 0]);

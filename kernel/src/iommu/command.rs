@@ -12,6 +12,7 @@
 
 use core::fmt;
 
+use crate::iommu::bits::Field;
 use crate::mm::VirtAddr;
 
 /// Opcodes (§4.1.1 table "Command opcodes").
@@ -34,21 +35,22 @@ pub mod opcode {
 pub const CFGI_ALL_RANGE: u8 = 31;
 
 // Field positions (§4.1.1 and the per-command layouts).
-const OP_MASK: u64 = 0xff;
-const SSEC_BIT: u64 = 1 << 10;
-const SID_SHIFT: u32 = 32;
-const SSID_SHIFT: u32 = 12;
-const SSID_MASK: u64 = 0xf_ffff;
-const NUM_SHIFT: u32 = 12;
-const SCALE_SHIFT: u32 = 20;
-const FIELD5_MASK: u64 = 0x1f;
-const VMID_SHIFT: u32 = 32;
-const ASID_SHIFT: u32 = 48;
-const LEAF_BIT: u64 = 1;
-const TTL_SHIFT: u32 = 8;
-const TG_SHIFT: u32 = 10;
-const ADDR_MASK: u64 = !0xfff;
-const SYNC_CS_SHIFT: u32 = 12;
+// dword 0
+const OP: Field = Field::bits(7, 0);
+const SSEC: Field = Field::bit(10);
+const SSID: Field = Field::bits(31, 12);
+const NUM: Field = Field::bits(16, 12);
+const SCALE: Field = Field::bits(24, 20);
+const SYNC_CS: Field = Field::bits(13, 12);
+const SID: Field = Field::bits(63, 32);
+const VMID: Field = Field::bits(47, 32);
+const ASID: Field = Field::bits(63, 48);
+// dword 1
+const LEAF: Field = Field::bit(0);
+const RANGE: Field = Field::bits(4, 0);
+const TTL: Field = Field::bits(9, 8);
+const TG: Field = Field::bits(11, 10);
+const ADDR: Field = Field::bits(63, 12);
 
 /// The largest NUM and SCALE values (5-bit fields when SMMU_IDR5.DS == 0, §4.4.1.1).
 pub const TLBI_RANGE_FIELD_MAX: u8 = 31;
@@ -282,27 +284,26 @@ impl Command {
     pub fn encode(&self) -> Result<[u64; 2], CommandError> {
         let op = u64::from(self.opcode());
         let words = match *self {
-            Self::PrefetchConfig { sid } => [op | u64::from(sid) << SID_SHIFT, 0],
-            Self::CfgiSte { sid, leaf } => [op | u64::from(sid) << SID_SHIFT, u64::from(leaf)],
+            Self::PrefetchConfig { sid } => [op | SID.put(sid.into()), 0],
+            Self::CfgiSte { sid, leaf } => [op | SID.put(sid.into()), LEAF.flag(leaf)],
             Self::CfgiSteRange { sid, range } => {
                 // RANGE = 31 is CMD_CFGI_ALL (§4.3.2), which decodes as [`Command::CfgiAll`].
                 check_field("RANGE", range.into(), u64::from(CFGI_ALL_RANGE) - 1)?;
-                [op | u64::from(sid) << SID_SHIFT, u64::from(range)]
+                [op | SID.put(sid.into()), RANGE.put(range.into())]
             }
-            Self::CfgiAll => [op, u64::from(CFGI_ALL_RANGE)],
+            Self::CfgiAll => [op, RANGE.put(CFGI_ALL_RANGE.into())],
             Self::CfgiCd { sid, ssid, leaf } => {
-                check_field("SSID", ssid.into(), SSID_MASK)?;
+                check_field("SSID", ssid.into(), SSID.max())?;
                 [
-                    op | u64::from(ssid) << SSID_SHIFT | u64::from(sid) << SID_SHIFT,
-                    u64::from(leaf),
+                    op | SSID.put(ssid.into()) | SID.put(sid.into()),
+                    LEAF.flag(leaf),
                 ]
             }
-            Self::CfgiCdAll { sid } => [op | u64::from(sid) << SID_SHIFT, 0],
-            Self::TlbiNhAll { vmid } => [op | u64::from(vmid) << VMID_SHIFT, 0],
-            Self::TlbiNhAsid { vmid, asid } => [
-                op | u64::from(vmid) << VMID_SHIFT | u64::from(asid) << ASID_SHIFT,
-                0,
-            ],
+            Self::CfgiCdAll { sid } => [op | SID.put(sid.into()), 0],
+            Self::TlbiNhAll { vmid } => [op | VMID.put(vmid.into()), 0],
+            Self::TlbiNhAsid { vmid, asid } => {
+                [op | VMID.put(vmid.into()) | ASID.put(asid.into()), 0]
+            }
             Self::TlbiNhVa(va) => encode_tlbi_va(op, &va, true)?,
             Self::TlbiNhVaa(va) => encode_tlbi_va(op, &va, false)?,
             Self::TlbiNsnhAll => [op, 0],
@@ -312,7 +313,7 @@ impl Command {
                     SyncSignal::Irq => 1,
                     SyncSignal::Sev => 2,
                 };
-                [op | cs << SYNC_CS_SHIFT, 0]
+                [op | SYNC_CS.put(cs), 0]
             }
         };
         Ok(words)
@@ -321,10 +322,10 @@ impl Command {
     /// Decodes a command-queue entry, as the SMMU (or the model) does when it consumes it.
     pub fn decode(words: [u64; 2]) -> Result<Self, CommandError> {
         let [w0, w1] = words;
-        let op = (w0 & OP_MASK) as u8;
-        let sid = (w0 >> SID_SHIFT) as u32;
-        let ssec = w0 & SSEC_BIT != 0;
-        let leaf = w1 & LEAF_BIT != 0;
+        let op = OP.get(w0) as u8;
+        let sid = SID.get(w0) as u32;
+        let ssec = SSEC.is_set(w0);
+        let leaf = LEAF.is_set(w1);
         let needs_ns = matches!(
             op,
             opcode::CFGI_STE | opcode::CFGI_STE_RANGE | opcode::CFGI_CD | opcode::CFGI_CD_ALL
@@ -336,7 +337,7 @@ impl Command {
             opcode::PREFETCH_CONFIG => Self::PrefetchConfig { sid },
             opcode::CFGI_STE => Self::CfgiSte { sid, leaf },
             opcode::CFGI_STE_RANGE => {
-                let range = (w1 & FIELD5_MASK) as u8;
+                let range = RANGE.get(w1) as u8;
                 if range == CFGI_ALL_RANGE {
                     Self::CfgiAll
                 } else {
@@ -344,22 +345,22 @@ impl Command {
                 }
             }
             opcode::CFGI_CD => {
-                let ssid = ((w0 >> SSID_SHIFT) & SSID_MASK) as u32;
+                let ssid = SSID.get(w0) as u32;
                 Self::CfgiCd { sid, ssid, leaf }
             }
             opcode::CFGI_CD_ALL => Self::CfgiCdAll { sid },
             opcode::TLBI_NH_ALL => Self::TlbiNhAll {
-                vmid: (w0 >> VMID_SHIFT) as u16,
+                vmid: VMID.get(w0) as u16,
             },
             opcode::TLBI_NH_ASID => Self::TlbiNhAsid {
-                vmid: (w0 >> VMID_SHIFT) as u16,
-                asid: (w0 >> ASID_SHIFT) as u16,
+                vmid: VMID.get(w0) as u16,
+                asid: ASID.get(w0) as u16,
             },
             opcode::TLBI_NH_VA => Self::TlbiNhVa(decode_tlbi_va(w0, w1, true)?),
             opcode::TLBI_NH_VAA => Self::TlbiNhVaa(decode_tlbi_va(w0, w1, false)?),
             opcode::TLBI_NSNH_ALL => Self::TlbiNsnhAll,
             opcode::SYNC => Self::Sync {
-                signal: match (w0 >> SYNC_CS_SHIFT) & 0b11 {
+                signal: match SYNC_CS.get(w0) {
                     0 => SyncSignal::None,
                     1 => SyncSignal::Irq,
                     2 => SyncSignal::Sev,
@@ -387,38 +388,34 @@ fn encode_tlbi_va(op: u64, va: &TlbiVa, with_asid: bool) -> Result<[u64; 2], Com
         check_field("ASID of TLBI_NH_VAA", va.asid.into(), 0)?;
     }
     let asid = if with_asid { u64::from(va.asid) } else { 0 };
-    let mut w0 = op | u64::from(va.vmid) << VMID_SHIFT | asid << ASID_SHIFT;
-    let mut w1 = va.addr.as_u64() | u64::from(va.leaf);
+    let mut w0 = op | VMID.put(va.vmid.into()) | ASID.put(asid);
+    let mut w1 = va.addr.as_u64() | LEAF.flag(va.leaf);
     if let Some(range) = va.range {
         // Re-validate: the fields are public, so a hand-made value may be out of range.
         let range = TlbiRange::new(range.tg, range.num, range.scale, range.ttl)?;
-        w0 |= u64::from(range.num) << NUM_SHIFT | u64::from(range.scale) << SCALE_SHIFT;
-        w1 |= u64::from(range.ttl) << TTL_SHIFT | range.tg.tg() << TG_SHIFT;
+        w0 |= NUM.put(range.num.into()) | SCALE.put(range.scale.into());
+        w1 |= TTL.put(range.ttl.into()) | TG.put(range.tg.tg());
     }
     Ok([w0, w1])
 }
 
 fn decode_tlbi_va(w0: u64, w1: u64, with_asid: bool) -> Result<TlbiVa, CommandError> {
-    let tg = (w1 >> TG_SHIFT) & 0b11;
+    let tg = TG.get(w1);
     // With TG == 0 the NUM, SCALE and TTL fields are RES0 and ignored (§4.4.1.1).
     let range = match Granule::from_tg(tg) {
         None => None,
         Some(tg) => Some(TlbiRange::new(
             tg,
-            ((w0 >> NUM_SHIFT) & FIELD5_MASK) as u8,
-            ((w0 >> SCALE_SHIFT) & FIELD5_MASK) as u8,
-            ((w1 >> TTL_SHIFT) & 0b11) as u8,
+            NUM.get(w0) as u8,
+            SCALE.get(w0) as u8,
+            TTL.get(w1) as u8,
         )?),
     };
     Ok(TlbiVa {
-        vmid: (w0 >> VMID_SHIFT) as u16,
-        asid: if with_asid {
-            (w0 >> ASID_SHIFT) as u16
-        } else {
-            0
-        },
-        addr: VirtAddr(w1 & ADDR_MASK),
-        leaf: w1 & LEAF_BIT != 0,
+        vmid: VMID.get(w0) as u16,
+        asid: if with_asid { ASID.get(w0) as u16 } else { 0 },
+        addr: VirtAddr(w1 & ADDR.in_place()),
+        leaf: LEAF.is_set(w1),
         range,
     })
 }
@@ -694,7 +691,7 @@ mod tests {
             Err(CommandError::UnknownOpcode(0x7f))
         );
         assert_eq!(
-            Command::decode([0x03 | SSEC_BIT, 0]),
+            Command::decode([0x03 | SSEC.flag(true), 0]),
             Err(CommandError::SecureCommand)
         );
         assert!(format!("{}", CommandError::UnknownOpcode(0x7f)).contains("0x7f"));
@@ -723,7 +720,7 @@ mod tests {
             .prop_map(|(vmid, asid, addr, leaf, range)| TlbiVa {
                 vmid,
                 asid,
-                addr: VirtAddr(addr & ADDR_MASK),
+                addr: VirtAddr(addr & ADDR.in_place()),
                 leaf,
                 range,
             })
@@ -757,7 +754,7 @@ mod tests {
         #[test]
         fn every_command_round_trips(cmd in arb_command()) {
             let words = cmd.encode().unwrap();
-            prop_assert_eq!(words[0] & OP_MASK, u64::from(cmd.opcode()));
+            prop_assert_eq!(OP.get(words[0]), u64::from(cmd.opcode()));
             prop_assert_eq!(Command::decode(words), Ok(cmd));
         }
     }

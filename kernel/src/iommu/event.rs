@@ -8,23 +8,26 @@
 
 use core::fmt;
 
+use crate::iommu::bits::Field;
+
 /// Size of one event record in bytes.
 pub const EVENT_SIZE: usize = 32;
 /// Number of 64-bit words in an event record.
 pub const EVENT_WORDS: usize = EVENT_SIZE / 8;
 
-const SSV_BIT: u64 = 1 << 11;
-const SSID_SHIFT: u32 = 12;
-const SSID_MASK: u64 = 0xf_ffff;
-const SID_SHIFT: u32 = 32;
+// dword 0
+const TYPE: Field = Field::bits(7, 0);
+const SSV: Field = Field::bit(11);
+const SSID: Field = Field::bits(31, 12);
+const SID: Field = Field::bits(63, 32);
 // dword 1
-const STAG_MASK: u64 = 0xffff;
-const STALL_BIT: u64 = 1 << 31;
-const PNU_BIT: u64 = 1 << 33;
-const IND_BIT: u64 = 1 << 34;
-const RNW_BIT: u64 = 1 << 35;
-const S2_BIT: u64 = 1 << 39;
-const CLASS_SHIFT: u32 = 40;
+const STAG: Field = Field::bits(15, 0);
+const STALL: Field = Field::bit(31);
+const PNU: Field = Field::bit(33);
+const IND: Field = Field::bit(34);
+const RNW: Field = Field::bit(35);
+const S2: Field = Field::bit(39);
+const CLASS: Field = Field::bits(41, 40);
 
 /// The event number (§7.3, first column of each event's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -249,20 +252,20 @@ impl EventRecord {
     pub fn decode(words: [u64; EVENT_WORDS]) -> Self {
         let [w0, w1, w2, w3] = words;
         Self {
-            kind: EventKind::from_code(w0 as u8),
-            sid: (w0 >> SID_SHIFT) as u32,
-            ssid: (w0 & SSV_BIT != 0).then_some(((w0 >> SSID_SHIFT) & SSID_MASK) as u32),
-            access: if w1 & RNW_BIT != 0 {
+            kind: EventKind::from_code(TYPE.get(w0) as u8),
+            sid: SID.get(w0) as u32,
+            ssid: SSV.is_set(w0).then_some(SSID.get(w0) as u32),
+            access: if RNW.is_set(w1) {
                 AccessKind::Read
             } else {
                 AccessKind::Write
             },
-            privileged: w1 & PNU_BIT != 0,
-            instruction: w1 & IND_BIT != 0,
-            stage2: w1 & S2_BIT != 0,
-            class: FaultClass::from_bits(w1 >> CLASS_SHIFT),
-            stall: w1 & STALL_BIT != 0,
-            stag: (w1 & STAG_MASK) as u16,
+            privileged: PNU.is_set(w1),
+            instruction: IND.is_set(w1),
+            stage2: S2.is_set(w1),
+            class: FaultClass::from_bits(CLASS.get(w1)),
+            stall: STALL.is_set(w1),
+            stag: STAG.get(w1) as u16,
             input_addr: w2,
             addr2: w3,
         }
@@ -270,19 +273,18 @@ impl EventRecord {
 
     /// Encodes the record (what the SMMU model writes into the event queue).
     pub fn encode(&self) -> [u64; EVENT_WORDS] {
-        let b = |cond: bool, bit: u64| if cond { bit } else { 0 };
-        let (ssv, ssid) = match self.ssid {
-            Some(s) => (SSV_BIT, (u64::from(s) & SSID_MASK) << SSID_SHIFT),
-            None => (0, 0),
+        let ssid = match self.ssid {
+            Some(s) => SSV.flag(true) | SSID.put(s.into()),
+            None => 0,
         };
-        let w0 = u64::from(self.kind.code()) | ssv | ssid | u64::from(self.sid) << SID_SHIFT;
-        let w1 = u64::from(self.stag)
-            | b(self.stall, STALL_BIT)
-            | b(self.privileged, PNU_BIT)
-            | b(self.instruction, IND_BIT)
-            | b(self.access == AccessKind::Read, RNW_BIT)
-            | b(self.stage2, S2_BIT)
-            | self.class.bits() << CLASS_SHIFT;
+        let w0 = TYPE.put(self.kind.code().into()) | ssid | SID.put(self.sid.into());
+        let w1 = STAG.put(self.stag.into())
+            | STALL.flag(self.stall)
+            | PNU.flag(self.privileged)
+            | IND.flag(self.instruction)
+            | RNW.flag(self.access == AccessKind::Read)
+            | S2.flag(self.stage2)
+            | CLASS.put(self.class.bits());
         [w0, w1, self.input_addr, self.addr2]
     }
 }

@@ -3,6 +3,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`regs`] | register map (pages 0 and 1) and register fields |
+//! | `bits` | bit fields of the in-memory structures (`[hi:lo]` of a 64-bit word) |
 //! | [`command`] | command-queue entries: typed commands, encode/decode |
 //! | [`ste`], [`cd`] | stream table entries and context descriptors |
 //! | [`event`] | event-queue records |
@@ -19,6 +20,7 @@
 //! | `rig` | (kernel) a DMA master bound to an address space, for tests and the main job |
 //! | [`testing`] | an in-memory physical arena, a minimal page-table builder, a stepping clock |
 pub mod backend;
+mod bits;
 pub mod cd;
 pub mod command;
 pub mod driver;

@@ -10,6 +10,7 @@
 
 use core::fmt;
 
+use crate::iommu::bits::Field;
 use crate::mm::PhysAddr;
 
 /// Size of one STE in bytes.
@@ -18,20 +19,19 @@ pub const STE_SIZE: usize = 64;
 pub const STE_WORDS: usize = STE_SIZE / 8;
 
 // dword 0
-const V: u64 = 1 << 0;
-const CONFIG_SHIFT: u32 = 1;
-const CONFIG_MASK: u64 = 0b111;
-const S1FMT_SHIFT: u32 = 4;
-const S1_CONTEXT_PTR_MASK: u64 = 0x000f_ffff_ffff_ffc0; // [51:6]
-const S1CDMAX_SHIFT: u32 = 59;
+const V: Field = Field::bit(0);
+const CONFIG: Field = Field::bits(3, 1);
+const S1FMT: Field = Field::bits(5, 4);
+const S1_CONTEXT_PTR: Field = Field::bits(51, 6);
+const S1CDMAX: Field = Field::bits(63, 59);
 // dword 1
-const S1CIR_SHIFT: u32 = 2;
-const S1COR_SHIFT: u32 = 4;
-const S1CSH_SHIFT: u32 = 6;
-const S1STALLD: u64 = 1 << 27;
-const SHCFG_SHIFT: u32 = 44;
+const S1CIR: Field = Field::bits(3, 2);
+const S1COR: Field = Field::bits(5, 4);
+const S1CSH: Field = Field::bits(7, 6);
+const S1STALLD: Field = Field::bit(27);
+const SHCFG: Field = Field::bits(45, 44);
 // dword 2
-const S2VMID_MASK: u64 = 0xffff;
+const S2VMID: Field = Field::bits(15, 0);
 
 const CONFIG_ABORT: u64 = 0b000;
 const CONFIG_BYPASS: u64 = 0b100;
@@ -118,34 +118,34 @@ impl Ste {
     /// Terminate the stream's traffic silently (V=1, Config=abort).
     pub const fn abort() -> Ste {
         let mut w = [0; STE_WORDS];
-        w[0] = V | CONFIG_ABORT << CONFIG_SHIFT;
+        w[0] = V.flag(true) | CONFIG.put(CONFIG_ABORT);
         Ste(w)
     }
 
     /// Pass the stream's traffic through untranslated.
     pub const fn bypass() -> Ste {
         let mut w = [0; STE_WORDS];
-        w[0] = V | CONFIG_BYPASS << CONFIG_SHIFT;
-        w[1] = SHCFG_INCOMING << SHCFG_SHIFT;
+        w[0] = V.flag(true) | CONFIG.put(CONFIG_BYPASS);
+        w[1] = SHCFG.put(SHCFG_INCOMING);
         Ste(w)
     }
 
     /// Stage-1 translation through the single CD at `cd` (64-byte aligned), S2VMID = 0.
     pub fn stage1(cd: PhysAddr) -> Result<Ste, BadContextPtr> {
-        if !cd.is_aligned(64) || cd.as_u64() & !S1_CONTEXT_PTR_MASK != 0 {
+        if !cd.is_aligned(64) || cd.as_u64() & !S1_CONTEXT_PTR.in_place() != 0 {
             return Err(BadContextPtr(cd));
         }
         let mut w = [0; STE_WORDS];
         // S1Fmt = 0 (linear) and S1CDMax = 0: exactly one CD, SubstreamID 0 (§5.2).
-        w[0] = V | CONFIG_S1 << CONFIG_SHIFT | cd.as_u64();
+        w[0] = V.flag(true) | CONFIG.put(CONFIG_S1) | cd.as_u64();
         // Table walks and CD fetches: inner/outer write-back, inner shareable (as Linux).
-        w[1] = CACHE_WBRA << S1CIR_SHIFT | CACHE_WBRA << S1COR_SHIFT | SHARE_INNER << S1CSH_SHIFT;
+        w[1] = S1CIR.put(CACHE_WBRA) | S1COR.put(CACHE_WBRA) | S1CSH.put(SHARE_INNER);
         Ok(Ste(w))
     }
 
     /// True if V == 1.
     pub const fn is_valid(&self) -> bool {
-        self.0[0] & V != 0
+        V.is_set(self.0[0])
     }
 
     /// Decodes the STE as the SMMU does on a transaction (§5.2.1 validity rules, restricted to a
@@ -154,28 +154,28 @@ impl Ste {
     /// `oas_bits` is the SMMU's output address size (pointers beyond it are ILLEGAL).
     pub fn decode(&self, oas_bits: u8) -> Result<DecodedSte, BadSte> {
         let [w0, w1, w2, ..] = self.0;
-        if w0 & V == 0 {
+        if !V.is_set(w0) {
             return Err(BadSte::Invalid);
         }
-        let s2vmid = (w2 & S2VMID_MASK) as u16;
-        let config = match (w0 >> CONFIG_SHIFT) & CONFIG_MASK {
+        let s2vmid = S2VMID.get(w2) as u16;
+        let config = match CONFIG.get(w0) {
             CONFIG_ABORT => StreamConfig::Abort,
             c @ 0b001..=0b011 => return Err(BadSte::ReservedConfig(c as u8)),
             CONFIG_BYPASS => StreamConfig::Bypass,
             CONFIG_S1 => {
-                let cdmax = (w0 >> S1CDMAX_SHIFT) as u8;
+                let cdmax = S1CDMAX.get(w0) as u8;
                 if cdmax != 0 {
                     return Err(BadSte::Substreams(cdmax));
                 }
-                if w1 & S1STALLD != 0 {
+                if S1STALLD.is_set(w1) {
                     return Err(BadSte::StallDisable);
                 }
-                let cd = w0 & S1_CONTEXT_PTR_MASK;
+                let cd = w0 & S1_CONTEXT_PTR.in_place();
                 if cd >> oas_bits != 0 {
                     return Err(BadSte::ContextPtrOutOfRange(cd));
                 }
                 // S1Fmt is ignored when S1CDMax == 0 (§5.2).
-                let _ = (w0 >> S1FMT_SHIFT) & 0b11;
+                let _ = S1FMT.get(w0);
                 StreamConfig::Stage1 { cd: PhysAddr(cd) }
             }
             _ => return Err(BadSte::Stage2NotSupported),
@@ -221,15 +221,15 @@ mod tests {
     #[test]
     fn illegal_stes_are_rejected() {
         let mut s = Ste::abort();
-        s.0[0] = V | 0b010 << CONFIG_SHIFT;
+        s.0[0] = V.flag(true) | CONFIG.put(0b010);
         assert_eq!(s.decode(44), Err(BadSte::ReservedConfig(2)));
-        s.0[0] = V | 0b110 << CONFIG_SHIFT;
+        s.0[0] = V.flag(true) | CONFIG.put(0b110);
         assert_eq!(s.decode(44), Err(BadSte::Stage2NotSupported));
         let mut s = Ste::stage1(PhysAddr(0x1000)).unwrap();
-        s.0[0] |= 1 << S1CDMAX_SHIFT;
+        s.0[0] |= S1CDMAX.put(1);
         assert_eq!(s.decode(44), Err(BadSte::Substreams(1)));
         let mut s = Ste::stage1(PhysAddr(0x1000)).unwrap();
-        s.0[1] |= S1STALLD;
+        s.0[1] |= S1STALLD.flag(true);
         assert_eq!(s.decode(44), Err(BadSte::StallDisable));
         let s = Ste::stage1(PhysAddr(1 << 45)).unwrap();
         assert_eq!(s.decode(44), Err(BadSte::ContextPtrOutOfRange(1 << 45)));
