@@ -31,6 +31,12 @@ impl Node {
     }
 
     /// A NUL-terminated string property.
+    /// `#address-cells` and `#size-cells`, in that order.
+    pub fn address_and_size_cells(self, address: u32, size: u32) -> Self {
+        self.cells("#address-cells", &[address])
+            .cells("#size-cells", &[size])
+    }
+
     pub fn string(self, name: &str, s: &str) -> Self {
         self.strings(name, &[s])
     }
@@ -151,8 +157,7 @@ pub fn virt_like() -> Vec<u8> {
     let root = Node::new("")
         .strings("compatible", &["linux,dummy-virt"])
         .string("model", "linux,dummy-virt")
-        .cells("#address-cells", &[2])
-        .cells("#size-cells", &[2])
+        .address_and_size_cells(2, 2)
         .child(
             Node::new("chosen")
                 .string("bootargs", "ktest=boot.* seed=7")
@@ -165,15 +170,13 @@ pub fn virt_like() -> Vec<u8> {
         )
         .child(
             Node::new("reserved-memory")
-                .cells("#address-cells", &[2])
-                .cells("#size-cells", &[2])
+                .address_and_size_cells(2, 2)
                 .flag("ranges")
                 .child(Node::new("fw@48000000").cells("reg", &[0, 0x4800_0000, 0, 0x10_0000])),
         )
         .child(
             Node::new("cpus")
-                .cells("#address-cells", &[1])
-                .cells("#size-cells", &[0])
+                .address_and_size_cells(1, 0)
                 .child(
                     Node::new("cpu@0")
                         .string("device_type", "cpu")
@@ -214,8 +217,7 @@ pub fn virt_like() -> Vec<u8> {
         .child(
             Node::new("pcie@10000000")
                 .strings("compatible", &["pci-host-ecam-generic"])
-                .cells("#address-cells", &[3])
-                .cells("#size-cells", &[2])
+                .address_and_size_cells(3, 2)
                 .cells("reg", &[0x40, 0x1000_0000, 0, 0x1000_0000])
                 .cells("bus-range", &[0, 0xff])
                 .cells(
@@ -262,8 +264,7 @@ pub fn pi_like() -> Vec<u8> {
     let root = Node::new("")
         .strings("compatible", &["raspberrypi,4-model-b", "brcm,bcm2711"])
         .string("model", "Raspberry Pi 4 Model B")
-        .cells("#address-cells", &[2])
-        .cells("#size-cells", &[1])
+        .address_and_size_cells(2, 1)
         .child(Node::new("chosen").string("stdout-path", "serial0:115200n8"))
         .child(
             Node::new("memory@0")
@@ -272,16 +273,14 @@ pub fn pi_like() -> Vec<u8> {
         )
         .child(
             Node::new("cpus")
-                .cells("#address-cells", &[1])
-                .cells("#size-cells", &[0])
+                .address_and_size_cells(1, 0)
                 .child(cpu(0))
                 .child(cpu(1)),
         )
         .child(
             Node::new("soc")
                 .strings("compatible", &["simple-bus"])
-                .cells("#address-cells", &[1])
-                .cells("#size-cells", &[1])
+                .address_and_size_cells(1, 1)
                 .cells(
                     "ranges",
                     &[
@@ -331,8 +330,7 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
     let mut deep = Node::new("leaf").strings("compatible", &["arm,pl011"]);
     for i in 0..40 {
         deep = Node::new(&format!("bus{i}"))
-            .cells("#address-cells", &[1])
-            .cells("#size-cells", &[1])
+            .address_and_size_cells(1, 1)
             .flag("ranges")
             .child(deep);
     }
@@ -340,13 +338,11 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
         // Zero-sized cells everywhere and a bus with a zero-sized `ranges` entry format.
         build(
             &Node::new("")
-                .cells("#address-cells", &[1])
-                .cells("#size-cells", &[1])
+                .address_and_size_cells(1, 1)
                 .child(memory(&[0x8000_0000, 0x1000_0000]))
                 .child(
                     Node::new("bus")
-                        .cells("#address-cells", &[0])
-                        .cells("#size-cells", &[0])
+                        .address_and_size_cells(0, 0)
                         .cells("ranges", &[1, 2, 3])
                         .child(
                             Node::new("uart")
@@ -359,13 +355,11 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
         // Huge cell counts, ranges that end mid-entry, an address near the top.
         build(
             &Node::new("")
-                .cells("#address-cells", &[0xffff_ffff])
-                .cells("#size-cells", &[3])
+                .address_and_size_cells(0xffff_ffff, 3)
                 .child(memory(&[0xffff_ffff, 0xffff_f000, 0, 0x2000]))
                 .child(
                     Node::new("soc")
-                        .cells("#address-cells", &[2])
-                        .cells("#size-cells", &[2])
+                        .address_and_size_cells(2, 2)
                         .cells("ranges", &[0, 0, 0xffff_ffff, 0xffff_ff00, 0, 0x1000, 7])
                         .child(
                             Node::new("smmu")
@@ -379,8 +373,7 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
         // Deeper than the reader's limit.
         build(
             &Node::new("")
-                .cells("#address-cells", &[1])
-                .cells("#size-cells", &[1])
+                .address_and_size_cells(1, 1)
                 .child(memory(&[0, 0x1000_0000]))
                 .child(deep),
             &[],
@@ -389,28 +382,22 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
         // above the bus a device sits on.
         build(
             &Node::new("")
-                .cells("#address-cells", &[1])
-                .cells("#size-cells", &[1])
+                .address_and_size_cells(1, 1)
                 .child(memory(&[0, 0x1000_0000]))
                 .child(
                     Node::new("outer")
-                        .cells("#address-cells", &[0])
-                        .cells("#size-cells", &[0])
+                        .address_and_size_cells(0, 0)
                         .flag("ranges")
                         .child(
                             Node::new("bus")
-                                .cells("#address-cells", &[0])
-                                .cells("#size-cells", &[0])
+                                .address_and_size_cells(0, 0)
                                 .cells("ranges", &[5])
                                 .child(
-                                    Node::new("sub")
-                                        .cells("#address-cells", &[1])
-                                        .cells("#size-cells", &[1])
-                                        .child(
-                                            Node::new("uart")
-                                                .strings("compatible", &["arm,pl011"])
-                                                .cells("reg", &[0x10, 0x20]),
-                                        ),
+                                    Node::new("sub").address_and_size_cells(1, 1).child(
+                                        Node::new("uart")
+                                            .strings("compatible", &["arm,pl011"])
+                                            .cells("reg", &[0x10, 0x20]),
+                                    ),
                                 ),
                         ),
                 ),
@@ -419,13 +406,11 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
         // A bus translating a device past the top of the address space.
         build(
             &Node::new("")
-                .cells("#address-cells", &[2])
-                .cells("#size-cells", &[2])
+                .address_and_size_cells(2, 2)
                 .child(memory(&[0, 0, 0, 0x1000_0000]))
                 .child(
                     Node::new("soc")
-                        .cells("#address-cells", &[1])
-                        .cells("#size-cells", &[1])
+                        .address_and_size_cells(1, 1)
                         .cells("ranges", &[0, 0xffff_ffff, 0xffff_ff00, 0x1000])
                         .child(
                             Node::new("smmu")
@@ -445,14 +430,12 @@ pub fn odd_trees() -> Vec<Vec<u8>> {
         // PCIe with broken ranges and a short iommu-map.
         build(
             &Node::new("")
-                .cells("#address-cells", &[2])
-                .cells("#size-cells", &[2])
+                .address_and_size_cells(2, 2)
                 .child(memory(&[0, 0, 0, 0x1000]))
                 .child(
                     Node::new("pcie")
                         .strings("compatible", &["pci-host-ecam-generic"])
-                        .cells("#address-cells", &[3])
-                        .cells("#size-cells", &[0])
+                        .address_and_size_cells(3, 0)
                         .cells("reg", &[0, 0x1000, 0, 0x1000])
                         .cells("bus-range", &[7])
                         .cells("ranges", &[0x0300_0000, 0, 0, 0])
