@@ -167,13 +167,11 @@ pub(crate) struct Knobs {
     pub no_reservation: bool,
 }
 
-/// A table while an operation walks it: a real one, or one that the commit will create.
+/// A table while an operation walks it: a real one, or the one a block split will create.
 #[derive(Clone, Copy, Debug)]
 enum Node {
     /// A table in memory.
     Table(PhysAddr),
-    /// A table `map` will allocate: every entry invalid.
-    Empty,
     /// A table a block split will create: entry `i` maps `base + i * entry_size` with the
     /// attributes of `block`.
     Split { block: Descriptor, base: u64 },
@@ -224,6 +222,9 @@ pub struct PageTable<M: PhysMemory, F: FrameAllocator> {
     destroyed: bool,
     #[cfg(test)]
     pub(crate) knobs: Knobs,
+    /// Entries visited by `map` and `modify` walks, dry runs included (tests bound the work).
+    #[cfg(test)]
+    pub(crate) entries_walked: core::sync::atomic::AtomicUsize,
 }
 
 impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
@@ -255,6 +256,8 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             destroyed: false,
             #[cfg(test)]
             knobs: Knobs::default(),
+            #[cfg(test)]
+            entries_walked: core::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -544,7 +547,6 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     ) -> Result<Descriptor, PageTableError> {
         match node {
             Node::Table(table) => self.load(table, index),
-            Node::Empty => Ok(Descriptor::INVALID),
             Node::Split { block, base } => {
                 Ok(block.leaf_like(level, PhysAddr(base + index as u64 * level.entry_size())))
             }
@@ -567,7 +569,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         match node {
             Node::Table(table) => self.store(table, index, desc),
             // Only dry runs walk virtual tables, and they never store.
-            Node::Empty | Node::Split { .. } => debug_assert!(false, "store into a virtual table"),
+            Node::Split { .. } => debug_assert!(false, "store into a virtual table"),
         }
     }
 
@@ -586,12 +588,18 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         if self.knobs.no_reservation {
             return Ok(());
         }
-        pass.reserve.reserve_exact(pass.tables_needed);
+        // The list grows with the frames actually obtained: a count of millions (a huge map
+        // into empty space) fails at the first missing frame, not by asking the heap for room
+        // for millions of addresses.
         for _ in 0..pass.tables_needed {
             let error = match self.frames.alloc_zeroed() {
                 Ok(frame) if self.mem.bytes(frame, PAGE_SIZE).is_some() => {
-                    pass.reserve.push(frame);
-                    continue;
+                    if pass.reserve.try_reserve(1).is_ok() {
+                        pass.reserve.push(frame);
+                        continue;
+                    }
+                    self.frames.free(frame);
+                    PageTableError::OutOfFrames
                 }
                 Ok(frame) => {
                     self.frames.free(frame);
@@ -624,6 +632,49 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         pass.change
     }
 
+    /// True if `map` puts one leaf at `level` for `[va, end)` (inside one entry) from `pa`:
+    /// the range is the whole entry, `pa` is aligned to it, and the level may hold a leaf
+    /// (pages always; blocks if the config allows them).
+    fn leaf_fits(&self, level: Level, va: u64, end: u64, pa: u64) -> bool {
+        let size = level.entry_size();
+        let whole = va & (size - 1) == 0 && end - va == size && pa & (size - 1) == 0;
+        whole
+            && (level == Level::L3
+                || (level.can_hold_leaf() && self.config.blocks == Blocks::Allowed))
+    }
+
+    /// The tables `map` creates below a new table at `level` that is to map `[start, end)`
+    /// (inside one entry of the level above) from `pa`. Computed, not walked: a request can
+    /// span far more entries than there are frames, and the dry run must fail in time
+    /// proportional to the levels, not to the pages asked for. The entries wholly inside the
+    /// range all have the same PA alignment, so the first stands for all of them; only the
+    /// partial first and last entries differ. At most three calls per level.
+    fn tables_below_new(&self, level: Level, start: u64, end: u64, pa: u64) -> usize {
+        let size = level.entry_size();
+        let tables_for_entry = |va: u64, entry_end: u64| -> usize {
+            let entry_pa = pa + (va - start);
+            match level.next() {
+                _ if self.leaf_fits(level, va, entry_end, entry_pa) => 0,
+                Some(next) => 1usize
+                    .saturating_add(self.tables_below_new(next, va, entry_end, entry_pa)),
+                // A page-aligned range always fills whole level-3 entries.
+                None => 0,
+            }
+        };
+        let first_end = end.min((start & !(size - 1)) + size);
+        let mut tables = tables_for_entry(start, first_end);
+        if first_end == end {
+            return tables;
+        }
+        let last_start = (end - 1) & !(size - 1);
+        let middle = usize::try_from((last_start - first_end) / size).unwrap_or(usize::MAX);
+        if middle > 0 {
+            let each = tables_for_entry(first_end, first_end + size);
+            tables = tables.saturating_add(each.saturating_mul(middle));
+        }
+        tables.saturating_add(tables_for_entry(last_start, end))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn map_level(
         &self,
@@ -638,6 +689,8 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         let size = level.entry_size();
         let mut va = start;
         while va < end {
+            #[cfg(test)]
+            self.entries_walked.fetch_add(1, Ordering::Relaxed);
             let index = level.index(va);
             let entry_start = va & !(size - 1);
             let chunk_end = end.min(entry_start + size);
@@ -645,12 +698,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             let desc = self.load_node(node, level, index)?;
             match desc.kind(level) {
                 DescriptorKind::Invalid => {
-                    let whole = va == entry_start
-                        && chunk_end == entry_start + size
-                        && pa & (size - 1) == 0;
-                    let leaf_allowed = level == Level::L3
-                        || (level.can_hold_leaf() && self.config.blocks == Blocks::Allowed);
-                    if whole && leaf_allowed {
+                    if self.leaf_fits(level, va, chunk_end, pa) {
                         if pass.commit {
                             let leaf =
                                 Descriptor::leaf(level, PhysAddr(pa), attrs, self.config.global);
@@ -672,8 +720,9 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
                             // Link the table only once it is complete.
                             self.store_node(node, index, Descriptor::table(table));
                         } else {
-                            pass.tables_needed += 1;
-                            self.map_level(Node::Empty, next, va, chunk_end, pa, attrs, pass)?;
+                            let below = self.tables_below_new(next, va, chunk_end, pa);
+                            pass.tables_needed =
+                                pass.tables_needed.saturating_add(1).saturating_add(below);
                         }
                     }
                 }
@@ -743,6 +792,8 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         let size = level.entry_size();
         let mut va = start;
         while va < end {
+            #[cfg(test)]
+            self.entries_walked.fetch_add(1, Ordering::Relaxed);
             let index = level.index(va);
             let entry_start = va & !(size - 1);
             let entry_end = entry_start + size;

@@ -358,6 +358,65 @@ fn map_out_of_frames_rolls_back() {
 }
 
 #[test]
+fn map_counts_its_tables_exactly_across_misaligned_blocks() {
+    // A PA one page off every block boundary forces pages everywhere. Below the L1 table: the
+    // partial GiB [G1 + M2 - K4, 2 G1) takes an L2 table and 512 L3 tables, the whole GiB
+    // [2 G1, 3 G1) another L2 table and 512 L3 tables, the partial [3 G1, 3 G1 + M2 - K4) an
+    // L2 and one L3 table: 1 + 3 + 1025 = 1029.
+    let mem = TestMemory::new(1100);
+    let mut table = new_table(&mem, Config::USER);
+    let before = snapshot(&table, &mem);
+    let (start, len) = (G1 + M2 - K4, (2 * G1) as usize);
+    mem.set_alloc_budget(Some(1028));
+    assert_eq!(
+        table.map(va(start), pa(8 * G1 + K4), len, RW).map(|_| ()),
+        Err(PageTableError::OutOfFrames)
+    );
+    assert_eq!(snapshot(&table, &mem), before);
+    mem.set_alloc_budget(Some(1029));
+    let c = table.map(va(start), pa(8 * G1 + K4), len, RW).unwrap();
+    table.complete(c, &mut Checker::new(&mem, table.root()));
+    assert_eq!(table.stats().unwrap().tables, 1 + 1029);
+    assert_eq!(leaf_at(&table, start + len as u64 - K4), Some((pa(10 * G1), Level::L3)));
+}
+
+#[test]
+fn map_larger_than_memory_fails_without_visiting_every_page() {
+    // 128 TiB from a PA that allows only pages: 2^35 pages, 2^26 tables. The dry run counts
+    // the tables below each root entry without walking them, so the call fails at once.
+    let mem = TestMemory::new(64);
+    let mut table = new_table(&mem, Config::USER);
+    let before = snapshot(&table, &mem);
+    let len = (1u64 << 47) - K4;
+    assert_eq!(
+        table.map(va(K4), pa(K4), len as usize, RW).map(|_| ()),
+        Err(PageTableError::OutOfFrames)
+    );
+    assert_eq!(snapshot(&table, &mem), before);
+    let walked = table.entries_walked.load(core::sync::atomic::Ordering::Relaxed);
+    assert!(walked <= 512, "the dry run visited {walked} entries");
+
+    // Edits of a huge, mostly empty range cost the entries of the tables that exist, not the
+    // pages of the range.
+    let c = table.map(va(G1), pa(G1 + K4), (2 * K4) as usize, RW).unwrap();
+    table.complete(c, &mut Checker::new(&mem, table.root()));
+    table.entries_walked.store(0, core::sync::atomic::Ordering::Relaxed);
+    let mut checker = Checker::new(&mem, table.root());
+    let c = table
+        .protect(va(K4), len as usize, RO, Holes::Skip, &mut checker)
+        .unwrap();
+    checker.complete(&table, c);
+    let c = table
+        .unmap(va(K4), len as usize, Holes::Skip, &mut checker)
+        .unwrap();
+    checker.complete(&table, c);
+    assert_eq!(snapshot(&table, &mem), before);
+    let walked = table.entries_walked.load(core::sync::atomic::Ordering::Relaxed);
+    // Two edits, each a dry run and a commit, over at most the four live tables.
+    assert!(walked <= 2 * 2 * 4 * 512, "two edits visited {walked} entries");
+}
+
+#[test]
 fn walk_clips_leaves_to_the_range() {
     let mem = TestMemory::new(16);
     let mut table = new_table(&mem, Config::USER);
