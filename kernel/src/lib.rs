@@ -27,6 +27,10 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
+// Host builds used as a library (the fuzz targets, benches, the harness) are `no_std` too, but
+// need thread-locals: on the host a thread stands for a CPU.
+#[cfg(all(not(target_os = "none"), not(test), not(loom)))]
+extern crate std;
 
 pub mod board;
 pub mod fault;

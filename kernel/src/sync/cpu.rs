@@ -54,7 +54,7 @@ pub fn current_cpu() -> usize {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(not(target_os = "none"), not(loom)))]
 fn host_thread_index() -> usize {
     use core::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -64,7 +64,8 @@ fn host_thread_index() -> usize {
     INDEX.with(|i| *i)
 }
 
-#[cfg(all(not(test), not(loom)))]
+/// Before the hooks are installed only the boot CPU runs.
+#[cfg(all(target_os = "none", not(loom)))]
 fn host_thread_index() -> usize {
     0
 }

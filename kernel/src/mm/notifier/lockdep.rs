@@ -10,7 +10,7 @@
 #[cfg(all(debug_assertions, not(loom)))]
 mod imp {
     /// Per-CPU callback depth in the kernel (CPU indices beyond the table go unchecked).
-    #[cfg(not(test))]
+    #[cfg(target_os = "none")]
     mod depth {
         use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -52,8 +52,9 @@ mod imp {
         );
     }
 
-    /// Per-thread callback depth on the host, where threads stand for CPUs.
-    #[cfg(test)]
+    /// Per-thread callback depth on the host, where threads stand for CPUs (in unit tests and
+    /// in every crate that uses this one: the fuzz targets run inputs on parallel threads).
+    #[cfg(not(target_os = "none"))]
     mod depth {
         use core::cell::Cell;
 
