@@ -319,6 +319,13 @@ impl<P: MmPlatform> Drop for MmUser<P> {
     }
 }
 
+/// Why `AddressSpace::fill` stopped, and how far it got: every unmapped page of its range
+/// below `filled_to` was mapped (the caller undoes them, or keeps them).
+struct FillStopped {
+    error: MmError,
+    filled_to: u64,
+}
+
 /// The CPU and secondary TLB maintenance of one address space: the single place both happen.
 struct Flush<'a, P: MmPlatform> {
     aspace: &'a AddressSpace<P>,
@@ -507,23 +514,31 @@ impl<P: MmPlatform> AddressSpace<P> {
             backing,
         };
         self.inner.lock().regions.insert(start, region);
-        if let Err(e) = self.fill(&region, start, start + len as u64) {
-            // Undo through the full unmap path: the pages mapped so far were visible.
-            self.unmap_locked(start, start + len as u64, NotifyEvent::Unmap, true, &_mmap)
-                .expect("unmapping what this call just mapped cannot fail");
+        if let Err(stop) = self.fill(&region, start, start + len as u64) {
+            // Undo through the full unmap path: the pages mapped so far were visible. Nothing
+            // past them was, so nothing past them is announced (a huge physical range refused
+            // for want of table frames would otherwise cost an ASID-wide SMMU invalidation).
+            if stop.filled_to > start {
+                self.unmap_locked(start, stop.filled_to, NotifyEvent::Unmap, true, &_mmap)
+                    .expect("unmapping what this call just mapped cannot fail");
+            }
             self.inner.lock().regions.remove(&start);
-            return Err(e);
+            return Err(stop.error);
         }
         Ok(VirtAddr(start))
     }
 
     /// Maps every unmapped page of `[start, end)` inside `region`: anonymous regions get a fresh
     /// zeroed frame per page, physical ones their range (in runs, so blocks can be used).
-    fn fill(&self, region: &Region, start: u64, end: u64) -> Result<(), MmError> {
+    fn fill(&self, region: &Region, start: u64, end: u64) -> Result<(), FillStopped> {
+        let stopped = |error, filled_to| FillStopped { error, filled_to };
         let attrs = region.attributes();
         let frames = self.platform.frames();
         let mut inner = self.inner.lock();
-        let table = inner.table.as_mut().ok_or(MmError::Exited)?;
+        let table = inner
+            .table
+            .as_mut()
+            .ok_or_else(|| stopped(MmError::Exited, start))?;
         let mut flush = Flush {
             aspace: self,
             secondary: true,
@@ -536,7 +551,8 @@ impl<P: MmPlatform> AddressSpace<P> {
                 holes.push((next, m.va.start().0));
             }
             next = m.va.end().0;
-        })?;
+        })
+        .map_err(|e| stopped(e.into(), start))?;
         if next < end {
             holes.push((next, end));
         }
@@ -546,7 +562,9 @@ impl<P: MmPlatform> AddressSpace<P> {
                 let (pa, len) = match region.phys_of(va) {
                     Some(pa) => (pa, hole_end - va),
                     None => (
-                        frames.alloc_zeroed().map_err(|_| MmError::OutOfMemory)?,
+                        frames
+                            .alloc_zeroed()
+                            .map_err(|_| stopped(MmError::OutOfMemory, va))?,
                         PAGE,
                     ),
                 };
@@ -556,7 +574,7 @@ impl<P: MmPlatform> AddressSpace<P> {
                         if region.backing == Backing::Anonymous {
                             frames.free(pa);
                         }
-                        return Err(e.into());
+                        return Err(stopped(e.into(), va));
                     }
                 }
                 self.stats
@@ -575,7 +593,8 @@ impl<P: MmPlatform> AddressSpace<P> {
         self.ensure_live()?;
         let pieces = self.covering(start, end)?;
         for r in pieces {
-            self.fill(&r, r.start.0.max(start), r.end.0.min(end))?;
+            self.fill(&r, r.start.0.max(start), r.end.0.min(end))
+                .map_err(|stop| stop.error)?;
         }
         Ok(())
     }

@@ -149,6 +149,17 @@ fn ro() -> Permissions {
 
 const A: u64 = 0x4000_0000;
 
+/// Maps `pages` zeroed, read-write anonymous pages at `va`.
+fn map_anon(user: &AddressSpace<Host>, va: u64, pages: usize) {
+    user.mmap(
+        Placement::Fixed(VirtAddr(va)),
+        pages * PAGE_SIZE,
+        rw(),
+        Backing::Anonymous,
+    )
+    .unwrap();
+}
+
 #[test]
 fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
     let h = host(256);
@@ -194,13 +205,7 @@ fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
 fn bad_input_is_refused_and_changes_nothing() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        2 * PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 2);
     let rec = Arc::new(RangeRecorder::default());
     let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
     let regions = user.regions();
@@ -296,19 +301,37 @@ fn a_physical_range_beyond_the_output_size_is_refused_up_front() {
     assert_eq!(map(top, PAGE_SIZE), Ok(VirtAddr(A)));
 }
 
+/// Found by the `aspace` fuzz target: a physical mapping far larger than memory made the
+/// page-table dry run visit every page (2^34 of them here) before it ran out of frames.
+#[test]
+fn a_physical_mapping_larger_than_memory_fails_at_once_and_changes_nothing() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let rec = Arc::new(RangeRecorder::default());
+    let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
+    let frames = h.mem.live_frames();
+    // One page off every block boundary: only pages can map it.
+    let r = user.mmap(
+        Placement::Fixed(VirtAddr(A)),
+        1 << 46,
+        rw(),
+        Backing::Physical(PhysAddr(PAGE), MemoryType::Normal),
+    );
+    assert_eq!(r, Err(MmError::OutOfMemory));
+    assert!(user.regions().is_empty());
+    assert!(user.translate(VirtAddr(A)).is_none());
+    assert_eq!(h.mem.live_frames(), frames);
+    assert!(rec.log.lock().unwrap().is_empty());
+    map_anon(&user, A, 1);
+}
+
 /// Found by the `aspace` fuzz target: moving pages between EL0 and EL1 ownership reached the
 /// engine's refusal only after the invalidation had been announced.
 #[test]
 fn mprotect_refuses_an_owner_change_before_notifying() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        2 * PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 2);
     user.mmap(
         Placement::Fixed(VirtAddr(A + 2 * PAGE)),
         PAGE_SIZE,
@@ -346,13 +369,7 @@ fn every_weakening_reaches_the_notifier_with_its_exact_range_and_event() {
     let tlbs = Arc::new(TlbRecorder::default());
     let _r = MmuNotifier::register(user.mm(), ranges.clone()).unwrap();
     let _t = MmuNotifier::register(user.mm(), tlbs.clone()).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        8 * PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 8);
     assert!(
         ranges.log.lock().unwrap().is_empty(),
         "mapping needs no invalidation"
@@ -409,13 +426,7 @@ fn every_weakening_reaches_the_notifier_with_its_exact_range_and_event() {
 fn the_cpu_tlb_is_invalidated_only_for_the_asid_and_range_once_it_ran() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        4 * PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 4);
     h.tlb.lock().unwrap().ops.clear();
     user.munmap(VirtAddr(A), PAGE_SIZE).unwrap();
     let tlbis = |h: &Host| {
@@ -505,6 +516,8 @@ fn splitting_a_block_announces_the_whole_block_and_invalidates_it() {
 fn running_out_of_frames_midway_rolls_everything_back() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
+    let ranges = Arc::new(RangeRecorder::default());
+    let _r = MmuNotifier::register(user.mm(), ranges.clone()).unwrap();
     let frames = h.mem.live_frames();
     h.mem.set_alloc_budget(Some(10));
     let r = user.mmap(
@@ -519,14 +532,17 @@ fn running_out_of_frames_midway_rolls_everything_back() {
     assert!(user.translate(VirtAddr(A)).is_none());
     assert_eq!(h.mem.live_frames(), frames, "frames leaked by the rollback");
     assert_eq!(h.mem.bad_frees(), 0);
+    // Ten allocations: three tables and seven pages. Only what was mapped is announced.
+    let mapped = A + 7 * PAGE;
+    assert_eq!(
+        *ranges.log.lock().unwrap(),
+        vec![
+            Seen::Start(NotifyEvent::Unmap, A, mapped, true),
+            Seen::End(NotifyEvent::Unmap, A, mapped)
+        ]
+    );
     // And the address space still works.
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        32 * PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 32);
 }
 
 #[test]
@@ -538,13 +554,7 @@ fn a_refused_nonblocking_unmap_changes_nothing() {
         ..Default::default()
     });
     let _s = MmuNotifier::register(user.mm(), refuser).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 1);
     let before = user.translate(VirtAddr(A));
     assert_eq!(
         user.munmap_nonblocking(VirtAddr(A), PAGE_SIZE),
@@ -559,13 +569,7 @@ fn a_refused_nonblocking_unmap_changes_nothing() {
 fn ageing_combines_the_cpu_and_secondary_access_flags() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        2 * PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 2);
     assert_eq!(
         user.test_young(VirtAddr(A)),
         Ok(true),
@@ -605,13 +609,7 @@ fn the_last_user_releases_subscribers_before_the_tables_go() {
     }
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 1);
     let w = Arc::new(Witness {
         aspace: Mutex::new(Some(Arc::clone(&user))),
         mapped_at_release: Mutex::new(None),
@@ -687,13 +685,7 @@ fn skipping_the_secondary_invalidation_is_caught() {
     let tlbs = Arc::new(TlbRecorder::default());
     let _t = MmuNotifier::register(user.mm(), tlbs.clone()).unwrap();
     user.skip_secondary.store(true, Ordering::Relaxed);
-    user.mmap(
-        Placement::Fixed(VirtAddr(A)),
-        PAGE_SIZE,
-        rw(),
-        Backing::Anonymous,
-    )
-    .unwrap();
+    map_anon(&user, A, 1);
     user.munmap(VirtAddr(A), PAGE_SIZE).unwrap();
     // The check the other tests make now fails: the device side was never told.
     assert!(!tlbs
