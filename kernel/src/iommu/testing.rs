@@ -7,7 +7,6 @@
 //! descriptors (Arm ARM D8.3, 4 KiB granule, 4 levels, 48-bit VA) with the bit positions spelt
 //! out below, and the model reads them with its own walker.
 
-use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -15,6 +14,7 @@ use core::sync::atomic::AtomicU64;
 
 use crate::iommu::backend::{Clock, ContiguousFrameAllocator};
 use crate::iommu::physmem;
+use crate::mm::heap_ram::HeapRam;
 use crate::mm::phys::{FrameAllocator, OutOfFrames, PhysMemory};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::sync::atomic::Ordering;
@@ -26,8 +26,7 @@ const FRAME: u64 = PAGE_SIZE as u64;
 /// It is both the [`PhysMemory`] and the frame allocator (single frames and naturally aligned
 /// runs). Frames are zeroed when allocated.
 pub struct PhysArena {
-    base: u64,
-    words: Box<[AtomicU64]>,
+    ram: HeapRam,
     used: spin::Mutex<Vec<bool>>,
 }
 
@@ -55,23 +54,18 @@ impl PhysArena {
         if !base.is_page_aligned() {
             return Err(ArenaError::MisalignedBase(base));
         }
-        let bytes = (frames as u64).checked_mul(FRAME);
-        if frames == 0 || bytes.and_then(|b| base.as_u64().checked_add(b)).is_none() {
-            return Err(ArenaError::BadSize(frames));
-        }
-        let words = (0..frames * PAGE_SIZE / 8)
-            .map(|_| AtomicU64::new(0))
-            .collect();
+        let ram = HeapRam::new(base, frames, 0)
+            .filter(|_| frames > 0)
+            .ok_or(ArenaError::BadSize(frames))?;
         Ok(Self {
-            base: base.as_u64(),
-            words,
+            ram,
             used: spin::Mutex::new(vec![false; frames]),
         })
     }
 
     /// First physical address of the arena.
     pub fn base(&self) -> PhysAddr {
-        PhysAddr(self.base)
+        self.ram.base()
     }
 
     /// Number of frames currently allocated.
@@ -93,37 +87,15 @@ impl PhysArena {
     pub fn fill_frame(&self, frame: PhysAddr, byte: u8) -> Result<(), physmem::Unreachable> {
         physmem::fill(self, frame, PAGE_SIZE, byte)
     }
-
-    fn frame_index(&self, pa: PhysAddr) -> Option<usize> {
-        let off = pa.as_u64().checked_sub(self.base)?;
-        let idx = (off / FRAME) as usize;
-        (pa.is_page_aligned() && idx < self.words.len() * 8 / PAGE_SIZE).then_some(idx)
-    }
-
-    fn zero(&self, first: usize, count: usize) {
-        let per = PAGE_SIZE / 8;
-        for w in &self.words[first * per..(first + count) * per] {
-            w.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 impl PhysMemory for PhysArena {
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
-        if !pa.is_aligned(8) {
-            return None;
-        }
-        let off = pa.as_u64().checked_sub(self.base)?;
-        self.words.get(usize::try_from(off / 8).ok()?)
+        self.ram.word(pa)
     }
 
     fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8> {
-        let off = usize::try_from(pa.as_u64().checked_sub(self.base)?).ok()?;
-        if off.checked_add(len)? > self.words.len() * 8 {
-            return None;
-        }
-        // A pointer derived from the whole slice (interior mutability: the words are atomics).
-        Some((self.words.as_ptr() as *mut u8).wrapping_add(off))
+        self.ram.bytes(pa, len)
     }
 }
 
@@ -145,16 +117,16 @@ impl ContiguousFrameAllocator for PhysArena {
         let align = count as u64 * FRAME;
         let mut idx = 0;
         while idx + count <= used.len() {
-            let pa = self.base + idx as u64 * FRAME;
-            if pa % align != 0 {
+            let pa = self.ram.frame(idx);
+            if pa.as_u64() % align != 0 {
                 idx += 1;
                 continue;
             }
             if used[idx..idx + count].iter().all(|u| !u) {
                 used[idx..idx + count].iter_mut().for_each(|u| *u = true);
                 drop(used);
-                self.zero(idx, count);
-                return Ok(PhysAddr(pa));
+                self.ram.fill_frames(idx, count, 0);
+                return Ok(pa);
             }
             idx += 1;
         }
@@ -162,7 +134,7 @@ impl ContiguousFrameAllocator for PhysArena {
     }
 
     fn free_contiguous(&self, base: PhysAddr, order: u32) {
-        let Some(first) = self.frame_index(base) else {
+        let Some(first) = self.ram.frame_index(base) else {
             return;
         };
         let mut used = self.used.lock();

@@ -5,6 +5,7 @@ pub mod addr;
 pub mod asid;
 pub mod aspace;
 pub mod frame;
+pub mod heap_ram;
 pub mod layout;
 pub mod notifier;
 pub mod pgtable;

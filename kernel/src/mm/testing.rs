@@ -7,27 +7,28 @@
 //! - poisons freed frames, so a table walked after it was freed shows up as garbage;
 //! - can be told to fail after a number of allocations, to test rollback on out-of-memory.
 //!
+//! Its words are a [`HeapRam`], which the other arenas (the SMMU tests' `PhysArena`, the
+//! fuzz targets' arena) use too: they differ in their allocators, not in how RAM is played.
+//!
 //! Only built for hosted targets (tests, benches, the harness); the kernel has real RAM.
 
-use alloc::boxed::Box;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::addr::{PhysAddr, PAGE_SIZE};
+use super::addr::PhysAddr;
 use super::frame::{zero_frame, FrameBitmap};
+use super::heap_ram::HeapRam;
 use super::phys::{FrameAllocator, OutOfFrames, PhysMemory};
 
 /// The pattern freed frames are filled with. As a descriptor it is valid and points far
 /// outside the arena, so walking a freed table fails loudly.
 pub const POISON: u64 = 0xdead_beef_dead_beef;
 
-const WORDS_PER_FRAME: usize = PAGE_SIZE / 8;
 const UNLIMITED: usize = usize::MAX;
 
 /// Heap-backed physical memory with a leak-tracking frame allocator.
 pub struct TestMemory {
-    base: PhysAddr,
-    words: Box<[AtomicU64]>,
+    ram: HeapRam,
     frames: FrameBitmap,
     /// Allocations still allowed before `alloc_zeroed` fails (`UNLIMITED` = no limit).
     budget: AtomicUsize,
@@ -47,18 +48,12 @@ impl TestMemory {
 
     /// An arena of `frames` frames at `base` (page aligned).
     pub fn with_base(base: PhysAddr, frames: usize) -> Self {
-        assert!(
-            base.is_page_aligned(),
-            "test arena base must be page aligned"
-        );
-        let words = (0..frames * WORDS_PER_FRAME)
-            .map(|_| AtomicU64::new(POISON))
-            .collect();
-        let end = PhysAddr(base.as_u64() + (frames * PAGE_SIZE) as u64);
-        let frames = FrameBitmap::new(&[base..end], &[]).expect("one range cannot overlap");
+        let ram = HeapRam::new(base, frames, POISON)
+            .expect("test arena: page-aligned base, at least one frame");
+        let frames =
+            FrameBitmap::new(&[ram.base()..ram.end()], &[]).expect("one range cannot overlap");
         TestMemory {
-            base,
-            words,
+            ram,
             frames,
             budget: AtomicUsize::new(UNLIMITED),
             allocations: AtomicUsize::new(0),
@@ -68,12 +63,12 @@ impl TestMemory {
 
     /// First physical address of the arena.
     pub fn base(&self) -> PhysAddr {
-        self.base
+        self.ram.base()
     }
 
     /// The arena's physical range.
     pub fn range(&self) -> Range<PhysAddr> {
-        self.base..PhysAddr(self.base.as_u64() + (self.words.len() * 8) as u64)
+        self.ram.base()..self.ram.end()
     }
 
     /// Frames currently allocated.
@@ -107,14 +102,6 @@ impl TestMemory {
             .store(budget.unwrap_or(UNLIMITED), Ordering::Relaxed);
     }
 
-    /// The word index of `pa`, if it is inside the arena.
-    #[inline]
-    fn index(&self, pa: PhysAddr) -> Option<usize> {
-        let offset = pa.as_u64().checked_sub(self.base.as_u64())?;
-        let index = usize::try_from(offset / 8).ok()?;
-        (index < self.words.len()).then_some(index)
-    }
-
     /// Takes one unit of allocation budget, or fails if none is left.
     fn take_budget(&self) -> Result<(), OutOfFrames> {
         self.budget
@@ -131,20 +118,11 @@ impl TestMemory {
 impl PhysMemory for TestMemory {
     #[inline]
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
-        if !pa.is_aligned(8) {
-            return None;
-        }
-        self.index(pa).map(|i| &self.words[i])
+        self.ram.word(pa)
     }
 
     fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8> {
-        let first = self.index(pa.align_down(8))?;
-        let last = pa.checked_add(len.checked_sub(1)? as u64)?;
-        self.index(last.align_down(8))?;
-        // `AtomicU64` is an `UnsafeCell`, so writing through a pointer derived from a shared
-        // reference to it is allowed; the arithmetic stays inside the array.
-        let word = self.words[first].as_ptr().cast::<u8>();
-        Some(word.wrapping_add(pa.page_offset() as usize % 8))
+        self.ram.bytes(pa, len)
     }
 }
 
@@ -160,12 +138,11 @@ impl FrameAllocator for TestMemory {
     fn free(&self, frame: PhysAddr) {
         match self.frames.try_free(frame) {
             Ok(()) => {
-                let first = self
-                    .index(frame)
+                let index = self
+                    .ram
+                    .frame_index(frame)
                     .expect("a managed frame is inside the arena");
-                for word in &self.words[first..first + WORDS_PER_FRAME] {
-                    word.store(POISON, Ordering::Relaxed);
-                }
+                self.ram.fill_frames(index, 1, POISON);
             }
             Err(_) => {
                 self.bad_frees.fetch_add(1, Ordering::Relaxed);
@@ -192,7 +169,10 @@ mod tests {
         assert!(mem.word(PhysAddr(base.as_u64() - 8)).is_none());
         assert!(mem.bytes(base, 8192).is_some());
         assert!(mem.bytes(base, 8193).is_none());
-        assert!(mem.bytes(base, 0).is_none());
+        assert!(mem.bytes(PhysAddr(base.as_u64() + 8191), 1).is_some());
+        assert!(mem.bytes(PhysAddr(base.as_u64() + 8191), 2).is_none());
+        assert!(mem.bytes(PhysAddr(base.as_u64() - 1), 2).is_none());
+        assert!(mem.bytes(base, 0).is_some(), "nothing out of reach");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! anonymous frames and the SMMU driver's stream table, queues and context descriptors, so that
 //! the SMMU model walks exactly the tables the page-table engine wrote.
 //!
-//! It is [`TestMemory`](shootdown::mm::testing::TestMemory) with what a fuzzer needs on top:
+//! Its RAM is a [`HeapRam`], as [`TestMemory`](shootdown::mm::testing::TestMemory)'s is; what
+//! a fuzzer needs on top:
 //!
 //! - naturally aligned runs of frames ([`ContiguousFrameAllocator`], for the SMMU driver);
 //! - [`FuzzMemory::reset`], because the SMMU driver and the address space's platform need
@@ -18,19 +19,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use shootdown::iommu::backend::ContiguousFrameAllocator;
+use shootdown::mm::heap_ram::HeapRam;
 use shootdown::mm::phys::{FrameAllocator, OutOfFrames, PhysMemory};
+pub use shootdown::mm::testing::POISON;
 use shootdown::mm::{PhysAddr, PAGE_SIZE};
 
-/// What freed frames are filled with.
-pub const POISON: u64 = 0xdead_beef_dead_beef;
-
 const FRAME: u64 = PAGE_SIZE as u64;
-const WORDS_PER_FRAME: usize = PAGE_SIZE / 8;
 
 /// The arena.
 pub struct FuzzMemory {
-    base: u64,
-    words: Box<[AtomicU64]>,
+    ram: HeapRam,
     used: Mutex<Vec<bool>>,
     /// Single-frame allocations still allowed (`usize::MAX`: no limit).
     budget: AtomicUsize,
@@ -43,12 +41,8 @@ pub struct FuzzMemory {
 impl FuzzMemory {
     /// `frames` frames of poisoned memory at physical address `base` (page aligned).
     pub fn new(base: PhysAddr, frames: usize) -> Self {
-        assert!(base.is_page_aligned(), "arena base must be page aligned");
         FuzzMemory {
-            base: base.as_u64(),
-            words: (0..frames * WORDS_PER_FRAME)
-                .map(|_| AtomicU64::new(POISON))
-                .collect(),
+            ram: HeapRam::new(base, frames, POISON).expect("arena base must be page aligned"),
             used: Mutex::new(vec![false; frames]),
             budget: AtomicUsize::new(usize::MAX),
             refused: AtomicUsize::new(0),
@@ -63,7 +57,7 @@ impl FuzzMemory {
         let mut used = self.used.lock().unwrap();
         for (i, u) in used.iter_mut().enumerate() {
             if *u {
-                self.poison(i, 1);
+                self.ram.fill_frames(i, 1, POISON);
                 *u = false;
             }
         }
@@ -75,17 +69,17 @@ impl FuzzMemory {
 
     /// The arena's first physical address.
     pub fn base(&self) -> PhysAddr {
-        PhysAddr(self.base)
+        self.ram.base()
     }
 
     /// One past the arena's last physical address.
     pub fn end(&self) -> PhysAddr {
-        PhysAddr(self.base + self.frames() as u64 * FRAME)
+        self.ram.end()
     }
 
     /// Number of frames.
     pub fn frames(&self) -> usize {
-        self.words.len() / WORDS_PER_FRAME
+        self.ram.frames()
     }
 
     /// Frames allocated now.
@@ -95,7 +89,8 @@ impl FuzzMemory {
 
     /// True if `frame` is an allocated frame of the arena.
     pub fn is_allocated(&self, frame: PhysAddr) -> bool {
-        self.index(frame)
+        self.ram
+            .frame_index(frame)
             .is_some_and(|i| self.used.lock().unwrap()[i])
     }
 
@@ -120,20 +115,6 @@ impl FuzzMemory {
         self.word(PhysAddr(pa)).map(|w| w.load(Ordering::Acquire))
     }
 
-    /// The frame index of `pa` if it is a frame-aligned arena address.
-    fn index(&self, pa: PhysAddr) -> Option<usize> {
-        let off = pa.as_u64().checked_sub(self.base)?;
-        let i = usize::try_from(off / FRAME).ok()?;
-        (pa.is_page_aligned() && i < self.frames()).then_some(i)
-    }
-
-    fn poison(&self, first: usize, count: usize) {
-        let words = &self.words[first * WORDS_PER_FRAME..(first + count) * WORDS_PER_FRAME];
-        for w in words {
-            w.store(POISON, Ordering::Relaxed);
-        }
-    }
-
     fn take_budget(&self) -> bool {
         self.budget
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| match b {
@@ -147,21 +128,11 @@ impl FuzzMemory {
 
 impl PhysMemory for FuzzMemory {
     fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
-        if !pa.is_aligned(8) {
-            return None;
-        }
-        let off = pa.as_u64().checked_sub(self.base)?;
-        self.words.get(usize::try_from(off / 8).ok()?)
+        self.ram.word(pa)
     }
 
     fn bytes(&self, pa: PhysAddr, len: usize) -> Option<*mut u8> {
-        let off = usize::try_from(pa.as_u64().checked_sub(self.base)?).ok()?;
-        if len == 0 || off.checked_add(len)? > self.words.len() * 8 {
-            return None;
-        }
-        // The words are atomics (interior mutability), so a pointer derived from the slice may
-        // be written through; the offset stays inside it.
-        Some((self.words.as_ptr() as *mut u8).wrapping_add(off))
+        self.ram.bytes(pa, len)
     }
 }
 
@@ -191,7 +162,7 @@ impl ContiguousFrameAllocator for FuzzMemory {
         // then meets someone else's data). No free frame lies below `lowest_free`.
         let from = self.lowest_free.load(Ordering::Relaxed);
         let found = (from..used.len().saturating_sub(count - 1)).find(|&i| {
-            (self.base + i as u64 * FRAME) % align == 0 && used[i..i + count].iter().all(|u| !u)
+            self.ram.frame(i).as_u64() % align == 0 && used[i..i + count].iter().all(|u| !u)
         });
         let Some(first) = found else {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -207,17 +178,16 @@ impl ContiguousFrameAllocator for FuzzMemory {
             self.lowest_free.store(next, Ordering::Relaxed);
         }
         drop(used);
-        for w in &self.words[first * WORDS_PER_FRAME..(first + count) * WORDS_PER_FRAME] {
-            w.store(0, Ordering::Relaxed);
-        }
-        Ok(PhysAddr(self.base + first as u64 * FRAME))
+        self.ram.fill_frames(first, count, 0);
+        Ok(self.ram.frame(first))
     }
 
     fn free_contiguous(&self, base: PhysAddr, order: u32) {
         let count = 1usize.checked_shl(order).unwrap_or(usize::MAX);
         let mut used = self.used.lock().unwrap();
         let run = self
-            .index(base)
+            .ram
+            .frame_index(base)
             .filter(|&i| i.checked_add(count).is_some_and(|end| end <= used.len()));
         match run {
             Some(first) if used[first..first + count].iter().all(|u| *u) => {
@@ -226,7 +196,7 @@ impl ContiguousFrameAllocator for FuzzMemory {
                     .for_each(|u| *u = false);
                 self.lowest_free.fetch_min(first, Ordering::Relaxed);
                 drop(used);
-                self.poison(first, count);
+                self.ram.fill_frames(first, count, POISON);
             }
             _ => {
                 self.bad_frees.fetch_add(1, Ordering::Relaxed);
