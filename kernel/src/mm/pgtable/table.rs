@@ -655,8 +655,9 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             let entry_pa = pa + (va - start);
             match level.next() {
                 _ if self.leaf_fits(level, va, entry_end, entry_pa) => 0,
-                Some(next) => 1usize
-                    .saturating_add(self.tables_below_new(next, va, entry_end, entry_pa)),
+                Some(next) => {
+                    1usize.saturating_add(self.tables_below_new(next, va, entry_end, entry_pa))
+                }
                 // A page-aligned range always fills whole level-3 entries.
                 None => 0,
             }

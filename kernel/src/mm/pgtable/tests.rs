@@ -377,7 +377,10 @@ fn map_counts_its_tables_exactly_across_misaligned_blocks() {
     let c = table.map(va(start), pa(8 * G1 + K4), len, RW).unwrap();
     table.complete(c, &mut Checker::new(&mem, table.root()));
     assert_eq!(table.stats().unwrap().tables, 1 + 1029);
-    assert_eq!(leaf_at(&table, start + len as u64 - K4), Some((pa(10 * G1), Level::L3)));
+    assert_eq!(
+        leaf_at(&table, start + len as u64 - K4),
+        Some((pa(10 * G1), Level::L3))
+    );
 }
 
 #[test]
@@ -393,14 +396,20 @@ fn map_larger_than_memory_fails_without_visiting_every_page() {
         Err(PageTableError::OutOfFrames)
     );
     assert_eq!(snapshot(&table, &mem), before);
-    let walked = table.entries_walked.load(core::sync::atomic::Ordering::Relaxed);
+    let walked = table
+        .entries_walked
+        .load(core::sync::atomic::Ordering::Relaxed);
     assert!(walked <= 512, "the dry run visited {walked} entries");
 
     // Edits of a huge, mostly empty range cost the entries of the tables that exist, not the
     // pages of the range.
-    let c = table.map(va(G1), pa(G1 + K4), (2 * K4) as usize, RW).unwrap();
+    let c = table
+        .map(va(G1), pa(G1 + K4), (2 * K4) as usize, RW)
+        .unwrap();
     table.complete(c, &mut Checker::new(&mem, table.root()));
-    table.entries_walked.store(0, core::sync::atomic::Ordering::Relaxed);
+    table
+        .entries_walked
+        .store(0, core::sync::atomic::Ordering::Relaxed);
     let mut checker = Checker::new(&mem, table.root());
     let c = table
         .protect(va(K4), len as usize, RO, Holes::Skip, &mut checker)
@@ -411,9 +420,14 @@ fn map_larger_than_memory_fails_without_visiting_every_page() {
         .unwrap();
     checker.complete(&table, c);
     assert_eq!(snapshot(&table, &mem), before);
-    let walked = table.entries_walked.load(core::sync::atomic::Ordering::Relaxed);
+    let walked = table
+        .entries_walked
+        .load(core::sync::atomic::Ordering::Relaxed);
     // Two edits, each a dry run and a commit, over at most the four live tables.
-    assert!(walked <= 2 * 2 * 4 * 512, "two edits visited {walked} entries");
+    assert!(
+        walked <= 2 * 2 * 4 * 512,
+        "two edits visited {walked} entries"
+    );
 }
 
 #[test]
