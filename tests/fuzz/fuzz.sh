@@ -6,8 +6,10 @@
 #
 # Each target's working corpus is <out>/corpus/<target> (kept between runs unless --fresh,
 # never committed),
-# started from the committed seeds (tests/fuzz/corpus/<target>) and regressions; crashes land in
-# <out>/artifacts/<target>/. A crash is reproduced on stable with
+# started from the committed seeds (tests/fuzz/corpus/<target>) and regressions; crashes (and
+# timeouts, out-of-memory, leaks: every one counts as a crash) land in <out>/artifacts/<target>/,
+# and what libFuzzer said about each, its Base64 input included, is printed at once (a CI
+# machine keeps neither the log nor the artifact). A crash is reproduced on stable with
 #   cargo run -p shootdown-fuzz --bin fuzz-replay -- <target> <file>
 # and, once fixed, committed under tests/fuzz/regressions/<target>/.
 #
@@ -63,6 +65,20 @@ done
     echo "| target | seconds | executions | exec/s | corpus (inputs) | new this run | crashes |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
 } >"$figures.tmp"
+# What a failed run said, printed at once: on a CI machine the log and the artifacts are gone
+# afterwards, and libFuzzer's Base64 line is the input itself.
+report() {
+    local t=$1 log=$2
+    echo "fuzz: $t failed; from $log:" >&2
+    # The panic (and its message, on the next line), the sanitizer's verdict, the input.
+    awk '/panicked at/ { print; getline; print; next }
+         /^==[0-9]+== ?ERROR|^SUMMARY|^Base64:|^(Test unit|artifact_prefix).*written/' "$log" |
+        cut -c1-2000 | sed 's/^/    /' >&2
+    # The innermost frames of our own code.
+    grep -E '^ +#[0-9]+ 0x[0-9a-f]+ in .*shootdown' "$log" | head -12 | sed 's/^/    /' >&2 || true
+    echo "    (elsewhere: put the Base64 line through base64 -d into a file for fuzz-replay)" >&2
+}
+
 crashed=()
 for t in "${targets[@]}"; do
     corpus=$out/corpus/$t artifacts=$out/artifacts/$t
@@ -89,7 +105,10 @@ for t in "${targets[@]}"; do
         tail -20 "$log" >&2
         die "$t: libFuzzer exited with status $status without an artifact"
     fi
-    [ "$crashes" -eq 0 ] || crashed+=("$t")
+    if [ "$crashes" -ne 0 ]; then
+        crashed+=("$t")
+        report "$t" "$log"
+    fi
     printf '| `%s` | %s | %s | %s | %s | %s | %s |\n' "$t" "$seconds" "$execs" "$rate" \
         "$(find "$corpus" -type f | wc -l)" "$added" "$crashes" >>"$figures.tmp"
     echo "fuzz: $t: $execs executions, $crashes crashes" >&2
@@ -102,7 +121,10 @@ mv "$figures.tmp" "$figures"
 cat "$figures"
 if [ ${#crashed[@]} -gt 0 ]; then
     for t in "${crashed[@]}"; do
-        echo "fuzz: $t crashed; reproduce: cargo run -p shootdown-fuzz --bin fuzz-replay -- $t $out/artifacts/$t/<file>" >&2
+        # The name says what happened: crash-, timeout-, oom-, leak- or slow-unit-.
+        for f in "$out/artifacts/$t"/*; do
+            echo "fuzz: $t: $(basename "$f"); reproduce: cargo run -p shootdown-fuzz --bin fuzz-replay -- $t $f" >&2
+        done
     done
     exit 1
 fi
