@@ -51,9 +51,7 @@ impl HeapRam {
         if !frame.is_page_aligned() {
             return None;
         }
-        let index =
-            usize::try_from((frame.as_u64().checked_sub(self.base.as_u64())?) / PAGE_SIZE as u64)
-                .ok()?;
+        let index = self.offset(frame)? / PAGE_SIZE;
         (index < self.frames()).then_some(index)
     }
 

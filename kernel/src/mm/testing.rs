@@ -49,7 +49,7 @@ impl TestMemory {
     /// An arena of `frames` frames at `base` (page aligned).
     pub fn with_base(base: PhysAddr, frames: usize) -> Self {
         let ram = HeapRam::new(base, frames, POISON)
-            .expect("test arena: page-aligned base, at least one frame");
+            .expect("test arena base must be page aligned");
         let frames =
             FrameBitmap::new(&[ram.base()..ram.end()], &[]).expect("one range cannot overlap");
         TestMemory {

@@ -222,7 +222,8 @@ pub struct PageTable<M: PhysMemory, F: FrameAllocator> {
     destroyed: bool,
     #[cfg(test)]
     pub(crate) knobs: Knobs,
-    /// Entries visited by `map` and `modify` walks, dry runs included (tests bound the work).
+    /// Entries visited (or counted) by `map` and `modify`, dry runs included (tests bound the
+    /// work).
     #[cfg(test)]
     pub(crate) entries_walked: core::sync::atomic::AtomicUsize,
 }
@@ -652,6 +653,8 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     fn tables_below_new(&self, level: Level, start: u64, end: u64, pa: u64) -> usize {
         let size = level.entry_size();
         let tables_for_entry = |va: u64, entry_end: u64| -> usize {
+            #[cfg(test)]
+            self.entries_walked.fetch_add(1, Ordering::Relaxed);
             let entry_pa = pa + (va - start);
             match level.next() {
                 _ if self.leaf_fits(level, va, entry_end, entry_pa) => 0,
