@@ -14,7 +14,9 @@ use shootdown::iommu::event::{AccessKind, EventKind, EventRecord};
 use shootdown::iommu::model::checker::StaleKind;
 use shootdown::iommu::model::dma::{DmaEngine, DmaError};
 use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
-use shootdown::iommu::sva::{self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError};
+use shootdown::iommu::sva::{
+    self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
+};
 use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock, TestPageTables};
 use shootdown::mm::notifier::{self, InvalidArgument, MmCore, NotifierError};
 use shootdown::mm::phys::FrameAllocator;
@@ -26,7 +28,7 @@ const MAIR: u64 = 0xff;
 
 type ModelSmmu = Smmu<'static, &'static SmmuModel<'static>, &'static StepClock>;
 
-static SLOTS: [OnceLock<&'static Sva>; 16] = [const { OnceLock::new() }; 16];
+static SLOTS: [OnceLock<&'static Sva>; 32] = [const { OnceLock::new() }; 32];
 
 /// The SMMU of test world `N`.
 struct Domain<const N: usize>;
@@ -51,6 +53,14 @@ fn leak<T>(t: T) -> &'static T {
 /// A leaked world for domain `N`: 8 MiB of "RAM", the QEMU-like model, the driver with short
 /// timeouts (the step clock moves 1 µs per read, so a 2 ms timeout is 2000 polls).
 fn world<const N: usize>(model_cfg: ModelConfig) -> World {
+    world_through::<N>(model_cfg, |smmu| smmu)
+}
+
+/// As [`world`], with SVA reaching the driver through `wrap` (a test double around it).
+fn world_through<const N: usize>(
+    model_cfg: ModelConfig,
+    wrap: impl FnOnce(&'static ModelSmmu) -> &'static dyn SvaIommu,
+) -> World {
     let mem = leak(PhysArena::new(PhysAddr(0x4000_0000), 2048).unwrap());
     let model = leak(SmmuModel::new(mem, model_cfg).unwrap());
     let clock = leak(StepClock::new(1_000));
@@ -60,7 +70,7 @@ fn world<const N: usize>(model_cfg: ModelConfig) -> World {
         ..SmmuConfig::default()
     };
     let smmu: &'static ModelSmmu = leak(Smmu::new(model, clock, mem, mem, cfg).unwrap());
-    let sva = leak(Sva::new(smmu, "model"));
+    let sva = leak(Sva::new(wrap(smmu), "model"));
     assert!(SLOTS[N].set(sva).is_ok(), "domain {N} used twice");
     World {
         mem,
@@ -325,6 +335,7 @@ fn teardown_while_bound<const N: usize>(
     let w = world::<N>(ModelConfig::default());
     w.sva.set_debug_knobs(SvaDebugKnobs {
         skip_release_quiesce: skip_quiesce,
+        ..SvaDebugKnobs::default()
     });
     let s = w.space();
     let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0x66)[0];
@@ -616,4 +627,263 @@ fn concurrent_unmaps_through_the_notifier_leave_nothing_stale() {
 fn concurrent_unmaps_without_invalidation_are_caught() {
     let (post_unmap_hits, violations, written) = concurrent_unmaps::<11>(true);
     assert!(post_unmap_hits > 0 && violations > 0 && written > 0);
+}
+
+// ---- release races ------------------------------------------------------------------------
+//
+// Each race is replayed deterministically: a [`Gate`] between SVA and the driver holds one
+// thread at the entry of `quiesce` or `create_context` while the test drives the other side.
+// Where the fixed code makes the other side wait for the held one, the test gives it a bounded
+// chance to finish first (`finishes_alone`); only a broken protocol lets it.
+
+use shootdown::iommu::driver::{ContextId, ContextParams, InvalidationReport};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where a [`Gate`] holds the next caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldAt {
+    Quiesce,
+    CreateContext,
+}
+
+/// The driver, with one call held at its entry until the test opens the gate, and `quiesce`
+/// optionally answering an error of the test's choosing instead of running.
+struct Gate {
+    smmu: &'static ModelSmmu,
+    hold: Mutex<Option<HoldAt>>,
+    arrived: AtomicBool,
+    open: AtomicBool,
+    quiesce_error: Mutex<Option<SmmuError>>,
+}
+
+impl Gate {
+    fn new(smmu: &'static ModelSmmu, hold: Option<HoldAt>) -> &'static Self {
+        leak(Self {
+            smmu,
+            hold: Mutex::new(hold),
+            arrived: AtomicBool::new(false),
+            open: AtomicBool::new(false),
+            quiesce_error: Mutex::new(None),
+        })
+    }
+
+    /// Holds the first caller of `at` until [`Gate::open`].
+    fn pass(&self, at: HoldAt) {
+        let held = {
+            let mut hold = self.hold.lock().unwrap();
+            *hold == Some(at) && hold.take().is_some()
+        };
+        if held {
+            self.arrived.store(true, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+        }
+    }
+
+    fn wait_for_arrival(&self) {
+        while !self.arrived.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl SvaIommu for Gate {
+    fn create_context(&self, params: ContextParams) -> Result<ContextId, SmmuError> {
+        self.pass(HoldAt::CreateContext);
+        self.smmu.create_context(params)
+    }
+    fn destroy_context(&self, ctx: ContextId) -> Result<(), SmmuError> {
+        self.smmu.destroy_context(ctx)
+    }
+    fn context_asid(&self, ctx: ContextId) -> Result<u16, SmmuError> {
+        self.smmu.context_asid(ctx)
+    }
+    fn attach(&self, sid: u32, ctx: ContextId) -> Result<(), SmmuError> {
+        self.smmu.attach(sid, ctx)
+    }
+    fn detach(&self, sid: u32) -> Result<(), SmmuError> {
+        self.smmu.detach(sid)
+    }
+    fn invalidate_range(
+        &self,
+        ctx: ContextId,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<InvalidationReport, SmmuError> {
+        self.smmu.invalidate_range(ctx, start, end)
+    }
+    fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError> {
+        self.pass(HoldAt::Quiesce);
+        match *self.quiesce_error.lock().unwrap() {
+            Some(e) => Err(e),
+            None => self.smmu.quiesce(ctx),
+        }
+    }
+    fn abort_all_traffic(&self) -> Result<(), SmmuError> {
+        self.smmu.abort_all_traffic()
+    }
+}
+
+fn gated_world<const N: usize>(hold: Option<HoldAt>) -> (World, &'static Gate) {
+    let mut gate = None;
+    let w = world_through::<N>(ModelConfig::default(), |smmu| {
+        let g = Gate::new(smmu, hold);
+        gate = Some(g);
+        g
+    });
+    (w, gate.unwrap())
+}
+
+/// True if `thread` finishes within a bounded wait while the gate holds the other side. Only a
+/// protocol that lets the two overlap finishes; a correct one makes it wait, and the bound
+/// merely ends the chance.
+fn finishes_alone<T>(thread: &thread::ScopedJoinHandle<'_, T>) -> bool {
+    let give_up = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < give_up {
+        if thread.is_finished() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// Race 1: CPU B drops the last user and is inside release's quiesce; CPU A unmaps a page the
+/// device has cached and frees its frame. A's invalidation must reach the SMMU: the quiesce has
+/// not completed, so the IOTLB still holds the page.
+#[test]
+fn an_unmap_racing_release_still_invalidates_the_iotlb() {
+    let (w, gate) = gated_world::<12>(Some(HoldAt::Quiesce));
+    let s = w.space();
+    let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0x5a)[0];
+    let bond = sva::bind::<Domain<12>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let asid = bond.asid().unwrap();
+    let dev = w.device(1);
+    dev.read(VirtAddr(VA), &mut [0u8; 8]).unwrap();
+    let mut after_free = [0u8; 8];
+    let read = thread::scope(|scope| {
+        let release = scope.spawn(|| assert!(s.mm.mmput(), "the last user"));
+        gate.wait_for_arrival();
+        // CPU A: the OOM reaper's unmap, which holds no user reference.
+        w.model
+            .begin_unmap(asid, VirtAddr(VA), VirtAddr(VA + PAGE), 1);
+        s.tables.unmap(VirtAddr(VA)).unwrap();
+        s.flush(VA, 1);
+        w.model.end_unmap(1);
+        // The frame has a new owner now.
+        w.mem.fill_frame(frame, 0x99).unwrap();
+        let read = dev.read(VirtAddr(VA), &mut after_free);
+        gate.open();
+        release.join().unwrap();
+        read
+    });
+    assert!(
+        matches!(read, Err(DmaError::Fault { .. })),
+        "the device read the freed frame: {read:?} {after_free:x?}"
+    );
+    assert_eq!(after_free, [0; 8]);
+    assert!(w.model.stale_translations().is_empty());
+    assert_eq!(bond.state(), ContextState::Released);
+    assert_eq!(w.sva.stats().invalidations, 1);
+    bond.unbind().unwrap();
+}
+
+/// Race 2: the first bind is creating the context when the last user goes. Whichever wins,
+/// no context may translate once `mmput` has returned.
+#[test]
+fn a_bind_racing_release_never_leaves_a_translating_context() {
+    let (w, gate) = gated_world::<13>(Some(HoldAt::CreateContext));
+    let s = w.space();
+    w.map(&s, VA, 1, LeafAttrs::RW, 0x5a);
+    let (bound, release_overlapped) = thread::scope(|scope| {
+        let bind = scope.spawn(|| sva::bind::<Domain<13>>(1, &s.mm, s.tables.root(), MAIR));
+        gate.wait_for_arrival();
+        let release = scope.spawn(|| assert!(s.mm.mmput(), "the last user"));
+        let overlapped = finishes_alone(&release);
+        gate.open();
+        let bound = bind.join().unwrap();
+        release.join().unwrap();
+        (bound, overlapped)
+    });
+    let touch = w.device(1).touch(VirtAddr(VA), AccessKind::Read);
+    assert!(touch.is_err(), "the device still translates after mmput returned");
+    assert!(!release_overlapped, "release returned while a bind was creating the context");
+    match bound {
+        Ok(bond) => {
+            assert_eq!(bond.state(), ContextState::Released);
+            assert_eq!(w.sva.stats().releases, 1);
+            bond.unbind().unwrap();
+        }
+        Err(e) => assert!(
+            matches!(e, SvaError::ContextDead(_) | SvaError::Notifier(_)),
+            "{e}"
+        ),
+    }
+    assert!(!w.smmu.is_disabled());
+}
+
+/// Race 3: the last unbind destroys the context while release is about to quiesce it. That
+/// race is harmless and must stay so: no SMMU-wide abort.
+#[test]
+fn release_racing_the_last_unbind_never_disables_the_smmu() {
+    let (w, gate) = gated_world::<14>(Some(HoldAt::Quiesce));
+    let s = w.space();
+    w.map(&s, VA, 1, LeafAttrs::RW, 0x5a);
+    let bond = sva::bind::<Domain<14>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    w.device(1).read(VirtAddr(VA), &mut [0u8; 8]).unwrap();
+    // An unrelated device on another address space, which must keep working.
+    let other = w.space();
+    w.map(&other, VA, 1, LeafAttrs::RW, 0x77);
+    let other_bond = sva::bind::<Domain<14>>(2, &other.mm, other.tables.root(), MAIR).unwrap();
+    let (unbound, unbind_overlapped) = thread::scope(|scope| {
+        let release = scope.spawn(|| assert!(s.mm.mmput(), "the last user"));
+        gate.wait_for_arrival();
+        let unbind = scope.spawn(|| bond.unbind());
+        let overlapped = finishes_alone(&unbind);
+        gate.open();
+        release.join().unwrap();
+        (unbind.join().unwrap(), overlapped)
+    });
+    assert_eq!(unbound, Ok(()));
+    let stats = w.sva.stats();
+    assert_eq!((stats.aborts, stats.failures), (0, 0), "{stats:?}");
+    assert!(!w.smmu.is_disabled());
+    assert!(!unbind_overlapped, "unbind destroyed the context during release's quiesce");
+    let mut b = [0u8];
+    w.device(2).read(VirtAddr(VA), &mut b).unwrap();
+    assert_eq!(b, [0x77]);
+    other_bond.unbind().unwrap();
+}
+
+/// A context that is already gone, or an SMMU already aborting everything, leaves release
+/// nothing to do: neither is a failure, and neither may escalate to an SMMU-wide abort.
+fn release_when_quiesce_answers<const N: usize>(error: fn(ContextId) -> SmmuError) {
+    let (w, gate) = gated_world::<N>(None);
+    let s = w.space();
+    w.map(&s, VA, 1, LeafAttrs::RW, 0);
+    let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    *gate.quiesce_error.lock().unwrap() = Some(error(bond.context().unwrap()));
+    assert!(s.mm.mmput());
+    *gate.quiesce_error.lock().unwrap() = None;
+    let stats = w.sva.stats();
+    assert_eq!((stats.releases, stats.failures, stats.aborts), (1, 0, 0), "{stats:?}");
+    assert_eq!(bond.state(), ContextState::Released);
+    assert!(!w.smmu.is_disabled());
+    bond.unbind().unwrap();
+}
+
+#[test]
+fn release_takes_a_vanished_context_as_done() {
+    release_when_quiesce_answers::<16>(SmmuError::NoSuchContext);
+}
+
+#[test]
+fn release_takes_a_disabled_smmu_as_done() {
+    release_when_quiesce_answers::<17>(|_| SmmuError::Disabled);
 }

@@ -29,16 +29,42 @@
 //! cache a read-only entry and keep faulting writes (the 2023 permission-upgrade series) — goes
 //! through the same path.
 //!
+//! # The state machine, and when an invalidation may be skipped
+//!
+//! ```text
+//!   Unused --first bind--> Live --release: quiesce completed--> Released --last unbind--> Gone
+//!     |                     |  \--last unbind: context destroyed-----------------------> Gone
+//!     |                     \--an SMMU operation failed: quiesce or abort completed--> Broken
+//!     \--release (no context was ever made)--> Released
+//! ```
+//!
+//! Bind, unbind, release and failure recovery run one at a time under the subscription's
+//! `control` lock; only they change the state. Invalidations read it without that lock, and
+//! rely on one invariant:
+//!
+//! **An invalidation is skipped only in `Released`, `Broken` and `Gone`, and the state becomes
+//! one of them only after the SMMU can no longer hold a translation of the context**: the
+//! quiesce's `TLBI_NH_ASID` and `CMD_SYNC` completed with walks disabled (`Released`,
+//! `Broken`), the SMMU aborts all traffic (`Broken`), or every stream was detached and the
+//! ASID invalidated (`Gone`). While release is still quiescing, the state is `Live` and every
+//! unmap's invalidation reaches the SMMU: an unmap that does not pin the users count (the OOM
+//! reaper's) may free its frames the moment it returns. An SMMU that answers "no such context"
+//! or "disabled" during release or recovery has nothing left to invalidate: that counts as done.
+//!
+//! A bind links its subscription and then checks that the address space still has users
+//! ([`MmCore::still_has_users`]): either the last `mmput` walks the list after the link and
+//! releases this subscription too (after the bind, or before it, which then finds `Released`),
+//! or the bind sees no users and gives up. No context is made that no release will reach.
+//!
 //! # Failure
 //!
 //! The SMMU can stop answering (a CMD_SYNC times out, the command queue stays full). An unmap
 //! must still never return while a device can use the old translation, and must never hang. So
-//! the first failed SMMU operation of a context is reported once, the context is marked
-//! **broken**, and it is quiesced (below); if even that times out, the whole SMMU is switched
-//! to abort all traffic ([`Smmu::abort_all_traffic`], no command needed). Either way no cached
-//! translation of the context can be used any more, and later invalidations of a broken
-//! context are skipped. Other CPUs failing at the same time wait for that recovery (bounded by
-//! the driver's timeouts) before they return.
+//! the first failed SMMU operation of a context is reported once and the context is quiesced
+//! (below); if even that fails, the whole SMMU is switched to abort all traffic
+//! ([`Smmu::abort_all_traffic`], no command needed). Only then is the context marked
+//! **broken**, and later invalidations of it are skipped. Other CPUs failing at the same time
+//! wait for that recovery (bounded by the driver's timeouts) before they return.
 //!
 //! # Release
 //!
@@ -48,6 +74,14 @@
 //! but TTB0 walks are disabled (EPD0 = 1) and fault recording is off (R = 0), and the ASID is
 //! invalidated: the device's accesses fault quietly from then on, and no walk can reach the
 //! freed tables. The streams stay attached until their owners unbind.
+//!
+//! # Access flag
+//!
+//! The CD leaves hardware access-flag updates off (HA = 0, AFFD = 0: §5.4, "CD.HA"): a device
+//! access to a page whose access flag was cleared (`clear_flush_young`) takes an Access-flag
+//! fault (F_ACCESS, an event with the StreamID and address) and moves no data, until the CPU side
+//! sets the flag again. No data reaches an aged page unseen; host test
+//! `sva_bind::device_access_to_an_aged_page_faults_until_it_is_young_again`.
 //!
 //! # Unbind
 //!
@@ -67,6 +101,7 @@ use crate::mm::notifier::{
 };
 use crate::mm::{PhysAddr, VirtAddr};
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{SpinLock, SpinLockGuard};
 
 /// What SVA needs from an SMMU driver. [`Smmu`] implements it for every backend; SVA holds it
 /// as a trait object so that one [`Sva`] type serves the MMIO SMMU and the software model.
@@ -133,15 +168,17 @@ pub trait SvaDomain: Send + Sync + 'static {
     fn sva() -> Option<&'static Sva>;
 }
 
-/// Where a context is in its life.
+/// Where a context is in its life (see the module's state machine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ContextState {
+    /// No stream was bound yet: no context exists, nothing can be cached.
+    Unused,
     /// Translating; invalidations reach the SMMU.
     Live,
-    /// The address space was torn down: the context was quiesced by `release`.
+    /// The address space was torn down and the context quiesced by `release`.
     Released,
-    /// An SMMU operation failed: the context was quiesced, or the whole SMMU now aborts all
+    /// An SMMU operation failed; the context was quiesced, or the whole SMMU now aborts all
     /// traffic.
     Broken,
     /// The last stream was unbound and the context destroyed.
@@ -151,15 +188,21 @@ pub enum ContextState {
 impl ContextState {
     const fn from_raw(raw: u32) -> Self {
         match raw {
-            0 => Self::Live,
-            1 => Self::Released,
-            2 => Self::Broken,
+            0 => Self::Unused,
+            1 => Self::Live,
+            2 => Self::Released,
+            3 => Self::Broken,
             _ => Self::Gone,
         }
     }
 
     const fn raw(self) -> u32 {
         self as u32
+    }
+
+    /// True once the SMMU can hold no translation of the context: invalidations are skipped.
+    pub const fn is_quiet(self) -> bool {
+        matches!(self, Self::Released | Self::Broken | Self::Gone)
     }
 }
 
@@ -222,6 +265,9 @@ impl From<SmmuError> for SvaError {
 pub struct SvaDebugKnobs {
     /// `release` leaves the context translating (no quiesce).
     pub skip_release_quiesce: bool,
+    /// `release` marks the context released *before* its quiesce completes, so invalidations
+    /// racing the quiesce are skipped while the IOTLB still holds their pages (issue 20's race).
+    pub release_marks_before_quiesce: bool,
 }
 
 /// Counters of one SMMU's SVA layer (a snapshot).
@@ -285,6 +331,7 @@ pub struct Sva {
     name: &'static str,
     counters: Counters,
     skip_release_quiesce: AtomicBool,
+    release_marks_before_quiesce: AtomicBool,
 }
 
 impl Sva {
@@ -295,6 +342,7 @@ impl Sva {
             name,
             counters: Counters::new(),
             skip_release_quiesce: AtomicBool::new(false),
+            release_marks_before_quiesce: AtomicBool::new(false),
         }
     }
 
@@ -330,12 +378,17 @@ impl Sva {
     pub fn set_debug_knobs(&self, knobs: SvaDebugKnobs) {
         self.skip_release_quiesce
             .store(knobs.skip_release_quiesce, Ordering::Relaxed);
+        self.release_marks_before_quiesce
+            .store(knobs.release_marks_before_quiesce, Ordering::Relaxed);
     }
 
     /// The debug knobs in force.
     pub fn debug_knobs(&self) -> SvaDebugKnobs {
         SvaDebugKnobs {
             skip_release_quiesce: self.skip_release_quiesce.load(Ordering::Relaxed),
+            release_marks_before_quiesce: self
+                .release_marks_before_quiesce
+                .load(Ordering::Relaxed),
         }
     }
 }
@@ -347,16 +400,18 @@ struct Binding {
     sids: Vec<u32>,
 }
 
+/// Proof that the subscription's `control` lock is held.
+type Control<'a> = SpinLockGuard<'a, Binding>;
+
 /// The subscription of one address space on the SMMU named by `D`: owns the context.
 pub struct SvaNotifier<D: SvaDomain> {
     sva: &'static Sva,
-    /// The context and its ASID, once the first stream was bound. Never changes afterwards;
-    /// [`ContextState::Gone`] says when it no longer exists.
+    /// Serialises bind, unbind, release and failure recovery; the only writers of `state`.
+    control: SpinLock<Binding>,
+    /// The context and its ASID: set once, under `control`, before `state` becomes `Live`.
     ctx: spin::Once<(ContextId, u16)>,
-    binding: spin::Mutex<Binding>,
+    /// A [`ContextState`]; read without the lock by invalidations.
     state: AtomicU32,
-    /// Serialises failure recovery: whoever fails waits until the context is safe.
-    recovery: spin::Mutex<bool>,
     _domain: PhantomData<fn() -> D>,
 }
 
@@ -366,6 +421,12 @@ impl<D: SvaDomain> SvaNotifier<D> {
         ContextState::from_raw(self.state.load(Ordering::Acquire))
     }
 
+    /// Publishes a new state. Release ordering: whoever reads `Live` also sees `ctx`, and
+    /// whoever reads a quiet state saw it written after the quiesce that allows it returned.
+    fn set_state(&self, _control: &Control<'_>, state: ContextState) {
+        self.state.store(state.raw(), Ordering::Release);
+    }
+
     /// The context and its ASID, once a stream has been bound.
     pub fn context(&self) -> Option<(ContextId, u16)> {
         self.ctx.get().copied()
@@ -373,104 +434,134 @@ impl<D: SvaDomain> SvaNotifier<D> {
 
     /// The streams bound through this subscription.
     pub fn streams(&self) -> Vec<u32> {
-        self.binding.lock().sids.clone()
+        self.control.lock().sids.clone()
     }
 
     /// Adds stream `sid`, creating the context on first use. Runs under the mmap write lock.
     fn attach(&self, sid: u32, root: PhysAddr, mair: u64) -> Result<(), SvaError> {
-        let iommu = self.sva.iommu;
-        let mut b = self.binding.lock();
-        match self.state() {
-            ContextState::Live => {}
-            s => return Err(SvaError::ContextDead(s)),
-        }
-        let ctx = match self.ctx.get() {
-            Some(&(ctx, _)) => {
-                if b.root != root {
+        let mut control = self.control.lock();
+        let ctx = match self.state() {
+            ContextState::Unused => self.create(&mut control, root, mair)?,
+            ContextState::Live => {
+                if control.root != root {
                     return Err(SvaError::RootMismatch {
-                        bound: b.root,
+                        bound: control.root,
                         requested: root,
                     });
                 }
-                if b.mair != mair {
+                if control.mair != mair {
                     return Err(SvaError::MairMismatch {
-                        bound: b.mair,
+                        bound: control.mair,
                         requested: mair,
                     });
                 }
-                ctx
+                self.live_context()
             }
-            None => {
-                let ctx = iommu.create_context(ContextParams { root, mair })?;
-                let asid = match iommu.context_asid(ctx) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let _ = iommu.destroy_context(ctx);
-                        return Err(e.into());
-                    }
-                };
-                self.ctx.call_once(|| (ctx, asid));
-                b.root = root;
-                b.mair = mair;
-                bump(&self.sva.counters.contexts_created);
-                ctx
-            }
+            s => return Err(SvaError::ContextDead(s)),
         };
-        if let Err(e) = iommu.attach(sid, ctx) {
-            if b.sids.is_empty() {
+        if let Err(e) = self.sva.iommu.attach(sid, ctx) {
+            if control.sids.is_empty() {
                 // The context was made for this stream alone: nothing may outlive the failure.
-                self.destroy(ctx);
+                self.destroy(&control, ctx);
             }
             return Err(e.into());
         }
-        b.sids.push(sid);
+        control.sids.push(sid);
         bump(&self.sva.counters.binds);
         Ok(())
     }
 
+    /// Makes the context (CD and ASID) and publishes it: `Unused` becomes `Live`.
+    fn create(
+        &self,
+        control: &mut Control<'_>,
+        root: PhysAddr,
+        mair: u64,
+    ) -> Result<ContextId, SvaError> {
+        let iommu = self.sva.iommu;
+        let ctx = iommu.create_context(ContextParams { root, mair })?;
+        let asid = match iommu.context_asid(ctx) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = iommu.destroy_context(ctx);
+                return Err(e.into());
+            }
+        };
+        self.ctx.call_once(|| (ctx, asid));
+        control.root = root;
+        control.mair = mair;
+        bump(&self.sva.counters.contexts_created);
+        self.set_state(control, ContextState::Live);
+        Ok(ctx)
+    }
+
+    /// The context of a subscription past `Unused`.
+    fn live_context(&self) -> ContextId {
+        self.ctx
+            .get()
+            .expect("a context exists in every state after Unused")
+            .0
+    }
+
     /// Removes stream `sid`; the last one destroys the context. Runs under the mmap write lock.
     fn detach(&self, sid: u32) -> Result<(), SvaError> {
-        let mut b = self.binding.lock();
-        let (Some(&(ctx, _)), Some(pos)) = (self.ctx.get(), b.sids.iter().position(|s| *s == sid))
-        else {
+        let mut control = self.control.lock();
+        let (Some(&(ctx, _)), Some(pos)) = (
+            self.ctx.get(),
+            control.sids.iter().position(|s| *s == sid),
+        ) else {
             return Err(SvaError::NotBound(sid));
         };
-        b.sids.remove(pos);
+        control.sids.remove(pos);
         bump(&self.sva.counters.unbinds);
         if let Err(e) = self.sva.iommu.detach(sid) {
             // The STE may still point at our CD: keep the context (and its CD) and make it
             // harmless instead.
-            self.fail("detaching a stream", ctx, e);
+            self.recover(&control, "detaching a stream", ctx, e);
             return Err(e.into());
         }
-        if b.sids.is_empty() {
-            self.destroy(ctx);
+        if control.sids.is_empty() {
+            self.destroy(&control, ctx);
         }
         Ok(())
     }
 
-    /// Destroys a context no stream uses any more.
-    fn destroy(&self, ctx: ContextId) {
-        self.state
-            .store(ContextState::Gone.raw(), Ordering::Release);
+    /// Destroys a context no stream uses any more; `Gone` once the SMMU invalidated its ASID.
+    fn destroy(&self, control: &Control<'_>, ctx: ContextId) {
         match self.sva.iommu.destroy_context(ctx) {
-            Ok(()) => bump(&self.sva.counters.contexts_destroyed),
+            Ok(()) => {
+                bump(&self.sva.counters.contexts_destroyed);
+                self.set_state(control, ContextState::Gone);
+            }
             // An SMMU already switched off has nothing left to invalidate; the CD stays
             // allocated (the SMMU may still read it).
-            Err(SmmuError::Disabled) => {}
-            Err(e) => self.fail("destroying a context", ctx, e),
+            Err(SmmuError::Disabled | SmmuError::NoSuchContext(_)) => {
+                self.set_state(control, ContextState::Gone);
+            }
+            Err(e) => self.recover(control, "destroying a context", ctx, e),
         }
     }
 
-    /// Reports the first failure of this context, and makes sure no translation it may have
-    /// cached can be used any more before returning: quiesce the context, or, if the SMMU does
-    /// not even complete that, switch the SMMU to abort everything.
+    /// Called by an invalidation that failed: recovers under the lock, or waits for whoever is
+    /// recovering (or releasing) to finish.
     fn fail(&self, what: &str, ctx: ContextId, e: SmmuError) {
+        let control = self.control.lock();
+        self.recover(&control, what, ctx, e);
+    }
+
+    /// Reports a failure and makes sure no translation the context may have cached can be used
+    /// any more before returning: quiesce the context, or, if the SMMU does not even complete
+    /// that, switch the SMMU to abort everything. Only then is the context `Broken`.
+    fn recover(&self, control: &Control<'_>, what: &str, ctx: ContextId, e: SmmuError) {
         bump(&self.sva.counters.failures);
-        self.state
-            .store(ContextState::Broken.raw(), Ordering::Release);
-        let mut recovered = self.recovery.lock();
-        if *recovered {
+        if self.state().is_quiet() {
+            // Quiesced, aborted or destroyed already: nothing of the context is cached.
+            log::warn!(
+                "sva: {what} failed on {} (context {}, already {:?}): {e}",
+                self.sva.name,
+                ctx.index(),
+                self.state()
+            );
             return;
         }
         let asid = self.ctx.get().map_or(0, |c| c.1);
@@ -479,8 +570,9 @@ impl<D: SvaDomain> SvaNotifier<D> {
             self.sva.name,
             ctx.index()
         );
-        if let Err(e2) = self.sva.iommu.quiesce(ctx) {
-            if e2 != SmmuError::Disabled {
+        match self.sva.iommu.quiesce(ctx) {
+            Ok(()) | Err(SmmuError::Disabled | SmmuError::NoSuchContext(_)) => {}
+            Err(e2) => {
                 log::error!(
                     "sva: quiescing failed on {} too ({e2}): all its traffic now aborts",
                     self.sva.name
@@ -490,7 +582,7 @@ impl<D: SvaDomain> SvaNotifier<D> {
                 let _ = self.sva.iommu.abort_all_traffic();
             }
         }
-        *recovered = true;
+        self.set_state(control, ContextState::Broken);
     }
 }
 
@@ -501,14 +593,17 @@ impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
 
     /// Invalidates `[start, end)` in the context and waits for the SMMU to complete it.
     fn arch_invalidate_secondary_tlbs(&self, _mm: &MmCore, start: u64, end: u64) {
-        let Some(&(ctx, _)) = self.ctx.get() else {
-            return; // no stream was ever attached: nothing can be cached
-        };
-        if self.state() != ContextState::Live {
-            // Quiesced or destroyed: no walk happens and nothing of the ASID is cached.
-            bump(&self.sva.counters.invalidations_skipped);
-            return;
+        match self.state() {
+            ContextState::Live => {}
+            // No context was ever made: nothing can be cached.
+            ContextState::Unused => return,
+            // The invariant (module docs): nothing of the context can be cached any more.
+            ContextState::Released | ContextState::Broken | ContextState::Gone => {
+                bump(&self.sva.counters.invalidations_skipped);
+                return;
+            }
         }
+        let ctx = self.live_context();
         bump(&self.sva.counters.invalidations);
         match self
             .sva
@@ -516,37 +611,43 @@ impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
             .invalidate_range(ctx, VirtAddr(start), VirtAddr(end))
         {
             Ok(_) => {}
-            // Destroyed after the state check: its ASID was invalidated on the way out.
+            // Destroyed after the state check: its streams were detached and its ASID
+            // invalidated on the way out.
             Err(SmmuError::NoSuchContext(_)) => {}
             Err(e) => self.fail("an IOTLB invalidation", ctx, e),
         }
     }
 
-    /// The address space is going away: quiesce the context before its pages are freed.
+    /// The address space is going away: quiesce the context before its pages are freed. The
+    /// state stays `Live` until the quiesce completed (the module's invariant).
     fn release(&self, _mm: &MmCore) {
-        if self
-            .state
-            .compare_exchange(
-                ContextState::Live.raw(),
-                ContextState::Released.raw(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-        {
-            return; // already released, broken or gone (release may run twice)
+        let control = self.control.lock();
+        match self.state() {
+            ContextState::Live => {}
+            ContextState::Unused => {
+                bump(&self.sva.counters.releases);
+                self.set_state(&control, ContextState::Released);
+                return;
+            }
+            // Already released, broken or gone (release may run twice).
+            _ => return,
         }
         bump(&self.sva.counters.releases);
-        let Some(&(ctx, _)) = self.ctx.get() else {
-            return;
-        };
-        if self.sva.skip_release_quiesce.load(Ordering::Relaxed) {
+        let ctx = self.live_context();
+        let knobs = self.sva.debug_knobs();
+        if knobs.skip_release_quiesce {
+            self.set_state(&control, ContextState::Released);
             return;
         }
-        if let Err(e) = self.sva.iommu.quiesce(ctx) {
-            if e != SmmuError::Disabled {
-                self.fail("quiescing on release", ctx, e);
+        if knobs.release_marks_before_quiesce {
+            self.set_state(&control, ContextState::Released);
+            crate::sync::model_switch_point();
+        }
+        match self.sva.iommu.quiesce(ctx) {
+            Ok(()) | Err(SmmuError::Disabled | SmmuError::NoSuchContext(_)) => {
+                self.set_state(&control, ContextState::Released);
             }
+            Err(e) => self.recover(&control, "quiescing on release", ctx, e),
         }
     }
 
@@ -555,14 +656,13 @@ impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
         let sva = D::sva().ok_or(NotifierError::from(InvalidArgument::NoAllocNotifier))?;
         Ok(Arc::new(Self {
             sva,
-            ctx: spin::Once::new(),
-            binding: spin::Mutex::new(Binding {
+            control: SpinLock::new(Binding {
                 root: PhysAddr(0),
                 mair: 0,
                 sids: Vec::new(),
             }),
-            state: AtomicU32::new(ContextState::Live.raw()),
-            recovery: spin::Mutex::new(false),
+            ctx: spin::Once::new(),
+            state: AtomicU32::new(ContextState::Unused.raw()),
             _domain: PhantomData,
         }))
     }
@@ -598,6 +698,10 @@ pub fn bind<D: SvaDomain>(
     let lock = mm.mmap_write();
     let sub = MmuNotifier::get_locked::<SvaNotifier<D>>(&lock).map_err(SvaError::Notifier)?;
     let attached = match sub.ops_as::<SvaNotifier<D>>() {
+        // Linked now: a last `mmput` from here on releases it (module docs, state machine).
+        _ if !mm.still_has_users() => Err(SvaError::Notifier(
+            InvalidArgument::NoLiveUsers.into(),
+        )),
         Some(ops) if core::ptr::eq(ops.sva, sva) => ops.attach(sid, root, mair),
         _ => Err(SvaError::DomainMismatch),
     };

@@ -288,6 +288,7 @@ fn teardown_race(skip: bool) -> Result<Result<(), alloc::string::String>, TestEr
     let bond = sva::bind::<KernelDomain>(r.sid, r.mm(), root, MAIR_VALUE).map_err(fail)?;
     r.sva.set_debug_knobs(SvaDebugKnobs {
         skip_release_quiesce: skip,
+        ..SvaDebugKnobs::default()
     });
     let result = soak::teardown_race(&mut r, bond, smp::online_count());
     r.sva.set_debug_knobs(SvaDebugKnobs::default());

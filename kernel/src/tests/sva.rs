@@ -337,6 +337,7 @@ fn teardown_while_bound(skip: bool) -> Result<AfterTeardown, TestError> {
     kassert_eq!(tables.len(), 4);
     r.sva.set_debug_knobs(SvaDebugKnobs {
         skip_release_quiesce: skip,
+        ..SvaDebugKnobs::default()
     });
     r.teardown(); // the last user: release, then the page tables are freed
     r.sva.set_debug_knobs(SvaDebugKnobs::default());

@@ -7,7 +7,7 @@ use core::ptr;
 use super::alloc::try_box;
 use super::error::NotifierError;
 use super::subscriptions::Subscriptions;
-use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, Srcu};
 
 /// The grace-period domain shared by every address space (Linux uses one global SRCU for all
@@ -129,6 +129,15 @@ impl MmCore {
         }
         super::release(self);
         true
+    }
+
+    /// For a subscriber that was just linked: true if the address space still has users after
+    /// the link. Paired with the fence in the last `mmput`'s release: either that release walks
+    /// the list after the link (and so reaches the new subscriber), or this sees no users and
+    /// the caller must not rely on a `release` ever coming.
+    pub fn still_has_users(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.users.load(Ordering::Relaxed) != 0
     }
 
     /// The number of user references (`mm_users`).

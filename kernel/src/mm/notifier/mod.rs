@@ -278,6 +278,9 @@ fn leave_itree_open_on_list_refusal(_mm: &MmCore) -> bool {
 }
 
 fn release(mm: &MmCore) {
+    // Orders the users count's drop to zero before the list walk: pairs with
+    // `MmCore::still_has_users` after a link.
+    crate::sync::atomic::fence(crate::sync::atomic::Ordering::SeqCst);
     let Some(subs) = mm.subscriptions() else {
         return;
     };
