@@ -577,3 +577,118 @@ fn event_queue_write_aborts_are_reported_and_acknowledged() {
         assert_eq!(w.events().len(), 1);
     });
 }
+
+/// The model, except that the SMMU consumes a new CMDQ_PROD only after the driver's next read
+/// of CMDQ_CONS or GERROR has returned: an error raised between the two reads of one poll.
+struct LateConsumer<'a> {
+    model: &'a SmmuModel<'a>,
+    held_prod: std::sync::Mutex<Option<u32>>,
+}
+
+impl SmmuBackend for LateConsumer<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        let value = self.model.read32(offset);
+        if offset == offset::CMDQ_CONS || offset == offset::GERROR {
+            if let Some(prod) = self.held_prod.lock().unwrap().take() {
+                self.model.write32(offset::CMDQ_PROD, prod);
+            }
+        }
+        value
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        if offset == offset::CMDQ_PROD && self.model.read32(offset::CR0) & 1 << 3 != 0 {
+            *self.held_prod.lock().unwrap() = Some(value);
+        } else {
+            self.model.write32(offset, value);
+        }
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.model.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.model.write64(offset, value)
+    }
+}
+
+/// A command error raised while the driver polls is reported with the failing command's index
+/// and opcode: CMDQ_CONS is read after GERROR shows the error (§7.1), never before.
+#[test]
+fn a_command_error_is_reported_at_the_command_that_failed() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let late = LateConsumer {
+        model: &model,
+        held_prod: std::sync::Mutex::new(None),
+    };
+    run_world(&mem, &model, &late, smmu_config(), |w| {
+        w.map_pages(VA, 2, LeafAttrs::RW, 0x21);
+        w.smmu.set_strategy(Strategy::PerPage).unwrap();
+        // Two per-page TLBIs, then the CMD_SYNC, which the SMMU refuses.
+        w.model.set_knobs(Knobs {
+            fail_command: Some((Some(opcode::SYNC), CommandErrorCode::Illegal)),
+            ..Knobs::default()
+        });
+        w.tables.unmap(VirtAddr(VA)).unwrap();
+        w.tables.unmap(VirtAddr(VA + PAGE)).unwrap();
+        let entries = 1u32 << w.smmu.config().cmdq_log2;
+        let first = w.model.read32(offset::CMDQ_PROD) & (entries - 1);
+        let report = w
+            .smmu
+            .invalidate_range(w.ctx, VirtAddr(VA), VirtAddr(VA + 2 * PAGE))
+            .unwrap();
+        let failure = report.recovered.expect("the refused CMD_SYNC is reported");
+        assert_eq!(failure.command.map(|c| c.kind()), Ok(CommandKind::Sync));
+        assert_eq!(failure.code, CommandErrorCode::Illegal, "CMDQ_CONS.ERR as raised");
+        assert_eq!(failure.index, (first + 2) % entries, "TLBI, TLBI, then the CMD_SYNC");
+        assert!(w.model.stale_translations().is_empty());
+    });
+}
+
+/// The model, with SMMU_GBPA.UPDATE never clearing once `stuck` is set.
+struct StuckGbpa<'a> {
+    model: &'a SmmuModel<'a>,
+    stuck: std::sync::atomic::AtomicBool,
+}
+
+impl SmmuBackend for StuckGbpa<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        let v = self.model.read32(offset);
+        if offset == offset::GBPA && self.stuck.load(std::sync::atomic::Ordering::Relaxed) {
+            v | 1 << 31 // §6.3.14 GBPA.UPDATE
+        } else {
+            v
+        }
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.model.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.model.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.model.write64(offset, value)
+    }
+}
+
+/// The last resort still turns translation off when GBPA never acknowledges: SMMUEN = 0 is
+/// written anyway, and the GBPA timeout is what is reported.
+#[test]
+fn abort_all_traffic_clears_smmuen_even_if_gbpa_never_acknowledges() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let stuck = StuckGbpa {
+        model: &model,
+        stuck: false.into(),
+    };
+    let clock = StepClock::new(1_000);
+    let smmu = Smmu::new(&stuck, &clock, &mem, &mem, smmu_config()).unwrap();
+    assert_ne!(model.read32(offset::CR0) & 1, 0, "enabled");
+    stuck.stuck.store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = smmu.abort_all_traffic().unwrap_err();
+    assert!(
+        matches!(err, SmmuError::AckTimeout { register: "SMMU_GBPA", .. }),
+        "{err}"
+    );
+    assert_eq!(model.read32(offset::CR0) & 1, 0, "SMMUEN cleared all the same");
+    assert!(smmu.is_disabled());
+}

@@ -80,7 +80,7 @@ pub fn with_injecting_world<R>(
 }
 
 /// The driver on `backend` with one context attached to [`SID`], and `f` run in that world.
-fn run_world<'a, B: SmmuBackend, R>(
+pub fn run_world<'a, B: SmmuBackend, R>(
     mem: &'a PhysArena,
     model: &'a SmmuModel<'a>,
     backend: B,

@@ -557,8 +557,17 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         self.write_cr0(cr0.get())
     }
 
-    /// Turns translation and both queues off, with GBPA aborting all traffic meanwhile.
+    /// Turns translation and both queues off, with GBPA aborting all traffic meanwhile. CR0 is
+    /// written even if GBPA never acknowledges: SMMUEN = 0 is the last resort's point, and an
+    /// SMMU that ignores GBPA may still obey CR0. The first error is reported.
     fn disable(&self) -> Result<(), SmmuError> {
+        let gbpa = self.set_gbpa_abort();
+        let cr0 = self.write_cr0(0);
+        gbpa.and(cr0)
+    }
+
+    /// Sets SMMU_GBPA.ABORT (§6.3.14) and waits for UPDATE to clear.
+    fn set_gbpa_abort(&self) -> Result<(), SmmuError> {
         let mut gbpa = LocalRegisterCopy::<u32, GBPA::Register>::new(0);
         gbpa.modify(GBPA::ABORT::SET + GBPA::UPDATE::SET);
         self.regs.write32(offset::GBPA, gbpa.get());
@@ -566,7 +575,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         loop {
             let seen = self.regs.read32(offset::GBPA);
             if !LocalRegisterCopy::<u32, GBPA::Register>::new(seen).is_set(GBPA::UPDATE) {
-                break;
+                return Ok(());
             }
             if self.clock.now_ns() >= deadline {
                 return Err(SmmuError::AckTimeout {
@@ -577,7 +586,6 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             }
             crate::sync::spin_loop();
         }
-        self.write_cr0(0)
     }
 
     fn write_cr0(&self, value: u32) -> Result<(), SmmuError> {
@@ -816,15 +824,16 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     /// Reads CMDQ_CONS; if the SMMU stopped on an error, records and repairs it (§7.1) and
-    /// lets the queue run on.
+    /// lets the queue run on. GERROR is read first: a CONS read before it could predate an
+    /// error raised in between, and name the wrong command and error code.
     fn poll_cons(
         &self,
         q: &mut CommandQueue,
         failure: &mut Option<CommandFailure>,
     ) -> Result<QueuePtr, SmmuError> {
-        let raw = self.regs.read32(offset::CMDQ_CONS);
         let gerror = self.regs.read32(offset::GERROR);
         let gerrorn = self.regs.read32(offset::GERRORN);
+        let raw = self.regs.read32(offset::CMDQ_CONS);
         let active = LocalRegisterCopy::<u32, GERROR::Register>::new(gerror ^ gerrorn);
         if !active.is_set(GERROR::CMDQ_ERR) {
             return Ok(q.geo.ptr(raw));
