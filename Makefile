@@ -105,11 +105,11 @@ lint:
 	$(HCLIPPY) --workspace --all-targets -- -D warnings
 	@$(MAKE) --no-print-directory image chainloader
 
-# The concurrency core under loom's model checker: the notifier's models and the ASID
+# The concurrency core under loom's model checker: the notifier's, the SVA release protocol's and the ASID
 # allocator's (own target dir: --cfg loom rebuilds everything).
 test-loom:
 	LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	    $(HCARGO) test -q -p shootdown --test loom_notifier --test loom_asid
+	    $(HCARGO) test -q -p shootdown --test loom_notifier --test loom_asid --test loom_sva
 
 test-boards: image $(HARNESS) qemu $(PI_DTB)
 	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \

@@ -136,6 +136,13 @@ impl ContextId {
     pub const fn index(self) -> u32 {
         self.0
     }
+
+    /// A context numbered `index`, for test doubles of the driver (an
+    /// [`SvaIommu`](crate::iommu::sva::SvaIommu) that models the SMMU); the driver numbers its
+    /// own contexts.
+    pub const fn from_index(index: u32) -> Self {
+        Self(index)
+    }
 }
 
 /// What an address space looks like to the SMMU.
