@@ -40,17 +40,20 @@ pub enum Fault {
     EventqOverflow,
     /// A DMA races the teardown of its address space.
     TeardownRace,
+    /// The last user of a bound address space goes while other CPUs unmap, bind and unbind.
+    ReleaseRace,
 }
 
 impl Fault {
     /// Every kind, in report order.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Alloc,
         Fault::NotifierRefuse,
         Fault::SyncTimeout,
         Fault::CmdqError,
         Fault::EventqOverflow,
         Fault::TeardownRace,
+        Fault::ReleaseRace,
     ];
 
     /// The name used in `fault=`.
@@ -62,6 +65,7 @@ impl Fault {
             Fault::CmdqError => "cmdq",
             Fault::EventqOverflow => "evtq",
             Fault::TeardownRace => "teardown",
+            Fault::ReleaseRace => "release",
         }
     }
 

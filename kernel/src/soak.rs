@@ -25,7 +25,8 @@
 //!
 //! With `fault=`, each round rolls the fault dice once and, on a hit, injects one fault in
 //! that round and checks its documented outcome (see [`crate::fault`]); the teardown race is
-//! the soak's own teardown. The summary counts faults injected and survived.
+//! the soak's own teardown, and the release race a second address space torn down after it.
+//! The summary counts faults injected and survived.
 //!
 //! The run exits non-zero on any stale access, wrong data, unexpected fault, lost interval
 //! invalidation, operation error or fault not survived. `smmu.skip_invalidate=1` makes it
@@ -45,7 +46,7 @@ use crate::iommu::kernel::{self as kiommu, KernelDomain};
 use crate::iommu::model::Knobs;
 use crate::iommu::regs::CommandErrorCode;
 use crate::iommu::rig::{self, faults, Device, Outcome, Rig, RigError, PAGE, RO, RW};
-use crate::iommu::sva::{self, Bond, ContextState};
+use crate::iommu::sva::{self, Bond, ContextState, SvaError};
 use crate::kernel::{bootargs, frames, ExitCode};
 use crate::ktest::TestCtx;
 use crate::mm::aspace::{Backing, MmError, MmUser, Placement, USER_END};
@@ -421,7 +422,11 @@ pub fn soak(params: SoakParams) -> Result<SoakReport, RigError> {
         let mut churn = TestCtx::new(params.seed ^ cpu as u64, "soak", "churn");
         for round in 0..params.rounds {
             let mut ctx = TestCtx::new(params.seed ^ ((cpu as u64) << 32) ^ round, "soak", "round");
-            let fault = dice.roll(FaultSet::all().without(Fault::TeardownRace));
+            let fault = dice.roll(
+                FaultSet::all()
+                    .without(Fault::TeardownRace)
+                    .without(Fault::ReleaseRace),
+            );
             if let Err(e) = s.round(cpu, &mut ctx, &mut churn, fault) {
                 s.error(format!("CPU {cpu} round {round}: {e}"));
             }
@@ -471,9 +476,18 @@ pub fn soak(params: SoakParams) -> Result<SoakReport, RigError> {
         }
     }
     ended?;
-    let (i, sv) = counters.get(Fault::TeardownRace);
-    if i > 0 {
-        report.injected.push((Fault::TeardownRace, i, sv));
+    if params.faults.kinds.contains(Fault::ReleaseRace) {
+        let survived = release_race(cpus, params.verbose)?;
+        if let Err(why) = &survived {
+            report.errors.push(format!("release race: {why}"));
+        }
+        counters.record(Fault::ReleaseRace, survived.is_ok());
+    }
+    for end in [Fault::TeardownRace, Fault::ReleaseRace] {
+        let (i, sv) = counters.get(end);
+        if i > 0 {
+            report.injected.push((end, i, sv));
+        }
     }
     if let Some(m) = rig.model {
         report.model_stale += m.take_stale_translations().len() as u64;
@@ -1345,3 +1359,115 @@ fn model_teardown_race(
 
 /// Where the transfer racing the teardown goes (every round's page is unmapped by then).
 const TEARDOWN_VA: u64 = WINDOW + WINDOW_SIZE - 2 * SLOT;
+
+/// Where the release race maps its pages: one per CPU, clear of the rig's own pages.
+const RELEASE_VA: u64 = WINDOW;
+
+/// `release`: a fresh address space bound to the device, one page per CPU cached in the IOTLB.
+/// CPU 0 drops the last user (release quiesces the context, then the tables go) while the
+/// other CPUs unmap their page without holding a user reference (the OOM reaper's
+/// `munmap_nonblocking`) and, when the unmap returned, have the device write there; CPU 1 also
+/// binds and unbinds a second stream of the same address space. No write may land in an
+/// unmapped page's frame, the model's checker must see no stale use, and no SMMU-wide abort or
+/// SVA failure may follow from the race (issue 20).
+fn release_race(cpus: usize, verbose: bool) -> Result<Result<(), String>, RigError> {
+    if cpus < 2 {
+        return Ok(Err(String::from("needs two CPUs")));
+    }
+    let mut rig = Rig::kernel()?;
+    rig.bind()?;
+    let before = rig.sva.stats();
+    let frames: Vec<PhysAddr> = rig.map(RELEASE_VA, cpus as u64, RW, 0)?;
+    rig.load_buffer(&[0xee; 16])?; // every store below writes this
+    for cpu in 1..cpus {
+        rig.dev.fetch(RELEASE_VA + cpu as u64 * PAGE, 16)?; // now cached
+    }
+    if let Some(m) = rig.model {
+        let _ = m.take_stale_translations();
+    }
+    let aspace = Arc::clone(&**rig.space());
+    let space = spin::Mutex::new(rig.take_space());
+    let (ready, torn) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let (unmapped, binds, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let errors = spin::Mutex::new(Vec::<String>::new());
+    let device = spin::Mutex::new(());
+    let (rig_ref, second_sid) = (&rig, rig.sid + 1);
+    smp::on_each_cpu(&|cpu| {
+        if cpu >= cpus {
+            return;
+        }
+        ready.fetch_add(1, Ordering::SeqCst);
+        while ready.load(Ordering::SeqCst) < cpus {
+            core::hint::spin_loop();
+        }
+        if cpu == 0 {
+            drop(space.lock().take()); // the last user: release, then the tables are freed
+            torn.store(true, Ordering::SeqCst);
+            return;
+        }
+        let va = RELEASE_VA + cpu as u64 * PAGE;
+        if aspace.munmap_nonblocking(VirtAddr(va), PAGE as usize).is_ok() {
+            unmapped.fetch_add(1, Ordering::Relaxed);
+            let _turn = device.lock();
+            if let Err(e) = rig_ref.dev.store(va, 16) {
+                errors.lock().push(format!("store after the unmap: {e}"));
+            }
+        }
+        while cpu == 1 && !torn.load(Ordering::SeqCst) {
+            let root = aspace.root().unwrap_or(PhysAddr(0));
+            match sva::bind::<KernelDomain>(second_sid, rig_ref.mm(), root, MAIR_VALUE) {
+                Ok(bond) => {
+                    binds.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = bond.unbind() {
+                        errors.lock().push(format!("unbinding the second stream: {e}"));
+                    }
+                }
+                // After release, or after the last user went: the documented refusals.
+                Err(SvaError::ContextDead(_) | SvaError::Notifier(_)) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => errors.lock().push(format!("binding the second stream: {e}")),
+            }
+        }
+    });
+    let mut errors = errors.into_inner();
+    for (cpu, frame) in frames.iter().enumerate().skip(1) {
+        if rig::read(*frame, 16)?.contains(&0xee) {
+            errors.push(format!("CPU {cpu}'s page: the device wrote its freed frame"));
+        }
+    }
+    let stale = rig.stale_translation_count();
+    if stale != 0 {
+        errors.push(format!("{stale} stale translations"));
+    }
+    let state = rig.bond().map(|b| b.state());
+    if state != Some(ContextState::Released) {
+        errors.push(format!("context {state:?} after the race, not Released"));
+    }
+    let after = rig.sva.stats();
+    if after.aborts != before.aborts || after.failures != before.failures || rig.smmu.is_disabled()
+    {
+        errors.push(format!(
+            "an SVA failure or SMMU-wide abort: {} failures, {} aborts",
+            after.failures - before.failures,
+            after.aborts - before.aborts
+        ));
+    }
+    if let Err(e) = rig.unbind() {
+        errors.push(format!("unbind after the race: {e}"));
+    }
+    let _ = rig.drain_events();
+    if verbose {
+        println!(
+            "    # fault release: {} of {} pages unmapped during the race, second stream bound {} times, refused {} times",
+            unmapped.load(Ordering::Relaxed),
+            cpus - 1,
+            binds.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed)
+        );
+    }
+    Ok(match errors.first() {
+        None => Ok(()),
+        Some(_) => Err(errors.join("; ")),
+    })
+}
