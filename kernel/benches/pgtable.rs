@@ -10,11 +10,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shootdown::mm::asid::{Asid, AsidBits};
+use shootdown::mm::fake::TestMemory;
 use shootdown::mm::pgtable::{
     Attributes, Blocks, Config, CpuTlb, Holes, PageTable, Permissions, TlbFeatures, TlbMaintenance,
     TlbPlan, TlbPolicy, TlbScope,
 };
-use shootdown::mm::testing::TestMemory;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 
 /// Walks each plan as the kernel's executor would, without executing anything.

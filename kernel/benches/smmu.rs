@@ -18,13 +18,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
-use shootdown::iommu::command::CommandKind;
+use shootdown::iommu::driver::planner::Strategy;
 use shootdown::iommu::driver::SmmuConfig;
-use shootdown::iommu::event::AccessKind;
+use shootdown::iommu::fake::LeafAttrs;
 use shootdown::iommu::model::iotlb::{IotlbConfig, Replacement};
 use shootdown::iommu::model::ModelConfig;
-use shootdown::iommu::planner::Strategy;
-use shootdown::iommu::testing::LeafAttrs;
+use shootdown::iommu::spec::command::CommandKind;
+use shootdown::iommu::spec::event::AccessKind;
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{VirtAddr, PAGE_SIZE};
 use support::*;

@@ -4,12 +4,47 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+use crate::arch::aarch64::mmu;
+use crate::board::{BoardInfo, BoardKind};
 use crate::drivers::pl011::Pl011;
 
 /// Virtual address of the console UART (0 = no console yet).
 static UART_VA: AtomicU64 = AtomicU64::new(0);
 /// Serialises whole `print!` calls so lines from different CPUs don't interleave.
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Moves the console from the fallback UART to the PL011 the device tree names (and, on the
+/// Pi, routes its pins and clock first). Needs `ioremap`; stays on the fallback on any failure.
+pub fn init(info: &BoardInfo) {
+    let Some(uart) = info.uart else {
+        log::warn!("no PL011 in the device tree: staying on the fallback UART");
+        return;
+    };
+    let va = match mmu::ioremap(uart.base, uart.size.max(0x1000)) {
+        Ok(va) => va,
+        Err(e) => {
+            log::warn!("cannot map the UART at {:#x}: {e:?}", uart.base);
+            return;
+        }
+    };
+    if info.kind == BoardKind::RaspberryPi4 {
+        // Real Pi firmware leaves GPIO 14/15 to the mini UART unless told otherwise, and the
+        // PL011 reference clock is `init_uart_clock` (48 MHz in our config.txt).
+        if let Some(gpio) = info
+            .gpio
+            .and_then(|g| mmu::ioremap(g.base, g.size.max(0x1000)).ok())
+        {
+            flush();
+            // SAFETY: `gpio` maps the BCM2711 GPIO block.
+            unsafe { crate::drivers::bcm2711_gpio::route_uart0_to_gpio14_15(gpio) };
+            // SAFETY: `va` maps the PL011 the device tree names.
+            unsafe { Pl011::new(va) }.init(48_000_000, 115_200);
+        }
+    }
+    flush();
+    // SAFETY: `va` maps the PL011 for the rest of the kernel's life.
+    unsafe { set_uart(va) };
+}
 
 /// Directs console output to the PL011 mapped at `va`.
 ///

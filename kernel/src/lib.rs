@@ -5,23 +5,29 @@
 //! protection change or teardown reaches the IOMMU (through the notifier core's
 //! `arch_invalidate_secondary_tlbs`) before the operation returns.
 //!
-//! The crate is split so that its folders say what the kernel is made of:
+//! The crate is split so that its folders say what the kernel is made of. Layers, bottom to
+//! top; a module imports only from layers below it (`kernel/tests/architecture.rs` checks):
 //!
 //! | module | what it is | where it runs |
 //! |---|---|---|
-//! | [`sync`] | spin locks, the grace-period mechanism (SRCU role), loom facade | host + kernel |
-//! | [`mm`] | addresses, frames, page tables, address spaces, the notifier core | host + kernel |
-//! | [`iommu`] | SMMUv3 command/table encodings, the SMMU model, the driver, SVA binding | host + kernel |
-//! | [`board`] | what differs between QEMU `virt` and the Raspberry Pi 4, read from the device tree | host + kernel |
-//! | [`ktest`] | in-kernel tests and their KTAP v1 output | kernel (format code also on the host) |
-//! | [`trace`] | per-CPU event rings, dumped for Chrome/Perfetto traces | host + kernel |
-//! | `arch::aarch64` | boot glue, exceptions, system registers, barriers, TLBI, PSCI, SMP | kernel |
-//! | `drivers` | PL011, GIC, PCIe, `edu` | kernel |
+//! | [`sync`], [`trace`] | spin locks, the grace-period mechanism (SRCU role), loom facade; per-CPU event rings | host + kernel |
+//! | [`board`] | what differs between QEMU `virt` and the Raspberry Pi 4, read from the device tree; this boot's facts | host + kernel |
+//! | [`mm`] | addresses, frames, page tables, address spaces, the notifier core; RAM and the linear map | host + kernel |
+//! | `arch::aarch64` | boot glue, exceptions, system registers, barriers, TLBI, PSCI, SMP, MMIO | kernel |
+//! | [`drivers`] | PL011, BCM2711 GPIO, PCIe, `edu` | kernel |
+//! | `console` | `print!`, the `log` facade, the emergency path | kernel |
+//! | `rt` | the runtime: exit, panic, heap | kernel |
+//! | [`iommu`] | the SMMUv3 in one tree: spec encodings, driver, backends (MMIO, model, injector), SVA, probe | host + kernel |
+//! | [`ktest`] | the in-kernel test framework and its KTAP v1 output | kernel (format code also on the host) |
+//! | `rig` | test rigs: a DMA master bound to an address space | kernel |
+//! | [`workload`] | the coherence job, the soak, the fault plan | kernel (fault plan also on the host) |
+//! | `bench`, `suites` | in-kernel benchmarks and KTAP test suites | kernel |
+//! | `kmain` | the composition root: the boot order; nothing imports it | kernel |
 //!
 //! Everything marked "host" is portable code: it builds and is unit-tested with plain
 //! `cargo test` on the development machine, and the concurrency core also under `loom`
-//! (`RUSTFLAGS="--cfg loom"`). Hardware access is confined to `arch` and `drivers`, which only
-//! exist when building for the kernel target (`target_os = "none"`).
+//! (`RUSTFLAGS="--cfg loom"`). Hardware access is confined to `arch`, `drivers`, `console` and
+//! `rt`, which only exist when building for the kernel target (`target_os = "none"`).
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -33,12 +39,13 @@ extern crate alloc;
 extern crate std;
 
 pub mod board;
-pub mod fault;
+pub mod drivers;
 pub mod iommu;
 pub mod ktest;
 pub mod mm;
 pub mod sync;
 pub mod trace;
+pub mod workload;
 
 #[cfg(target_os = "none")]
 pub mod arch;
@@ -46,12 +53,11 @@ pub mod arch;
 mod bench;
 #[cfg(target_os = "none")]
 pub mod console;
-pub mod drivers;
 #[cfg(target_os = "none")]
-mod job;
+mod kmain;
 #[cfg(target_os = "none")]
-pub mod kernel;
+pub mod rig;
 #[cfg(target_os = "none")]
-mod soak;
+pub mod rt;
 #[cfg(target_os = "none")]
-mod tests;
+mod suites;

@@ -286,7 +286,6 @@ fn components(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 }
 
 #[test]
-#[ignore = "issue 15: the tree is not split yet"]
 fn no_import_cycle_between_top_level_modules() {
     let edges = edges();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -314,7 +313,6 @@ fn no_import_cycle_between_top_level_modules() {
 }
 
 #[test]
-#[ignore = "issue 15: the tree is not split yet"]
 fn product_never_imports_the_test_side_or_the_root() {
     let mut report = String::new();
     for e in edges() {
@@ -328,7 +326,6 @@ fn product_never_imports_the_test_side_or_the_root() {
 }
 
 #[test]
-#[ignore = "issue 15: the tree is not split yet"]
 fn every_module_is_placed_in_a_layer() {
     let placed: BTreeSet<&str> = PRODUCT.iter().chain(ABOVE_PRODUCT).copied().collect();
     let unplaced: Vec<String> = top_level_modules()

@@ -15,9 +15,9 @@ use std::cell::Cell;
 
 use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use loom::thread;
-use shootdown::iommu::command::CommandCounts;
+use shootdown::iommu::spec::command::CommandCounts;
 use shootdown::iommu::driver::{ContextId, ContextParams, InvalidationReport, SmmuError};
-use shootdown::iommu::planner::PlanKind;
+use shootdown::iommu::driver::planner::PlanKind;
 use shootdown::iommu::sva::{self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaIommu};
 use shootdown::mm::notifier::MmCore;
 use shootdown::mm::{PhysAddr, VirtAddr};

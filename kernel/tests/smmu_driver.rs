@@ -7,14 +7,14 @@
 mod support;
 
 use shootdown::iommu::backend::SmmuBackend;
-use shootdown::iommu::command::{opcode, CommandKind};
+use shootdown::iommu::spec::command::{opcode, CommandKind};
 use shootdown::iommu::driver::{ContextParams, Smmu, SmmuConfig, SmmuError};
-use shootdown::iommu::event::{AccessKind, EventKind};
+use shootdown::iommu::spec::event::{AccessKind, EventKind};
 use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
-use shootdown::iommu::planner::{PlanError, PlanKind, Strategy};
-use shootdown::iommu::regs::{offset, CommandErrorCode};
-use shootdown::iommu::ste::BadSte;
-use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock};
+use shootdown::iommu::driver::planner::{PlanError, PlanKind, Strategy};
+use shootdown::iommu::spec::regs::{offset, CommandErrorCode};
+use shootdown::iommu::spec::ste::BadSte;
+use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock};
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 use support::*;
 
@@ -446,7 +446,7 @@ fn a_recycled_asid_carries_no_stale_translations() {
         w.smmu.detach(SID).unwrap();
         w.smmu.destroy_context(w.ctx).unwrap();
         // Burn through ASIDs until the old one comes back, with a different address space.
-        let other = shootdown::iommu::testing::TestPageTables::new(w.mem).unwrap();
+        let other = shootdown::iommu::fake::TestPageTables::new(w.mem).unwrap();
         let params = ContextParams {
             root: other.root(),
             mair: MAIR,

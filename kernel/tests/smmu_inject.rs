@@ -5,13 +5,13 @@
 #[path = "smmu_support.rs"]
 mod support;
 
+use shootdown::iommu::backend::inject::InjectStats;
 use shootdown::iommu::backend::SmmuBackend;
-use shootdown::iommu::command::CommandKind;
 use shootdown::iommu::driver::SmmuError;
-use shootdown::iommu::event::AccessKind;
-use shootdown::iommu::inject::InjectStats;
-use shootdown::iommu::regs::{offset, CommandErrorCode};
-use shootdown::iommu::testing::LeafAttrs;
+use shootdown::iommu::fake::LeafAttrs;
+use shootdown::iommu::spec::command::CommandKind;
+use shootdown::iommu::spec::event::AccessKind;
+use shootdown::iommu::spec::regs::{offset, CommandErrorCode};
 use shootdown::mm::{VirtAddr, PAGE_SIZE};
 use support::*;
 

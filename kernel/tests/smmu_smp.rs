@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use shootdown::iommu::driver::DebugKnobs;
-use shootdown::iommu::event::AccessKind;
+use shootdown::iommu::fake::LeafAttrs;
 use shootdown::iommu::model::dma::DmaEngine;
-use shootdown::iommu::testing::LeafAttrs;
+use shootdown::iommu::spec::event::AccessKind;
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{VirtAddr, PAGE_SIZE};
 use support::*;

@@ -5,15 +5,15 @@
 //! Included with `#[path = "smmu_support.rs"] mod support;`; not a test target by itself.
 #![allow(dead_code)]
 
+use shootdown::iommu::backend::inject::InjectingBackend;
 use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::driver::{
     ContextId, ContextParams, InvalidationReport, Smmu, SmmuConfig, SmmuError,
 };
-use shootdown::iommu::event::EventRecord;
-use shootdown::iommu::inject::InjectingBackend;
+use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};
 use shootdown::iommu::model::dma::DmaEngine;
 use shootdown::iommu::model::{ModelConfig, SmmuModel};
-use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock, TestPageTables};
+use shootdown::iommu::spec::event::EventRecord;
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 

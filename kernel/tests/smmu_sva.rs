@@ -6,15 +6,15 @@
 #[path = "smmu_support.rs"]
 mod support;
 
-use shootdown::iommu::command::CommandKind;
+use shootdown::iommu::driver::planner::{AsidReason, PlanKind, Strategy};
 use shootdown::iommu::driver::{DebugKnobs, SmmuConfig};
-use shootdown::iommu::event::{AccessKind, EventKind};
+use shootdown::iommu::fake::LeafAttrs;
 use shootdown::iommu::model::checker::{StaleKind, StaleSource};
 use shootdown::iommu::model::dma::{DmaEngine, DmaError, FaultPolicy};
 use shootdown::iommu::model::iotlb::{IotlbConfig, Replacement};
 use shootdown::iommu::model::{FaultKind, ModelConfig};
-use shootdown::iommu::planner::{AsidReason, PlanKind, Strategy};
-use shootdown::iommu::testing::LeafAttrs;
+use shootdown::iommu::spec::command::CommandKind;
+use shootdown::iommu::spec::event::{AccessKind, EventKind};
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 use support::*;

@@ -10,14 +10,14 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use shootdown::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
-use shootdown::iommu::event::{AccessKind, EventKind, EventRecord};
+use shootdown::iommu::spec::event::{AccessKind, EventKind, EventRecord};
 use shootdown::iommu::model::checker::StaleKind;
 use shootdown::iommu::model::dma::{DmaEngine, DmaError};
 use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
 use shootdown::iommu::sva::{
     self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
 };
-use shootdown::iommu::testing::{LeafAttrs, PhysArena, StepClock, TestPageTables};
+use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};
 use shootdown::mm::notifier::{self, InvalidArgument, MmCore, NotifierError};
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};

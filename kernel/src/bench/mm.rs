@@ -9,12 +9,12 @@
 //! and every 512 pages become one 2 MiB block.
 
 use super::{fail, measure, sizes, Record};
-use crate::arch::aarch64::aspace::{self, KernelMm};
-use crate::kernel::frames;
+use crate::arch::aarch64::aspace::{self, CpuMm};
 use crate::ktest::{TestCtx, TestError, TestResult};
 use crate::mm::aspace::{Backing, MmUser, Placement};
 use crate::mm::pgtable::descriptor::{MemoryType, Permissions};
 use crate::mm::phys::ContiguousFrameAllocator;
+use crate::mm::ram::frames;
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -78,7 +78,7 @@ impl Drop for AliasRun {
 
 /// Maps `pages` pages from `va` as regions of at most [`ALIAS_PAGES`] over `pa`.
 pub(super) fn map_aliased(
-    space: &MmUser<KernelMm>,
+    space: &MmUser<CpuMm>,
     va: u64,
     pages: u64,
     pa: PhysAddr,

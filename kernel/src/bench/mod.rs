@@ -14,12 +14,13 @@
 //! ```
 //!
 //! `name` is the case, then its parameters, then `metric`, `value` and `unit` (always last).
-//! `tests/src/bench/` (`harness bench-report`) reads these lines.
+//! `tests/harness/src/bench/` (`harness bench-report`) reads these lines.
 //!
 //! | argument | meaning |
 //! |---|---|
 //! | `bench=<glob>` | run the benchmarks whose `suite.case` (or suite) matches |
 //! | `bench.pages=<n>[,<n>...]` | the region sizes (4 KiB pages) to measure instead of each benchmark's own list |
+#![forbid(unsafe_code)]
 
 mod mm;
 mod smmu;
@@ -30,7 +31,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::aarch64::pmu::{self, Measurement};
-use crate::kernel::bootargs;
+use crate::board::bootargs;
 use crate::ktest::{KTest, TestCtx, TestError, TestResult};
 
 /// Every benchmark, in the order they run.

@@ -18,15 +18,15 @@ use alloc::vec::Vec;
 use super::mm::{map_aliased, map_unmap_once, AliasRun, Layout, VA};
 use super::{fail, measure, sizes, Record};
 use crate::arch::aarch64::aspace;
-use crate::iommu::command::CommandKind;
+use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::SmmuConfig;
-use crate::iommu::kernel::{self as kiommu, Probe};
 use crate::iommu::model::ModelConfig;
-use crate::iommu::planner::Strategy;
-use crate::iommu::rig::{Outcome, Rig, TestModelDomain, RW};
+use crate::iommu::probe::{self, Probe};
+use crate::iommu::spec::command::CommandKind;
 use crate::iommu::sva::SvaDomain;
 use crate::ktest::{TestCtx, TestError, TestResult};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::rig::{Outcome, Rig, TestModelDomain, RW};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// The sizes, plus 4095: the worst case of the range decomposition (every low bit set),
@@ -62,7 +62,7 @@ fn model_without_ril() -> Result<Rig<TestModelDomain>, TestError> {
 
 /// The kernel's SMMU as benchmarks name it.
 fn kernel_smmu_label() -> Option<&'static str> {
-    match kiommu::probe_outcome() {
+    match probe::probe_outcome() {
         Probe::Mmio { .. } => Some("mmio"),
         Probe::Model => Some("model"),
         Probe::Absent | Probe::Failed(_) => None,
@@ -98,7 +98,7 @@ pub(super) fn unmap(_t: &mut TestCtx) -> TestResult {
             .emit("unmap", unmap);
     }
     if let Some(label) = kernel_smmu_label() {
-        let mut r = Rig::kernel()?;
+        let mut r = Rig::board()?;
         unmap_on(&mut r, label, &Strategy::ALL, &run, &sizes)?;
     }
     let mut m = model_without_ril()?;
@@ -216,8 +216,8 @@ fn floor<D: SvaDomain>(
 pub(super) fn iotlb_hit_rate(_t: &mut TestCtx) -> TestResult {
     let sizes = sizes(&SIZES)?;
     let run = AliasRun::new()?;
-    if kiommu::model().is_some() {
-        let mut r = Rig::kernel()?;
+    if probe::model().is_some() {
+        let mut r = Rig::board()?;
         hit_rates(&mut r, "model", &Strategy::ALL, &run, &sizes)?;
     } else {
         let mut r = Rig::model(ModelConfig::default(), private_config())?;

@@ -14,7 +14,7 @@
 //! | `smmu.skip_invalidate=1` | **debug only**: SVA invalidations are not sent to the SMMU (the SVA tests must then fail) |
 //! | `sva.smp_rounds=<n>` | multiplies the transfers of `sva.smp_unmaps_on_every_cpu_while_dma_runs` (soak) |
 //! | `job=soak` | run the soak (every CPU at once) instead of the coherence workload; `rounds=` per CPU |
-//! | `fault=<kind>[,<kind>…]` or `fault=all` | soak fault injection: `alloc`, `notifier`, `sync`, `cmdq`, `evtq`, `teardown` (see `crate::fault`) |
+//! | `fault=<kind>[,<kind>…]` or `fault=all` | soak fault injection: `alloc`, `notifier`, `sync`, `cmdq`, `evtq`, `teardown` (see `crate::workload::fault`) |
 //! | `fault.seed=<n>`, `fault.rate=<‰>` | the fault dice's seed, and the chance per round (per mille, default 125) |
 
 use alloc::string::String;
@@ -65,6 +65,18 @@ impl BootArgs {
             None => v.parse::<u64>(),
         };
         Some(parsed.map_err(|_| alloc::format!("{key}={v} is not a number")))
+    }
+
+    /// The console's log level from `log=` (`error`, `warn`, `debug`, `trace`, `off`; else info).
+    pub fn log_level(&self) -> log::LevelFilter {
+        match self.get("log") {
+            Some("error") => log::LevelFilter::Error,
+            Some("warn") => log::LevelFilter::Warn,
+            Some("debug") => log::LevelFilter::Debug,
+            Some("trace") => log::LevelFilter::Trace,
+            Some("off") => log::LevelFilter::Off,
+            _ => log::LevelFilter::Info,
+        }
     }
 }
 

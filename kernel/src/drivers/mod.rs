@@ -1,4 +1,4 @@
-//! Device drivers. Each MMIO block is described with tock-registers `register_structs!`.
+//! Device drivers (the SMMU's is in `iommu`). Each MMIO block is described with tock-registers `register_structs!`.
 
 // The GPIO routing is plain register arithmetic: host-tested. The rest needs the machine.
 pub mod bcm2711_gpio;
@@ -8,5 +8,3 @@ pub mod edu;
 pub mod pcie;
 #[cfg(target_os = "none")]
 pub mod pl011;
-#[cfg(target_os = "none")]
-pub mod smmuv3;

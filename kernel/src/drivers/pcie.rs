@@ -11,6 +11,7 @@ use core::fmt;
 
 use crate::arch::aarch64::mmu;
 use crate::board::dt::PcieHost;
+pub use crate::board::Bdf;
 
 const VENDOR_ID: u16 = 0x00;
 const COMMAND: u16 = 0x04;
@@ -57,32 +58,6 @@ impl fmt::Display for PcieError {
                 write!(f, "no PCI device {vendor:04x}:{device:04x}")
             }
         }
-    }
-}
-
-/// A function's address on the root complex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bdf {
-    /// Bus.
-    pub bus: u8,
-    /// Device (0..32).
-    pub device: u8,
-    /// Function (0..8).
-    pub function: u8,
-}
-
-impl Bdf {
-    /// The PCI requester ID (`bus << 8 | device << 3 | function`). Its StreamID comes from the
-    /// host bridge's `iommu-map` ([`crate::iommu::kernel::stream_id`]); on QEMU virt that map
-    /// happens to be the identity.
-    pub fn requester_id(&self) -> u16 {
-        (u16::from(self.bus) << 8) | (u16::from(self.device) << 3) | u16::from(self.function)
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
     }
 }
 

@@ -1,7 +1,7 @@
 //! In-kernel tests: self-registering test cases grouped in suites, reported as KTAP version 1
 //! (Linux `Documentation/dev-tools/ktap.rst`).
 //!
-//! A test is declared next to the code it tests with [`ktest!`](crate::ktest!); the macro
+//! A test is declared with [`ktest!`](crate::ktest!) (the suites are in `suites/`); the macro
 //! places a [`KTest`] descriptor in the `.ktest.cases` linker section, so there is no central
 //! list to edit. At boot, `ktest=<glob>` selects tests and the runner prints:
 //!
@@ -18,13 +18,12 @@
 //!
 //! A failed assertion fails only its test; a panic or an unexpected exception inside a test
 //! prints `Bail out!` with the reason and the kernel exits non-zero.
+#![deny(unsafe_code)]
 
 pub mod glob;
 pub mod ktap;
 #[cfg(target_os = "none")]
 pub mod runner;
-#[cfg(target_os = "none")]
-mod selftest;
 
 use alloc::string::String;
 
@@ -39,17 +38,6 @@ pub enum TestError {
 
 /// What a test returns.
 pub type TestResult = Result<(), TestError>;
-
-/// A board without an SMMU or DMA master skips the test; any other rig failure fails it.
-#[cfg(target_os = "none")]
-impl From<crate::iommu::rig::RigError> for TestError {
-    fn from(e: crate::iommu::rig::RigError) -> Self {
-        match e {
-            crate::iommu::rig::RigError::Unavailable(why) => TestError::Skip(why),
-            crate::iommu::rig::RigError::Failed(why) => TestError::Fail(why),
-        }
-    }
-}
 
 /// Context handed to each test.
 pub struct TestCtx {

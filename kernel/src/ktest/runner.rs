@@ -13,6 +13,7 @@ extern "C" {
 }
 
 /// Every test linked into the kernel, in link order.
+#[allow(unsafe_code)] // the linker assembled the array: only a raw slice can name it
 pub fn all_tests() -> &'static [KTest] {
     // SAFETY: the linker script collects all `.ktest.cases` statics (each a `KTest`, placed by
     // `ktest!` with `#[used]`) contiguously between these two symbols, suitably aligned.
@@ -28,6 +29,7 @@ pub fn all_tests() -> &'static [KTest] {
 static CURRENT: AtomicPtr<KTest> = AtomicPtr::new(core::ptr::null_mut());
 
 /// `suite.case` of the test running now, if any.
+#[allow(unsafe_code)] // an atomic pointer into `all_tests()`, turned back into a reference
 pub fn current_test() -> Option<&'static KTest> {
     let p = CURRENT.load(Ordering::Acquire);
     // SAFETY: CURRENT only ever holds null or a pointer into `all_tests()`, which is 'static.

@@ -537,7 +537,7 @@ impl<M: PhysMemory> FrameAllocator for BitmapFrameAllocator<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::testing::TestMemory;
+    use crate::mm::fake::TestMemory;
     use std::collections::HashSet;
 
     fn pa(v: u64) -> PhysAddr {

@@ -1,5 +1,5 @@
 //! RAM played by a heap array of words at a physical base address: the memory of every
-//! in-memory arena (`mm::testing::TestMemory` for host tests, the SMMU tests' `PhysArena`, the
+//! in-memory arena (`mm::fake::TestMemory` for host tests, the SMMU tests' `PhysArena`, the
 //! fuzz targets' arena), which differ only in how they hand out frames.
 
 use alloc::boxed::Box;

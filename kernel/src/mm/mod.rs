@@ -4,13 +4,16 @@
 pub mod addr;
 pub mod asid;
 pub mod aspace;
+#[cfg(not(target_os = "none"))]
+pub mod fake;
 pub mod frame;
 pub mod heap_ram;
+pub mod inject;
 pub mod layout;
 pub mod notifier;
 pub mod pgtable;
 pub mod phys;
-#[cfg(not(target_os = "none"))]
-pub mod testing;
+#[cfg(target_os = "none")]
+pub mod ram;
 
 pub use addr::{PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};

@@ -2,7 +2,7 @@
 //! anonymous frames and the SMMU driver's stream table, queues and context descriptors, so that
 //! the SMMU model walks exactly the tables the page-table engine wrote.
 //!
-//! Its RAM is a [`HeapRam`], as [`TestMemory`](shootdown::mm::testing::TestMemory)'s is; what
+//! Its RAM is a [`HeapRam`], as [`TestMemory`](shootdown::mm::fake::TestMemory)'s is; what
 //! a fuzzer needs on top:
 //!
 //! - naturally aligned runs of frames ([`ContiguousFrameAllocator`], for the SMMU driver);
@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use shootdown::iommu::backend::ContiguousFrameAllocator;
+pub use shootdown::mm::fake::POISON;
 use shootdown::mm::heap_ram::HeapRam;
 use shootdown::mm::phys::{FrameAllocator, OutOfFrames, PhysMemory};
-pub use shootdown::mm::testing::POISON;
 use shootdown::mm::{PhysAddr, PAGE_SIZE};
 
 const FRAME: u64 = PAGE_SIZE as u64;

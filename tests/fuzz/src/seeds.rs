@@ -2,9 +2,9 @@
 //! exactly these (a test checks it; `SHOOTDOWN_WRITE_SEEDS=1 cargo test -p shootdown-fuzz`
 //! rewrites them).
 
-use shootdown::iommu::command::{Command, Granule, SyncSignal, TlbiRange, TlbiVa};
-use shootdown::iommu::event::{AccessKind, EventKind, EventRecord, FaultClass};
-use shootdown::iommu::ste::Ste;
+use shootdown::iommu::spec::command::{Command, Granule, SyncSignal, TlbiRange, TlbiVa};
+use shootdown::iommu::spec::event::{AccessKind, EventKind, EventRecord, FaultClass};
+use shootdown::iommu::spec::ste::Ste;
 use shootdown::mm::{PhysAddr, VirtAddr};
 
 use crate::aspace::op::{Addr, BackingSpec, Len, Op, Perms, Phys, Place};

@@ -13,10 +13,10 @@
 //! - **STE and CD words**: decoding never panics, a CD's fields survive encode/decode, and
 //!   validation only judges.
 
-use shootdown::iommu::cd::{ContextDescriptor, CD_WORDS};
-use shootdown::iommu::command::{Command, Granule, SyncSignal, TlbiRange, TlbiVa};
-use shootdown::iommu::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_WORDS};
-use shootdown::iommu::ste::{Ste, StreamConfig, STE_WORDS};
+use shootdown::iommu::spec::cd::{ContextDescriptor, CD_WORDS};
+use shootdown::iommu::spec::command::{Command, Granule, SyncSignal, TlbiRange, TlbiVa};
+use shootdown::iommu::spec::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_WORDS};
+use shootdown::iommu::spec::ste::{Ste, StreamConfig, STE_WORDS};
 use shootdown::mm::{PhysAddr, VirtAddr};
 
 use crate::input::Input;

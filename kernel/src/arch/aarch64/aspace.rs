@@ -6,20 +6,20 @@ use aarch64_cpu::registers::{
     ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, TCR_EL1, TTBR0_EL1,
 };
 
-use crate::kernel::{frames, KernelFrames, LinearMap};
 use crate::mm::asid::{AsidAllocator, AsidBits, AsidError};
 use crate::mm::aspace::{AddressSpace, MmError, MmPlatform, MmUser};
 use crate::mm::layout::MAX_CPUS;
 use crate::mm::pgtable::regs::ttbr;
 use crate::mm::pgtable::tlb::{TlbMaintenance, TlbPlan, TlbPolicy};
 use crate::mm::phys::{FrameAllocator, OutOfFrames};
+use crate::mm::ram::{frames, LinearMap, RamFrames};
 use crate::mm::PhysAddr;
 
 use super::cpu::{cpu_id, dsb_ish, isb};
 use super::tlb::{cpu_policy, HwTlb};
 
 /// The kernel's address-space platform.
-pub struct KernelMm {
+pub struct CpuMm {
     asids: AsidAllocator,
     policy: TlbPolicy,
     /// Test knob: CPU TLB invalidations are skipped (shows the TLB tests can fail).
@@ -29,20 +29,20 @@ pub struct KernelMm {
 }
 
 /// An address space of the kernel.
-pub type KernelAddressSpace = AddressSpace<KernelMm>;
+pub type CpuAddressSpace = AddressSpace<CpuMm>;
 
-static KERNEL_MM: spin::Once<KernelMm> = spin::Once::new();
+static CPU_MM: spin::Once<CpuMm> = spin::Once::new();
 
 /// The platform (created on first use, after frames exist).
-pub fn kernel_mm() -> &'static KernelMm {
-    KERNEL_MM.call_once(|| {
+pub fn cpu_mm() -> &'static CpuMm {
+    CPU_MM.call_once(|| {
         // ID_AA64MMFR0_EL1.ASIDBits (Arm ARM D19.2): 0b0010 = 16 bits, else 8.
         let bits = if (ID_AA64MMFR0_EL1.get() >> 4) & 0xf == 0b0010 {
             AsidBits::Sixteen
         } else {
             AsidBits::Eight
         };
-        KernelMm {
+        CpuMm {
             asids: AsidAllocator::new(bits, MAX_CPUS).expect("MAX_CPUS leaves room for ASIDs"),
             policy: cpu_policy(),
             skip_cpu_tlbi: core::sync::atomic::AtomicBool::new(false),
@@ -51,7 +51,7 @@ pub fn kernel_mm() -> &'static KernelMm {
     })
 }
 
-impl KernelMm {
+impl CpuMm {
     /// Turns the CPU TLB invalidations off or on (tests only: proves the TLB test notices).
     pub fn set_skip_cpu_tlbi(&self, skip: bool) {
         self.skip_cpu_tlbi
@@ -66,13 +66,13 @@ impl KernelMm {
 }
 
 /// The kernel's frames as address spaces see them: with the `alloc` fault-injection point
-/// ([`crate::fault::arm_alloc_failure`]), which fails nothing unless a CPU armed it.
+/// ([`crate::mm::inject::arm_alloc_failure`]), which fails nothing unless a CPU armed it.
 #[derive(Clone, Copy)]
-pub struct AspaceFrames(&'static KernelFrames);
+pub struct AspaceFrames(&'static RamFrames);
 
 impl FrameAllocator for AspaceFrames {
     fn alloc_zeroed(&self) -> Result<PhysAddr, OutOfFrames> {
-        if crate::fault::alloc_should_fail(cpu_id()) {
+        if crate::mm::inject::alloc_should_fail(cpu_id()) {
             return Err(OutOfFrames);
         }
         self.0.alloc_zeroed()
@@ -83,7 +83,7 @@ impl FrameAllocator for AspaceFrames {
     }
 }
 
-impl MmPlatform for KernelMm {
+impl MmPlatform for CpuMm {
     type Mem = LinearMap;
     type Frames = AspaceFrames;
 
@@ -123,15 +123,15 @@ impl MmPlatform for KernelMm {
 }
 
 /// A new kernel address space.
-pub fn create() -> Result<MmUser<KernelMm>, MmError> {
-    AddressSpace::create(kernel_mm())
+pub fn create() -> Result<MmUser<CpuMm>, MmError> {
+    AddressSpace::create(cpu_mm())
 }
 
 /// Runs `aspace` on this CPU: takes an ASID (flushing the local TLB after a rollover) and
 /// loads `TTBR0_EL1`. Translations of the lower half come from it until [`deactivate`].
-pub fn activate(aspace: &KernelAddressSpace) -> Result<(), ActivateError> {
+pub fn activate(aspace: &CpuAddressSpace) -> Result<(), ActivateError> {
     let root = aspace.root().ok_or(ActivateError::Exited)?;
-    let a = kernel_mm()
+    let a = cpu_mm()
         .asids
         .activate(cpu_id(), aspace.asid_context())
         .map_err(ActivateError::Asid)?;

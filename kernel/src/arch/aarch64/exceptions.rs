@@ -7,7 +7,6 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::eprintln;
 use crate::mm::layout::{self, MAX_CPUS};
 
 use super::cpu_id;
@@ -329,6 +328,42 @@ fn run_hooks(frame: &mut TrapFrame, fault: Fault) -> bool {
     false
 }
 
+/// What the handler does with an exception it cannot fix up: print the report, and end the
+/// kernel. `arch` sits below the console and the runtime, so the composition root installs them
+/// ([`set_fatal_hooks`]) before anything can fault.
+pub struct FatalHooks {
+    /// Prints without taking a lock (the faulting CPU may hold the console's).
+    pub print: fn(fmt::Arguments<'_>),
+    /// An exception inside the handler: end now, without the once-only exit check.
+    pub nested: fn() -> !,
+    /// The end after a report (a test run bails out first).
+    pub fatal: fn() -> !,
+}
+
+static FATAL_HOOKS: spin::Once<FatalHooks> = spin::Once::new();
+
+/// Installs what an unexpected exception prints to and how it ends the kernel (once, at boot).
+pub fn set_fatal_hooks(hooks: FatalHooks) {
+    FATAL_HOOKS.call_once(|| hooks);
+}
+
+/// A line of the exception report, through the installed print hook.
+macro_rules! report_line {
+    ($($arg:tt)*) => {
+        if let Some(h) = FATAL_HOOKS.get() {
+            (h.print)(format_args!("{}\n", format_args!($($arg)*)))
+        }
+    };
+}
+
+/// Without hooks (an exception before boot installed them) the CPU just stops.
+fn end(which: fn(&FatalHooks) -> fn() -> !) -> ! {
+    match FATAL_HOOKS.get() {
+        Some(h) => which(h)(),
+        None => super::cpu::halt(),
+    }
+}
+
 /// Per-CPU nesting depth: an exception inside the handler must not recurse forever.
 static DEPTH: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
@@ -347,14 +382,14 @@ extern "C" fn handle_exception(frame: &mut TrapFrame, kind: u64) {
         return;
     }
     if depth > 0 {
-        eprintln!(
+        report_line!(
             "\n!!! CPU {cpu}: {} inside the exception handler: {fault}",
             KIND_NAMES[(kind & 3) as usize]
         );
-        crate::kernel::exit_now(crate::kernel::ExitCode::Crash);
+        end(|h| h.nested);
     }
     report(frame, kind, fault);
-    crate::kernel::fatal_exit();
+    end(|h| h.fatal);
 }
 
 /// If `addr` lies in a stack guard page, which CPU's and which stack's.
@@ -386,25 +421,27 @@ fn report(frame: &TrapFrame, kind: u64, fault: Fault) {
         2 => "from EL0 (AArch64)",
         _ => "from EL0 (AArch32)",
     };
-    eprintln!(
+    report_line!(
         "\n!!! CPU {cpu}: unexpected {} exception {group}",
         KIND_NAMES[(kind & 3) as usize]
     );
     if kind & 3 == 0 {
-        eprintln!("!!! {fault}");
+        report_line!("!!! {fault}");
         if fault.is_data_abort() || fault.is_instruction_abort() {
             if let Some((c, which)) = stack_guard_hit(fault.far) {
-                eprintln!("!!! stack overflow: CPU {c} ran off the bottom of its {which} stack (guard page hit)");
+                report_line!("!!! stack overflow: CPU {c} ran off the bottom of its {which} stack (guard page hit)");
             }
         }
     }
-    eprintln!(
+    report_line!(
         "    ELR  {:#018x}  SPSR {:#010x}  SP {:#018x}",
-        frame.elr, frame.spsr, frame.sp
+        frame.elr,
+        frame.spsr,
+        frame.sp
     );
-    eprintln!("    ESR  {:#010x}  FAR  {:#018x}", frame.esr, frame.far);
+    report_line!("    ESR  {:#010x}  FAR  {:#018x}", frame.esr, frame.far);
     for i in (0..30).step_by(3) {
-        eprintln!(
+        report_line!(
             "    x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}",
             i,
             frame.x[i],
@@ -414,5 +451,5 @@ fn report(frame: &TrapFrame, kind: u64, fault: Fault) {
             frame.x[i + 2]
         );
     }
-    eprintln!("    x30 {:#018x}", frame.x[30]);
+    report_line!("    x30 {:#018x}", frame.x[30]);
 }

@@ -94,7 +94,7 @@ impl KernelTableMemory {
         if pa >= load && end <= load + image_len() {
             Some(pa - load + KERNEL_VBASE)
         } else if LINEAR_LIVE.load(Ordering::Acquire) {
-            crate::kernel::LinearMap
+            crate::mm::ram::LinearMap
                 .bytes(PhysAddr(pa), len as usize)
                 .map(|p| p as u64)
         } else {
@@ -131,7 +131,7 @@ impl FrameAllocator for KernelTableFrames {
             let va = unsafe { core::ptr::addr_of!(POOL.0[i]) } as u64;
             return Ok(PhysAddr(image_va_to_pa(va)));
         }
-        crate::kernel::frames().ok_or(OutOfFrames)?.alloc_zeroed()
+        crate::mm::ram::frames().ok_or(OutOfFrames)?.alloc_zeroed()
     }
 
     fn free(&self, frame: PhysAddr) {
@@ -139,7 +139,7 @@ impl FrameAllocator for KernelTableFrames {
         if (load..load + image_len()).contains(&frame.as_u64()) {
             return; // a pool page: the kernel's tables never give them back for reuse
         }
-        if let Some(f) = crate::kernel::frames() {
+        if let Some(f) = crate::mm::ram::frames() {
             f.free(frame);
         }
     }

@@ -4,6 +4,7 @@ pub mod aspace;
 pub mod boot;
 pub mod cpu;
 pub mod exceptions;
+pub mod io;
 pub mod mmu;
 pub mod pmu;
 pub mod power;

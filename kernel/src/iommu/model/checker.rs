@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::FaultKind;
-use crate::iommu::event::AccessKind;
+use crate::iommu::spec::event::AccessKind;
 use crate::mm::{PhysAddr, VirtAddr};
 
 /// How many unmaps the checker remembers.

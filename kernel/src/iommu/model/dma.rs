@@ -11,7 +11,7 @@
 use core::fmt;
 
 use super::{SmmuModel, TranslationFault};
-use crate::iommu::event::AccessKind;
+use crate::iommu::spec::event::AccessKind;
 use crate::iommu::physmem::{self, Unreachable};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 

@@ -40,16 +40,16 @@ use core::fmt;
 use tock_registers::LocalRegisterCopy;
 
 use crate::iommu::backend::SmmuBackend;
-use crate::iommu::cd::{BadCd, CdFields, CdGranule, ContextDescriptor, Stage1Config, CD_WORDS};
-use crate::iommu::command::{Command, CommandCounts, Granule, TlbiVa};
-use crate::iommu::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_SIZE};
+use crate::iommu::spec::cd::{BadCd, CdFields, CdGranule, ContextDescriptor, Stage1Config, CD_WORDS};
+use crate::iommu::spec::command::{Command, CommandCounts, Granule, TlbiVa};
+use crate::iommu::spec::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_SIZE};
 use crate::iommu::physmem;
-use crate::iommu::queue::QueueGeometry;
-use crate::iommu::regs::{
+use crate::iommu::spec::queue::QueueGeometry;
+use crate::iommu::spec::regs::{
     self, offset, CommandErrorCode, CR0, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, Q_BASE, STRTAB_BASE,
     STRTAB_BASE_CFG,
 };
-use crate::iommu::ste::{BadSte, Ste, StreamConfig, STE_SIZE, STE_WORDS};
+use crate::iommu::spec::ste::{BadSte, Ste, StreamConfig, STE_SIZE, STE_WORDS};
 use crate::mm::phys::PhysMemory;
 use crate::mm::{PhysAddr, VirtAddr};
 use crate::sync::atomic::Ordering;

@@ -7,11 +7,11 @@ use alloc::vec::Vec;
 use super::dma::{DmaEngine, DmaError, FaultPolicy};
 use super::iotlb::{IotlbConfig, Replacement};
 use super::*;
-use crate::iommu::cd::{CdFields, ContextDescriptor};
-use crate::iommu::command::{opcode, Granule, SyncSignal, TlbiRange};
-use crate::iommu::event::EVENT_WORDS;
-use crate::iommu::queue::QueueGeometry;
-use crate::iommu::testing::{LeafAttrs, PhysArena, TestPageTables};
+use crate::iommu::spec::cd::{CdFields, ContextDescriptor};
+use crate::iommu::spec::command::{opcode, Granule, SyncSignal, TlbiRange};
+use crate::iommu::spec::event::EVENT_WORDS;
+use crate::iommu::spec::queue::QueueGeometry;
+use crate::iommu::fake::{LeafAttrs, PhysArena, TestPageTables};
 use crate::mm::phys::FrameAllocator;
 
 const SID: u32 = 5;
@@ -183,7 +183,7 @@ fn tlbi_takes_effect_only_when_a_sync_completes() {
     assert_eq!(
         stats
             .commands
-            .get(crate::iommu::command::CommandKind::TlbiNhVa),
+            .get(crate::iommu::spec::command::CommandKind::TlbiNhVa),
         1
     );
     assert_eq!(stats.bad_register_accesses, 0);

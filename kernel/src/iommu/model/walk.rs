@@ -10,7 +10,7 @@
 //! This walker is written independently of the kernel's page-table engine on purpose: it is the
 //! reference the coherence checker compares cached translations against.
 
-use crate::iommu::cd::{CdGranule, Stage1Config};
+use crate::iommu::spec::cd::{CdGranule, Stage1Config};
 use crate::iommu::physmem;
 use crate::mm::phys::PhysMemory;
 use crate::mm::PhysAddr;
@@ -138,8 +138,8 @@ pub fn walk(mem: &dyn PhysMemory, cfg: &Stage1Config, va: u64) -> Result<Leaf, W
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::iommu::cd::CdFields;
-    use crate::iommu::testing::{LeafAttrs, PhysArena, TestPageTables};
+    use crate::iommu::spec::cd::CdFields;
+    use crate::iommu::fake::{LeafAttrs, PhysArena, TestPageTables};
     use crate::mm::VirtAddr;
 
     fn cfg(root: PhysAddr, va_bits: u8) -> Stage1Config {

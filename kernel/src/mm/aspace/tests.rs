@@ -9,9 +9,9 @@ use std::vec::Vec;
 
 use super::*;
 use crate::mm::asid::AsidBits;
+use crate::mm::fake::TestMemory;
 use crate::mm::notifier::{MmuNotifier, MmuNotifierOps, OpSet};
 use crate::mm::pgtable::tlb::{RecordingTlb, TlbFeatures, TlbMaintenance, TlbOp, Tlbi};
-use crate::mm::testing::TestMemory;
 
 /// The host platform: an arena of RAM, a TLB recorder, an ASID allocator for 4 CPUs.
 struct Host {

@@ -22,7 +22,7 @@ use super::error::PageTableError;
 use super::table::{Blocks, Config, Holes, Knobs};
 use super::tests::{new_table, snapshot, va, Checker, TestTable, G1, K4, M2};
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::testing::TestMemory;
+use crate::mm::fake::TestMemory;
 
 /// Operations stay inside [0, WINDOW): four 1 GiB regions, enough for every block size.
 const WINDOW: u64 = 4 * G1;

@@ -9,7 +9,7 @@ use super::table::{Blocks, Change, Config, Holes, PageTable, TableStats};
 use super::tlb::{Invalidate, TlbInvalidation};
 use super::walk::{translate, Mapping};
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::testing::TestMemory;
+use crate::mm::fake::TestMemory;
 
 pub(super) const K4: u64 = 4 << 10;
 pub(super) const M2: u64 = 2 << 20;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::driver::{ContextId, Smmu};
+use shootdown::iommu::fake::StepClock;
 use shootdown::iommu::model::SmmuModel;
-use shootdown::iommu::testing::StepClock;
 use shootdown::mm::asid::{AsidAllocator, AsidBits};
 use shootdown::mm::aspace::MmPlatform;
 use shootdown::mm::notifier::{

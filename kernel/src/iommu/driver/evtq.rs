@@ -1,0 +1,88 @@
+//! The event queue and global errors: draining event records, overflow, SMMU_GERROR.
+
+use super::*;
+
+/// What one call of [`Smmu::drain_events`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventDrain {
+    /// Records handed to the sink.
+    pub drained: usize,
+    /// The SMMU lost events since the last drain (EVENTQ_PROD.OVFLG toggled).
+    pub overflowed: bool,
+    /// An event-queue write aborted (GERROR.EVENTQ_ABT_ERR), acknowledged.
+    pub write_aborted: bool,
+}
+
+impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
+    /// Hands every pending event record to `sink`, acknowledges an overflow and an
+    /// event-queue abort if there was one. Bounded: at most two queues' worth per call.
+    pub fn drain_events(
+        &self,
+        mut sink: impl FnMut(&EventRecord),
+    ) -> Result<EventDrain, SmmuError> {
+        let mut q = self.eventq.lock();
+        let mut result = EventDrain::default();
+        let limit = 2 * q.geo.entries() as usize;
+        let mut by_kind: Vec<EventKind> = Vec::new();
+        let mut ovflg = q.ovack;
+        while result.drained < limit {
+            let prod_raw = self.regs.read32(offset::EVENTQ_PROD);
+            fence(Ordering::Acquire);
+            ovflg = LocalRegisterCopy::<u32, EVENTQ_PROD::Register>::new(prod_raw)
+                .read(EVENTQ_PROD::OVFLG);
+            let prod = q.geo.ptr(prod_raw);
+            if q.geo.is_empty(prod, q.cons) {
+                break;
+            }
+            while !q.geo.is_empty(prod, q.cons) && result.drained < limit {
+                let slot = q.base.as_u64() + (EVENT_SIZE as u64) * u64::from(q.geo.index(q.cons));
+                let words = physmem::load_words::<EVENT_WORDS>(self.mem, PhysAddr(slot))?;
+                let ev = EventRecord::decode(words);
+                sink(&ev);
+                by_kind.push(ev.kind);
+                q.cons = q.geo.advance(q.cons, 1);
+                result.drained += 1;
+            }
+            // Hand the slots back (and acknowledge any overflow seen so far).
+            let mut cons = LocalRegisterCopy::<u32, EVENTQ_CONS::Register>::new(q.cons);
+            cons.modify(EVENTQ_CONS::OVACKFLG.val(ovflg));
+            self.regs.write32(offset::EVENTQ_CONS, cons.get());
+        }
+        if ovflg != q.ovack {
+            result.overflowed = true;
+            q.ovack = ovflg;
+            let mut cons = LocalRegisterCopy::<u32, EVENTQ_CONS::Register>::new(q.cons);
+            cons.modify(EVENTQ_CONS::OVACKFLG.val(ovflg));
+            self.regs.write32(offset::EVENTQ_CONS, cons.get());
+        }
+        let gerror = self.regs.read32(offset::GERROR);
+        let gerrorn = self.regs.read32(offset::GERRORN);
+        let bit = 1 << GERROR::EVENTQ_ABT_ERR.shift;
+        if (gerror ^ gerrorn) & bit != 0 {
+            result.write_aborted = true;
+            self.regs
+                .write32(offset::GERRORN, (gerrorn & !bit) | (gerror & bit));
+        }
+        drop(q);
+        let mut c = self.cmdq.lock();
+        c.stats.events += result.drained as u64;
+        c.stats.event_overflows += u64::from(result.overflowed);
+        for k in by_kind {
+            *c.stats.events_by_kind.entry(k).or_default() += 1;
+        }
+        Ok(result)
+    }
+
+    /// Global errors other than command-queue errors (those are handled by submissions) that
+    /// are active; they are acknowledged. Returns the raw GERROR bits that were active.
+    pub fn acknowledge_global_errors(&self) -> u32 {
+        let gerror = self.regs.read32(offset::GERROR);
+        let gerrorn = self.regs.read32(offset::GERRORN);
+        let cmdq = 1 << GERROR::CMDQ_ERR.shift;
+        let active = (gerror ^ gerrorn) & !cmdq;
+        if active != 0 {
+            self.regs.write32(offset::GERRORN, gerrorn ^ active);
+        }
+        active
+    }
+}

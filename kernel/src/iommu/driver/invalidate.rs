@@ -1,0 +1,115 @@
+//! Invalidation (cf. `arm_smmu_tlb_inv_*`): the planner's commands for a range, the whole-ASID
+//! fallback when a command fails, and the quiesce a release needs.
+
+use super::*;
+
+/// What one invalidation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidationReport {
+    pub plan: PlanKind,
+    /// Commands sent, CMD_SYNC included.
+    pub commands: CommandCounts,
+    /// A command failed and a whole-ASID invalidation was sent instead.
+    pub recovered: Option<CommandFailure>,
+    /// The debug knob suppressed the invalidation.
+    pub skipped: bool,
+}
+
+impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
+    /// Invalidates every IOTLB entry of `ctx` for `[start, end)` (exclusive end; `0..u64::MAX`
+    /// is the whole address space) and returns once the SMMU has completed it. This is what
+    /// `arch_invalidate_secondary_tlbs` calls.
+    pub fn invalidate_range(
+        &self,
+        ctx: ContextId,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<InvalidationReport, SmmuError> {
+        let asid = self.context_asid(ctx)?;
+        let plan = self.planner.lock().plan(asid, start, end)?;
+        let debug = *self.debug.lock();
+        let mut report = InvalidationReport {
+            plan: plan.kind(),
+            commands: CommandCounts::default(),
+            recovered: None,
+            skipped: false,
+        };
+        let counted = |stats: &mut DriverStats, kind: PlanKind| match kind {
+            PlanKind::Nothing => stats.invalidations_empty += 1,
+            PlanKind::PerPage { .. } => stats.invalidations_per_page += 1,
+            PlanKind::Range { .. } => stats.invalidations_range += 1,
+            PlanKind::Asid(_) => stats.invalidations_asid += 1,
+        };
+        if debug.skip_invalidation {
+            self.cmdq.lock().stats.invalidations_skipped += 1;
+            report.skipped = true;
+            return Ok(report);
+        }
+        counted(&mut self.cmdq.lock().stats, plan.kind());
+        if plan.is_empty() {
+            return Ok(report);
+        }
+        let started = self.clock.now_ns();
+        let result = self.invalidate_with_fallback(&plan, asid, debug, &mut report);
+        if result.is_ok() {
+            // A timed-out invalidation is counted as such, not as a slow one.
+            let took = self.clock.now_ns().saturating_sub(started);
+            let mut q = self.cmdq.lock();
+            q.stats.slowest_invalidation_ns = q.stats.slowest_invalidation_ns.max(took);
+        }
+        result.map(|()| report)
+    }
+
+    /// Sends `plan`; if the SMMU refused one of its commands, the whole ASID instead.
+    pub(super) fn invalidate_with_fallback(
+        &self,
+        plan: &crate::iommu::driver::planner::Plan,
+        asid: u16,
+        debug: DebugKnobs,
+        report: &mut InvalidationReport,
+    ) -> Result<(), SmmuError> {
+        match self.submit_iter(plan.commands(), !debug.skip_sync) {
+            Ok(counts) => report.commands = counts,
+            Err(SmmuError::CommandFailed(f)) => {
+                // The queue ran on, but that invalidation may not have happened: redo it for
+                // the whole ASID, which cannot be malformed.
+                self.cmdq.lock().stats.invalidation_fallbacks += 1;
+                let fallback = [Command::TlbiNhAsid { vmid: VMID, asid }];
+                report.commands = plan.counts();
+                report.commands.add(Command::SYNC.kind());
+                report.commands.merge(&self.submit(&fallback, true)?);
+                report.recovered = Some(f);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The "release" path: the context stays valid but every access now faults without an
+    /// event (CD.EPD0 = 1, CD.R = 0), and nothing of it stays cached. Call before the address
+    /// space's page tables are freed.
+    pub fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError> {
+        let mut streams = self.streams.lock();
+        let c = streams
+            .contexts
+            .get_mut(&ctx)
+            .ok_or(SmmuError::NoSuchContext(ctx))?;
+        let quiet = c.fields.quiesced();
+        // Only dword 0 changes: a single 64-bit store, so the SMMU sees old or new, never a mix.
+        let w0 = ContextDescriptor::encode(&quiet).0[0];
+        physmem::store(self.mem, c.cd, w0, Ordering::Release)?;
+        c.fields = quiet;
+        c.quiesced = true;
+        let (asid, sids) = (c.asid, c.sids.clone());
+        let cmds = sids
+            .iter()
+            .map(|&sid| Command::CfgiCd {
+                sid,
+                ssid: 0,
+                leaf: true,
+            })
+            .chain(core::iter::once(Command::TlbiNhAsid { vmid: VMID, asid }));
+        self.submit_iter(cmds, true)?;
+        Ok(())
+    }
+}
