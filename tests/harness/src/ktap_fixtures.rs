@@ -1,4 +1,4 @@
-//! The parser on whole transcripts (`tests/fixtures/*.ktap`): good ones pass, and each kind of
+//! The parser on whole transcripts (`tests/harness/fixtures/*.ktap`): good ones pass, and each kind of
 //! malformed or failing one fails naming the test.
 
 use crate::ktap::{parse, Directive, Document, Outcome};

@@ -1,7 +1,7 @@
 //! `harness soak`: the soak over boards and seeds (`make soak`, and the short soak of
 //! `make test`). Each run boots `job=soak seed=S rounds=N` on one board, keeps its console in
 //! `<log-dir>/<prefix>-<board>-<seed>.log` and is judged by the kernel's one-line summary
-//! (`# soak key=value ...`, printed by `kernel/src/soak.rs`); this module parses those lines,
+//! (`# soak key=value ...`, printed by `kernel/src/workload/soak/`); this module parses those lines,
 //! judges the runs and prints the table. Booting them is [`crate::app`]'s.
 
 use std::fmt::Write as _;

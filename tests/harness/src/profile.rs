@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn names_the_available_profiles_when_one_is_missing() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../qemu");
         let e = Profile::load(&dir, "virtt").unwrap_err().to_string();
         assert!(
             e.contains("no board profile `virtt`") && e.contains("virt-smmu"),
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn the_shipped_profiles_load() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../qemu");
         let names = list(&dir).unwrap();
         for board in ["virt", "virt-smmu", "raspi4b"] {
             assert!(

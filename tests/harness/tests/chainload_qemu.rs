@@ -30,7 +30,7 @@ use shootdown_harness::serial;
 const HARNESS: &str = env!("CARGO_BIN_EXE_harness");
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// An artifact named by an environment variable (relative to the repository root).

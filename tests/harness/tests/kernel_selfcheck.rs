@@ -34,7 +34,7 @@ fn kernel() -> Option<PathBuf> {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn harness_test(kernel: &Path, board: &str, bootargs: &str, logs: &str) -> Output {

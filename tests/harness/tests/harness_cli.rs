@@ -21,7 +21,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn profiles() -> PathBuf {
-    crate_dir().join("../qemu")
+    crate_dir().join("../../qemu")
 }
 
 /// A fresh scratch directory per test.
@@ -575,7 +575,7 @@ fn real_qemu_runs_each_board_profile() {
     for board in ["virt", "virt-smmu", "raspi4b"] {
         if board == "raspi4b"
             && !crate_dir()
-                .join("../build/dtb/bcm2711-rpi-4-b.dtb")
+                .join("../../build/dtb/bcm2711-rpi-4-b.dtb")
                 .exists()
         {
             eprintln!(
