@@ -99,10 +99,12 @@ test: qemu $(PI_DTB)
 # Clippy with warnings as errors, everywhere the code is compiled: the host workspace (the
 # portable core, its tests and benches, the harness) here, and the kernel and the chainloader
 # for the target in every build of them (KLINT; `CLIPPY_ARGS` is how cargo-clippy hands its
-# lint flags to clippy-driver).
+# lint flags to clippy-driver). Then the architecture check: no import cycle between the
+# kernel's top-level modules, the layering, the README's layout table (kernel/tests/architecture.rs).
 KLINT = RUSTC_WORKSPACE_WRAPPER=$(KCLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 lint:
 	$(HCLIPPY) --workspace --all-targets -- -D warnings
+	$(HCARGO) test -q -p shootdown --test architecture
 	@$(MAKE) --no-print-directory image chainloader
 
 # The concurrency core under loom's model checker: the notifier's, the SVA release protocol's and the ASID
@@ -120,8 +122,8 @@ clean:
 
 # ---------------------------------------------------------------------------------------------
 # Soak: the coherence workload on every CPU at once (job=soak), many seeds, both SMMU boards,
-# optionally with fault injection (FAULTS=all, or e.g. FAULTS=alloc,sync; see README
-# "Reliability"). Per-run consoles in build/logs/soak-<board>-<seed>.log.
+# optionally with fault injection (FAULTS=all, or e.g. FAULTS=alloc,sync; see
+# docs/reliability.md). Per-run consoles in build/logs/soak-<board>-<seed>.log.
 SEEDS       ?= 1 2 3 4 5 6 7 8
 ROUNDS      ?= 8
 FAULTS      ?=
@@ -141,8 +143,8 @@ test-soak: image $(HARNESS) qemu $(PI_DTB)
 	    --expect-stale --log-prefix test-soak-stale
 
 # ---------------------------------------------------------------------------------------------
-# Fuzzing the portable core with libFuzzer (cargo-fuzz, rustup's nightly; see README
-# "Reliability"). `make fuzz` runs each target FUZZ_SECONDS on a corpus kept in build/fuzz/ and
+# Fuzzing the portable core with libFuzzer (cargo-fuzz, rustup's nightly; see
+# docs/reliability.md). `make fuzz` runs each target FUZZ_SECONDS on a corpus kept in build/fuzz/ and
 # writes build/fuzz/figures.md; `make test` runs each FUZZ_SHORT_SECONDS from the committed
 # seeds only (cargo test already replays seeds and regressions on stable).
 FUZZ_SECONDS       ?= 300
@@ -157,7 +159,7 @@ test-fuzz:
 	bash tests/fuzz/fuzz.sh --seconds $(FUZZ_SHORT_SECONDS) --out $(BUILD)/fuzz-short --fresh $(FUZZ_TARGETS)
 
 # =============================================================================================
-# Benchmarks (issue 7; README "Performance"). `make bench` runs criterion's host benchmarks and
+# Benchmarks (issue 7; docs/performance.md). `make bench` runs criterion's host benchmarks and
 # the in-kernel benchmarks (`bench=*`) on both SMMU boards under QEMU -icount shift=0 (QEMU
 # counts guest instructions exactly and the PMU's INST_RETIRED reads them), then
 # `harness bench-report` writes bench/results.json, bench/results.md and bench/*.svg and checks
@@ -190,7 +192,7 @@ test-bench-smoke: image $(HARNESS) qemu
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).
-# Everything for real boards lives in this block; see README "Running on a Raspberry Pi 4".
+# Everything for real boards lives in this block; see docs/raspberry-pi.md.
 #
 #   make chainloader                      build/chainloader.img (boot image that loads over UART)
 #   make sdcard [FIRMWARE=dir] [SDCARD_BOOT=kernel|chainloader] [CMDLINE='...']

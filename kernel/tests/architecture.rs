@@ -359,7 +359,6 @@ fn readme_layout_names(readme: &str) -> BTreeSet<String> {
 }
 
 #[test]
-#[ignore = "issue 15: the tree is not split yet"]
 fn readme_layout_lists_every_module_and_folder() {
     let readme = fs::read_to_string(repo_root().join("README.md")).unwrap();
     let lines = readme.lines().count();
