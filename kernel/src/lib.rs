@@ -14,7 +14,7 @@
 //! | [`board`] | what differs between QEMU `virt` and the Raspberry Pi 4, read from the device tree; this boot's facts | host + kernel |
 //! | [`mm`] | addresses, frames, page tables, address spaces, the notifier core; RAM and the linear map | host + kernel |
 //! | `arch::aarch64` | boot glue, exceptions, system registers, barriers, TLBI, PSCI, SMP, MMIO | kernel |
-//! | [`drivers`] | PL011, BCM2711 GPIO, PCIe, `edu` | kernel |
+//! | [`drivers`] | PL011, BCM2711 GPIO, PCIe, `edu` | kernel (GPIO routing also on the host) |
 //! | `console` | `print!`, the `log` facade, the emergency path | kernel |
 //! | `rt` | the runtime: exit, panic, heap | kernel |
 //! | [`iommu`] | the SMMUv3 in one tree: spec encodings, driver, backends (MMIO, model, injector), SVA, probe | host + kernel |
