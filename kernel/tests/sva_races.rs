@@ -615,3 +615,80 @@ fn release_racing_a_second_bind_quiesces_both_streams() {
     first.unbind().unwrap();
     assert_eq!(w.sva.stats().contexts_destroyed, 1);
 }
+
+/// Unbind racing a failing invalidation: the last unbind holds `control` (held at its detach)
+/// when an invalidation without user reference fails. The failing CPU waits for the unbind,
+/// finds the context `Gone` (streams detached, ASID invalidated) and returns: no quiesce of a
+/// destroyed context, no abort.
+#[test]
+fn an_invalidation_failing_during_the_last_unbind_waits_and_does_not_escalate() {
+    let w = world::<13>(true);
+    let d = w.double();
+    let s = w.space();
+    let frame = w.map(&s, VA, 0x5a);
+    let bond = sva::bind::<Domain<13>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let asid = bond.asid().unwrap();
+    w.device(1).read(VirtAddr(VA), &mut [0u8; 8]).unwrap();
+    d.hold_at(Op::Detach);
+    let (unbound, overlapped) = thread::scope(|scope| {
+        let unbind = scope.spawn(|| bond.unbind());
+        d.wait_for_arrival();
+        d.fail_next(
+            Op::InvalidateRange,
+            SmmuError::CommandQueueFull { needed: 3, free: 0 },
+        );
+        let unmap = scope.spawn(|| s.unmap(&w, asid, VA, 1));
+        let overlapped = finishes_alone(&unmap);
+        d.open();
+        let unbound = unbind.join().unwrap();
+        unmap.join().unwrap();
+        (unbound, overlapped)
+    });
+    assert!(!overlapped, "the failed invalidation returned while the unbind was detaching");
+    assert_eq!(unbound, Ok(()));
+    w.mem.fill_frame(frame, 0x99).unwrap();
+    assert!(w.device(1).read(VirtAddr(VA), &mut [0u8; 8]).is_err());
+    let stats = w.sva.stats();
+    assert_eq!((stats.aborts, stats.contexts_destroyed), (0, 1), "{stats:?}");
+    assert!(!w.smmu.is_disabled());
+    assert!(w.model.stale_translations().is_empty());
+}
+
+/// `fail` racing release's own recovery: release's quiesce fails (held first, then refused),
+/// and an unmap's invalidation fails meanwhile. The unmap waits for release's recovery (a
+/// second quiesce, which succeeds), finds `Broken` and returns; one recovery, no abort.
+#[test]
+fn an_invalidation_failing_during_releases_recovery_waits_for_it() {
+    let w = world::<14>(true);
+    let d = w.double();
+    let s = w.space();
+    let frame = w.map(&s, VA, 0x5a);
+    let bond = sva::bind::<Domain<14>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    let asid = bond.asid().unwrap();
+    w.device(1).read(VirtAddr(VA), &mut [0u8; 8]).unwrap();
+    d.hold_at(Op::Quiesce);
+    d.fail_next(Op::Quiesce, SmmuError::CommandQueueFull { needed: 2, free: 0 });
+    let overlapped = thread::scope(|scope| {
+        let release = scope.spawn(|| assert!(s.mm.mmput()));
+        d.wait_for_arrival();
+        d.fail_next(
+            Op::InvalidateRange,
+            SmmuError::CommandQueueFull { needed: 3, free: 0 },
+        );
+        let unmap = scope.spawn(|| s.unmap(&w, asid, VA, 1));
+        let overlapped = finishes_alone(&unmap);
+        d.open();
+        release.join().unwrap();
+        unmap.join().unwrap();
+        overlapped
+    });
+    assert!(!overlapped, "the failed invalidation returned during release's recovery");
+    assert_eq!(bond.state(), ContextState::Broken);
+    w.mem.fill_frame(frame, 0x99).unwrap();
+    assert!(w.device(1).read(VirtAddr(VA), &mut [0u8; 8]).is_err());
+    let stats = w.sva.stats();
+    assert_eq!(stats.aborts, 0, "{stats:?}");
+    assert!(!w.smmu.is_disabled());
+    assert!(w.model.stale_translations().is_empty());
+    let _ = bond.unbind();
+}
