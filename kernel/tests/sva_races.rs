@@ -692,3 +692,80 @@ fn an_invalidation_failing_during_releases_recovery_waits_for_it() {
     assert!(w.model.stale_translations().is_empty());
     let _ = bond.unbind();
 }
+
+/// Randomised stress (not a proof): binds, unbinds, unlocked unmaps and the last mmput on
+/// several threads at once, over many address spaces of one SMMU. Nothing may fail, abort or
+/// translate stale, and nothing may translate once mmput and the unbinds returned.
+#[test]
+fn stress_bind_unbind_unmap_release() {
+    let w = world::<15>(false);
+    for round in 0..100u64 {
+        let s = w.space();
+        let frames: Vec<PhysAddr> = (0..4).map(|p| w.map(&s, VA + p * PAGE, p as u8)).collect();
+        let warm = sva::bind::<Domain<15>>(3, &s.mm, s.tables.root(), MAIR).ok();
+        let asid = warm.as_ref().and_then(|b| b.asid()).unwrap_or(0);
+        for p in 0..4 {
+            let _ = w.device(3).read(VirtAddr(VA + p * PAGE), &mut [0u8; 4]);
+        }
+        let next = std::sync::atomic::AtomicU64::new(round * 100);
+        thread::scope(|scope| {
+            let binder = scope.spawn(|| {
+                for _ in 0..3 {
+                    if let Ok(b) = sva::bind::<Domain<15>>(1, &s.mm, s.tables.root(), MAIR) {
+                        let _ = w.device(1).read(VirtAddr(VA + 3 * PAGE), &mut [0u8; 4]);
+                        b.unbind().unwrap();
+                    }
+                }
+            });
+            let binder2 = scope.spawn(|| sva::bind::<Domain<15>>(2, &s.mm, s.tables.root(), MAIR));
+            let reaper = scope.spawn(|| {
+                for p in 0..2 {
+                    let id = next.fetch_add(1, Ordering::Relaxed) + 1;
+                    s.unmap(&w, asid, VA + p * PAGE, id);
+                }
+            });
+            let dev = scope.spawn(|| {
+                for _ in 0..20 {
+                    for p in 0..4 {
+                        let _ = w.device(2).read(VirtAddr(VA + p * PAGE), &mut [0u8; 4]);
+                        let _ = w.device(3).read(VirtAddr(VA + p * PAGE), &mut [0u8; 4]);
+                    }
+                }
+            });
+            if round % 2 == 0 {
+                thread::yield_now();
+            }
+            // Release is the unmap of everything: accesses racing it are allowed until it
+            // returns, none after.
+            let id = round * 100 + 99;
+            w.model
+                .begin_unmap(asid, VirtAddr(0), VirtAddr(1 << 48), id);
+            assert!(s.mm.mmput());
+            w.model.end_unmap(id);
+            binder.join().unwrap();
+            reaper.join().unwrap();
+            dev.join().unwrap();
+            let b2 = binder2.join().unwrap();
+            // After mmput returned nothing translates, whoever won.
+            for sid in [2u32, 3] {
+                for p in 0..4 {
+                    let r = w.device(sid).touch(VirtAddr(VA + p * PAGE), AccessKind::Read);
+                    assert!(r.is_err(), "round {round}: stream {sid} page {p} after mmput: {r:?}");
+                }
+            }
+            if let Ok(b) = b2 {
+                b.unbind().unwrap();
+            }
+        });
+        let stale = w.model.take_stale_translations();
+        assert!(stale.is_empty(), "round {round}: {stale:?}");
+        if let Some(b) = warm {
+            b.unbind().unwrap();
+        }
+        let _ = frames;
+        let stats = w.sva.stats();
+        assert_eq!((stats.failures, stats.aborts), (0, 0), "round {round}: {stats:?}");
+    }
+    let stats = w.sva.stats();
+    assert_eq!(stats.contexts_created, stats.contexts_destroyed, "{stats:?}");
+}
