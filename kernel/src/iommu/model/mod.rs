@@ -12,15 +12,25 @@
 //! * **Command queue** (§4): consumed synchronously when CMDQ_PROD is written (as QEMU does),
 //!   but TLBI and CFGI commands take effect only when a later CMD_SYNC completes — hardware is
 //!   allowed to delay them until then, so a forgotten CMD_SYNC shows up as a stale translation
-//!   here, which QEMU cannot show. Illegal commands (unknown opcode, the reserved range
+//!   here, which QEMU cannot show. Hardware may also act at once, so at the SYNC a command
+//!   removes only what was cached when it was consumed: an entry refilled in between survives,
+//!   as it does on QEMU. Illegal commands (unknown opcode, the reserved range
 //!   encoding, SSEC) stop the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR until
 //!   software acknowledges through GERRORN (§7.1).
-//! * **Configuration** (§5.2, §5.4): STE and CD are decoded with the validity rules of
-//!   [`Ste::decode`] and [`CdFields::validate`] (C_BAD_STE / C_BAD_CD events) and cached per
-//!   StreamID until a CFGI.
-//! * **Translation**: an independent stage-1 walker ([`walk`]) and an IOTLB
-//!   ([`iotlb`]) tagged (ASID, VMID, VA, size), VMID taken from STE.S2VMID like QEMU ≥ 9.2's
-//!   nested SMMU. Faults are recorded as events only when CD.R = 1.
+//! * **Decoding** ([`decode`]): commands, STEs and CDs are decoded by the model's own reading
+//!   of the spec tables, not by the driver's encoders, so a misplaced field in the driver is
+//!   not cancelled out by decoding it with the same layout.
+//! * **Configuration** (§5.2, §5.4): invalid STEs/CDs raise C_BAD_STE / C_BAD_CD. STEs and CDs
+//!   are cached apart, and each CFGI drops exactly what §4.3 names (an STE change followed only
+//!   by CFGI_CD keeps the old STE; QEMU drops the whole stream on any CFGI).
+//! * **Translation**: an independent stage-1 walker ([`walk`]), an IOTLB ([`iotlb`]) tagged
+//!   (ASID, VMID, VA, size) with global (nG = 0) leaves matching every ASID, and a walk cache
+//!   ([`walkcache`]) of table descriptors that only Leaf = 0 (or wider) TLBIs remove. VMID is
+//!   taken from STE.S2VMID like QEMU ≥ 9.2's nested SMMU. Faults are recorded as events only
+//!   when CD.R = 1.
+//!
+//! Where the model and QEMU differ, and so how Pi and QEMU figures compare: see
+//! `docs/smmu-model.md`.
 //! * **Event queue** (§7.3, §7.4): records written at EVENTQ_PROD; when full, events are lost
 //!   and EVENTQ_PROD.OVFLG toggles (if no overflow is already pending).
 //! * **Coherence checker** ([`checker`]): see there.
@@ -29,6 +39,7 @@
 //!   (Event-queue overflow needs no knob: a small queue and an edu-like device do it.)
 
 pub mod checker;
+pub mod decode;
 pub mod dma;
 pub mod iotlb;
 pub mod walk;
@@ -41,7 +52,7 @@ use core::fmt;
 use tock_registers::LocalRegisterCopy;
 
 use crate::iommu::backend::SmmuBackend;
-use crate::iommu::cd::{BadCd, CdFields, CdGranule, ContextDescriptor, Stage1Config, CD_WORDS};
+use crate::iommu::cd::{BadCd, CdGranule, Stage1Config, CD_WORDS};
 use crate::iommu::command::{Command, CommandCounts, Granule, TlbiVa};
 use crate::iommu::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_SIZE};
 use crate::iommu::physmem;
@@ -50,7 +61,7 @@ use crate::iommu::regs::{
     self, offset, CommandErrorCode, CR0, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, Q_BASE, STRTAB_BASE,
     STRTAB_BASE_CFG,
 };
-use crate::iommu::ste::{BadSte, Ste, StreamConfig, STE_SIZE, STE_WORDS};
+use crate::iommu::ste::{BadSte, StreamConfig, STE_SIZE, STE_WORDS};
 use crate::mm::phys::PhysMemory;
 use crate::mm::{PhysAddr, VirtAddr};
 use crate::sync::atomic::Ordering;
@@ -780,7 +791,7 @@ impl State {
             let slot = PhysAddr(base + 16 * u64::from(q.index(cons)));
             let decoded = match physmem::load_words::<2>(mem, slot) {
                 Err(_) => Err(CommandErrorCode::Abort),
-                Ok(words) => Command::decode(words).map_err(|_| CommandErrorCode::Illegal),
+                Ok(words) => decode::command(words).map_err(|_| CommandErrorCode::Illegal),
             };
             let injected = match (self.knobs.fail_command, &decoded) {
                 (Some((None, code)), _) => Some(code),
@@ -986,9 +997,7 @@ impl State {
         let ste_pa = PhysAddr((addr & !(table_bytes - 1)) + STE_SIZE as u64 * u64::from(sid));
         let words = physmem::load_words::<STE_WORDS>(mem, ste_pa)
             .map_err(|_| FaultKind::SteFetch(ste_pa))?;
-        let ste = Ste(words)
-            .decode(self.oas_bits())
-            .map_err(FaultKind::BadSte)?;
+        let ste = decode::ste(&words, self.oas_bits()).map_err(FaultKind::BadSte)?;
         let vmid = if self.cfg.vmid_tagging { ste.s2vmid } else { 0 };
         Ok(match ste.config {
             StreamConfig::Abort => SteCfg::Abort,
@@ -1000,9 +1009,8 @@ impl State {
     fn decode_cd(&self, mem: &dyn PhysMemory, cd_pa: PhysAddr) -> Result<Stage1Config, FaultKind> {
         let words =
             physmem::load_words::<CD_WORDS>(mem, cd_pa).map_err(|_| FaultKind::CdFetch(cd_pa))?;
-        let fields: CdFields = ContextDescriptor(words).decode();
-        let s1 = fields.validate(self.oas_bits()).map_err(FaultKind::BadCd)?;
-        if !fields.epd0 && s1.granule != CdGranule::K4 {
+        let s1 = decode::cd(&words, self.oas_bits()).map_err(FaultKind::BadCd)?;
+        if s1.ttb0.is_some() && s1.granule != CdGranule::K4 {
             // SMMU_IDR5 advertises the 4 KiB granule only.
             return Err(FaultKind::BadCd(BadCd::Granule { table: 0 }));
         }
@@ -1164,8 +1172,7 @@ impl State {
         // root is fresh by definition, and walking twice would race with table writes the
         // kernel may legitimately make concurrently (new mappings need no invalidation).
         if self.checker.enabled && (config_born.is_some() || cache_use.is_some()) {
-            let config_stale =
-                config_born.is_some() && self.decode_config(mem, sid) != Ok(cfg);
+            let config_stale = config_born.is_some() && self.decode_config(mem, sid) != Ok(cfg);
             let used_cache = match (config_stale, config_born, cache_use) {
                 (true, Some(born), _) => Some(CacheUse {
                     source: StaleSource::Config,

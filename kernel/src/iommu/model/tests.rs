@@ -11,6 +11,7 @@ use crate::iommu::cd::{CdFields, ContextDescriptor};
 use crate::iommu::command::{opcode, Granule, SyncSignal, TlbiRange};
 use crate::iommu::event::EVENT_WORDS;
 use crate::iommu::queue::QueueGeometry;
+use crate::iommu::ste::Ste;
 use crate::iommu::testing::{LeafAttrs, PhysArena, TestPageTables};
 use crate::mm::phys::FrameAllocator;
 
