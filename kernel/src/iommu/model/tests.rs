@@ -828,17 +828,26 @@ fn tlbi_va_leaf(addr: u64, leaf: bool) -> Command {
     })
 }
 
-/// A driver that frees a table and invalidates with Leaf = 1: the walk cache keeps the
-/// pointer to the freed table and the next walk goes through it.
-#[test]
-fn a_freed_table_invalidated_with_leaf_set_is_still_walked() {
-    const VA: u64 = 0x20_0000;
-    let mem = arena();
-    let (rig, t) = stage1_rig(&mem);
+/// Where the freed-table tests map: the first page of the second 2 MiB.
+const VA: u64 = 0x20_0000;
+
+/// A stage-1 rig whose device has walked to `VA`, after which the level-3 table under `VA` was
+/// freed and its frame reused to map a new frame there. Returns (rig, tables, new frame).
+fn walked_then_freed(mem: &PhysArena) -> (Rig<'_>, TestPageTables<'_>, PhysAddr) {
+    let (rig, t) = stage1_rig(mem);
     let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
     t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
     pa_of(&rig.smmu, VA, AccessKind::Read).unwrap();
     free_table(&rig, VA, Some(b));
+    (rig, t, b)
+}
+
+/// A driver that frees a table and invalidates with Leaf = 1: the walk cache keeps the
+/// pointer to the freed table and the next walk goes through it.
+#[test]
+fn a_freed_table_invalidated_with_leaf_set_is_still_walked() {
+    let mem = arena();
+    let (rig, _t, b) = walked_then_freed(&mem);
     rig.submit(&[tlbi_va_leaf(VA, true), Command::SYNC]);
     rig.smmu
         .note_unmap(ASID, VirtAddr(VA), VirtAddr(VA + 0x20_0000), 1);
@@ -862,7 +871,7 @@ fn a_freed_table_invalidated_with_leaf_set_is_still_walked() {
 /// table entries too.
 #[test]
 fn a_walk_through_a_zeroed_freed_table_is_stale_even_when_it_faults() {
-    const VA: u64 = 0x40_0000;
+    const VA: u64 = 0x40_0000; // another level-3 table than the shared `VA`'s
     let mem = arena();
     let (rig, t) = stage1_rig(&mem);
     let a = mem.alloc_zeroed().unwrap();
@@ -884,6 +893,34 @@ fn a_walk_through_a_zeroed_freed_table_is_stale_even_when_it_faults() {
         Err(FaultKind::Translation { level: 2 })
     );
     assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// The driver's own planner with its `leaf` setting on, used for an unmap that freed a table:
+/// per-page and range plans alike leave the table pointer in the walk cache; with the default
+/// (Leaf = 0) they do not.
+#[test]
+fn the_planner_with_leaf_set_leaves_freed_tables_walkable() {
+    use crate::iommu::planner::{PlannerConfig, Strategy};
+    for strategy in [Strategy::PerPage, Strategy::Range] {
+        for leaf in [true, false] {
+            let mem = arena();
+            let (rig, _t, b) = walked_then_freed(&mem);
+            let mut planner = PlannerConfig::new(strategy, true).unwrap();
+            planner.leaf = leaf;
+            let plan = planner
+                .plan(ASID, VirtAddr(VA), VirtAddr(VA + 0x1000))
+                .unwrap();
+            rig.submit(&plan.commands().chain([Command::SYNC]).collect::<Vec<_>>());
+            let used = pa_of(&rig.smmu, VA, AccessKind::Read);
+            let stale = rig.smmu.take_stale_translations();
+            if leaf {
+                assert_eq!(used, Ok(b), "{strategy:?}");
+                assert_eq!(stale.len(), 1, "{strategy:?}");
+            } else {
+                assert!(used.is_err() && stale.is_empty(), "{strategy:?}");
+            }
+        }
+    }
 }
 
 /// A driver that changes an STE but sends only CFGI_CD: the SMMU keeps the cached STE.
