@@ -250,6 +250,31 @@ mod tests {
     }
 
     #[test]
+    fn global_entries_match_every_asid_and_invalidation_spares_younger_entries() {
+        let mut t = Iotlb::new(IotlbConfig {
+            capacity: 8,
+            replacement: Replacement::Lru,
+        });
+        let global = Leaf {
+            global: true,
+            ..page(0x7000)
+        };
+        t.insert(1, 0, global, 3);
+        let hit = t
+            .lookup(2, 0, 0x7abc)
+            .expect("another ASID hits a global entry");
+        assert!(hit.tag.global && hit.born == 3);
+        assert!(t.lookup(2, 1, 0x7000).is_none(), "but not another VMID");
+        t.insert(1, 0, page(0x8000), 9);
+        assert_eq!(
+            t.invalidate(5, |_, _| true),
+            1,
+            "only the entry born before 5"
+        );
+        assert!(t.lookup(1, 0, 0x8000).is_some());
+    }
+
+    #[test]
     fn lru_and_fifo_evict_differently() {
         for (policy, survivor) in [(Replacement::Lru, 0x1000), (Replacement::Fifo, 0x2000)] {
             let mut t = Iotlb::new(IotlbConfig {

@@ -485,32 +485,16 @@ impl<'m> SmmuModel<'m> {
     /// about to): from now on a cached translation that disagrees there is a violation.
     pub fn note_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
         let mut s = self.state.lock();
-        let now = s.tick();
-        s.checker.note_unmap(
-            UnmapNote {
-                id,
-                asid,
-                start,
-                end,
-            },
-            now,
-        );
+        let (note, now) = s.unmap_note(asid, start, end, id);
+        s.checker.note_unmap(note, now);
     }
 
     /// Opens the window of unmap `id` (call before the kernel changes the PTEs or CD): until
     /// [`SmmuModel::end_unmap`], a device still using the old translation is an allowed race.
     pub fn begin_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
         let mut s = self.state.lock();
-        let now = s.tick();
-        s.checker.begin_unmap(
-            UnmapNote {
-                id,
-                asid,
-                start,
-                end,
-            },
-            now,
-        );
+        let (note, now) = s.unmap_note(asid, start, end, id);
+        s.checker.begin_unmap(note, now);
     }
 
     /// Closes the window of unmap `id` (call when the unmap returns, i.e. after its
@@ -575,6 +559,23 @@ impl State {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    /// An unmap note, taken now.
+    fn unmap_note(
+        &mut self,
+        asid: u16,
+        start: VirtAddr,
+        end: VirtAddr,
+        id: u64,
+    ) -> (UnmapNote, u64) {
+        let note = UnmapNote {
+            id,
+            asid,
+            start,
+            end,
+        };
+        (note, self.tick())
     }
 
     fn oas_bits(&self) -> u8 {
@@ -1235,14 +1236,18 @@ impl State {
             None => {
                 self.stats.iotlb_misses += 1;
                 let cached_table = self.walk_cache.lookup(s1.asid, vmid, va.as_u64());
-                let used = cached_table.map(|e| {
+                if cached_table.is_some() {
                     self.stats.walk_cache_hits += 1;
-                    CacheUse {
+                }
+                // A walk resumed from a descriptor memory still holds is a fresh walk: checking
+                // it would only race with concurrent table writes (as walking twice does).
+                let used = cached_table
+                    .filter(|e| !table_still_there(mem, &e.step))
+                    .map(|e| CacheUse {
                         source: StaleSource::WalkCache,
                         born: e.born,
-                        table_gone: !table_still_there(mem, &e.step),
-                    }
-                });
+                        table_gone: true,
+                    });
                 let born = self.tick();
                 let mut steps: Vec<TableStep> = Vec::new();
                 let walked = walk::walk_from(

@@ -202,6 +202,8 @@ pub fn walk_from(
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use alloc::vec::Vec;
+
     use super::*;
     use crate::iommu::cd::CdFields;
     use crate::iommu::testing::{LeafAttrs, PhysArena, TestPageTables};
@@ -265,6 +267,40 @@ mod tests {
             walk(&mem, &disabled, 0x1234_5000),
             Err(WalkFault::Translation { level: 0 })
         );
+    }
+
+    #[test]
+    fn a_resumed_walk_reports_its_tables_and_ng() {
+        let mem = PhysArena::new(PhysAddr(0x4000_0000), 32).unwrap();
+        let t = TestPageTables::new(&mem).unwrap();
+        let c = cfg(t.root(), 48);
+        t.map(VirtAddr(0x1234_5000), PhysAddr(0x4001_0000), LeafAttrs::RW)
+            .unwrap();
+        let global = LeafAttrs {
+            global: true,
+            ..LeafAttrs::RW
+        };
+        t.map(VirtAddr(0x1234_6000), PhysAddr(0x4002_0000), global)
+            .unwrap();
+        let mut steps = Vec::new();
+        let leaf = walk_from(&mem, &c, 0x1234_5000, None, &mut |s| steps.push(s)).unwrap();
+        assert!(!leaf.global);
+        assert_eq!(
+            steps
+                .iter()
+                .map(|s| (s.level, s.span_log2))
+                .collect::<Vec<_>>(),
+            [(0, 39), (1, 30), (2, 21)]
+        );
+        // From the cached level-2 descriptor: only the level-3 read is left, same result.
+        let mut more = Vec::new();
+        let resumed = walk_from(&mem, &c, 0x1234_6000, Some(steps[2].resume()), &mut |s| {
+            more.push(s)
+        })
+        .unwrap();
+        assert!(more.is_empty());
+        assert_eq!(resumed, walk(&mem, &c, 0x1234_6000).unwrap());
+        assert!(resumed.global);
     }
 
     #[test]
