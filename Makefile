@@ -13,6 +13,7 @@ BUILD     := build
 KERNEL_ELF := $(BUILD)/shootdown.elf
 KERNEL_IMG := $(BUILD)/shootdown.img
 PI_DTB    := $(BUILD)/dtb/bcm2711-rpi-4-b.dtb
+KUNIT_PY  := $(BUILD)/kunit/kunit.py
 KTARGET_DIR := target/kernel
 HARNESS   := target/debug/harness
 TEST_BOARDS := virt virt-smmu raspi4b
@@ -31,7 +32,7 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb test test-loom test-boards lint qemu dtb clean FORCE soak test-soak
+.PHONY: help image run gdb setup test test-loom test-boards test-kunit lint qemu dtb clean FORCE soak test-soak
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
@@ -86,13 +87,14 @@ gdb: image $(HARNESS) $(BOARD_DEPS)
 # Tests: the portable core and the harness on the host (the harness also against the real
 # kernel, the chainloader over a PTY and the SD-card packaging), the concurrency core under
 # loom, then the kernel's KTAP on every board.
-test: qemu $(PI_DTB)
+test: setup
 	@$(MAKE) --no-print-directory lint
 	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
-	    $(HCARGO) test --workspace
+	    $(HCARGO) test --workspace -- --include-ignored
 	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
+	@$(MAKE) --no-print-directory test-kunit
 	@$(MAKE) --no-print-directory test-soak
 	@$(MAKE) --no-print-directory test-bench-smoke
 
@@ -116,6 +118,19 @@ test-loom:
 test-boards: image $(HARNESS) qemu $(PI_DTB)
 	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \
 	    --bootargs "ktest=* $(BOOTARGS)" --junit $(BUILD)/junit.xml $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+# Everything `make test` needs from outside, installed once, one after the other, before any
+# test runs (qemu/install.sh holds one lock across all of it): tests never install.
+setup: qemu $(PI_DTB) $(KUNIT_PY)
+	@bash qemu/install.sh fattools
+
+# Linux's own KTAP parser must read every board's console as the harness does: same cases,
+# same results, zero parse errors (tests/harness/src/kunit.rs). Run after test-boards, on its logs.
+$(KUNIT_PY):
+	@bash qemu/install.sh kunit $(BUILD)
+
+test-kunit: $(HARNESS) $(KUNIT_PY)
+	$(HARNESS) kunit-check $(foreach b,$(TEST_BOARDS),$(BUILD)/logs/$(b).log) --kunit $(KUNIT_PY)
 
 clean:
 	rm -rf $(BUILD) target
@@ -258,8 +273,8 @@ hil: hil-port-check image $(HARNESS)
 # Without hardware: the chainloader's protocol through QEMU raspi4b on a pseudo-terminal, and
 # `make sdcard`'s packaging with stand-in firmware files (the check is about our packaging, not
 # Broadcom's blobs). Both take seconds except the real kernel's transfer (~30-60 s under TCG).
-test-hil-offline: image chainloader qemu $(PI_DTB) $(HARNESS)
+test-hil-offline: setup image chainloader $(HARNESS)
 	SHOOTDOWN_KERNEL=$(KERNEL_IMG) SHOOTDOWN_CHAINLOADER=$(CHAINLOADER_IMG) SHOOTDOWN_DTB=$(PI_DTB) \
-	    $(HCARGO) test -q -p shootdown-harness --test chainload_qemu --test sdcard
+	    $(HCARGO) test -q -p shootdown-harness --test chainload_qemu --test sdcard -- --include-ignored
 
 # ==================================== end of the Raspberry Pi 4 block ========================

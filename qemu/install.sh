@@ -81,15 +81,51 @@ install_dtb() {
     [ -s "$out" ] || die "the kernel package held no bcm2711-rpi-4-b.dtb"
 }
 
+# Linux's own KTAP parser (tools/testing/kunit, Linux 6.1), from Debian's linux-source-6.1:
+# only that folder is extracted, into BUILD/kunit; nothing is installed system-wide.
+install_kunit() {
+    local build=$1 out="$1/kunit"
+    [ -s "$out/kunit.py" ] && return 0
+    is_debian || die "put Linux 6.1's tools/testing/kunit at $out (kunit.py parse cross-checks our KTAP)"
+    apt_update
+    local tmp; tmp=$(mktemp -d)
+    say "fetching linux-source-6.1 for tools/testing/kunit (139 MB, once)"
+    (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root linux-source-6.1 >/dev/null)
+    dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.1_*.deb | tar -x -C "$tmp" ./usr/src/linux-source-6.1.tar.xz
+    tar -xJf "$tmp/usr/src/linux-source-6.1.tar.xz" -C "$tmp" --wildcards 'linux-source-6.1/tools/testing/kunit/*'
+    rm -rf "$out" && mkdir -p "$build" && mv "$tmp/linux-source-6.1/tools/testing/kunit" "$out"
+    rm -rf "$tmp"
+    [ -s "$out/kunit.py" ] || die "linux-source-6.1 held no tools/testing/kunit/kunit.py"
+}
+
+# mtools and dosfstools, for `make sdcard` and its tests.
+install_fattools() {
+    command -v mcopy >/dev/null && { command -v mkfs.fat >/dev/null || [ -x /sbin/mkfs.fat ]; } && return 0
+    is_debian || die "install mtools and dosfstools (mcopy, mkfs.fat) to build the SD card image"
+    apt_update
+    say "installing mtools dosfstools"
+    apt install -y mtools dosfstools >/dev/null
+}
+
 install_gdb() {
     command -v gdb-multiarch >/dev/null && return 0
     is_debian || die "install gdb-multiarch (or a gdb that knows aarch64)"
     apt_update; apt install -y gdb-multiarch >/dev/null
 }
 
+# Every install runs under one lock, held from the first `apt-get update` to the last install:
+# parallel set-ups (two checkouts, a test and `make sdcard`) take turns instead of failing on
+# dpkg's own lock.
+if [ -z "${SHOOTDOWN_SETUP_LOCKED:-}" ] && command -v flock >/dev/null; then
+    export SHOOTDOWN_SETUP_LOCKED=1
+    exec flock "${TMPDIR:-/tmp}/shootdown-setup.lock" bash "$0" "$@"
+fi
+
 case "${1:-}" in
     qemu) install_qemu ;;
     dtb) install_dtb "${2:?build folder}" ;;
+    kunit) install_kunit "${2:?build folder}" ;;
+    fattools) install_fattools ;;
     gdb) install_gdb ;;
-    *) die "usage: $0 qemu | dtb BUILD | gdb" ;;
+    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | gdb" ;;
 esac

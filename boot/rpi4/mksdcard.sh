@@ -10,14 +10,12 @@
 # raspi-firmware is in Debian's non-free-firmware component, arm64/armhf only, and its
 # maintainer scripts manage /boot/firmware, which a build host should not get.
 #
-# The FAT tools (mtools, dosfstools) are installed on Debian if missing, like the other setup
-# scripts (idempotent, with time limits); elsewhere one line says what to install.
+# The FAT tools (mtools, dosfstools) come from `qemu/install.sh fattools` (on Debian, under the
+# set-up lock); with SHOOTDOWN_NO_INSTALL set (the tests), a missing tool is an error instead.
 set -euo pipefail
 
 say() { printf 'sdcard: %s\n' "$*" >&2; }
 die() { printf 'sdcard: %s\n' "$*" >&2; exit 1; }
-is_debian() { [ -r /etc/debian_version ] && command -v apt-get >/dev/null; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 here=$(cd "$(dirname "$0")" && pwd)
 out="" image="" kernel="" chainloader="" dtb="" firmware="" boot=kernel cmdline=""
@@ -79,14 +77,16 @@ printf '%s\n' "$cmdline" > "$out/cmdline.txt"
 
 # 3. The FAT tools.
 need=()
-command -v mcopy >/dev/null || need+=(mtools)
-command -v mkfs.fat >/dev/null || [ -x /sbin/mkfs.fat ] || need+=(dosfstools)
-if [ ${#need[@]} -gt 0 ]; then
-    is_debian || die "install ${need[*]} (mcopy, mkfs.fat) to build the SD card image"
-    say "installing ${need[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=120 -q update >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=120 -q install -y "${need[@]}" >/dev/null
+fat_tools_ok() { command -v mcopy >/dev/null && { command -v mkfs.fat >/dev/null || [ -x /sbin/mkfs.fat ]; }; }
+if ! fat_tools_ok; then
+    # Tests set SHOOTDOWN_NO_INSTALL: they never install (parallel apt-get calls race on its
+    # lock); `make test`'s set-up step installed the tools before any test ran.
+    [ -z "${SHOOTDOWN_NO_INSTALL:-}" ] ||
+        die "mcopy or mkfs.fat is missing: run \`bash qemu/install.sh fattools\` (make test's set-up does)"
+    bash "$here/../../qemu/install.sh" fattools
+    fat_tools_ok || die "mcopy or mkfs.fat is still missing"
 fi
+
 mkfs_fat=$(command -v mkfs.fat || echo /sbin/mkfs.fat)
 
 # 4. The image: an MBR with one FAT32 (LBA, type 0x0c) partition from 1 MiB to the end. The

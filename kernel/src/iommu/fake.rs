@@ -196,6 +196,8 @@ pub mod desc {
     pub const SH_INNER: u64 = 0b11 << 8;
     /// Access flag.
     pub const AF: u64 = 1 << 10;
+    /// nG: not global, the TLB entry is tagged with the ASID.
+    pub const NOT_GLOBAL: u64 = 1 << 11;
     /// `APTable[1]`: read-only for everything below this table.
     pub const AP_TABLE_READ_ONLY: u64 = 1 << 62;
     /// Output address bits `[47:12]`.
@@ -209,6 +211,9 @@ pub struct LeafAttrs {
     pub writable: bool,
     /// AF = 1 when true.
     pub accessed: bool,
+    /// nG = 0 when true: the entry matches every ASID (kernel-style); otherwise it is tagged
+    /// with the ASID (user-style, what SVA maps).
+    pub global: bool,
 }
 
 impl LeafAttrs {
@@ -216,11 +221,13 @@ impl LeafAttrs {
     pub const RW: LeafAttrs = LeafAttrs {
         writable: true,
         accessed: true,
+        global: false,
     };
     /// Read-only, accessed.
     pub const RO: LeafAttrs = LeafAttrs {
         writable: false,
         accessed: true,
+        global: false,
     };
 
     fn bits(self) -> u64 {
@@ -230,6 +237,9 @@ impl LeafAttrs {
         }
         if self.accessed {
             d |= desc::AF;
+        }
+        if !self.global {
+            d |= desc::NOT_GLOBAL;
         }
         d
     }
@@ -512,7 +522,10 @@ mod tests {
         let va = VirtAddr(0x0000_7f12_3456_7000);
         t.map(va, PhysAddr(0x8000_f000), LeafAttrs::RW).unwrap();
         let d = t.descriptor(va).unwrap();
-        assert_eq!(d, 0x8000_f000 | 0b11 | desc::AF | desc::SH_INNER);
+        assert_eq!(
+            d,
+            0x8000_f000 | 0b11 | desc::AF | desc::SH_INNER | desc::NOT_GLOBAL
+        );
         assert_eq!(t.table_frames(), 4);
         assert_eq!(
             t.map(va, PhysAddr(0x8000_e000), LeafAttrs::RW),

@@ -49,7 +49,10 @@
 //! ASID invalidated (`Gone`). While release is still quiescing, the state is `Live` and every
 //! unmap's invalidation reaches the SMMU: an unmap that does not pin the users count (the OOM
 //! reaper's) may free its frames the moment it returns. An SMMU that answers "no such context"
-//! or "disabled" during release or recovery has nothing left to invalidate: that counts as done.
+//! during release or recovery has nothing left to invalidate: that counts as done. One that
+//! answers "disabled" is being switched off by some CPU, but refuses commands from before
+//! translation is off: SVA completes the switch itself (idempotent) before it counts it as
+//! done (`sva_races.rs`, the abort of another address space).
 //!
 //! A bind links its subscription and then checks that the address space still has users
 //! ([`MmCore::still_has_users`]): either the last `mmput` walks the list after the link and
@@ -282,7 +285,8 @@ pub struct SvaStats {
     /// Calls skipped because the context was released, broken or gone.
     pub invalidations_skipped: u64,
     pub releases: u64,
-    /// SMMU operations that failed (each marks its context broken).
+    /// SMMU operations that failed (the first of a context that was not yet quiet marks it
+    /// broken; later ones are only counted).
     pub failures: u64,
     /// Times the whole SMMU was switched to abort all traffic.
     pub aborts: u64,
@@ -461,8 +465,9 @@ impl<D: SvaDomain> SvaNotifier<D> {
         };
         if let Err(e) = self.sva.iommu.attach(sid, ctx) {
             if control.sids.is_empty() {
-                // The context was made for this stream alone: nothing may outlive the failure.
-                self.destroy(&control, ctx);
+                // The context was made for this stream alone: nothing may outlive the failure
+                // (if even that fails, the attach's own error is the one to report).
+                let _ = self.destroy(&control, ctx);
             }
             return Err(e.into());
         }
@@ -521,25 +526,52 @@ impl<D: SvaDomain> SvaNotifier<D> {
             return Err(e.into());
         }
         if control.sids.is_empty() {
-            self.destroy(&control, ctx);
+            self.destroy(&control, ctx)?;
         }
         Ok(())
     }
 
     /// Destroys a context no stream uses any more; `Gone` once the SMMU invalidated its ASID.
-    fn destroy(&self, control: &Control<'_>, ctx: ContextId) {
+    /// If the SMMU refuses, the context is made harmless and destroyed once more (a quiesced
+    /// context without streams still can be), so its CD and ASID do not leak; the error is
+    /// returned only if that fails too.
+    fn destroy(&self, control: &Control<'_>, ctx: ContextId) -> Result<(), SmmuError> {
+        let first = match self.sva.iommu.destroy_context(ctx) {
+            Ok(()) => {
+                bump(&self.sva.counters.contexts_destroyed);
+                self.set_state(control, ContextState::Gone);
+                return Ok(());
+            }
+            Err(SmmuError::NoSuchContext(_)) => {
+                self.set_state(control, ContextState::Gone);
+                return Ok(());
+            }
+            // The CD stays allocated: a switched-off SMMU may still read it.
+            Err(SmmuError::Disabled) => {
+                self.wait_until_switched_off();
+                self.set_state(control, ContextState::Gone);
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        self.recover(control, "destroying a context", ctx, first);
         match self.sva.iommu.destroy_context(ctx) {
             Ok(()) => {
                 bump(&self.sva.counters.contexts_destroyed);
                 self.set_state(control, ContextState::Gone);
+                Ok(())
             }
-            // An SMMU already switched off has nothing left to invalidate; the CD stays
-            // allocated (the SMMU may still read it).
-            Err(SmmuError::Disabled | SmmuError::NoSuchContext(_)) => {
-                self.set_state(control, ContextState::Gone);
-            }
-            Err(e) => self.recover(control, "destroying a context", ctx, e),
+            Err(_) => Err(first),
         }
+    }
+
+    /// The SMMU answered "disabled": some CPU is switching it off to abort all traffic, and the
+    /// driver refuses commands from the moment it starts, *before* translation is off. Doing
+    /// the same switch here (idempotent) returns only once SMMU_CR0 says translation is off, so
+    /// from then on nothing of any context can be used.
+    fn wait_until_switched_off(&self) {
+        // An SMMU that ignores even this cannot be helped; the caller reports what it has.
+        let _ = self.sva.iommu.abort_all_traffic();
     }
 
     /// Called by an invalidation that failed: recovers under the lock, or waits for whoever is
@@ -571,7 +603,8 @@ impl<D: SvaDomain> SvaNotifier<D> {
             ctx.index()
         );
         match self.sva.iommu.quiesce(ctx) {
-            Ok(()) | Err(SmmuError::Disabled | SmmuError::NoSuchContext(_)) => {}
+            Ok(()) | Err(SmmuError::NoSuchContext(_)) => {}
+            Err(SmmuError::Disabled) => self.wait_until_switched_off(),
             Err(e2) => {
                 log::error!(
                     "sva: quiescing failed on {} too ({e2}): all its traffic now aborts",
@@ -644,7 +677,11 @@ impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
             crate::sync::model_switch_point();
         }
         match self.sva.iommu.quiesce(ctx) {
-            Ok(()) | Err(SmmuError::Disabled | SmmuError::NoSuchContext(_)) => {
+            Ok(()) | Err(SmmuError::NoSuchContext(_)) => {
+                self.set_state(&control, ContextState::Released);
+            }
+            Err(SmmuError::Disabled) => {
+                self.wait_until_switched_off();
                 self.set_state(&control, ContextState::Released);
             }
             Err(e) => self.recover(&control, "quiescing on release", ctx, e),

@@ -51,10 +51,17 @@ impl<W: Write> KtapWriter<W> {
         writeln!(self.out, "1..{n}")
     }
 
-    /// `# Subtest: name` (kunit.py's suite header, placed after the nested version line).
-    pub fn subtest_header(&mut self, name: &str) -> fmt::Result {
+    /// A nested suite's header in KUnit's order: `KTAP version 1`, `# Subtest: name`, then the
+    /// plan `1..n`. Linux's own parser (`tools/testing/kunit/kunit_parser.py`) reads the
+    /// subtest line only between the version line and the plan; after the plan it counts the
+    /// suite's cases wrong.
+    pub fn suite_header(&mut self, name: &str, n: usize) -> fmt::Result {
         self.indent()?;
-        writeln!(self.out, "# Subtest: {name}")
+        self.out.write_str("KTAP version 1\n")?;
+        self.indent()?;
+        writeln!(self.out, "# Subtest: {name}")?;
+        self.indent()?;
+        writeln!(self.out, "1..{n}")
     }
 
     /// A diagnostic line, one `# ` line per line of `text`.
@@ -119,8 +126,7 @@ mod tests {
         let mut w = KtapWriter::new(String::new());
         w.header(1).unwrap();
         w.enter();
-        w.header(2).unwrap();
-        w.subtest_header("boot").unwrap();
+        w.suite_header("boot", 2).unwrap();
         w.result(1, "reached", Outcome::Pass, None).unwrap();
         w.diagnostic("expected 4\ngot 3").unwrap();
         w.result(2, "cpus #online", Outcome::Fail, None).unwrap();
@@ -131,7 +137,7 @@ mod tests {
         let out = w.into_inner();
         assert_eq!(
             out,
-            "KTAP version 1\n1..1\n  KTAP version 1\n  1..2\n  # Subtest: boot\n  ok 1 reached\n  # expected 4\n  # got 3\n  not ok 2 cpus _online\nnot ok 1 boot\nok 2 gic # SKIP no GIC _ here\n"
+            "KTAP version 1\n1..1\n  KTAP version 1\n  # Subtest: boot\n  1..2\n  ok 1 reached\n  # expected 4\n  # got 3\n  not ok 2 cpus _online\nnot ok 1 boot\nok 2 gic # SKIP no GIC _ here\n"
         );
     }
 }

@@ -79,8 +79,7 @@ pub fn run_cases(tests: &'static [KTest], what: &str, filter: &str, seed: u64) -
     for (si, suite) in suites.iter().enumerate() {
         let cases: Vec<&&'static KTest> = chosen.iter().filter(|t| t.suite == *suite).collect();
         w.enter();
-        let _ = w.header(cases.len());
-        let _ = w.subtest_header(suite);
+        let _ = w.suite_header(suite, cases.len());
         let mut failed = 0;
         for (ci, case) in cases.iter().enumerate() {
             CURRENT.store(**case as *const KTest as *mut KTest, Ordering::Release);

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crate::capture::{self, Capture, End, Limits, Sinks, Stream, Target};
 use crate::chainload::{self, BootargsMode, ConsoleEnd, Observer};
 use crate::cli::{
-    self, ChainbootOptions, Command, ParseOptions, PushOptions, QemuOptions, SerialOptions,
+    self, ChainbootOptions, Command, KunitCheckOptions, ParseOptions, PushOptions, QemuOptions,
+    SerialOptions,
 };
 use crate::junit::{self, RunInfo};
 use crate::ktap::{Counts, Parser};
@@ -70,6 +71,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Serial(o) => serial(&o),
         Command::Chainboot(o) => chainboot(&o),
         Command::Parse(o) => parse(&o),
+        Command::KunitCheck(o) => kunit_check(&o),
         Command::Trace { input, out } => trace_command(input.as_deref(), &out),
         Command::Boards { profiles } => boards(profiles.as_deref()),
         Command::BenchReport(o) => crate::bench::report::run(&o).map_err(SetupError),
@@ -201,6 +203,21 @@ fn test(o: &QemuOptions) -> Result<i32, SetupError> {
             .collect();
         write_junit(path, &format!("shootdown {}", boards.join(",")), &runs)?;
     }
+    if let Some(path) = &o.json {
+        let runs = results
+            .iter()
+            .flat_map(|(board, caps)| {
+                caps.iter().enumerate().map(move |(i, cap)| {
+                    let name = match caps.len() {
+                        1 => board.to_string(),
+                        n => format!("{board} [run {} of {n}]", i + 1),
+                    };
+                    crate::results::run(&name, &cap.document, cap.passed())
+                })
+            })
+            .collect();
+        write_json(path, &crate::results::file(runs))?;
+    }
     let passed = |caps: &[Capture]| caps.iter().all(Capture::passed);
     if results.len() > 1 {
         println!("{:=^70}", " all boards ");
@@ -306,6 +323,14 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
         println!("{}", report::closing_line(board, &counts, failures));
     }
     Ok(captures)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SetupError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| SetupError(format!("{}: {e}", dir.display())))?;
+    }
+    let text = serde_json::to_string_pretty(value)?;
+    fs::write(path, text + "\n").map_err(|e| SetupError(format!("{}: {e}", path.display())))
 }
 
 fn write_junit(path: &Path, name: &str, runs: &[RunInfo<'_>]) -> Result<(), SetupError> {
@@ -574,7 +599,7 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
                     &cap,
                     o.verbose,
                     Some(&log_path),
-                    o.junit.as_deref(),
+                    (o.junit.as_deref(), o.json.as_deref()),
                 );
             }
         }
@@ -612,7 +637,7 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
         &cap,
         o.verbose,
         Some(&log_path),
-        o.junit.as_deref(),
+        (o.junit.as_deref(), o.json.as_deref()),
     )
 }
 
@@ -731,9 +756,13 @@ fn finish_report(
     cap: &Capture,
     verbose: bool,
     log_path: Option<&Path>,
-    junit_path: Option<&Path>,
+    (junit_path, json_path): (Option<&Path>, Option<&Path>),
 ) -> Result<i32, SetupError> {
     print!("{}", report::summary(name, cap, verbose, log_path));
+    if let Some(path) = json_path {
+        let run = crate::results::run(name, &cap.document, cap.passed());
+        write_json(path, &crate::results::file(vec![run]))?;
+    }
     if let Some(path) = junit_path {
         let runs = [RunInfo {
             board: name,
@@ -778,8 +807,42 @@ fn parse(o: &ParseOptions) -> Result<i32, SetupError> {
         &cap,
         o.verbose,
         o.input.as_deref(),
-        o.junit.as_deref(),
+        (o.junit.as_deref(), o.json.as_deref()),
     )
+}
+
+/// `harness kunit-check`: Linux's own parser must read every log as ours does.
+fn kunit_check(o: &KunitCheckOptions) -> Result<i32, SetupError> {
+    if !o.kunit.is_file() {
+        return setup(format!(
+            "{}: no kunit.py there (`bash qemu/install.sh kunit build` extracts it)",
+            o.kunit.display()
+        ));
+    }
+    let mut status = PASS;
+    for log in &o.logs {
+        let text =
+            fs::read_to_string(log).map_err(|e| SetupError(format!("{}: {e}", log.display())))?;
+        let ours = crate::ktap::parse(&text);
+        let json_out = log.with_extension("kunit.json");
+        let theirs = crate::kunit::run(&o.kunit, log, &json_out).map_err(SetupError)?;
+        let problems = crate::kunit::compare(&ours, &theirs);
+        println!(
+            "kunit-check {}: ours {} ({} tests), kunit.py {} ({} cases)",
+            log.display(),
+            ours.counts(),
+            ours.counts().total(),
+            theirs.summary,
+            theirs.cases.len()
+        );
+        if !problems.is_empty() {
+            status = FAIL;
+            for p in &problems {
+                println!("  {p}");
+            }
+        }
+    }
+    Ok(status)
 }
 
 /// `harness boards`.

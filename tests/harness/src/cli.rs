@@ -6,7 +6,8 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 usage:
   harness test   --board NAME [--bootargs ARGS] [--timeout SECS] [--test-timeout SECS]
-                 [--kernel PATH] [--junit PATH] [--repeat N] [--qemu PATH] [--profiles DIR]
+                 [--kernel PATH] [--junit PATH] [--json PATH] [--repeat N] [--qemu PATH]
+                 [--profiles DIR]
                  [--log-dir DIR] [--verbose] [--dry-run] [-- QEMU_ARGS...]
       Boot the kernel under QEMU with board profile NAME (qemu/NAME.toml), parse its KTAP,
       print a summary, write the console log to build/logs/NAME.log; exit 1 on any failure.
@@ -19,6 +20,7 @@ usage:
       Convert the trace in a saved console log (boot with trace=1) to Chrome/Perfetto JSON and
       check that every unmap returned only after the secondary TLBs were invalidated.
   harness serial --port DEV [--baud N] [--timeout SECS] [--test-timeout SECS] [--junit PATH]
+                 [--json PATH]
                  [--log PATH] [--name NAME] [--reset-cmd CMD] [--verbose]
                  [--chainload IMAGE [--bootargs ARGS] [--replace-bootargs] [--ready-timeout SECS]
                   [--retries N]]
@@ -30,8 +32,12 @@ usage:
       Push the kernel through the chainloader, then be the board's serial console (stdin to
       the port, the port to stdout) until the kernel prints `# shootdown: exit N` (exit N),
       Ctrl-D or Ctrl-C.
-  harness parse  [FILE|-] [--junit PATH] [--name NAME] [--verbose]
-      Parse a saved console log (or stdin), like `kunit.py parse`.
+  harness parse  [FILE|-] [--junit PATH] [--json PATH] [--name NAME] [--verbose]
+      Parse a saved console log (or stdin), like `kunit.py parse`. --json writes every case
+      (suite, name, status PASS/FAIL/SKIP/ERROR, duration, diagnostics) as JSON.
+  harness kunit-check LOG... --kunit PATH/kunit.py
+      Run Linux's own KTAP parser (`kunit.py parse --json`) on each log and compare with ours,
+      case by case; exit 1 on a kunit.py parse error or any difference.
   harness boards [--profiles DIR]
       List the board profiles.
   harness soak   --boards B1,B2 --seeds S1,S2 --rounds N [--bootargs ARGS] [--expect-stale]
@@ -83,6 +89,8 @@ pub struct QemuOptions {
     /// `Some(None)` = switched off with 0.
     pub test_timeout: Option<Option<Duration>>,
     pub junit: Option<PathBuf>,
+    /// Per-case results as JSON ([`crate::results`]).
+    pub json: Option<PathBuf>,
     pub repeat: usize,
     pub log_dir: Option<PathBuf>,
     pub verbose: bool,
@@ -100,6 +108,7 @@ pub struct SerialOptions {
     pub timeout: Duration,
     pub test_timeout: Option<Duration>,
     pub junit: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub name: String,
     pub reset_cmd: Option<String>,
@@ -150,8 +159,18 @@ pub struct ParseOptions {
     /// `None` or `-` = stdin.
     pub input: Option<PathBuf>,
     pub junit: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     pub name: String,
     pub verbose: bool,
+}
+
+/// `harness kunit-check` options.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KunitCheckOptions {
+    /// Console logs to check.
+    pub logs: Vec<PathBuf>,
+    /// Linux's `tools/testing/kunit/kunit.py`.
+    pub kunit: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -161,6 +180,7 @@ pub enum Command {
     Serial(SerialOptions),
     Chainboot(ChainbootOptions),
     Parse(ParseOptions),
+    KunitCheck(KunitCheckOptions),
     /// `harness trace`: a saved log's trace to Chrome JSON.
     Trace {
         input: Option<PathBuf>,
@@ -244,6 +264,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         "serial" => parse_serial(&mut a),
         "chainboot" => parse_chainboot(&mut a),
         "parse" => parse_parse(&mut a),
+        "kunit-check" => parse_kunit_check(&mut a),
         "trace" => {
             let mut input = None;
             let mut out = None;
@@ -275,7 +296,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         "soak" => parse_soak(&mut a),
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!(
-            "unknown command `{other}` (test, run, serial, chainboot, parse, trace, boards, soak, bench-report)"
+            "unknown command `{other}` (test, run, serial, chainboot, parse, kunit-check, trace, boards, soak, bench-report)"
         )),
     }
 }
@@ -392,6 +413,7 @@ fn parse_qemu(sub: &str, a: &mut Args) -> Result<Command, String> {
                 o.test_timeout = Some(Some(t).filter(|t| !t.is_zero()));
             }
             "--junit" if test => o.junit = Some(a.value(&flag)?.into()),
+            "--json" if test => o.json = Some(a.value(&flag)?.into()),
             "--repeat" if test => {
                 o.repeat = a.number(&flag)?;
                 if o.repeat == 0 {
@@ -439,6 +461,7 @@ fn parse_serial(a: &mut Args) -> Result<Command, String> {
             }
             "--test-timeout" => o.test_timeout = Some(a.seconds(&flag)?).filter(|t| !t.is_zero()),
             "--junit" => o.junit = Some(a.value(&flag)?.into()),
+            "--json" => o.json = Some(a.value(&flag)?.into()),
             "--log" => o.log = Some(a.value(&flag)?.into()),
             "--name" => o.name = a.value(&flag)?,
             "--reset-cmd" => o.reset_cmd = Some(a.value(&flag)?),
@@ -501,11 +524,29 @@ fn parse_chainboot(a: &mut Args) -> Result<Command, String> {
     Ok(Command::Chainboot(o))
 }
 
+fn parse_kunit_check(a: &mut Args) -> Result<Command, String> {
+    let mut o = KunitCheckOptions::default();
+    let mut kunit = None;
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--kunit" => kunit = Some(a.value(&flag)?.into()),
+            f if !f.starts_with("--") => o.logs.push(f.into()),
+            _ => return Err(unknown(&flag, "kunit-check")),
+        }
+    }
+    o.kunit = kunit.ok_or("`harness kunit-check` needs --kunit PATH/kunit.py")?;
+    if o.logs.is_empty() {
+        return Err("`harness kunit-check` needs at least one console log".into());
+    }
+    Ok(Command::KunitCheck(o))
+}
+
 fn parse_parse(a: &mut Args) -> Result<Command, String> {
     let mut o = ParseOptions::default();
     while let Some(flag) = a.next_flag()? {
         match flag.as_str() {
             "--junit" => o.junit = Some(a.value(&flag)?.into()),
+            "--json" => o.json = Some(a.value(&flag)?.into()),
             "--name" => o.name = a.value(&flag)?,
             "--verbose" | "-v" => o.verbose = true,
             f if !f.starts_with("--") && o.input.is_none() => o.input = Some(f.into()),

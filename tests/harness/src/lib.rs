@@ -6,7 +6,8 @@
 //! - [`profile`], [`qemu`]: board profiles (`qemu/*.toml`) and the QEMU command line.
 //! - [`serial`]: a real board's serial port; [`chainload`]: pushing a kernel through the
 //!   UART chainloader.
-//! - [`report`], [`junit`]: the human summary and JUnit XML.
+//! - [`report`], [`junit`], [`results`]: the human summary, JUnit XML and per-case JSON.
+//! - [`kunit`]: the cross-check with Linux's own KTAP parser (`kunit.py parse`).
 //! - [`trace`]: the kernel's event trace as Chrome/Perfetto JSON.
 //! - [`bench`]: `make bench`'s report (results file, SVG plots, performance goals).
 //! - [`soak`]: `make soak`'s runs judged from the kernel's summary lines.
@@ -19,9 +20,11 @@ pub mod chainload;
 pub mod cli;
 pub mod junit;
 pub mod ktap;
+pub mod kunit;
 pub mod profile;
 pub mod qemu;
 pub mod report;
+pub mod results;
 pub mod serial;
 pub mod soak;
 pub mod trace;

@@ -10,27 +10,18 @@ use std::process::{Command, Output, Stdio};
 
 const HARNESS: &str = env!("CARGO_BIN_EXE_harness");
 
-fn kernel() -> Option<PathBuf> {
-    match std::env::var_os("SHOOTDOWN_KERNEL") {
-        Some(k) => {
-            // Relative to the repository root (where `make` runs), not this crate.
-            let k = repo_root().join(PathBuf::from(k));
-            assert!(
-                k.exists(),
-                "SHOOTDOWN_KERNEL={} does not exist",
-                k.display()
-            );
-            Some(std::fs::canonicalize(k).unwrap())
-        }
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI run without SHOOTDOWN_KERNEL: run `make test`"
-            );
-            eprintln!("SKIPPED: set SHOOTDOWN_KERNEL=build/shootdown.img (make test does)");
-            None
-        }
-    }
+fn kernel() -> PathBuf {
+    let k = std::env::var_os("SHOOTDOWN_KERNEL").unwrap_or_else(|| {
+        panic!("set SHOOTDOWN_KERNEL=build/shootdown.img (`make test` does): this test cannot run without it")
+    });
+    // Relative to the repository root (where `make` runs), not this crate.
+    let k = repo_root().join(PathBuf::from(k));
+    assert!(
+        k.exists(),
+        "SHOOTDOWN_KERNEL={} does not exist",
+        k.display()
+    );
+    std::fs::canonicalize(k).unwrap()
 }
 
 fn repo_root() -> PathBuf {
@@ -76,8 +67,9 @@ fn text(out: &Output) -> String {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn a_test_that_fails_on_request_fails_the_run_naming_it() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     let out = harness_test(&k, "virt", "ktest=ktest ktest.fail=1", "fail");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -95,8 +87,9 @@ fn a_test_that_fails_on_request_fails_the_run_naming_it() {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn a_crash_inside_a_test_bails_out_with_a_decoded_report() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     let out = harness_test(&k, "virt", "ktest=ktest ktest.crash=1", "crash");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -116,8 +109,9 @@ fn a_crash_inside_a_test_bails_out_with_a_decoded_report() {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn a_stack_overflow_is_reported_as_one() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     let out = harness_test(&k, "virt", "ktest=ktest ktest.crash=stack", "stack");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -134,8 +128,9 @@ fn a_stack_overflow_is_reported_as_one() {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn ktest_selects_exactly_the_named_tests() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     let out = harness_test(
         &k,
         "virt",
@@ -151,8 +146,9 @@ fn ktest_selects_exactly_the_named_tests() {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn booting_without_a_device_tree_says_so_and_exits_2() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     // QEMU's raspi4b has no built-in tree: without -dtb the kernel gets none.
     let out = Command::new(std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into()))
         .args([
@@ -181,8 +177,9 @@ fn booting_without_a_device_tree_says_so_and_exits_2() {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn make_run_trace_writes_valid_chrome_json_with_every_unmap_invalidated_before_it_returned() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     let out_json =
         std::env::temp_dir().join(format!("shootdown-trace-{}.json", std::process::id()));
     let out = Command::new(HARNESS)
@@ -250,8 +247,9 @@ fn stale_count(text: &str) -> Option<u64> {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn make_run_workload_passes_with_no_stale_access_on_both_boards() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     for board in ["virt-smmu", "raspi4b"] {
         let out = harness_run(&k, board, "rounds=4 seed=11");
         let t = text(&out);
@@ -266,8 +264,9 @@ fn make_run_workload_passes_with_no_stale_access_on_both_boards() {
 }
 
 #[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn the_workload_fails_when_the_iotlb_is_not_invalidated() {
-    let Some(k) = kernel() else { return };
+    let k = kernel();
     for board in ["virt-smmu", "raspi4b"] {
         let out = harness_run(&k, board, "rounds=4 seed=11 smmu.skip_invalidate=1");
         let t = text(&out);

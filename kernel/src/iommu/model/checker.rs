@@ -13,9 +13,18 @@
 //! promises the invalidation has taken effect once the CMD_SYNC completes, and the kernel only
 //! promises it once the unmap returns. The kernel brackets such windows with
 //! [`super::SmmuModel::begin_unmap`] / [`super::SmmuModel::end_unmap`]; a mismatch inside an
-//! open window of the same ASID covering the VA is counted as a *race* and not recorded. Any
-//! other mismatch is a violation. (Single-threaded callers can simply call
-//! [`super::SmmuModel::note_unmap`] for each unmap.)
+//! open window of the same ASID covering the VA is counted as a *race* and not recorded — but
+//! only if the cached entry was filled after the last *completed* unmap covering the VA began.
+//! An older entry should have gone with that unmap's invalidation: its use is that unmap's bug,
+//! whatever window happens to be open now. Any other mismatch is a violation. (Single-threaded
+//! callers can simply call [`super::SmmuModel::note_unmap`] for each unmap.)
+//!
+//! A walk resumed from a walk-cache entry is checked only when memory no longer holds the
+//! cached table descriptor: otherwise it read the same tables a fresh walk would, and walking
+//! twice would only race with concurrent mappings.
+//!
+//! A spurious fault (cached state faults where the tables now allow the access) is recorded
+//! but counted apart ([`Checker::spurious`]): it costs a retry, not isolation.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -52,6 +61,10 @@ pub enum StaleKind {
     /// The access faulted on cached state although the tables now allow it (e.g. a read-only
     /// entry cached before a permission upgrade).
     SpuriousFault,
+    /// The walk went through a cached table descriptor that memory no longer holds (a table
+    /// freed or replaced without a Leaf = 0 invalidation), though this access happened to end
+    /// the way a fresh walk does.
+    StaleTable,
 }
 
 /// Which cache held the stale state.
@@ -61,6 +74,24 @@ pub enum StaleSource {
     Iotlb,
     /// The configuration cache (STE/CD decoded before a change that was not invalidated).
     Config,
+    /// The walk cache (a table descriptor read before a change that was not invalidated).
+    WalkCache,
+}
+
+/// One use of cached state, as the model reports it to the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    pub sid: u32,
+    /// The ASID of the stage-1 configuration (`None` if there was none).
+    pub asid: Option<u16>,
+    pub vmid: u16,
+    pub va: VirtAddr,
+    pub access: AccessKind,
+    pub source: StaleSource,
+    /// When the cached state was filled (the model's clock).
+    pub born: u64,
+    /// The walk went through a table descriptor memory no longer holds.
+    pub table_gone: bool,
 }
 
 /// One stale translation.
@@ -108,14 +139,23 @@ impl fmt::Display for StaleTranslation {
     }
 }
 
+/// An unmap and when (the model's clock) it began changing the tables.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    note: UnmapNote,
+    began: u64,
+}
+
 /// Checker state.
 #[derive(Debug, Clone)]
 pub struct Checker {
     pub(super) enabled: bool,
-    unmaps: VecDeque<UnmapNote>,
-    in_flight: Vec<UnmapNote>,
+    /// Completed unmaps, oldest first.
+    unmaps: VecDeque<Timed>,
+    in_flight: Vec<Timed>,
     records: Vec<StaleTranslation>,
     total: u64,
+    spurious: u64,
     raced: u64,
 }
 
@@ -127,75 +167,93 @@ impl Checker {
             in_flight: Vec::new(),
             records: Vec::new(),
             total: 0,
+            spurious: 0,
             raced: 0,
         }
     }
 
-    pub(super) fn begin_unmap(&mut self, note: UnmapNote) {
-        self.in_flight.push(note);
+    /// Opens the window of `note`, which began at time `now`.
+    pub(super) fn begin_unmap(&mut self, note: UnmapNote, now: u64) {
+        self.in_flight.push(Timed { note, began: now });
     }
 
     /// Closes the window of unmap `id`; returns false if none was open.
     pub(super) fn end_unmap(&mut self, id: u64) -> bool {
-        match self.in_flight.iter().position(|u| u.id == id) {
+        match self.in_flight.iter().position(|u| u.note.id == id) {
             Some(i) => {
-                let note = self.in_flight.swap_remove(i);
-                self.note_unmap(note);
+                let done = self.in_flight.swap_remove(i);
+                self.log(done);
                 true
             }
             None => false,
         }
     }
 
-    fn racing(&self, asid: Option<u16>, va: VirtAddr) -> bool {
-        asid.is_some_and(|a| {
-            self.in_flight
-                .iter()
-                .any(|u| u.asid == a && u.start <= va && va < u.end)
-        })
+    /// Whether a mismatch on an entry filled at `born` is an allowed race: an open window
+    /// covers the VA, and the entry is younger than the last completed unmap there.
+    fn racing(&self, asid: Option<u16>, va: VirtAddr, born: u64) -> bool {
+        let Some(a) = asid else { return false };
+        let open = self.in_flight.iter().any(|u| covers(&u.note, a, va));
+        open && self.last_completed(a, va).is_none_or(|u| born > u.began)
     }
 
-    pub(super) fn note_unmap(&mut self, note: UnmapNote) {
+    /// Notes an unmap that completed (or, single-threaded, is about to) at time `now`.
+    pub(super) fn note_unmap(&mut self, note: UnmapNote, now: u64) {
+        self.log(Timed { note, began: now });
+    }
+
+    fn log(&mut self, done: Timed) {
         if self.unmaps.len() == UNMAP_LOG_CAPACITY {
             self.unmaps.pop_front();
         }
-        self.unmaps.push_back(note);
+        self.unmaps.push_back(done);
     }
 
-    fn last_unmap(&self, asid: Option<u16>, va: VirtAddr) -> Option<UnmapNote> {
-        let asid = asid?;
+    fn last_completed(&self, asid: u16, va: VirtAddr) -> Option<Timed> {
         self.unmaps
             .iter()
             .rev()
             .copied()
-            .find(|u| u.asid == asid && u.start <= va && va < u.end)
+            .find(|u| covers(&u.note, asid, va))
+    }
+
+    fn last_unmap(&self, asid: Option<u16>, va: VirtAddr) -> Option<UnmapNote> {
+        self.last_completed(asid?, va).map(|u| u.note)
     }
 
     /// Compares the outcome the model produced with the fresh one; records a mismatch.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn check(
         &mut self,
-        sid: u32,
-        asid: Option<u16>,
-        vmid: u16,
-        va: VirtAddr,
-        access: AccessKind,
-        source: StaleSource,
+        u: Use,
         used: Result<PhysAddr, FaultKind>,
         fresh: Result<PhysAddr, FaultKind>,
     ) -> bool {
+        let Use {
+            sid,
+            asid,
+            vmid,
+            va,
+            access,
+            source,
+            born,
+            table_gone,
+        } = u;
         let kind = match (used, fresh) {
-            (Ok(a), Ok(b)) if a == b => return false,
-            (Err(_), Err(_)) => return false,
-            (Ok(_), Ok(_)) => StaleKind::WrongFrame,
+            (Ok(a), Ok(b)) if a != b => StaleKind::WrongFrame,
             (Ok(_), Err(_)) => StaleKind::UseAfterUnmap,
             (Err(_), Ok(_)) => StaleKind::SpuriousFault,
+            _ if table_gone => StaleKind::StaleTable,
+            _ => return false,
         };
-        if self.racing(asid, va) {
+        if self.racing(asid, va, born) {
             self.raced += 1;
             return false;
         }
-        self.total += 1;
+        if kind == StaleKind::SpuriousFault {
+            self.spurious += 1;
+        } else {
+            self.total += 1;
+        }
         if self.records.len() < RECORD_CAPACITY {
             let last_unmap = self.last_unmap(asid, va);
             self.records.push(StaleTranslation {
@@ -226,7 +284,15 @@ impl Checker {
         self.total
     }
 
+    pub(super) fn spurious(&self) -> u64 {
+        self.spurious
+    }
+
     pub(super) fn raced(&self) -> u64 {
         self.raced
     }
+}
+
+fn covers(note: &UnmapNote, asid: u16, va: VirtAddr) -> bool {
+    note.asid == asid && note.start <= va && va < note.end
 }

@@ -3,7 +3,9 @@
 //!
 //! An entry is keyed by (ASID, VMID, VA of the page/block, size) — SMMUv3 §3.17 "TLB tagging"
 //! — so a lookup tries each leaf size (4 KiB, 2 MiB, 1 GiB) like QEMU's
-//! `smmu_iotlb_lookup()`. Only successful walks are cached; translation and access-flag faults
+//! `smmu_iotlb_lookup()`. A global leaf (nG = 0, Arm ARM D8.4.3) is kept once, with no ASID,
+//! and matches every ASID. Each entry remembers when it was filled (`born`, the model's clock)
+//! so an invalidation removes only what was cached when the SMMU consumed it. Only successful walks are cached; translation and access-flag faults
 //! never are, permission faults are (the entry is cached and the permission check fails
 //! against it, which is why a permission *upgrade* needs an invalidation too).
 
@@ -41,7 +43,10 @@ impl IotlbConfig {
 /// The tag of an IOTLB entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IotlbTag {
+    /// 0 for a global entry.
     pub asid: u16,
+    /// nG = 0: the entry matches every ASID.
+    pub global: bool,
     pub vmid: u16,
     pub size_log2: u8,
     pub va_base: u64,
@@ -51,6 +56,16 @@ pub struct IotlbTag {
 struct Slot {
     leaf: Leaf,
     stamp: u64,
+    born: u64,
+}
+
+/// An IOTLB hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IotlbHit {
+    pub tag: IotlbTag,
+    pub leaf: Leaf,
+    /// When the entry was filled (the model's clock).
+    pub born: u64,
 }
 
 /// The IOTLB.
@@ -102,41 +117,45 @@ impl Iotlb {
         self.next_stamp
     }
 
-    /// The cached leaf covering `va` for (`asid`, `vmid`), if any.
-    pub fn lookup(&mut self, asid: u16, vmid: u16, va: u64) -> Option<(IotlbTag, Leaf)> {
-        for size_log2 in LEAF_SIZES {
-            let tag = IotlbTag {
+    /// The cached leaf covering `va` for (`asid`, `vmid`), if any: an entry of that ASID or a
+    /// global one.
+    pub fn lookup(&mut self, asid: u16, vmid: u16, va: u64) -> Option<IotlbHit> {
+        let candidates = LEAF_SIZES.into_iter().flat_map(|size_log2| {
+            [(asid, false), (0, true)].map(|(asid, global)| IotlbTag {
                 asid,
+                global,
                 vmid,
                 size_log2,
                 va_base: va & !((1u64 << size_log2) - 1),
-            };
+            })
+        });
+        for tag in candidates {
             if let Some(slot) = self.entries.get(&tag).copied() {
                 if self.cfg.replacement == Replacement::Lru {
                     let new = self.stamp();
                     self.order.remove(&slot.stamp);
                     self.order.insert(new, tag);
-                    self.entries.insert(
-                        tag,
-                        Slot {
-                            leaf: slot.leaf,
-                            stamp: new,
-                        },
-                    );
+                    self.entries.insert(tag, Slot { stamp: new, ..slot });
                 }
-                return Some((tag, slot.leaf));
+                return Some(IotlbHit {
+                    tag,
+                    leaf: slot.leaf,
+                    born: slot.born,
+                });
             }
         }
         None
     }
 
-    /// Caches `leaf` for (`asid`, `vmid`), evicting by the replacement policy if full.
-    pub fn insert(&mut self, asid: u16, vmid: u16, leaf: Leaf) {
+    /// Caches `leaf` for (`asid`, `vmid`) at time `born`, evicting by the replacement policy if
+    /// full.
+    pub fn insert(&mut self, asid: u16, vmid: u16, leaf: Leaf, born: u64) {
         if self.cfg.capacity == 0 {
             return;
         }
         let tag = IotlbTag {
-            asid,
+            asid: if leaf.global { 0 } else { asid },
+            global: leaf.global,
             vmid,
             size_log2: leaf.size_log2,
             va_base: leaf.va_base,
@@ -162,15 +181,20 @@ impl Iotlb {
         }
         let stamp = self.stamp();
         self.order.insert(stamp, tag);
-        self.entries.insert(tag, Slot { leaf, stamp });
+        self.entries.insert(tag, Slot { leaf, stamp, born });
     }
 
-    /// Removes every entry for which `matches` is true; returns how many.
-    pub fn invalidate(&mut self, mut matches: impl FnMut(&IotlbTag, &Leaf) -> bool) -> usize {
+    /// Removes every entry filled before `cached_before` for which `matches` is true; returns
+    /// how many.
+    pub fn invalidate(
+        &mut self,
+        cached_before: u64,
+        mut matches: impl FnMut(&IotlbTag, &Leaf) -> bool,
+    ) -> usize {
         let before = self.entries.len();
         let order = &mut self.order;
         self.entries.retain(|tag, slot| {
-            let hit = matches(tag, &slot.leaf);
+            let hit = slot.born < cached_before && matches(tag, &slot.leaf);
             if hit {
                 order.remove(&slot.stamp);
             }
@@ -196,6 +220,7 @@ mod tests {
             size_log2: 12,
             level: 3,
             writable: true,
+            global: false,
         }
     }
 
@@ -205,22 +230,48 @@ mod tests {
             capacity: 8,
             replacement: Replacement::Lru,
         });
-        t.insert(1, 0, page(0x5000));
+        t.insert(1, 0, page(0x5000), 1);
         let block = Leaf {
             va_base: 0x20_0000,
             pa_base: 0x4000_0000,
             size_log2: 21,
             level: 2,
             writable: false,
+            global: false,
         };
-        t.insert(1, 0, block);
-        assert_eq!(t.lookup(1, 0, 0x5abc).map(|(_, l)| l), Some(page(0x5000)));
-        assert_eq!(t.lookup(1, 0, 0x2f_ffff).map(|(_, l)| l), Some(block));
+        t.insert(1, 0, block, 2);
+        assert_eq!(t.lookup(1, 0, 0x5abc).map(|h| h.leaf), Some(page(0x5000)));
+        assert_eq!(t.lookup(1, 0, 0x2f_ffff).map(|h| h.leaf), Some(block));
         assert!(t.lookup(2, 0, 0x5000).is_none(), "other ASID");
         assert!(t.lookup(1, 1, 0x5000).is_none(), "other VMID");
         assert!(t.lookup(1, 0, 0x6000).is_none());
-        assert_eq!(t.invalidate(|tag, _| tag.size_log2 == 21), 1);
+        assert_eq!(t.invalidate(u64::MAX, |tag, _| tag.size_log2 == 21), 1);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn global_entries_match_every_asid_and_invalidation_spares_younger_entries() {
+        let mut t = Iotlb::new(IotlbConfig {
+            capacity: 8,
+            replacement: Replacement::Lru,
+        });
+        let global = Leaf {
+            global: true,
+            ..page(0x7000)
+        };
+        t.insert(1, 0, global, 3);
+        let hit = t
+            .lookup(2, 0, 0x7abc)
+            .expect("another ASID hits a global entry");
+        assert!(hit.tag.global && hit.born == 3);
+        assert!(t.lookup(2, 1, 0x7000).is_none(), "but not another VMID");
+        t.insert(1, 0, page(0x8000), 9);
+        assert_eq!(
+            t.invalidate(5, |_, _| true),
+            1,
+            "only the entry born before 5"
+        );
+        assert!(t.lookup(1, 0, 0x8000).is_some());
     }
 
     #[test]
@@ -230,10 +281,10 @@ mod tests {
                 capacity: 2,
                 replacement: policy,
             });
-            t.insert(1, 0, page(0x1000));
-            t.insert(1, 0, page(0x2000));
+            t.insert(1, 0, page(0x1000), 0);
+            t.insert(1, 0, page(0x2000), 0);
             t.lookup(1, 0, 0x1000); // refreshes 0x1000 under LRU only
-            t.insert(1, 0, page(0x3000));
+            t.insert(1, 0, page(0x3000), 0);
             assert_eq!(t.len(), 2);
             assert!(t.lookup(1, 0, survivor).is_some(), "{policy:?}");
             assert!(t.lookup(1, 0, 0x3000).is_some());
@@ -248,9 +299,9 @@ mod tests {
             replacement: Replacement::FlushAll,
         });
         for i in 1..=3 {
-            t.insert(1, 0, page(i << 12));
+            t.insert(1, 0, page(i << 12), 0);
         }
-        t.insert(1, 0, page(4 << 12));
+        t.insert(1, 0, page(4 << 12), 0);
         assert_eq!(t.len(), 1);
         assert_eq!(t.capacity_flushes, 1);
         assert_eq!(t.evictions, 3);
@@ -262,13 +313,13 @@ mod tests {
             capacity: 0,
             replacement: Replacement::Lru,
         });
-        t.insert(1, 0, page(0x1000));
+        t.insert(1, 0, page(0x1000), 0);
         assert!(t.is_empty());
         let mut t = Iotlb::new(IotlbConfig {
             capacity: 1,
             replacement: Replacement::Fifo,
         });
-        t.insert(1, 0, page(0x1000));
+        t.insert(1, 0, page(0x1000), 0);
         t.insert(
             1,
             0,
@@ -276,9 +327,10 @@ mod tests {
                 writable: false,
                 ..page(0x1000)
             },
+            0,
         );
         assert_eq!(t.len(), 1);
         assert_eq!(t.evictions, 0);
-        assert!(!t.lookup(1, 0, 0x1000).unwrap().1.writable);
+        assert!(!t.lookup(1, 0, 0x1000).unwrap().leaf.writable);
     }
 }

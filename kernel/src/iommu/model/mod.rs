@@ -12,15 +12,25 @@
 //! * **Command queue** (§4): consumed synchronously when CMDQ_PROD is written (as QEMU does),
 //!   but TLBI and CFGI commands take effect only when a later CMD_SYNC completes — hardware is
 //!   allowed to delay them until then, so a forgotten CMD_SYNC shows up as a stale translation
-//!   here, which QEMU cannot show. Illegal commands (unknown opcode, the reserved range
+//!   here, which QEMU cannot show. Hardware may also act at once, so at the SYNC a command
+//!   removes only what was cached when it was consumed: an entry refilled in between survives,
+//!   as it does on QEMU. Illegal commands (unknown opcode, the reserved range
 //!   encoding, SSEC) stop the queue with CMDQ_CONS.ERR = CERROR_ILL and GERROR.CMDQ_ERR until
 //!   software acknowledges through GERRORN (§7.1).
-//! * **Configuration** (§5.2, §5.4): STE and CD are decoded with the validity rules of
-//!   [`Ste::decode`] and [`CdFields::validate`] (C_BAD_STE / C_BAD_CD events) and cached per
-//!   StreamID until a CFGI.
-//! * **Translation**: an independent stage-1 walker ([`walk`]) and an IOTLB
-//!   ([`iotlb`]) tagged (ASID, VMID, VA, size), VMID taken from STE.S2VMID like QEMU ≥ 9.2's
-//!   nested SMMU. Faults are recorded as events only when CD.R = 1.
+//! * **Decoding** ([`decode`]): commands, STEs and CDs are decoded by the model's own reading
+//!   of the spec tables, not by the driver's encoders, so a misplaced field in the driver is
+//!   not cancelled out by decoding it with the same layout.
+//! * **Configuration** (§5.2, §5.4): invalid STEs/CDs raise C_BAD_STE / C_BAD_CD. STEs and CDs
+//!   are cached apart, and each CFGI drops exactly what §4.3 names (an STE change followed only
+//!   by CFGI_CD keeps the old STE; QEMU drops the whole stream on any CFGI).
+//! * **Translation**: an independent stage-1 walker ([`walk`]), an IOTLB ([`iotlb`]) tagged
+//!   (ASID, VMID, VA, size) with global (nG = 0) leaves matching every ASID, and a walk cache
+//!   ([`walkcache`]) of table descriptors that only Leaf = 0 (or wider) TLBIs remove. VMID is
+//!   taken from STE.S2VMID like QEMU ≥ 9.2's nested SMMU. Faults are recorded as events only
+//!   when CD.R = 1.
+//!
+//! Where the model and QEMU differ, and so how Pi and QEMU figures compare: see
+//! `docs/smmu-model.md`.
 //! * **Event queue** (§7.3, §7.4): records written at EVENTQ_PROD; when full, events are lost
 //!   and EVENTQ_PROD.OVFLG toggles (if no overflow is already pending).
 //! * **Coherence checker** ([`checker`]): see there.
@@ -29,9 +39,11 @@
 //!   (Event-queue overflow needs no knob: a small queue and an edu-like device do it.)
 
 pub mod checker;
+pub mod decode;
 pub mod dma;
 pub mod iotlb;
 pub mod walk;
+pub mod walkcache;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -40,7 +52,7 @@ use core::fmt;
 use tock_registers::LocalRegisterCopy;
 
 use crate::iommu::backend::SmmuBackend;
-use crate::iommu::spec::cd::{BadCd, CdFields, CdGranule, ContextDescriptor, Stage1Config, CD_WORDS};
+use crate::iommu::spec::cd::{BadCd, CdGranule, Stage1Config, CD_WORDS};
 use crate::iommu::spec::command::{Command, CommandCounts, Granule, TlbiVa};
 use crate::iommu::spec::event::{AccessKind, EventKind, EventRecord, FaultClass, EVENT_SIZE};
 use crate::iommu::physmem;
@@ -49,14 +61,15 @@ use crate::iommu::spec::regs::{
     self, offset, CommandErrorCode, CR0, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, Q_BASE, STRTAB_BASE,
     STRTAB_BASE_CFG,
 };
-use crate::iommu::spec::ste::{BadSte, Ste, StreamConfig, STE_SIZE, STE_WORDS};
+use crate::iommu::spec::ste::{BadSte, StreamConfig, STE_SIZE, STE_WORDS};
 use crate::mm::phys::PhysMemory;
 use crate::mm::{PhysAddr, VirtAddr};
 use crate::sync::atomic::Ordering;
 
 use checker::{Checker, StaleSource, StaleTranslation, UnmapNote};
 use iotlb::{Iotlb, IotlbConfig, IotlbTag};
-use walk::{Leaf, WalkFault};
+use walk::{Leaf, TableStep, WalkFault};
+use walkcache::WalkCache;
 
 /// What the model implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,8 +274,17 @@ pub struct ModelStats {
     pub commands: CommandCounts,
     pub syncs_completed: u64,
     pub command_errors: u64,
-    /// Cached translations that disagreed with the tables outside any open unmap window.
+    /// Cached translations that disagreed with the tables outside any open unmap window, and
+    /// walks through a cached table descriptor that memory no longer holds. Spurious faults are
+    /// not counted here.
     pub stale_translations: u64,
+    /// Accesses that faulted on cached state although the tables now allow them (a read-only
+    /// entry cached before an upgrade): lost work, not a safety violation.
+    pub spurious_faults: u64,
+    /// Walks that started from a cached table descriptor.
+    pub walk_cache_hits: u64,
+    /// Walk-cache entries removed by TLBI commands.
+    pub walk_cache_invalidated: u64,
     /// Disagreements inside an open unmap window (allowed races, see [`checker`]).
     pub raced_translations: u64,
     pub bad_register_accesses: u64,
@@ -277,12 +299,45 @@ impl ModelStats {
     }
 }
 
-/// A decoded, cacheable stream configuration.
+/// A decoded stream configuration: the STE and, for stage 1, its CD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamCfg {
     Abort,
     Bypass,
     Stage1 { s1: Stage1Config, vmid: u16 },
+}
+
+/// A decoded STE, as the configuration cache keeps it (§3.17: STEs and CDs are cached apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SteCfg {
+    Abort,
+    Bypass,
+    Stage1 { cd: PhysAddr, vmid: u16 },
+}
+
+/// A configuration-cache entry and when it was filled (the model's clock).
+#[derive(Debug, Clone, Copy)]
+struct Cached<T> {
+    value: T,
+    born: u64,
+}
+
+/// A TLBI or CFGI consumed from the queue, waiting for a CMD_SYNC.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    cmd: Command,
+    /// The model's clock when the command was consumed: hardware may act on it from then on,
+    /// so at the SYNC it is known to have removed only entries filled before this.
+    consumed_at: u64,
+}
+
+/// Which cached state a translation relied on, for the checker.
+#[derive(Debug, Clone, Copy)]
+struct CacheUse {
+    source: StaleSource,
+    born: u64,
+    /// A walk went through a cached table descriptor that memory no longer holds.
+    table_gone: bool,
 }
 
 #[derive(Debug, Default)]
@@ -317,9 +372,15 @@ struct State {
     regs: Regs,
     knobs: Knobs,
     /// TLBI/CFGI commands consumed and waiting for a CMD_SYNC.
-    pending: Vec<Command>,
-    configs: BTreeMap<u32, StreamCfg>,
+    pending: Vec<Pending>,
+    /// Cached STEs by StreamID.
+    stes: BTreeMap<u32, Cached<SteCfg>>,
+    /// Cached CDs by (StreamID, SubstreamID); only SubstreamID 0 exists (SSIDSIZE = 0).
+    cds: BTreeMap<(u32, u32), Cached<Stage1Config>>,
     iotlb: Iotlb,
+    walk_cache: WalkCache,
+    /// Orders cache fills, command consumption and unmap notes.
+    clock: u64,
     checker: Checker,
     stats: ModelStats,
 }
@@ -357,8 +418,12 @@ impl<'m> SmmuModel<'m> {
             },
             knobs: Knobs::default(),
             pending: Vec::new(),
-            configs: BTreeMap::new(),
+            stes: BTreeMap::new(),
+            cds: BTreeMap::new(),
             iotlb: Iotlb::new(cfg.iotlb),
+            // As many table descriptors as leaves: no walk cache when nothing is cached.
+            walk_cache: WalkCache::new(cfg.iotlb.capacity),
+            clock: 0,
             checker: Checker::new(cfg.checker),
             stats: ModelStats::default(),
         };
@@ -385,6 +450,7 @@ impl<'m> SmmuModel<'m> {
         stats.iotlb_evictions = s.iotlb.evictions;
         stats.iotlb_capacity_flushes = s.iotlb.capacity_flushes;
         stats.stale_translations = s.checker.total();
+        stats.spurious_faults = s.checker.spurious();
         stats.raced_translations = s.checker.raced();
         stats
     }
@@ -418,23 +484,17 @@ impl<'m> SmmuModel<'m> {
     /// `asid` as operation `id`, and that the operation has completed (or, single-threaded, is
     /// about to): from now on a cached translation that disagrees there is a violation.
     pub fn note_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
-        self.state.lock().checker.note_unmap(UnmapNote {
-            id,
-            asid,
-            start,
-            end,
-        });
+        let mut s = self.state.lock();
+        let (note, now) = s.unmap_note(asid, start, end, id);
+        s.checker.note_unmap(note, now);
     }
 
     /// Opens the window of unmap `id` (call before the kernel changes the PTEs or CD): until
     /// [`SmmuModel::end_unmap`], a device still using the old translation is an allowed race.
     pub fn begin_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
-        self.state.lock().checker.begin_unmap(UnmapNote {
-            id,
-            asid,
-            start,
-            end,
-        });
+        let mut s = self.state.lock();
+        let (note, now) = s.unmap_note(asid, start, end, id);
+        s.checker.begin_unmap(note, now);
     }
 
     /// Closes the window of unmap `id` (call when the unmap returns, i.e. after its
@@ -456,6 +516,11 @@ impl<'m> SmmuModel<'m> {
     /// Every IOTLB entry.
     pub fn iotlb_entries(&self) -> Vec<(IotlbTag, Leaf)> {
         self.state.lock().iotlb.entries().collect()
+    }
+
+    /// Every walk-cache entry (cached table descriptors).
+    pub fn walk_cache_entries(&self) -> Vec<(walkcache::WalkTag, walkcache::WalkEntry)> {
+        self.state.lock().walk_cache.entries().collect()
     }
 
     /// Commands consumed but waiting for a CMD_SYNC to take effect.
@@ -490,6 +555,29 @@ impl<'m> SmmuModel<'m> {
 }
 
 impl State {
+    /// Advances the model's clock and returns the new time.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// An unmap note, taken now.
+    fn unmap_note(
+        &mut self,
+        asid: u16,
+        start: VirtAddr,
+        end: VirtAddr,
+        id: u64,
+    ) -> (UnmapNote, u64) {
+        let note = UnmapNote {
+            id,
+            asid,
+            start,
+            end,
+        };
+        (note, self.tick())
+    }
+
     fn oas_bits(&self) -> u8 {
         regs::oas_bits(self.cfg.oas).unwrap_or(44)
     }
@@ -704,7 +792,7 @@ impl State {
             let slot = PhysAddr(base + 16 * u64::from(q.index(cons)));
             let decoded = match physmem::load_words::<2>(mem, slot) {
                 Err(_) => Err(CommandErrorCode::Abort),
-                Ok(words) => Command::decode(words).map_err(|_| CommandErrorCode::Illegal),
+                Ok(words) => decode::command(words).map_err(|_| CommandErrorCode::Illegal),
             };
             let injected = match (self.knobs.fail_command, &decoded) {
                 (Some((None, code)), _) => Some(code),
@@ -735,52 +823,107 @@ impl State {
                     self.complete_sync();
                 }
                 Command::PrefetchConfig { .. } => {}
-                other => self.pending.push(other),
+                other => {
+                    let consumed_at = self.tick();
+                    self.pending.push(Pending {
+                        cmd: other,
+                        consumed_at,
+                    });
+                }
             }
             self.stats.commands.add(cmd.kind());
             self.regs.cmdq_cons = q.advance(cons, 1);
         }
     }
 
-    /// A CMD_SYNC completes: every TLBI and CFGI consumed before it takes effect.
+    /// A CMD_SYNC completes: every TLBI and CFGI consumed before it takes effect, on what was
+    /// cached when it was consumed (an entry filled since survives, as on QEMU and hardware).
     fn complete_sync(&mut self) {
-        let vmid_tagging = self.cfg.vmid_tagging;
-        let vmid_ok = move |tag: &IotlbTag, vmid: u16| !vmid_tagging || tag.vmid == vmid;
-        for cmd in core::mem::take(&mut self.pending) {
-            let removed = match cmd {
-                Command::TlbiNhVa(va) => self.iotlb.invalidate(|t, l| {
-                    t.asid == va.asid && vmid_ok(t, va.vmid) && va_matches(&va, t, l)
-                }),
-                Command::TlbiNhVaa(va) => self
-                    .iotlb
-                    .invalidate(|t, l| vmid_ok(t, va.vmid) && va_matches(&va, t, l)),
-                Command::TlbiNhAsid { vmid, asid } => self
-                    .iotlb
-                    .invalidate(|t, _| t.asid == asid && vmid_ok(t, vmid)),
-                Command::TlbiNhAll { vmid } => self.iotlb.invalidate(|t, _| vmid_ok(t, vmid)),
-                Command::TlbiNsnhAll => self.iotlb.invalidate(|_, _| true),
-                Command::CfgiSte { sid, .. }
-                | Command::CfgiCd { sid, .. }
-                | Command::CfgiCdAll { sid } => {
-                    self.configs.remove(&sid);
-                    0
-                }
-                Command::CfgiSteRange { sid, range } => {
-                    let mask = (1u64 << (range + 1)) - 1;
-                    let first = u64::from(sid) & !mask;
-                    self.configs
-                        .retain(|s, _| !(first..=first + mask).contains(&u64::from(*s)));
-                    0
-                }
-                Command::CfgiAll => {
-                    self.configs.clear();
-                    0
-                }
-                Command::PrefetchConfig { .. } | Command::Sync { .. } => 0,
-            };
-            self.stats.iotlb_invalidated += removed as u64;
+        for Pending { cmd, consumed_at } in core::mem::take(&mut self.pending) {
+            let (leaves, tables) = self.invalidate_tlb(&cmd, consumed_at);
+            self.stats.iotlb_invalidated += leaves as u64;
+            self.stats.walk_cache_invalidated += tables as u64;
+            self.invalidate_config(&cmd, consumed_at);
         }
         self.stats.syncs_completed += 1;
+    }
+
+    /// A TLBI's effect (§4.4): (leaf entries, walk-cache entries) removed. Global leaves match
+    /// every ASID but survive by-ASID invalidation (§4.4.2.2); table entries go only with
+    /// Leaf = 0 (§4.4.1).
+    fn invalidate_tlb(&mut self, cmd: &Command, before: u64) -> (usize, usize) {
+        let vmid_tagging = self.cfg.vmid_tagging;
+        let vmid_ok = move |tag_vmid: u16, vmid: u16| !vmid_tagging || tag_vmid == vmid;
+        match *cmd {
+            Command::TlbiNhVa(va) | Command::TlbiNhVaa(va) => {
+                let by_asid = matches!(cmd, Command::TlbiNhVa(_));
+                let asid_ok = move |asid: u16, global: bool| !by_asid || global || asid == va.asid;
+                let leaves = self.iotlb.invalidate(before, |t, l| {
+                    asid_ok(t.asid, t.global)
+                        && vmid_ok(t.vmid, va.vmid)
+                        && va_covers(&va, t.va_base, t.size_log2, Some(l.level))
+                });
+                let tables = if va.leaf {
+                    0
+                } else {
+                    self.walk_cache.invalidate(before, |t, step| {
+                        asid_ok(t.asid, false)
+                            && vmid_ok(t.vmid, va.vmid)
+                            && va_covers(&va, t.va_base, step.span_log2, None)
+                    })
+                };
+                (leaves, tables)
+            }
+            Command::TlbiNhAsid { vmid, asid } => (
+                self.iotlb.invalidate(before, |t, _| {
+                    !t.global && t.asid == asid && vmid_ok(t.vmid, vmid)
+                }),
+                self.walk_cache
+                    .invalidate(before, |t, _| t.asid == asid && vmid_ok(t.vmid, vmid)),
+            ),
+            Command::TlbiNhAll { vmid } => (
+                self.iotlb.invalidate(before, |t, _| vmid_ok(t.vmid, vmid)),
+                self.walk_cache
+                    .invalidate(before, |t, _| vmid_ok(t.vmid, vmid)),
+            ),
+            Command::TlbiNsnhAll => (
+                self.iotlb.invalidate(before, |_, _| true),
+                self.walk_cache.invalidate(before, |_, _| true),
+            ),
+            _ => (0, 0),
+        }
+    }
+
+    /// A CFGI's effect (§4.3): exactly the configuration it names. An STE invalidation also
+    /// drops the CDs fetched through that STE (§4.3.1, §4.3.2); a CD invalidation leaves the
+    /// STE (§4.3.3, §4.3.4), so an STE change followed only by CFGI_CD keeps the old STE.
+    fn invalidate_config(&mut self, cmd: &Command, before: u64) {
+        let stale = |born: u64| born < before;
+        let sids: Option<core::ops::RangeInclusive<u64>> = match *cmd {
+            Command::CfgiSte { sid, .. } => Some(u64::from(sid)..=u64::from(sid)),
+            Command::CfgiSteRange { sid, range } => {
+                let mask = (1u64 << (u32::from(range) + 1)) - 1;
+                let first = u64::from(sid) & !mask;
+                Some(first..=first + mask)
+            }
+            Command::CfgiAll => Some(0..=u64::from(u32::MAX)),
+            Command::CfgiCd { sid, ssid, .. } => {
+                self.cds
+                    .retain(|&key, c| !(key == (sid, ssid) && stale(c.born)));
+                None
+            }
+            Command::CfgiCdAll { sid } => {
+                self.cds.retain(|&(s, _), c| !(s == sid && stale(c.born)));
+                None
+            }
+            _ => None,
+        };
+        if let Some(sids) = sids {
+            self.stes
+                .retain(|&s, c| !(sids.contains(&u64::from(s)) && stale(c.born)));
+            self.cds
+                .retain(|&(s, _), c| !(sids.contains(&u64::from(s)) && stale(c.born)));
+        }
     }
 
     // ---- event queue ----
@@ -828,6 +971,17 @@ impl State {
     // ---- configuration ----
 
     fn decode_config(&self, mem: &dyn PhysMemory, sid: u32) -> Result<StreamCfg, FaultKind> {
+        Ok(match self.decode_ste(mem, sid)? {
+            SteCfg::Abort => StreamCfg::Abort,
+            SteCfg::Bypass => StreamCfg::Bypass,
+            SteCfg::Stage1 { cd, vmid } => StreamCfg::Stage1 {
+                s1: self.decode_cd(mem, cd)?,
+                vmid,
+            },
+        })
+    }
+
+    fn decode_ste(&self, mem: &dyn PhysMemory, sid: u32) -> Result<SteCfg, FaultKind> {
         let cfg =
             LocalRegisterCopy::<u32, STRTAB_BASE_CFG::Register>::new(self.regs.strtab_base_cfg);
         let log2 = cfg
@@ -844,24 +998,66 @@ impl State {
         let ste_pa = PhysAddr((addr & !(table_bytes - 1)) + STE_SIZE as u64 * u64::from(sid));
         let words = physmem::load_words::<STE_WORDS>(mem, ste_pa)
             .map_err(|_| FaultKind::SteFetch(ste_pa))?;
-        let ste = Ste(words)
-            .decode(self.oas_bits())
-            .map_err(FaultKind::BadSte)?;
-        let cd_pa = match ste.config {
-            StreamConfig::Abort => return Ok(StreamCfg::Abort),
-            StreamConfig::Bypass => return Ok(StreamCfg::Bypass),
-            StreamConfig::Stage1 { cd } => cd,
-        };
+        let ste = decode::ste(&words, self.oas_bits()).map_err(FaultKind::BadSte)?;
+        let vmid = if self.cfg.vmid_tagging { ste.s2vmid } else { 0 };
+        Ok(match ste.config {
+            StreamConfig::Abort => SteCfg::Abort,
+            StreamConfig::Bypass => SteCfg::Bypass,
+            StreamConfig::Stage1 { cd } => SteCfg::Stage1 { cd, vmid },
+        })
+    }
+
+    fn decode_cd(&self, mem: &dyn PhysMemory, cd_pa: PhysAddr) -> Result<Stage1Config, FaultKind> {
         let words =
             physmem::load_words::<CD_WORDS>(mem, cd_pa).map_err(|_| FaultKind::CdFetch(cd_pa))?;
-        let fields: CdFields = ContextDescriptor(words).decode();
-        let s1 = fields.validate(self.oas_bits()).map_err(FaultKind::BadCd)?;
-        if !fields.epd0 && s1.granule != CdGranule::K4 {
+        let s1 = decode::cd(&words, self.oas_bits()).map_err(FaultKind::BadCd)?;
+        if s1.ttb0.is_some() && s1.granule != CdGranule::K4 {
             // SMMU_IDR5 advertises the 4 KiB granule only.
             return Err(FaultKind::BadCd(BadCd::Granule { table: 0 }));
         }
-        let vmid = if self.cfg.vmid_tagging { ste.s2vmid } else { 0 };
-        Ok(StreamCfg::Stage1 { s1, vmid })
+        Ok(s1)
+    }
+
+    /// The stream's configuration through the configuration cache: (configuration, fill time
+    /// of the oldest cached part used, or `None` if nothing came from the cache).
+    fn cached_config(
+        &mut self,
+        mem: &dyn PhysMemory,
+        sid: u32,
+    ) -> Result<(StreamCfg, Option<u64>), FaultKind> {
+        let mut oldest: Option<u64> = None;
+        let ste = match self.stes.get(&sid) {
+            Some(c) => {
+                oldest = Some(c.born);
+                c.value
+            }
+            None => {
+                let value = self.decode_ste(mem, sid)?;
+                let born = self.tick();
+                self.stes.insert(sid, Cached { value, born });
+                value
+            }
+        };
+        let cfg = match ste {
+            SteCfg::Abort => StreamCfg::Abort,
+            SteCfg::Bypass => StreamCfg::Bypass,
+            SteCfg::Stage1 { cd, vmid } => {
+                let s1 = match self.cds.get(&(sid, 0)) {
+                    Some(c) => {
+                        oldest = Some(oldest.map_or(c.born, |o| o.min(c.born)));
+                        c.value
+                    }
+                    None => {
+                        let value = self.decode_cd(mem, cd)?;
+                        let born = self.tick();
+                        self.cds.insert((sid, 0), Cached { value, born });
+                        value
+                    }
+                };
+                StreamCfg::Stage1 { s1, vmid }
+            }
+        };
+        Ok((cfg, oldest))
     }
 
     fn fault_event(
@@ -942,51 +1138,67 @@ impl State {
                 })
                 .map_err(|kind| self.fail(mem, sid, va, access, kind, false));
         }
-        let (cfg, config_hit) = match self.configs.get(&sid) {
-            Some(c) => {
-                self.stats.config_hits += 1;
-                (*c, true)
-            }
-            None => {
+        let (cfg, config_born) = match self.cached_config(mem, sid) {
+            Ok(c) => c,
+            Err(kind) => {
                 self.stats.config_misses += 1;
-                match self.decode_config(mem, sid) {
-                    Ok(c) => {
-                        self.configs.insert(sid, c);
-                        (c, false)
-                    }
-                    Err(kind) => {
-                        let record = kind != FaultKind::BadStreamId
-                            || LocalRegisterCopy::<u32, CR2::Register>::new(self.regs.cr2)
-                                .is_set(CR2::RECINVSID);
-                        return Err(self.fail(mem, sid, va, access, kind, record));
-                    }
-                }
+                let record = kind != FaultKind::BadStreamId
+                    || LocalRegisterCopy::<u32, CR2::Register>::new(self.regs.cr2)
+                        .is_set(CR2::RECINVSID);
+                return Err(self.fail(mem, sid, va, access, kind, record));
             }
         };
-        let (outcome, asid, vmid, iotlb_hit) = match cfg {
-            StreamCfg::Abort => (Err((FaultKind::StreamAbort, false)), None, 0, false),
-            StreamCfg::Bypass => (Ok((PhysAddr(va.as_u64()), page_left)), None, 0, false),
+        if config_born.is_some() {
+            self.stats.config_hits += 1;
+        } else {
+            self.stats.config_misses += 1;
+        }
+        let (outcome, asid, vmid, cache_use) = match cfg {
+            StreamCfg::Abort => (Err((FaultKind::StreamAbort, false)), None, 0, None),
+            StreamCfg::Bypass => (Ok((PhysAddr(va.as_u64()), page_left)), None, 0, None),
             StreamCfg::Stage1 { s1, vmid } => {
-                let (o, hit) = self.stage1(mem, &s1, vmid, va, access);
-                (o, Some(s1.asid), vmid, hit)
+                let (o, used) = self.stage1(mem, &s1, vmid, va, access);
+                (o, Some(s1.asid), vmid, used)
             }
         };
+        let iotlb_hit = matches!(
+            cache_use,
+            Some(CacheUse {
+                source: StaleSource::Iotlb,
+                ..
+            })
+        );
         // Only cached state is checked: a cached configuration against a fresh decode, a
-        // cached leaf against a fresh walk. A walk done just now is fresh by definition, and
-        // walking twice would race with table writes the kernel may legitimately make
-        // concurrently (new mappings need no invalidation).
-        if self.checker.enabled && (config_hit || iotlb_hit) {
-            let config_stale = config_hit && self.decode_config(mem, sid) != Ok(cfg);
-            if config_stale || iotlb_hit {
+        // cached leaf or table descriptor against a fresh walk. A walk done just now from the
+        // root is fresh by definition, and walking twice would race with table writes the
+        // kernel may legitimately make concurrently (new mappings need no invalidation).
+        if self.checker.enabled && (config_born.is_some() || cache_use.is_some()) {
+            let config_stale = config_born.is_some() && self.decode_config(mem, sid) != Ok(cfg);
+            let used_cache = match (config_stale, config_born, cache_use) {
+                (true, Some(born), _) => Some(CacheUse {
+                    source: StaleSource::Config,
+                    born,
+                    table_gone: false,
+                }),
+                (_, _, u) => u,
+            };
+            if let Some(u) = used_cache {
                 let fresh = self.fresh(mem, sid, va, access);
                 let used = outcome.map(|(pa, _)| pa).map_err(|(k, _)| k);
-                let source = if config_stale {
-                    StaleSource::Config
-                } else {
-                    StaleSource::Iotlb
-                };
-                self.checker
-                    .check(sid, asid, vmid, va, access, source, used, fresh);
+                self.checker.check(
+                    checker::Use {
+                        sid,
+                        asid,
+                        vmid,
+                        va,
+                        access,
+                        source: u.source,
+                        born: u.born,
+                        table_gone: u.table_gone,
+                    },
+                    used,
+                    fresh,
+                );
             }
         }
         match outcome {
@@ -999,8 +1211,8 @@ impl State {
         }
     }
 
-    /// Stage-1 translation through the IOTLB: (outcome, IOTLB hit). A fault carries whether
-    /// CD.R asks for it to be recorded.
+    /// Stage-1 translation through the IOTLB and the walk cache: (outcome, the cached entry
+    /// relied on, if any). A fault carries whether CD.R asks for it to be recorded.
     #[allow(clippy::type_complexity)]
     fn stage1(
         &mut self,
@@ -1009,21 +1221,52 @@ impl State {
         vmid: u16,
         va: VirtAddr,
         access: AccessKind,
-    ) -> (Result<(PhysAddr, u64), (FaultKind, bool)>, bool) {
+    ) -> (Result<(PhysAddr, u64), (FaultKind, bool)>, Option<CacheUse>) {
         let record = s1.record_faults;
-        let (leaf, hit) = match self.iotlb.lookup(s1.asid, vmid, va.as_u64()) {
-            Some((_, leaf)) => {
+        let (leaf, used) = match self.iotlb.lookup(s1.asid, vmid, va.as_u64()) {
+            Some(hit) => {
                 self.stats.iotlb_hits += 1;
-                (leaf, true)
+                let used = CacheUse {
+                    source: StaleSource::Iotlb,
+                    born: hit.born,
+                    table_gone: false,
+                };
+                (hit.leaf, Some(used))
             }
             None => {
                 self.stats.iotlb_misses += 1;
-                match walk::walk(mem, s1, va.as_u64()) {
+                let cached_table = self.walk_cache.lookup(s1.asid, vmid, va.as_u64());
+                if cached_table.is_some() {
+                    self.stats.walk_cache_hits += 1;
+                }
+                // A walk resumed from a descriptor memory still holds is a fresh walk: checking
+                // it would only race with concurrent table writes (as walking twice does).
+                let used = cached_table
+                    .filter(|e| !table_still_there(mem, &e.step))
+                    .map(|e| CacheUse {
+                        source: StaleSource::WalkCache,
+                        born: e.born,
+                        table_gone: true,
+                    });
+                let born = self.tick();
+                let mut steps: Vec<TableStep> = Vec::new();
+                let walked = walk::walk_from(
+                    mem,
+                    s1,
+                    va.as_u64(),
+                    cached_table.map(|e| e.resume()),
+                    &mut |step| steps.push(step),
+                );
+                for step in steps {
+                    self.walk_cache
+                        .insert(s1.asid, vmid, va.as_u64(), step, born);
+                }
+                match walked {
                     Ok(leaf) => {
-                        self.iotlb.insert(s1.asid, vmid, leaf);
-                        (leaf, false)
+                        self.iotlb.insert(s1.asid, vmid, leaf, born);
+                        (leaf, used)
                     }
-                    Err(f) => return (Err((FaultKind::from_walk(f), record)), false),
+                    Err(f) => return (Err((FaultKind::from_walk(f), record)), used),
                 }
             }
         };
@@ -1032,7 +1275,7 @@ impl State {
             let end = leaf.pa_base + (1u64 << leaf.size_log2);
             (pa, end - pa.as_u64())
         });
-        (outcome, hit)
+        (outcome, used)
     }
 
     fn fail(
@@ -1066,23 +1309,29 @@ fn permit(leaf: &Leaf, access: AccessKind) -> Result<(), FaultKind> {
     }
 }
 
-/// Whether a VA-based TLBI covers an entry (§4.4.1.1, §4.4.2.3-4).
-fn va_matches(cmd: &TlbiVa, tag: &IotlbTag, leaf: &Leaf) -> bool {
-    let entry_start = tag.va_base;
-    let entry_end = entry_start.saturating_add(1 << tag.size_log2);
+/// Whether a VA-based TLBI covers the cached region `[va_base, va_base + 2^size_log2)`
+/// (§4.4.1.1, §4.4.2.3-4): a single-address one any region containing the address; a range
+/// one, only regions cached with its TG granule and, for leaves with a TTL hint, at that level.
+/// `leaf_level` is `None` for a table (walk-cache) entry.
+fn va_covers(cmd: &TlbiVa, va_base: u64, size_log2: u8, leaf_level: Option<u8>) -> bool {
+    let entry_end = va_base.saturating_add(1 << size_log2);
     let addr = cmd.addr.as_u64();
     match cmd.range {
-        // Any entry containing the address, whatever its size.
-        None => entry_start <= addr && addr < entry_end,
+        None => va_base <= addr && addr < entry_end,
         Some(r) => {
-            // Only entries inserted with the TG granule, and, with a TTL hint, at that level.
-            if r.tg != Granule::K4 || (r.ttl != 0 && leaf.level != r.ttl) {
+            let ttl_mismatch = r.ttl != 0 && leaf_level.is_some_and(|l| l != r.ttl);
+            if r.tg != Granule::K4 || ttl_mismatch {
                 return false;
             }
             let end = addr.saturating_add(r.bytes());
-            entry_start < end && addr < entry_end
+            va_base < end && addr < entry_end
         }
     }
+}
+
+/// True if memory still holds the table descriptor a walk-cache entry was filled from.
+fn table_still_there(mem: &dyn PhysMemory, step: &TableStep) -> bool {
+    physmem::load(mem, step.slot, Ordering::Acquire).is_ok_and(|d| d == step.desc)
 }
 
 impl SmmuBackend for SmmuModel<'_> {

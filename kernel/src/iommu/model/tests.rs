@@ -11,6 +11,7 @@ use crate::iommu::spec::cd::{CdFields, ContextDescriptor};
 use crate::iommu::spec::command::{opcode, Granule, SyncSignal, TlbiRange};
 use crate::iommu::spec::event::EVENT_WORDS;
 use crate::iommu::spec::queue::QueueGeometry;
+use crate::iommu::spec::ste::Ste;
 use crate::iommu::fake::{LeafAttrs, PhysArena, TestPageTables};
 use crate::mm::phys::FrameAllocator;
 
@@ -126,6 +127,19 @@ impl<'a> Rig<'a> {
     fn gerror_active(&self) -> u32 {
         self.smmu.read32(offset::GERROR) ^ self.smmu.read32(offset::GERRORN)
     }
+}
+
+const TLBI_ASID: Command = Command::TlbiNhAsid {
+    vmid: 0,
+    asid: ASID,
+};
+
+/// An SMMU with a stage-1 stream `SID` over fresh tables.
+fn stage1_rig(mem: &PhysArena) -> (Rig<'_>, TestPageTables<'_>) {
+    let rig = Rig::new(mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(mem).unwrap();
+    rig.attach(SID, &t);
+    (rig, t)
 }
 
 fn tlbi_va(addr: u64, range: Option<TlbiRange>) -> Command {
@@ -474,6 +488,7 @@ fn permissions_access_flag_and_quiesced_context() {
         LeafAttrs {
             writable: true,
             accessed: false,
+            global: false,
         },
     )
     .unwrap();
@@ -745,4 +760,334 @@ fn open_unmap_windows_turn_mismatches_into_allowed_races() {
         .begin_unmap(ASID + 1, VirtAddr(0), VirtAddr(1 << 48), 8);
     pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
     assert_eq!(rig.smmu.stats().stale_translations, 2);
+}
+
+// ---- Issue 23: the model is at least as strict as hardware ----
+
+/// A driver that publishes its TLBI before clearing the PTE (then syncs): the device refills
+/// from the still-valid PTE after the TLBI was consumed. QEMU and hardware may act on the TLBI
+/// at consumption, so the refilled entry survives the SYNC and the next use is stale.
+#[test]
+fn an_entry_filled_after_the_tlbi_was_consumed_survives_the_sync() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x3000), a, LeafAttrs::RW).unwrap();
+    rig.submit(&[tlbi_va(0x3000, None)]);
+    assert_eq!(pa_of(&rig.smmu, 0x3000, AccessKind::Read), Ok(a), "refill");
+    t.unmap(VirtAddr(0x3000)).unwrap();
+    rig.submit(&[Command::SYNC]);
+    rig.smmu
+        .note_unmap(ASID, VirtAddr(0x3000), VirtAddr(0x4000), 1);
+    assert_eq!(pa_of(&rig.smmu, 0x3000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].kind, checker::StaleKind::UseAfterUnmap);
+    assert_eq!(stale[0].source, checker::StaleSource::Iotlb);
+    // The right order (PTE first, then TLBI and SYNC) leaves nothing behind.
+    t.map(VirtAddr(0x5000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x5000, AccessKind::Read).unwrap();
+    t.unmap(VirtAddr(0x5000)).unwrap();
+    rig.submit(&[tlbi_va(0x5000, None), Command::SYNC]);
+    rig.smmu
+        .note_unmap(ASID, VirtAddr(0x5000), VirtAddr(0x6000), 2);
+    assert!(pa_of(&rig.smmu, 0x5000, AccessKind::Read).is_err());
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// The level-2 descriptor above `va`, as the model cached it.
+fn cached_level2_step(smmu: &SmmuModel, va: u64) -> walk::TableStep {
+    smmu.walk_cache_entries()
+        .into_iter()
+        .find(|(tag, _)| tag.level == 2 && tag.va_base == va & !0x1f_ffff)
+        .map(|(_, e)| e.step)
+        .expect("the walk cached its level-2 descriptor")
+}
+
+/// Frees the level-3 table under `va` (clearing the level-2 descriptor) and reuses its frame:
+/// entry 0 now maps `reused_as`, or nothing. Returns the old table.
+fn free_table(rig: &Rig, va: u64, reused_as: Option<PhysAddr>) -> PhysAddr {
+    use crate::iommu::fake::desc;
+    let l2 = cached_level2_step(&rig.smmu, va);
+    physmem::store(rig.mem, l2.slot, 0, Ordering::Release).unwrap();
+    let table = PhysAddr(l2.next_table);
+    let pte = reused_as.map_or(0, |pa| {
+        pa.as_u64() | desc::VALID | desc::TABLE_OR_PAGE | desc::AF | desc::NOT_GLOBAL
+    });
+    physmem::store(rig.mem, table, pte, Ordering::Release).unwrap();
+    table
+}
+
+fn tlbi_va_leaf(addr: u64, leaf: bool) -> Command {
+    Command::TlbiNhVa(TlbiVa {
+        vmid: 0,
+        asid: ASID,
+        addr: VirtAddr(addr),
+        leaf,
+        range: None,
+    })
+}
+
+/// Where the freed-table tests map: the first page of the second 2 MiB.
+const VA: u64 = 0x20_0000;
+
+/// A stage-1 rig whose device has walked to `VA`, after which the level-3 table under `VA` was
+/// freed and its frame reused to map a new frame there. Returns (rig, tables, new frame).
+fn walked_then_freed(mem: &PhysArena) -> (Rig<'_>, TestPageTables<'_>, PhysAddr) {
+    let (rig, t) = stage1_rig(mem);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, VA, AccessKind::Read).unwrap();
+    free_table(&rig, VA, Some(b));
+    (rig, t, b)
+}
+
+/// A driver that frees a table and invalidates with Leaf = 1: the walk cache keeps the
+/// pointer to the freed table and the next walk goes through it.
+#[test]
+fn a_freed_table_invalidated_with_leaf_set_is_still_walked() {
+    let mem = arena();
+    let (rig, _t, b) = walked_then_freed(&mem);
+    rig.submit(&[tlbi_va_leaf(VA, true), Command::SYNC]);
+    rig.smmu
+        .note_unmap(ASID, VirtAddr(VA), VirtAddr(VA + 0x20_0000), 1);
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Read), Ok(b));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].source, checker::StaleSource::WalkCache);
+    assert_eq!(stale[0].kind, checker::StaleKind::UseAfterUnmap);
+    assert!(rig.smmu.stats().walk_cache_hits >= 1);
+    // Leaf = 0 drops the table pointer: the walk faults at level 2 like the tables say.
+    rig.submit(&[tlbi_va_leaf(VA, false), Command::SYNC]);
+    assert_eq!(
+        pa_of(&rig.smmu, VA, AccessKind::Read),
+        Err(FaultKind::Translation { level: 2 })
+    );
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// A walk through a freed table that is merely zeroed ends like a fresh walk (a fault), but it
+/// read memory that is no longer a table: still a stale use. A by-ASID invalidation drops
+/// table entries too.
+#[test]
+fn a_walk_through_a_zeroed_freed_table_is_stale_even_when_it_faults() {
+    const VA: u64 = 0x40_0000; // another level-3 table than the shared `VA`'s
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, VA, AccessKind::Read).unwrap();
+    free_table(&rig, VA, None);
+    rig.submit(&[tlbi_va_leaf(VA, true), Command::SYNC]);
+    assert_eq!(
+        pa_of(&rig.smmu, VA, AccessKind::Read),
+        Err(FaultKind::Translation { level: 3 }),
+        "walked the freed table"
+    );
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].kind, checker::StaleKind::StaleTable);
+    rig.submit(&[TLBI_ASID, Command::SYNC]);
+    assert_eq!(
+        pa_of(&rig.smmu, VA, AccessKind::Read),
+        Err(FaultKind::Translation { level: 2 })
+    );
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// The driver's own planner with its `leaf` setting on, used for an unmap that freed a table:
+/// per-page and range plans alike leave the table pointer in the walk cache; with the default
+/// (Leaf = 0) they do not.
+#[test]
+fn the_planner_with_leaf_set_leaves_freed_tables_walkable() {
+    use crate::iommu::driver::planner::{PlannerConfig, Strategy};
+    for strategy in [Strategy::PerPage, Strategy::Range] {
+        for leaf in [true, false] {
+            let mem = arena();
+            let (rig, _t, b) = walked_then_freed(&mem);
+            let mut planner = PlannerConfig::new(strategy, true).unwrap();
+            planner.leaf = leaf;
+            let plan = planner
+                .plan(ASID, VirtAddr(VA), VirtAddr(VA + 0x1000))
+                .unwrap();
+            rig.submit(&plan.commands().chain([Command::SYNC]).collect::<Vec<_>>());
+            let used = pa_of(&rig.smmu, VA, AccessKind::Read);
+            let stale = rig.smmu.take_stale_translations();
+            if leaf {
+                assert_eq!(used, Ok(b), "{strategy:?}");
+                assert_eq!(stale.len(), 1, "{strategy:?}");
+            } else {
+                assert!(used.is_err() && stale.is_empty(), "{strategy:?}");
+            }
+        }
+    }
+}
+
+/// A driver that changes an STE but sends only CFGI_CD: the SMMU keeps the cached STE.
+#[test]
+fn cfgi_cd_does_not_reload_a_changed_ste() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    rig.write_ste(SID, Ste::abort());
+    for cfgi in [
+        Command::CfgiCd {
+            sid: SID,
+            ssid: 0,
+            leaf: true,
+        },
+        Command::CfgiCdAll { sid: SID },
+        // Another StreamID's STE, and a range that stops below SID 5 (4..=5 would cover it).
+        Command::CfgiSte {
+            sid: SID + 1,
+            leaf: true,
+        },
+        Command::CfgiSteRange { sid: 2, range: 1 },
+    ] {
+        rig.submit(&[cfgi, TLBI_ASID, Command::SYNC]);
+        assert_eq!(
+            pa_of(&rig.smmu, 0x1000, AccessKind::Read),
+            Ok(a),
+            "{cfgi:?}"
+        );
+        let stale = rig.smmu.take_stale_translations();
+        assert_eq!(stale.len(), 1, "{cfgi:?}");
+        assert_eq!(stale[0].source, checker::StaleSource::Config);
+        assert_eq!(stale[0].kind, checker::StaleKind::UseAfterUnmap);
+    }
+    rig.submit(&[Command::CfgiSteRange { sid: 4, range: 0 }, Command::SYNC]);
+    assert_eq!(
+        pa_of(&rig.smmu, 0x1000, AccessKind::Read),
+        Err(FaultKind::StreamAbort)
+    );
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// CFGI_STE drops the STE and the CDs fetched through it; CFGI_CD reloads just the CD.
+#[test]
+fn each_cfgi_drops_what_it_names() {
+    let mem = arena();
+    let rig = Rig::new(&mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(&mem).unwrap();
+    let cd = rig.attach(SID, &t);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    let quiet = CdFields::sva(ASID, t.root(), 48, 4, 0).unwrap().quiesced();
+    // A CD change needs CFGI_CD (or anything wider).
+    rig.write_cd(cd, &quiet);
+    rig.submit(&[
+        Command::CfgiCd {
+            sid: SID,
+            ssid: 0,
+            leaf: true,
+        },
+        TLBI_ASID,
+        Command::SYNC,
+    ]);
+    assert!(pa_of(&rig.smmu, 0x1000, AccessKind::Read).is_err());
+    // A new STE pointing at a new CD: CFGI_STE alone reloads both.
+    let cd2 = mem.alloc_zeroed().unwrap();
+    rig.write_cd(cd2, &CdFields::sva(ASID, t.root(), 48, 4, 0).unwrap());
+    rig.write_ste(SID, Ste::stage1(cd2).unwrap());
+    rig.submit(&[
+        Command::CfgiSte {
+            sid: SID,
+            leaf: true,
+        },
+        Command::SYNC,
+    ]);
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// An unmap that completed without its TLBI, then another unmap's open window over the same
+/// VA: the entry dates from before the first unmap, so its use is that unmap's bug, not a race.
+#[test]
+fn an_open_window_does_not_excuse_an_earlier_missing_invalidation() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    // Unmap 1 skips its TLBI and returns.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 1);
+    t.unmap(VirtAddr(0x1000)).unwrap();
+    assert!(rig.smmu.end_unmap(1));
+    // Unmap 2 (say, of a larger range) is in progress when the device uses the entry.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0), VirtAddr(0x10_0000), 2);
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1, "not excused by window 2");
+    assert_eq!(stale[0].last_unmap.map(|u| u.id), Some(1));
+    assert!(rig.smmu.end_unmap(2));
+    // An entry filled after the last completed unmap began is a genuine race.
+    rig.submit(&[tlbi_va(0x1000, None), Command::SYNC]);
+    t.map(VirtAddr(0x1000), b, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 3);
+    t.unmap(VirtAddr(0x1000)).unwrap();
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(b));
+    assert!(rig.smmu.stale_translations().is_empty());
+    assert_eq!(rig.smmu.stats().raced_translations, 1);
+}
+
+/// nG = 0: one entry serves every ASID and survives a by-ASID invalidation (Arm ARM D8.4.3,
+/// SMMUv3 §4.4.2.2); a by-VA one of any ASID removes it.
+#[test]
+fn global_leaves_match_every_asid_and_survive_tlbi_by_asid() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let other_sid = SID + 1;
+    let cd = mem.alloc_zeroed().unwrap();
+    rig.write_cd(cd, &CdFields::sva(ASID + 1, t.root(), 48, 4, 0).unwrap());
+    rig.write_ste(other_sid, Ste::stage1(cd).unwrap());
+    let a = mem.alloc_zeroed().unwrap();
+    let global = LeafAttrs {
+        global: true,
+        ..LeafAttrs::RW
+    };
+    t.map(VirtAddr(0x1000), a, global).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    let other = |smmu: &SmmuModel| smmu.translate(other_sid, VirtAddr(0x1000), AccessKind::Read);
+    assert!(other(&rig.smmu).unwrap().iotlb_hit, "shared by ASID + 1");
+    t.unmap(VirtAddr(0x1000)).unwrap();
+    rig.submit(&[TLBI_ASID, Command::SYNC]);
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    assert_eq!(rig.smmu.take_stale_translations().len(), 1);
+    // TLBI_NH_VA names ASID + 1, yet removes the global entry.
+    rig.submit(&[
+        Command::TlbiNhVa(TlbiVa {
+            vmid: 0,
+            asid: ASID + 1,
+            addr: VirtAddr(0x1000),
+            leaf: true,
+            range: None,
+        }),
+        Command::SYNC,
+    ]);
+    assert!(pa_of(&rig.smmu, 0x1000, AccessKind::Read).is_err());
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// A read-only entry cached before an upgrade makes a write fault: counted apart from stale
+/// uses.
+#[test]
+fn spurious_faults_are_counted_apart_from_stale_uses() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(0x1000), a, LeafAttrs::RO).unwrap();
+    pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
+    t.set_writable(VirtAddr(0x1000), true).unwrap();
+    assert!(pa_of(&rig.smmu, 0x1000, AccessKind::Write).is_err());
+    let stats = rig.smmu.stats();
+    assert_eq!((stats.spurious_faults, stats.stale_translations), (1, 0));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale[0].kind, checker::StaleKind::SpuriousFault);
 }

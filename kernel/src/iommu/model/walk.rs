@@ -4,8 +4,10 @@
 //! level from TxSZ, access flag, `AP[2]` and APTable) and SMMUv3 §3.4 (input/output address
 //! sizes). As in QEMU's `smmu_ptw_64_s1()`, every transaction is treated as privileged: only
 //! `AP[2]` (read-only) and `APTable[1]` (read-only below, unless CD.HAD0) restrict writes, and
-//! `AP[1]`/UXN/PXN are ignored. Walk entries are not cached: only the leaf result goes into the
-//! IOTLB.
+//! `AP[1]`/UXN/PXN are ignored. Unlike QEMU, nG is honoured (a global leaf matches every ASID,
+//! Arm ARM D8.4.3), and a walk can resume from a cached table descriptor
+//! ([`super::walkcache`]); every table descriptor it reads is reported as a [`TableStep`] so the
+//! model can cache it.
 //!
 //! This walker is written independently of the kernel's page-table engine on purpose: it is the
 //! reference the coherence checker compares cached translations against.
@@ -21,6 +23,7 @@ const VALID: u64 = 1 << 0;
 const TABLE_OR_PAGE: u64 = 1 << 1;
 const AP_RO: u64 = 1 << 7;
 const AF: u64 = 1 << 10;
+const NOT_GLOBAL: u64 = 1 << 11;
 const APTABLE_RO: u64 = 1 << 62;
 const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
 
@@ -37,6 +40,8 @@ pub struct Leaf {
     pub level: u8,
     /// Writes allowed (`AP[2]` = 0 and no `APTable[1]` above).
     pub writable: bool,
+    /// nG = 0: the translation is shared by every ASID.
+    pub global: bool,
 }
 
 impl Leaf {
@@ -71,8 +76,57 @@ fn start_level(t0sz: u8) -> u8 {
     (4 - (ia_bits - 12).div_ceil(9)) as u8
 }
 
+/// A table descriptor a walk went through: what a walk cache may keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TableStep {
+    /// The level of the table the descriptor sits in (0, 1 or 2).
+    pub level: u8,
+    /// log2 of the input region the descriptor covers (39, 30 or 21).
+    pub span_log2: u8,
+    /// Where the descriptor is.
+    pub slot: PhysAddr,
+    /// The descriptor as read.
+    pub desc: u64,
+    /// The next-level table it points to.
+    pub next_table: u64,
+    /// `APTable[1]` (and every one above it) made the region read-only.
+    pub read_only_below: bool,
+}
+
+/// Where a walk resumes when a table descriptor came from a walk cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The level of `table`.
+    pub level: u8,
+    pub table: u64,
+    pub read_only_below: bool,
+}
+
+impl TableStep {
+    /// The resume point this descriptor gives.
+    pub fn resume(&self) -> Resume {
+        Resume {
+            level: self.level + 1,
+            table: self.next_table,
+            read_only_below: self.read_only_below,
+        }
+    }
+}
+
 /// Walks the TTB0 tables of `cfg` for `va`.
 pub fn walk(mem: &dyn PhysMemory, cfg: &Stage1Config, va: u64) -> Result<Leaf, WalkFault> {
+    walk_from(mem, cfg, va, None, &mut |_| {})
+}
+
+/// Walks the TTB0 tables of `cfg` for `va`, starting at `resume` if given, and reports each
+/// table descriptor read to `step`.
+pub fn walk_from(
+    mem: &dyn PhysMemory,
+    cfg: &Stage1Config,
+    va: u64,
+    resume: Option<Resume>,
+    step: &mut dyn FnMut(TableStep),
+) -> Result<Leaf, WalkFault> {
     let ia_bits = 64 - u32::from(cfg.t0sz);
     // The TTB0 region is [0, 2^ia_bits); with TBI the top byte is ignored. Anything else
     // belongs to the TTB1 region, which the driver always disables (EPD1 = 1).
@@ -88,9 +142,11 @@ pub fn walk(mem: &dyn PhysMemory, cfg: &Stage1Config, va: u64) -> Result<Leaf, W
         return Err(WalkFault::Translation { level: 0 });
     }
     let first = start_level(cfg.t0sz);
-    let mut table = ttb0.as_u64() & OA_MASK;
-    let mut read_only_below = false;
-    for level in first..=3 {
+    let (from, mut table, mut read_only_below) = match resume {
+        Some(r) if r.level > first && r.level <= 3 => (r.level, r.table, r.read_only_below),
+        _ => (first, ttb0.as_u64() & OA_MASK, false),
+    };
+    for level in from..=3 {
         let shift = 12 + 9 * u32::from(3 - level);
         let bits = if level == first { ia_bits - shift } else { 9 };
         let index = (checked >> shift) & ((1 << bits) - 1);
@@ -109,6 +165,14 @@ pub fn walk(mem: &dyn PhysMemory, cfg: &Stage1Config, va: u64) -> Result<Leaf, W
             if desc & APTABLE_RO != 0 && !cfg.had0 {
                 read_only_below = true;
             }
+            step(TableStep {
+                level,
+                span_log2: shift as u8,
+                slot,
+                desc,
+                next_table: next,
+                read_only_below,
+            });
             table = next;
             continue;
         }
@@ -130,6 +194,7 @@ pub fn walk(mem: &dyn PhysMemory, cfg: &Stage1Config, va: u64) -> Result<Leaf, W
             size_log2,
             level,
             writable: desc & AP_RO == 0 && !read_only_below,
+            global: desc & NOT_GLOBAL == 0,
         });
     }
     unreachable!("the loop returns at level 3")
@@ -137,6 +202,8 @@ pub fn walk(mem: &dyn PhysMemory, cfg: &Stage1Config, va: u64) -> Result<Leaf, W
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use alloc::vec::Vec;
+
     use super::*;
     use crate::iommu::spec::cd::CdFields;
     use crate::iommu::fake::{LeafAttrs, PhysArena, TestPageTables};
@@ -200,6 +267,40 @@ mod tests {
             walk(&mem, &disabled, 0x1234_5000),
             Err(WalkFault::Translation { level: 0 })
         );
+    }
+
+    #[test]
+    fn a_resumed_walk_reports_its_tables_and_ng() {
+        let mem = PhysArena::new(PhysAddr(0x4000_0000), 32).unwrap();
+        let t = TestPageTables::new(&mem).unwrap();
+        let c = cfg(t.root(), 48);
+        t.map(VirtAddr(0x1234_5000), PhysAddr(0x4001_0000), LeafAttrs::RW)
+            .unwrap();
+        let global = LeafAttrs {
+            global: true,
+            ..LeafAttrs::RW
+        };
+        t.map(VirtAddr(0x1234_6000), PhysAddr(0x4002_0000), global)
+            .unwrap();
+        let mut steps = Vec::new();
+        let leaf = walk_from(&mem, &c, 0x1234_5000, None, &mut |s| steps.push(s)).unwrap();
+        assert!(!leaf.global);
+        assert_eq!(
+            steps
+                .iter()
+                .map(|s| (s.level, s.span_log2))
+                .collect::<Vec<_>>(),
+            [(0, 39), (1, 30), (2, 21)]
+        );
+        // From the cached level-2 descriptor: only the level-3 read is left, same result.
+        let mut more = Vec::new();
+        let resumed = walk_from(&mem, &c, 0x1234_6000, Some(steps[2].resume()), &mut |s| {
+            more.push(s)
+        })
+        .unwrap();
+        assert!(more.is_empty());
+        assert_eq!(resumed, walk(&mem, &c, 0x1234_6000).unwrap());
+        assert!(resumed.global);
     }
 
     #[test]

@@ -562,7 +562,7 @@ impl fmt::Display for CommandCounts {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -726,7 +726,8 @@ mod tests {
             })
     }
 
-    fn arb_command() -> impl Strategy<Value = Command> {
+    /// Any encodable command (also used by the model's independent decoder's tests).
+    pub(crate) fn arb_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             any::<u32>().prop_map(|sid| Command::PrefetchConfig { sid }),
             (any::<u32>(), any::<bool>()).prop_map(|(sid, leaf)| Command::CfgiSte { sid, leaf }),

@@ -31,6 +31,11 @@ pub struct IntervalNotifier {
     /// The subscription's sequence: equal to the address space's odd sequence while it is being
     /// invalidated. Written by `set_seq` under the user lock.
     invalidate_seq: AtomicU64,
+    /// The tie-breaking tag of its tree node, stamped when it entered the tree
+    /// ([`NOT_STAMPED`] before). Written and read
+    /// only under the subscriptions' lock (an atomic only to be shareable; never loom's, as no
+    /// thread reads it without the lock).
+    tree_tag: core::sync::atomic::AtomicUsize,
 }
 
 /// The owner's handle of an inserted interval subscription. Dropping it removes the
@@ -169,10 +174,20 @@ impl IntervalNotifier {
         self.mm.subscriptions_of_subscribed()
     }
 
-    fn tag(self: &Arc<Self>) -> usize {
-        Arc::as_ptr(self) as usize
+    /// Its tree node's tag; call under the subscriptions' lock.
+    pub(crate) fn tree_tag(&self) -> usize {
+        self.tree_tag.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the tag its tree node was stamped with; call under the subscriptions' lock.
+    pub(crate) fn set_tree_tag(&self, tag: usize) {
+        self.tree_tag
+            .store(tag, core::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// The tree tag of a subscription that has not entered the tree yet (stamps count up from 0).
+const NOT_STAMPED: usize = usize::MAX;
 
 /// The inclusive end of `[start, start + length)`; length 0 and overflow are errors.
 fn checked_last(start: u64, length: u64) -> Result<u64, NotifierError> {
@@ -202,8 +217,10 @@ fn insert_into<T: IntervalNotifierOps>(
         last,
         ops,
         invalidate_seq: AtomicU64::new(0),
+        tree_tag: core::sync::atomic::AtomicUsize::new(NOT_STAMPED),
     });
-    let node = DetachedNode::try_new(start, last, sub.tag(), sub.clone()).map_err(|e| match e {
+    // The tag is stamped when the node enters the tree.
+    let mut node = DetachedNode::try_new(start, last, 0, sub.clone()).map_err(|e| match e {
         NodeError::OutOfMemory => NotifierError::OutOfMemory,
         NodeError::EmptyInterval => NotifierError::Overflow(Overflow::IntervalEnd),
     })?;
@@ -221,6 +238,7 @@ fn insert_into<T: IntervalNotifierOps>(
         debug_assert!(seq & 1 == 0);
         sub.invalidate_seq
             .store(seq.wrapping_sub(1), Ordering::Relaxed);
+        locked.stamp(&mut node);
         subs.with_tree_mut(&mut locked, |t| t.insert(node));
     } else if subs.is_invalidating(&locked) && !insert_ignores_exclusion(mm) {
         // Fully excluded: the tree may not change; link at the last inv_end. Meanwhile the
@@ -230,6 +248,7 @@ fn insert_into<T: IntervalNotifierOps>(
     } else {
         // Partially excluded: the running invalidations may cover the new range, so treat it as
         // being invalidated by them: make the sequence odd (full exclusion) and link now.
+        locked.stamp(&mut node);
         subs.with_tree_mut(&mut locked, |t| t.insert(node));
         subs.invalidate_seq.store(seq | 1, Ordering::Relaxed);
         sub.invalidate_seq.store(seq | 1, Ordering::Relaxed);
@@ -278,20 +297,20 @@ impl IntervalSubscription {
         lockdep::assert_may_wait("IntervalSubscription::remove");
         let sub = &self.sub;
         let subs = sub.subscriptions();
-        let tag = sub.tag();
         let mut wait_for = None;
         let unlinked;
         {
             let mut locked = subs.lock.lock();
             locked.intervals -= 1;
+            let tag = sub.tree_tag();
             if subs.is_invalidating(&locked) {
-                let pending = locked
-                    .deferred
-                    .iter()
-                    .position(|d| matches!(d, Deferred::Insert(n) if n.node().tag() == tag));
+                let pending = locked.deferred.iter().position(
+                    |d| matches!(d, Deferred::Insert(n) if Arc::ptr_eq(n.node().value(), sub)),
+                );
                 match pending {
-                    // Inserted while fully excluded and still waiting to be linked: cancel.
-                    Some(i) => unlinked = Some(locked.deferred.swap_remove(i)),
+                    // Inserted while fully excluded and still waiting to be linked: cancel,
+                    // keeping the others' order (it decides their tags).
+                    Some(i) => unlinked = Some(locked.deferred.remove(i)),
                     None => {
                         unlinked = None;
                         locked.deferred.push(Deferred::Remove {
@@ -387,8 +406,15 @@ impl Subscriptions {
         // right here, before its entry leaves the deferred list below (319561669a59).
         crate::sync::model_switch_point();
         let mut deferred = core::mem::take(&mut locked.deferred);
+        // Newest first, as Linux walks its deferred list (hlist_add_head): the intervals enter
+        // the tree, and are stamped, in that order.
+        for update in deferred.iter_mut().rev() {
+            if let Deferred::Insert(node) = update {
+                locked.stamp(node);
+            }
+        }
         self.with_tree_mut(&mut locked, |tree| {
-            for update in deferred.drain(..) {
+            for update in deferred.drain(..).rev() {
                 match update {
                     Deferred::Insert(node) => tree.insert(node),
                     Deferred::Remove { start, tag } => {

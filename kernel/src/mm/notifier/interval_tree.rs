@@ -3,8 +3,9 @@
 //! tree).
 //!
 //! Intervals are closed, `[start, last]`, so the whole address space is representable. Keys are
-//! `(start, tag)` where `tag` tells apart intervals with the same start (the notifier uses the
-//! subscription's address).
+//! `(start, tag)` where `tag` tells apart intervals with the same start. The notifier stamps
+//! tags in the order intervals enter the tree, so intervals with the same start are walked in
+//! that order, as Linux's rbtree walks them (an equal start is linked to the right).
 //!
 //! Costs: insert and remove are O(log n). An overlap query finds its first result in O(log n);
 //! walking all k results visits the union of their root paths, O(log n + k) when the results are
@@ -108,6 +109,11 @@ impl<V> DetachedNode<V> {
             value,
         };
         Ok(Self(try_box(node)?))
+    }
+
+    /// Changes the tie-breaking tag before the node is linked.
+    pub fn set_tag(&mut self, tag: usize) {
+        self.0.tag = tag;
     }
 
     /// The node's contents.

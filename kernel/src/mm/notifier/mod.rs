@@ -63,11 +63,8 @@
 //! since the refusal returns no [`Invalidation`] to end. An interval subscriber that refuses
 //! ends the interval half before returning.
 //!
-//! **Deviation from 6.10.** When the interval half succeeded and a list subscriber refused,
-//! 6.10 returns `-EAGAIN` with the interval half still open: its counter stays raised and its
-//! sequence odd forever, so every later `read_begin` on an overlapping subscription and every
-//! `remove` waits forever (see `notifier-tests-history.md` §6). This port ends the interval
-//! half too before reporting [`WouldBlock`].
+//! When the interval half succeeded and a list subscriber refused, this port ends the interval
+//! half too before reporting [`WouldBlock`] (a deviation from 6.10, below).
 //!
 //! # Teardown
 //!
@@ -78,6 +75,42 @@
 //! An `unregister` racing teardown may call `release` a second time; subscribers must tolerate
 //! that (Linux does the same), and neither path unlinks twice. The subscriptions themselves are
 //! freed only when the [`MmCore`] is destroyed, which every subscriber holds back.
+//!
+//! # Deliberate deviations from 6.10
+//!
+//! Everything else follows 6.10's observable behaviour: callback order, arguments, return
+//! codes and sequence numbers. Each difference below is on purpose and pinned by a test (in
+//! `tests/mod.rs` unless named otherwise).
+//!
+//! 1. **A list refusal after the interval half succeeded ends the interval half** (the §6
+//!    fix). 6.10 returns `-EAGAIN` with it still open: its counter stays raised and its
+//!    sequence odd forever, so every later `read_begin` on an overlapping subscription and
+//!    every `remove` waits forever (`notifier-tests-history.md` §6).
+//!    `list_refusal_after_interval_success_ends_the_interval_half`, and
+//!    `section6_check_fails_with_the_610_behaviour` with 6.10's behaviour switched on.
+//! 2. **Bad interval input changes nothing.** 6.10's `mmu_interval_notifier_insert` registers
+//!    the address space (allocating its subscriptions, enabling the interval tree) before it
+//!    checks the interval, so a zero length or an overflowing end returns `-EOVERFLOW` with
+//!    the tree enabled: from then on every invalidation counts as active for intervals (the
+//!    sequence moves, a racing insert is deferred). And when that first allocation fails for
+//!    a bad interval, 6.10 reports `-ENOMEM`. Here the interval is checked first, as the error
+//!    contract asks (a failed call changes nothing), and the bad input is what is reported.
+//!    `a_rejected_interval_insert_leaves_invalidations_untouched`,
+//!    `a_bad_interval_is_reported_before_any_allocation`, `interval_length_overflow_is_an_error`.
+//! 3. **No `invalidate_range_end` without its start.** 6.10 decides at end whether to walk the
+//!    list, so a list subscriber registered while a range is open (possible under the mmap
+//!    write lock) gets an end for a range it never saw start. Here end reaches only the
+//!    subscribers the start reached: a subscriber may rely on pairs.
+//!    `a_subscriber_registered_during_an_invalidation_gets_no_unmatched_end`.
+//! 4. **`read_begin` takes no lock**: readers on many CPUs write no shared cache line (the
+//!    ordering that replaces the lock is argued at [`IntervalNotifier::read_begin`]; loom model
+//!    `collision_retry_never_leaves_a_stale_shadow_pte` in `kernel/tests/loom_notifier.rs`).
+//!
+//! Intervals with the same start are called in the order they entered the tree, as in 6.10
+//! (its rbtree links an equal start to the right; deferred inserts enter at the last end,
+//! newest first, as 6.10 walks its deferred list from the head):
+//! `same_start_intervals_are_called_in_insertion_order`,
+//! `deferred_same_start_intervals_enter_the_tree_newest_first`.
 //!
 //! # Locking contract with the page-table code
 //!

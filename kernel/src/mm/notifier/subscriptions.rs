@@ -31,6 +31,19 @@ pub(crate) struct Locked {
     /// Live interval subscriptions. `deferred` always has room for this many more entries, so
     /// queueing one never allocates (removal cannot fail).
     pub(crate) intervals: usize,
+    /// The tag the next interval to enter the tree gets: ties between equal starts are walked
+    /// in the order the intervals entered (see [`Locked::stamp`]).
+    next_tag: usize,
+}
+
+impl Locked {
+    /// Stamps `node` as the next interval to enter the tree, and tells its subscription its key.
+    pub(crate) fn stamp(&mut self, node: &mut DetachedNode<Arc<IntervalNotifier>>) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        node.set_tag(tag);
+        node.node().value().set_tree_tag(tag);
+    }
 }
 
 /// Everything an address space knows about its subscribers. Allocated on first registration,
@@ -73,6 +86,7 @@ impl Subscriptions {
                 active_invalidate_ranges: 0,
                 deferred: Vec::new(),
                 intervals: 0,
+                next_tag: 0,
             }),
             itree: UnsafeCell::new(IntervalTree::new()),
             wq: WaitQueue::new(),

@@ -38,7 +38,8 @@ fn in_tree(sub: &IntervalSubscription) -> bool {
     let subs = sub.mm().subscriptions().unwrap();
     let locked = subs.lock.lock();
     subs.with_tree(&locked, |t| {
-        t.contains(sub.start(), Arc::as_ptr(sub.notifier()) as usize)
+        t.overlapping(sub.start(), sub.start())
+            .any(|n| Arc::ptr_eq(n.value(), sub.notifier()))
     })
 }
 
@@ -282,6 +283,131 @@ fn interval_length_overflow_is_an_error() {
     IntervalNotifier::insert(&mm, 0, u64::MAX, mirror())
         .unwrap()
         .remove();
+}
+
+/// 6.10 registers the address space before checking the interval: a rejected insert leaves
+/// the interval tree enabled there, and every later invalidation counts as active for
+/// intervals (the sequence moves, a racing insert is deferred). Here a rejected insert changes
+/// nothing: the sequence stays, and an insert during an invalidation links at once.
+#[test]
+fn a_rejected_interval_insert_leaves_invalidations_untouched() {
+    let mm = new_mm();
+    let list = MmuNotifier::register(&mm, Recorder::with(OpSet::INVALIDATE_RANGE_START)).unwrap();
+    let seq = mm_seq(&mm);
+    assert!(IntervalNotifier::insert(&mm, 0x1000, 0, mirror()).is_err());
+    assert!(!mm.subscriptions().unwrap().has_itree.load(SeqCst));
+    let lock = mm.mmap_read();
+    let inv = lock.invalidate_range_start(range(0x1000, 0x2000));
+    assert_eq!(active_ranges(&mm), 0, "the interval half was not started");
+    inv.end();
+    drop(lock);
+    assert_eq!(mm_seq(&mm), seq, "the sequence moved");
+    list.unregister();
+}
+
+/// 6.10 reports -ENOMEM when the first insert of an address space both fails to allocate and
+/// has a bad length (it registers first); here the bad input is reported, and nothing is
+/// allocated for it.
+#[test]
+fn a_bad_interval_is_reported_before_any_allocation() {
+    let mm = new_mm();
+    crate::mm::notifier::alloc::inject::fail_after(0);
+    let err = IntervalNotifier::insert(&mm, 0x1000, 0, mirror())
+        .err()
+        .unwrap();
+    crate::mm::notifier::alloc::inject::fail_after(usize::MAX);
+    assert_eq!(err, NotifierError::Overflow(Overflow::ZeroLength));
+    assert!(!mm.has_notifiers());
+}
+
+/// 6.10 calls `invalidate_range_end` on a list subscriber registered while a range was open
+/// (its `start` was never called: the list was checked at end, not at start). Here end goes
+/// only to those the start reached: no end without a start.
+#[test]
+fn a_subscriber_registered_during_an_invalidation_gets_no_unmatched_end() {
+    let mm = new_mm();
+    let lock = mm.mmap_write();
+    let inv = lock.invalidate_range_start(range(0x1000, 0x2000));
+    let rec = Recorder::with(OpSet::INVALIDATE_RANGE_START | OpSet::INVALIDATE_RANGE_END);
+    let sub = MmuNotifier::register_locked(&lock, rec.clone()).unwrap();
+    inv.end();
+    drop(lock);
+    assert_eq!((rec.starts.load(SeqCst), rec.ends.load(SeqCst)), (0, 0));
+    sub.unregister();
+}
+
+/// An interval subscriber that logs its id when called, and refuses once when told to.
+struct Logged {
+    id: u32,
+    log: Arc<Mutex<Vec<u32>>>,
+    refuse_next: AtomicBool,
+}
+
+impl IntervalNotifierOps for Logged {
+    fn invalidate(&self, sub: &IntervalNotifier, _range: &NotifierRange, cur_seq: u64) -> bool {
+        self.log.lock().unwrap().push(self.id);
+        if self.refuse_next.swap(false, SeqCst) {
+            return false;
+        }
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+fn logged(id: u32, log: &Arc<Mutex<Vec<u32>>>) -> Arc<Logged> {
+    Arc::new(Logged {
+        id,
+        log: log.clone(),
+        refuse_next: AtomicBool::new(false),
+    })
+}
+
+/// Intervals with the same start are called in the order they entered the tree, whatever
+/// their addresses: the freed slots of removed subscriptions are reused by later ones, which
+/// an address order would put first.
+#[test]
+fn same_start_intervals_are_called_in_insertion_order() {
+    let mm = new_mm();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut subs: Vec<Option<IntervalSubscription>> = (0..8)
+        .map(|id| Some(IntervalNotifier::insert(&mm, 0x4000, 0x1000, logged(id, &log)).unwrap()))
+        .collect();
+    for id in [0, 2, 4, 6] {
+        subs[id].take().unwrap().remove();
+    }
+    subs.extend((8..12).map(|id| {
+        Some(IntervalNotifier::insert(&mm, 0x4000, 0x1000, logged(id, &log)).unwrap())
+    }));
+    let lock = mm.mmap_read();
+    lock.invalidate_range_start(range(0x4000, 0x5000)).end();
+    drop(lock);
+    assert_eq!(*log.lock().unwrap(), [1, 3, 5, 7, 8, 9, 10, 11]);
+}
+
+/// The issue-19 scenario, against 6.10: two intervals with one start are inserted while a range
+/// is open, so both are deferred; the last end links the newest first (6.10 walks its deferred
+/// list from the head). A non-blockable invalidation then calls 3 (which accepts) and only
+/// then 2 (which refuses): the same subset of subscribers has been told as in 6.10.
+#[test]
+fn deferred_same_start_intervals_enter_the_tree_newest_first() {
+    let mm = new_mm();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let one = IntervalNotifier::insert(&mm, 0x1000, 0x1000, logged(1, &log)).unwrap();
+    let lock = mm.mmap_read();
+    let open = lock.invalidate_range_start(range(0x1000, 0x2000));
+    let two_ops = logged(2, &log);
+    let two = IntervalNotifier::insert(&mm, 0x5000, 0x1000, two_ops.clone()).unwrap();
+    let three = IntervalNotifier::insert(&mm, 0x5000, 0x1000, logged(3, &log)).unwrap();
+    open.end();
+    two_ops.refuse_next.store(true, SeqCst);
+    assert!(lock
+        .invalidate_range_start_nonblock(range(0x5000, 0x6000))
+        .is_err());
+    drop(lock);
+    assert_eq!(*log.lock().unwrap(), [1, 3, 2]);
+    for sub in [one, two, three] {
+        sub.remove();
+    }
 }
 
 #[test]
