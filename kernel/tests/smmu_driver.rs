@@ -10,7 +10,7 @@ use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::spec::command::{opcode, CommandKind};
 use shootdown::iommu::driver::{ContextParams, Smmu, SmmuConfig, SmmuError};
 use shootdown::iommu::spec::event::{AccessKind, EventKind};
-use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
+use shootdown::iommu::backend::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
 use shootdown::iommu::driver::planner::{PlanError, PlanKind, Strategy};
 use shootdown::iommu::spec::regs::{offset, CommandErrorCode};
 use shootdown::iommu::spec::ste::BadSte;

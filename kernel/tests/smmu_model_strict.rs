@@ -7,7 +7,7 @@
 mod support;
 
 use shootdown::iommu::driver::DebugKnobs;
-use shootdown::iommu::model::checker::{StaleKind, StaleSource};
+use shootdown::iommu::backend::model::checker::{StaleKind, StaleSource};
 use shootdown::iommu::fake::LeafAttrs;
 use shootdown::mm::{VirtAddr, PAGE_SIZE};
 use support::*;

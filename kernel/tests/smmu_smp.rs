@@ -12,7 +12,7 @@ use std::thread;
 
 use shootdown::iommu::driver::DebugKnobs;
 use shootdown::iommu::fake::LeafAttrs;
-use shootdown::iommu::model::dma::DmaEngine;
+use shootdown::iommu::backend::model::dma::DmaEngine;
 use shootdown::iommu::spec::event::AccessKind;
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{VirtAddr, PAGE_SIZE};

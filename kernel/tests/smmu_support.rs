@@ -11,8 +11,8 @@ use shootdown::iommu::driver::{
     ContextId, ContextParams, InvalidationReport, Smmu, SmmuConfig, SmmuError,
 };
 use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};
-use shootdown::iommu::model::dma::DmaEngine;
-use shootdown::iommu::model::{ModelConfig, SmmuModel};
+use shootdown::iommu::backend::model::dma::DmaEngine;
+use shootdown::iommu::backend::model::{ModelConfig, SmmuModel};
 use shootdown::iommu::spec::event::EventRecord;
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};

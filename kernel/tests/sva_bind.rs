@@ -12,9 +12,9 @@ use std::thread;
 use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
 use shootdown::iommu::spec::event::{AccessKind, EventKind, EventRecord};
-use shootdown::iommu::model::checker::StaleKind;
-use shootdown::iommu::model::dma::{DmaEngine, DmaError};
-use shootdown::iommu::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
+use shootdown::iommu::backend::model::checker::StaleKind;
+use shootdown::iommu::backend::model::dma::{DmaEngine, DmaError};
+use shootdown::iommu::backend::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
 use shootdown::iommu::sva::{
     self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
 };

@@ -24,8 +24,8 @@ use shootdown::iommu::driver::{
     ContextId, ContextParams, InvalidationReport, Smmu, SmmuConfig, SmmuError,
 };
 use shootdown::iommu::spec::event::AccessKind;
-use shootdown::iommu::model::dma::{DmaEngine, DmaError};
-use shootdown::iommu::model::{Knobs, ModelConfig, SmmuModel};
+use shootdown::iommu::backend::model::dma::{DmaEngine, DmaError};
+use shootdown::iommu::backend::model::{Knobs, ModelConfig, SmmuModel};
 use shootdown::iommu::spec::regs::CommandErrorCode;
 use shootdown::iommu::sva::{self, ContextState, Sva, SvaDomain, SvaError, SvaIommu};
 use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};

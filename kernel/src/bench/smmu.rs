@@ -20,7 +20,7 @@ use super::{fail, measure, sizes, Record};
 use crate::arch::aarch64::aspace;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::SmmuConfig;
-use crate::iommu::model::ModelConfig;
+use crate::iommu::backend::model::ModelConfig;
 use crate::iommu::probe::{self, Probe};
 use crate::iommu::spec::command::CommandKind;
 use crate::iommu::sva::SvaDomain;

@@ -31,8 +31,8 @@ use crate::iommu::backend::mmio::{GenericTimerClock, MmioSmmu};
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
-use crate::iommu::model::dma::{DmaEngine, FaultPolicy};
-use crate::iommu::model::{ModelConfig, SmmuModel};
+use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
+use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::spec::event::EventRecord;
 use crate::iommu::sva::{Sva, SvaDomain};
 use crate::mm::ram::{LinearMap, RamFrames};
@@ -73,7 +73,7 @@ pub enum ProbeError {
     /// The register window could not be mapped.
     Map(crate::arch::aarch64::mmu::KernelMapError),
     /// The model refused its configuration.
-    Model(crate::iommu::model::ModelConfigError),
+    Model(crate::iommu::backend::model::ModelConfigError),
     /// The driver failed (unsupported SMMU, timeout, no memory).
     Driver(SmmuError),
 }

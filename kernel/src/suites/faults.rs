@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::aarch64::aspace;
 use crate::arch::aarch64::{cpu_id, smp};
-use crate::iommu::model::Knobs;
+use crate::iommu::backend::model::Knobs;
 use crate::iommu::probe::{self, BoardDomain};
 use crate::iommu::spec::event::{AccessKind, EventKind};
 use crate::iommu::spec::regs::CommandErrorCode;

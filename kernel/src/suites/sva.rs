@@ -17,9 +17,9 @@ use crate::arch::aarch64::{smp, timer};
 use crate::board::bootargs;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::SmmuError;
-use crate::iommu::model::checker::StaleKind;
-use crate::iommu::model::iotlb::IotlbConfig;
-use crate::iommu::model::ModelConfig;
+use crate::iommu::backend::model::checker::StaleKind;
+use crate::iommu::backend::model::iotlb::IotlbConfig;
+use crate::iommu::backend::model::ModelConfig;
 use crate::iommu::physmem;
 use crate::iommu::probe::BoardDomain;
 use crate::iommu::spec::event::{AccessKind, EventKind};
@@ -81,7 +81,7 @@ struct AfterUnmap {
     /// The old frame after a DMA write of 0xee to the VA.
     frame: Vec<u8>,
     events: Vec<crate::iommu::spec::event::EventRecord>,
-    stale: Vec<crate::iommu::model::checker::StaleTranslation>,
+    stale: Vec<crate::iommu::backend::model::checker::StaleTranslation>,
     asid: u16,
     sid: u32,
     on_model: bool,

@@ -3,14 +3,16 @@
 //!
 //! The driver core ([`crate::iommu::driver`]) is written once against these traits. Backend 1
 //! is the MMIO window of a real SMMUv3 (`mmio`, kernel only); backend 2 is the software model
-//! ([`crate::iommu::model::SmmuModel`]), which is what runs on the Raspberry Pi 4 and in host
-//! tests; [`inject`] wraps either to provoke the failures the driver must survive. The in-memory structures (stream table, CDs, queues) live in physical memory
-//! that both the CPU and the SMMU reach: the driver writes them through
+//! ([`model::SmmuModel`]), which is what runs on the Raspberry Pi 4 and in host tests;
+//! [`inject`] wraps either to provoke the failures the driver must survive. The in-memory
+//! structures (stream table, CDs, queues) live in physical memory that both the CPU and the
+//! SMMU reach: the driver writes them through
 //! [`crate::mm::phys::PhysMemory`] and allocates them from a [`ContiguousFrameAllocator`].
 
 pub mod inject;
 #[cfg(target_os = "none")]
 pub mod mmio;
+pub mod model;
 
 pub use crate::mm::phys::ContiguousFrameAllocator;
 

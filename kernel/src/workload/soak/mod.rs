@@ -53,7 +53,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::arch::aarch64::aspace::{activate, deactivate, CpuMm};
 use crate::arch::aarch64::{cpu_id, smp, timer};
 use crate::board::bootargs;
-use crate::iommu::model::Knobs;
+use crate::iommu::backend::model::Knobs;
 use crate::iommu::probe::{self, BoardDomain};
 use crate::iommu::spec::event::{AccessKind, EventKind, EventRecord};
 use crate::iommu::spec::regs::CommandErrorCode;

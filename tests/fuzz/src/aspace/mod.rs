@@ -37,9 +37,9 @@ use std::sync::{Arc, Mutex};
 use shootdown::iommu::driver::planner::Strategy;
 use shootdown::iommu::driver::{ContextId, ContextParams, DebugKnobs, Smmu, SmmuConfig};
 use shootdown::iommu::fake::StepClock;
-use shootdown::iommu::model::dma::{DmaEngine, DmaError};
-use shootdown::iommu::model::iotlb::{IotlbConfig, Replacement};
-use shootdown::iommu::model::{FaultKind, ModelConfig, SmmuModel};
+use shootdown::iommu::backend::model::dma::{DmaEngine, DmaError};
+use shootdown::iommu::backend::model::iotlb::{IotlbConfig, Replacement};
+use shootdown::iommu::backend::model::{FaultKind, ModelConfig, SmmuModel};
 use shootdown::iommu::spec::event::AccessKind;
 use shootdown::mm::aspace::{
     AddressSpace, Backing, MmError, MmUser, Placement, Region, USER_END, USER_START,

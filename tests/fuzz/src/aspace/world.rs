@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::driver::{ContextId, Smmu};
 use shootdown::iommu::fake::StepClock;
-use shootdown::iommu::model::SmmuModel;
+use shootdown::iommu::backend::model::SmmuModel;
 use shootdown::mm::asid::{AsidAllocator, AsidBits};
 use shootdown::mm::aspace::MmPlatform;
 use shootdown::mm::notifier::{
