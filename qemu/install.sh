@@ -107,6 +107,16 @@ install_fattools() {
     apt install -y mtools dosfstools >/dev/null
 }
 
+# Debian's U-Boot for QEMU's arm64 `virt` (/usr/lib/u-boot/qemu_arm64/u-boot.bin, the
+# `virt-uboot` board) and mkimage (u-boot-tools) for boot.scr.
+install_uboot() {
+    [ -s /usr/lib/u-boot/qemu_arm64/u-boot.bin ] && command -v mkimage >/dev/null && return 0
+    is_debian || die "install U-Boot for qemu_arm64 at /usr/lib/u-boot/qemu_arm64/u-boot.bin and mkimage"
+    apt_update
+    say "installing u-boot-qemu u-boot-tools"
+    apt install -y u-boot-qemu u-boot-tools >/dev/null
+}
+
 install_gdb() {
     command -v gdb-multiarch >/dev/null && return 0
     is_debian || die "install gdb-multiarch (or a gdb that knows aarch64)"
@@ -126,6 +136,7 @@ case "${1:-}" in
     dtb) install_dtb "${2:?build folder}" ;;
     kunit) install_kunit "${2:?build folder}" ;;
     fattools) install_fattools ;;
+    uboot) install_uboot ;;
     gdb) install_gdb ;;
-    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | gdb" ;;
+    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | uboot | gdb" ;;
 esac
