@@ -305,7 +305,9 @@ impl<'a> Reply<'a> {
                 _ => None,
             },
             "NAK" => {
-                let (code, message) = rest["NAK ".len()..].split_once(' ')?;
+                // A bare `NAK` (cut short by noise, or a kernel printing the line) has no
+                // code to act on: noise, like any other line this side cannot read.
+                let (code, message) = rest.strip_prefix("NAK ")?.split_once(' ')?;
                 let code: u8 = code.parse().ok()?;
                 Some(Reply::Nak {
                     code,
@@ -595,6 +597,22 @@ mod tests {
         assert_eq!(Reply::parse(&l), Some(Reply::AckData { crc: 0xcbf4_3926 }));
         assert_eq!(Reply::parse("Shootdown 0.1.0 (aarch64)"), None);
         assert_eq!(Reply::parse("@@SDCL WHAT"), None);
+    }
+
+    #[test]
+    fn a_nak_cut_short_is_noise_not_a_panic() {
+        for l in ["@@SDCL NAK", "@@SDCL NAK ", "@@SDCL NAK 6", "@@SDCL NAK x y"] {
+            assert_eq!(Reply::parse(l), None, "{l:?}");
+        }
+        // The shortest readable refusal: a code and an empty message.
+        assert!(matches!(
+            Reply::parse("@@SDCL NAK 6 "),
+            Some(Reply::Nak {
+                code: 6,
+                message: "",
+                ..
+            })
+        ));
     }
 
     #[test]
