@@ -23,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 pub use shootdown_chainloader::protocol::BootargsMode;
-use shootdown_chainloader::protocol::{Header, Nak, Reply, VERSION};
+use shootdown_chainloader::protocol::{self, Header, Nak, Reply, VERSION};
 
 /// How long the loader may take to answer a header (it plans and cleans the slot first).
 const HEADER_REPLY: Duration = Duration::from_secs(5);
@@ -41,6 +41,9 @@ pub enum PushError {
     PortClosed,
     /// The file to send is not an arm64 Image.
     NotAnImage,
+    /// The Image header asks for what the chainloader does not do (see
+    /// `protocol::check_image_header`).
+    ImageHeader { text_offset: u64, flags: u64 },
     /// No READY within the limit.
     NoLoader { waited: Duration },
     /// The loader speaks another protocol version.
@@ -71,6 +74,12 @@ impl fmt::Display for PushError {
             PushError::NotAnImage => write!(
                 f,
                 "not an arm64 Image (no ARM\\x64 magic at offset 56): build it with `make image`"
+            ),
+            PushError::ImageHeader { text_offset, flags } => write!(
+                f,
+                "the Image header says text_offset {text_offset:#x}, flags {flags:#x}: the \
+                 chainloader needs text_offset 0, a little-endian kernel and no reserved flags \
+                 (Linux Documentation/arch/arm64/booting.rst)"
             ),
             PushError::NoLoader { waited } => write!(
                 f,
@@ -309,6 +318,10 @@ impl From<Reply<'_>> for OwnedReply {
 pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pushed, PushError> {
     let header = Header::for_payload(p.kernel, p.bootargs.as_bytes(), p.mode)
         .ok_or(PushError::NotAnImage)?;
+    protocol::check_image_header(p.kernel).map_err(|r| PushError::ImageHeader {
+        text_offset: r.a,
+        flags: r.b,
+    })?;
     let mut s = Session::new(port);
     let mut ready_timeout = p.ready_timeout;
     let mut attempts = 0;
@@ -659,7 +672,9 @@ mod tests {
 
     fn image(len: usize) -> Vec<u8> {
         let mut k: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        k[8..16].fill(0); // text_offset
         k[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+        k[24..32].copy_from_slice(&0xau64.to_le_bytes()); // flags as `boot/entry.S`
         k[56..60].copy_from_slice(b"ARM\x64");
         k
     }
@@ -812,6 +827,21 @@ mod tests {
         assert!(matches!(e, PushError::NoLoader { .. }), "{e}");
         assert!(e.to_string().contains("no chainloader answered"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
+        // An Image the loader would refuse for its header is refused here, before any wait.
+        let mut k = image(1000);
+        k[8..16].copy_from_slice(&0x8_0000u64.to_le_bytes());
+        p.kernel = &k;
+        let e = push(&mut port, &p, &mut rec).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PushError::ImageHeader {
+                    text_offset: 0x8_0000,
+                    flags: 0xa
+                }
+            ),
+            "{e}"
+        );
         drop(pty);
     }
 }

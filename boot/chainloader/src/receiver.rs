@@ -15,7 +15,8 @@
 //!
 //! Nothing is trusted before it is checked: the header carries its own CRC, lengths are
 //! bounded before any byte is written, the slot comes from the device tree's RAM minus what is
-//! in use, and the payload is checked (CRC, Image magic, `image_size`) before the ACK. Every
+//! in use, and the payload is checked (CRC, Image magic, `image_size`, `text_offset` and flags)
+//! before the ACK. Every
 //! refusal says why in numbers and is followed by a fresh READY, so the host can retry.
 
 use crate::crc32::Crc32;
@@ -190,6 +191,7 @@ fn check_image(kernel: &[u8], header: &Header) -> Result<(), Refusal> {
     if kernel.get(IMAGE_MAGIC_OFFSET..IMAGE_MAGIC_OFFSET + 4) != Some(&IMAGE_MAGIC[..]) {
         return Err(Refusal::new(Nak::NotAnImage, 0, 0));
     }
+    protocol::check_image_header(kernel)?;
     let mut size = [0u8; 8];
     size.copy_from_slice(&kernel[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8]);
     let size = match u64::from_le_bytes(size) {
@@ -394,6 +396,9 @@ mod tests {
 
     fn kernel(len: usize, image_size: u64) -> Vec<u8> {
         let mut k: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        // text_offset 0, flags as our kernel's (`boot/entry.S`): LE, 4 KiB pages, anywhere.
+        k[8..16].fill(0);
+        k[24..32].copy_from_slice(&0xau64.to_le_bytes());
         k[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8].copy_from_slice(&image_size.to_le_bytes());
         k[IMAGE_MAGIC_OFFSET..IMAGE_MAGIC_OFFSET + 4].copy_from_slice(&IMAGE_MAGIC);
         k
@@ -571,6 +576,44 @@ mod tests {
         let mut link = ScriptLink::new(vec![Step::Send(wire)]);
         let r = attempt(&mut link, &mut ram, FAST).unwrap_err();
         assert_eq!((r.nak, r.a, r.b), (Nak::SizeMismatch, 0x9000, 0x8000));
+    }
+
+    #[test]
+    fn image_headers_the_loader_cannot_honour_are_refused() {
+        let mut ram = FakeRam::new();
+        let refused = |ram: &mut FakeRam, edit: fn(&mut [u8])| {
+            let mut k = kernel(4096, 0);
+            edit(&mut k);
+            let (_, wire) = transfer(&k, "", BootargsMode::Keep);
+            let mut link = ScriptLink::new(vec![Step::Send(wire)]);
+            let r = attempt(&mut link, ram, FAST).map(|_| ()).unwrap_err();
+            protocol::write_nak(&mut link, &r);
+            (r, link.replies().last().unwrap().clone())
+        };
+        // text_offset 0x80000 (Linux's before 3.17): the slot would be short by that much and
+        // the entry point wrong.
+        let (r, line) = refused(&mut ram, |k| {
+            k[8..16].copy_from_slice(&0x8_0000u64.to_le_bytes())
+        });
+        assert_eq!((r.nak, r.a, r.b), (Nak::ImageHeader, 0x8_0000, 0xa));
+        assert!(line.contains("text_offset 0x80000, flags 0xa"), "{line}");
+        // A big-endian kernel.
+        let (r, _) = refused(&mut ram, |k| k[24] |= 1);
+        assert_eq!((r.nak, r.b), (Nak::ImageHeader, 0xb));
+        // A reserved flag.
+        let (r, _) = refused(&mut ram, |k| k[24] |= 0x10);
+        assert_eq!((r.nak, r.b), (Nak::ImageHeader, 0x1a));
+        // Every page size and either placement is fine.
+        for flags in [0u8, 0x2, 0x4, 0x6, 0x8, 0xe] {
+            let mut k = kernel(4096, 0);
+            k[24] = flags;
+            let (_, wire) = transfer(&k, "", BootargsMode::Keep);
+            let mut link = ScriptLink::new(vec![Step::Send(wire)]);
+            assert!(
+                attempt(&mut link, &mut ram, FAST).is_ok(),
+                "flags {flags:#x}"
+            );
+        }
     }
 
     #[test]
