@@ -7,14 +7,18 @@
 //! 1. wait for `@@SDCL READY` (the loader repeats it every 2 s of silence), echoing everything
 //!    else the board prints (firmware and loader messages);
 //! 2. refuse locally what the loader would refuse (not an Image, bigger than its `max=`);
-//! 3. send the 28-byte header, wait for `ACK HEADER` (skipping a READY that crossed it);
+//! 3. send the 28-byte header, wait for `ACK HEADER` (skipping one READY that crossed it);
 //! 4. stream the kernel and the boot arguments, with progress, and wait until the port has
 //!    sent them (`tcdrain`);
 //! 5. wait for `ACK DATA` and check it names our CRC.
 //!
 //! A NAK for a line problem (header or payload checksum, timeout, UART errors) is retried from
-//! step 1, up to `retries` times; any other NAK ends the push with the loader's reason. Bytes
-//! read after `ACK DATA` are the kernel's first output and are handed back, not lost.
+//! step 1, up to `retries` times; any other NAK ends the push with the loader's reason. So is
+//! no answer at all, or a READY where an answer belongs (a second one after the header, any
+//! after `ACK HEADER`): the loader is waiting for a header, so it never saw ours whole (a
+//! corrupted magic byte), its NAK was garbled, or the board reset; that READY starts the next
+//! attempt. Bytes read after `ACK DATA` are the kernel's first output and are handed back, not
+//! lost.
 
 use std::fmt;
 use std::fs::File;
@@ -57,10 +61,11 @@ pub enum PushError {
         message: String,
         attempts: u32,
     },
-    /// No reply in time.
+    /// No reply in time, or the loader asked for a header again, on the last attempt.
     NoReply {
         waiting_for: &'static str,
         after: Duration,
+        attempts: u32,
     },
     /// `ACK DATA` named another CRC than ours.
     WrongAck { ours: u32, theirs: u32 },
@@ -105,9 +110,14 @@ impl fmt::Display for PushError {
                 f,
                 "the chainloader refused the kernel (NAK {code}: {message}) after {attempts} attempt(s)"
             ),
-            PushError::NoReply { waiting_for, after } => write!(
+            PushError::NoReply {
+                waiting_for,
+                after,
+                attempts,
+            } => write!(
                 f,
-                "no {waiting_for} from the chainloader within {} s",
+                "no {waiting_for} from the chainloader within {} s after {attempts} attempt(s) \
+                 (lost on the line, or the board reset)",
                 after.as_secs_f64()
             ),
             PushError::WrongAck { ours, theirs } => write!(
@@ -159,6 +169,9 @@ pub trait Observer {
     fn progress(&mut self, _sent: u64, _total: u64, _elapsed: Duration) {}
     /// A refusal that will be retried.
     fn retrying(&mut self, _code: u8, _message: &str) {}
+    /// No answer to what we sent (no `waiting_for`, or the loader asking for a header again):
+    /// it was lost on the line or the board reset; sending again.
+    fn resending(&mut self, _waiting_for: &str) {}
 }
 
 /// The port with a line buffer.
@@ -216,6 +229,27 @@ impl<'a> Session<'a> {
         Ok(None)
     }
 
+    /// The answer to a header or payload before `timeout`, echoing other lines. `crossing`
+    /// READY lines are skipped (one may cross a header on the wire); one more means the
+    /// loader is waiting for a header again: what we sent never arrived whole.
+    fn answer(
+        &mut self,
+        timeout: Duration,
+        mut crossing: u32,
+        obs: &mut dyn Observer,
+    ) -> Result<Answer, PushError> {
+        let deadline = Instant::now() + timeout;
+        while let Some(line) = self.line(Some(deadline))? {
+            match Reply::parse(&line) {
+                Some(Reply::Ready { .. }) if crossing > 0 => crossing -= 1,
+                Some(Reply::Ready { version, max }) => return Ok(Answer::Ready { version, max }),
+                Some(r) => return Ok(Answer::Reply(OwnedReply::from(r))),
+                None => obs.board_line(&line),
+            }
+        }
+        Ok(Answer::Nothing)
+    }
+
     /// Writes raw bytes (tests use this to send forged headers).
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), PushError> {
         self.port.write_all(bytes)?;
@@ -238,12 +272,7 @@ impl<'a> Session<'a> {
         let deadline = timeout.map(|t| started + t);
         loop {
             match self.reply(deadline, false, obs)? {
-                Some(OwnedReply::Ready { version, max }) => {
-                    if version != VERSION {
-                        return Err(PushError::Version { loader: version });
-                    }
-                    return Ok(max);
-                }
+                Some(OwnedReply::Ready { version, max }) => return ready(version, max),
                 Some(_) => {} // a stale ACK/NAK from an earlier session
                 None => {
                     return Err(PushError::NoLoader {
@@ -265,6 +294,7 @@ impl<'a> Session<'a> {
             .ok_or(PushError::NoReply {
                 waiting_for,
                 after: timeout,
+                attempts: 1,
             })
     }
 
@@ -272,6 +302,27 @@ impl<'a> Session<'a> {
     pub fn into_leftover(self) -> Vec<u8> {
         self.buf
     }
+}
+
+/// The `max` of a READY this side can talk to.
+fn ready(version: u16, max: u64) -> Result<u64, PushError> {
+    if version != VERSION {
+        return Err(PushError::Version { loader: version });
+    }
+    Ok(max)
+}
+
+/// What came back after a header or payload.
+enum Answer {
+    Reply(OwnedReply),
+    /// READY: the loader is waiting for a header, so it never got what we sent (a corrupted
+    /// magic byte, a garbled NAK, a board reset).
+    Ready {
+        version: u16,
+        max: u64,
+    },
+    /// Nothing in time.
+    Nothing,
 }
 
 /// A protocol reply that owns its message.
@@ -325,9 +376,14 @@ pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pus
     let mut s = Session::new(port);
     let mut ready_timeout = p.ready_timeout;
     let mut attempts = 0;
+    // A READY that already came while we waited for an answer: the next attempt starts on it.
+    let mut ready_now = None;
     loop {
         attempts += 1;
-        let max = s.wait_ready(ready_timeout, obs)?;
+        let max = match ready_now.take() {
+            Some((version, max)) => ready(version, max)?,
+            None => s.wait_ready(ready_timeout, obs)?,
+        };
         // After the first READY the loader is known to be there: later ones come at once.
         ready_timeout = Some(
             ready_timeout
@@ -341,20 +397,43 @@ pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pus
             });
         }
         s.send(&header.encode())?;
-        let (kernel_at, dtb) = match s.wait_reply("ACK HEADER", HEADER_REPLY, obs)? {
-            OwnedReply::AckHeader { kernel, dtb } => (kernel, dtb),
-            OwnedReply::Nak {
+        // One READY may have crossed the header; the loader answers a header at once.
+        let (kernel_at, dtb) = match s.answer(HEADER_REPLY, 1, obs)? {
+            Answer::Reply(OwnedReply::AckHeader { kernel, dtb }) => (kernel, dtb),
+            Answer::Reply(OwnedReply::Nak {
                 code,
                 reason,
                 message,
-            } => {
+            }) => {
                 retry_or_fail(code, reason, message, attempts, p.retries, obs)?;
                 continue;
             }
-            other => return Err(unexpected("ACK HEADER", other)),
+            Answer::Reply(other) => return Err(unexpected("ACK HEADER", other, attempts)),
+            Answer::Ready { version, max } => {
+                lost("ACK HEADER", HEADER_REPLY, attempts, p.retries, obs)?;
+                ready_now = Some((version, max));
+                continue;
+            }
+            Answer::Nothing => {
+                lost("ACK HEADER", HEADER_REPLY, attempts, p.retries, obs)?;
+                continue;
+            }
         };
         send_payload(&mut s, p, header.payload_len(), obs)?;
-        match s.wait_reply("ACK DATA", DATA_REPLY, obs)? {
+        // Between ACK HEADER and its answer the loader prints no READY: one means it restarted.
+        let answer = match s.answer(DATA_REPLY, 0, obs)? {
+            Answer::Reply(r) => r,
+            Answer::Ready { version, max } => {
+                lost("ACK DATA", DATA_REPLY, attempts, p.retries, obs)?;
+                ready_now = Some((version, max));
+                continue;
+            }
+            Answer::Nothing => {
+                lost("ACK DATA", DATA_REPLY, attempts, p.retries, obs)?;
+                continue;
+            }
+        };
+        match answer {
             OwnedReply::AckData { crc } if crc == header.payload_crc => {
                 return Ok(Pushed {
                     kernel_at,
@@ -374,17 +453,37 @@ pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pus
                 reason,
                 message,
             } => retry_or_fail(code, reason, message, attempts, p.retries, obs)?,
-            other => return Err(unexpected("ACK DATA", other)),
+            other => return Err(unexpected("ACK DATA", other, attempts)),
         }
     }
 }
 
-fn unexpected(waiting_for: &'static str, got: OwnedReply) -> PushError {
+fn unexpected(waiting_for: &'static str, got: OwnedReply, attempts: u32) -> PushError {
     PushError::Refused {
         code: 0,
         reason: None,
         message: format!("expected {waiting_for}, got {got:?}"),
-        attempts: 1,
+        attempts,
+    }
+}
+
+/// No answer to what we sent: a transient failure, retried while retries are left.
+fn lost(
+    waiting_for: &'static str,
+    after: Duration,
+    attempts: u32,
+    retries: u32,
+    obs: &mut dyn Observer,
+) -> Result<(), PushError> {
+    if attempts <= retries {
+        obs.resending(waiting_for);
+        Ok(())
+    } else {
+        Err(PushError::NoReply {
+            waiting_for,
+            after,
+            attempts,
+        })
     }
 }
 
@@ -486,6 +585,14 @@ impl Observer for Console {
     fn retrying(&mut self, code: u8, message: &str) {
         eprintln!(
             "{}the chainloader refused (NAK {code}: {message}); sending again",
+            self.prefix
+        );
+    }
+
+    fn resending(&mut self, waiting_for: &str) {
+        eprintln!(
+            "{}no {waiting_for} from the chainloader (lost on the line, or the board reset); \
+             sending again",
             self.prefix
         );
     }
@@ -683,6 +790,7 @@ mod tests {
     struct Record {
         lines: Vec<String>,
         retries: Vec<u8>,
+        lost: Vec<String>,
         last_progress: (u64, u64),
     }
 
@@ -695,6 +803,9 @@ mod tests {
         }
         fn retrying(&mut self, code: u8, _: &str) {
             self.retries.push(code);
+        }
+        fn resending(&mut self, waiting_for: &str) {
+            self.lost.push(waiting_for.to_string());
         }
     }
 
@@ -776,6 +887,89 @@ mod tests {
         assert_eq!(rec.retries, [Nak::PayloadCrc.code()]);
         let (_, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(got, k);
+    }
+
+    #[test]
+    fn a_header_the_loader_never_saw_is_sent_again() {
+        let k = image(20_000);
+        // The first byte the loader reads is the header's `S`: it never finds the magic, so it
+        // sends no NAK and only repeats READY.
+        let (mut port, rx) = loader(Some(0));
+        let mut rec = Record::default();
+        let started = Instant::now();
+        let pushed = push(&mut port, &push_opts(&k), &mut rec).unwrap();
+        assert_eq!(pushed.attempts, 2);
+        assert_eq!(rec.lost, ["ACK HEADER"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let (_, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got, k);
+        // With no retries left, the push ends with what was missing.
+        let (mut port, _rx) = loader(Some(0));
+        let p = Push {
+            retries: 0,
+            ..push_opts(&k)
+        };
+        let e = push(&mut port, &p, &mut rec).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PushError::NoReply {
+                    waiting_for: "ACK HEADER",
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_board_reset_during_the_payload_is_sent_again() {
+        let k = image(20_000);
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut link = PtyLink {
+                main: pty.main,
+                pending: VecDeque::new(),
+                flip_at: None,
+                seen: 0,
+            };
+            let mut ram = Ram {
+                bytes: vec![0; RAM as usize],
+            };
+            wire::write_ready(&mut link, ram.max_footprint());
+            // The header and part of the payload arrive, then the board resets: the new
+            // loader greets and waits, the rest of the payload is noise to it.
+            for _ in 0..wire::HEADER_LEN {
+                link.read_byte(5000).unwrap();
+            }
+            wire::write_ack_header(&mut link, 4 << 20, 0x100_0000);
+            for _ in 0..5000 {
+                link.read_byte(5000).unwrap();
+            }
+            link.put(b"firmware says hello\r\n");
+            let loaded = receiver::serve(&mut link, &mut ram, FAST);
+            let _ = tx.send(loaded);
+            thread::sleep(Duration::from_millis(500));
+        });
+        let mut rec = Record::default();
+        let started = Instant::now();
+        let pushed = push(&mut port, &push_opts(&k), &mut rec).unwrap();
+        assert_eq!(pushed.attempts, 2);
+        assert_eq!(rec.lost, ["ACK DATA"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let loaded = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(loaded.header.kernel_len, 20_000);
     }
 
     #[test]
