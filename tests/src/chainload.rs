@@ -201,12 +201,10 @@ impl<'a> Session<'a> {
                 return Ok(None);
             }
             let mut chunk = [0u8; 4096];
-            match self.port.read(&mut chunk) {
-                Ok(0) => continue, // VTIME elapsed with nothing: look at the clock again
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => return Err(PushError::PortClosed),
-                Err(e) => return Err(e.into()),
+            match read_port(self.port, &mut chunk)? {
+                PortRead::Quiet => continue, // look at the clock again
+                PortRead::Data(n) => self.buf.extend_from_slice(&chunk[..n]),
+                PortRead::Closed => return Err(PushError::PortClosed),
             }
         }
     }
@@ -250,10 +248,15 @@ impl<'a> Session<'a> {
         Ok(Answer::Nothing)
     }
 
-    /// Writes raw bytes (tests use this to send forged headers).
+    /// Writes raw bytes (tests use this to send forged headers). A hung-up terminal fails
+    /// writes with EIO: the port closed.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), PushError> {
-        self.port.write_all(bytes)?;
-        Ok(())
+        self.port
+            .write_all(bytes)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EIO) => PushError::PortClosed,
+                _ => e.into(),
+            })
     }
 
     /// Waits until everything written has left the port (a USB adapter buffers a lot).
@@ -301,6 +304,52 @@ impl<'a> Session<'a> {
     /// Everything read but not yet consumed as a line.
     pub fn into_leftover(self) -> Vec<u8> {
         self.buf
+    }
+}
+
+/// What one read of the port found.
+enum PortRead {
+    Data(usize),
+    /// Nothing for a while (0.2 s, as the port's `VTIME`).
+    Quiet,
+    /// The port hung up (a USB adapter unplugged) or its other side closed (a pty).
+    Closed,
+}
+
+/// Reads what the port has, waiting at most 0.2 s. A zero-byte read cannot tell the `VTIME`
+/// timer from a hangup (after one, Linux's tty reads return 0 at once), so `poll` tells:
+/// `POLLHUP`/`POLLERR`, or readable but nothing to read, is a closed port.
+fn read_port(port: &mut File, buf: &mut [u8]) -> io::Result<PortRead> {
+    let mut fds = libc::pollfd {
+        fd: port.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut fds, 1, 200) } {
+        0 => return Ok(PortRead::Quiet),
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => Ok(PortRead::Quiet),
+                _ => Err(e),
+            };
+        }
+        _ => {}
+    }
+    // Data still buffered when the other side went is read first.
+    if fds.revents & libc::POLLIN == 0 {
+        return match fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) {
+            0 => Ok(PortRead::Quiet),
+            _ => Ok(PortRead::Closed),
+        };
+    }
+    match port.read(buf) {
+        Ok(0) => Ok(PortRead::Closed),
+        Ok(n) => Ok(PortRead::Data(n)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(PortRead::Quiet),
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(PortRead::Closed),
+        Err(e) => Err(e),
     }
 }
 
@@ -675,16 +724,14 @@ pub fn console(
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             return Ok(ConsoleEnd::TimedOut);
         }
-        match port.read(&mut buf) {
-            Ok(0) => {} // VTIME: nothing for 0.2 s
-            Ok(n) => {
+        match read_port(port, &mut buf)? {
+            PortRead::Quiet => {}
+            PortRead::Data(n) => {
                 if let Some(code) = feed(&buf[..n], out)? {
                     return Ok(ConsoleEnd::KernelExit(code));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(ConsoleEnd::PortClosed),
-            Err(e) => return Err(e),
+            PortRead::Closed => return Ok(ConsoleEnd::PortClosed),
         }
     }
 }
@@ -696,6 +743,7 @@ mod tests {
     //! `push` on the other, as the harness opens a serial port.
 
     use std::collections::VecDeque;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::mpsc;
     use std::thread;
 
@@ -927,6 +975,26 @@ mod tests {
         );
     }
 
+    /// A loader that says READY, accepts whatever header comes, reads `payload` bytes and
+    /// returns its link there (to reset or hang up).
+    fn accept_then_stop(main: File, payload: usize) -> PtyLink {
+        let mut link = PtyLink {
+            main,
+            pending: VecDeque::new(),
+            flip_at: None,
+            seen: 0,
+        };
+        wire::write_ready(&mut link, 16 << 20);
+        for _ in 0..wire::HEADER_LEN {
+            link.read_byte(5000).unwrap();
+        }
+        wire::write_ack_header(&mut link, 4 << 20, 0x100_0000);
+        for _ in 0..payload {
+            link.read_byte(5000).unwrap();
+        }
+        link
+    }
+
     #[test]
     fn a_board_reset_during_the_payload_is_sent_again() {
         let k = image(20_000);
@@ -934,25 +1002,12 @@ mod tests {
         let mut port = serial::open(&pty.path, 115200).unwrap();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
-            let mut link = PtyLink {
-                main: pty.main,
-                pending: VecDeque::new(),
-                flip_at: None,
-                seen: 0,
-            };
+            // The header and part of the payload arrive, then the board resets: the new
+            // loader greets and waits, the rest of the payload is noise to it.
+            let mut link = accept_then_stop(pty.main, 5000);
             let mut ram = Ram {
                 bytes: vec![0; RAM as usize],
             };
-            wire::write_ready(&mut link, ram.max_footprint());
-            // The header and part of the payload arrive, then the board resets: the new
-            // loader greets and waits, the rest of the payload is noise to it.
-            for _ in 0..wire::HEADER_LEN {
-                link.read_byte(5000).unwrap();
-            }
-            wire::write_ack_header(&mut link, 4 << 20, 0x100_0000);
-            for _ in 0..5000 {
-                link.read_byte(5000).unwrap();
-            }
             link.put(b"firmware says hello\r\n");
             let loaded = receiver::serve(&mut link, &mut ram, FAST);
             let _ = tx.send(loaded);
@@ -970,6 +1025,92 @@ mod tests {
         );
         let loaded = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(loaded.header.kernel_len, 20_000);
+    }
+
+    /// Hangs up the terminal at `path` as unplugging a USB adapter does (`TIOCVHANGUP`: reads
+    /// then return 0 at once, writes fail with EIO). `false` where that is not permitted (it
+    /// needs CAP_SYS_ADMIN).
+    fn hang_up(path: &std::path::Path) -> bool {
+        let Ok(tty) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)
+        else {
+            return false;
+        };
+        // SAFETY: an ioctl without argument on a terminal we opened.
+        unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCVHANGUP) == 0 }
+    }
+
+    /// Whether [`hang_up`] works here (tried on a pty of its own).
+    fn can_hang_up() -> bool {
+        let ok = Pty::new().is_ok_and(|pty| hang_up(&pty.path));
+        if !ok {
+            eprintln!("SKIPPED: TIOCVHANGUP is not permitted here (it needs CAP_SYS_ADMIN)");
+        }
+        ok
+    }
+
+    #[test]
+    fn an_unplugged_adapter_ends_the_push_instead_of_spinning() {
+        if !can_hang_up() {
+            return;
+        }
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        let path = pty.path.clone();
+        let k = image(1000);
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let p = Push {
+                ready_timeout: None, // `harness chainboot`'s default: wait for the board
+                ..push_opts(&k)
+            };
+            let _ = tx.send(push(&mut port, &p, &mut Record::default()).map(|_| ()));
+            // The console sees the hangup as well.
+            let _ = tx.send(
+                console(
+                    &mut port,
+                    &[],
+                    Some(Duration::from_secs(5)),
+                    false,
+                    &mut Vec::new(),
+                )
+                .map(|end| assert_eq!(end, ConsoleEnd::PortClosed))
+                .map_err(PushError::Io),
+            );
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert!(hang_up(&path));
+        let e = rx
+            .recv_timeout(Duration::from_secs(3))
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, PushError::PortClosed), "{e}");
+        rx.recv_timeout(Duration::from_secs(3)).unwrap().unwrap();
+        drop(pty);
+    }
+
+    #[test]
+    fn a_port_closing_mid_payload_is_reported_as_closed() {
+        if !can_hang_up() {
+            return;
+        }
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        let path = pty.path.clone();
+        thread::spawn(move || {
+            let _link = accept_then_stop(pty.main, 5000);
+            // Unplugged while the host still has most of a 1 MiB payload to write.
+            assert!(hang_up(&path), "TIOCVHANGUP");
+            thread::sleep(Duration::from_secs(3));
+        });
+        let k = image(1 << 20);
+        let started = Instant::now();
+        let e = push(&mut port, &push_opts(&k), &mut Record::default()).unwrap_err();
+        assert!(matches!(e, PushError::PortClosed), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
