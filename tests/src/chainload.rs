@@ -48,6 +48,8 @@ pub enum PushError {
     /// The Image header asks for what the chainloader does not do (see
     /// `protocol::check_image_header`).
     ImageHeader { text_offset: u64, flags: u64 },
+    /// Boot arguments with [`BootargsMode::Keep`]: the loader would leave them unused.
+    BootargsIgnored,
     /// No READY within the limit.
     NoLoader { waited: Duration },
     /// The loader speaks another protocol version.
@@ -85,6 +87,10 @@ impl fmt::Display for PushError {
                 "the Image header says text_offset {text_offset:#x}, flags {flags:#x}: the \
                  chainloader needs text_offset 0, a little-endian kernel and no reserved flags \
                  (Linux Documentation/arch/arm64/booting.rst)"
+            ),
+            PushError::BootargsIgnored => write!(
+                f,
+                "boot arguments in keep mode would be ignored: append or replace them"
             ),
             PushError::NoLoader { waited } => write!(
                 f,
@@ -422,6 +428,9 @@ pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pus
         text_offset: r.a,
         flags: r.b,
     })?;
+    if p.mode == BootargsMode::Keep && !p.bootargs.is_empty() {
+        return Err(PushError::BootargsIgnored);
+    }
     let mut s = Session::new(port);
     let mut ready_timeout = p.ready_timeout;
     let mut attempts = 0;
@@ -1177,6 +1186,12 @@ mod tests {
             ),
             "{e}"
         );
+        // So are boot arguments the loader would leave unused.
+        let k = image(1000);
+        p.kernel = &k;
+        p.mode = BootargsMode::Keep;
+        let e = push(&mut port, &p, &mut rec).unwrap_err();
+        assert!(matches!(e, PushError::BootargsIgnored), "{e}");
         drop(pty);
     }
 }

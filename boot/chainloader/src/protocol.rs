@@ -5,7 +5,7 @@
 //! [`LINE_PREFIX`], mixed with ordinary log lines a person can read on a terminal:
 //!
 //! ```text
-//! @@SDCL READY 1 max=0x3c00000                  waiting for a header (every 2 s of silence)
+//! @@SDCL READY 1 max=0x3c00000                  waiting for a header (every 2 s of silence or noise)
 //! @@SDCL ACK HEADER kernel=0x400000 dtb=0x4400000   the header is good, send the payload
 //! @@SDCL ACK DATA crc=0x1234abcd                the payload is good, jumping to it
 //! @@SDCL NAK 6 payload checksum 0x.., expected 0x..   refused; a READY line follows
@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | 0 | magic | `SDCL` |
 //! | 4 | version | u16, [`VERSION`] |
-//! | 6 | flags | u16, bits 1:0 = [`BootargsMode`], the others 0 |
+//! | 6 | flags | u16, bits 1:0 = [`BootargsMode`], the others 0 (keep mode sends no boot arguments: the loader says it ignores any) |
 //! | 8 | kernel_len | u32, bytes of kernel image in the payload |
 //! | 12 | image_size | u32, the Image header's `image_size` (its footprint including bss) |
 //! | 16 | bootargs_len | u32, bytes of boot arguments after the kernel (no NUL) |
