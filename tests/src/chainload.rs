@@ -27,6 +27,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 pub use shootdown_chainloader::protocol::BootargsMode;
+
+use crate::serial::{self, PortRead};
 use shootdown_chainloader::protocol::{self, Header, Nak, Reply, VERSION};
 
 /// How long the loader may take to answer a header (it plans and cleans the slot first).
@@ -122,8 +124,8 @@ impl fmt::Display for PushError {
                 attempts,
             } => write!(
                 f,
-                "no {waiting_for} from the chainloader within {} s after {attempts} attempt(s) \
-                 (lost on the line, or the board reset)",
+                "no {waiting_for} from the chainloader after {attempts} attempt(s), each \
+                 waiting at most {} s (lost on the line, or the board reset)",
                 after.as_secs_f64()
             ),
             PushError::WrongAck { ours, theirs } => write!(
@@ -207,7 +209,7 @@ impl<'a> Session<'a> {
                 return Ok(None);
             }
             let mut chunk = [0u8; 4096];
-            match read_port(self.port, &mut chunk)? {
+            match serial::read_port(self.port, &mut chunk)? {
                 PortRead::Quiet => continue, // look at the clock again
                 PortRead::Data(n) => self.buf.extend_from_slice(&chunk[..n]),
                 PortRead::Closed => return Err(PushError::PortClosed),
@@ -310,52 +312,6 @@ impl<'a> Session<'a> {
     /// Everything read but not yet consumed as a line.
     pub fn into_leftover(self) -> Vec<u8> {
         self.buf
-    }
-}
-
-/// What one read of the port found.
-enum PortRead {
-    Data(usize),
-    /// Nothing for a while (0.2 s, as the port's `VTIME`).
-    Quiet,
-    /// The port hung up (a USB adapter unplugged) or its other side closed (a pty).
-    Closed,
-}
-
-/// Reads what the port has, waiting at most 0.2 s. A zero-byte read cannot tell the `VTIME`
-/// timer from a hangup (after one, Linux's tty reads return 0 at once), so `poll` tells:
-/// `POLLHUP`/`POLLERR`, or readable but nothing to read, is a closed port.
-fn read_port(port: &mut File, buf: &mut [u8]) -> io::Result<PortRead> {
-    let mut fds = libc::pollfd {
-        fd: port.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    match unsafe { libc::poll(&mut fds, 1, 200) } {
-        0 => return Ok(PortRead::Quiet),
-        n if n < 0 => {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::Interrupted => Ok(PortRead::Quiet),
-                _ => Err(e),
-            };
-        }
-        _ => {}
-    }
-    // Data still buffered when the other side went is read first.
-    if fds.revents & libc::POLLIN == 0 {
-        return match fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) {
-            0 => Ok(PortRead::Quiet),
-            _ => Ok(PortRead::Closed),
-        };
-    }
-    match port.read(buf) {
-        Ok(0) => Ok(PortRead::Closed),
-        Ok(n) => Ok(PortRead::Data(n)),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(PortRead::Quiet),
-        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(PortRead::Closed),
-        Err(e) => Err(e),
     }
 }
 
@@ -733,7 +689,7 @@ pub fn console(
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             return Ok(ConsoleEnd::TimedOut);
         }
-        match read_port(port, &mut buf)? {
+        match serial::read_port(port, &mut buf)? {
             PortRead::Quiet => {}
             PortRead::Data(n) => {
                 if let Some(code) = feed(&buf[..n], out)? {
@@ -752,7 +708,6 @@ mod tests {
     //! `push` on the other, as the harness opens a serial port.
 
     use std::collections::VecDeque;
-    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::mpsc;
     use std::thread;
 
@@ -1036,25 +991,9 @@ mod tests {
         assert_eq!(loaded.header.kernel_len, 20_000);
     }
 
-    /// Hangs up the terminal at `path` as unplugging a USB adapter does (`TIOCVHANGUP`: reads
-    /// then return 0 at once, writes fail with EIO). `false` where that is not permitted (it
-    /// needs CAP_SYS_ADMIN).
-    fn hang_up(path: &std::path::Path) -> bool {
-        let Ok(tty) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(path)
-        else {
-            return false;
-        };
-        // SAFETY: an ioctl without argument on a terminal we opened.
-        unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCVHANGUP) == 0 }
-    }
-
-    /// Whether [`hang_up`] works here (tried on a pty of its own).
+    /// Whether [`serial::hang_up`] works here (tried on a pty of its own).
     fn can_hang_up() -> bool {
-        let ok = Pty::new().is_ok_and(|pty| hang_up(&pty.path));
+        let ok = Pty::new().is_ok_and(|pty| serial::hang_up(&pty.path));
         if !ok {
             eprintln!("SKIPPED: TIOCVHANGUP is not permitted here (it needs CAP_SYS_ADMIN)");
         }
@@ -1091,7 +1030,7 @@ mod tests {
             );
         });
         thread::sleep(Duration::from_millis(300));
-        assert!(hang_up(&path));
+        assert!(serial::hang_up(&path));
         let e = rx
             .recv_timeout(Duration::from_secs(3))
             .unwrap()
@@ -1112,7 +1051,7 @@ mod tests {
         thread::spawn(move || {
             let _link = accept_then_stop(pty.main, 5000);
             // Unplugged while the host still has most of a 1 MiB payload to write.
-            assert!(hang_up(&path), "TIOCVHANGUP");
+            assert!(serial::hang_up(&path), "TIOCVHANGUP");
             thread::sleep(Duration::from_secs(3));
         });
         let k = image(1 << 20);
