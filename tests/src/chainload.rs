@@ -1062,6 +1062,45 @@ mod tests {
     }
 
     #[test]
+    fn an_unexpected_reply_names_the_attempt_it_came_on() {
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        thread::spawn(move || {
+            let mut link = PtyLink {
+                main: pty.main,
+                pending: VecDeque::new(),
+                flip_at: None,
+                seen: 0,
+            };
+            // A header checksum refusal (retried), then ACK DATA where ACK HEADER belongs.
+            for reply in [
+                "@@SDCL NAK 1 header checksum 0x1, expected 0x2\r\n",
+                "@@SDCL ACK DATA crc=0x0\r\n",
+            ] {
+                wire::write_ready(&mut link, 16 << 20);
+                for _ in 0..wire::HEADER_LEN {
+                    link.read_byte(5000).unwrap();
+                }
+                link.put(reply.as_bytes());
+            }
+            thread::sleep(Duration::from_secs(1));
+        });
+        let k = image(1000);
+        let e = push(&mut port, &push_opts(&k), &mut Record::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PushError::Refused {
+                    code: 0,
+                    attempts: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn refusals_that_retrying_cannot_fix_end_the_push_with_the_reason() {
         let k = image(31 << 20); // more than the 28 MiB free above the loader
         let (mut port, _rx) = loader(None);
