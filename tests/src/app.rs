@@ -616,8 +616,10 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
                 );
             }
         }
+        let port = serial::Reader(port);
         capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
     } else {
+        let port = serial::Reader(port);
         capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
         if let Some(cmd) = &o.reset_cmd {
             run_reset(cmd)?;
@@ -705,6 +707,11 @@ impl Observer for Logged<'_> {
     fn retrying(&mut self, code: u8, message: &str) {
         self.console.retrying(code, message);
         let _ = writeln!(self.log, "[chainload] NAK {code}: {message}; sending again");
+    }
+
+    fn resending(&mut self, waiting_for: &str) {
+        self.console.resending(waiting_for);
+        let _ = writeln!(self.log, "[chainload] no {waiting_for}; sending again");
     }
 }
 
