@@ -13,10 +13,10 @@ BUILD     := build
 KERNEL_ELF := $(BUILD)/shootdown.elf
 KERNEL_IMG := $(BUILD)/shootdown.img
 PI_DTB    := $(BUILD)/dtb/bcm2711-rpi-4-b.dtb
-KUNIT_PY  := $(BUILD)/kunit/kunit.py
+KUNIT_PY  := $(BUILD)/kunit/tools/testing/kunit/kunit.py
 KTARGET_DIR := target/kernel
 HARNESS   := target/debug/harness
-TEST_BOARDS := virt virt-smmu raspi4b
+TEST_BOARDS := virt virt-smmu raspi4b virt-uboot
 comma := ,
 space := $(empty) $(empty)
 
@@ -32,7 +32,7 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb setup test test-loom test-boards test-kunit lint qemu dtb clean FORCE soak test-soak
+.PHONY: help image run gdb setup uboot-disk test test-loom test-boards test-kunit lint qemu dtb clean FORCE soak test-soak
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
@@ -44,8 +44,9 @@ help:
 	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
+	@echo "make uboot-disk  build/uboot/disk.img: boot.scr + the kernel for U-Boot [BOOTARGS=...]"
 	@echo "make chainboot / make hil PORT=/dev/ttyUSB0   push the kernel to a board over UART"
-	@echo "boards: virt, virt-smmu, raspi4b (profiles in qemu/)"
+	@echo "boards: virt, virt-smmu, raspi4b, virt-uboot (profiles in qemu/)"
 
 # ---------------------------------------------------------------------------------------------
 # The kernel image: one file for every board.
@@ -123,6 +124,17 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 # test runs (qemu/install.sh holds one lock across all of it): tests never install.
 setup: qemu $(PI_DTB) $(KUNIT_PY)
 	@bash qemu/install.sh fattools
+	@bash qemu/install.sh uboot
+
+# A disk U-Boot boots the kernel from (boot.scr + shootdown.img on MBR/FAT32): for QEMU
+# (`-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin -drive if=virtio,format=raw,file=...`) or, its
+# two files, for a Pi whose firmware starts U-Boot. BOOTARGS go into boot.scr.
+UBOOT_DIR  := $(BUILD)/uboot
+uboot-disk: image
+	@bash qemu/install.sh uboot
+	@bash qemu/install.sh fattools
+	bash boot/uboot/mkdisk.sh --kernel $(KERNEL_IMG) --out $(UBOOT_DIR)/files \
+	    --image $(UBOOT_DIR)/disk.img --bootargs "$(BOOTARGS)"
 
 # Linux's own KTAP parser must read every board's console as the harness does: same cases,
 # same results, zero parse errors (tests/harness/src/kunit.rs). Run after test-boards, on its logs.

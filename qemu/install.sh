@@ -82,9 +82,10 @@ install_dtb() {
 }
 
 # Linux's own KTAP parser (tools/testing/kunit, Linux 6.1), from Debian's linux-source-6.1:
-# only that folder is extracted, into BUILD/kunit; nothing is installed system-wide.
+# only that folder is extracted, to BUILD/kunit/tools/testing/kunit (kunit.py insists on that
+# path: it finds its kernel tree by it); nothing is installed system-wide.
 install_kunit() {
-    local build=$1 out="$1/kunit"
+    local build=$1 out="$1/kunit/tools/testing/kunit"
     [ -s "$out/kunit.py" ] && return 0
     is_debian || die "put Linux 6.1's tools/testing/kunit at $out (kunit.py parse cross-checks our KTAP)"
     apt_update
@@ -93,7 +94,7 @@ install_kunit() {
     (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root linux-source-6.1 >/dev/null)
     dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.1_*.deb | tar -x -C "$tmp" ./usr/src/linux-source-6.1.tar.xz
     tar -xJf "$tmp/usr/src/linux-source-6.1.tar.xz" -C "$tmp" --wildcards 'linux-source-6.1/tools/testing/kunit/*'
-    rm -rf "$out" && mkdir -p "$build" && mv "$tmp/linux-source-6.1/tools/testing/kunit" "$out"
+    rm -rf "$out" && mkdir -p "$(dirname "$out")" && mv "$tmp/linux-source-6.1/tools/testing/kunit" "$out"
     rm -rf "$tmp"
     [ -s "$out/kunit.py" ] || die "linux-source-6.1 held no tools/testing/kunit/kunit.py"
 }
@@ -105,6 +106,16 @@ install_fattools() {
     apt_update
     say "installing mtools dosfstools"
     apt install -y mtools dosfstools >/dev/null
+}
+
+# Debian's U-Boot for QEMU's arm64 `virt` (/usr/lib/u-boot/qemu_arm64/u-boot.bin, the
+# `virt-uboot` board) and mkimage (u-boot-tools) for boot.scr.
+install_uboot() {
+    [ -s /usr/lib/u-boot/qemu_arm64/u-boot.bin ] && command -v mkimage >/dev/null && return 0
+    is_debian || die "install U-Boot for qemu_arm64 at /usr/lib/u-boot/qemu_arm64/u-boot.bin and mkimage"
+    apt_update
+    say "installing u-boot-qemu u-boot-tools"
+    apt install -y u-boot-qemu u-boot-tools >/dev/null
 }
 
 install_gdb() {
@@ -126,6 +137,7 @@ case "${1:-}" in
     dtb) install_dtb "${2:?build folder}" ;;
     kunit) install_kunit "${2:?build folder}" ;;
     fattools) install_fattools ;;
+    uboot) install_uboot ;;
     gdb) install_gdb ;;
-    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | gdb" ;;
+    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | uboot | gdb" ;;
 esac

@@ -89,34 +89,8 @@ fi
 
 mkfs_fat=$(command -v mkfs.fat || echo /sbin/mkfs.fat)
 
-# 4. The image: an MBR with one FAT32 (LBA, type 0x0c) partition from 1 MiB to the end. The
-#    Pi 4 boot loader reads the first FAT partition of the card's MBR.
+# 4. The image: an MBR with one FAT32 partition holding the folder (boot/fatdisk.sh). The Pi 4
+#    boot loader reads the first FAT partition of the card's MBR.
 size_mib=64
-part_start=2048                                   # sectors of 512 bytes: 1 MiB
-part_sectors=$(( (size_mib << 11) - part_start ))
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-"$mkfs_fat" -F 32 -S 512 -s 1 -n SHOOTDOWN -C "$tmp/part.img" $(( part_sectors / 2 )) >/dev/null
-MTOOLS_SKIP_CHECK=1 mcopy -i "$tmp/part.img" -o "$out"/* ::/
-# A 32-bit little-endian number as 4 raw bytes.
-le32() {
-    # shellcheck disable=SC2059 # the format is the bytes
-    printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(( $1 & 255 )) $(( ($1 >> 8) & 255 )) \
-        $(( ($1 >> 16) & 255 )) $(( ($1 >> 24) & 255 )))"
-}
-{
-    head -c 446 /dev/zero
-    # Partition entry 1: not active, CHS fields "beyond 8 GiB" (LBA is what counts), type 0x0c.
-    printf '\x00\xfe\xff\xff\x0c\xfe\xff\xff'
-    le32 "$part_start"
-    le32 "$part_sectors"
-    head -c 48 /dev/zero                          # entries 2-4 unused
-    printf '\x55\xaa'                             # boot signature
-} > "$tmp/mbr.bin"
-[ "$(stat -c %s "$tmp/mbr.bin")" = 512 ] || die "internal error: the MBR is not 512 bytes"
-mkdir -p "$(dirname "$image")"
-rm -f "$image"
-truncate -s "${size_mib}M" "$image"
-dd if="$tmp/mbr.bin" of="$image" conv=notrunc status=none
-dd if="$tmp/part.img" of="$image" bs=512 seek="$part_start" conv=notrunc status=none
+bash "$here/../fatdisk.sh" --from "$out" --image "$image" --size-mib "$size_mib" --label SHOOTDOWN
 say "wrote $out/ and $image (${size_mib} MiB: MBR + FAT32 at 1 MiB); booting $boot_file"

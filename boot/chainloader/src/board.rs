@@ -22,7 +22,7 @@ const MAX_DEPTH: usize = 16;
 pub struct Ranges {
     items: [Range; MAX_RANGES],
     len: usize,
-    /// Ranges that did not fit (reported, never silently lost).
+    /// Ranges that did not fit (RAM: reported and left unused; reserved: the tree is refused).
     pub dropped: usize,
 }
 
@@ -65,6 +65,11 @@ pub enum BoardError {
     Corrupt,
     /// No `/memory` node with a usable `reg`.
     NoMemory,
+    /// More reserved ranges than [`MAX_RANGES`]: one the loader forgot could be loaded over.
+    TooManyReserved,
+    /// A `/reserved-memory` child's `reg` cannot be read (a length that is not whole entries,
+    /// cell counts the loader does not handle) or translated to a CPU address.
+    UnreadableReserved,
 }
 
 impl BoardError {
@@ -72,6 +77,14 @@ impl BoardError {
         match self {
             BoardError::Corrupt => "the device tree is corrupt",
             BoardError::NoMemory => "the device tree describes no RAM",
+            BoardError::TooManyReserved => {
+                "the device tree reserves more than 16 memory ranges (/memreserve/ and \
+                 /reserved-memory), more than the loader can keep clear of"
+            }
+            BoardError::UnreadableReserved => {
+                "a /reserved-memory node has a reg the loader cannot read or translate, so it \
+                 cannot keep clear of it"
+            }
         }
     }
 }
@@ -135,6 +148,25 @@ fn translate(bus: &FdtNode<'_>, parent_ac: usize, addr: u64) -> Option<u64> {
     None
 }
 
+/// Every `reg` entry of `node` (whose ancestors are `stack`, root first) as a CPU physical
+/// range, or `Err` if one cannot be read or translated. No `reg` at all is `Ok` (a
+/// `/reserved-memory` child with only `size` is allocated by the OS, not yet in use).
+fn each_reg(stack: &[FdtNode<'_>], node: &FdtNode<'_>, mut f: impl FnMut(Range)) -> Result<(), ()> {
+    let Some(prop) = node.property("reg") else {
+        return Ok(());
+    };
+    let (ac, sc) = stack.last().map_or((0, 0), child_cells);
+    let stride = (ac + sc) * 4;
+    // Size cells 0 would make every range empty: nothing to keep clear of, nothing known.
+    if ac == 0 || ac > 2 || sc == 0 || sc > 2 || prop.value().len() % stride != 0 {
+        return Err(());
+    }
+    for i in 0..prop.value().len() / stride {
+        f(reg(stack, node, i).ok_or(())?);
+    }
+    Ok(())
+}
+
 /// The `index`th `reg` entry of `node` (whose ancestors are `stack`, root first) as a CPU
 /// physical range.
 fn reg(stack: &[FdtNode<'_>], node: &FdtNode<'_>, index: usize) -> Option<Range> {
@@ -195,6 +227,8 @@ struct Found<'p> {
     first_uart: Option<u64>,
     gpio: Option<u64>,
     board: Board,
+    /// A `/reserved-memory` child whose `reg` could not be read.
+    unreadable_reserved: bool,
 }
 
 fn visit<'a>(
@@ -219,10 +253,9 @@ fn visit<'a>(
         }
     }
     if depth == 2 && ancestors[1].name() == "reserved-memory" {
-        let mut i = 0;
-        while let Some(r) = reg(ancestors, &node, i) {
-            f.board.reserved.push(r);
-            i += 1;
+        let reserved = &mut f.board.reserved;
+        if each_reg(ancestors, &node, |r| reserved.push(r)).is_err() {
+            f.unreadable_reserved = true;
         }
     }
     if is_enabled(&node) && is_compatible(&node, "arm,pl011") {
@@ -257,6 +290,7 @@ pub fn read(blob: &[u8]) -> Result<Board, BoardError> {
         first_uart: None,
         gpio: None,
         board: Board::default(),
+        unreadable_reserved: false,
     };
     for r in fdt.memory_reservations() {
         f.board.reserved.push(Range::new(r.address(), r.size()));
@@ -265,6 +299,14 @@ pub fn read(blob: &[u8]) -> Result<Board, BoardError> {
     visit(&mut stack, 0, fdt.root(), &mut f);
     if f.board.ram.as_slice().is_empty() {
         return Err(BoardError::NoMemory);
+    }
+    // RAM the loader does not track is only unused; a reserved range it does not know of
+    // could be loaded over.
+    if f.board.reserved.dropped > 0 {
+        return Err(BoardError::TooManyReserved);
+    }
+    if f.unreadable_reserved {
+        return Err(BoardError::UnreadableReserved);
     }
     // The console the tree names if it is a PL011 (with the firmware's `disable-bt` overlay,
     // `serial0`); otherwise the first enabled PL011 (mainline Pi 4 trees name the mini UART).
@@ -385,16 +427,87 @@ mod tests {
         assert_eq!(read(&ramless).unwrap_err(), BoardError::NoMemory);
     }
 
+    /// RAM 0..64 MiB and `/memreserve/` entries `memreserve`, with a child `reg` (if any)
+    /// under a `/reserved-memory` node with 2 address cells, 1 size cell and `ranges`.
+    fn with_reserved(memreserve: &[(u64, u64)], ranges: &[u8], child: Option<&[u8]>) -> Vec<u8> {
+        let (two, one) = (be(&[2]), be(&[1]));
+        let mem = be(&[0, 0, 0x400_0000]);
+        let mut items = vec![
+            Begin(""),
+            Prop("#address-cells", &two),
+            Prop("#size-cells", &one),
+            Begin("memory@0"),
+            Prop("device_type", b"memory\0"),
+            Prop("reg", &mem),
+            End,
+            Begin("reserved-memory"),
+            Prop("#address-cells", &two),
+            Prop("#size-cells", &one),
+            Prop("ranges", ranges),
+            Begin("fw@500000"),
+        ];
+        if let Some(reg) = child {
+            items.push(Prop("reg", reg));
+        } else {
+            items.push(Prop("size", &mem[8..]));
+        }
+        items.extend([End, End, End]);
+        build(&items, memreserve)
+    }
+
     #[test]
+    fn reserved_memory_the_loader_cannot_account_for_stops_it() {
+        let fw = be(&[0, 0x50_0000, 0x1000]);
+        let fw = Some(&fw[..]);
+        // 16 ranges in all are kept, every one of them.
+        let fifteen: Vec<(u64, u64)> = (0..15)
+            .map(|i| (0x1000_0000 + i * 0x1000, 0x1000))
+            .collect();
+        let b = read(&with_reserved(&fifteen, &[], fw)).unwrap();
+        assert_eq!(b.reserved.as_slice().len(), 16);
+        assert!(b
+            .reserved
+            .as_slice()
+            .contains(&Range::new(0x50_0000, 0x1000)));
+        // A 17th (here the /reserved-memory child, at 4 MiB + 1 MiB where a small kernel
+        // would go) refuses the tree instead of being dropped.
+        let mut sixteen = fifteen.clone();
+        sixteen.push((0x1000_f000, 0x1000));
+        assert_eq!(
+            read(&with_reserved(&sixteen, &[], fw)).unwrap_err(),
+            BoardError::TooManyReserved
+        );
+        // A reg that is not whole entries is refused, and so is one `ranges` does not cover.
+        for reg in [be(&[0, 0x50_0000, 0x1000, 0]), be(&[0, 0x50_0000])] {
+            assert_eq!(
+                read(&with_reserved(&[], &[], Some(&reg))).unwrap_err(),
+                BoardError::UnreadableReserved,
+                "{reg:x?}"
+            );
+        }
+        let first_mib = be(&[0, 0, 0, 0, 0x10_0000]);
+        assert_eq!(
+            read(&with_reserved(&[], &first_mib, fw)).unwrap_err(),
+            BoardError::UnreadableReserved
+        );
+        // Translated through `ranges` when it covers the range.
+        let low = be(&[0, 0x40_0000, 0, 0x80_0000, 0x20_0000]);
+        let b = read(&with_reserved(&[], &low, fw)).unwrap();
+        assert_eq!(b.reserved.as_slice(), [Range::new(0x90_0000, 0x1000)]);
+        // No reg at all (a `size`-only region the OS allocates later) is nothing in use.
+        let b = read(&with_reserved(&[], &[], None)).unwrap();
+        assert_eq!(b.reserved.as_slice(), []);
+    }
+
+    #[test]
+    #[ignore = "needs build/dtb/bcm2711-rpi-4-b.dtb: `make test` installs it and runs this with --include-ignored"]
     fn the_real_pi4_tree_when_present() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../build/dtb/bcm2711-rpi-4-b.dtb"
         );
-        let Ok(blob) = std::fs::read(path) else {
-            eprintln!("SKIPPED: no {path} (make dtb)");
-            return;
-        };
+        let blob = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{path}: {e} (`bash qemu/install.sh dtb build`)"));
         // As shipped, `memory@0` has `reg = <0 0 0>`: the firmware (or QEMU) fills it in, and
         // a tree without RAM is refused rather than loaded into. The QEMU test in `tests/`
         // covers the filled-in tree.

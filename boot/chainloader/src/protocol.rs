@@ -5,7 +5,7 @@
 //! [`LINE_PREFIX`], mixed with ordinary log lines a person can read on a terminal:
 //!
 //! ```text
-//! @@SDCL READY 1 max=0x3c00000                  waiting for a header (every 2 s of silence)
+//! @@SDCL READY 1 max=0x3c00000                  waiting for a header (every 2 s of silence or noise)
 //! @@SDCL ACK HEADER kernel=0x400000 dtb=0x4400000   the header is good, send the payload
 //! @@SDCL ACK DATA crc=0x1234abcd                the payload is good, jumping to it
 //! @@SDCL NAK 6 payload checksum 0x.., expected 0x..   refused; a READY line follows
@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | 0 | magic | `SDCL` |
 //! | 4 | version | u16, [`VERSION`] |
-//! | 6 | flags | u16, bits 1:0 = [`BootargsMode`], the others 0 |
+//! | 6 | flags | u16, bits 1:0 = [`BootargsMode`], the others 0 (keep mode sends no boot arguments: the loader says it ignores any) |
 //! | 8 | kernel_len | u32, bytes of kernel image in the payload |
 //! | 12 | image_size | u32, the Image header's `image_size` (its footprint including bss) |
 //! | 16 | bootargs_len | u32, bytes of boot arguments after the kernel (no NUL) |
@@ -48,6 +48,21 @@ pub const IMAGE_MAGIC_OFFSET: usize = 56;
 pub const IMAGE_MAGIC: [u8; 4] = *b"ARM\x64";
 /// Offset of the Image header's little-endian u64 `image_size`.
 pub const IMAGE_SIZE_OFFSET: usize = 16;
+/// Offset of the Image header's little-endian u64 `text_offset` (booting.rst section 4): the
+/// kernel expects to sit this far above a 2 MiB-aligned base. The loader enters the kernel at
+/// the slot's base and sizes the slot from its base, so it takes only 0.
+pub const TEXT_OFFSET_OFFSET: usize = 8;
+/// Offset of the Image header's little-endian u64 `flags` (booting.rst section 4).
+pub const IMAGE_FLAGS_OFFSET: usize = 24;
+/// `flags` bit 0: the kernel is big endian (booting.rst section 4). The loader writes the
+/// device tree and enters the kernel little endian.
+pub const IMAGE_FLAG_BE: u64 = 1 << 0;
+/// `flags` bits 1-2 (page size) and 3 (placement) are the defined ones; 4-63 are reserved
+/// (booting.rst section 4), and a bit the loader does not know may ask for something it does
+/// not do. The page size is the kernel's own business (the loader maps nothing). Placement 0
+/// asks for a base as close to the start of RAM as possible: [`crate::placement`] takes the
+/// lowest free slot, so both values are honoured.
+pub const IMAGE_FLAGS_KNOWN: u64 = 0xf;
 
 /// What the loader does with the device tree's `/chosen/bootargs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,10 +108,13 @@ pub enum Nak {
     LineError,
     /// The boot arguments could not be written into the device tree.
     DeviceTree,
+    /// The Image header asks for what the loader does not do: a non-zero `text_offset`, a
+    /// big-endian kernel, or reserved flags.
+    ImageHeader,
 }
 
 impl Nak {
-    const ALL: [Nak; 10] = [
+    const ALL: [Nak; 11] = [
         Nak::HeaderCrc,
         Nak::Version,
         Nak::TooBig,
@@ -107,6 +125,7 @@ impl Nak {
         Nak::SizeMismatch,
         Nak::LineError,
         Nak::DeviceTree,
+        Nak::ImageHeader,
     ];
 
     /// The number on the wire.
@@ -122,6 +141,7 @@ impl Nak {
             Nak::SizeMismatch => 8,
             Nak::LineError => 9,
             Nak::DeviceTree => 10,
+            Nak::ImageHeader => 11,
         }
     }
 
@@ -263,6 +283,26 @@ pub fn image_size(kernel: &[u8]) -> Option<u64> {
     })
 }
 
+/// Checks the Image header fields the loader relies on besides the magic and `image_size`
+/// (booting.rst section 4): `text_offset` 0, little endian, no reserved flag. The refusal
+/// quotes `text_offset` and `flags`. Callers check the magic first (at offset 56, so the fields
+/// are there); a field past the end of `kernel` reads as 0.
+pub fn check_image_header(kernel: &[u8]) -> Result<(), Refusal> {
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        if let Some(s) = kernel.get(i..i + 8) {
+            b.copy_from_slice(s);
+        }
+        u64::from_le_bytes(b)
+    };
+    let text_offset = u64_at(TEXT_OFFSET_OFFSET);
+    let flags = u64_at(IMAGE_FLAGS_OFFSET);
+    if text_offset != 0 || flags & IMAGE_FLAG_BE != 0 || flags & !IMAGE_FLAGS_KNOWN != 0 {
+        return Err(Refusal::new(Nak::ImageHeader, text_offset, flags));
+    }
+    Ok(())
+}
+
 /// A protocol line from the loader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
@@ -305,7 +345,9 @@ impl<'a> Reply<'a> {
                 _ => None,
             },
             "NAK" => {
-                let (code, message) = rest["NAK ".len()..].split_once(' ')?;
+                // A bare `NAK` (cut short by noise, or a kernel printing the line) has no
+                // code to act on: noise, like any other line this side cannot read.
+                let (code, message) = rest.strip_prefix("NAK ")?.split_once(' ')?;
                 let code: u8 = code.parse().ok()?;
                 Some(Reply::Nak {
                     code,
@@ -474,6 +516,13 @@ pub fn write_nak(out: &mut dyn Sink, r: &Refusal) {
             out.put_str(crate::fdt_edit::EditError::from_code(r.a).describe());
             out.put_str(")");
         }
+        Nak::ImageHeader => {
+            out.put_str("the Image header says text_offset ");
+            out.put_hex(r.a);
+            out.put_str(", flags ");
+            out.put_hex(r.b);
+            out.put_str(": this loader needs text_offset 0, little endian, no reserved flags");
+        }
     }
     out.end_line();
 }
@@ -595,6 +644,27 @@ mod tests {
         assert_eq!(Reply::parse(&l), Some(Reply::AckData { crc: 0xcbf4_3926 }));
         assert_eq!(Reply::parse("Shootdown 0.1.0 (aarch64)"), None);
         assert_eq!(Reply::parse("@@SDCL WHAT"), None);
+    }
+
+    #[test]
+    fn a_nak_cut_short_is_noise_not_a_panic() {
+        for l in [
+            "@@SDCL NAK",
+            "@@SDCL NAK ",
+            "@@SDCL NAK 6",
+            "@@SDCL NAK x y",
+        ] {
+            assert_eq!(Reply::parse(l), None, "{l:?}");
+        }
+        // The shortest readable refusal: a code and an empty message.
+        assert!(matches!(
+            Reply::parse("@@SDCL NAK 6 "),
+            Some(Reply::Nak {
+                code: 6,
+                message: "",
+                ..
+            })
+        ));
     }
 
     #[test]

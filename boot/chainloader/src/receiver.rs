@@ -4,7 +4,7 @@
 //! ```text
 //!         +--------------------------- NAK (reason), READY -----------------------+
 //!         v                                                                        |
-//!   scanning for "SDCL" --(2 s silence)--> READY                                   |
+//!   scanning for "SDCL" --(2 s silence, or 2 s worth of noise)--> READY            |
 //!         | magic                                                                  |
 //!   24 more header bytes (2 s each) -- decode, plan a slot --> ACK HEADER          |
 //!         |                                                                        |
@@ -15,13 +15,14 @@
 //!
 //! Nothing is trusted before it is checked: the header carries its own CRC, lengths are
 //! bounded before any byte is written, the slot comes from the device tree's RAM minus what is
-//! in use, and the payload is checked (CRC, Image magic, `image_size`) before the ACK. Every
+//! in use, and the payload is checked (CRC, Image magic, `image_size`, `text_offset` and flags)
+//! before the ACK. Every
 //! refusal says why in numbers and is followed by a fresh READY, so the host can retry.
 
 use crate::crc32::Crc32;
 use crate::placement::Placement;
 use crate::protocol::{
-    self, Header, Nak, Refusal, Sink, HEADER_LEN, IMAGE_MAGIC, IMAGE_MAGIC_OFFSET,
+    self, BootargsMode, Header, Nak, Refusal, Sink, HEADER_LEN, IMAGE_MAGIC, IMAGE_MAGIC_OFFSET,
     IMAGE_SIZE_OFFSET, MAGIC, MAX_BOOTARGS,
 };
 
@@ -68,6 +69,11 @@ pub const TIMING: Timing = Timing {
     byte_timeout_ms: 2000,
 };
 
+/// READY is also repeated after this many bytes of noise without a header, so that a line
+/// that never goes quiet does not silence it: 2 s of bytes at the loader's 115200 baud, 8N1
+/// (10 bits a byte).
+pub const READY_EVERY_NOISE: u64 = 2 * 115_200 / 10;
+
 /// A kernel that arrived intact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Loaded {
@@ -98,8 +104,10 @@ pub fn attempt(
     let header = read_header(link, mem, timing)?;
     let placement = mem.place(&header)?;
     let dtb = mem.dtb_for(&placement, &header);
-    protocol::write_ack_header(link, placement.kernel, dtb);
+    // Errors so far are noise while idle; from the ACK on they are the payload's (an overrun
+    // right after it loses payload bytes, and must be named instead of a bare timeout).
     link.take_errors();
+    protocol::write_ack_header(link, placement.kernel, dtb);
 
     let total = header.payload_len();
     let mut crc = Crc32::new();
@@ -142,6 +150,13 @@ pub fn attempt(
         &header,
     )?;
     mem.prepare(&placement, &header, bootargs)?;
+    if header.mode == BootargsMode::Keep && !bootargs.is_empty() {
+        // The host asked to keep the firmware's tree: say that its boot arguments go unused.
+        link.put_str("chainloader: keeping the device tree's bootargs; ignoring the ");
+        link.put_dec(bootargs.len() as u64);
+        link.put_str(" bytes of boot arguments sent");
+        link.end_line();
+    }
     protocol::write_ack_data(link, crc.value());
     Ok(Loaded {
         header,
@@ -155,6 +170,7 @@ pub fn attempt(
 fn read_header(link: &mut dyn Link, mem: &dyn Memory, timing: Timing) -> Result<Header, Refusal> {
     let mut window = [0u8; 4];
     let mut skipped = 0u64;
+    let mut since_ready = 0u64;
     loop {
         match link.read_byte(timing.ready_every_ms) {
             None => protocol::write_ready(link, mem.max_footprint()),
@@ -163,6 +179,11 @@ fn read_header(link: &mut dyn Link, mem: &dyn Memory, timing: Timing) -> Result<
                 skipped += 1;
                 if window == MAGIC {
                     break;
+                }
+                since_ready += 1;
+                if since_ready >= READY_EVERY_NOISE {
+                    since_ready = 0;
+                    protocol::write_ready(link, mem.max_footprint());
                 }
             }
         }
@@ -190,6 +211,7 @@ fn check_image(kernel: &[u8], header: &Header) -> Result<(), Refusal> {
     if kernel.get(IMAGE_MAGIC_OFFSET..IMAGE_MAGIC_OFFSET + 4) != Some(&IMAGE_MAGIC[..]) {
         return Err(Refusal::new(Nak::NotAnImage, 0, 0));
     }
+    protocol::check_image_header(kernel)?;
     let mut size = [0u8; 8];
     size.copy_from_slice(&kernel[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8]);
     let size = match u64::from_le_bytes(size) {
@@ -229,10 +251,15 @@ mod tests {
         out: Vec<u8>,
         errors: u32,
         timeouts: Vec<u32>,
+        /// Receive errors flagged while the loader writes ACK HEADER.
+        errors_during_ack: u32,
     }
 
     impl Sink for ScriptLink {
         fn put(&mut self, bytes: &[u8]) {
+            if bytes.starts_with(b"ACK HEADER") {
+                self.errors += std::mem::take(&mut self.errors_during_ack);
+            }
             self.out.extend_from_slice(bytes);
         }
     }
@@ -274,6 +301,7 @@ mod tests {
                 out: Vec::new(),
                 errors: 0,
                 timeouts: Vec::new(),
+                errors_during_ack: 0,
             }
         }
 
@@ -394,6 +422,9 @@ mod tests {
 
     fn kernel(len: usize, image_size: u64) -> Vec<u8> {
         let mut k: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        // text_offset 0, flags as our kernel's (`boot/entry.S`): LE, 4 KiB pages, anywhere.
+        k[8..16].fill(0);
+        k[24..32].copy_from_slice(&0xau64.to_le_bytes());
         k[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8].copy_from_slice(&image_size.to_le_bytes());
         k[IMAGE_MAGIC_OFFSET..IMAGE_MAGIC_OFFSET + 4].copy_from_slice(&IMAGE_MAGIC);
         k
@@ -574,6 +605,44 @@ mod tests {
     }
 
     #[test]
+    fn image_headers_the_loader_cannot_honour_are_refused() {
+        let mut ram = FakeRam::new();
+        let refused = |ram: &mut FakeRam, edit: fn(&mut [u8])| {
+            let mut k = kernel(4096, 0);
+            edit(&mut k);
+            let (_, wire) = transfer(&k, "", BootargsMode::Keep);
+            let mut link = ScriptLink::new(vec![Step::Send(wire)]);
+            let r = attempt(&mut link, ram, FAST).map(|_| ()).unwrap_err();
+            protocol::write_nak(&mut link, &r);
+            (r, link.replies().last().unwrap().clone())
+        };
+        // text_offset 0x80000 (Linux's before 3.17): the slot would be short by that much and
+        // the entry point wrong.
+        let (r, line) = refused(&mut ram, |k| {
+            k[8..16].copy_from_slice(&0x8_0000u64.to_le_bytes())
+        });
+        assert_eq!((r.nak, r.a, r.b), (Nak::ImageHeader, 0x8_0000, 0xa));
+        assert!(line.contains("text_offset 0x80000, flags 0xa"), "{line}");
+        // A big-endian kernel.
+        let (r, _) = refused(&mut ram, |k| k[24] |= 1);
+        assert_eq!((r.nak, r.b), (Nak::ImageHeader, 0xb));
+        // A reserved flag.
+        let (r, _) = refused(&mut ram, |k| k[24] |= 0x10);
+        assert_eq!((r.nak, r.b), (Nak::ImageHeader, 0x1a));
+        // Every page size and either placement is fine.
+        for flags in [0u8, 0x2, 0x4, 0x6, 0x8, 0xe] {
+            let mut k = kernel(4096, 0);
+            k[24] = flags;
+            let (_, wire) = transfer(&k, "", BootargsMode::Keep);
+            let mut link = ScriptLink::new(vec![Step::Send(wire)]);
+            assert!(
+                attempt(&mut link, &mut ram, FAST).is_ok(),
+                "flags {flags:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn uart_errors_explain_a_bad_checksum_or_a_stall() {
         let k = kernel(800, 0);
         let (_, good) = transfer(&k, "", BootargsMode::Keep);
@@ -597,8 +666,17 @@ mod tests {
         let r = attempt(&mut link, &mut ram, FAST).unwrap_err();
         assert_eq!((r.nak, r.a, r.b), (Nak::LineError, 1, 799));
         // Errors before the payload (noise while idle) do not count against it.
-        let mut link = ScriptLink::new(vec![Step::LineErrors(3), Step::Send(good)]);
+        let mut link = ScriptLink::new(vec![Step::LineErrors(3), Step::Send(good.clone())]);
         assert!(attempt(&mut link, &mut ram, FAST).is_ok());
+        // An overrun right as ACK HEADER goes out loses the first payload byte: named too.
+        let mut link = ScriptLink::new(vec![
+            Step::Send(good[..HEADER_LEN].to_vec()),
+            Step::Send(good[HEADER_LEN + 1..].to_vec()),
+            Step::Silence,
+        ]);
+        link.errors_during_ack = 1;
+        let r = attempt(&mut link, &mut ram, FAST).unwrap_err();
+        assert_eq!((r.nak, r.a, r.b), (Nak::LineError, 1, 799));
     }
 
     #[test]
@@ -619,18 +697,48 @@ mod tests {
     }
 
     #[test]
+    fn noise_that_never_stops_still_repeats_ready() {
+        let noise = vec![b'.'; 2 * READY_EVERY_NOISE as usize + 10];
+        let (readies, timeouts) = readies_before(vec![Step::Send(noise)]);
+        assert_eq!(readies, 3);
+        assert!(timeouts.is_empty());
+    }
+
+    #[test]
+    fn boot_arguments_sent_in_keep_mode_are_said_to_be_ignored() {
+        let k = kernel(300, 0);
+        let (_, wire) = transfer(&k, "ktest=*", BootargsMode::Keep);
+        let mut link = ScriptLink::new(vec![Step::Send(wire)]);
+        let mut ram = FakeRam::new();
+        let loaded = attempt(&mut link, &mut ram, FAST).unwrap();
+        assert_eq!(loaded.dtb, ram.dtb_at);
+        assert!(link.lines().contains(
+            &"chainloader: keeping the device tree's bootargs; ignoring the 7 bytes of boot \
+              arguments sent"
+                .to_string()
+        ));
+    }
+
+    #[test]
     fn silence_repeats_ready() {
+        let (readies, timeouts) = readies_before(vec![Step::Silence, Step::Silence]);
+        assert_eq!(readies, 3);
+        assert_eq!(timeouts, [FAST.ready_every_ms; 2]);
+    }
+
+    /// The READY lines the loader prints over `steps` and then a good transfer, and the
+    /// timeouts it read with.
+    fn readies_before(mut steps: Vec<Step>) -> (usize, Vec<u32>) {
         let k = kernel(100, 0);
         let (_, wire) = transfer(&k, "", BootargsMode::Keep);
-        let mut link = ScriptLink::new(vec![Step::Silence, Step::Silence, Step::Send(wire)]);
-        let mut ram = FakeRam::new();
-        serve(&mut link, &mut ram, FAST);
+        steps.push(Step::Send(wire));
+        let mut link = ScriptLink::new(steps);
+        serve(&mut link, &mut FakeRam::new(), FAST);
         let readies = link
             .replies()
             .iter()
             .filter(|l| l.contains("READY"))
             .count();
-        assert_eq!(readies, 3);
-        assert_eq!(link.timeouts, [FAST.ready_every_ms; 2]);
+        (readies, link.timeouts)
     }
 }

@@ -375,6 +375,13 @@ fn teardown_while_bound(skip: bool) -> Result<AfterTeardown, TestError> {
     let events = r.drain_events();
     let stale = r.model.map_or(0, |m| m.take_stale_translations().len());
     r.unbind()?;
+    if skip {
+        // Without the quiesce the device walked the scribbled tables, whose leaves are global
+        // (nG = 0): such IOTLB entries match every ASID and survive the unbind's TLBI by ASID
+        // (Arm ARM D8.4.3, SMMUv3 §4.4.2.2), so a later address space would hit them. Only an
+        // invalidation of everything removes the damage this twin does on purpose.
+        r.smmu.invalidate_all().map_err(fail)?;
+    }
     Ok(AfterTeardown {
         state,
         frame: frame_now,

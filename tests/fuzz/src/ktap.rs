@@ -66,6 +66,7 @@ pub fn fuzz(data: &[u8]) {
         elapsed: Duration::from_millis(lines.len() as u64),
         tail: lines.iter().rev().take(3).cloned().collect(),
         stderr: Vec::new(),
+        board_checks: Vec::new(),
     };
     let xml = junit::render(
         "fuzz",

@@ -8,6 +8,7 @@
 //! | `smmu_codec` | SMMUv3 command, event, STE and CD encoders/decoders | [`smmu_codec`] |
 //! | `dt` | the device-tree reader on corrupted blobs | [`dt`] |
 //! | `ktap` | the harness's KTAP parser and JUnit writer | [`ktap`] |
+//! | `sdcl` | the chainloader protocol's reply-line parser and header decoder | [`sdcl`] |
 //!
 //! libFuzzer runs them from `libfuzzer/` (`make fuzz`); `tests/replay.rs` runs the seed
 //! corpora (`corpus/<target>/`) and every input that ever failed (`regressions/<target>/`) on
@@ -19,6 +20,7 @@ pub mod fdt;
 pub mod input;
 pub mod ktap;
 pub mod memory;
+pub mod sdcl;
 pub mod seeds;
 pub mod smmu_codec;
 
@@ -29,7 +31,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 5] = [
     Target {
         name: "aspace",
         run: aspace::fuzz,
@@ -45,5 +47,9 @@ pub const TARGETS: [Target; 4] = [
     Target {
         name: "ktap",
         run: ktap::fuzz,
+    },
+    Target {
+        name: "sdcl",
+        run: sdcl::fuzz,
     },
 ];

@@ -18,6 +18,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "smmu_codec" => smmu_codec(),
         "dt" => dt(),
         "ktap" => ktap(),
+        "sdcl" => sdcl(),
         _ => Vec::new(),
     }
 }
@@ -418,4 +419,22 @@ fn ktap() -> Vec<(String, Vec<u8>)> {
             doc("KTAP version 1\n1..2\nok 2 b\nok 2 b\nok 3 c # timeout\nnot ok 4 d # ERROR setup\n1..0 # SKIP nothing\r\n"),
         ),
     ]
+}
+
+fn sdcl() -> Vec<(String, Vec<u8>)> {
+    use shootdown_chainloader::protocol::{BootargsMode, Header};
+    let mut kernel = vec![0u8; 4096];
+    kernel[16..24].copy_from_slice(&0x2_0000u64.to_le_bytes());
+    kernel[56..60].copy_from_slice(b"ARM\x64");
+    let header = Header::for_payload(&kernel, b"ktest=boot.*", BootargsMode::Append)
+        .expect("an Image")
+        .encode();
+    let mut session = header.to_vec();
+    session.extend_from_slice(
+        b"\r\nfirmware says hello\r\n@@SDCL READY 1 max=0x3c00000\r\n\
+          @@SDCL ACK HEADER kernel=0x400000 dtb=0x430000\r\n\
+          @@SDCL NAK 6 payload checksum 0x1234, expected 0xabcd\r\n\
+          @@SDCL NAK 99 something new\r\n@@SDCL ACK DATA crc=0xcbf43926\r\n",
+    );
+    vec![("seed-session".into(), session)]
 }

@@ -291,6 +291,18 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
         );
         drop(target);
         drop(log);
+        let mut cap = cap;
+        if let Some(banner) = &p.profile.firmware_banner {
+            if !cap.document.preamble.iter().any(|l| l.contains(banner.as_str())) {
+                cap.board_checks.push(crate::ktap::Failure {
+                    test: "(boot)".into(),
+                    message: format!(
+                        "the profile boots through firmware, but its banner `{banner}` never \
+                         appeared before the kernel"
+                    ),
+                });
+            }
+        }
         let stderr_path = log_dir.join(format!("{stem}.stderr.log"));
         if cap.stderr.is_empty() {
             let _ = fs::remove_file(&stderr_path);
@@ -593,6 +605,7 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
                     elapsed: Duration::ZERO,
                     tail: Vec::new(),
                     stderr: Vec::new(),
+                    board_checks: Vec::new(),
                 };
                 return finish_report(
                     &o.name,
@@ -603,8 +616,10 @@ fn serial(o: &SerialOptions) -> Result<i32, SetupError> {
                 );
             }
         }
+        let port = serial::Reader(port);
         capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
     } else {
+        let port = serial::Reader(port);
         capture::spawn_reader(port, Stream::Out, tx, stop.clone(), true);
         if let Some(cmd) = &o.reset_cmd {
             run_reset(cmd)?;
@@ -692,6 +707,11 @@ impl Observer for Logged<'_> {
     fn retrying(&mut self, code: u8, message: &str) {
         self.console.retrying(code, message);
         let _ = writeln!(self.log, "[chainload] NAK {code}: {message}; sending again");
+    }
+
+    fn resending(&mut self, waiting_for: &str) {
+        self.console.resending(waiting_for);
+        let _ = writeln!(self.log, "[chainload] no {waiting_for}; sending again");
     }
 }
 
@@ -801,6 +821,7 @@ fn parse(o: &ParseOptions) -> Result<i32, SetupError> {
         elapsed: started.elapsed(),
         tail,
         stderr: Vec::new(),
+        board_checks: Vec::new(),
     };
     finish_report(
         &o.name,

@@ -231,12 +231,16 @@ pub struct Capture {
     pub tail: Vec<String>,
     /// Everything the emulator wrote on stderr.
     pub stderr: Vec<String>,
+    /// What the board profile requires of the run besides its KTAP (e.g. the firmware's
+    /// banner before the kernel), each unmet requirement a failure.
+    pub board_checks: Vec<Failure>,
 }
 
 impl Capture {
     /// Every reason this run fails: the transcript's and the ending's.
     pub fn failures(&self) -> Vec<Failure> {
         let mut failures = self.document.failures();
+        failures.extend(self.board_checks.iter().cloned());
         let finished = self.document.complete || self.document.bail_out.is_some();
         if let Some(f) = self.end.failure(self.document.exit_code, finished) {
             failures.push(f);
@@ -501,6 +505,7 @@ pub fn watch(
         elapsed: start.elapsed(),
         tail: w.tail,
         stderr: w.stderr,
+        board_checks: Vec::new(),
     }
 }
 

@@ -7,14 +7,18 @@
 //! 1. wait for `@@SDCL READY` (the loader repeats it every 2 s of silence), echoing everything
 //!    else the board prints (firmware and loader messages);
 //! 2. refuse locally what the loader would refuse (not an Image, bigger than its `max=`);
-//! 3. send the 28-byte header, wait for `ACK HEADER` (skipping a READY that crossed it);
+//! 3. send the 28-byte header, wait for `ACK HEADER` (skipping one READY that crossed it);
 //! 4. stream the kernel and the boot arguments, with progress, and wait until the port has
 //!    sent them (`tcdrain`);
 //! 5. wait for `ACK DATA` and check it names our CRC.
 //!
 //! A NAK for a line problem (header or payload checksum, timeout, UART errors) is retried from
-//! step 1, up to `retries` times; any other NAK ends the push with the loader's reason. Bytes
-//! read after `ACK DATA` are the kernel's first output and are handed back, not lost.
+//! step 1, up to `retries` times; any other NAK ends the push with the loader's reason. So is
+//! no answer at all, or a READY where an answer belongs (a second one after the header, any
+//! after `ACK HEADER`): the loader is waiting for a header, so it never saw ours whole (a
+//! corrupted magic byte), its NAK was garbled, or the board reset; that READY starts the next
+//! attempt. Bytes read after `ACK DATA` are the kernel's first output and are handed back, not
+//! lost.
 
 use std::fmt;
 use std::fs::File;
@@ -23,7 +27,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 pub use shootdown_chainloader::protocol::BootargsMode;
-use shootdown_chainloader::protocol::{Header, Nak, Reply, VERSION};
+
+use crate::serial::{self, PortRead};
+use shootdown_chainloader::protocol::{self, Header, Nak, Reply, VERSION};
 
 /// How long the loader may take to answer a header (it plans and cleans the slot first).
 const HEADER_REPLY: Duration = Duration::from_secs(5);
@@ -41,6 +47,11 @@ pub enum PushError {
     PortClosed,
     /// The file to send is not an arm64 Image.
     NotAnImage,
+    /// The Image header asks for what the chainloader does not do (see
+    /// `protocol::check_image_header`).
+    ImageHeader { text_offset: u64, flags: u64 },
+    /// Boot arguments with [`BootargsMode::Keep`]: the loader would leave them unused.
+    BootargsIgnored,
     /// No READY within the limit.
     NoLoader { waited: Duration },
     /// The loader speaks another protocol version.
@@ -54,10 +65,11 @@ pub enum PushError {
         message: String,
         attempts: u32,
     },
-    /// No reply in time.
+    /// No reply in time, or the loader asked for a header again, on the last attempt.
     NoReply {
         waiting_for: &'static str,
         after: Duration,
+        attempts: u32,
     },
     /// `ACK DATA` named another CRC than ours.
     WrongAck { ours: u32, theirs: u32 },
@@ -71,6 +83,16 @@ impl fmt::Display for PushError {
             PushError::NotAnImage => write!(
                 f,
                 "not an arm64 Image (no ARM\\x64 magic at offset 56): build it with `make image`"
+            ),
+            PushError::ImageHeader { text_offset, flags } => write!(
+                f,
+                "the Image header says text_offset {text_offset:#x}, flags {flags:#x}: the \
+                 chainloader needs text_offset 0, a little-endian kernel and no reserved flags \
+                 (Linux Documentation/arch/arm64/booting.rst)"
+            ),
+            PushError::BootargsIgnored => write!(
+                f,
+                "boot arguments in keep mode would be ignored: append or replace them"
             ),
             PushError::NoLoader { waited } => write!(
                 f,
@@ -96,9 +118,14 @@ impl fmt::Display for PushError {
                 f,
                 "the chainloader refused the kernel (NAK {code}: {message}) after {attempts} attempt(s)"
             ),
-            PushError::NoReply { waiting_for, after } => write!(
+            PushError::NoReply {
+                waiting_for,
+                after,
+                attempts,
+            } => write!(
                 f,
-                "no {waiting_for} from the chainloader within {} s",
+                "no {waiting_for} from the chainloader after {attempts} attempt(s), each \
+                 waiting at most {} s (lost on the line, or the board reset)",
                 after.as_secs_f64()
             ),
             PushError::WrongAck { ours, theirs } => write!(
@@ -150,6 +177,9 @@ pub trait Observer {
     fn progress(&mut self, _sent: u64, _total: u64, _elapsed: Duration) {}
     /// A refusal that will be retried.
     fn retrying(&mut self, _code: u8, _message: &str) {}
+    /// No answer to what we sent (no `waiting_for`, or the loader asking for a header again):
+    /// it was lost on the line or the board reset; sending again.
+    fn resending(&mut self, _waiting_for: &str) {}
 }
 
 /// The port with a line buffer.
@@ -179,12 +209,10 @@ impl<'a> Session<'a> {
                 return Ok(None);
             }
             let mut chunk = [0u8; 4096];
-            match self.port.read(&mut chunk) {
-                Ok(0) => continue, // VTIME elapsed with nothing: look at the clock again
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => return Err(PushError::PortClosed),
-                Err(e) => return Err(e.into()),
+            match serial::read_port(self.port, &mut chunk)? {
+                PortRead::Quiet => continue, // look at the clock again
+                PortRead::Data(n) => self.buf.extend_from_slice(&chunk[..n]),
+                PortRead::Closed => return Err(PushError::PortClosed),
             }
         }
     }
@@ -207,10 +235,36 @@ impl<'a> Session<'a> {
         Ok(None)
     }
 
-    /// Writes raw bytes (tests use this to send forged headers).
+    /// The answer to a header or payload before `timeout`, echoing other lines. `crossing`
+    /// READY lines are skipped (one may cross a header on the wire); one more means the
+    /// loader is waiting for a header again: what we sent never arrived whole.
+    fn answer(
+        &mut self,
+        timeout: Duration,
+        mut crossing: u32,
+        obs: &mut dyn Observer,
+    ) -> Result<Answer, PushError> {
+        let deadline = Instant::now() + timeout;
+        while let Some(line) = self.line(Some(deadline))? {
+            match Reply::parse(&line) {
+                Some(Reply::Ready { .. }) if crossing > 0 => crossing -= 1,
+                Some(Reply::Ready { version, max }) => return Ok(Answer::Ready { version, max }),
+                Some(r) => return Ok(Answer::Reply(OwnedReply::from(r))),
+                None => obs.board_line(&line),
+            }
+        }
+        Ok(Answer::Nothing)
+    }
+
+    /// Writes raw bytes (tests use this to send forged headers). A hung-up terminal fails
+    /// writes with EIO: the port closed.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), PushError> {
-        self.port.write_all(bytes)?;
-        Ok(())
+        self.port
+            .write_all(bytes)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EIO) => PushError::PortClosed,
+                _ => e.into(),
+            })
     }
 
     /// Waits until everything written has left the port (a USB adapter buffers a lot).
@@ -229,12 +283,7 @@ impl<'a> Session<'a> {
         let deadline = timeout.map(|t| started + t);
         loop {
             match self.reply(deadline, false, obs)? {
-                Some(OwnedReply::Ready { version, max }) => {
-                    if version != VERSION {
-                        return Err(PushError::Version { loader: version });
-                    }
-                    return Ok(max);
-                }
+                Some(OwnedReply::Ready { version, max }) => return ready(version, max),
                 Some(_) => {} // a stale ACK/NAK from an earlier session
                 None => {
                     return Err(PushError::NoLoader {
@@ -256,6 +305,7 @@ impl<'a> Session<'a> {
             .ok_or(PushError::NoReply {
                 waiting_for,
                 after: timeout,
+                attempts: 1,
             })
     }
 
@@ -263,6 +313,27 @@ impl<'a> Session<'a> {
     pub fn into_leftover(self) -> Vec<u8> {
         self.buf
     }
+}
+
+/// The `max` of a READY this side can talk to.
+fn ready(version: u16, max: u64) -> Result<u64, PushError> {
+    if version != VERSION {
+        return Err(PushError::Version { loader: version });
+    }
+    Ok(max)
+}
+
+/// What came back after a header or payload.
+enum Answer {
+    Reply(OwnedReply),
+    /// READY: the loader is waiting for a header, so it never got what we sent (a corrupted
+    /// magic byte, a garbled NAK, a board reset).
+    Ready {
+        version: u16,
+        max: u64,
+    },
+    /// Nothing in time.
+    Nothing,
 }
 
 /// A protocol reply that owns its message.
@@ -309,12 +380,24 @@ impl From<Reply<'_>> for OwnedReply {
 pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pushed, PushError> {
     let header = Header::for_payload(p.kernel, p.bootargs.as_bytes(), p.mode)
         .ok_or(PushError::NotAnImage)?;
+    protocol::check_image_header(p.kernel).map_err(|r| PushError::ImageHeader {
+        text_offset: r.a,
+        flags: r.b,
+    })?;
+    if p.mode == BootargsMode::Keep && !p.bootargs.is_empty() {
+        return Err(PushError::BootargsIgnored);
+    }
     let mut s = Session::new(port);
     let mut ready_timeout = p.ready_timeout;
     let mut attempts = 0;
+    // A READY that already came while we waited for an answer: the next attempt starts on it.
+    let mut ready_now = None;
     loop {
         attempts += 1;
-        let max = s.wait_ready(ready_timeout, obs)?;
+        let max = match ready_now.take() {
+            Some((version, max)) => ready(version, max)?,
+            None => s.wait_ready(ready_timeout, obs)?,
+        };
         // After the first READY the loader is known to be there: later ones come at once.
         ready_timeout = Some(
             ready_timeout
@@ -328,20 +411,43 @@ pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pus
             });
         }
         s.send(&header.encode())?;
-        let (kernel_at, dtb) = match s.wait_reply("ACK HEADER", HEADER_REPLY, obs)? {
-            OwnedReply::AckHeader { kernel, dtb } => (kernel, dtb),
-            OwnedReply::Nak {
+        // One READY may have crossed the header; the loader answers a header at once.
+        let (kernel_at, dtb) = match s.answer(HEADER_REPLY, 1, obs)? {
+            Answer::Reply(OwnedReply::AckHeader { kernel, dtb }) => (kernel, dtb),
+            Answer::Reply(OwnedReply::Nak {
                 code,
                 reason,
                 message,
-            } => {
+            }) => {
                 retry_or_fail(code, reason, message, attempts, p.retries, obs)?;
                 continue;
             }
-            other => return Err(unexpected("ACK HEADER", other)),
+            Answer::Reply(other) => return Err(unexpected("ACK HEADER", other, attempts)),
+            Answer::Ready { version, max } => {
+                lost("ACK HEADER", HEADER_REPLY, attempts, p.retries, obs)?;
+                ready_now = Some((version, max));
+                continue;
+            }
+            Answer::Nothing => {
+                lost("ACK HEADER", HEADER_REPLY, attempts, p.retries, obs)?;
+                continue;
+            }
         };
         send_payload(&mut s, p, header.payload_len(), obs)?;
-        match s.wait_reply("ACK DATA", DATA_REPLY, obs)? {
+        // Between ACK HEADER and its answer the loader prints no READY: one means it restarted.
+        let answer = match s.answer(DATA_REPLY, 0, obs)? {
+            Answer::Reply(r) => r,
+            Answer::Ready { version, max } => {
+                lost("ACK DATA", DATA_REPLY, attempts, p.retries, obs)?;
+                ready_now = Some((version, max));
+                continue;
+            }
+            Answer::Nothing => {
+                lost("ACK DATA", DATA_REPLY, attempts, p.retries, obs)?;
+                continue;
+            }
+        };
+        match answer {
             OwnedReply::AckData { crc } if crc == header.payload_crc => {
                 return Ok(Pushed {
                     kernel_at,
@@ -361,17 +467,37 @@ pub fn push(port: &mut File, p: &Push<'_>, obs: &mut dyn Observer) -> Result<Pus
                 reason,
                 message,
             } => retry_or_fail(code, reason, message, attempts, p.retries, obs)?,
-            other => return Err(unexpected("ACK DATA", other)),
+            other => return Err(unexpected("ACK DATA", other, attempts)),
         }
     }
 }
 
-fn unexpected(waiting_for: &'static str, got: OwnedReply) -> PushError {
+fn unexpected(waiting_for: &'static str, got: OwnedReply, attempts: u32) -> PushError {
     PushError::Refused {
         code: 0,
         reason: None,
         message: format!("expected {waiting_for}, got {got:?}"),
-        attempts: 1,
+        attempts,
+    }
+}
+
+/// No answer to what we sent: a transient failure, retried while retries are left.
+fn lost(
+    waiting_for: &'static str,
+    after: Duration,
+    attempts: u32,
+    retries: u32,
+    obs: &mut dyn Observer,
+) -> Result<(), PushError> {
+    if attempts <= retries {
+        obs.resending(waiting_for);
+        Ok(())
+    } else {
+        Err(PushError::NoReply {
+            waiting_for,
+            after,
+            attempts,
+        })
     }
 }
 
@@ -476,6 +602,14 @@ impl Observer for Console {
             self.prefix
         );
     }
+
+    fn resending(&mut self, waiting_for: &str) {
+        eprintln!(
+            "{}no {waiting_for} from the chainloader (lost on the line, or the board reset); \
+             sending again",
+            self.prefix
+        );
+    }
 }
 
 /// How a console session ended.
@@ -555,16 +689,14 @@ pub fn console(
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             return Ok(ConsoleEnd::TimedOut);
         }
-        match port.read(&mut buf) {
-            Ok(0) => {} // VTIME: nothing for 0.2 s
-            Ok(n) => {
+        match serial::read_port(port, &mut buf)? {
+            PortRead::Quiet => {}
+            PortRead::Data(n) => {
                 if let Some(code) = feed(&buf[..n], out)? {
                     return Ok(ConsoleEnd::KernelExit(code));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(ConsoleEnd::PortClosed),
-            Err(e) => return Err(e),
+            PortRead::Closed => return Ok(ConsoleEnd::PortClosed),
         }
     }
 }
@@ -659,7 +791,9 @@ mod tests {
 
     fn image(len: usize) -> Vec<u8> {
         let mut k: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        k[8..16].fill(0); // text_offset
         k[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+        k[24..32].copy_from_slice(&0xau64.to_le_bytes()); // flags as `boot/entry.S`
         k[56..60].copy_from_slice(b"ARM\x64");
         k
     }
@@ -668,6 +802,7 @@ mod tests {
     struct Record {
         lines: Vec<String>,
         retries: Vec<u8>,
+        lost: Vec<String>,
         last_progress: (u64, u64),
     }
 
@@ -680,6 +815,9 @@ mod tests {
         }
         fn retrying(&mut self, code: u8, _: &str) {
             self.retries.push(code);
+        }
+        fn resending(&mut self, waiting_for: &str) {
+            self.lost.push(waiting_for.to_string());
         }
     }
 
@@ -764,6 +902,202 @@ mod tests {
     }
 
     #[test]
+    fn a_header_the_loader_never_saw_is_sent_again() {
+        let k = image(20_000);
+        // The first byte the loader reads is the header's `S`: it never finds the magic, so it
+        // sends no NAK and only repeats READY.
+        let (mut port, rx) = loader(Some(0));
+        let mut rec = Record::default();
+        let started = Instant::now();
+        let pushed = push(&mut port, &push_opts(&k), &mut rec).unwrap();
+        assert_eq!(pushed.attempts, 2);
+        assert_eq!(rec.lost, ["ACK HEADER"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let (_, got) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got, k);
+        // With no retries left, the push ends with what was missing.
+        let (mut port, _rx) = loader(Some(0));
+        let p = Push {
+            retries: 0,
+            ..push_opts(&k)
+        };
+        let e = push(&mut port, &p, &mut rec).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PushError::NoReply {
+                    waiting_for: "ACK HEADER",
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// A loader that says READY, accepts whatever header comes, reads `payload` bytes and
+    /// returns its link there (to reset or hang up).
+    fn accept_then_stop(main: File, payload: usize) -> PtyLink {
+        let mut link = PtyLink {
+            main,
+            pending: VecDeque::new(),
+            flip_at: None,
+            seen: 0,
+        };
+        wire::write_ready(&mut link, 16 << 20);
+        for _ in 0..wire::HEADER_LEN {
+            link.read_byte(5000).unwrap();
+        }
+        wire::write_ack_header(&mut link, 4 << 20, 0x100_0000);
+        for _ in 0..payload {
+            link.read_byte(5000).unwrap();
+        }
+        link
+    }
+
+    #[test]
+    fn a_board_reset_during_the_payload_is_sent_again() {
+        let k = image(20_000);
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // The header and part of the payload arrive, then the board resets: the new
+            // loader greets and waits, the rest of the payload is noise to it.
+            let mut link = accept_then_stop(pty.main, 5000);
+            let mut ram = Ram {
+                bytes: vec![0; RAM as usize],
+            };
+            link.put(b"firmware says hello\r\n");
+            let loaded = receiver::serve(&mut link, &mut ram, FAST);
+            let _ = tx.send(loaded);
+            thread::sleep(Duration::from_millis(500));
+        });
+        let mut rec = Record::default();
+        let started = Instant::now();
+        let pushed = push(&mut port, &push_opts(&k), &mut rec).unwrap();
+        assert_eq!(pushed.attempts, 2);
+        assert_eq!(rec.lost, ["ACK DATA"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let loaded = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(loaded.header.kernel_len, 20_000);
+    }
+
+    /// The hangup tests need [`serial::hang_up`] (TIOCVHANGUP, which needs CAP_SYS_ADMIN): they
+    /// are ignored in a plain `cargo test`, and `make test` (as root, `--include-ignored`) runs
+    /// them, where a refused hangup fails instead of passing unseen.
+    fn require_hang_up() {
+        let ok = Pty::new().is_ok_and(|pty| serial::hang_up(&pty.path));
+        assert!(ok, "TIOCVHANGUP is not permitted here (it needs CAP_SYS_ADMIN)");
+    }
+
+    #[test]
+    #[ignore = "needs CAP_SYS_ADMIN (TIOCVHANGUP): `make test` runs it with --include-ignored"]
+    fn an_unplugged_adapter_ends_the_push_instead_of_spinning() {
+        require_hang_up();
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        let path = pty.path.clone();
+        let k = image(1000);
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let p = Push {
+                ready_timeout: None, // `harness chainboot`'s default: wait for the board
+                ..push_opts(&k)
+            };
+            let _ = tx.send(push(&mut port, &p, &mut Record::default()).map(|_| ()));
+            // The console sees the hangup as well.
+            let _ = tx.send(
+                console(
+                    &mut port,
+                    &[],
+                    Some(Duration::from_secs(5)),
+                    false,
+                    &mut Vec::new(),
+                )
+                .map(|end| assert_eq!(end, ConsoleEnd::PortClosed))
+                .map_err(PushError::Io),
+            );
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert!(serial::hang_up(&path));
+        let e = rx
+            .recv_timeout(Duration::from_secs(3))
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, PushError::PortClosed), "{e}");
+        rx.recv_timeout(Duration::from_secs(3)).unwrap().unwrap();
+        drop(pty);
+    }
+
+    #[test]
+    #[ignore = "needs CAP_SYS_ADMIN (TIOCVHANGUP): `make test` runs it with --include-ignored"]
+    fn a_port_closing_mid_payload_is_reported_as_closed() {
+        require_hang_up();
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        let path = pty.path.clone();
+        thread::spawn(move || {
+            let _link = accept_then_stop(pty.main, 5000);
+            // Unplugged while the host still has most of a 1 MiB payload to write.
+            assert!(serial::hang_up(&path), "TIOCVHANGUP");
+            thread::sleep(Duration::from_secs(3));
+        });
+        let k = image(1 << 20);
+        let started = Instant::now();
+        let e = push(&mut port, &push_opts(&k), &mut Record::default()).unwrap_err();
+        assert!(matches!(e, PushError::PortClosed), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_unexpected_reply_names_the_attempt_it_came_on() {
+        let pty = Pty::new().unwrap();
+        let mut port = serial::open(&pty.path, 115200).unwrap();
+        thread::spawn(move || {
+            let mut link = PtyLink {
+                main: pty.main,
+                pending: VecDeque::new(),
+                flip_at: None,
+                seen: 0,
+            };
+            // A header checksum refusal (retried), then ACK DATA where ACK HEADER belongs.
+            for reply in [
+                "@@SDCL NAK 1 header checksum 0x1, expected 0x2\r\n",
+                "@@SDCL ACK DATA crc=0x0\r\n",
+            ] {
+                wire::write_ready(&mut link, 16 << 20);
+                for _ in 0..wire::HEADER_LEN {
+                    link.read_byte(5000).unwrap();
+                }
+                link.put(reply.as_bytes());
+            }
+            thread::sleep(Duration::from_secs(1));
+        });
+        let k = image(1000);
+        let e = push(&mut port, &push_opts(&k), &mut Record::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PushError::Refused {
+                    code: 0,
+                    attempts: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn refusals_that_retrying_cannot_fix_end_the_push_with_the_reason() {
         let k = image(31 << 20); // more than the 28 MiB free above the loader
         let (mut port, _rx) = loader(None);
@@ -812,6 +1146,27 @@ mod tests {
         assert!(matches!(e, PushError::NoLoader { .. }), "{e}");
         assert!(e.to_string().contains("no chainloader answered"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
+        // An Image the loader would refuse for its header is refused here, before any wait.
+        let mut k = image(1000);
+        k[8..16].copy_from_slice(&0x8_0000u64.to_le_bytes());
+        p.kernel = &k;
+        let e = push(&mut port, &p, &mut rec).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PushError::ImageHeader {
+                    text_offset: 0x8_0000,
+                    flags: 0xa
+                }
+            ),
+            "{e}"
+        );
+        // So are boot arguments the loader would leave unused.
+        let k = image(1000);
+        p.kernel = &k;
+        p.mode = BootargsMode::Keep;
+        let e = push(&mut port, &p, &mut rec).unwrap_err();
+        assert!(matches!(e, PushError::BootargsIgnored), "{e}");
         drop(pty);
     }
 }

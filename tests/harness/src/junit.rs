@@ -342,6 +342,7 @@ mod tests {
             elapsed: Duration::from_millis(1234),
             tail: vec!["last line \u{1b}[0m <&>".into()],
             stderr: vec!["qemu-system-aarch64: warning: x".into()],
+            board_checks: Vec::new(),
         }
     }
 

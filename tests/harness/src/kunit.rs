@@ -31,7 +31,8 @@ pub struct KunitView {
     pub cases: BTreeMap<String, String>,
 }
 
-/// Runs `python3 KUNIT parse --json=OUT LOG` and reads what it printed and wrote.
+/// Runs `python3 KUNIT parse --json=OUT LOG` and reads what it printed and wrote. kunit.py
+/// must sit in a `tools/testing/kunit` folder: it exits 1 silently otherwise.
 pub fn run(kunit_py: &Path, log: &Path, json_out: &Path) -> Result<KunitView, String> {
     // kunit.py changes to the kernel tree's root first: hand it absolute paths.
     let absolute = |p: &Path| {
@@ -39,6 +40,12 @@ pub fn run(kunit_py: &Path, log: &Path, json_out: &Path) -> Result<KunitView, St
     };
     let (log, json_out) = (absolute(log)?, absolute(json_out)?);
     let (log, json_out) = (log.as_path(), json_out.as_path());
+    if !kunit_py.to_string_lossy().contains("tools/testing/kunit") {
+        return Err(format!(
+            "{}: kunit.py must sit in a tools/testing/kunit folder (it finds its tree by that path)",
+            kunit_py.display()
+        ));
+    }
     let output = Command::new("python3")
         .arg(kunit_py)
         .arg("parse")

@@ -12,6 +12,7 @@
 //! bootargs = ""                                 # default kernel command line (-append)
 //! timeout = 120                                 # seconds for a whole test run
 //! test_timeout = 60                             # seconds without a new KTAP result (0 = off)
+//! firmware_banner = "U-Boot 20"                 # a line the firmware prints before the kernel
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently drop a device).
@@ -38,6 +39,9 @@ pub struct Profile {
     pub bootargs: String,
     pub timeout: Duration,
     pub test_timeout: Option<Duration>,
+    /// Text the console must show before the kernel's first line (the firmware's banner), so
+    /// a profile that boots through firmware cannot pass by booting the kernel directly.
+    pub firmware_banner: Option<String>,
 }
 
 /// Why a profile could not be loaded.
@@ -106,6 +110,7 @@ const KEYS: &[&str] = &[
     "bootargs",
     "timeout",
     "test_timeout",
+    "firmware_banner",
 ];
 
 /// Default whole-run limit when a profile has none.
@@ -241,6 +246,7 @@ impl Profile {
             bootargs: string("bootargs")?.unwrap_or_default(),
             timeout,
             test_timeout: seconds("test_timeout")?.filter(|d| !d.is_zero()),
+            firmware_banner: string("firmware_banner")?.filter(|b| !b.is_empty()),
         })
     }
 

@@ -262,6 +262,7 @@ mod tests {
             elapsed: Duration::from_millis(1500),
             tail: vec![],
             stderr: vec![],
+            board_checks: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@
 //! The equivalent by hand: `stty -F /dev/ttyUSB0 115200 raw -echo -crtscts clocal`.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -89,6 +89,83 @@ pub fn open(path: &Path, baud: u32) -> io::Result<File> {
     Ok(file)
 }
 
+/// What one read of a port found.
+pub enum PortRead {
+    Data(usize),
+    /// Nothing for a while (0.2 s, as the port's `VTIME`).
+    Quiet,
+    /// The port hung up (a USB adapter unplugged) or its other side closed (a pty).
+    Closed,
+}
+
+/// Reads what a port opened by [`open`] has, waiting at most 0.2 s. A zero-byte read cannot
+/// tell the `VTIME` timer from a hangup (after one, Linux's tty reads return 0 at once), so
+/// `poll` tells: `POLLHUP`/`POLLERR`, or readable but nothing to read, is a closed port.
+pub fn read_port(port: &mut File, buf: &mut [u8]) -> io::Result<PortRead> {
+    let mut fds = libc::pollfd {
+        fd: port.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut fds, 1, 200) } {
+        0 => return Ok(PortRead::Quiet),
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => Ok(PortRead::Quiet),
+                _ => Err(e),
+            };
+        }
+        _ => {}
+    }
+    // Data still buffered when the other side went is read first.
+    if fds.revents & libc::POLLIN == 0 {
+        return match fds.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) {
+            0 => Ok(PortRead::Quiet),
+            _ => Ok(PortRead::Closed),
+        };
+    }
+    match port.read(buf) {
+        Ok(0) => Ok(PortRead::Closed),
+        Ok(n) => Ok(PortRead::Data(n)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(PortRead::Quiet),
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(PortRead::Closed),
+        Err(e) => Err(e),
+    }
+}
+
+/// A port as a reader that tells a hangup from silence: `Ok(0)` after 0.2 s without data (as
+/// `VTIME`), EIO once the port hung up or its other side closed (what a pty's reads say), so a
+/// reader that stops on EIO stops instead of spinning on zero-byte reads.
+pub struct Reader(pub File);
+
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match read_port(&mut self.0, buf)? {
+            PortRead::Data(n) => Ok(n),
+            PortRead::Quiet => Ok(0),
+            PortRead::Closed => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+}
+
+/// For tests: hangs up the terminal at `path` as unplugging a USB adapter does
+/// (`TIOCVHANGUP`: reads then return 0 at once, writes fail with EIO). `false` where that is
+/// not permitted (it needs CAP_SYS_ADMIN).
+pub fn hang_up(path: &Path) -> bool {
+    let Ok(tty) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    // SAFETY: an ioctl without argument on a terminal we opened.
+    unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCVHANGUP) == 0 }
+}
+
 /// A pseudo-terminal pair for tests: the harness opens `path` like a serial port, the test
 /// writes the board's side into `main`.
 pub struct Pty {
@@ -148,6 +225,34 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(port.read(&mut buf).unwrap(), 0);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    #[ignore = "needs CAP_SYS_ADMIN (TIOCVHANGUP): `make test` runs it with --include-ignored"]
+    fn a_hung_up_port_reads_as_closed_not_as_silence() {
+        let pty = Pty::new().unwrap();
+        let mut port = Reader(open(&pty.path, 115200).unwrap());
+        let mut buf = [0u8; 64];
+        assert_eq!(port.read(&mut buf).unwrap(), 0, "silence");
+        assert!(hang_up(&pty.path), "TIOCVHANGUP is not permitted here (it needs CAP_SYS_ADMIN)");
+        let e = port.read(&mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        // So the KTAP reader of `harness serial` stops instead of spinning.
+        use crate::capture::{spawn_reader, Msg, Stream};
+        let pty = Pty::new().unwrap();
+        let port = Reader(open(&pty.path, 115200).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_reader(port, Stream::Out, tx, stop, true);
+        assert!(hang_up(&pty.path));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(2));
+        assert!(matches!(got, Ok(Msg::OutClosed)), "the reader did not stop");
+        // The other side closing reads the same.
+        let pty = Pty::new().unwrap();
+        let mut port = Reader(open(&pty.path, 115200).unwrap());
+        drop(pty.main);
+        let e = port.read(&mut buf).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
     }
 
     #[test]

@@ -627,3 +627,35 @@ fn real_qemu_exit_status_and_failures_reach_the_verdict() {
         stdout(&out)
     );
 }
+
+/// A profile that boots through firmware names the firmware's banner; a kernel that came up
+/// without it (booted directly) fails the run, and so the U-Boot board cannot pass by accident.
+#[test]
+#[ignore = "needs qemu-system-aarch64: `make test` runs it with --include-ignored"]
+fn a_missing_firmware_banner_fails_the_run() {
+    require_qemu();
+    let dir = scratch("qemu-banner");
+    let profiles = dir.join("qemu");
+    fs::create_dir_all(&profiles).unwrap();
+    let virt = fs::read_to_string(crate::profiles().join("virt.toml")).unwrap();
+    fs::write(
+        profiles.join("virt-fw.toml"),
+        format!("{virt}\nfirmware_banner = \"U-Boot 20\"\n"),
+    )
+    .unwrap();
+    let pass = fs::read_to_string(fixture("pass.ktap")).unwrap();
+    let kernel = mini_kernel(&dir, &pass, 0);
+    let out = Command::new(HARNESS)
+        .args(["test", "--board", "virt-fw", "--timeout", "30", "--kernel"])
+        .arg(&kernel)
+        .arg("--profiles")
+        .arg(&profiles)
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("banner `U-Boot 20` never appeared"), "{text}");
+}

@@ -147,9 +147,12 @@ fn report_board(uart: &mut Pl011, board: &Board, mem: &TargetMemory) {
     uart.put_dec(mem.max_footprint() >> 10);
     uart.put_str(" KiB");
     uart.end_line();
-    if board.ram.dropped + board.reserved.dropped > 0 {
-        uart.put_str("chainloader: warning: more memory ranges than we track; ignoring ");
-        uart.put_dec((board.ram.dropped + board.reserved.dropped) as u64);
+    // Reserved ranges are never dropped (`board::read` refuses the tree); RAM left out is only
+    // unused.
+    if board.ram.dropped > 0 {
+        uart.put_str("chainloader: warning: more RAM ranges than we track; not using ");
+        uart.put_dec(board.ram.dropped as u64);
+        uart.put_str(" of them");
         uart.end_line();
     }
 }

@@ -85,6 +85,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         Ok(())
     }
 
+    /// Invalidates every cached translation and configuration of the SMMU (CFGI_ALL,
+    /// TLBI_NSNH_ALL, CMD_SYNC: §4.3.5, §4.4.6), global entries included, which no
+    /// invalidation by ASID removes. For clean-up after a test that broke coherence on purpose.
+    pub fn invalidate_all(&self) -> Result<(), SmmuError> {
+        self.submit(&[Command::CfgiAll, Command::TlbiNsnhAll], true)
+            .map(|_| ())
+    }
+
     /// The "release" path: the context stays valid but every access now faults without an
     /// event (CD.EPD0 = 1, CD.R = 0), and nothing of it stays cached. Call before the address
     /// space's page tables are freed.

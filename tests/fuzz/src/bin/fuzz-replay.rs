@@ -8,7 +8,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((target, files)) = args.split_first() else {
-        eprintln!("usage: fuzz-replay <aspace|smmu_codec|dt|ktap> <file>...");
+        eprintln!("usage: fuzz-replay <aspace|smmu_codec|dt|ktap|sdcl> <file>...");
         return ExitCode::from(2);
     };
     let Some(t) = shootdown_fuzz::TARGETS.iter().find(|t| t.name == target) else {
