@@ -276,3 +276,67 @@ test-hil-offline: setup image chainloader $(HARNESS)
 	    $(HCARGO) test -q -p shootdown-harness --test chainload_qemu --test sdcard -- --include-ignored
 
 # ==================================== end of the Raspberry Pi 4 block ========================
+
+# =============================================================================================
+# Board farms (issue 14; docs/board-farms.md): labgrid and LAVA run the same KTAP tests.
+#
+#   make labgrid [LABGRID_BOARDS='virt raspi4b'] [BOOTARGS=...]
+#                          pytest + labgrid's QEMUDriver on each QEMU board, one pytest result
+#                          per KTAP case (build/labgrid/BOARD.{log,json,junit.xml})
+#   make test-labgrid      the glue's own tests (environments vs the harness's QEMU line, SDCL
+#                          against a scripted loader), then `labgrid`, then ktest.fail=1 on virt
+#                          must fail exactly ktest.selftest_fail
+#   make test-labgrid-farm coordinator + exporter + ser2net on 127.0.0.1: QEMU raspi4b with the
+#                          chainloader as a remote place; the same pytest file over RFC 2217
+#   make lava-jobs         build/lava-jobs/*.yaml [KERNEL_URL=... DTB_URL=...]
+#   make test-lava         the jobs against LAVA's own job schema (Debian's lava-common)
+#
+# Everything installs through qemu/install.sh (labgrid BUILD, ser2net, lava BUILD) first.
+# =============================================================================================
+LABGRID_VENV   := $(BUILD)/labgrid-venv
+LG_PYTHON      := $(LABGRID_VENV)/bin/python
+LG_PYTEST      := nice $(LABGRID_VENV)/bin/pytest -p no:cacheprovider -q -rfE
+LABGRID_OUT    := $(BUILD)/labgrid
+LABGRID_BOARDS ?= $(TEST_BOARDS)
+LAVA_JOBS      := $(BUILD)/lava-jobs
+LAVA_PYTHONPATH := $(BUILD)/lava/usr/lib/python3/dist-packages
+KERNEL_URL     ?=
+DTB_URL        ?=
+
+.PHONY: labgrid-setup labgrid test-labgrid test-labgrid-farm lava-jobs test-lava
+
+labgrid-setup: qemu $(PI_DTB)
+	@bash qemu/install.sh labgrid $(BUILD)
+
+# Every board runs even if one fails; the target fails if any did.
+labgrid: image $(HARNESS) labgrid-setup
+	@rc=0; for b in $(LABGRID_BOARDS); do \
+	    $(LG_PYTHON) tests/labgrid/profiles.py env $$b --kernel $(KERNEL_IMG) \
+	        --bootargs "ktest=* $(BOOTARGS)" --out $(LABGRID_OUT)/$$b.yaml || exit 1; \
+	    echo "labgrid: $$b"; \
+	    $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/$$b.yaml \
+	        --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/$$b.junit.xml || rc=1; \
+	done; exit $$rc
+
+test-labgrid: image $(HARNESS) labgrid-setup
+	$(LG_PYTEST) tests/labgrid/test_glue.py --shootdown-harness $(HARNESS)
+	@$(MAKE) --no-print-directory labgrid
+	$(LG_PYTHON) tests/labgrid/profiles.py env virt --kernel $(KERNEL_IMG) \
+	    --bootargs "ktest=* ktest.fail=1" --out $(LABGRID_OUT)/virt-fail.yaml
+	-$(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/virt-fail.yaml \
+	    --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/virt-fail.junit.xml
+	$(LG_PYTHON) tests/labgrid/junit_expect.py $(LABGRID_OUT)/virt-fail.junit.xml \
+	    --failed test_ktap[ktest.selftest_fail]
+
+test-labgrid-farm: image chainloader $(HARNESS) labgrid-setup
+	@bash qemu/install.sh ser2net
+	$(LG_PYTHON) tests/labgrid/farm_loopback.py --kernel $(KERNEL_IMG) \
+	    --chainloader $(CHAINLOADER_IMG) --harness $(HARNESS) --bootargs "ktest=* $(BOOTARGS)"
+
+lava-jobs: labgrid-setup
+	$(LG_PYTHON) tests/lava/jobs.py --out $(LAVA_JOBS) --bootargs "ktest=* $(BOOTARGS)" \
+	    $(if $(KERNEL_URL),--kernel-url $(KERNEL_URL)) $(if $(DTB_URL),--dtb-url $(DTB_URL))
+
+test-lava: lava-jobs
+	@bash qemu/install.sh lava $(BUILD)
+	PYTHONPATH=$(LAVA_PYTHONPATH) $(LG_PYTEST) tests/lava/test_jobs.py --jobs $(LAVA_JOBS)

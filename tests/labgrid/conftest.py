@@ -1,0 +1,113 @@
+"""pytest + labgrid: one boot of Shootdown, one pytest result per KTAP case.
+
+The kernel is booted once, while tests are collected (the cases are only known from its
+console): ShootdownStrategy goes to `tests_done`, the console is saved, and `harness parse
+--json` turns it into per-case results. The case list is the union of the cases the run
+reported and those in expected-cases.txt, so a case that never ran fails instead of vanishing.
+
+Options (besides labgrid's --lg-env / --lg-coordinator):
+  --shootdown-name NAME      run name: the log is OUT/NAME.log, results OUT/NAME.json
+  --shootdown-out DIR        default build/labgrid
+  --shootdown-harness PATH   default target/debug/harness
+  --shootdown-expected FILE  default tests/labgrid/expected-cases.txt ('' for none)
+"""
+
+import json
+import os
+import subprocess
+import traceback
+
+import pytest
+
+from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+RUN_KEY = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("shootdown")
+    g.addoption("--shootdown-name", default=None)
+    g.addoption("--shootdown-out", default=os.path.join(ROOT, "build", "labgrid"))
+    g.addoption("--shootdown-harness", default=os.path.join(ROOT, "target", "debug", "harness"))
+    g.addoption("--shootdown-expected", default=os.path.join(os.path.dirname(__file__),
+                                                             "expected-cases.txt"))
+
+
+def expected_cases(path):
+    if not path:
+        return []
+    with open(path) as f:
+        return [l.strip() for l in f if l.strip() and not l.startswith("#")]
+
+
+def boot_and_parse(config) -> dict:
+    """Runs the kernel once; never raises: what went wrong is in run["error"]."""
+    run = {"error": None, "cases": {}, "exit_code": None, "counts": {}, "log": None}
+    env = config.stash.get(LABGRID_ENV_KEY, None)
+    if env is None:
+        run["error"] = "no labgrid environment: pass --lg-env FILE"
+        return run
+    name = config.option.shootdown_name or os.path.splitext(os.path.basename(env.config_file))[0]
+    out = config.option.shootdown_out
+    os.makedirs(out, exist_ok=True)
+    run["log"] = log = os.path.join(out, f"{name}.log")
+    strategy = None
+    try:
+        strategy = env.get_target("main").get_driver("Strategy")
+        strategy.transition("tests_done")
+        run["exit_code"] = strategy.exit_code
+    except Exception as e:  # the boot failed: the log up to here still says which cases ran
+        cause = e.__cause__ or e
+        run["error"] = f"{type(cause).__name__}: {cause}"
+        traceback.print_exc()
+    finally:
+        if strategy is not None:
+            with open(log, "wb") as f:
+                f.write(strategy.log)
+            try:
+                strategy.transition("off")
+            except Exception:  # pylint: disable=broad-except
+                traceback.print_exc()
+    if strategy is None:
+        return run
+    results = os.path.join(out, f"{name}.json")
+    if os.path.exists(results):
+        os.unlink(results)
+    # The harness exits 1 when a case fails: the JSON, not the status, carries the results.
+    p = subprocess.run([config.option.shootdown_harness, "parse", log, "--json", results,
+                        "--name", name], capture_output=True, text=True)
+    if not os.path.exists(results):
+        run["error"] = (run["error"] or "") + f"\nharness parse wrote no JSON: {p.stdout}{p.stderr}"
+        return run
+    with open(results) as f:
+        data = json.load(f)
+    (r,) = data["runs"]
+    run["counts"] = r["counts"]
+    run["passed"] = r["passed"]
+    for c in r["cases"]:
+        key = f"{c['suite']}.{c['name']}" if c["suite"] else c["name"]
+        if key in run["cases"]:
+            run["error"] = (run["error"] or "") + f"\ncase {key} reported twice"
+        run["cases"][key] = c
+    return run
+
+
+def shootdown_run(config) -> dict:
+    if RUN_KEY not in config.stash:
+        config.stash[RUN_KEY] = boot_and_parse(config)
+    return config.stash[RUN_KEY]
+
+
+def pytest_generate_tests(metafunc):
+    if "ktap_case" not in metafunc.fixturenames:
+        return
+    run = shootdown_run(metafunc.config)
+    expected = expected_cases(metafunc.config.option.shootdown_expected)
+    ids = list(dict.fromkeys(expected + list(run["cases"])))
+    metafunc.parametrize("ktap_case", ids, ids=ids)
+
+
+@pytest.fixture(scope="session")
+def ktap_run(request):
+    return shootdown_run(request.config)
