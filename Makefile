@@ -283,6 +283,7 @@ test-hil-offline: setup image chainloader $(HARNESS)
 #   make labgrid [LABGRID_BOARDS='virt raspi4b'] [BOOTARGS=...]
 #                          pytest + labgrid's QEMUDriver on each QEMU board, one pytest result
 #                          per KTAP case (build/labgrid/BOARD.{log,json,junit.xml})
+#   make labgrid-expected  tests/labgrid/expected-cases.txt from the last `make labgrid`
 #   make test-labgrid      the glue's own tests (environments vs the harness's QEMU line, SDCL
 #                          against a scripted loader), then `labgrid`, then ktest.fail=1 on virt
 #                          must fail exactly ktest.selftest_fail
@@ -303,7 +304,7 @@ LAVA_PYTHONPATH := $(BUILD)/lava/usr/lib/python3/dist-packages
 KERNEL_URL     ?=
 DTB_URL        ?=
 
-.PHONY: labgrid-setup labgrid test-labgrid test-labgrid-farm lava-jobs test-lava
+.PHONY: labgrid-setup labgrid labgrid-expected test-labgrid test-labgrid-farm lava-jobs test-lava
 
 labgrid-setup: qemu $(PI_DTB)
 	@bash qemu/install.sh labgrid $(BUILD)
@@ -317,6 +318,11 @@ labgrid: image $(HARNESS) labgrid-setup
 	    $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/$$b.yaml \
 	        --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/$$b.junit.xml || rc=1; \
 	done; exit $$rc
+
+# After adding or renaming kernel tests: the case list test_ktap.py holds every run to.
+labgrid-expected:
+	$(LG_PYTHON) tests/labgrid/expected.py tests/labgrid/expected-cases.txt \
+	    $(foreach b,$(LABGRID_BOARDS),$(LABGRID_OUT)/$(b).json)
 
 test-labgrid: image $(HARNESS) labgrid-setup
 	$(LG_PYTEST) tests/labgrid/test_glue.py --shootdown-harness $(HARNESS)

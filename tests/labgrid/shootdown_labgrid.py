@@ -136,7 +136,14 @@ class Status(enum.Enum):
     tests_done = 4
 
 
-@target_factory.reg_driver
+def _register(cls):
+    # labgrid's `imports:` loads this file again for each environment: register once.
+    if cls.__name__ not in target_factory.all_classes:
+        target_factory.reg_driver(cls)
+    return cls
+
+
+@_register
 @attr.s(eq=False)
 class ShootdownStrategy(Strategy):
     """Boots Shootdown and reads its console until `# shootdown: exit N`.

@@ -189,3 +189,18 @@ def test_no_loader_is_an_error_not_a_hang():
     loader.out = bytearray(b"just a kernel talking\r\n")
     with pytest.raises(sl.SdclError, match="no @@SDCL READY"):
         push(loader)
+
+
+def test_the_real_pi_environment_binds_serial_power_and_strategy(monkeypatch):
+    monkeypatch.setenv("LG_SHOOTDOWN_PORT", "/dev/ttyUSB0")
+    monkeypatch.setenv("LG_SHOOTDOWN_POWER_ON", "/bin/true on")
+    monkeypatch.setenv("LG_SHOOTDOWN_POWER_OFF", "/bin/true off")
+    monkeypatch.setenv("LG_SHOOTDOWN_BOOTARGS", "ktest=*")
+    env = Environment(os.path.join(os.path.dirname(__file__), "env", "rpi4-local.yaml"))
+    target = env.get_target("main")
+    s = target.get_driver("Strategy", activate=False)
+    assert type(s).__name__ == "ShootdownStrategy" and s.chainload and s.bootargs == "ktest=*"
+    assert type(s.console).__name__ == "SerialDriver"
+    assert type(s.power).__name__ == "ExternalPowerDriver"
+    assert os.path.realpath(env.config.get_image_path("kernel")) == \
+        os.path.realpath(os.path.join(profiles.ROOT, "build", "shootdown.img"))
