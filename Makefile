@@ -315,7 +315,7 @@ labgrid: image $(HARNESS) labgrid-setup
 	    $(LG_PYTHON) tests/labgrid/profiles.py env $$b --kernel $(KERNEL_IMG) \
 	        --bootargs "ktest=* $(BOOTARGS)" --out $(LABGRID_OUT)/$$b.yaml || exit 1; \
 	    echo "labgrid: $$b"; \
-	    $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/$$b.yaml \
+	    $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/$$b.yaml -o junit_suite_name=$$b \
 	        --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/$$b.junit.xml || rc=1; \
 	done; exit $$rc
 

@@ -43,7 +43,8 @@ def expected_cases(path):
 
 def boot_and_parse(config) -> dict:
     """Runs the kernel once; never raises: what went wrong is in run["error"]."""
-    run = {"error": None, "cases": {}, "exit_code": None, "counts": {}, "log": None}
+    run = {"error": None, "cases": {}, "exit_code": None, "counts": {}, "log": None,
+           "unreported": []}
     env = config.stash.get(LABGRID_ENV_KEY, None)
     if env is None:
         run["error"] = "no labgrid environment: pass --lg-env FILE"
@@ -67,7 +68,9 @@ def boot_and_parse(config) -> dict:
                 f.write(strategy.log)
             try:
                 strategy.transition("off")
-            except Exception:  # pylint: disable=broad-except
+            except Exception as e:  # pylint: disable=broad-except
+                cause = e.__cause__ or e
+                run["error"] = (run["error"] or "") + f"\nswitching off: {type(cause).__name__}: {cause}"
                 traceback.print_exc()
     if strategy is None:
         return run
@@ -85,7 +88,13 @@ def boot_and_parse(config) -> dict:
     (r,) = data["runs"]
     run["counts"] = r["counts"]
     run["passed"] = r["passed"]
+    run["unreported"] = []
     for c in r["cases"]:
+        if c["status"] == "ERROR" and c["name"].startswith("#"):
+            # The harness's stand-in for a case or suite the plan announced that never reported
+            # (KTAP names a case only in its result line): its name is only a number.
+            run["unreported"].append(c)
+            continue
         key = f"{c['suite']}.{c['name']}" if c["suite"] else c["name"]
         if key in run["cases"]:
             run["error"] = (run["error"] or "") + f"\ncase {key} reported twice"
@@ -95,8 +104,29 @@ def boot_and_parse(config) -> dict:
 
 def shootdown_run(config) -> dict:
     if RUN_KEY not in config.stash:
-        config.stash[RUN_KEY] = boot_and_parse(config)
+        run = boot_and_parse(config)
+        attribute_unreported(run, expected_cases(config.option.shootdown_expected))
+        config.stash[RUN_KEY] = run
     return config.stash[RUN_KEY]
+
+
+def attribute_unreported(run, expected):
+    """A number-only stand-in is the same failure as a listed case missing from its suite (or,
+    for a whole suite, a listed case of a suite that never started): report it under the listed
+    names, and under its own only when no listed case explains it."""
+    run["missing"] = [e for e in expected if e not in run["cases"]]
+    run["why_missing"] = {}
+    started = {c["suite"] for c in run["cases"].values()} | {u["suite"] for u in run["unreported"]}
+    for u in run["unreported"]:
+        if u["suite"]:
+            owners = [m for m in run["missing"] if m.startswith(u["suite"] + ".")]
+        else:
+            owners = [m for m in run["missing"] if m.rsplit(".", 1)[0] not in started]
+        for m in owners:
+            run["why_missing"].setdefault(m, []).append(u["reason"])
+        if not owners:
+            key = f"{u['suite']}.{u['name']}" if u["suite"] else u["name"]
+            run["cases"][key] = u
 
 
 def pytest_generate_tests(metafunc):

@@ -15,6 +15,7 @@ in `strategy.log`. Verdicts are not made here: the caller feeds the log to `harn
 import enum
 import re
 import struct
+import threading
 import time
 import zlib
 
@@ -225,8 +226,30 @@ class ShootdownStrategy(Strategy):
 
     def _off(self):
         self.target.activate(self.power)
-        self.power.off()
+        # Keep reading while switching off: a kernel still printing (a fault loop after its exit
+        # line) fills QEMU's console socket, its vCPU then blocks holding QEMU's global lock and
+        # QMP `quit` never returns.
+        stop = threading.Event()
+        drain = None
+        if self.console in self.target.drivers and self.console.state.name == "active":
+            drain = threading.Thread(target=self._drain, args=(stop,), daemon=True)
+            drain.start()
+        try:
+            self.power.off()
+        finally:
+            stop.set()
+            if drain:
+                drain.join(5)
         self.target.deactivate(self.console)
+
+    def _drain(self, stop):
+        # _read, not read: labgrid's step bookkeeping behind read() is not thread-safe.
+        while not stop.is_set():
+            try:
+                if not self.console._read(size=1, timeout=0.2, max_size=65536):  # pylint: disable=protected-access
+                    time.sleep(0.05)
+            except Exception:  # pylint: disable=broad-except
+                time.sleep(0.05)  # TIMEOUT, or the console went away under us
 
     def _power_on(self):
         self.log.clear()

@@ -14,9 +14,10 @@ def _details(case):
 def test_ktap(ktap_case, ktap_run):
     case = ktap_run["cases"].get(ktap_case)
     if case is None:
-        pytest.fail(f"{ktap_case} never reported a result (listed in expected-cases.txt); "
-                    f"boot: {ktap_run['error'] or 'completed'}; console: {ktap_run['log']}",
-                    pytrace=False)
+        why = "; ".join(dict.fromkeys(ktap_run.get("why_missing", {}).get(ktap_case, [])))
+        pytest.fail(f"{ktap_case} never reported a result (listed in expected-cases.txt)"
+                    f"{': ' + why if why else ''}; boot: {ktap_run['error'] or 'completed'}; "
+                    f"console: {ktap_run['log']}", pytrace=False)
     status = case["status"]
     if status == "PASS":
         return
@@ -35,5 +36,6 @@ def test_run_completed(ktap_run):
     assert counts.get("format_errors") == 0, f"KTAP format errors: {counts}"
     assert ktap_run["cases"], "the run reported no KTAP case at all"
     failed = sorted(k for k, c in ktap_run["cases"].items() if c["status"] in ("FAIL", "ERROR"))
+    failed += ktap_run["missing"] + [u["reason"] for u in ktap_run["unreported"]]
     assert (ktap_run["exit_code"] == 0) == (not failed), (
         f"kernel exit {ktap_run['exit_code']} but failing cases {failed}")
