@@ -41,6 +41,13 @@ def expected_cases(path):
         return [l.strip() for l in f if l.strip() and not l.startswith("#")]
 
 
+def root_cause(e):
+    # labgrid wraps a failed transition in StrategyError("... broken state") per nesting level.
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
 def boot_and_parse(config) -> dict:
     """Runs the kernel once; never raises: what went wrong is in run["error"]."""
     run = {"error": None, "cases": {}, "exit_code": None, "counts": {}, "log": None,
@@ -58,8 +65,10 @@ def boot_and_parse(config) -> dict:
         strategy = env.get_target("main").get_driver("Strategy")
         strategy.transition("tests_done")
         run["exit_code"] = strategy.exit_code
+        if strategy.pushed:
+            print(f"shootdown: kernel pushed through the chainloader: {strategy.pushed}")
     except Exception as e:  # the boot failed: the log up to here still says which cases ran
-        cause = e.__cause__ or e
+        cause = root_cause(e)
         run["error"] = f"{type(cause).__name__}: {cause}"
         traceback.print_exc()
     finally:
@@ -69,7 +78,7 @@ def boot_and_parse(config) -> dict:
             try:
                 strategy.transition("off")
             except Exception as e:  # pylint: disable=broad-except
-                cause = e.__cause__ or e
+                cause = root_cause(e)
                 run["error"] = (run["error"] or "") + f"\nswitching off: {type(cause).__name__}: {cause}"
                 traceback.print_exc()
     if strategy is None:

@@ -280,8 +280,9 @@ class ShootdownStrategy(Strategy):
         header = sdcl_header(kernel, bootargs)
         footprint = max(len(kernel), image_size(kernel))
         crc = zlib.crc32(kernel + bootargs)
-        # The payload's own time on the wire, plus the loader's checking.
-        data_wait = 10 + (len(kernel) + len(bootargs)) * 10 / self.baud
+        # Twice the payload's time on the wire at `baud` (a busy host or a network port is
+        # slower than the line), plus the loader's checking.
+        data_wait = 30 + 2 * (len(kernel) + len(bootargs)) * 10 / self.baud
         room = self._ready_max
         for attempt in range(1, self.retries + 2):
             if footprint > room:
@@ -292,6 +293,7 @@ class ShootdownStrategy(Strategy):
                 raise SdclError("no ACK HEADER within 5 s")
             if reply[0] == "ACK HEADER":
                 placed = reply[1]
+                sent_at = time.monotonic()
                 write_all(self.console, kernel + bootargs)
                 reply = self._reader.reply(time.monotonic() + data_wait, skip_ready=True)
                 if reply is None:
@@ -300,7 +302,8 @@ class ShootdownStrategy(Strategy):
                     if reply[1]["crc"] != crc:
                         raise SdclError(f"the loader acknowledged CRC {reply[1]['crc']:#010x}, "
                                         f"we sent {crc:#010x}")
-                    self.pushed = {"attempts": attempt, **placed}
+                    self.pushed = {"attempts": attempt, "seconds": time.monotonic() - sent_at,
+                                   **placed}
                     return
             if reply[0] != "NAK":
                 raise SdclError(f"unexpected loader reply {reply}")
