@@ -289,6 +289,7 @@ test-hil-offline: setup image chainloader $(HARNESS)
 #                          must fail exactly ktest.selftest_fail
 #   make test-labgrid-farm coordinator + exporter + ser2net on 127.0.0.1: QEMU raspi4b with the
 #                          chainloader as a remote place; the same pytest file over RFC 2217
+#   make test-labgrid-farm-fail   the same with ktest.fail=1: must fail exactly that case
 #   make lava-jobs         build/lava-jobs/*.yaml [KERNEL_URL=... DTB_URL=...]
 #   make test-lava         the jobs against LAVA's own job schema (Debian's lava-common)
 #
@@ -304,7 +305,8 @@ LAVA_PYTHONPATH := $(BUILD)/lava/usr/lib/python3/dist-packages
 KERNEL_URL     ?=
 DTB_URL        ?=
 
-.PHONY: labgrid-setup labgrid labgrid-expected test-labgrid test-labgrid-farm lava-jobs test-lava
+.PHONY: labgrid-setup labgrid labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
+    lava-jobs test-lava
 
 labgrid-setup: qemu $(PI_DTB)
 	@bash qemu/install.sh labgrid $(BUILD)
@@ -332,12 +334,20 @@ test-labgrid: image $(HARNESS) labgrid-setup
 	-$(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/virt-fail.yaml \
 	    --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/virt-fail.junit.xml
 	$(LG_PYTHON) tests/labgrid/junit_expect.py $(LABGRID_OUT)/virt-fail.junit.xml \
-	    --failed test_ktap[ktest.selftest_fail]
+	    --failed 'test_ktap[ktest.selftest_fail]'
 
 test-labgrid-farm: image chainloader $(HARNESS) labgrid-setup
 	@bash qemu/install.sh ser2net
 	$(LG_PYTHON) tests/labgrid/farm_loopback.py --kernel $(KERNEL_IMG) \
 	    --chainloader $(CHAINLOADER_IMG) --harness $(HARNESS) --bootargs "ktest=* $(BOOTARGS)"
+
+# The same farm with ktest.fail=1: pytest must fail, on exactly that case.
+test-labgrid-farm-fail: image chainloader $(HARNESS) labgrid-setup
+	@bash qemu/install.sh ser2net
+	! $(LG_PYTHON) tests/labgrid/farm_loopback.py --kernel $(KERNEL_IMG) --name farm-raspi4b-fail \
+	    --chainloader $(CHAINLOADER_IMG) --harness $(HARNESS) --bootargs "ktest=* ktest.fail=1"
+	$(LG_PYTHON) tests/labgrid/junit_expect.py $(LABGRID_OUT)/farm/farm-raspi4b-fail.junit.xml \
+	    --failed 'test_ktap[ktest.selftest_fail]'
 
 lava-jobs: labgrid-setup
 	$(LG_PYTHON) tests/lava/jobs.py --out $(LAVA_JOBS) --bootargs "ktest=* $(BOOTARGS)" \

@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,6 +95,7 @@ def main(argv):
     ap.add_argument("--chainloader", default=os.path.join(ROOT, "build", "chainloader.img"))
     ap.add_argument("--harness", default=os.path.join(ROOT, "target", "debug", "harness"))
     ap.add_argument("--qemu", default="qemu-system-aarch64")
+    ap.add_argument("--name", default="farm-raspi4b", help="run name: OUT/NAME.{log,json,junit.xml}")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     pi = profiles.load("raspi4b")
@@ -170,8 +172,8 @@ def main(argv):
         pytest = subprocess.run([
             os.path.join(BIN, "pytest"), "-p", "no:cacheprovider", "-q", "-rfE",
             os.path.join(HERE, "test_ktap.py"), "--lg-env", env, "--lg-coordinator", coordinator,
-            "--shootdown-name", "farm-raspi4b", "--shootdown-out", a.out,
-            "--shootdown-harness", a.harness, "--junitxml", os.path.join(a.out, "farm-raspi4b.junit.xml"),
+            "--shootdown-name", a.name, "--shootdown-out", a.out, "-o", f"junit_suite_name={a.name}",
+            "--shootdown-harness", a.harness, "--junitxml", os.path.join(a.out, f"{a.name}.junit.xml"),
         ], cwd=ROOT)
         rc = pytest.returncode
     except Exception as e:  # pylint: disable=broad-except
@@ -185,6 +187,7 @@ def main(argv):
                 print("farm: the place is still acquired after release", file=sys.stderr)
                 rc = rc or 1
         farm.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return rc
 
 

@@ -110,3 +110,14 @@ def test_qemu_jobs_follow_the_profiles(generated):
         kernel = job["actions"][0]["deploy"]["images"]["kernel"]["image_arg"]
         assert p.get("bootargs", "") in kernel and "ktest=" in kernel
         assert ("dtb" in job["actions"][0]["deploy"]["images"]) == ("dtb" in p)
+
+
+def test_console_is_cut_out_of_a_raw_lava_log():
+    import console
+    raw = yaml.safe_dump([
+        {"dt": "2026-01-01T00:00:00", "lvl": "info", "msg": "start: 2.1 qemu"},
+        {"dt": "2026-01-01T00:00:01", "lvl": "target", "msg": "KTAP version 1"},
+        {"dt": "2026-01-01T00:00:01", "lvl": "results", "msg": {"case": "reached", "result": "pass"}},
+        {"dt": "2026-01-01T00:00:02", "lvl": "target", "msg": "  ok 1 reached"},
+    ])
+    assert console.console(yaml.safe_load(raw)) == "KTAP version 1\n  ok 1 reached\n"
