@@ -308,6 +308,10 @@ DTB_URL        ?=
 .PHONY: labgrid-setup labgrid labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
     lava-jobs test-lava
 
+# No __pycache__ in the source tree.
+labgrid labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail lava-jobs test-lava: \
+    export PYTHONDONTWRITEBYTECODE := 1
+
 labgrid-setup: qemu $(PI_DTB)
 	@bash qemu/install.sh labgrid $(BUILD)
 
