@@ -335,7 +335,7 @@ test-labgrid: image $(HARNESS) labgrid-setup
 	@$(MAKE) --no-print-directory labgrid
 	$(LG_PYTHON) tests/labgrid/profiles.py env virt --kernel $(KERNEL_IMG) \
 	    --bootargs "ktest=* ktest.fail=1" --out $(LABGRID_OUT)/virt-fail.yaml
-	-$(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/virt-fail.yaml \
+	! $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/virt-fail.yaml \
 	    --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/virt-fail.junit.xml
 	$(LG_PYTHON) tests/labgrid/junit_expect.py $(LABGRID_OUT)/virt-fail.junit.xml \
 	    --failed 'test_ktap[ktest.selftest_fail]'

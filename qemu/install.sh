@@ -147,10 +147,12 @@ install_ser2net() {
 
 # LAVA's own job schema (lava_common/schemas) from Debian's lava-common, unpacked into BUILD/lava:
 # installing lava-dispatcher would pull libguestfs0 -> qemu-system-x86, which conflicts with the
-# backports QEMU. The schema needs voluptuous, yaml and jinja2 (the labgrid venv gets voluptuous).
+# backports QEMU. The schema needs voluptuous, which goes into the labgrid venv.
+LAVA_VOLUPTUOUS=0.13.1   # what Debian's lava-common 2023.01 runs with (bookworm)
 install_lava() {
     local build=$1 out="$1/lava"
-    [ -s "$out/.installed" ] && return 0
+    install_labgrid "$build"
+    [ -s "$out/.installed" ] && "$build/labgrid-venv/bin/python" -c 'import voluptuous' 2>/dev/null && return 0
     is_debian || die "put Debian's lava-common (usr/lib/python3/dist-packages/lava_common) under $out"
     apt_update
     local tmp; tmp=$(mktemp -d)
@@ -162,8 +164,8 @@ install_lava() {
     local version; version=$(dpkg-deb -f "$tmp"/lava-common_*.deb Version)
     rm -rf "$tmp"
     [ -d "$out/usr/lib/python3/dist-packages/lava_common" ] || die "lava-common held no lava_common package"
-    install_labgrid "$build"
-    "$build/labgrid-venv/bin/pip" install -q voluptuous >/dev/null || die "pip could not install voluptuous"
+    "$build/labgrid-venv/bin/pip" install -q "voluptuous==$LAVA_VOLUPTUOUS" >/dev/null \
+        || die "pip could not install voluptuous==$LAVA_VOLUPTUOUS"
     echo "lava-common $version" > "$out/.installed"
 }
 

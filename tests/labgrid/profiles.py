@@ -11,7 +11,10 @@ import os
 import shlex
 import shutil
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
 
 import yaml
 
