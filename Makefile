@@ -283,6 +283,7 @@ test-hil-offline: setup image chainloader $(HARNESS)
 #   make labgrid [LABGRID_BOARDS='virt raspi4b'] [BOOTARGS=...]
 #                          pytest + labgrid's QEMUDriver on each QEMU board, one pytest result
 #                          per KTAP case (build/labgrid/BOARD.{log,json,junit.xml})
+#   make labgrid-workload  job=soak through labgrid on the SMMU boards (and stale must fail)
 #   make labgrid-expected  tests/labgrid/expected-cases.txt from the last `make labgrid`
 #   make test-labgrid      the glue's own tests (environments vs the harness's QEMU line, SDCL
 #                          against a scripted loader), then `labgrid`, then ktest.fail=1 on virt
@@ -305,11 +306,12 @@ LAVA_PYTHONPATH := $(BUILD)/lava/usr/lib/python3/dist-packages
 KERNEL_URL     ?=
 DTB_URL        ?=
 
-.PHONY: labgrid-setup labgrid labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
+.PHONY: labgrid-setup labgrid labgrid-workload labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
     lava-jobs test-lava
 
 # No __pycache__ in the source tree.
-labgrid labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail lava-jobs test-lava: \
+labgrid labgrid-workload labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
+    lava-jobs test-lava: \
     export PYTHONDONTWRITEBYTECODE := 1
 
 labgrid-setup: qemu $(PI_DTB)
@@ -324,6 +326,21 @@ labgrid: image $(HARNESS) labgrid-setup
 	    $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/$$b.yaml -o junit_suite_name=$$b \
 	        --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/$$b.junit.xml || rc=1; \
 	done; exit $$rc
+
+# The coherence workload (job=soak) through labgrid on the SMMU boards: the kernel's exit status
+# and its `# soak` line; then the same without IOTLB invalidation, which must fail.
+LABGRID_WORKLOAD := job=soak seed=1 rounds=2
+labgrid-workload: image $(HARNESS) labgrid-setup
+	@rc=0; for b in $(SOAK_BOARDS); do \
+	    $(LG_PYTHON) tests/labgrid/profiles.py env $$b --kernel $(KERNEL_IMG) \
+	        --bootargs "$(LABGRID_WORKLOAD) $(BOOTARGS)" --out $(LABGRID_OUT)/$$b-workload.yaml || exit 1; \
+	    $(LG_PYTEST) tests/labgrid/test_workload.py --lg-env $(LABGRID_OUT)/$$b-workload.yaml \
+	        --shootdown-harness $(HARNESS) || rc=1; \
+	done; exit $$rc
+	$(LG_PYTHON) tests/labgrid/profiles.py env virt-smmu --kernel $(KERNEL_IMG) \
+	    --bootargs "$(LABGRID_WORKLOAD) smmu.skip_invalidate=1" --out $(LABGRID_OUT)/virt-smmu-stale.yaml
+	! $(LG_PYTEST) tests/labgrid/test_workload.py --lg-env $(LABGRID_OUT)/virt-smmu-stale.yaml \
+	    --shootdown-harness $(HARNESS)
 
 # After adding or renaming kernel tests: the case list test_ktap.py holds every run to.
 labgrid-expected:
