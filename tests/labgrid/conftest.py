@@ -65,8 +65,7 @@ def boot_and_parse(config) -> dict:
         strategy = env.get_target("main").get_driver("Strategy")
         strategy.transition("tests_done")
         run["exit_code"] = strategy.exit_code
-        if strategy.pushed:
-            print(f"shootdown: kernel pushed through the chainloader: {strategy.pushed}")
+        run["pushed"] = strategy.pushed
     except Exception as e:  # the boot failed: the log up to here still says which cases ran
         cause = root_cause(e)
         run["error"] = f"{type(cause).__name__}: {cause}"

@@ -1,5 +1,7 @@
 """Shootdown's in-kernel KTAP tests, one pytest result per case (see conftest.py)."""
 
+import json
+
 import pytest
 
 
@@ -28,9 +30,12 @@ def test_ktap(ktap_case, ktap_run):
     pytest.fail(f"{ktap_case}: {_details(case)}", pytrace=False)
 
 
-def test_run_completed(ktap_run):
+def test_run_completed(ktap_run, record_testsuite_property):
     """The kernel reached its exit line, its KTAP parsed cleanly, and its exit status agrees with
     the cases (a failure no case owns would otherwise pass unnoticed)."""
+    record_testsuite_property("kernel_exit", str(ktap_run["exit_code"]))
+    if ktap_run.get("pushed"):  # SDCL: attempts, seconds on the wire, where the kernel went
+        record_testsuite_property("sdcl_push", json.dumps(ktap_run["pushed"]))
     assert ktap_run["error"] is None, ktap_run["error"]
     counts = ktap_run["counts"]
     assert counts.get("format_errors") == 0, f"KTAP format errors: {counts}"
