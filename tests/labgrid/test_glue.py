@@ -204,3 +204,16 @@ def test_the_real_pi_environment_binds_serial_power_and_strategy(monkeypatch):
     assert type(s.power).__name__ == "ExternalPowerDriver"
     assert os.path.realpath(env.config.get_image_path("kernel")) == \
         os.path.realpath(os.path.join(profiles.ROOT, "build", "shootdown.img"))
+
+
+def test_the_place_environment_names_the_place_and_the_same_drivers():
+    # A RemotePlace needs a coordinator to bind: check the file as labgrid reads it.
+    from labgrid.util.yaml import load, resolve_templates
+    with open(os.path.join(os.path.dirname(__file__), "env", "rpi4-place.yaml")) as f:
+        data = load(f)
+    resolve_templates(data, {"BASE": "/b", "LG_PLACE": "pi4-a", "LG_SHOOTDOWN_POWER_ON": "on",
+                             "LG_SHOOTDOWN_POWER_OFF": "off", "LG_SHOOTDOWN_BOOTARGS": "ktest=*"})
+    main = data["targets"]["main"]
+    assert main["resources"] == {"RemotePlace": {"name": "pi4-a"}}
+    assert set(main["drivers"]) == {"SerialDriver", "ExternalPowerDriver", "ShootdownStrategy"}
+    assert main["drivers"]["ShootdownStrategy"]["chainload"] is True
