@@ -42,6 +42,9 @@ help:
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
+	@echo "make labgrid  the KTAP cases as pytest results through labgrid (QEMU environments)"
+	@echo "make test-labgrid-farm  the same through a loopback labgrid farm (coordinator, exporter, place)"
+	@echo "make lava-jobs  LAVA job definitions in build/lava/ (test-lava checks them against LAVA's schema)"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make uboot-disk  build/uboot/disk.img: boot.scr + the kernel for U-Boot [BOOTARGS=...]"
@@ -96,6 +99,9 @@ test: setup
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
 	@$(MAKE) --no-print-directory test-kunit
+	@$(MAKE) --no-print-directory test-labgrid
+	@$(MAKE) --no-print-directory test-labgrid-farm
+	@$(MAKE) --no-print-directory test-lava
 	@$(MAKE) --no-print-directory test-soak
 	@$(MAKE) --no-print-directory test-bench-smoke
 
@@ -123,6 +129,9 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 setup: qemu $(PI_DTB) $(KUNIT_PY)
 	@bash qemu/install.sh fattools
 	@bash qemu/install.sh uboot
+	@bash qemu/install.sh labgrid $(BUILD)
+	@bash qemu/install.sh ser2net
+	@bash qemu/install.sh lava $(BUILD)
 
 # A disk U-Boot boots the kernel from (boot.scr + shootdown.img on MBR/FAT32): for QEMU
 # (`-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin -drive if=virtio,format=raw,file=...`) or, its
