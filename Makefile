@@ -42,6 +42,9 @@ help:
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
+	@echo "make labgrid  the KTAP cases as pytest results through labgrid (QEMU environments)"
+	@echo "make test-labgrid-farm  the same through a loopback labgrid farm (coordinator, exporter, place)"
+	@echo "make lava-jobs  LAVA job definitions in build/lava/ (test-lava checks them against LAVA's schema)"
 	@echo "make gdb     like run, but QEMU waits for gdb-multiarch on :1234"
 	@echo "make sdcard  a Raspberry Pi 4 boot folder and FAT image [FIRMWARE=dir]"
 	@echo "make uboot-disk  build/uboot/disk.img: boot.scr + the kernel for U-Boot [BOOTARGS=...]"
@@ -96,6 +99,9 @@ test: setup
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
 	@$(MAKE) --no-print-directory test-kunit
+	@$(MAKE) --no-print-directory test-labgrid
+	@$(MAKE) --no-print-directory test-labgrid-farm
+	@$(MAKE) --no-print-directory test-lava
 	@$(MAKE) --no-print-directory test-soak
 	@$(MAKE) --no-print-directory test-bench-smoke
 
@@ -125,6 +131,9 @@ test-boards: image $(HARNESS) qemu $(PI_DTB)
 setup: qemu $(PI_DTB) $(KUNIT_PY)
 	@bash qemu/install.sh fattools
 	@bash qemu/install.sh uboot
+	@bash qemu/install.sh labgrid $(BUILD)
+	@bash qemu/install.sh ser2net
+	@bash qemu/install.sh lava $(BUILD)
 
 # A disk U-Boot boots the kernel from (boot.scr + shootdown.img on MBR/FAT32): for QEMU
 # (`-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin -drive if=virtio,format=raw,file=...`) or, its
@@ -290,3 +299,104 @@ test-hil-offline: setup image chainloader $(HARNESS)
 	    $(HCARGO) test -q -p shootdown-harness --test chainload_qemu --test sdcard -- --include-ignored
 
 # ==================================== end of the Raspberry Pi 4 block ========================
+
+# =============================================================================================
+# Board farms (issue 14; docs/board-farms.md): labgrid and LAVA run the same KTAP tests.
+#
+#   make labgrid [LABGRID_BOARDS='virt raspi4b'] [BOOTARGS=...]
+#                          pytest + labgrid's QEMUDriver on each QEMU board, one pytest result
+#                          per KTAP case (build/labgrid/BOARD.{log,json,junit.xml})
+#   make labgrid-workload  job=soak through labgrid on the SMMU boards (and stale must fail)
+#   make labgrid-expected  tests/labgrid/expected-cases.txt from the last `make labgrid`
+#   make test-labgrid      the glue's own tests (environments vs the harness's QEMU line, SDCL
+#                          against a scripted loader), then `labgrid`, then ktest.fail=1 on virt
+#                          must fail exactly ktest.selftest_fail
+#   make test-labgrid-farm coordinator + exporter + ser2net on 127.0.0.1: QEMU raspi4b with the
+#                          chainloader as a remote place; the same pytest file over RFC 2217
+#   make test-labgrid-farm-fail   the same with ktest.fail=1: must fail exactly that case
+#   make lava-jobs         build/lava-jobs/*.yaml [KERNEL_URL=... DTB_URL=...]
+#   make test-lava         the jobs against LAVA's own job schema (Debian's lava-common)
+#
+# Everything installs through qemu/install.sh (labgrid BUILD, ser2net, lava BUILD) first.
+# =============================================================================================
+LABGRID_VENV   := $(BUILD)/labgrid-venv
+LG_PYTHON      := $(LABGRID_VENV)/bin/python
+LG_PYTEST      := nice $(LABGRID_VENV)/bin/pytest -p no:cacheprovider -q -rfE
+LABGRID_OUT    := $(BUILD)/labgrid
+LABGRID_BOARDS ?= $(TEST_BOARDS)
+LAVA_JOBS      := $(BUILD)/lava-jobs
+LAVA_PYTHONPATH := $(BUILD)/lava/usr/lib/python3/dist-packages
+KERNEL_URL     ?=
+DTB_URL        ?=
+
+.PHONY: labgrid-setup labgrid labgrid-workload labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
+    lava-jobs test-lava
+
+# No __pycache__ in the source tree.
+labgrid labgrid-workload labgrid-expected test-labgrid test-labgrid-farm test-labgrid-farm-fail \
+    lava-jobs test-lava: \
+    export PYTHONDONTWRITEBYTECODE := 1
+
+labgrid-setup: qemu $(PI_DTB)
+	@bash qemu/install.sh labgrid $(BUILD)
+
+# Every board runs even if one fails; the target fails if any did.
+labgrid: image $(HARNESS) labgrid-setup
+	@rc=0; for b in $(LABGRID_BOARDS); do \
+	    $(LG_PYTHON) tests/labgrid/profiles.py env $$b --kernel $(KERNEL_IMG) \
+	        --bootargs "ktest=* $(BOOTARGS)" --out $(LABGRID_OUT)/$$b.yaml || exit 1; \
+	    echo "labgrid: $$b"; \
+	    $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/$$b.yaml -o junit_suite_name=$$b \
+	        --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/$$b.junit.xml || rc=1; \
+	done; exit $$rc
+
+# The coherence workload (job=soak) through labgrid on the SMMU boards: the kernel's exit status
+# and its `# soak` line; then the same without IOTLB invalidation, which must fail.
+LABGRID_WORKLOAD := job=soak seed=1 rounds=2
+labgrid-workload: image $(HARNESS) labgrid-setup
+	@rc=0; for b in $(SOAK_BOARDS); do \
+	    $(LG_PYTHON) tests/labgrid/profiles.py env $$b --kernel $(KERNEL_IMG) \
+	        --bootargs "$(LABGRID_WORKLOAD) $(BOOTARGS)" --out $(LABGRID_OUT)/$$b-workload.yaml || exit 1; \
+	    $(LG_PYTEST) tests/labgrid/test_workload.py --lg-env $(LABGRID_OUT)/$$b-workload.yaml \
+	        --shootdown-harness $(HARNESS) || rc=1; \
+	done; exit $$rc
+	$(LG_PYTHON) tests/labgrid/profiles.py env virt-smmu --kernel $(KERNEL_IMG) \
+	    --bootargs "$(LABGRID_WORKLOAD) smmu.skip_invalidate=1" --out $(LABGRID_OUT)/virt-smmu-stale.yaml
+	! $(LG_PYTEST) tests/labgrid/test_workload.py --lg-env $(LABGRID_OUT)/virt-smmu-stale.yaml \
+	    --shootdown-harness $(HARNESS)
+
+# After adding or renaming kernel tests: the case list test_ktap.py holds every run to.
+labgrid-expected:
+	$(LG_PYTHON) tests/labgrid/expected.py tests/labgrid/expected-cases.txt \
+	    $(foreach b,$(LABGRID_BOARDS),$(LABGRID_OUT)/$(b).json)
+
+test-labgrid: image $(HARNESS) labgrid-setup
+	$(LG_PYTEST) tests/labgrid/test_glue.py --shootdown-harness $(HARNESS)
+	@$(MAKE) --no-print-directory labgrid
+	$(LG_PYTHON) tests/labgrid/profiles.py env virt --kernel $(KERNEL_IMG) \
+	    --bootargs "ktest=* ktest.fail=1" --out $(LABGRID_OUT)/virt-fail.yaml
+	! $(LG_PYTEST) tests/labgrid/test_ktap.py --lg-env $(LABGRID_OUT)/virt-fail.yaml \
+	    --shootdown-harness $(HARNESS) --junitxml $(LABGRID_OUT)/virt-fail.junit.xml
+	$(LG_PYTHON) tests/labgrid/junit_expect.py $(LABGRID_OUT)/virt-fail.junit.xml \
+	    --failed 'test_ktap[ktest.selftest_fail]'
+
+test-labgrid-farm: image chainloader $(HARNESS) labgrid-setup
+	@bash qemu/install.sh ser2net
+	$(LG_PYTHON) tests/labgrid/farm_loopback.py --kernel $(KERNEL_IMG) \
+	    --chainloader $(CHAINLOADER_IMG) --harness $(HARNESS) --bootargs "ktest=* $(BOOTARGS)"
+
+# The same farm with ktest.fail=1: pytest must fail, on exactly that case.
+test-labgrid-farm-fail: image chainloader $(HARNESS) labgrid-setup
+	@bash qemu/install.sh ser2net
+	! $(LG_PYTHON) tests/labgrid/farm_loopback.py --kernel $(KERNEL_IMG) --name farm-raspi4b-fail \
+	    --chainloader $(CHAINLOADER_IMG) --harness $(HARNESS) --bootargs "ktest=* ktest.fail=1"
+	$(LG_PYTHON) tests/labgrid/junit_expect.py $(LABGRID_OUT)/farm/farm-raspi4b-fail.junit.xml \
+	    --failed 'test_ktap[ktest.selftest_fail]'
+
+lava-jobs: labgrid-setup
+	$(LG_PYTHON) tests/lava/jobs.py --out $(LAVA_JOBS) --bootargs "ktest=* $(BOOTARGS)" \
+	    $(if $(KERNEL_URL),--kernel-url $(KERNEL_URL)) $(if $(DTB_URL),--dtb-url $(DTB_URL))
+
+test-lava: lava-jobs
+	@bash qemu/install.sh lava $(BUILD)
+	PYTHONPATH=$(LAVA_PYTHONPATH) $(LG_PYTEST) tests/lava/test_jobs.py --jobs $(LAVA_JOBS)

@@ -5,6 +5,9 @@
 #   qemu/install.sh qemu          QEMU >= 9.0 with the raspi4b machine
 #   qemu/install.sh dtb BUILD     BUILD/dtb/bcm2711-rpi-4-b.dtb from Debian's arm64 kernel package
 #   qemu/install.sh gdb           gdb-multiarch
+#   qemu/install.sh labgrid BUILD BUILD/labgrid-venv: labgrid (pinned) from PyPI, for tests/labgrid
+#   qemu/install.sh ser2net       ser2net, which a labgrid exporter serves serial ports through
+#   qemu/install.sh lava BUILD    BUILD/lava: Debian's lava-common unpacked (LAVA's job schema)
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -124,6 +127,59 @@ install_gdb() {
     apt_update; apt install -y gdb-multiarch >/dev/null
 }
 
+# labgrid from PyPI in a venv of its own, pinned: its pytest plugin and coordinator protocol
+# change between releases. The stamp names the pin, so changing it reinstalls.
+LABGRID_VERSION=26.0.1
+install_labgrid() {
+    local venv="$1/labgrid-venv"
+    [ "$(cat "$venv/.installed" 2>/dev/null)" = "labgrid==$LABGRID_VERSION" ] && return 0
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        is_debian || die "install Python 3 with its venv module (python3-venv)"
+        apt_update; apt install -y python3-venv >/dev/null
+    fi
+    say "installing labgrid==$LABGRID_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    timeout 900 "$venv/bin/pip" install -q "labgrid==$LABGRID_VERSION" "tomli>=2; python_version<'3.11'" PyYAML \
+        || die "pip could not install labgrid==$LABGRID_VERSION"
+    echo "labgrid==$LABGRID_VERSION" > "$venv/.installed"
+}
+
+# ser2net serves a serial port over RFC 2217 for labgrid's exporter.
+install_ser2net() {
+    command -v ser2net >/dev/null && return 0
+    is_debian || die "install ser2net (labgrid-exporter serves serial ports through it)"
+    apt_update
+    say "installing ser2net"
+    apt install -y ser2net >/dev/null
+    # The package enables a system service with an example config; the exporter starts its own.
+    command -v systemctl >/dev/null && as_root systemctl disable --now ser2net >/dev/null 2>&1 || true
+}
+
+# LAVA's own job schema (lava_common/schemas) from Debian's lava-common, unpacked into BUILD/lava:
+# installing lava-dispatcher would pull libguestfs0 -> qemu-system-x86, which conflicts with the
+# backports QEMU. The schema needs voluptuous, which goes into the labgrid venv.
+LAVA_VOLUPTUOUS=0.13.1   # what Debian's lava-common 2023.01 runs with (bookworm)
+install_lava() {
+    local build=$1 out="$1/lava"
+    install_labgrid "$build"
+    [ -s "$out/.installed" ] && "$build/labgrid-venv/bin/python" -c 'import voluptuous' 2>/dev/null && return 0
+    is_debian || die "put Debian's lava-common (usr/lib/python3/dist-packages/lava_common) under $out"
+    apt_update
+    local tmp; tmp=$(mktemp -d)
+    say "fetching lava-common (LAVA's job schema), unpacked into $out"
+    (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root lava-common >/dev/null) \
+        || die "apt-get download lava-common failed"
+    rm -rf "$out" && mkdir -p "$out"
+    dpkg-deb -x "$tmp"/lava-common_*.deb "$out"
+    local version; version=$(dpkg-deb -f "$tmp"/lava-common_*.deb Version)
+    rm -rf "$tmp"
+    [ -d "$out/usr/lib/python3/dist-packages/lava_common" ] || die "lava-common held no lava_common package"
+    "$build/labgrid-venv/bin/pip" install -q "voluptuous==$LAVA_VOLUPTUOUS" >/dev/null \
+        || die "pip could not install voluptuous==$LAVA_VOLUPTUOUS"
+    echo "lava-common $version" > "$out/.installed"
+}
+
 # Every install runs under one lock, held from the first `apt-get update` to the last install:
 # parallel set-ups (two checkouts, a test and `make sdcard`) take turns instead of failing on
 # dpkg's own lock.
@@ -139,5 +195,8 @@ case "${1:-}" in
     fattools) install_fattools ;;
     uboot) install_uboot ;;
     gdb) install_gdb ;;
-    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | uboot | gdb" ;;
+    labgrid) install_labgrid "${2:?build folder}" ;;
+    ser2net) install_ser2net ;;
+    lava) install_lava "${2:?build folder}" ;;
+    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | uboot | gdb | labgrid BUILD | ser2net | lava BUILD" ;;
 esac
