@@ -109,15 +109,17 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         c.fields = quiet;
         c.quiesced = true;
         let (asid, sids) = (c.asid, c.sids.clone());
-        let cmds = sids
-            .iter()
-            .map(|&sid| Command::CfgiCd {
-                sid,
-                ssid: 0,
-                leaf: true,
-            })
-            .chain(core::iter::once(Command::TlbiNhAsid { vmid: VMID, asid }));
-        self.submit_iter(cmds, true)?;
+        let cfgis = sids.iter().map(|&sid| Command::CfgiCd {
+            sid,
+            ssid: 0,
+            leaf: true,
+        });
+        // The CD change must be complete (its own CMD_SYNC) before the ASID is invalidated:
+        // until the CFGI completes the SMMU may still walk through the cached old CD, and an
+        // entry it fills after consuming the TLBI survives that TLBI (§4.4: a TLBI acts on what
+        // is cached when it is consumed). Linux syncs the CD first too (arm_smmu_sync_cd).
+        self.submit_iter(cfgis, true)?;
+        self.submit(&[Command::TlbiNhAsid { vmid: VMID, asid }], true)?;
         Ok(())
     }
 }
