@@ -323,7 +323,8 @@ LABGRID_VENV   := $(BUILD)/labgrid-venv
 LG_PYTHON      := $(LABGRID_VENV)/bin/python
 LG_PYTEST      := nice $(LABGRID_VENV)/bin/pytest -p no:cacheprovider -q -rfE
 LABGRID_OUT    := $(BUILD)/labgrid
-LABGRID_BOARDS ?= $(TEST_BOARDS)
+# The three QEMU environments (virt-uboot's firmware path is the harness's test).
+LABGRID_BOARDS ?= virt virt-smmu raspi4b
 LAVA_JOBS      := $(BUILD)/lava-jobs
 LAVA_PYTHONPATH := $(BUILD)/lava/usr/lib/python3/dist-packages
 KERNEL_URL     ?=
