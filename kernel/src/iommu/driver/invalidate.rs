@@ -109,10 +109,18 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         c.fields = quiet;
         c.quiesced = true;
         let (asid, sids) = (c.asid, c.sids.clone());
-        let cfgis = sids.iter().map(|&sid| Command::CfgiCd {
-            sid,
-            ssid: 0,
-            leaf: true,
+        // CFGI_STE as well as CFGI_CD: the SMMU may still hold an older copy of the STE (one
+        // whose own invalidation it never confirmed, e.g. after a CMD_SYNC timeout), which
+        // would lead it to an older CD with walks enabled; dropping both leaves nothing stale.
+        let cfgis = sids.iter().flat_map(|&sid| {
+            [
+                Command::CfgiSte { sid, leaf: true },
+                Command::CfgiCd {
+                    sid,
+                    ssid: 0,
+                    leaf: true,
+                },
+            ]
         });
         // The CD change must be complete (its own CMD_SYNC) before the ASID is invalidated:
         // until the CFGI completes the SMMU may still walk through the cached old CD, and an
