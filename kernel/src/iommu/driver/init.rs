@@ -186,7 +186,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         cr0.modify(CR0::CMDQEN::SET);
         self.write_cr0(cr0.get())?;
         // Nothing cached from before us may survive (§4.3.2 CFGI_ALL, §4.4.4.1 NSNH_ALL).
-        self.submit(&[Command::CfgiAll, Command::TlbiNsnhAll], true)?;
+        self.invalidate_all()?;
         cr0.modify(CR0::EVENTQEN::SET);
         self.write_cr0(cr0.get())?;
         // Polled operation: no interrupts (the kernel may enable the wired ones later).
