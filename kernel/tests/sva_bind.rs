@@ -632,127 +632,28 @@ fn concurrent_unmaps_without_invalidation_are_caught() {
 
 // ---- release races ------------------------------------------------------------------------
 //
-// Each race is replayed deterministically: a [`Gate`] between SVA and the driver holds one
+// Each race is replayed deterministically: a [`Double`] between SVA and the driver holds one
 // thread at the entry of `quiesce` or `create_context` while the test drives the other side.
 // Where the fixed code makes the other side wait for the held one, the test gives it a bounded
 // chance to finish first (`finishes_alone`); only a broken protocol lets it.
 
-use shootdown::iommu::driver::{ContextId, ContextParams, InvalidationReport};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+#[path = "sva_double.rs"]
+mod double;
 
-/// Where a [`Gate`] holds the next caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HoldAt {
-    Quiesce,
-    CreateContext,
-}
+use double::{finishes_alone, Double, Op};
+use shootdown::iommu::driver::ContextId;
 
-/// The driver, with one call held at its entry until the test opens the gate, and `quiesce`
-/// optionally answering an error of the test's choosing instead of running.
-struct Gate {
-    smmu: &'static ModelSmmu,
-    hold: Mutex<Option<HoldAt>>,
-    arrived: AtomicBool,
-    open: AtomicBool,
-    quiesce_error: Mutex<Option<SmmuError>>,
-}
-
-impl Gate {
-    fn new(smmu: &'static ModelSmmu, hold: Option<HoldAt>) -> &'static Self {
-        leak(Self {
-            smmu,
-            hold: Mutex::new(hold),
-            arrived: AtomicBool::new(false),
-            open: AtomicBool::new(false),
-            quiesce_error: Mutex::new(None),
-        })
-    }
-
-    /// Holds the first caller of `at` until [`Gate::open`].
-    fn pass(&self, at: HoldAt) {
-        let held = {
-            let mut hold = self.hold.lock().unwrap();
-            *hold == Some(at) && hold.take().is_some()
-        };
-        if held {
-            self.arrived.store(true, Ordering::SeqCst);
-            while !self.open.load(Ordering::SeqCst) {
-                thread::yield_now();
-            }
-        }
-    }
-
-    fn wait_for_arrival(&self) {
-        while !self.arrived.load(Ordering::SeqCst) {
-            thread::yield_now();
-        }
-    }
-
-    fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-impl SvaIommu for Gate {
-    fn create_context(&self, params: ContextParams) -> Result<ContextId, SmmuError> {
-        self.pass(HoldAt::CreateContext);
-        self.smmu.create_context(params)
-    }
-    fn destroy_context(&self, ctx: ContextId) -> Result<(), SmmuError> {
-        self.smmu.destroy_context(ctx)
-    }
-    fn context_asid(&self, ctx: ContextId) -> Result<u16, SmmuError> {
-        self.smmu.context_asid(ctx)
-    }
-    fn attach(&self, sid: u32, ctx: ContextId) -> Result<(), SmmuError> {
-        self.smmu.attach(sid, ctx)
-    }
-    fn detach(&self, sid: u32) -> Result<(), SmmuError> {
-        self.smmu.detach(sid)
-    }
-    fn invalidate_range(
-        &self,
-        ctx: ContextId,
-        start: VirtAddr,
-        end: VirtAddr,
-    ) -> Result<InvalidationReport, SmmuError> {
-        self.smmu.invalidate_range(ctx, start, end)
-    }
-    fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError> {
-        self.pass(HoldAt::Quiesce);
-        match *self.quiesce_error.lock().unwrap() {
-            Some(e) => Err(e),
-            None => self.smmu.quiesce(ctx),
-        }
-    }
-    fn abort_all_traffic(&self) -> Result<(), SmmuError> {
-        self.smmu.abort_all_traffic()
-    }
-}
-
-fn gated_world<const N: usize>(hold: Option<HoldAt>) -> (World, &'static Gate) {
-    let mut gate = None;
+fn gated_world<const N: usize>(hold: Option<Op>) -> (World, &'static Double) {
+    let mut double = None;
     let w = world_through::<N>(ModelConfig::default(), |smmu| {
-        let g = Gate::new(smmu, hold);
-        gate = Some(g);
-        g
-    });
-    (w, gate.unwrap())
-}
-
-/// True if `thread` finishes within a bounded wait while the gate holds the other side. Only a
-/// protocol that lets the two overlap finishes; a correct one makes it wait, and the bound
-/// merely ends the chance.
-fn finishes_alone<T>(thread: &thread::ScopedJoinHandle<'_, T>) -> bool {
-    let give_up = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < give_up {
-        if thread.is_finished() {
-            return true;
+        let d = Double::new(smmu);
+        if let Some(op) = hold {
+            d.hold_at(op);
         }
-        thread::sleep(Duration::from_millis(1));
-    }
-    false
+        double = Some(d);
+        d
+    });
+    (w, double.unwrap())
 }
 
 /// Race 1: CPU B drops the last user and is inside release's quiesce; CPU A unmaps a page the
@@ -762,7 +663,7 @@ fn finishes_alone<T>(thread: &thread::ScopedJoinHandle<'_, T>) -> bool {
 fn unmap_racing_release<const N: usize>(
     knobs: SvaDebugKnobs,
 ) -> (Result<(), DmaError>, [u8; 8], usize, ContextState) {
-    let (w, gate) = gated_world::<N>(Some(HoldAt::Quiesce));
+    let (w, gate) = gated_world::<N>(Some(Op::Quiesce));
     w.sva.set_debug_knobs(knobs);
     let s = w.space();
     let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0x5a)[0];
@@ -820,7 +721,7 @@ fn marking_the_context_released_before_its_quiesce_lets_the_device_read_a_freed_
 /// no context may translate once `mmput` has returned.
 #[test]
 fn a_bind_racing_release_never_leaves_a_translating_context() {
-    let (w, gate) = gated_world::<13>(Some(HoldAt::CreateContext));
+    let (w, gate) = gated_world::<13>(Some(Op::CreateContext));
     let s = w.space();
     w.map(&s, VA, 1, LeafAttrs::RW, 0x5a);
     let (bound, release_overlapped) = thread::scope(|scope| {
@@ -854,7 +755,7 @@ fn a_bind_racing_release_never_leaves_a_translating_context() {
 /// race is harmless and must stay so: no SMMU-wide abort.
 #[test]
 fn release_racing_the_last_unbind_never_disables_the_smmu() {
-    let (w, gate) = gated_world::<14>(Some(HoldAt::Quiesce));
+    let (w, gate) = gated_world::<14>(Some(Op::Quiesce));
     let s = w.space();
     w.map(&s, VA, 1, LeafAttrs::RW, 0x5a);
     let bond = sva::bind::<Domain<14>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
@@ -892,9 +793,8 @@ fn release_when_quiesce_answers<const N: usize>(error: fn(ContextId) -> SmmuErro
     let s = w.space();
     w.map(&s, VA, 1, LeafAttrs::RW, 0);
     let bond = sva::bind::<Domain<N>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
-    *gate.quiesce_error.lock().unwrap() = Some(error(bond.context().unwrap()));
+    gate.fail_next(Op::Quiesce, error(bond.context().unwrap()));
     assert!(s.mm.mmput());
-    *gate.quiesce_error.lock().unwrap() = None;
     let stats = w.sva.stats();
     assert_eq!((stats.releases, stats.failures, stats.aborts), (1, 0, 0), "{stats:?}");
     assert_eq!(bond.state(), ContextState::Released);

@@ -16,13 +16,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, ThreadId};
-use std::time::{Duration, Instant};
 
+#[path = "sva_double.rs"]
+mod double;
+
+use double::{finishes_alone, Double, Op};
 use shootdown::iommu::backend::Clock;
 use shootdown::iommu::spec::command::opcode;
-use shootdown::iommu::driver::{
-    ContextId, ContextParams, InvalidationReport, Smmu, SmmuConfig, SmmuError,
-};
+use shootdown::iommu::driver::{Smmu, SmmuConfig, SmmuError};
 use shootdown::iommu::spec::event::AccessKind;
 use shootdown::iommu::backend::model::dma::{DmaEngine, DmaError};
 use shootdown::iommu::backend::model::{Knobs, ModelConfig, SmmuModel};
@@ -104,103 +105,6 @@ impl Clock for HoldClock {
     }
 }
 
-/// An operation of [`SvaIommu`] a [`Double`] can hold or fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    CreateContext,
-    DestroyContext,
-    Attach,
-    Detach,
-    InvalidateRange,
-    Quiesce,
-}
-
-/// The driver, with the first caller of one operation held at its entry until
-/// [`Double::open`], and one-shot errors per operation (checked after the hold).
-struct Double {
-    smmu: &'static HSmmu,
-    hold: Mutex<Option<Op>>,
-    arrived: AtomicBool,
-    open: AtomicBool,
-    errors: Mutex<Vec<(Op, SmmuError)>>,
-}
-
-impl Double {
-    fn hold_at(&self, op: Op) {
-        *self.hold.lock().unwrap() = Some(op);
-    }
-
-    fn fail_next(&self, op: Op, e: SmmuError) {
-        self.errors.lock().unwrap().push((op, e));
-    }
-
-    fn pass(&self, op: Op) -> Result<(), SmmuError> {
-        let held = {
-            let mut hold = self.hold.lock().unwrap();
-            *hold == Some(op) && hold.take().is_some()
-        };
-        if held {
-            self.arrived.store(true, Ordering::SeqCst);
-            while !self.open.load(Ordering::SeqCst) {
-                thread::yield_now();
-            }
-        }
-        let mut errors = self.errors.lock().unwrap();
-        match errors.iter().position(|(o, _)| *o == op) {
-            Some(i) => Err(errors.remove(i).1),
-            None => Ok(()),
-        }
-    }
-
-    fn wait_for_arrival(&self) {
-        while !self.arrived.load(Ordering::SeqCst) {
-            thread::yield_now();
-        }
-    }
-
-    fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-impl SvaIommu for Double {
-    fn create_context(&self, params: ContextParams) -> Result<ContextId, SmmuError> {
-        self.pass(Op::CreateContext)?;
-        self.smmu.create_context(params)
-    }
-    fn destroy_context(&self, ctx: ContextId) -> Result<(), SmmuError> {
-        self.pass(Op::DestroyContext)?;
-        self.smmu.destroy_context(ctx)
-    }
-    fn context_asid(&self, ctx: ContextId) -> Result<u16, SmmuError> {
-        self.smmu.context_asid(ctx)
-    }
-    fn attach(&self, sid: u32, ctx: ContextId) -> Result<(), SmmuError> {
-        self.pass(Op::Attach)?;
-        self.smmu.attach(sid, ctx)
-    }
-    fn detach(&self, sid: u32) -> Result<(), SmmuError> {
-        self.pass(Op::Detach)?;
-        self.smmu.detach(sid)
-    }
-    fn invalidate_range(
-        &self,
-        ctx: ContextId,
-        start: VirtAddr,
-        end: VirtAddr,
-    ) -> Result<InvalidationReport, SmmuError> {
-        self.pass(Op::InvalidateRange)?;
-        self.smmu.invalidate_range(ctx, start, end)
-    }
-    fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError> {
-        self.pass(Op::Quiesce)?;
-        self.smmu.quiesce(ctx)
-    }
-    fn abort_all_traffic(&self) -> Result<(), SmmuError> {
-        self.smmu.abort_all_traffic()
-    }
-}
-
 struct World {
     mem: &'static PhysArena,
     model: &'static SmmuModel<'static>,
@@ -229,15 +133,7 @@ fn world<const N: usize>(double: bool) -> World {
     };
     let smmu: &'static HSmmu = leak(Smmu::new(model, clock, mem, mem, cfg).unwrap());
     let _ = clock.when.set(Box::new(move || smmu.is_disabled()));
-    let double = double.then(|| {
-        leak(Double {
-            smmu,
-            hold: Mutex::new(None),
-            arrived: AtomicBool::new(false),
-            open: AtomicBool::new(false),
-            errors: Mutex::new(Vec::new()),
-        })
-    });
+    let double = double.then(|| Double::new(smmu));
     let iommu: &'static dyn SvaIommu = match double {
         Some(d) => d,
         None => smmu,
@@ -300,18 +196,6 @@ impl Space {
         self.mm.arch_invalidate_secondary_tlbs(va, va + PAGE).unwrap();
         w.model.end_unmap(id);
     }
-}
-
-/// True if `thread` finishes within a bounded wait while a hold keeps the other side.
-fn finishes_alone<T>(thread: &thread::ScopedJoinHandle<'_, T>) -> bool {
-    let give_up = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < give_up {
-        if thread.is_finished() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    false
 }
 
 /// Two address spaces A (stream 1) and B (stream 2) bound to one SMMU, each with one page
