@@ -203,6 +203,46 @@ mmu_on:
     ret
 
 /* ------------------------------------------------------------------------------------------ */
+/* idmap_run_ops(x0..x6 = operations, x7 = how many) -> x0 = how many ran.                    */
+/* A TTBR1 replacement (arch::aarch64::switch::run_from_idmap), called at its physical         */
+/* address through the identity map: between the break and the make the kernel's own VAs are  */
+/* unmapped, so this touches no memory and no stack. An operation is (code << 56) | value:     */
+/* 1 = MSR TTBR1_EL1, value; 2 = ISB; 3 = TLBI VMALLE1; 4 = DSB NSH. An unknown code stops.    */
+/* ------------------------------------------------------------------------------------------ */
+.global idmap_run_ops
+idmap_run_ops:
+    mov     x9, #0
+1:  cmp     x9, x7
+    b.hs    9f
+    lsr     x10, x0, #56
+    and     x11, x0, #0x00ffffffffffffff
+    cmp     x10, #1
+    b.ne    2f
+    msr     ttbr1_el1, x11
+    b       8f
+2:  cmp     x10, #2
+    b.ne    3f
+    isb
+    b       8f
+3:  cmp     x10, #3
+    b.ne    4f
+    tlbi    vmalle1
+    b       8f
+4:  cmp     x10, #4
+    b.ne    9f
+    dsb     nsh
+8:  mov     x0, x1                      // next operation
+    mov     x1, x2
+    mov     x2, x3
+    mov     x3, x4
+    mov     x4, x5
+    mov     x5, x6
+    add     x9, x9, #1
+    b       1b
+9:  mov     x0, x9
+    ret
+
+/* ------------------------------------------------------------------------------------------ */
 /* build_early_tables: x19 = device tree PA, x20 = image load PA. Clobbers x0-x15.            */
 /* ------------------------------------------------------------------------------------------ */
 build_early_tables:

@@ -19,7 +19,11 @@ use shootdown::iommu::sva::{
     self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
 };
 use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};
+use shootdown::mm::asid::{AsidAllocator, AsidBits};
+use shootdown::mm::aspace::{AddressSpace, Backing, MmPlatform, Placement};
 use shootdown::mm::notifier::{self, InvalidArgument, MmCore, NotifierError};
+use shootdown::mm::pgtable::tlb::{TlbFeatures, TlbPlan, TlbPolicy};
+use shootdown::mm::pgtable::{Permissions, MAIR_VALUE};
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 
@@ -847,6 +851,94 @@ fn device_access_to_an_aged_page_faults_until_it_is_young_again() {
     s.tables.set_accessed(VirtAddr(VA), true).unwrap();
     dev.write(VirtAddr(VA), &[0xee; 8]).unwrap();
     assert_eq!(w.byte(frame), 0xee);
+    assert!(w.model.stale_translations().is_empty());
+    bond.unbind().unwrap();
+}
+
+/// The kernel's address space over the world's RAM, for what needs the whole of it (ageing,
+/// the Access-flag answer). No CPU runs it, so no CPU TLB plan is ever made.
+struct ArenaPlatform {
+    mem: &'static PhysArena,
+    asids: AsidAllocator,
+}
+
+impl MmPlatform for ArenaPlatform {
+    type Mem = &'static PhysArena;
+    type Frames = &'static PhysArena;
+
+    fn memory(&self) -> Self::Mem {
+        self.mem
+    }
+    fn frames(&self) -> Self::Frames {
+        self.mem
+    }
+    fn asids(&self) -> &AsidAllocator {
+        &self.asids
+    }
+    fn tlb_policy(&self) -> TlbPolicy {
+        TlbPolicy::new(TlbFeatures {
+            range: false,
+            level_hints: false,
+        })
+    }
+    fn run_tlb_plan(&self, _plan: &TlbPlan) {}
+    fn full_barrier(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    fn pa_bits(&self) -> u32 {
+        48
+    }
+    fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
+}
+
+/// After `clear_flush_young` a device's access takes F_ACCESS and moves no data; the driver
+/// answers the event with `mark_young`, as the CPU's exception handler answers its fault, and
+/// the retried access goes through. Without the answer the page stays faulting.
+#[test]
+fn a_device_access_to_an_aged_page_goes_through_once_the_fault_is_answered() {
+    let w = world::<20>(ModelConfig::default());
+    let platform = leak(ArenaPlatform {
+        mem: w.mem,
+        asids: AsidAllocator::new(AsidBits::Sixteen, 4).unwrap(),
+    });
+    let space = AddressSpace::create(platform).unwrap();
+    let va = space
+        .mmap(
+            Placement::Fixed(VirtAddr(VA)),
+            PAGE_SIZE,
+            Permissions::new(true, false, false),
+            Backing::Anonymous,
+        )
+        .unwrap();
+    let frame = space.translate(va).unwrap().pa;
+    let bond = sva::bind::<Domain<20>>(1, space.mm(), space.root().unwrap(), MAIR_VALUE).unwrap();
+    let dev = w.device(1);
+    dev.write(va, &[0x11; 8]).unwrap();
+    assert_eq!(space.clear_flush_young(va, PAGE_SIZE), Ok(true));
+
+    let aged_write = |byte: u8| dev.write(va, &[byte; 8]);
+    for attempt in 0..2 {
+        let r = aged_write(0x22);
+        assert!(
+            matches!(r, Err(DmaError::Fault { fault, .. }) if matches!(fault.kind, FaultKind::AccessFlag { .. })),
+            "attempt {attempt}: {r:?}"
+        );
+    }
+    assert_eq!(w.byte(frame), 0x11, "nothing reached the aged page");
+    let events = w.events();
+    let aged: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Access && e.sid == 1)
+        .collect();
+    assert!(!aged.is_empty(), "{events:?}");
+    for e in &aged {
+        assert_eq!(e.input_addr, VA);
+        assert!(space.mark_young(VirtAddr(e.input_addr)).is_ok());
+    }
+    assert_eq!(space.test_young(va), Ok(true));
+    aged_write(0x33).unwrap();
+    assert_eq!(w.byte(frame), 0x33);
+    assert!(w.events().is_empty());
     assert!(w.model.stale_translations().is_empty());
     bond.unbind().unwrap();
 }

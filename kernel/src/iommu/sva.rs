@@ -82,9 +82,13 @@
 //!
 //! The CD leaves hardware access-flag updates off (HA = 0, AFFD = 0: §5.4, "CD.HA"): a device
 //! access to a page whose access flag was cleared (`clear_flush_young`) takes an Access-flag
-//! fault (F_ACCESS, an event with the StreamID and address) and moves no data, until the CPU side
-//! sets the flag again. No data reaches an aged page unseen; host test
-//! `sva_bind::device_access_to_an_aged_page_faults_until_it_is_young_again`.
+//! fault (F_ACCESS, an event with the StreamID and address) and moves no data, until the flag is
+//! set again: the driver answers the event with `AddressSpace::mark_young` (as the CPU's
+//! exception handler answers its fault) and retries. No data reaches an aged page unseen; host
+//! tests `sva_bind::device_access_to_an_aged_page_faults_until_it_is_young_again` and
+//! `sva_bind::a_device_access_to_an_aged_page_goes_through_once_the_fault_is_answered`. Hardware
+//! updates (CD.HA with SMMU_IDR0.HTTU, TCR_EL1.HA with FEAT_HAFDBS) stay off: neither QEMU's
+//! SMMU, the model nor the Pi's Cortex-A72 has them, so every board runs the same path.
 //!
 //! # Unbind
 //!

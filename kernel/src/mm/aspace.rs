@@ -32,9 +32,25 @@
 //! | [`discard`](AddressSpace::discard) | `Clear` | drops anonymous pages, keeps the region |
 //! | teardown (last [`MmUser`] dropped) | `Release` | after every subscriber's `release` |
 //! | [`clear_flush_young`](AddressSpace::clear_flush_young) / [`clear_young`](AddressSpace::clear_young) / [`test_young`](AddressSpace::test_young) | — | access-flag ageing, with the notifier's young ops |
+//! | [`mark_young`](AddressSpace::mark_young) | — | the answer to an Access-flag fault, from a CPU or a device |
 //!
 //! Mapping (`mmap`, `populate`) only turns invalid entries valid: nothing can be cached for an
-//! invalid entry, so it publishes the entries and notifies nobody (as Linux).
+//! invalid entry, so it publishes the entries and notifies nobody (as Linux). Memory that
+//! becomes executable is first made coherent for instruction fetch
+//! ([`MmPlatform::sync_icache`]), as Linux's `set_pte_at` does through `__sync_icache_dcache`.
+//!
+//! # Loaded on a CPU
+//!
+//! A CPU runs an address space through a [`Loaded`] ([`AddressSpace::load`]): it holds a user
+//! reference and sets the CPU's bit in [`active_cpus`](AddressSpace::active_cpus) for as long as
+//! the CPU may walk the tables. The protocol:
+//!
+//! 1. `load`: take a user reference (`mmget_not_zero`; an exited space cannot be loaded), then
+//!    set the CPU's bit, then read the root. The CPU writes its TTBR0 only after this.
+//! 2. Unloading: the CPU points its TTBR0 elsewhere (and synchronizes), then drops the
+//!    `Loaded`, which clears the bit and only then puts the user reference.
+//! 3. Teardown runs only when the last user reference goes, so never while a `Loaded` exists;
+//!    it still waits for `active_cpus` to be empty before freeing anything.
 //!
 //! # Choices
 //!
@@ -101,6 +117,14 @@ pub trait MmPlatform: Send + Sync + 'static {
     /// path reads which ASID to flush after changing entries, and a CPU activating the address
     /// space stores that ASID before walking them, with the same barrier.
     fn full_barrier(&self);
+    /// Physical address bits translations can output on this machine (the CPU's
+    /// `ID_AA64MMFR0_EL1.PARange`, capped at what a descriptor holds): `mmap` refuses physical
+    /// ranges beyond it.
+    fn pa_bits(&self) -> u32;
+    /// Makes `[pa, pa + len)` coherent for instruction fetch before it becomes executable
+    /// (`DC CVAU`, `IC IVAU`: the Cortex-A72 has neither CTR_EL0.IDC nor DIC, so its I-cache may
+    /// hold lines of whatever the frame held before).
+    fn sync_icache(&self, pa: PhysAddr, len: usize);
 }
 
 /// Errors of address-space operations. Whatever the error, nothing was changed.
@@ -124,13 +148,18 @@ pub enum MmError {
         /// Its length.
         len: usize,
     },
-    /// A physical backing reaches beyond what a descriptor can hold (2^48, Arm ARM D8.3).
+    /// A physical backing reaches beyond the machine's physical address size
+    /// ([`MmPlatform::pa_bits`]).
     PhysOutOfRange {
         /// Start of the physical range.
         start: PhysAddr,
         /// Its length.
         len: usize,
+        /// The physical address size in bits.
+        bits: u32,
     },
+    /// A CPU number the address space cannot track (at most 64 CPUs).
+    NoSuchCpu(usize),
     /// `mprotect` would move this page between EL0 and EL1 ownership (`Permissions::user`):
     /// that is not a permission change (the translation's owner changes), do it with `munmap`
     /// and `mmap`.
@@ -168,10 +197,11 @@ impl fmt::Display for MmError {
                 "range {start:#x} + {len:#x} is outside the user address space \
                  [{USER_START:#x}, {USER_END:#x})"
             ),
-            MmError::PhysOutOfRange { start, len } => write!(
+            MmError::PhysOutOfRange { start, len, bits } => write!(
                 f,
-                "physical range {start} + {len:#x} is beyond the {PA_BITS}-bit output size"
+                "physical range {start} + {len:#x} is beyond the {bits}-bit physical address size"
             ),
+            MmError::NoSuchCpu(cpu) => write!(f, "CPU {cpu} cannot load an address space"),
             MmError::OwnerChange(at) => write!(
                 f,
                 "{at} would move between user and kernel ownership: unmap and map it instead"
@@ -283,6 +313,11 @@ pub struct AddressSpace<P: MmPlatform> {
     asid: AsidContext,
     inner: SpinLock<Inner<P>>,
     stats: AspaceStats,
+    /// CPUs that have it loaded (bit n = CPU n), see [`Loaded`].
+    active: AtomicU64,
+    /// Test knob: how much of the load protocol runs (shows the tests notice).
+    #[cfg(test)]
+    load_knob: core::sync::atomic::AtomicU8,
     /// Test knob: skip `arch_invalidate_secondary_tlbs` (shows the tests notice).
     #[cfg(test)]
     skip_secondary: core::sync::atomic::AtomicBool,
@@ -316,6 +351,55 @@ impl<P: MmPlatform> Drop for MmUser<P> {
         if self.aspace.mm.mmput() {
             self.aspace.teardown();
         }
+    }
+}
+
+/// The load protocol in full (see the module documentation).
+#[cfg(test)]
+const LOAD_FULL: u8 = 0;
+/// Test knob: no user reference; teardown's wait on `active` is the only guard.
+#[cfg(test)]
+const LOAD_NO_USER: u8 = 1;
+/// Test knob: no user reference and no active bit: nothing keeps the tables alive.
+#[cfg(test)]
+const LOAD_UNPROTECTED: u8 = 2;
+
+/// An address space loaded on a CPU: keeps its tables alive while the CPU may walk them (see
+/// "Loaded on a CPU" in the module documentation). Drop it only once the CPU's TTBR0 points
+/// elsewhere.
+pub struct Loaded<P: MmPlatform> {
+    aspace: Arc<AddressSpace<P>>,
+    /// `None` only under a test knob.
+    user: Option<MmUser<P>>,
+    cpu: usize,
+    root: PhysAddr,
+}
+
+impl<P: MmPlatform> Loaded<P> {
+    /// The root table the CPU walks.
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The address space.
+    pub fn space(&self) -> &Arc<AddressSpace<P>> {
+        &self.aspace
+    }
+
+    /// The CPU it is loaded on.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+}
+
+impl<P: MmPlatform> Drop for Loaded<P> {
+    fn drop(&mut self) {
+        // The bit goes before the user reference: a teardown that this drop starts finds no
+        // CPU active.
+        self.aspace
+            .active
+            .fetch_and(!(1 << self.cpu), Ordering::Release);
+        drop(self.user.take());
     }
 }
 
@@ -400,6 +484,9 @@ impl<P: MmPlatform> AddressSpace<P> {
                 regions: BTreeMap::new(),
             }),
             stats: AspaceStats::default(),
+            active: AtomicU64::new(0),
+            #[cfg(test)]
+            load_knob: core::sync::atomic::AtomicU8::new(LOAD_FULL),
             #[cfg(test)]
             skip_secondary: core::sync::atomic::AtomicBool::new(false),
         });
@@ -431,6 +518,47 @@ impl<P: MmPlatform> AddressSpace<P> {
     /// Physical address of the root table, or `None` after teardown.
     pub fn root(&self) -> Option<PhysAddr> {
         self.inner.lock().table.as_ref().map(|t| t.root())
+    }
+
+    /// Loads the address space on `cpu`: the returned [`Loaded`] keeps the tables alive until
+    /// it is dropped, which the CPU does only after its TTBR0 stopped selecting them.
+    pub fn load(self: &Arc<Self>, cpu: usize) -> Result<Loaded<P>, MmError> {
+        if cpu >= u64::BITS as usize {
+            return Err(MmError::NoSuchCpu(cpu));
+        }
+        #[cfg(test)]
+        let knob = self.load_knob.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        let knob = 0;
+        let user = if knob == 0 {
+            Some(self.mmget().ok_or(MmError::Exited)?)
+        } else {
+            None
+        };
+        if knob < 2 {
+            self.active.fetch_or(1 << cpu, Ordering::AcqRel);
+        }
+        let Some(root) = self.root() else {
+            self.active.fetch_and(!(1 << cpu), Ordering::Release);
+            return Err(MmError::Exited);
+        };
+        Ok(Loaded {
+            aspace: self.clone(),
+            user,
+            cpu,
+            root,
+        })
+    }
+
+    /// The CPUs that have this address space loaded (bit n = CPU n).
+    pub fn active_cpus(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Test knob: how much of the load protocol runs.
+    #[cfg(test)]
+    fn set_load_knob(&self, knob: u8) {
+        self.load_knob.store(knob, Ordering::Relaxed);
     }
 
     /// Counters.
@@ -484,9 +612,15 @@ impl<P: MmPlatform> AddressSpace<P> {
                 pa.0.checked_add(len as u64)
                     .ok_or(MmError::Overflow { start: pa.0, len })?;
             // Checked here rather than left to the page-table engine (found by the `aspace`
-            // fuzz target: it failed half-way through `fill` with `MmError::Table`).
-            if end > 1 << PA_BITS {
-                return Err(MmError::PhysOutOfRange { start: pa, len });
+            // fuzz target: it failed half-way through `fill` with `MmError::Table`). The CPU's
+            // PA size, not the descriptor's: beyond it a walk takes an Address size fault.
+            let bits = self.platform.pa_bits().min(PA_BITS);
+            if end > 1 << bits {
+                return Err(MmError::PhysOutOfRange {
+                    start: pa,
+                    len,
+                    bits,
+                });
             }
         }
         let _mmap = self.mm.mmap_write();
@@ -568,6 +702,9 @@ impl<P: MmPlatform> AddressSpace<P> {
                         PAGE,
                     ),
                 };
+                if attrs.perms.exec {
+                    self.platform.sync_icache(pa, len as usize);
+                }
                 match table.map(VirtAddr(va), pa, len as usize, attrs) {
                     Ok(change) => table.complete(change, &mut flush),
                     Err(e) => {
@@ -763,6 +900,9 @@ impl<P: MmPlatform> AddressSpace<P> {
             announced.start().as_u64(),
             announced.end().as_u64(),
         )?;
+        if perms.exec && pieces.iter().any(|r| !r.perms.exec) {
+            self.sync_icache_range(start, end)?;
+        }
         trace::record(Kind::ProtectBegin, start, end);
         let inv = mmap.invalidate_range_start(range);
         trace::record(Kind::NotifierStart, range.start(), range.end());
@@ -792,6 +932,17 @@ impl<P: MmPlatform> AddressSpace<P> {
         inv.end();
         trace::record(Kind::NotifierEnd, range.start(), range.end());
         trace::record(Kind::ProtectEnd, start, end);
+        Ok(())
+    }
+
+    /// Makes every page mapped in `[start, end)` coherent for instruction fetch (before it
+    /// becomes executable).
+    fn sync_icache_range(&self, start: u64, end: u64) -> Result<(), MmError> {
+        let inner = self.inner.lock();
+        let table = inner.table.as_ref().ok_or(MmError::Exited)?;
+        table.walk(VirtAddr(start), (end - start) as usize, |m| {
+            self.platform.sync_icache(m.pa, m.va.len() as usize)
+        })?;
         Ok(())
     }
 
@@ -844,6 +995,31 @@ impl<P: MmPlatform> AddressSpace<P> {
         Ok(young | secondary)
     }
 
+    /// Answers an Access-flag fault at `va`, from a CPU or from a device (its SMMU event,
+    /// F_ACCESS): sets the access flag of the leaf translating it (Linux's `handle_mm_fault`
+    /// making the entry young). An entry with AF = 0 is never cached (Arm ARM D8.4, "The Access
+    /// flag"), so publishing the store is enough: the faulting access can be retried at once.
+    /// Returns whether the flag was clear (`false`: someone else answered first).
+    pub fn mark_young(&self, va: VirtAddr) -> Result<bool, MmError> {
+        let (start, _) = check_range(va.align_down(PAGE), PAGE_SIZE)?;
+        self.ensure_live()?;
+        let mut inner = self.inner.lock();
+        let table = inner.table.as_mut().ok_or(MmError::Exited)?;
+        let change = table.set_young(VirtAddr(start)).map_err(|e| match e {
+            PageTableError::NotMapped(_) => MmError::NotMapped(va),
+            other => other.into(),
+        })?;
+        let was_old = !change.is_empty();
+        table.complete(
+            change,
+            &mut Flush {
+                aspace: self,
+                secondary: true,
+            },
+        );
+        Ok(was_old)
+    }
+
     /// True if the page at `va` was accessed since its flag was last cleared, by the CPU or by a
     /// secondary user (`mmu_notifier_test_young`).
     pub fn test_young(&self, va: VirtAddr) -> Result<bool, MmError> {
@@ -887,6 +1063,12 @@ impl<P: MmPlatform> AddressSpace<P> {
         }
         inner.regions.clear();
         drop(inner);
+        // No CPU can load it any more (the table is gone: `load` fails); wait for any that
+        // loaded it before. With a user reference per `Loaded` there is none: this is the
+        // second line of the protocol, not the first.
+        while self.active.load(Ordering::Acquire) != 0 {
+            core::hint::spin_loop();
+        }
         table.destroy(|| {
             self.platform.full_barrier();
             if let Some(asid) = self.platform.asids().asid_of(&self.asid) {

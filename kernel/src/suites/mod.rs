@@ -10,6 +10,7 @@ mod isolation;
 mod ktest;
 mod memory;
 mod mm;
+mod mmu;
 mod notifier;
 mod smmu;
 mod smp;

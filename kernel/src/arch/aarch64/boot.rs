@@ -81,6 +81,7 @@ pub mod symbols {
         pub static __boot_tables_start: u8;
         pub static __boot_tables_end: u8;
         pub static secondary_entry: u8;
+        pub static idmap_run_ops: u8;
     }
 
     /// The link address of a symbol.

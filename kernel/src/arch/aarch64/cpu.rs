@@ -70,12 +70,48 @@ pub fn clean_dcache_to_poc(addr: u64, len: usize) {
     dsb_sy();
 }
 
-/// The smallest data cache line size (CTR_EL0.DminLine).
-pub fn dcache_line_size() -> u64 {
+/// Makes `[addr, addr + len)` coherent for instruction fetch: cleans the data cache to the point
+/// of unification (`DC CVAU`), then invalidates the instruction cache (`IC IVAU`), each step
+/// skipped when CTR_EL0 says the hardware keeps it coherent (IDC, bit 28; DIC, bit 29; Arm ARM
+/// D19.2 "CTR_EL0"). The order (clean, DSB, invalidate, DSB, ISB) is the one the Arm ARM
+/// gives for making stored instructions visible to instruction fetch, as Linux's
+/// `caches_clean_inval_pou`. A Cortex-A72 has neither bit.
+pub fn sync_icache(addr: u64, len: usize) {
+    let ctr = ctr_el0();
+    let end = addr + len as u64;
+    if ctr & (1 << 28) == 0 {
+        let line = dcache_line_size();
+        let mut p = addr & !(line - 1);
+        while p < end {
+            // SAFETY: DC CVAU on a mapped address only writes back a cache line.
+            unsafe { asm!("dc cvau, {}", in(reg) p, options(nostack, preserves_flags)) };
+            p += line;
+        }
+    }
+    dsb_ish();
+    if ctr & (1 << 29) == 0 {
+        let line = 4 << (ctr & 0xf); // IminLine
+        let mut p = addr & !(line - 1);
+        while p < end {
+            // SAFETY: IC IVAU only drops instruction cache lines.
+            unsafe { asm!("ic ivau, {}", in(reg) p, options(nostack, preserves_flags)) };
+            p += line;
+        }
+    }
+    dsb_ish();
+    isb();
+}
+
+fn ctr_el0() -> u64 {
     let ctr: u64;
     // SAFETY: reading CTR_EL0 has no side effects.
     unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
-    4 << ((ctr >> 16) & 0xf)
+    ctr
+}
+
+/// The smallest data cache line size (CTR_EL0.DminLine).
+pub fn dcache_line_size() -> u64 {
+    4 << ((ctr_el0() >> 16) & 0xf)
 }
 
 /// Masks IRQs/FIQs/SErrors/debug on this CPU (the kernel polls; nothing is interrupt driven).

@@ -291,6 +291,18 @@ fn fixup_probe(frame: &mut TrapFrame, fault: Fault) -> bool {
     true
 }
 
+/// An Access-flag fault on a lower-half page (its flag cleared by ageing) is answered, as
+/// Linux's `handle_mm_fault` does, by setting the flag in the address space loaded on this
+/// CPU; the access is then retried. Before the probes: a probed access to an aged page is a
+/// normal access.
+fn answer_access_flag_fault(fault: Fault) -> bool {
+    const FAR_NOT_VALID: u32 = 1 << 10;
+    (fault.is_data_abort() || fault.is_instruction_abort())
+        && matches!(fault.kind(), FaultKind::AccessFlag(_))
+        && fault.iss() & FAR_NOT_VALID == 0
+        && super::aspace::answer_access_flag_fault(fault.far)
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Extra handlers (semihosting detection, ...) and the fatal path.                          */
 /* ---------------------------------------------------------------------------------------- */
@@ -377,7 +389,12 @@ extern "C" fn handle_exception(frame: &mut TrapFrame, kind: u64) {
         esr: frame.esr,
         far: frame.far,
     };
-    if depth == 0 && kind == 0 && (fixup_probe(frame, fault) || run_hooks(frame, fault)) {
+    if depth == 0
+        && kind == 0
+        && (answer_access_flag_fault(fault)
+            || fixup_probe(frame, fault)
+            || run_hooks(frame, fault))
+    {
         DEPTH[cpu].fetch_sub(1, Ordering::Relaxed);
         return;
     }

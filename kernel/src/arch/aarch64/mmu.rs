@@ -7,16 +7,25 @@
 //! Everything else is unmapped. The boot CPU switches from the early tables of `boot/entry.S`
 //! to these, then turns on SCTLR_EL1.WXN so nothing writable can execute.
 //!
+//! The switch is a change of block size for the same VAs (the early linear map is 1 GiB
+//! blocks; the final one uses 2 MiB blocks and pages wherever RAM is not 1 GiB aligned, as on
+//! the Pi 4), so it breaks before it makes, from the early identity map: see
+//! [`crate::mm::pgtable::switch::replace_ttbr1`]. Secondary CPUs never load the early TTBR1:
+//! `boot/entry.S` turns their MMU on with the final tables after a local TLBI.
+//!
 //! The engine indexes tables with VA\[47:0\]; upper-half (TTBR1) addresses are handed to it with
 //! their top 16 bits cleared. Until the linear map exists, table pages come from a pool in the
 //! image (reachable through the image mapping); later ones from the frame allocator.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use aarch64_cpu::registers::{ReadWriteable, Readable, Writeable, SCTLR_EL1, TTBR1_EL1};
+use alloc::vec::Vec;
+
+use aarch64_cpu::registers::{Readable, Writeable, SCTLR_EL1, TTBR1_EL1};
 
 use crate::mm::layout::{self, KERNEL_VBASE, LINEAR_BASE, MAX_CPUS};
 use crate::mm::pgtable::descriptor::{Attributes, Permissions};
+use crate::mm::pgtable::switch::{self, SysOp, SysRegs};
 use crate::mm::pgtable::table::{Config, PageTable};
 use crate::mm::pgtable::tlb::{Invalidate, TlbInvalidation};
 use crate::mm::pgtable::{walk, PageTableError};
@@ -25,6 +34,7 @@ use crate::mm::{PhysAddr, VirtAddr};
 use crate::symbol_addr;
 
 use super::cpu::{dsb_ish, dsb_ishst, isb};
+use super::switch::{run_from_idmap, HwSysRegs, IdmapError};
 
 const PAGE: u64 = 4096;
 const VA_MASK: u64 = (1 << 48) - 1;
@@ -38,6 +48,10 @@ pub enum KernelMapError {
     OutOfVirtualSpace,
     /// Called before the kernel tables exist.
     NotInitialised,
+    /// The TTBR1 replacement could not run from the identity map.
+    Idmap(IdmapError),
+    /// An address space is loaded on this CPU: TTBR0 is not free for an identity map.
+    AddressSpaceLoaded,
 }
 
 impl From<PageTableError> for KernelMapError {
@@ -53,6 +67,10 @@ impl core::fmt::Display for KernelMapError {
             KernelMapError::OutOfVirtualSpace => f.write_str("the MMIO window is full"),
             KernelMapError::NotInitialised => {
                 f.write_str("the kernel page tables do not exist yet")
+            }
+            KernelMapError::Idmap(e) => write!(f, "replacing TTBR1 from the identity map: {e:?}"),
+            KernelMapError::AddressSpaceLoaded => {
+                f.write_str("an address space is loaded: TTBR0 cannot hold an identity map")
             }
         }
     }
@@ -74,6 +92,18 @@ static POOL_NEXT: AtomicUsize = AtomicUsize::new(0);
 static LOAD_PA: AtomicU64 = AtomicU64::new(0);
 /// The linear map of all RAM is live (the final tables are in use).
 static LINEAR_LIVE: AtomicBool = AtomicBool::new(false);
+
+/// An all-zero translation table (Linux's `reserved_pg_dir`): TTBR0 while no address space is
+/// loaded, and TTBR1 for the break of a replacement. Never written.
+#[repr(C, align(4096))]
+struct ReservedTable([u64; 512]);
+
+static RESERVED_TABLE: ReservedTable = ReservedTable([0; 512]);
+
+/// Physical address of the reserved (empty) table.
+pub fn reserved_table_pa() -> u64 {
+    image_va_to_pa(core::ptr::addr_of!(RESERVED_TABLE) as u64)
+}
 
 /// Physical address of a kernel-image virtual address.
 pub fn image_va_to_pa(va: u64) -> u64 {
@@ -198,6 +228,48 @@ fn map(
 /// other CPU is up.
 pub unsafe fn init_kernel_tables(load_pa: u64, ram: &[(u64, u64)]) -> Result<(), KernelMapError> {
     LOAD_PA.store(load_pa, Ordering::Relaxed);
+    let pt = build_kernel_tables(load_pa, ram)?;
+    let root = pt.root().as_u64();
+    ROOT_PA.store(root, Ordering::Release);
+    *KERNEL_PT.lock() = Some(pt);
+    // SAFETY: the early identity map (boot/entry.S) is TTBR0, executable (WXN is still off);
+    // the new tables map the kernel as the early ones did.
+    let ops = unsafe { replace_ttbr1(root) }?;
+    *BOOT_TTBR1_SWITCH.lock() = ops;
+    LINEAR_LIVE.store(true, Ordering::Release);
+    harden_this_cpu();
+    Ok(())
+}
+
+/// What the boot CPU ran to replace the early TTBR1 (for the KTAP case that checks it).
+static BOOT_TTBR1_SWITCH: spin::Mutex<Vec<SysOp>> = spin::Mutex::new(Vec::new());
+
+/// The operations the boot CPU ran to switch from the early tables to the kernel's.
+pub fn boot_ttbr1_switch() -> Vec<SysOp> {
+    BOOT_TTBR1_SWITCH.lock().clone()
+}
+
+/// Replaces this CPU's TTBR1 with the tables at `root` by break-before-make, from the identity
+/// map, and returns the operations it ran.
+///
+/// # Safety
+/// As [`run_from_idmap`]: TTBR0 maps this image's text at its physical address, executable,
+/// and `root` maps the kernel as the current TTBR1 does.
+pub unsafe fn replace_ttbr1(root: u64) -> Result<Vec<SysOp>, KernelMapError> {
+    // The new tables are complete in memory before a walk can see them.
+    dsb_ishst();
+    let ops = switch::replace_ttbr1(reserved_table_pa(), root);
+    let (ran, recorded) = super::switch::recording(|| {
+        // SAFETY: the caller's guarantees.
+        unsafe { run_from_idmap(&ops) }
+    });
+    ran.map_err(KernelMapError::Idmap)?;
+    Ok(recorded)
+}
+
+/// The kernel's tables: image sections, stacks with guard pages, the linear map of `ram`, and
+/// the fallback UART.
+fn build_kernel_tables(load_pa: u64, ram: &[(u64, u64)]) -> Result<KernelTable, KernelMapError> {
     let mut pt = PageTable::new(KernelTableMemory, KernelTableFrames, Config::KERNEL)?;
     let pa = image_va_to_pa;
 
@@ -236,16 +308,7 @@ pub unsafe fn init_kernel_tables(load_pa: u64, ram: &[(u64, u64)]) -> Result<(),
         Attributes::DEVICE,
     )?;
 
-    let root = pt.root().as_u64();
-    ROOT_PA.store(root, Ordering::Release);
-    *KERNEL_PT.lock() = Some(pt);
-    dsb_ishst();
-    TTBR1_EL1.set(root);
-    isb();
-    flush_local_tlb();
-    LINEAR_LIVE.store(true, Ordering::Release);
-    harden_this_cpu();
-    Ok(())
+    Ok(pt)
 }
 
 /// SCTLR_EL1.SPAN (bit 23; Arm ARM D19.2): 0 = PSTATE.PAN is set on every exception taken to EL1.
@@ -294,6 +357,11 @@ pub fn flush_local_tlb() {
     isb();
 }
 
+/// This CPU's TTBR1_EL1.
+pub fn ttbr1() -> u64 {
+    TTBR1_EL1.get()
+}
+
 /// The root table of the kernel (for secondary CPUs' TTBR1).
 pub fn kernel_root_pa() -> u64 {
     ROOT_PA.load(Ordering::Acquire)
@@ -321,14 +389,74 @@ pub fn ioremap(pa: u64, size: u64) -> Result<u64, KernelMapError> {
     Ok(va + (pa - start))
 }
 
-/// Stops this CPU walking TTBR0 (the early identity map): the kernel runs on TTBR1 alone until
-/// an address space is activated.
+/// Stops this CPU walking TTBR0 (the early identity map) and drops its global entries: the
+/// kernel runs on TTBR1 alone until an address space is loaded. See
+/// [`crate::mm::pgtable::switch::drop_identity_map`].
 pub fn drop_identity_map() {
-    use aarch64_cpu::registers::{TCR_EL1, TTBR0_EL1};
-    TCR_EL1.modify(TCR_EL1::EPD0::DisableTTBR0Walks);
-    TTBR0_EL1.set(0);
-    isb();
-    flush_local_tlb();
+    HwSysRegs.run_all(&switch::drop_identity_map(reserved_table_pa()));
+}
+
+/// The kernel's current TTBR1 table as a twin with the same translations, but every 1 GiB
+/// block mapped as 2 MiB blocks: what a switch between the two changes is block sizes only
+/// (the KTAP case of the TTBR1 replacement). Returns the twin and how many 1 GiB blocks it
+/// split.
+pub fn kernel_tables_twin() -> Result<(KernelTable, usize), KernelMapError> {
+    const GIB: u64 = 1 << 30;
+    const TWO_MIB: u64 = 2 << 20;
+    let guard = KERNEL_PT.lock();
+    let live = guard.as_ref().ok_or(KernelMapError::NotInitialised)?;
+    let mut leaves = Vec::new();
+    live.walk(VirtAddr(0), VA_MASK as usize + 1, |m| leaves.push(m))?;
+    drop(guard);
+    let mut twin = PageTable::new(KernelTableMemory, KernelTableFrames, Config::KERNEL)?;
+    let mut split = 0;
+    for m in leaves {
+        let (va, pa, len) = (m.va.start().as_u64(), m.pa.as_u64(), m.va.len());
+        // A first piece of 2 MiB keeps the engine from choosing a 1 GiB block again.
+        let first = if len >= GIB && va % GIB == 0 {
+            split += 1;
+            TWO_MIB
+        } else {
+            len
+        };
+        let change = twin.map(VirtAddr(va), PhysAddr(pa), first as usize, m.attributes)?;
+        twin.complete(change, &mut KernelInvalidate);
+        if first < len {
+            let change = twin.map(
+                VirtAddr(va + first),
+                PhysAddr(pa + first),
+                (len - first) as usize,
+                m.attributes,
+            )?;
+            twin.complete(change, &mut KernelInvalidate);
+        }
+    }
+    Ok((twin, split))
+}
+
+/// Runs `f` with an identity map of the kernel's text in TTBR0 (read-only, executable at EL1,
+/// entries under the kernel's ASID 0), as [`replace_ttbr1`] needs after boot; then drops it
+/// (and its entries) again. Only with no address space loaded on this CPU.
+pub fn with_text_identity_map<R>(f: impl FnOnce() -> R) -> Result<R, KernelMapError> {
+    if super::aspace::loaded_here() {
+        return Err(KernelMapError::AddressSpaceLoaded);
+    }
+    let text = (symbol_addr!(__text_start), symbol_addr!(__text_end));
+    let pa = image_va_to_pa(text.0);
+    let mut idmap = PageTable::new(KernelTableMemory, KernelTableFrames, Config::USER)?;
+    let change = idmap.map(
+        VirtAddr(pa),
+        PhysAddr(pa),
+        (text.1 - text.0) as usize,
+        Attributes::normal(Permissions::KERNEL_RX),
+    )?;
+    idmap.complete(change, &mut KernelInvalidate);
+    HwSysRegs.run_all(&switch::load_ttbr0(idmap.root().as_u64()));
+    let r = f();
+    HwSysRegs.run_all(&switch::drop_identity_map(reserved_table_pa()));
+    // Only this CPU walked it, and the sequence above dropped its entries.
+    idmap.destroy(|| {});
+    Ok(r)
 }
 
 /// SCTLR_EL1 as this CPU has it (for reports).

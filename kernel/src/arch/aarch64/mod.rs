@@ -9,6 +9,7 @@ pub mod mmu;
 pub mod pmu;
 pub mod power;
 pub mod smp;
+pub mod switch;
 pub mod timer;
 pub mod tlb;
 

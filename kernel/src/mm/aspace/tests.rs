@@ -13,11 +13,14 @@ use crate::mm::fake::TestMemory;
 use crate::mm::notifier::{MmuNotifier, MmuNotifierOps, OpSet};
 use crate::mm::pgtable::tlb::{RecordingTlb, TlbFeatures, TlbMaintenance, TlbOp, Tlbi};
 
-/// The host platform: an arena of RAM, a TLB recorder, an ASID allocator for 4 CPUs.
+/// The host platform: an arena of RAM, a TLB recorder, an ASID allocator for 4 CPUs, a PA
+/// size and a recorder of I-cache maintenance.
 struct Host {
     mem: Arc<TestMemory>,
     asids: AsidAllocator,
     tlb: Mutex<RecordingTlb>,
+    pa_bits: u32,
+    icache: Mutex<Vec<(PhysAddr, usize)>>,
 }
 
 impl MmPlatform for Host {
@@ -45,13 +48,25 @@ impl MmPlatform for Host {
     fn full_barrier(&self) {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
+    fn pa_bits(&self) -> u32 {
+        self.pa_bits
+    }
+    fn sync_icache(&self, pa: PhysAddr, len: usize) {
+        self.icache.lock().unwrap().push((pa, len));
+    }
 }
 
 fn host(frames: usize) -> &'static Host {
+    host_with_pa_bits(frames, 48)
+}
+
+fn host_with_pa_bits(frames: usize, pa_bits: u32) -> &'static Host {
     std::boxed::Box::leak(std::boxed::Box::new(Host {
         mem: Arc::new(TestMemory::new(frames)),
         asids: AsidAllocator::new(AsidBits::Sixteen, 4).unwrap(),
         tlb: Mutex::new(RecordingTlb::default()),
+        pa_bits,
+        icache: Mutex::new(Vec::new()),
     }))
 }
 
@@ -291,7 +306,8 @@ fn a_physical_range_beyond_the_output_size_is_refused_up_front() {
         map(top, 2 * PAGE_SIZE),
         Err(MmError::PhysOutOfRange {
             start: top,
-            len: 2 * PAGE_SIZE
+            len: 2 * PAGE_SIZE,
+            bits: 48
         })
     );
     assert!(user.regions().is_empty());
@@ -694,3 +710,5 @@ fn skipping_the_secondary_invalidation_is_caught() {
         .unwrap()
         .contains(&Seen::Secondary(A, A + PAGE)));
 }
+
+mod arch_glue;

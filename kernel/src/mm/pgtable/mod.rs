@@ -66,6 +66,7 @@ pub mod descriptor;
 pub mod error;
 pub mod range;
 pub mod regs;
+pub mod switch;
 pub mod table;
 pub mod tlb;
 pub mod walk;

@@ -10,7 +10,8 @@
 //!   only after the final invalidation;
 //! - and a failed operation leaves the table bit-for-bit unchanged.
 //!
-//! `PGTABLE_PROPTEST_CASES=<n>` runs more cases than the default 64.
+//! `PROPTEST_CASES=<n>` (proptest's own variable, as for every property test here) runs more
+//! cases than the default 64.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -273,7 +274,7 @@ fn engine_segments(table: &TestTable<'_>) -> Vec<Seg> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PGTABLE_PROPTEST_CASES")
+    std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64)

@@ -1108,11 +1108,12 @@ fn predict_map(
             start: pa.as_u64(),
             len: len as usize,
         })?;
-        // A descriptor holds 48 output-address bits (Arm ARM D8.3).
+        // The fuzz platform's PA size is the descriptor's 48 bits (Arm ARM D8.3).
         if end > 1 << 48 {
             return Err(MmError::PhysOutOfRange {
                 start: pa,
                 len: len as usize,
+                bits: 48,
             });
         }
     }

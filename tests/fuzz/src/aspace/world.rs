@@ -73,6 +73,11 @@ impl MmPlatform for FuzzPlatform {
     fn full_barrier(&self) {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
+    fn pa_bits(&self) -> u32 {
+        48
+    }
+    /// No CPU fetches instructions from the arena.
+    fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
 }
 
 /// The model as the driver's register window, shared with the harness (which also needs it for
