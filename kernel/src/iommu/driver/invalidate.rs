@@ -109,9 +109,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         c.fields = quiet;
         c.quiesced = true;
         let (asid, sids) = (c.asid, c.sids.clone());
-        // CFGI_STE as well as CFGI_CD: the SMMU may still hold an older copy of the STE (one
-        // whose own invalidation it never confirmed, e.g. after a CMD_SYNC timeout), which
-        // would lead it to an older CD with walks enabled; dropping both leaves nothing stale.
+        // CFGI_STE as well as CFGI_CD, so the quiesce does not depend on every earlier STE
+        // write of these streams having reached the SMMU. A CFGI whose CMD_SYNC merely timed
+        // out needs nothing more: commands complete in order, so this CMD_SYNC completes it
+        // too (§4.7.3). But an STE write whose CFGI_STE was never queued (the queue stayed
+        // full, or the SMMU was being switched off) leaves the SMMU free to keep the old STE;
+        // such a stream is still listed here: attach lists it once its CFGI_STE completed or
+        // when taking the STE back failed too, and detach unlists it only once the invalid
+        // STE's CFGI_STE completed. One command per stream, on a rare path.
         let cfgis = sids.iter().flat_map(|&sid| {
             [
                 Command::CfgiSte { sid, leaf: true },

@@ -13,11 +13,25 @@
 //! promises the invalidation has taken effect once the CMD_SYNC completes, and the kernel only
 //! promises it once the unmap returns. The kernel brackets such windows with
 //! [`super::SmmuModel::begin_unmap`] / [`super::SmmuModel::end_unmap`]; a mismatch inside an
-//! open window of the same ASID covering the VA is counted as a *race* and not recorded — but
-//! only if the cached entry was filled after the last *completed* unmap covering the VA began.
-//! An older entry should have gone with that unmap's invalidation: its use is that unmap's bug,
-//! whatever window happens to be open now. Any other mismatch is a violation. (Single-threaded
-//! callers can simply call [`super::SmmuModel::note_unmap`] for each unmap.)
+//! open window of the same ASID is counted as a *race* and not recorded, if that window's
+//! operation can be what made the entry stale ([`Checker::racing`]):
+//!
+//! * an **IOTLB leaf**: the window covers the VA, and the leaf was filled after the last
+//!   *completed* unmap covering the VA began. An older leaf should have gone with that unmap's
+//!   invalidation: its use is that unmap's bug, whatever window happens to be open now.
+//! * a **table descriptor** (walk cache): the window overlaps the region the descriptor maps
+//!   (unlinking a table changes the walk of its whole span, not just the unmapped pages), and
+//!   memory still held the descriptor when the window opened.
+//! * a **configuration** (STE/CD): the window covers the VA, and the cached configuration still
+//!   agreed with memory when the window opened.
+//!
+//! The last two are not judged by the last unmap of the VA: an unmap's TLBIs never remove
+//! configuration, and a leaf-only unmap may keep table descriptors, so an entry older than that
+//! unmap is no sign of a missed invalidation. What is one is an entry that was already stale
+//! when the window opened: the change came before the window, so the window cannot excuse it.
+//! A use that relied on a stale configuration *and* a cached leaf or table descriptor races
+//! only if both do. Any other mismatch is a violation. (Single-threaded callers can simply call
+//! [`super::SmmuModel::note_unmap`] for each unmap.)
 //!
 //! A walk resumed from a walk-cache entry is checked only when memory no longer holds the
 //! cached table descriptor: otherwise it read the same tables a fresh walk would, and walking
@@ -78,6 +92,35 @@ pub enum StaleSource {
     WalkCache,
 }
 
+/// A cached entry a translation relied on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// An IOTLB leaf.
+    Leaf,
+    /// The configuration (STE and CD) of stream `sid`.
+    Config { sid: u32 },
+    /// A table descriptor held at `level`, mapping `[base, base + 2^span_log2)`.
+    Table { level: u8, base: u64, span_log2: u8 },
+}
+
+impl Entry {
+    /// The cache holding such entries.
+    pub const fn source(self) -> StaleSource {
+        match self {
+            Self::Leaf => StaleSource::Iotlb,
+            Self::Config { .. } => StaleSource::Config,
+            Self::Table { .. } => StaleSource::WalkCache,
+        }
+    }
+}
+
+/// A cached entry and when it was filled (the model's clock): together they name one fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cached {
+    pub entry: Entry,
+    pub born: u64,
+}
+
 /// One use of cached state, as the model reports it to the checker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Use {
@@ -87,9 +130,10 @@ pub struct Use {
     pub vmid: u16,
     pub va: VirtAddr,
     pub access: AccessKind,
-    pub source: StaleSource,
-    /// When the cached state was filled (the model's clock).
-    pub born: u64,
+    /// The cached state the outcome is blamed on (a stale configuration if there is one).
+    pub cached: Cached,
+    /// A leaf or table descriptor used through a stale configuration: it must race too.
+    pub with: Option<Cached>,
     /// The walk went through a table descriptor memory no longer holds.
     pub table_gone: bool,
 }
@@ -146,13 +190,21 @@ struct Timed {
     began: u64,
 }
 
+/// An unmap in progress.
+#[derive(Debug, Clone)]
+struct Window {
+    unmap: Timed,
+    /// Configurations and table descriptors of its ASID already stale when it opened.
+    stale_at_open: Vec<Cached>,
+}
+
 /// Checker state.
 #[derive(Debug, Clone)]
 pub struct Checker {
     pub(super) enabled: bool,
     /// Completed unmaps, oldest first.
     unmaps: VecDeque<Timed>,
-    in_flight: Vec<Timed>,
+    in_flight: Vec<Window>,
     records: Vec<StaleTranslation>,
     total: u64,
     spurious: u64,
@@ -172,29 +224,59 @@ impl Checker {
         }
     }
 
-    /// Opens the window of `note`, which began at time `now`.
-    pub(super) fn begin_unmap(&mut self, note: UnmapNote, now: u64) {
-        self.in_flight.push(Timed { note, began: now });
+    /// Opens the window of `note`, which began at time `now`; `stale_at_open` are the cached
+    /// configurations and table descriptors of its ASID that memory no longer agreed with.
+    pub(super) fn begin_unmap(&mut self, note: UnmapNote, now: u64, stale_at_open: Vec<Cached>) {
+        self.in_flight.push(Window {
+            unmap: Timed { note, began: now },
+            stale_at_open,
+        });
     }
 
     /// Closes the window of unmap `id`; returns false if none was open.
     pub(super) fn end_unmap(&mut self, id: u64) -> bool {
-        match self.in_flight.iter().position(|u| u.note.id == id) {
+        match self.in_flight.iter().position(|w| w.unmap.note.id == id) {
             Some(i) => {
                 let done = self.in_flight.swap_remove(i);
-                self.log(done);
+                self.log(done.unmap);
                 true
             }
             None => false,
         }
     }
 
-    /// Whether a mismatch on an entry filled at `born` is an allowed race: an open window
-    /// covers the VA, and the entry is younger than the last completed unmap there.
-    fn racing(&self, asid: Option<u16>, va: VirtAddr, born: u64) -> bool {
-        let Some(a) = asid else { return false };
-        let open = self.in_flight.iter().any(|u| covers(&u.note, a, va));
-        open && self.last_completed(a, va).is_none_or(|u| born > u.began)
+    /// Whether a mismatch is an allowed race (module documentation): every cached entry the
+    /// use relied on could have been made stale by an unmap still in progress.
+    fn racing(&self, u: &Use) -> bool {
+        let Some(asid) = u.asid else { return false };
+        core::iter::once(u.cached)
+            .chain(u.with)
+            .all(|c| self.entry_racing(asid, u.va, c))
+    }
+
+    fn entry_racing(&self, asid: u16, va: VirtAddr, c: Cached) -> bool {
+        let mut open = self.in_flight.iter().filter(|w| w.unmap.note.asid == asid);
+        let fresh_at_open = |w: &Window| !w.stale_at_open.contains(&c);
+        match c.entry {
+            Entry::Leaf => {
+                open.any(|w| covers(&w.unmap.note, asid, va))
+                    && self
+                        .last_completed(asid, va)
+                        .is_none_or(|u| c.born > u.began)
+            }
+            Entry::Config { .. } => {
+                open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
+            }
+            Entry::Table {
+                base, span_log2, ..
+            } => {
+                let end = base.saturating_add(1 << span_log2);
+                open.any(|w| {
+                    let n = &w.unmap.note;
+                    n.start.as_u64() < end && base < n.end.as_u64() && fresh_at_open(w)
+                })
+            }
+        }
     }
 
     /// Notes an unmap that completed (or, single-threaded, is about to) at time `now`.
@@ -234,9 +316,9 @@ impl Checker {
             vmid,
             va,
             access,
-            source,
-            born,
+            cached,
             table_gone,
+            ..
         } = u;
         let kind = match (used, fresh) {
             (Ok(a), Ok(b)) if a != b => StaleKind::WrongFrame,
@@ -245,7 +327,8 @@ impl Checker {
             _ if table_gone => StaleKind::StaleTable,
             _ => return false,
         };
-        if self.racing(asid, va, born) {
+        let source = cached.entry.source();
+        if self.racing(&u) {
             self.raced += 1;
             return false;
         }

@@ -66,7 +66,7 @@ use crate::mm::phys::PhysMemory;
 use crate::mm::{PhysAddr, VirtAddr};
 use crate::sync::atomic::Ordering;
 
-use checker::{Checker, StaleSource, StaleTranslation, UnmapNote};
+use checker::{Cached as CachedEntry, Checker, Entry, StaleTranslation, UnmapNote};
 use iotlb::{Iotlb, IotlbConfig, IotlbTag};
 use walk::{Leaf, TableStep, WalkFault};
 use walkcache::WalkCache;
@@ -331,11 +331,10 @@ struct Pending {
     consumed_at: u64,
 }
 
-/// Which cached state a translation relied on, for the checker.
+/// Which cached leaf or table descriptor a translation relied on, for the checker.
 #[derive(Debug, Clone, Copy)]
 struct CacheUse {
-    source: StaleSource,
-    born: u64,
+    cached: CachedEntry,
     /// A walk went through a cached table descriptor that memory no longer holds.
     table_gone: bool,
 }
@@ -494,7 +493,12 @@ impl<'m> SmmuModel<'m> {
     pub fn begin_unmap(&self, asid: u16, start: VirtAddr, end: VirtAddr, id: u64) {
         let mut s = self.state.lock();
         let (note, now) = s.unmap_note(asid, start, end, id);
-        s.checker.begin_unmap(note, now);
+        let stale = if s.checker.enabled {
+            s.stale_entries(self.mem, asid)
+        } else {
+            Vec::new()
+        };
+        s.checker.begin_unmap(note, now, stale);
     }
 
     /// Closes the window of unmap `id` (call when the unmap returns, i.e. after its
@@ -576,6 +580,28 @@ impl State {
             end,
         };
         (note, self.tick())
+    }
+
+    /// The cached configurations and table descriptors of `asid` that memory no longer agrees
+    /// with: an unmap window opening now cannot be what made them stale.
+    fn stale_entries(&self, mem: &dyn PhysMemory, asid: u16) -> Vec<CachedEntry> {
+        let configs = self.stes.keys().filter_map(|&sid| {
+            let (cfg, born) = self.cached_view(mem, sid)?;
+            let of_asid = matches!(cfg, StreamCfg::Stage1 { s1, .. } if s1.asid == asid);
+            (of_asid && self.decode_config(mem, sid) != Ok(cfg)).then_some(CachedEntry {
+                entry: Entry::Config { sid },
+                born,
+            })
+        });
+        let tables = self
+            .walk_cache
+            .entries()
+            .filter(|(tag, e)| tag.asid == asid && !table_still_there(mem, &e.step))
+            .map(|(tag, e)| CachedEntry {
+                entry: table_entry(tag.level, tag.va_base, e.step.span_log2),
+                born: e.born,
+            });
+        configs.chain(tables).collect()
     }
 
     fn oas_bits(&self) -> u8 {
@@ -1018,6 +1044,23 @@ impl State {
         Ok(s1)
     }
 
+    /// The configuration a translation of `sid` would use now and the fill time of its oldest
+    /// cached part, without filling anything; `None` if no STE is cached (or a fetch fails).
+    fn cached_view(&self, mem: &dyn PhysMemory, sid: u32) -> Option<(StreamCfg, u64)> {
+        let ste = self.stes.get(&sid)?;
+        Some(match ste.value {
+            SteCfg::Abort => (StreamCfg::Abort, ste.born),
+            SteCfg::Bypass => (StreamCfg::Bypass, ste.born),
+            SteCfg::Stage1 { cd, vmid } => {
+                let (s1, born) = match self.cds.get(&(sid, 0)) {
+                    Some(c) => (c.value, c.born.min(ste.born)),
+                    None => (self.decode_cd(mem, cd).ok()?, ste.born),
+                };
+                (StreamCfg::Stage1 { s1, vmid }, born)
+            }
+        })
+    }
+
     /// The stream's configuration through the configuration cache: (configuration, fill time
     /// of the oldest cached part used, or `None` if nothing came from the cache).
     fn cached_config(
@@ -1161,28 +1204,29 @@ impl State {
                 (o, Some(s1.asid), vmid, used)
             }
         };
-        let iotlb_hit = matches!(
-            cache_use,
-            Some(CacheUse {
-                source: StaleSource::Iotlb,
-                ..
-            })
-        );
+        let iotlb_hit = cache_use.is_some_and(|u| u.cached.entry == Entry::Leaf);
         // Only cached state is checked: a cached configuration against a fresh decode, a
         // cached leaf or table descriptor against a fresh walk. A walk done just now from the
         // root is fresh by definition, and walking twice would race with table writes the
         // kernel may legitimately make concurrently (new mappings need no invalidation).
         if self.checker.enabled && (config_born.is_some() || cache_use.is_some()) {
             let config_stale = config_born.is_some() && self.decode_config(mem, sid) != Ok(cfg);
+            // A stale configuration takes the blame; a leaf or table descriptor used through it
+            // is judged along with it.
             let used_cache = match (config_stale, config_born, cache_use) {
-                (true, Some(born), _) => Some(CacheUse {
-                    source: StaleSource::Config,
-                    born,
-                    table_gone: false,
-                }),
-                (_, _, u) => u,
+                (true, Some(born), u) => Some((
+                    CacheUse {
+                        cached: CachedEntry {
+                            entry: Entry::Config { sid },
+                            born,
+                        },
+                        table_gone: false,
+                    },
+                    u.map(|u| u.cached),
+                )),
+                (_, _, u) => u.map(|u| (u, None)),
             };
-            if let Some(u) = used_cache {
+            if let Some((u, with)) = used_cache {
                 let fresh = self.fresh(mem, sid, va, access);
                 let used = outcome.map(|(pa, _)| pa).map_err(|(k, _)| k);
                 self.checker.check(
@@ -1192,8 +1236,8 @@ impl State {
                         vmid,
                         va,
                         access,
-                        source: u.source,
-                        born: u.born,
+                        cached: u.cached,
+                        with,
                         table_gone: u.table_gone,
                     },
                     used,
@@ -1227,8 +1271,10 @@ impl State {
             Some(hit) => {
                 self.stats.iotlb_hits += 1;
                 let used = CacheUse {
-                    source: StaleSource::Iotlb,
-                    born: hit.born,
+                    cached: CachedEntry {
+                        entry: Entry::Leaf,
+                        born: hit.born,
+                    },
                     table_gone: false,
                 };
                 (hit.leaf, Some(used))
@@ -1244,8 +1290,10 @@ impl State {
                 let used = cached_table
                     .filter(|e| !table_still_there(mem, &e.step))
                     .map(|e| CacheUse {
-                        source: StaleSource::WalkCache,
-                        born: e.born,
+                        cached: CachedEntry {
+                            entry: table_entry(e.step.level, va.as_u64(), e.step.span_log2),
+                            born: e.born,
+                        },
                         table_gone: true,
                     });
                 let born = self.tick();
@@ -1326,6 +1374,16 @@ fn va_covers(cmd: &TlbiVa, va_base: u64, size_log2: u8, leaf_level: Option<u8>) 
             let end = addr.saturating_add(r.bytes());
             va_base < end && addr < entry_end
         }
+    }
+}
+
+/// The checker's name for a table descriptor held at `level`, on the walk of `va`, mapping
+/// `2^span_log2` bytes.
+fn table_entry(level: u8, va: u64, span_log2: u8) -> Entry {
+    Entry::Table {
+        level,
+        base: va & !((1u64 << span_log2) - 1),
+        span_log2,
     }
 }
 

@@ -539,27 +539,33 @@ fn permissions_access_flag_and_quiesced_context() {
     assert!(rig.smmu.stale_translations().is_empty());
 }
 
-#[test]
-fn config_change_without_cfgi_is_stale() {
-    let mem = arena();
-    let rig = Rig::new(&mem, ModelConfig::default(), 4);
-    let t = TestPageTables::new(&mem).unwrap();
+/// A stage-1 rig whose device read `0x1000`, mapped to the returned frame: STE, CD and leaf
+/// are cached. Also returns the CD's address.
+fn used_rig(mem: &PhysArena) -> (Rig<'_>, TestPageTables<'_>, PhysAddr, PhysAddr) {
+    let rig = Rig::new(mem, ModelConfig::default(), 4);
+    let t = TestPageTables::new(mem).unwrap();
     let cd = rig.attach(SID, &t);
     let a = mem.alloc_zeroed().unwrap();
     t.map(VirtAddr(0x1000), a, LeafAttrs::RW).unwrap();
     pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
-    // Quiesce the CD and flush the IOTLB but forget the CFGI: the cached CD still walks.
+    (rig, t, cd, a)
+}
+
+/// Writes the quiesced CD (walks disabled), as release does; invalidates nothing.
+fn quiesce_cd(rig: &Rig, t: &TestPageTables, cd: PhysAddr) {
     rig.write_cd(
         cd,
         &CdFields::sva(ASID, t.root(), 48, 4, 0).unwrap().quiesced(),
     );
-    rig.submit(&[
-        Command::TlbiNhAsid {
-            vmid: 0,
-            asid: ASID,
-        },
-        Command::SYNC,
-    ]);
+}
+
+#[test]
+fn config_change_without_cfgi_is_stale() {
+    let mem = arena();
+    let (rig, t, cd, a) = used_rig(&mem);
+    // Quiesce the CD and flush the IOTLB but forget the CFGI: the cached CD still walks.
+    quiesce_cd(&rig, &t, cd);
+    rig.submit(&[TLBI_ASID, Command::SYNC]);
     assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
     let stale = rig.smmu.take_stale_translations();
     assert_eq!(stale[0].source, checker::StaleSource::Config);
@@ -1090,4 +1096,142 @@ fn spurious_faults_are_counted_apart_from_stale_uses() {
     assert_eq!((stats.spurious_faults, stats.stale_translations), (1, 0));
     let stale = rig.smmu.take_stale_translations();
     assert_eq!(stale[0].kind, checker::StaleKind::SpuriousFault);
+}
+
+/// The unmap that empties a level-3 table clears the level-2 descriptor, invalidates with
+/// Leaf = 0 and only frees the table once the CMD_SYNC completed. Until then the walk cache may
+/// still hold the pointer (§4.4: the TLBI takes effect by the SYNC), and a device access to
+/// another page under that table — one whose own unmap finished long ago — walks the intact
+/// table and faults at level 3: a race with the unmap in flight, whose table change spans the
+/// whole 2 MiB, not a stale use (KTAP `sva.smp_unmaps_on_every_cpu_while_dma_runs`).
+#[test]
+fn a_walk_through_a_table_whose_unmap_is_in_flight_is_a_race() {
+    let (p, q) = (VA, VA + 0x1000);
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(p), a, LeafAttrs::RW).unwrap();
+    t.map(VirtAddr(q), b, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, q, AccessKind::Read).unwrap();
+    // Unmap 1: q, completed the right way.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(q), VirtAddr(q + 0x1000), 1);
+    t.unmap(VirtAddr(q)).unwrap();
+    rig.submit(&[tlbi_va(q, None), Command::SYNC]);
+    assert!(rig.smmu.end_unmap(1));
+    // The device walks to p again: the level-2 descriptor is cached anew.
+    assert_eq!(pa_of(&rig.smmu, p, AccessKind::Read), Ok(a));
+    // Unmap 2: p, the table's last page. Entry cleared, table unlinked, TLBI consumed...
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(p), VirtAddr(p + 0x1000), 2);
+    t.unmap(VirtAddr(p)).unwrap();
+    let table = free_table(&rig, p, None);
+    rig.submit(&[tlbi_va(p, None)]);
+    // ...and before its CMD_SYNC the device touches q through the cached pointer.
+    assert_eq!(
+        pa_of(&rig.smmu, q, AccessKind::Write),
+        Err(FaultKind::Translation { level: 3 })
+    );
+    assert!(
+        rig.smmu.stale_translations().is_empty(),
+        "{:?}",
+        rig.smmu.stale_translations()
+    );
+    assert_eq!(rig.smmu.stats().raced_translations, 1);
+    rig.submit(&[Command::SYNC]);
+    assert!(rig.smmu.end_unmap(2));
+    // Only now is the table freed (its frame reused): nothing reaches it any more.
+    physmem::store(rig.mem, table, a.as_u64() | 0x703, Ordering::Release).unwrap();
+    assert_eq!(
+        pa_of(&rig.smmu, q, AccessKind::Write),
+        Err(FaultKind::Translation { level: 2 })
+    );
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// The twin: a table unlinked *before* the window opened (by an unmap that sent no Leaf = 0
+/// invalidation) is not excused by a later window over the same table's span.
+#[test]
+fn a_window_does_not_excuse_a_table_unlinked_before_it_opened() {
+    let (p, q) = (VA, VA + 0x1000);
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(p), a, LeafAttrs::RW).unwrap();
+    pa_of(&rig.smmu, p, AccessKind::Read).unwrap();
+    // Unmap 1 empties and unlinks the table, but invalidates with Leaf = 1.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(p), VirtAddr(p + 0x1000), 1);
+    t.unmap(VirtAddr(p)).unwrap();
+    free_table(&rig, p, None);
+    rig.submit(&[tlbi_va_leaf(p, true), Command::SYNC]);
+    assert!(rig.smmu.end_unmap(1));
+    // Unmap 2 of the neighbouring page is in flight when the device walks there.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(q), VirtAddr(q + 0x1000), 2);
+    assert_eq!(
+        pa_of(&rig.smmu, q, AccessKind::Read),
+        Err(FaultKind::Translation { level: 3 })
+    );
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1, "not excused by window 2");
+    assert_eq!(stale[0].kind, checker::StaleKind::StaleTable);
+    assert!(rig.smmu.end_unmap(2));
+}
+
+/// Release quiesces the CD inside a window over the whole address space. A device access
+/// through the cached CD before the CFGI's CMD_SYNC completes is a race however old that CD
+/// is: an unmap's TLBIs never remove configuration, so a CD cached before the last unmap of
+/// the VA is no sign of a missed invalidation (KTAP `faults.soak_survives_every_fault_kind`,
+/// the teardown race).
+#[test]
+fn a_cached_cd_older_than_the_last_unmap_races_its_own_change() {
+    let mem = arena();
+    let (rig, t, cd, _) = used_rig(&mem);
+    let b = mem.alloc_zeroed().unwrap();
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 1);
+    t.unmap(VirtAddr(0x1000)).unwrap();
+    rig.submit(&[tlbi_va(0x1000, None), Command::SYNC]);
+    assert!(rig.smmu.end_unmap(1));
+    t.map(VirtAddr(0x1000), b, LeafAttrs::RW).unwrap();
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Write), Ok(b));
+    // Release: the window opens, the CD is quiesced, the device writes before the CFGI_CD's
+    // CMD_SYNC.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0), VirtAddr(1 << 47), 2);
+    quiesce_cd(&rig, &t, cd);
+    rig.submit(&[Command::CfgiCd {
+        sid: SID,
+        ssid: 0,
+        leaf: true,
+    }]);
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Write), Ok(b));
+    assert!(
+        rig.smmu.stale_translations().is_empty(),
+        "{:?}",
+        rig.smmu.stale_translations()
+    );
+    rig.submit(&[Command::SYNC, TLBI_ASID, Command::SYNC]);
+    assert!(rig.smmu.end_unmap(2));
+    assert!(pa_of(&rig.smmu, 0x1000, AccessKind::Write).is_err());
+    assert!(rig.smmu.stale_translations().is_empty());
+}
+
+/// The twin: a CD changed without CFGI_CD before the window opened stays stale inside it.
+#[test]
+fn a_window_does_not_excuse_a_configuration_changed_before_it_opened() {
+    let mem = arena();
+    let (rig, t, cd, a) = used_rig(&mem);
+    // Quiesced, invalidated by ASID only: the CD stays cached with walks enabled.
+    quiesce_cd(&rig, &t, cd);
+    rig.submit(&[TLBI_ASID, Command::SYNC]);
+    // A later unmap's window (filled after no unmap: the old rule excused it).
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 1);
+    assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Read), Ok(a));
+    let stale = rig.smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1, "not excused by window 1");
+    assert_eq!(stale[0].source, checker::StaleSource::Config);
+    assert!(rig.smmu.end_unmap(1));
 }
