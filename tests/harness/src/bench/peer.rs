@@ -399,11 +399,7 @@ mod tests {
     const RANGE: &[(&str, u64)] = &[("tlbi_va_range", 1), ("sync", 1)];
     const BATCHED: &[(&str, u64)] = &[("tlbi_va_range", 3), ("sync", 3)];
 
-    fn all_sizes(
-        commands: &'static [(&'static str, u64)],
-        insns: u64,
-        faults: bool,
-    ) -> Vec<Unmap> {
+    fn all_sizes(commands: &'static [(&'static str, u64)], insns: u64, faults: bool) -> Vec<Unmap> {
         SIZES
             .iter()
             .map(|&p| (p, commands, insns, faults))
