@@ -42,6 +42,7 @@ help:
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
+	@echo "make bench-peer  Shootdown vs Debian's Linux (VFIO) on the same QEMU: bench/peer.md [PEER_PAGES=...]"
 	@echo "make labgrid  the KTAP cases as pytest results through labgrid (QEMU environments)"
 	@echo "make test-labgrid-farm  the same through a loopback labgrid farm (coordinator, exporter, place)"
 	@echo "make lava-jobs  LAVA job definitions in build/lava/ (test-lava checks them against LAVA's schema)"
@@ -209,22 +210,68 @@ ICOUNT       := -icount shift=0
 # 4095 pages is the worst case of the range planner (every low bit set).
 BENCH_SMOKE_PAGES := 1,16,511,512,4095
 
-.PHONY: bench test-bench-smoke
+# QEMU counts the commands too: its SMMUv3's trace events and the guest's UART writes, in
+# execution order in one file per boot, which `bench-report --qemu-trace` splits at the console
+# markers the benchmarks print (tests/harness/src/bench/qemu_trace.rs). virt-smmu only (the
+# Pi's SMMU is the software model).
+QEMU_TRACE = $(foreach e,smmuv3_cmdq_opcode smmuv3_range_inval smmuv3_record_event pl011_write,-trace $(e)) -D $(1)
+
+.PHONY: bench test-bench-smoke peer-setup bench-peer
 
 bench: image $(HARNESS) qemu $(PI_DTB)
 	rm -rf target/criterion
 	nice $(HCARGO) bench -p shootdown --features bench
-	$(HARNESS) test --board $(subst $(space),$(comma),$(BENCH_BOARDS)) --kernel $(KERNEL_IMG) \
+	$(HARNESS) test --board virt-smmu --kernel $(KERNEL_IMG) \
+	    --bootargs "bench=* $(BOOTARGS)" --log-dir $(BENCH_LOGS) --timeout 1800 --test-timeout 0 \
+	    -- $(ICOUNT) $(call QEMU_TRACE,$(BENCH_LOGS)/virt-smmu.qemu-trace)
+	$(HARNESS) test --board raspi4b --kernel $(KERNEL_IMG) \
 	    --bootargs "bench=* $(BOOTARGS)" --log-dir $(BENCH_LOGS) --timeout 1800 --test-timeout 0 \
 	    -- $(ICOUNT)
 	$(HARNESS) bench-report $(foreach b,$(BENCH_BOARDS),--kernel-log $(b)=$(BENCH_LOGS)/$(b).log) \
+	    --qemu-trace virt-smmu=$(BENCH_LOGS)/virt-smmu.qemu-trace \
 	    --criterion target/criterion --out $(BENCH_OUT) --require all
 
 test-bench-smoke: image $(HARNESS) qemu
 	$(HARNESS) test --board virt-smmu --kernel $(KERNEL_IMG) --log-dir $(BUILD)/logs/bench-smoke \
-	    --bootargs "bench=* bench.pages=$(BENCH_SMOKE_PAGES)" --test-timeout 0 -- $(ICOUNT)
+	    --bootargs "bench=* bench.pages=$(BENCH_SMOKE_PAGES)" --test-timeout 0 \
+	    -- $(ICOUNT) $(call QEMU_TRACE,$(BUILD)/logs/bench-smoke/virt-smmu.qemu-trace)
 	$(HARNESS) bench-report --kernel-log virt-smmu=$(BUILD)/logs/bench-smoke/virt-smmu.log \
-	    --require commands
+	    --qemu-trace virt-smmu=$(BUILD)/logs/bench-smoke/virt-smmu.qemu-trace --require commands
+
+# ---------------------------------------------------------------------------------------------
+# bench-peer (issue 16; docs/performance.md): Debian's own arm64 Linux on the virt-smmu profile's
+# QEMU line, unmapping edu's memory through VFIO (tests/peer/), then Shootdown's `peer.unmap`
+# on the same line; QEMU's trace counts both. Writes bench/peer.md and bench/peer.json.
+# `make peer-setup` installs the cross compiler and unpacks Debian's arm64 kernel and busybox
+# (qemu/install.sh peer); it is not part of `make test`'s set-up.
+PEER_DIR    := $(BUILD)/peer
+PEER_LOGS   := $(BENCH_LOGS)/peer
+PEER_PAGES  ?= 1,16,512,4095,4096,262144
+PEER_APPEND := console=ttyAMA0 loglevel=4 peer.bdf=0000:00:02.0 peer.pages=$(PEER_PAGES)
+
+peer-setup:
+	@bash qemu/install.sh peer $(BUILD)
+
+bench-peer: image $(HARNESS) qemu peer-setup
+	@mkdir -p $(PEER_LOGS)
+	vmlinuz=$$(bash tests/peer/mkinitramfs.sh --from $(PEER_DIR) --out $(PEER_DIR)/initramfs.cpio.gz) && \
+	$(HARNESS) run --board virt-smmu --kernel $$vmlinuz --replace-bootargs --bootargs "$(PEER_APPEND)" \
+	    --dry-run -- -initrd $(PEER_DIR)/initramfs.cpio.gz $(ICOUNT) </dev/null > $(PEER_LOGS)/linux.qemu-line && \
+	timeout 1800 $(HARNESS) run --board virt-smmu --kernel $$vmlinuz --replace-bootargs \
+	    --bootargs "$(PEER_APPEND)" -- -initrd $(PEER_DIR)/initramfs.cpio.gz $(ICOUNT) \
+	    $(call QEMU_TRACE,$(PEER_LOGS)/linux.qemu-trace) </dev/null > $(PEER_LOGS)/linux.log 2>&1
+	$(HARNESS) run --board virt-smmu --kernel $(KERNEL_IMG) --bootargs "bench=peer.* bench.pages=$(PEER_PAGES)" \
+	    --dry-run -- $(ICOUNT) </dev/null > $(PEER_LOGS)/shootdown.qemu-line
+	$(HARNESS) test --board virt-smmu --kernel $(KERNEL_IMG) --log-dir $(PEER_LOGS) \
+	    --bootargs "bench=peer.* bench.pages=$(PEER_PAGES)" --timeout 3600 --test-timeout 0 \
+	    -- $(ICOUNT) $(call QEMU_TRACE,$(PEER_LOGS)/virt-smmu.qemu-trace)
+	$(HARNESS) bench-report --peer --out $(BENCH_OUT) --require peer \
+	    --kernel-log linux=$(PEER_LOGS)/linux.log --qemu-trace linux=$(PEER_LOGS)/linux.qemu-trace \
+	    --kernel-log virt-smmu=$(PEER_LOGS)/virt-smmu.log --qemu-trace virt-smmu=$(PEER_LOGS)/virt-smmu.qemu-trace \
+	    --meta "commit=$$(git describe --always --dirty)" --meta "debian=$$(cat $(PEER_DIR)/.installed)" \
+	    --meta "qemu=$$(qemu-system-aarch64 --version | head -1)" \
+	    --meta "linux line=$$(cat $(PEER_LOGS)/linux.qemu-line)" \
+	    --meta "shootdown line=$$(cat $(PEER_LOGS)/shootdown.qemu-line)"
 
 # =============================================================================================
 # Raspberry Pi 4: SD card, UART chainloader, hardware-in-the-loop tests (owner: hil branch).

@@ -4,6 +4,7 @@
 #
 #   qemu/install.sh qemu          QEMU >= 9.0 with the raspi4b machine
 #   qemu/install.sh dtb BUILD     BUILD/dtb/bcm2711-rpi-4-b.dtb from Debian's arm64 kernel package
+#   qemu/install.sh peer BUILD    BUILD/peer: Debian's arm64 Linux + busybox, the cross compiler (bench-peer)
 #   qemu/install.sh gdb           gdb-multiarch
 #   qemu/install.sh labgrid BUILD BUILD/labgrid-venv: labgrid (pinned) from PyPI, for tests/labgrid
 #   qemu/install.sh ser2net       ser2net, which a labgrid exporter serves serial ports through
@@ -59,29 +60,79 @@ install_qemu() {
     qemu_ok || die "qemu-system-aarch64 is still older than 9.0 or has no raspi4b"
 }
 
+# The arm64 package lists (for files we take out of Debian's arm64 packages, never installed).
+enable_arm64() {
+    dpkg --print-foreign-architectures | grep -qx arm64 && return 0
+    say "enabling the arm64 package lists (packages are downloaded and unpacked, not installed)"
+    as_root dpkg --add-architecture arm64
+    apt_updated=""
+}
+
+# The newest versioned arm64 kernel package that Debian's metapackage points at
+# (linux-image-6.1.0-N-arm64), without the architecture suffix.
+arm64_kernel_package() {
+    local pkg
+    pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    [ -n "$pkg" ] || die "could not find Debian's arm64 kernel package (linux-image-arm64:arm64)"
+    echo "${pkg%%:*}"
+}
+
+# `apt-get download` of PACKAGE into DIR (as root, apt's sandbox user cannot write there).
+download() {
+    (cd "$2" && timeout 900 apt-get download -q -o APT::Sandbox::User=root "$1" >/dev/null) \
+        || die "apt-get download $1 failed"
+}
+
 install_dtb() {
     local build=$1 out="$1/dtb/bcm2711-rpi-4-b.dtb"
     [ -s "$out" ] && return 0
     is_debian || die "put the Raspberry Pi 4 device tree at $out (bcm2711-rpi-4-b.dtb from a Linux arm64 build)"
-    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-        say "enabling the arm64 package lists (for the Pi 4 device tree only)"
-        as_root dpkg --add-architecture arm64
-        apt_updated=""
-    fi
+    enable_arm64
     apt_update
-    # The newest versioned kernel image that Debian's metapackage points at.
-    local pkg
-    pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    [ -n "$pkg" ] || die "could not find Debian's arm64 kernel package for the Pi 4 device tree"
-    pkg=${pkg%%:*}
+    local pkg; pkg=$(arm64_kernel_package)
     local tmp; tmp=$(mktemp -d)
     say "fetching $pkg:arm64 for bcm2711-rpi-4-b.dtb"
-    (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root "$pkg:arm64" >/dev/null)
+    download "$pkg:arm64" "$tmp"
     dpkg-deb --fsys-tarfile "$tmp"/*.deb | tar -x -C "$tmp" --wildcards '*bcm2711-rpi-4-b.dtb'
     mkdir -p "$build/dtb"
     find "$tmp" -name bcm2711-rpi-4-b.dtb -exec cp {} "$out" \;
     rm -rf "$tmp"
     [ -s "$out" ] || die "the kernel package held no bcm2711-rpi-4-b.dtb"
+}
+
+# `make bench-peer` (docs/performance.md): Debian's own arm64 Linux, booted on the virt-smmu
+# QEMU line. Installed: the aarch64 cross compiler and its libc (the static test program) and
+# cpio (the initramfs). Unpacked into BUILD/peer, not installed: the kernel package's vmlinuz
+# and its module tree (the VFIO and IOMMU modules the initramfs loads), and busybox-static for
+# arm64. The stamp names both package versions, so a Debian update refetches.
+install_peer() {
+    local build=$1 out="$1/peer"
+    is_debian || die "bench-peer needs Debian 12 packages: gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, cpio, linux-image-arm64:arm64, busybox-static:arm64"
+    if ! command -v aarch64-linux-gnu-gcc >/dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/libc.a ] \
+        || ! command -v cpio >/dev/null; then
+        apt_update
+        say "installing gcc-aarch64-linux-gnu libc6-dev-arm64-cross cpio"
+        apt install -y gcc-aarch64-linux-gnu libc6-dev-arm64-cross cpio >/dev/null
+    fi
+    enable_arm64
+    # Once unpacked, kept (PEER_REFRESH=1 fetches Debian's newest again).
+    [ -s "$out/.installed" ] && [ "${PEER_REFRESH:-}" != 1 ] && return 0
+    apt_update
+    local kpkg; kpkg=$(arm64_kernel_package)
+    local want; want="$kpkg $(apt-cache policy "$kpkg:arm64" | awk '/Candidate:/{print $2}') busybox-static $(apt-cache policy busybox-static:arm64 | awk '/Candidate:/{print $2}')"
+    [ "$(cat "$out/.installed" 2>/dev/null)" = "$want" ] && return 0
+    local tmp; tmp=$(mktemp -d)
+    say "fetching $kpkg:arm64 and busybox-static:arm64 (unpacked into $out)"
+    download "$kpkg:arm64" "$tmp"
+    download "busybox-static:arm64" "$tmp"
+    rm -rf "$out" && mkdir -p "$out/linux" "$out/busybox"
+    dpkg-deb --fsys-tarfile "$tmp"/linux-image-*.deb | tar -x -C "$out/linux" --wildcards \
+        './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/vfio/*'
+    dpkg-deb -x "$tmp"/busybox-static_*.deb "$out/busybox"
+    rm -rf "$tmp"
+    [ -n "$(find "$out/linux/boot" -name 'vmlinuz-*')" ] || die "$kpkg held no vmlinuz"
+    [ -x "$out/busybox/bin/busybox" ] || die "busybox-static:arm64 held no bin/busybox"
+    echo "$want" > "$out/.installed"
 }
 
 # Linux's own KTAP parser (tools/testing/kunit, Linux 6.1), from Debian's linux-source-6.1:
@@ -94,7 +145,7 @@ install_kunit() {
     apt_update
     local tmp; tmp=$(mktemp -d)
     say "fetching linux-source-6.1 for tools/testing/kunit (139 MB, once)"
-    (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root linux-source-6.1 >/dev/null)
+    download linux-source-6.1 "$tmp"
     dpkg-deb --fsys-tarfile "$tmp"/linux-source-6.1_*.deb | tar -x -C "$tmp" ./usr/src/linux-source-6.1.tar.xz
     tar -xJf "$tmp/usr/src/linux-source-6.1.tar.xz" -C "$tmp" --wildcards 'linux-source-6.1/tools/testing/kunit/*'
     rm -rf "$out" && mkdir -p "$(dirname "$out")" && mv "$tmp/linux-source-6.1/tools/testing/kunit" "$out"
@@ -168,8 +219,7 @@ install_lava() {
     apt_update
     local tmp; tmp=$(mktemp -d)
     say "fetching lava-common (LAVA's job schema), unpacked into $out"
-    (cd "$tmp" && timeout 900 apt-get download -q -o APT::Sandbox::User=root lava-common >/dev/null) \
-        || die "apt-get download lava-common failed"
+    download lava-common "$tmp"
     rm -rf "$out" && mkdir -p "$out"
     dpkg-deb -x "$tmp"/lava-common_*.deb "$out"
     local version; version=$(dpkg-deb -f "$tmp"/lava-common_*.deb Version)
@@ -191,6 +241,7 @@ fi
 case "${1:-}" in
     qemu) install_qemu ;;
     dtb) install_dtb "${2:?build folder}" ;;
+    peer) install_peer "${2:?build folder}" ;;
     kunit) install_kunit "${2:?build folder}" ;;
     fattools) install_fattools ;;
     uboot) install_uboot ;;
@@ -198,5 +249,5 @@ case "${1:-}" in
     labgrid) install_labgrid "${2:?build folder}" ;;
     ser2net) install_ser2net ;;
     lava) install_lava "${2:?build folder}" ;;
-    *) die "usage: $0 qemu | dtb BUILD | kunit BUILD | fattools | uboot | gdb | labgrid BUILD | ser2net | lava BUILD" ;;
+    *) die "usage: $0 qemu | dtb BUILD | peer BUILD | kunit BUILD | fattools | uboot | gdb | labgrid BUILD | ser2net | lava BUILD" ;;
 esac

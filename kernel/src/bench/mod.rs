@@ -18,7 +18,7 @@
 //!
 //! | argument | meaning |
 //! |---|---|
-//! | `bench=<glob>` | run the benchmarks whose `suite.case` (or suite) matches |
+//! | `bench=<glob>` | run the benchmarks whose `suite.case` (or suite) matches; `bench=peer.*` runs the opt-in `peer.unmap` instead |
 //! | `bench.pages=<n>[,<n>...]` | the region sizes (4 KiB pages) to measure instead of each benchmark's own list |
 #![forbid(unsafe_code)]
 
@@ -58,6 +58,15 @@ static BENCHES: [KTest; 4] = [
     },
 ];
 
+/// Benchmarks that run only when the filter names their suite (`bench=peer.*`, `make
+/// bench-peer`), never under `bench=*`: each device read of `peer.unmap` polls 100 ms of
+/// QEMU's virtual clock, minutes of emulation that `make bench` and its smoke need not spend.
+static OPT_IN: [KTest; 1] = [KTest {
+    suite: "peer",
+    name: "unmap",
+    run: smmu::peer,
+}];
+
 /// The counter when the runner started (boot cost).
 static AT_START: AtomicU64 = AtomicU64::new(0);
 
@@ -75,7 +84,9 @@ pub fn run(filter: &str, seed: u64) -> usize {
             crate::arch::aarch64::timer::frequency()
         ),
     }
-    crate::ktest::runner::run_cases(&BENCHES, "bench", filter, seed)
+    let names_opt_in = filter.split(',').any(|g| g.trim().starts_with(OPT_IN[0].suite));
+    let set: &'static [KTest] = if names_opt_in { &OPT_IN } else { &BENCHES };
+    crate::ktest::runner::run_cases(set, "bench", filter, seed)
 }
 
 /// Instructions (or ticks) from the first Rust instruction of the boot CPU to the start of the
@@ -132,6 +143,19 @@ impl Record {
     pub(crate) fn with(mut self, key: &str, value: impl core::fmt::Display) -> Self {
         let _ = write!(self.line, " {key}={value}");
         self
+    }
+
+    /// Runs `f` between two console markers naming this record's case and parameters
+    /// (`# bench-window begin|end name=...`). QEMU's trace holds both the console and the SMMU
+    /// commands in execution order, so the markers let `harness bench-report` count what
+    /// QEMU saw during `f` alone (tests/harness/src/bench/qemu_trace.rs). The console is
+    /// polled, so `begin` is on the UART before `f` starts.
+    pub(crate) fn window<R>(&self, f: impl FnOnce() -> R) -> R {
+        let key = self.line.trim_start().trim_start_matches("# bench ");
+        crate::println!("    # bench-window begin {key}");
+        let r = f();
+        crate::println!("    # bench-window end {key}");
+        r
     }
 
     /// Prints the line for `metric` counted by the benchmark counter.

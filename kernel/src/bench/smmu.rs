@@ -26,7 +26,8 @@ use crate::iommu::spec::command::CommandKind;
 use crate::iommu::sva::SvaDomain;
 use crate::ktest::{TestCtx, TestError, TestResult};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
-use crate::rig::{Outcome, Rig, TestModelDomain, RW};
+use crate::iommu::spec::event::{AccessKind, EventKind};
+use crate::rig::{faults, Outcome, Rig, TestModelDomain, RW};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// The sizes, plus 4095: the worst case of the range decomposition (every low bit set),
@@ -137,9 +138,13 @@ fn unmap_on<D: SvaDomain>(
             for &pages in sizes {
                 let (start, end) = (VirtAddr(VA), VirtAddr(VA + pages * PAGE));
                 map_aliased(r.space(), VA, pages, pa, RW)?;
+                let rec = Record::new("smmu.unmap")
+                    .with("smmu", label)
+                    .with("strategy", strategy.name())
+                    .with("pages", pages);
                 let before = r.smmu.stats();
                 let notified = r.sva.stats().invalidations;
-                let (unmapped, unmap) = measure(|| r.unmap(VA, pages))?;
+                let (unmapped, unmap) = rec.window(|| measure(|| r.unmap(VA, pages)))?;
                 unmapped?;
                 let after = r.smmu.stats();
                 if r.sva.stats().invalidations != notified + 1 {
@@ -151,24 +156,9 @@ fn unmap_on<D: SvaDomain>(
                 if c(CommandKind::Sync) != 1 || report.commands.get(CommandKind::Sync) != 1 {
                     return Err(fail("an invalidation must end with exactly one CMD_SYNC"));
                 }
-                let rec = Record::new("smmu.unmap")
-                    .with("smmu", label)
-                    .with("strategy", strategy.name())
-                    .with("pages", pages);
                 rec.emit("unmap", unmap);
                 rec.emit("invalidate", invalidate);
-                let kinds = [
-                    ("tlbi_va", CommandKind::TlbiNhVa),
-                    ("tlbi_va_range", CommandKind::TlbiNhVaRange),
-                    ("tlbi_asid", CommandKind::TlbiNhAsid),
-                    ("sync", CommandKind::Sync),
-                ];
-                let mut total = 0;
-                for (metric, kind) in kinds {
-                    rec.emit_unit(metric, c(kind), "commands");
-                    total += c(kind);
-                }
-                rec.emit_unit("commands", total, "commands");
+                emit_commands(&rec, c);
                 rec.emit_unit(
                     "prod_writes",
                     after.prod_writes - before.prod_writes,
@@ -183,6 +173,22 @@ fn unmap_on<D: SvaDomain>(
     })();
     r.smmu.set_strategy(original).map_err(fail)?;
     result
+}
+
+/// The commands of one unmap by kind (`count` gives each kind's), and their total.
+fn emit_commands(rec: &Record, count: impl Fn(CommandKind) -> u64) {
+    let kinds = [
+        ("tlbi_va", CommandKind::TlbiNhVa),
+        ("tlbi_va_range", CommandKind::TlbiNhVaRange),
+        ("tlbi_asid", CommandKind::TlbiNhAsid),
+        ("sync", CommandKind::Sync),
+    ];
+    let mut total = 0;
+    for (metric, kind) in kinds {
+        rec.emit_unit(metric, count(kind), "commands");
+        total += count(kind);
+    }
+    rec.emit_unit("commands", total, "commands");
 }
 
 /// The cheapest possible invalidation: one range command and one CMD_SYNC.
@@ -284,4 +290,59 @@ fn hit_rates<D: SvaDomain>(
     r.smmu.set_strategy(original).map_err(fail)?;
     r.drain_events();
     result
+}
+
+/// Pages the device reads before a `peer.unmap` unmap, spread over the region, as
+/// tests/peer/vfio_unmap.c does on Linux (QEMU's IOTLB holds 256 entries).
+const PEER_TOUCHED: u64 = 16;
+
+/// `peer.unmap`: Shootdown's side of `make bench-peer`, the mirror of tests/peer/vfio_unmap.c
+/// on Linux: the same sizes and IOVA, the device (edu on QEMU) reads up to [`PEER_TOUCHED`]
+/// pages before the unmap and the first page after it, which must fault. Measured: `munmap`
+/// of the bound address space, active on this CPU (page tables, CPU TLB, notifier, SMMU
+/// commands and the wait for their CMD_SYNC), with the board SMMU's default strategy. Both
+/// the unmap and the read after it run inside console windows for QEMU's trace.
+pub(super) fn peer(_t: &mut TestCtx) -> TestResult {
+    let label = kernel_smmu_label().ok_or_else(|| TestError::Skip("no SMMU".into()))?;
+    let sizes = sizes(&SIZES)?;
+    let run = AliasRun::new()?;
+    let mut r = Rig::board()?;
+    r.bind()?;
+    let _active = Active::new(&r)?;
+    let pa = PhysAddr(run.base().as_u64() + PAGE);
+    for &pages in &sizes {
+        map_aliased(r.space(), VA, pages, pa, RW)?;
+        let touched = pages.min(PEER_TOUCHED);
+        for k in 0..touched {
+            r.dev.fetch(VA + k * pages / touched * PAGE, 4)?;
+        }
+        if !r.drain_events().is_empty() {
+            return Err(fail("the device faulted before the unmap"));
+        }
+        let rec = Record::new("peer.unmap")
+            .with("kernel", "shootdown")
+            .with("smmu", label)
+            .with("pages", pages);
+        let before = r.smmu.stats();
+        let (unmapped, unmap) = rec.window(|| measure(|| r.unmap(VA, pages)))?;
+        unmapped?;
+        let after = r.smmu.stats();
+        Record::new("peer.after")
+            .with("kernel", "shootdown")
+            .with("smmu", label)
+            .with("pages", pages)
+            .window(|| r.dev.fetch(VA, 4))?;
+        let events = r.drain_events();
+        let faulted = faults(&events, EventKind::Translation, r.sid, VA, VA + PAGE, AccessKind::Read);
+        rec.emit("unmap", unmap);
+        emit_commands(&rec, |k| after.commands.get(k) - before.commands.get(k));
+        rec.emit_unit("faulted_after", u8::from(faulted > 0), "bool");
+        rec.emit_unit("touched", touched, "pages");
+        if faulted == 0 {
+            return Err(fail(alloc::format!(
+                "{pages} pages: the device read the first page after the unmap without a fault"
+            )));
+        }
+    }
+    Ok(())
 }

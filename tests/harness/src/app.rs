@@ -143,7 +143,11 @@ fn prepare(o: &QemuOptions, board: &str, console: Console) -> Result<Prepared, S
             .or_else(|| std::env::var("QEMU").ok().filter(|q| !q.is_empty()))
             .unwrap_or_else(|| "qemu-system-aarch64".into()),
         kernel,
-        bootargs: qemu::join_bootargs(&profile.bootargs, o.bootargs.as_deref()),
+        bootargs: if o.replace_bootargs {
+            o.bootargs.clone().unwrap_or_default()
+        } else {
+            qemu::join_bootargs(&profile.bootargs, o.bootargs.as_deref())
+        },
         gdb: o.gdb,
         console,
         extra: o.extra.clone(),
@@ -293,7 +297,12 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
         drop(log);
         let mut cap = cap;
         if let Some(banner) = &p.profile.firmware_banner {
-            if !cap.document.preamble.iter().any(|l| l.contains(banner.as_str())) {
+            if !cap
+                .document
+                .preamble
+                .iter()
+                .any(|l| l.contains(banner.as_str()))
+            {
                 cap.board_checks.push(crate::ktap::Failure {
                     test: "(boot)".into(),
                     message: format!(

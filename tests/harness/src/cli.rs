@@ -11,11 +11,12 @@ usage:
                  [--log-dir DIR] [--verbose] [--dry-run] [-- QEMU_ARGS...]
       Boot the kernel under QEMU with board profile NAME (qemu/NAME.toml), parse its KTAP,
       print a summary, write the console log to build/logs/NAME.log; exit 1 on any failure.
-  harness run    --board NAME [--bootargs ARGS] [--kernel PATH] [--gdb] [--trace OUT.json]
-                 [--qemu PATH] [--profiles DIR] [--dry-run] [-- QEMU_ARGS...]
+  harness run    --board NAME [--bootargs ARGS] [--replace-bootargs] [--kernel PATH] [--gdb]
+                 [--trace OUT.json] [--qemu PATH] [--profiles DIR] [--dry-run] [-- QEMU_ARGS...]
       Boot it interactively (console on the terminal; Ctrl-A x quits QEMU). Exits with
       QEMU's status. --gdb: QEMU waits for gdb on :1234. --trace: boot with trace=1 and write
-      the kernel's event trace as Chrome/Perfetto JSON.
+      the kernel's event trace as Chrome/Perfetto JSON. --replace-bootargs: ARGS replace the
+      profile's (another kernel on the same machine, e.g. Linux with `-- -initrd FILE`).
   harness trace  [FILE|-] --out OUT.json
       Convert the trace in a saved console log (boot with trace=1) to Chrome/Perfetto JSON and
       check that every unmap returned only after the secondary TLBs were invalidated.
@@ -48,13 +49,18 @@ usage:
       kernel's `# soak` line and the totals. Exit 1 unless every run exited 0 with no stale
       access and the kernel's PASS; with --expect-stale (smmu.skip_invalidate=1) unless every
       run failed *and* saw stale accesses. --timeout is per run (default 600).
-  harness bench-report [--kernel-log BOARD=LOG]... [--criterion DIR] [--out DIR]
-                 [--require all|commands|GOAL,...]
+  harness bench-report [--kernel-log BOARD=LOG]... [--qemu-trace BOARD=TRACE]...
+                 [--criterion DIR] [--out DIR] [--peer] [--meta KEY=VALUE]...
+                 [--require all|commands|peer|GOAL,...]
       Read the in-kernel benchmark lines of console logs (`bench=` boots under
       QEMU -icount shift=0) and criterion's results (target/criterion), check the
       performance goals, and with --out write results.json, results.md and SVG plots
-      there. Exit 1 if a goal fails, a benchmark failed, a log counted timer ticks
-      instead of instructions, or a --require'd goal was not measured.
+      there. --qemu-trace: QEMU's -D trace of that board's boot (events in
+      bench/qemu_trace.rs): its SMMU commands are checked against the kernel's counts.
+      --peer (`make bench-peer`; Linux's log is one more BOARD): write peer.md and
+      peer.json instead, headed by the --meta pairs. Exit 1 if a goal fails, a benchmark
+      failed, a log counted timer ticks instead of instructions, or a --require'd goal
+      was not measured.
 
   --bootargs     appended to the profile's default kernel command line (`ktest=GLOB,...`,
                  `seed=N`, ...)
@@ -98,6 +104,9 @@ pub struct QemuOptions {
     pub gdb: bool,
     /// Write the kernel's trace (boot with `trace=1`) here as Chrome trace JSON.
     pub trace: Option<PathBuf>,
+    /// `--bootargs` replace the profile's (which are Shootdown's): booting another kernel on
+    /// the profile's machine (`make bench-peer` boots Linux).
+    pub replace_bootargs: bool,
 }
 
 /// `harness serial` options.
@@ -306,13 +315,15 @@ fn parse_bench_report(a: &mut Args) -> Result<Command, String> {
     while let Some(flag) = a.next_flag()? {
         match flag.as_str() {
             "--kernel-log" => {
-                let v = a.value(&flag)?;
-                let (board, path) = v
-                    .split_once('=')
-                    .filter(|(b, p)| !b.is_empty() && !p.is_empty())
-                    .ok_or_else(|| format!("--kernel-log: `{v}` is not BOARD=LOG"))?;
-                o.kernel_logs.push((board.to_string(), path.into()));
+                let (board, path) = pair(&flag, &a.value(&flag)?, "BOARD=LOG")?;
+                o.kernel_logs.push((board, path.into()));
             }
+            "--qemu-trace" => {
+                let (board, path) = pair(&flag, &a.value(&flag)?, "BOARD=TRACE")?;
+                o.qemu_traces.push((board, path.into()));
+            }
+            "--meta" => o.meta.push(pair(&flag, &a.value(&flag)?, "KEY=VALUE")?),
+            "--peer" => o.peer = true,
             "--criterion" => o.criterion = Some(a.value(&flag)?.into()),
             "--out" => o.out = Some(a.value(&flag)?.into()),
             "--require" => o
@@ -331,6 +342,14 @@ fn parse_bench_report(a: &mut Args) -> Result<Command, String> {
     }
     crate::bench::report::required_goals(&o.require)?;
     Ok(Command::BenchReport(o))
+}
+
+/// `KEY=VALUE` with neither side empty.
+fn pair(flag: &str, v: &str, shape: &str) -> Result<(String, String), String> {
+    v.split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{flag}: `{v}` is not {shape}"))
 }
 
 /// A list given as one argument, separated by spaces or commas (`--boards "virt-smmu raspi4b"`).
@@ -424,6 +443,7 @@ fn parse_qemu(sub: &str, a: &mut Args) -> Result<Command, String> {
             "--verbose" | "-v" if test => o.verbose = true,
             "--gdb" if !test => o.gdb = true,
             "--trace" if !test => o.trace = Some(a.value(&flag)?.into()),
+            "--replace-bootargs" if !test => o.replace_bootargs = true,
             _ => return Err(unknown(&flag, sub)),
         }
     }

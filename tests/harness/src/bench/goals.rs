@@ -1,5 +1,5 @@
-//! The performance goals of issue 7, checked on measured results. A goal whose data is missing
-//! is reported as not measured, never as passed.
+//! The performance goals of issues 7 and 16, checked on measured results. A goal whose data is
+//! missing is reported as not measured, never as passed.
 
 use super::{host, HostResult, KernelRun};
 
@@ -37,19 +37,28 @@ pub const RIL_RANGE_COMMANDS: &str = "ril_range_commands";
 pub const NO_ASID_BELOW_512: &str = "no_asid_below_512";
 pub const INTERVAL_100X: &str = "interval_100x";
 pub const EMPTY_DISPATCH_2X: &str = "empty_dispatch_2x";
-pub const ALL: [&str; 4] = [
+pub const QEMU_COUNTS: &str = "qemu_counts";
+/// `make bench`'s goals (`--require all`); `make bench-peer`'s are [`super::peer::GOALS`].
+pub const ALL: [&str; 5] = [
     RIL_RANGE_COMMANDS,
     NO_ASID_BELOW_512,
+    QEMU_COUNTS,
     INTERVAL_100X,
     EMPTY_DISPATCH_2X,
 ];
 /// The goals that are exact command counts (no timing): the `make test` smoke checks these.
-pub const COMMAND_GOALS: [&str; 2] = [RIL_RANGE_COMMANDS, NO_ASID_BELOW_512];
+pub const COMMAND_GOALS: [&str; 3] = [RIL_RANGE_COMMANDS, NO_ASID_BELOW_512, QEMU_COUNTS];
+/// The command kinds the kernel counts per unmap (its metric names; QEMU's trace uses them too).
+const KERNEL_KINDS: [&str; 4] = ["tlbi_va", "tlbi_va_range", "tlbi_asid", "sync"];
 
 /// Linux's threshold (`CMDQ_MAX_TLBI_OPS` for 4 KiB pages).
 const ASID_THRESHOLD_PAGES: u64 = 512;
 
-fn goal(id: &'static str, description: &'static str, checks: Vec<(bool, String)>) -> Goal {
+pub(super) fn goal(
+    id: &'static str,
+    description: &'static str,
+    checks: Vec<(bool, String)>,
+) -> Goal {
     let verdict = if checks.is_empty() {
         Verdict::NotMeasured
     } else if checks.iter().all(|(ok, _)| *ok) {
@@ -81,12 +90,92 @@ pub fn ceil_log2(n: u64) -> u32 {
 
 /// Checks every goal on what was measured.
 pub fn check(kernel: &[KernelRun], host_results: &[HostResult]) -> Vec<Goal> {
-    vec![
+    let mut goals = vec![
         ril_range_commands(kernel),
         no_asid_below_512(kernel),
+        qemu_counts(kernel),
         interval_100x(host_results),
         empty_dispatch_2x(host_results),
-    ]
+    ];
+    goals.extend(super::peer::check(kernel));
+    goals
+}
+
+/// Every unmap the kernel counted on QEMU's SMMU (`smmu=mmio`) against what QEMU's trace saw in
+/// its window, kind by kind; a count without a window fails, and so does a command QEMU saw in
+/// a window of a software model's unmap (those never reach QEMU).
+fn qemu_counts(kernel: &[KernelRun]) -> Goal {
+    let mut checks = Vec::new();
+    for run in kernel {
+        let Some(trace) = &run.qemu else {
+            continue;
+        };
+        let counted = run.samples.iter().filter(|s| {
+            s.metric == "commands"
+                && s.param("smmu") == Some("mmio")
+                && s.param("strategy") != Some("floor")
+        });
+        for s in counted {
+            let key: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let at = format!("{} {} {}", run.board, s.name, key.join(" "));
+            let Some(w) = trace
+                .windows
+                .iter()
+                .find(|w| w.name == s.name && w.params == s.params)
+            else {
+                checks.push((
+                    false,
+                    format!("{at}: counted by the kernel, no window in QEMU's trace"),
+                ));
+                continue;
+            };
+            let params: Vec<(&str, &str)> = s
+                .params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let mine: Vec<(String, Option<u64>)> = KERNEL_KINDS
+                .iter()
+                .map(|k| (k.to_string(), run.value(&s.name, &params, k)))
+                .collect();
+            let same = mine.iter().all(|(k, n)| *n == Some(w.counts.get(k)))
+                && w.counts.commands() == s.value;
+            let kernel_says: Vec<String> = mine
+                .iter()
+                .map(|(k, n)| format!("{} {k}", n.map_or("?".into(), |n| n.to_string())))
+                .collect();
+            checks.push((
+                same,
+                format!(
+                    "{at}: QEMU {} / kernel {} ({} total)",
+                    w.counts,
+                    kernel_says.join(", "),
+                    s.value
+                ),
+            ));
+        }
+        for w in trace
+            .windows
+            .iter()
+            .filter(|w| w.param("smmu").is_some_and(|s| s != "mmio"))
+        {
+            checks.push((
+                w.counts.commands() == 0,
+                format!(
+                    "{} {} on {}: QEMU saw {} (a model's commands never reach QEMU)",
+                    run.board,
+                    w.name,
+                    w.param("smmu").unwrap_or(""),
+                    w.counts
+                ),
+            ));
+        }
+    }
+    goal(
+        QEMU_COUNTS,
+        "QEMU's trace counts the same SMMU commands, kind by kind, as the kernel in every measured unmap on QEMU's SMMU",
+        checks,
+    )
 }
 
 /// The SMMUs (`smmu=` labels) of a run that implement range invalidation.
@@ -281,6 +370,7 @@ mod tests {
             counter: None,
             samples,
             failures: vec![],
+            qemu: None,
         }
     }
 
@@ -317,7 +407,7 @@ mod tests {
     #[test]
     fn nothing_measured_is_not_a_pass() {
         let goals = check(&[], &[]);
-        assert_eq!(goals.len(), ALL.len());
+        assert_eq!(goals.len(), ALL.len() + super::super::peer::GOALS.len());
         assert!(goals.iter().all(|g| g.verdict == Verdict::NotMeasured));
         // Range counts on an SMMU without RIL are not evidence for the RIL goal.
         let no_ril = run([vec![features("m", 0)], unmap("m", "auto", 16, (16, 0, 0))].concat());
@@ -390,6 +480,58 @@ mod tests {
         assert_eq!(
             verdict(&check(&[run(bad)], &[]), NO_ASID_BELOW_512),
             Verdict::Fail
+        );
+    }
+
+    /// A run whose kernel counted (va, range) + 1 sync for 16 pages, and QEMU's trace of it in
+    /// which the window saw `qemu` (opcode lines, range_inval lines included).
+    fn traced(smmu: &str, kernel: (u64, u64), qemu: &str) -> KernelRun {
+        let key = format!("name=smmu.unmap smmu={smmu} strategy=range pages=16");
+        let console = |line: &str| -> String {
+            format!("{line}\n")
+                .bytes()
+                .map(|b| format!("pl011_write addr 0x000 value 0x{b:08x} reg DR\n"))
+                .collect()
+        };
+        let trace = [
+            console(&format!("# bench-window begin {key}")),
+            qemu.to_string(),
+            console(&format!("# bench-window end {key}")),
+        ]
+        .concat();
+        let log = format!("# bench-window begin {key}\n# bench-window end {key}\n");
+        let mut r = run(unmap(smmu, "range", 16, (kernel.0, kernel.1, 0)));
+        let t = crate::bench::qemu_trace::parse(&trace).unwrap();
+        assert!(t.console.contains(&log));
+        r.qemu = Some(t);
+        r
+    }
+
+    const RANGE_AND_SYNC: &str = "smmuv3_cmdq_opcode <--- SMMU_CMD_TLBI_NH_VA\n\
+        smmuv3_range_inval vmid=0 asid=1 addr=0x0 tg=1 num_pages=0x10\n\
+        smmuv3_cmdq_opcode <--- SMMU_CMD_SYNC\n";
+
+    #[test]
+    fn qemu_must_count_what_the_kernel_counted() {
+        let v = |r: KernelRun| verdict(&check(&[r], &[]), QEMU_COUNTS);
+        assert_eq!(v(traced("mmio", (0, 1), RANGE_AND_SYNC)), Verdict::Pass);
+        // Same total, other kinds: per page instead of range.
+        let per_page = RANGE_AND_SYNC.replace("tg=1", "tg=0");
+        assert_eq!(v(traced("mmio", (0, 1), &per_page)), Verdict::Fail);
+        // A command QEMU saw that the kernel did not count.
+        let extra = format!("{RANGE_AND_SYNC}smmuv3_cmdq_opcode <--- SMMU_CMD_SYNC\n");
+        assert_eq!(v(traced("mmio", (0, 1), &extra)), Verdict::Fail);
+        // A model's unmap reaches QEMU: wrong; nothing there: fine (its counts are the model's).
+        assert_eq!(v(traced("model", (0, 1), RANGE_AND_SYNC)), Verdict::Fail);
+        assert_eq!(v(traced("model", (0, 1), "")), Verdict::Pass);
+        // A kernel count without a window.
+        let mut lost = traced("mmio", (0, 1), RANGE_AND_SYNC);
+        lost.qemu.as_mut().unwrap().windows.clear();
+        assert_eq!(v(lost), Verdict::Fail);
+        // No trace: not measured.
+        assert_eq!(
+            v(run(unmap("mmio", "range", 16, (0, 1, 0)))),
+            Verdict::NotMeasured
         );
     }
 

@@ -19,7 +19,9 @@
 //! and the plots ([`plot`]).
 
 pub mod goals;
+pub mod peer;
 pub mod plot;
+pub mod qemu_trace;
 pub mod report;
 
 use std::fmt;
@@ -155,6 +157,8 @@ pub struct KernelRun {
     /// Every reason the KTAP document failed (a benchmark that could not measure what it should
     /// fails like a test), each naming the case. Empty = every benchmark ran.
     pub failures: Vec<String>,
+    /// QEMU's own count of the SMMU commands of this boot, if its trace was given.
+    pub qemu: Option<qemu_trace::QemuTrace>,
 }
 
 impl KernelRun {
@@ -179,7 +183,34 @@ impl KernelRun {
             counter,
             samples,
             failures,
+            qemu: None,
         })
+    }
+
+    /// Adds QEMU's trace of the boot whose console is `log`. The trace rebuilds the console
+    /// from the UART's writes; its benchmark lines must be the log's, in order, or the trace
+    /// is of another boot.
+    pub fn with_qemu_trace(mut self, log: &str, trace: &str) -> Result<Self, String> {
+        let t = qemu_trace::parse(trace).map_err(|e| e.to_string())?;
+        let lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("# bench"))
+                .map(str::to_string)
+                .collect()
+        };
+        let (traced, logged) = (lines(&t.console), lines(log));
+        if traced != logged {
+            let at = traced.iter().zip(&logged).position(|(a, b)| a != b);
+            return Err(format!(
+                "the trace's console is not this log's ({} benchmark lines vs {}; first difference at line {}): the trace is of another boot",
+                traced.len(),
+                logged.len(),
+                at.map_or("(one is a prefix of the other)".into(), |i| (i + 1).to_string())
+            ));
+        }
+        self.qemu = Some(t);
+        Ok(self)
     }
 
     /// True if instruction counts are instructions (precise icount), not timer ticks.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::goals::{self, Goal, Verdict};
+use super::peer;
 use super::plot::{Chart, Scale, Series};
 use super::{host, HostResult, KernelRun, Sample};
 
@@ -204,6 +205,17 @@ pub fn results_json(runs: &[KernelRun], host_results: &[HostResult], goals: &[Go
             "id": h.id, "mean": round3(h.mean_ns), "ci95_low": round3(h.low_ns), "ci95_high": round3(h.high_ns)
         })).collect::<Vec<_>>(),
         "kernel": kernel,
+        "qemu_trace": runs.iter().filter_map(|r| {
+            let t = r.qemu.as_ref()?;
+            Some((r.board.clone(), json!({
+                "windows": t.windows.iter().map(|w| json!({
+                    "name": w.name,
+                    "params": w.params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+                    "counts": w.counts.0,
+                })).collect::<Vec<_>>(),
+                "outside": t.outside.iter().map(|o| json!({"segment": o.segment, "counts": o.counts.0})).collect::<Vec<_>>(),
+            })))
+        }).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -297,6 +309,7 @@ pub fn markdown(runs: &[KernelRun], host_results: &[HostResult], goals: &[Goal])
                 .trim_start_matches("FAIL ")
         );
     }
+    s.push_str(&qemu_section(runs));
     let _ = writeln!(s, "\n#### Invalidation strategies compared with the floor");
     s.push_str(&strategy_summary(runs));
     let _ = writeln!(
@@ -360,6 +373,41 @@ pub fn markdown(runs: &[KernelRun], host_results: &[HostResult], goals: &[Goal])
                 duration(h.high_ns)
             );
         }
+    }
+    s
+}
+
+/// What QEMU's trace saw: how many measured unmaps it split out, and the commands outside them
+/// by segment of the boot (probe, binds, the benchmarks' direct invalidations, teardown).
+pub fn qemu_section(runs: &[KernelRun]) -> String {
+    let mut s = String::new();
+    for run in runs {
+        let Some(t) = &run.qemu else {
+            continue;
+        };
+        let measured = t
+            .windows
+            .iter()
+            .filter(|w| w.param("smmu") == Some("mmio"))
+            .count();
+        let _ = writeln!(
+            s,
+            "\n#### SMMU commands QEMU counted ({})\n\n{measured} measured unmaps on QEMU's SMMU, each checked against the kernel's counts (goal `qemu_counts`). \
+             Outside them (not part of any figure above), by the part of the boot that sent them:\n\n| segment | commands outside the measured unmaps |\n|---|---|",
+            run.board
+        );
+        for o in &t.outside {
+            let what = if o.segment == "boot" {
+                "boot (SMMU probe, before the first benchmark)".to_string()
+            } else {
+                format!(
+                    "`{}` (binds, the `invalidate` metric's direct invalidations, unbinds)",
+                    o.segment
+                )
+            };
+            let _ = writeln!(s, "| {what} | {} |", o.counts);
+        }
+        let _ = writeln!(s, "| **total** | {} |", t.outside_total());
     }
     s
 }
@@ -612,8 +660,14 @@ pub struct ReportOptions {
     pub criterion: Option<PathBuf>,
     /// Where `results.json`, `results.md` and the SVGs go (nothing is written without it).
     pub out: Option<PathBuf>,
-    /// Goals that must be measured (and pass): ids, or `all`, or `commands`.
+    /// Goals that must be measured (and pass): ids, or `all`, `commands`, `peer`.
     pub require: Vec<String>,
+    /// (board, QEMU's `-D` trace of that board's boot).
+    pub qemu_traces: Vec<(String, PathBuf)>,
+    /// Write the side-by-side table with Linux (`peer.md`, `peer.json`) instead of `results.*`.
+    pub peer: bool,
+    /// Shown at the top of `peer.md` (commit, QEMU line, Debian packages).
+    pub meta: Vec<(String, String)>,
 }
 
 /// The goal ids `--require` names.
@@ -623,12 +677,20 @@ pub fn required_goals(require: &[String]) -> Result<Vec<&'static str>, String> {
         match r.as_str() {
             "all" => out.extend(goals::ALL),
             "commands" => out.extend(goals::COMMAND_GOALS),
-            id => out.push(*goals::ALL.iter().find(|g| **g == id).ok_or_else(|| {
-                format!(
-                    "--require: unknown goal `{id}` (all, commands, {})",
-                    goals::ALL.join(", ")
-                )
-            })?),
+            "peer" => out.extend(peer::GOALS.iter().chain(&[goals::QEMU_COUNTS])),
+            id => out.push(
+                *goals::ALL
+                    .iter()
+                    .chain(&peer::GOALS)
+                    .find(|g| **g == id)
+                    .ok_or_else(|| {
+                        format!(
+                            "--require: unknown goal `{id}` (all, commands, peer, {}, {})",
+                            goals::ALL.join(", "),
+                            peer::GOALS.join(", ")
+                        )
+                    })?,
+            ),
         }
     }
     Ok(out)
@@ -666,18 +728,38 @@ pub fn problems(runs: &[KernelRun], goals: &[Goal], required: &[&str]) -> Vec<St
 /// Runs `harness bench-report`: returns the exit status (0 pass, 1 a goal or benchmark failed).
 pub fn run(o: &ReportOptions) -> Result<i32, String> {
     let required = required_goals(&o.require)?;
+    let read =
+        |path: &Path| fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
     let mut runs = Vec::new();
     for (board, path) in &o.kernel_logs {
-        let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        runs.push(KernelRun::parse(board, &text).map_err(|e| format!("{}: {e}", path.display()))?);
+        let text = read(path)?;
+        let mut run =
+            KernelRun::parse(board, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some((_, trace)) = o.qemu_traces.iter().find(|(b, _)| b == board) {
+            run = run
+                .with_qemu_trace(&text, &read(trace)?)
+                .map_err(|e| format!("{}: {e}", trace.display()))?;
+        }
+        runs.push(run);
+    }
+    if let Some((board, _)) = o
+        .qemu_traces
+        .iter()
+        .find(|(b, _)| !o.kernel_logs.iter().any(|(k, _)| k == b))
+    {
+        return Err(format!(
+            "--qemu-trace {board}=...: no --kernel-log for board `{board}`"
+        ));
     }
     let host_results = match &o.criterion {
         Some(dir) => super::read_criterion(dir)?,
         None => Vec::new(),
     };
     let goals = goals::check(&runs, &host_results);
-    if let Some(out) = &o.out {
-        write_outputs(out, &runs, &host_results, &goals)?;
+    match &o.out {
+        Some(out) if o.peer => write_peer(out, &runs, &goals, &o.meta)?,
+        Some(out) => write_outputs(out, &runs, &host_results, &goals)?,
+        None => {}
     }
     println!("{:=^70}", " performance goals ");
     for g in &goals {
@@ -694,12 +776,38 @@ pub fn run(o: &ReportOptions) -> Result<i32, String> {
         println!("bench-report: {p}");
     }
     if let Some(out) = &o.out {
-        println!(
-            "bench-report: wrote {}/results.json, results.md and the SVG plots",
-            out.display()
-        );
+        let what = if o.peer {
+            "peer.json and peer.md"
+        } else {
+            "results.json, results.md and the SVG plots"
+        };
+        println!("bench-report: wrote {what} in {}", out.display());
     }
     Ok(if problems.is_empty() { 0 } else { 1 })
+}
+
+fn write_peer(
+    out: &Path,
+    runs: &[KernelRun],
+    goals: &[Goal],
+    meta: &[(String, String)],
+) -> Result<(), String> {
+    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mine: Vec<Goal> = goals
+        .iter()
+        .filter(|g| peer::GOALS.contains(&g.id) || g.id == goals::QEMU_COUNTS)
+        .cloned()
+        .collect();
+    let json =
+        serde_json::to_string_pretty(&peer::json(runs, &mine, meta)).map_err(|e| e.to_string())?;
+    for (name, text) in [
+        ("peer.json", json + "\n"),
+        ("peer.md", peer::markdown(runs, &mine, meta)),
+    ] {
+        let p = out.join(name);
+        fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn write_outputs(
@@ -834,8 +942,12 @@ ok 2 smmu
             [
                 ("ril_range_commands", "pass"),
                 ("no_asid_below_512", "not measured"),
+                ("qemu_counts", "not measured"),
                 ("interval_100x", "pass"),
                 ("empty_dispatch_2x", "pass"),
+                ("peer_commands", "not measured"),
+                ("peer_insns", "not measured"),
+                ("peer_faults", "not measured"),
             ]
         );
     }
@@ -899,7 +1011,13 @@ ok 2 smmu
         assert!(problems(&runs, &goals, &[]).is_empty());
         let required = required_goals(&["commands".into()]).unwrap();
         let p = problems(&runs, &goals, &required);
-        assert_eq!(p, ["goal no_asid_below_512 was not measured"]);
+        assert_eq!(
+            p,
+            [
+                "goal no_asid_below_512 was not measured",
+                "goal qemu_counts was not measured"
+            ]
+        );
         assert!(required_goals(&["nonsense".into()]).is_err());
         let ticks =
             KernelRun::parse("b", &LOG.replace("unit=insns source", "unit=ticks source")).unwrap();
