@@ -539,7 +539,9 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
     if let Some(loc) = find(nodes, "arm,smmu-v3") {
         info.smmu = reg_cpu(loc, 0);
         info.smmu_phandle = prop_u32(&loc.node, "phandle");
-        info.smmu_interrupts = str_list(&loc.node, "interrupt-names").map(String::from).collect();
+        info.smmu_interrupts = str_list(&loc.node, "interrupt-names")
+            .map(String::from)
+            .collect();
         info.devices.push(device_name(loc));
     }
 

@@ -95,7 +95,7 @@ ktest!(smmu, event_queue_holds_a_faulting_page_within_budget, |_t| {
     let size = r.smmu.event_queue_size();
     let q = size.allocated;
     kassert_eq!(size.in_use, q, "the whole queue is in use");
-    // Within what the SMMU allows (SMMU_IDR1.EVENTQS) and the budget, and the largest such.
+    // Within what SMMU_IDR1.EVENTQS allows and the budget, and the largest such.
     kassert!(q.log2_entries() <= f.eventq_max_log2.min(config.eventq_log2));
     kassert!(q.bytes(EVENT_SIZE) <= config.eventq_budget);
     kassert!(
@@ -113,7 +113,14 @@ ktest!(smmu, event_queue_holds_a_faulting_page_within_budget, |_t| {
     kassert!(!drain.overflowed && !drain.write_aborted, "{drain:?}");
     let per_page = PAGE as usize / r.dev.transaction_size();
     kassert_eq!(
-        faults(&events, EventKind::Translation, r.sid, hole, hole + PAGE, AccessKind::Read),
+        faults(
+            &events,
+            EventKind::Translation,
+            r.sid,
+            hole,
+            hole + PAGE,
+            AccessKind::Read
+        ),
         per_page
     );
     kassert_eq!(events.len(), per_page);

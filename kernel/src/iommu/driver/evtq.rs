@@ -106,7 +106,8 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut off = cr0;
         off.modify(CR0::EVENTQEN::CLEAR);
         self.write_cr0(off.get())?;
-        self.regs.write64(offset::EVENTQ_BASE, queue_base(q.base, geo));
+        self.regs
+            .write64(offset::EVENTQ_BASE, queue_base(q.base, geo));
         self.regs.write32(offset::EVENTQ_PROD, 0);
         self.regs.write32(offset::EVENTQ_CONS, 0);
         q.geo = geo;
