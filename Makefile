@@ -41,6 +41,7 @@ help:
 	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
+	@echo "make stress  host threads: CPUs change shared bound address spaces, devices DMA without pause [STRESS_SEED=1 STRESS_ACCESSES=10000000]"
 	@echo "make bench   host (criterion) + in-kernel benchmarks (QEMU -icount): bench/results.json, plots"
 	@echo "make bench-peer  Shootdown vs Debian's Linux (VFIO) on the same QEMU: bench/peer.md [PEER_PAGES=...]"
 	@echo "make labgrid  the KTAP cases as pytest results through labgrid (QEMU environments)"
@@ -178,6 +179,22 @@ test-soak: image $(HARNESS) qemu $(PI_DTB)
 	    --log-prefix test-soak
 	@$(SOAK) --boards "$(SOAK_BOARDS)" --seeds 1 --rounds 2 --bootargs "smmu.skip_invalidate=1" \
 	    --expect-stale --log-prefix test-soak-stale
+
+# ---------------------------------------------------------------------------------------------
+# Stress on the host (tests/stress, docs/reliability.md): CPU threads map, unmap, mprotect and
+# watch shared bound address spaces with interval notifiers while device threads run the SMMU
+# model's DMA against them; then the same short run as `make test`'s with the invalidation
+# skipped, which must fail. `cargo test` runs the short pair (10^6 accesses each).
+STRESS_SEED     ?= 1
+STRESS_ACCESSES ?= 10000000
+STRESS_ARGS     ?=
+
+.PHONY: stress
+stress:
+	$(HCARGO) run -q --release -p shootdown-stress -- --seed $(STRESS_SEED) \
+	    --accesses $(STRESS_ACCESSES) $(STRESS_ARGS)
+	$(HCARGO) run -q --release -p shootdown-stress -- --seed $(STRESS_SEED) --accesses 1000000 \
+	    --skip-invalidation --expect-stale $(STRESS_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # Fuzzing the portable core with libFuzzer (cargo-fuzz, rustup's nightly; see

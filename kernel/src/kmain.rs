@@ -116,6 +116,7 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         frames,
     });
 
+    let iommu = probe::banner_line(&info.smmu_interrupts);
     print!(
         "{}",
         Banner {
@@ -123,6 +124,7 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
             facts: board::boot_facts(),
             cpus_online: smp::online_count(),
             frame_mib: frames.bitmap().total_frames() >> 8,
+            iommu: iommu.as_deref(),
         }
     );
     // One KTAP document per boot: benchmarks or tests.

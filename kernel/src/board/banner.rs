@@ -14,6 +14,8 @@ pub struct Banner<'a> {
     pub cpus_online: usize,
     /// MiB of RAM under the frame allocator.
     pub frame_mib: usize,
+    /// The IOMMU's line (its event queue and how events are delivered), if there is one.
+    pub iommu: Option<&'a str>,
 }
 
 impl fmt::Display for Banner<'_> {
@@ -52,6 +54,9 @@ impl fmt::Display for Banner<'_> {
             f.write_str(d)?;
         }
         writeln!(f)?;
+        if let Some(iommu) = self.iommu {
+            writeln!(f, "  iommu    {iommu}")?;
+        }
         if !info.bootargs.is_empty() {
             writeln!(f, "  bootargs {}", info.bootargs)?;
         }

@@ -12,6 +12,7 @@
 //! | `edu.dma_mask=<n>` | the DMA mask QEMU's `edu` was given (its `dma_mask` property) |
 //! | `smmu.strategy=per-page\|range\|asid\|auto` | SMMU invalidation strategy (`strategy=` also works; default `auto`) |
 //! | `smmu.skip_invalidate=1` | **debug only**: SVA invalidations are not sent to the SMMU (the SVA tests must then fail) |
+//! | `smmu.eventq_log2=<n>` | **debug only**: at most 2^n SMMU event-queue entries (a small queue loses a faulting page's events) |
 //! | `sva.smp_rounds=<n>` | multiplies the transfers of `sva.smp_unmaps_on_every_cpu_while_dma_runs` (soak) |
 //! | `job=soak` | run the soak (every CPU at once) instead of the coherence workload; `rounds=` per CPU |
 //! | `fault=<kind>[,<kind>…]` or `fault=all` | soak fault injection: `alloc`, `notifier`, `sync`, `cmdq`, `evtq`, `teardown` (see `crate::workload::fault`) |

@@ -177,6 +177,8 @@ pub struct BoardInfo {
     pub smmu: Option<Range>,
     /// The SMMUv3 node's phandle (matched against `iommu-map`).
     pub smmu_phandle: Option<u32>,
+    /// The SMMUv3's wired interrupts by name (`interrupt-names`: `eventq`, `gerror`, ...).
+    pub smmu_interrupts: Vec<String>,
     /// The BCM2711 GPIO block (Pi only: the console pins are muxed there).
     pub gpio: Option<Range>,
     /// Names of the device nodes we found and use, for the boot banner.
@@ -389,6 +391,7 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
         pcie: None,
         smmu: None,
         smmu_phandle: None,
+        smmu_interrupts: Vec::new(),
         gpio: None,
         devices: Vec::new(),
     };
@@ -536,6 +539,9 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
     if let Some(loc) = find(nodes, "arm,smmu-v3") {
         info.smmu = reg_cpu(loc, 0);
         info.smmu_phandle = prop_u32(&loc.node, "phandle");
+        info.smmu_interrupts = str_list(&loc.node, "interrupt-names")
+            .map(String::from)
+            .collect();
         info.devices.push(device_name(loc));
     }
 

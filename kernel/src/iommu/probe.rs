@@ -21,6 +21,7 @@
 //! |---|---|
 //! | `smmu.strategy=per-page\|range\|asid\|auto` (or `strategy=`) | invalidation strategy (default `auto`: Linux's policy) |
 //! | `smmu.skip_invalidate=1` | **debug only, breaks coherence**: `arch_invalidate_secondary_tlbs` sends nothing to the SMMU (shows the SVA tests fail without it) |
+//! | `smmu.eventq_log2=N` | **debug only**: at most 2^N event-queue entries (default: what SMMU_IDR1.EVENTQS and the driver's budget allow); a small queue loses the events of a faulting page |
 
 use core::fmt;
 
@@ -33,7 +34,8 @@ use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
 use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
 use crate::iommu::backend::model::{ModelConfig, SmmuModel};
-use crate::iommu::spec::event::EventRecord;
+use crate::iommu::spec::event::{EventRecord, EVENT_SIZE};
+use crate::iommu::spec::queue::MAX_LOG2_ENTRIES;
 use crate::iommu::sva::{Sva, SvaDomain};
 use crate::mm::ram::{LinearMap, RamFrames};
 
@@ -129,6 +131,10 @@ pub struct Options {
     pub unknown_strategy: Option<alloc::string::String>,
     /// `smmu.skip_invalidate=1`: debug only, breaks coherence.
     pub skip_invalidate: bool,
+    /// `smmu.eventq_log2=N`: debug only, caps the event queue.
+    pub eventq_log2: Option<u8>,
+    /// A `smmu.eventq_log2=` value that is not a number ≤ 19, reported at probe time.
+    pub bad_eventq_log2: Option<alloc::string::String>,
 }
 
 impl Options {
@@ -136,10 +142,19 @@ impl Options {
     pub fn from_bootargs(args: &BootArgs) -> Self {
         let name = args.get("smmu.strategy").or_else(|| args.get("strategy"));
         let strategy = name.and_then(Strategy::from_name);
+        let eventq_log2 = match args.number("smmu.eventq_log2") {
+            Some(Ok(n)) if n <= u64::from(MAX_LOG2_ENTRIES) => Some(n as u8),
+            _ => None,
+        };
         Self {
             strategy: strategy.unwrap_or(Strategy::Auto),
             unknown_strategy: name.filter(|_| strategy.is_none()).map(Into::into),
             skip_invalidate: args.flag("smmu.skip_invalidate"),
+            eventq_log2,
+            bad_eventq_log2: args
+                .get("smmu.eventq_log2")
+                .filter(|_| eventq_log2.is_none())
+                .map(Into::into),
         }
     }
 }
@@ -197,9 +212,14 @@ fn probe(platform: &Platform) -> Probe {
     if let Some(name) = &platform.options.unknown_strategy {
         log::warn!("smmu: unknown strategy {name:?} (per-page, range, asid, auto): using auto");
     }
+    if let Some(v) = &platform.options.bad_eventq_log2 {
+        log::warn!("smmu: smmu.eventq_log2={v:?} is not a number 0..={MAX_LOG2_ENTRIES}: ignored");
+    }
+    let defaults = SmmuConfig::default();
     let config = SmmuConfig {
         strategy: platform.options.strategy,
-        ..SmmuConfig::default()
+        eventq_log2: platform.options.eventq_log2.unwrap_or(defaults.eventq_log2),
+        ..defaults
     };
     match Smmu::new(backend, GenericTimerClock, &LINEAR, platform.frames, config) {
         Ok(smmu) => {
@@ -212,6 +232,32 @@ fn probe(platform: &Platform) -> Probe {
         }
         Err(e) => Probe::Failed(ProbeError::Driver(e)),
     }
+}
+
+/// The boot banner's SMMU line: what the SMMU is, its event queue, and how its events reach the
+/// kernel. `interrupts` are the names the device tree gives the SMMU's wired interrupts.
+pub fn banner_line(interrupts: &[alloc::string::String]) -> Option<alloc::string::String> {
+    let smmu = SMMU.get()?;
+    let (what, delivery) = match probe_outcome() {
+        Probe::Mmio { pa } => (alloc::format!("SMMUv3 at {pa:#x}"), "no interrupt wired"),
+        _ => ("SMMUv3 model".into(), "a model raises no interrupt"),
+    };
+    let q = smmu.event_queue_size().allocated;
+    let delivery = if interrupts.is_empty() {
+        alloc::string::String::from(delivery)
+    } else {
+        alloc::format!(
+            "its {} interrupts unused: no interrupt-controller driver",
+            interrupts.join(", ")
+        )
+    };
+    Some(alloc::format!(
+        "{what}; event queue {} entries ({} KiB; the SMMU allows 2^{}), drained by polling after \
+         each transfer ({delivery})",
+        q.entries(),
+        q.bytes(EVENT_SIZE) >> 10,
+        smmu.features().eventq_max_log2,
+    ))
 }
 
 /// What the probe found (`Absent` before [`init`]).

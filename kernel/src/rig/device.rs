@@ -73,6 +73,17 @@ impl Device {
         matches!(self, Device::Edu(_))
     }
 
+    /// Bytes per transaction of a transfer that faults, so one event record per this many
+    /// bytes: QEMU splits a DMA access whose translation fails into 4-byte accesses (the
+    /// largest an unassigned region takes), each translated and recorded on its own; the model
+    /// engine issues transactions of the size the probe gave it.
+    pub fn transaction_size(&self) -> usize {
+        match self {
+            Device::Edu(_) => 4,
+            Device::Model(engine, _) => engine.transaction_size(),
+        }
+    }
+
     /// DMA read: `len` bytes at `va` into the device buffer.
     pub fn fetch(&self, va: u64, len: usize) -> Result<Outcome, RigError> {
         trace::record(Kind::DmaBegin, va, len as u64);

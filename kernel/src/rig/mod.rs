@@ -112,9 +112,8 @@ pub struct Rig<D: SvaDomain> {
     bond: Option<Bond<D>>,
     staging: PhysAddr,
     owned: Vec<PhysAddr>,
-    /// Drains that found events lost; only the first is logged as a warning (a faulting 4 KiB
-    /// transfer alone makes ~1024 events for the queue's 128 slots, so a workload that faults
-    /// on purpose would otherwise warn once per transfer).
+    /// Drains that found events lost; only the first is logged as a warning (a test that
+    /// overflows the queue on purpose would otherwise warn once per transfer).
     event_losses: AtomicU64,
     _domain: PhantomData<D>,
 }
@@ -356,6 +355,20 @@ impl<D: SvaDomain> Rig<D> {
             );
         }
         (out, drain)
+    }
+
+    /// Runs `f` with the SMMU's event queue shrunk to 2^`log2` entries (test-only: so a few
+    /// faulting transfers overflow it), then gives the queue its full size back. Records
+    /// pending at either change are dropped: drain first. No device may fault meanwhile
+    /// except in `f`.
+    pub fn with_event_queue<R>(&self, log2: u8, f: impl FnOnce() -> R) -> Result<R, RigError> {
+        let full = self.smmu.event_queue_size().allocated;
+        self.smmu.resize_event_queue(log2).map_err(fail)?;
+        let r = f();
+        self.smmu
+            .resize_event_queue(full.log2_entries())
+            .map_err(fail)?;
+        Ok(r)
     }
 
     /// Runs `f` with the driver's skip-invalidation knob set (test-controlled), then puts the

@@ -241,18 +241,46 @@ ktest!(
     }
 );
 
+/// The event queue shrunk for the overflow test: 128 entries, fewer than one faulting page's
+/// transactions, more than [`LEN`]'s.
+const TINY_EVENTQ_LOG2: u8 = 7;
+
 ktest!(faults, event_queue_overflow_is_reported_once, |_t| {
     let mut r = Rig::board()?;
     r.bind()?;
     let hole = VA + 0x20_0000;
+    let per_page = PAGE as usize / r.dev.transaction_size();
+    let tiny = 1usize << TINY_EVENTQ_LOG2;
+    kassert!(per_page > tiny && LEN / r.dev.transaction_size() <= tiny);
     r.drain_events();
-    // ~1024 four-byte faulting transactions for a 128-entry queue.
+    let losses = r.smmu.stats();
+    r.with_event_queue(TINY_EVENTQ_LOG2, || overflow_once(&r, hole, per_page))??;
+    let after = r.smmu.stats();
+    kassert_eq!(
+        (after.event_overflows - losses.event_overflows)
+            + (after.event_write_aborts - losses.event_write_aborts),
+        1,
+        "the loss is counted once"
+    );
+    // The full queue holds a whole faulting page again.
+    r.dev.fetch(hole, PAGE as usize)?;
+    let (events, drain) = r.drain_events_reporting();
+    kassert!(!drain.overflowed && !drain.write_aborted, "{drain:?}");
+    kassert_eq!(events.len(), per_page);
+    Ok(())
+});
+
+/// A faulting page read into the tiny queue: the loss is reported once, then a short faulting
+/// read is recorded in full.
+fn overflow_once(r: &Rig<BoardDomain>, hole: u64, per_page: usize) -> Result<(), TestError> {
+    let tiny = r.smmu.event_queue_size().in_use.entries() as usize;
+    kassert_eq!(tiny, 1 << TINY_EVENTQ_LOG2);
     r.dev.fetch(hole, PAGE as usize)?;
     let (events, drain) = r.drain_events_reporting();
     kassert!(drain.overflowed || drain.write_aborted, "{drain:?}");
     kassert!(
-        events.len() < (PAGE / 4) as usize,
-        "{} events kept: nothing was lost?",
+        events.len() <= tiny && events.len() < per_page,
+        "{} events kept in a queue of {tiny}: nothing was lost?",
         events.len()
     );
     let reads_faulted = |events: &[crate::iommu::spec::event::EventRecord], len: u64| {
@@ -276,10 +304,11 @@ ktest!(faults, event_queue_overflow_is_reported_once, |_t| {
     r.dev.fetch(hole, LEN)?;
     let (events, drain) = r.drain_events_reporting();
     kassert!(!drain.overflowed && !drain.write_aborted);
-    kassert_eq!(reads_faulted(&events, LEN as u64), LEN / 4);
-    kassert_eq!(events.len(), LEN / 4);
+    let per_len = LEN / r.dev.transaction_size();
+    kassert_eq!(reads_faulted(&events, LEN as u64), per_len);
+    kassert_eq!(events.len(), per_len);
     Ok(())
-});
+}
 
 /// Runs the soak's teardown race on a fresh rig, with release's quiesce skipped if `skip`.
 fn teardown_race(skip: bool) -> Result<Result<(), alloc::string::String>, TestError> {

@@ -12,7 +12,7 @@ use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
 use crate::iommu::backend::model::{Knobs, ModelConfig};
 use crate::iommu::probe::{self, Probe, MODEL_DMA_SID};
 use crate::iommu::spec::command::CommandKind;
-use crate::iommu::spec::event::EventKind;
+use crate::iommu::spec::event::{AccessKind, EventKind, EVENT_SIZE};
 use crate::iommu::sva::{ContextState, SvaError};
 use crate::ktest::TestError;
 use crate::mm::aspace::{Backing, Placement};
@@ -86,6 +86,44 @@ ktest!(smmu, stream_ids_come_from_the_iommu_map, |_t| {
     kassert_eq!(Some(r.sid), host.stream_id(phandle, rid));
     // QEMU virt maps requester IDs 1:1 (hw/arm/virt.c), and edu sits at 00:02.0.
     kassert_eq!((rid, r.sid), (0x10, 0x10));
+    Ok(())
+});
+
+ktest!(smmu, event_queue_holds_a_faulting_page_within_budget, |_t| {
+    let mut r = Rig::board()?;
+    let (config, f) = (r.smmu.config(), r.smmu.features());
+    let size = r.smmu.event_queue_size();
+    let q = size.allocated;
+    kassert_eq!(size.in_use, q, "the whole queue is in use");
+    // Within what SMMU_IDR1.EVENTQS allows and the budget, and the largest such.
+    kassert!(q.log2_entries() <= f.eventq_max_log2.min(config.eventq_log2));
+    kassert!(q.bytes(EVENT_SIZE) <= config.eventq_budget);
+    kassert!(
+        q.log2_entries() == f.eventq_max_log2.min(config.eventq_log2)
+            || 2 * q.bytes(EVENT_SIZE) > config.eventq_budget,
+        "2^{} entries: a queue twice as large would fit",
+        q.log2_entries()
+    );
+    // Every transaction of a faulting page is recorded, none lost.
+    r.bind()?;
+    let hole = VA + 0x20_0000;
+    r.drain_events();
+    r.dev.fetch(hole, PAGE as usize)?;
+    let (events, drain) = r.drain_events_reporting();
+    kassert!(!drain.overflowed && !drain.write_aborted, "{drain:?}");
+    let per_page = PAGE as usize / r.dev.transaction_size();
+    kassert_eq!(
+        faults(
+            &events,
+            EventKind::Translation,
+            r.sid,
+            hole,
+            hole + PAGE,
+            AccessKind::Read
+        ),
+        per_page
+    );
+    kassert_eq!(events.len(), per_page);
     Ok(())
 });
 

@@ -12,7 +12,7 @@
 //! | `notifier` | an interval subscriber refusing a non-blockable range (`munmap_nonblocking`) | `MmError::WouldBlock`, nothing changed, the page still translates for CPU and device |
 //! | `sync` | the driver/backend boundary ([`crate::iommu::backend::inject`]): CMDQ_CONS stops moving for one CMD_SYNC | `SmmuError::SyncTimeout`; SVA marks the context broken and quiesces it (all DMA faults), the unmap returns; the owner rebinds |
 //! | `cmdq` | QEMU: the backend boundary holds CMDQ_PROD before a TLBI and reports CMDQ_CONS.ERR = CERROR_ILL with GERROR.CMDQ_ERR; model: the model's own one-shot command error | the driver skips the command, acknowledges GERRORN and re-sends the invalidation for the whole ASID |
-//! | `evtq` | a real overflow: a faulting 4 KiB DMA makes ~1024 events for a 128-entry queue | reported once (OVFLG on the model, GERROR.EVENTQ_ABT_ERR on QEMU), later events arrive |
+//! | `evtq` | a real overflow: the event queue shrunk to 128 entries while a faulting 4 KiB DMA makes 1024 events | reported once (OVFLG on the model, GERROR.EVENTQ_ABT_ERR on QEMU), later events arrive |
 //! | `teardown` | a DMA in flight while the bound address space is torn down | `release` quiesces first: the DMA faults quietly and never lands after the teardown |
 //!
 //! This module is portable (kinds, boot-argument parsing, counters); the hooks live where the

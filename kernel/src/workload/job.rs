@@ -49,6 +49,9 @@ struct Tally {
     dma_writes: u64,
     faults_expected: u64,
     faults_seen: u64,
+    /// Event records the faulting transfers must make (one per device transaction) and got.
+    fault_events_expected: u64,
+    fault_events_seen: u64,
     unexpected_faults: u64,
     stale_reads: u64,
     stale_writes: u64,
@@ -162,6 +165,8 @@ pub fn run(args: &BootArgs) -> ExitCode {
 
     let stale = tally.stale() + model_stale;
     let ok = stale == 0
+        && event_losses == 0
+        && tally.fault_events_seen == tally.fault_events_expected
         && tally.unexpected_faults == 0
         && tally.wrong_data == 0
         && tally.errors.is_empty();
@@ -191,9 +196,13 @@ pub fn run(args: &BootArgs) -> ExitCode {
         tally.dma_writes
     );
     println!(
-        "  faults           expected {}, seen {}, unexpected {} (events lost \
-         {event_losses} times: a faulting transfer makes an event per access, more than the queue holds)",
-        tally.faults_expected, tally.faults_seen, tally.unexpected_faults
+        "  faults           expected {}, seen {}, unexpected {}; events {} of {} (one per faulting \
+         transaction), lost {event_losses} times",
+        tally.faults_expected,
+        tally.faults_seen,
+        tally.unexpected_faults,
+        tally.fault_events_seen,
+        tally.fault_events_expected
     );
     println!(
         "  stale accesses   {stale} (reads {}, writes {}, model checker {model_stale})",
@@ -224,12 +233,12 @@ fn random_bytes(ctx: &mut TestCtx, len: usize) -> Vec<u8> {
 }
 
 /// The events of the device's stream since the last drain, classified against what one step
-/// expected: returns whether the expected fault was seen; counts anything else as unexpected.
+/// expected: returns how many were the expected fault; counts anything else as unexpected.
 fn check_events(
     rig: &Rig<BoardDomain>,
     t: &mut Tally,
     expect: Option<(EventKind, u64, u64, AccessKind)>,
-) -> bool {
+) -> u64 {
     let events = rig.drain_events();
     let (matching, total) = match expect {
         Some((kind, start, end, access)) => (
@@ -245,22 +254,25 @@ fn check_events(
             &events[..events.len().min(3)]
         ));
     }
-    matching > 0
+    matching as u64
 }
 
-/// Counts a transfer to `page_va` that must fault with `kind`: expected once, seen if the SMMU
-/// reported it (and nothing else) or the device saw the fault.
+/// Counts a transfer of `len` bytes within `page_va`'s page that must fault with `kind`:
+/// expected once, seen if the SMMU reported it (and nothing else) or the device saw the fault;
+/// each of its transactions must have made one event record.
 fn expect_fault(
     rig: &Rig<BoardDomain>,
     t: &mut Tally,
     outcome: Outcome,
     kind: EventKind,
-    page_va: u64,
+    (page_va, len): (u64, usize),
     access: AccessKind,
 ) {
     t.faults_expected += 1;
     let reported = check_events(rig, t, Some((kind, page_va, page_va + PAGE, access)));
-    t.faults_seen += u64::from(reported || outcome == Outcome::Faulted);
+    t.faults_seen += u64::from(reported > 0 || outcome == Outcome::Faulted);
+    t.fault_events_expected += len.div_ceil(rig.dev.transaction_size()) as u64;
+    t.fault_events_seen += reported;
 }
 
 fn one_round(rig: &mut Rig<BoardDomain>, seed: u64, t: &mut Tally) -> Result<(), RigError> {
@@ -351,7 +363,7 @@ fn round_body(
             t,
             outcome,
             EventKind::Translation,
-            page_va,
+            (page_va, len),
             AccessKind::Read,
         );
         if got[..] == old[off as usize..off as usize + len] {
@@ -366,7 +378,7 @@ fn round_body(
             t,
             outcome,
             EventKind::Translation,
-            page_va,
+            (page_va, len),
             AccessKind::Write,
         );
         if rig::read(frames[k as usize], PAGE as usize)? != old {
@@ -385,7 +397,7 @@ fn round_body(
             t,
             outcome,
             EventKind::Permission,
-            page_va,
+            (page_va, len),
             AccessKind::Write,
         );
         if rig::read(frames[k as usize], PAGE as usize)? != old {

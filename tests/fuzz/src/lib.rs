@@ -9,6 +9,7 @@
 //! | `dt` | the device-tree reader on corrupted blobs | [`dt`] |
 //! | `ktap` | the harness's KTAP parser and JUnit writer | [`ktap`] |
 //! | `sdcl` | the chainloader protocol's reply-line parser and header decoder | [`sdcl`] |
+//! | `receiver` | every byte on the chainloader's serial line, into its receiver | [`receiver`] |
 //!
 //! libFuzzer runs them from `libfuzzer/` (`make fuzz`); `tests/replay.rs` runs the seed
 //! corpora (`corpus/<target>/`) and every input that ever failed (`regressions/<target>/`) on
@@ -20,6 +21,7 @@ pub mod fdt;
 pub mod input;
 pub mod ktap;
 pub mod memory;
+pub mod receiver;
 pub mod sdcl;
 pub mod seeds;
 pub mod smmu_codec;
@@ -31,7 +33,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         name: "aspace",
         run: aspace::fuzz,
@@ -51,5 +53,9 @@ pub const TARGETS: [Target; 5] = [
     Target {
         name: "sdcl",
         run: sdcl::fuzz,
+    },
+    Target {
+        name: "receiver",
+        run: receiver::fuzz,
     },
 ];

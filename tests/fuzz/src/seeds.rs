@@ -19,6 +19,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "dt" => dt(),
         "ktap" => ktap(),
         "sdcl" => sdcl(),
+        "receiver" => receiver(),
         _ => Vec::new(),
     }
 }
@@ -437,4 +438,64 @@ fn sdcl() -> Vec<(String, Vec<u8>)> {
           @@SDCL NAK 99 something new\r\n@@SDCL ACK DATA crc=0xcbf43926\r\n",
     );
     vec![("seed-session".into(), session)]
+}
+
+fn receiver() -> Vec<(String, Vec<u8>)> {
+    use crate::receiver::script::{Fault, Op, Transfer};
+    let write = |ops: &[Op]| {
+        let mut o = Output::default();
+        for op in ops {
+            op.write(&mut o);
+        }
+        o.0
+    };
+    let clean = |mode| Transfer::clean(3000, mode, b"ktest=sva.*");
+    let faulty = |fault| Op::Transfer(Transfer { fault, ..clean(1) });
+    let mut every_fault = vec![Op::Transfer(clean(0)), Op::Transfer(clean(2))];
+    every_fault.extend(
+        [
+            Fault::HeaderBit { at: 9, bit: 2 },
+            Fault::PayloadBit { at: 2500, bit: 7 },
+            Fault::PayloadCrc,
+            Fault::Cut { at: 1500 },
+            Fault::Version { flags: false },
+            Fault::Version { flags: true },
+            Fault::NotAnImage,
+            Fault::SizeMismatch,
+            Fault::ImageHeader(0),
+            Fault::ImageHeader(1),
+            Fault::ImageHeader(2),
+            Fault::NulInArgs,
+        ]
+        .map(faulty),
+    );
+    // Lengths at and beyond every limit.
+    every_fault.extend((0..9).map(|v| faulty(Fault::Limit(v))));
+    let restarts = [
+        Op::Noise(b"\x00\xffnoise SDC SDCL".to_vec()),
+        Op::LineErrors(2),
+        // The host gives up mid-payload and starts again at once: the rest is payload to the
+        // loader, then a checksum mismatch.
+        Op::Transfer(Transfer {
+            pause: false,
+            fault: Fault::Cut { at: 700 },
+            ..clean(1)
+        }),
+        Op::Transfer(Transfer {
+            pause: false,
+            ..clean(1)
+        }),
+        Op::Silence,
+        Op::Transfer(Transfer {
+            pause: false,
+            fault: Fault::Cut { at: 10 },
+            ..clean(0)
+        }),
+        Op::Noise(b"SDCL".to_vec()),
+    ];
+    vec![
+        ("seed-clean".into(), write(&[Op::Transfer(clean(1))])),
+        ("seed-every-fault".into(), write(&every_fault)),
+        ("seed-restarts".into(), write(&restarts)),
+    ]
 }

@@ -1,6 +1,16 @@
 //! The event queue and global errors: draining event records, overflow, SMMU_GERROR.
 
+use super::init::queue_base;
 use super::*;
+
+/// The event queue's size ([`Smmu::event_queue_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventQueueSize {
+    /// The entries the SMMU writes.
+    pub in_use: QueueGeometry,
+    /// The entries its memory holds.
+    pub allocated: QueueGeometry,
+}
 
 /// What one call of [`Smmu::drain_events`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,10 +77,44 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut c = self.cmdq.lock();
         c.stats.events += result.drained as u64;
         c.stats.event_overflows += u64::from(result.overflowed);
+        c.stats.event_write_aborts += u64::from(result.write_aborted);
         for k in by_kind {
             *c.stats.events_by_kind.entry(k).or_default() += 1;
         }
         Ok(result)
+    }
+
+    /// The event queue's size: in use, and allocated (the two differ only while a test has
+    /// shrunk it with [`Smmu::resize_event_queue`]).
+    pub fn event_queue_size(&self) -> EventQueueSize {
+        let q = self.eventq.lock();
+        EventQueueSize {
+            in_use: q.geo,
+            allocated: q.allocated,
+        }
+    }
+
+    /// Test-only: makes the SMMU use the first 2^`log2` entries of the event queue (at most
+    /// the allocated ones), so tests can overflow it with few faults; returns the size now in
+    /// use. Pending records are dropped. The queue is turned off while its base register
+    /// changes (§6.3.29: EVENTQ_BASE is only written while CR0.EVENTQEN is 0), so an event
+    /// recorded meanwhile is lost: call it while no device faults.
+    pub fn resize_event_queue(&self, log2: u8) -> Result<QueueGeometry, SmmuError> {
+        let mut q = self.eventq.lock();
+        let geo = QueueGeometry::clamped(log2.min(q.allocated.log2_entries()));
+        let cr0 = LocalRegisterCopy::<u32, CR0::Register>::new(self.regs.read32(offset::CR0));
+        let mut off = cr0;
+        off.modify(CR0::EVENTQEN::CLEAR);
+        self.write_cr0(off.get())?;
+        self.regs
+            .write64(offset::EVENTQ_BASE, queue_base(q.base, geo));
+        self.regs.write32(offset::EVENTQ_PROD, 0);
+        self.regs.write32(offset::EVENTQ_CONS, 0);
+        q.geo = geo;
+        q.cons = 0;
+        q.ovack = 0;
+        self.write_cr0(cr0.get())?;
+        Ok(geo)
     }
 
     /// Global errors other than command-queue errors (those are handled by submissions) that

@@ -14,6 +14,24 @@ pub(super) fn sid_bits_for(max_sid: u32) -> u8 {
     (32 - max_sid.leading_zeros()) as u8
 }
 
+/// The event queue's size: the least of what the configuration wants, what the SMMU allows
+/// (SMMU_IDR1.EVENTQS, §6.3.2) and what fits in the configured memory budget.
+pub(super) fn event_queue_geometry(
+    config: &SmmuConfig,
+    eventq_max_log2: u8,
+) -> Result<QueueGeometry, SmmuError> {
+    let records = config.eventq_budget / EVENT_SIZE;
+    if records == 0 {
+        return Err(SmmuError::BadConfig(
+            "the event-queue budget must hold at least one record (32 bytes)",
+        ));
+    }
+    let budget_log2 = records.ilog2().min(u32::from(u8::MAX)) as u8;
+    Ok(QueueGeometry::clamped(
+        config.eventq_log2.min(eventq_max_log2).min(budget_log2),
+    ))
+}
+
 /// A queue base register value: address, size and the allocate hint.
 pub(super) fn queue_base(base: PhysAddr, geo: QueueGeometry) -> u64 {
     let mut v = LocalRegisterCopy::<u64, Q_BASE::Register>::new(0);
@@ -55,7 +73,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             });
         }
         let cmdq_geo = QueueGeometry::clamped(config.cmdq_log2.min(features.cmdq_max_log2));
-        let eventq_geo = QueueGeometry::clamped(config.eventq_log2.min(features.eventq_max_log2));
+        let eventq_geo = event_queue_geometry(&config, features.eventq_max_log2)?;
         if cmdq_geo.entries() < 2 {
             return Err(SmmuError::BadConfig(
                 "the command queue needs at least 2 entries",
@@ -105,6 +123,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             eventq: spin::Mutex::new(EventQueue {
                 base: eventq,
                 geo: eventq_geo,
+                allocated: eventq_geo,
                 cons: 0,
                 ovack: 0,
             }),
@@ -305,5 +324,32 @@ mod tests {
         assert_eq!(sid_bits_for(u32::MAX), 32);
         let q = queue_base(PhysAddr(0x4000_1000), QueueGeometry::new(8).unwrap());
         assert_eq!(q, 1 << 62 | 0x4000_1000 | 8);
+    }
+
+    #[test]
+    fn event_queue_is_the_least_of_wanted_allowed_and_budget() {
+        let log2 = |eventq_log2, eventq_budget, idr1| {
+            let config = SmmuConfig {
+                eventq_log2,
+                eventq_budget,
+                ..SmmuConfig::default()
+            };
+            event_queue_geometry(&config, idr1).map(|g| g.log2_entries())
+        };
+        // The default budget: 8192 records, whatever larger the SMMU offers.
+        assert_eq!(log2(19, EVENTQ_BUDGET, 19), Ok(13));
+        assert_eq!(EVENTQ_BUDGET >> 13, EVENT_SIZE);
+        // The SMMU allows fewer; the configuration wants fewer.
+        assert_eq!(log2(19, EVENTQ_BUDGET, 7), Ok(7));
+        assert_eq!(log2(5, EVENTQ_BUDGET, 19), Ok(5));
+        // A budget that is not a power of two rounds down; one record is the least.
+        assert_eq!(log2(19, 3 * 4096, 19), Ok(8));
+        assert_eq!(log2(19, EVENT_SIZE, 19), Ok(0));
+        assert!(matches!(
+            log2(19, EVENT_SIZE - 1, 19),
+            Err(SmmuError::BadConfig(_))
+        ));
+        // More than the architecture encodes is clamped.
+        assert_eq!(log2(31, usize::MAX, 31), Ok(19));
     }
 }

@@ -40,9 +40,12 @@
 //!   [`Smmu::abort_all_traffic`] turns translation off with SMMU_GBPA.ABORT set, which needs no
 //!   command: every transaction of every stream then aborts, so nothing cached can be used.
 //!   Later submissions fail at once with [`SmmuError::Disabled`] instead of timing out.
-//! * **Events** are drained on request ([`Smmu::drain_events`]); a full queue loses events,
-//!   which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG and the driver acknowledges through
-//!   OVACKFLG (§7.4) and counts.
+//! * **Events** are drained on request ([`Smmu::drain_events`]): the driver enables no
+//!   interrupt (the kernel has no interrupt-controller driver), so its users drain after each
+//!   transfer that may fault. The queue is as large as SMMU_IDR1.EVENTQS allows within a memory
+//!   budget ([`SmmuConfig::eventq_budget`]). A full queue loses events, which the SMMU signals
+//!   with SMMU_EVENTQ_PROD.OVFLG (acknowledged through OVACKFLG, §7.4) or, on QEMU, with
+//!   GERROR.EVENTQ_ABT_ERR; both are acknowledged and counted.
 
 mod cmdq;
 mod context;
@@ -55,7 +58,7 @@ mod strtab;
 
 pub use context::ContextParams;
 pub use error::{CommandFailure, SmmuError};
-pub use evtq::EventDrain;
+pub use evtq::{EventDrain, EventQueueSize};
 pub use invalidate::InvalidationReport;
 
 use alloc::collections::BTreeMap;
@@ -72,7 +75,7 @@ use crate::iommu::spec::cd::{CdBuildError, CdFields, ContextDescriptor, CD_WORDS
 use crate::iommu::spec::command::{Command, CommandCounts, CommandError};
 use crate::iommu::spec::event::{EventKind, EventRecord, EVENT_SIZE, EVENT_WORDS};
 use crate::iommu::spec::features::Features;
-use crate::iommu::spec::queue::{QueueGeometry, QueuePtr};
+use crate::iommu::spec::queue::{QueueGeometry, QueuePtr, MAX_LOG2_ENTRIES};
 use crate::iommu::spec::regs::{
     offset, CommandErrorCode, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, GERROR,
     Q_BASE, STRTAB_BASE, STRTAB_BASE_CFG,
@@ -85,6 +88,12 @@ use crate::sync::atomic::{fence, AtomicBool, Ordering};
 /// Command-queue entry size (§4.1).
 const CMD_SIZE: usize = 16;
 
+/// The event queue's default memory budget: 256 KiB, 8192 records. A faulting 4 KiB transfer
+/// of 4-byte transactions (QEMU's `edu`, the model's engine) records 1024 events, so the queue
+/// holds eight such transfers between two drains. (Linux caps every queue at 4 MiB,
+/// `Q_MAX_SZ_SHIFT` in `arm-smmu-v3.h`; our drains are frequent and our RAM small.)
+pub const EVENTQ_BUDGET: usize = 256 * 1024;
+
 /// Driver settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SmmuConfig {
@@ -92,8 +101,11 @@ pub struct SmmuConfig {
     pub max_sid: u32,
     /// log2 of the command-queue entries wanted (capped by SMMU_IDR1.CMDQS).
     pub cmdq_log2: u8,
-    /// log2 of the event-queue entries wanted (capped by SMMU_IDR1.EVENTQS).
+    /// log2 of the event-queue entries wanted: the queue gets the least of this,
+    /// SMMU_IDR1.EVENTQS (§6.3.2) and what fits in `eventq_budget`.
     pub eventq_log2: u8,
+    /// Bytes the event queue may take (32 per record, §7.3).
+    pub eventq_budget: usize,
     /// Invalidation strategy.
     pub strategy: Strategy,
     /// VA size of the address spaces bound (TTB0 region).
@@ -107,13 +119,15 @@ pub struct SmmuConfig {
 }
 
 impl Default for SmmuConfig {
-    /// 256 StreamIDs (PCIe bus 0), 256 commands, 128 events, Linux's invalidation policy,
-    /// 48-bit VAs, Linux's 1 s poll timeout, 64-command batches.
+    /// 256 StreamIDs (PCIe bus 0), 256 commands, as many events as the SMMU allows within
+    /// [`EVENTQ_BUDGET`], Linux's invalidation policy, 48-bit VAs, Linux's 1 s poll timeout,
+    /// 64-command batches.
     fn default() -> Self {
         Self {
             max_sid: 0xff,
             cmdq_log2: 8,
-            eventq_log2: 7,
+            eventq_log2: MAX_LOG2_ENTRIES,
+            eventq_budget: EVENTQ_BUDGET,
             strategy: Strategy::Auto,
             va_bits: 48,
             sync_timeout_ns: 1_000_000_000,
@@ -164,7 +178,11 @@ pub struct DriverStats {
     pub slowest_invalidation_ns: u64,
     pub events: u64,
     pub events_by_kind: BTreeMap<EventKind, u64>,
+    /// Drains that found EVENTQ_PROD.OVFLG toggled (the SMMU dropped events, §7.4).
     pub event_overflows: u64,
+    /// Drains that found GERROR.EVENTQ_ABT_ERR active (an event write failed; QEMU's SMMU
+    /// reports a full queue this way).
+    pub event_write_aborts: u64,
 }
 
 /// Debug-only knobs that break the driver on purpose, so tests can show what they catch.
@@ -187,7 +205,10 @@ struct CommandQueue {
 
 struct EventQueue {
     base: PhysAddr,
+    /// The entries in use (at most `allocated`; fewer only while a test shrinks it).
     geo: QueueGeometry,
+    /// The entries the memory at `base` holds.
+    allocated: QueueGeometry,
     cons: QueuePtr,
     /// The OVFLG value last acknowledged.
     ovack: u32,

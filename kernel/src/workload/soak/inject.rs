@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The event queue's size while the `evtq` fault overflows it: fewer entries than a faulting
+/// page's 4-byte transactions.
+const OVERFLOW_EVENTQ_LOG2: u8 = 7;
+
 impl Soak<'_> {
     pub(super) fn expect_fault(
         &self,
@@ -120,11 +124,24 @@ impl Soak<'_> {
         });
     }
 
-    /// `evtq`: a faulting 4 KiB read of the hole makes ~1024 events for a 128-entry queue; the
-    /// loss is reported once, and a small faulting read afterwards is reported normally.
+    /// `evtq`: with the event queue shrunk to 128 entries, a faulting 4 KiB read of the hole
+    /// makes 1024 events; the loss is reported once, and a small faulting read afterwards is
+    /// reported normally. (The queue is shrunk only while this CPU holds the device: no other
+    /// DMA runs meanwhile.)
     pub(super) fn inject_overflow(&self, cpu: usize, churn: &mut TestCtx) {
         let hole = self.hole(cpu);
         let _d = self.device(churn);
+        let shrunk = self
+            .rig
+            .with_event_queue(OVERFLOW_EVENTQ_LOG2, || self.overflow(cpu, hole));
+        if let Err(e) = shrunk {
+            self.record(cpu, Fault::EventqOverflow, false, || {
+                format!("shrinking the event queue: {e}")
+            });
+        }
+    }
+
+    fn overflow(&self, cpu: usize, hole: u64) {
         let big = self.rig.dev.fetch(hole, PAGE as usize);
         let (events, drain) = self.rig.drain_events_reporting();
         let lost = drain.overflowed || drain.write_aborted;

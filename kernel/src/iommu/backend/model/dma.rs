@@ -107,6 +107,11 @@ impl<'a, 'm> DmaEngine<'a, 'm> {
         self.sid
     }
 
+    /// Bytes per transaction.
+    pub fn transaction_size(&self) -> usize {
+        self.access_size
+    }
+
     /// Reads `buf.len()` bytes at `va` into `buf`.
     pub fn read(&self, va: VirtAddr, buf: &mut [u8]) -> Result<(), DmaError> {
         let mem = self.smmu.memory();
