@@ -237,14 +237,20 @@ impl<D: SvaDomain> Rig<D> {
         &self.mm
     }
 
-    /// Maps a fresh frame, one the device reaches, at `va`, filled with `byte`.
-    fn map_frame(&mut self, va: u64, perms: Permissions, byte: u8) -> Result<PhysAddr, RigError> {
+    /// A zeroed frame the device reaches (below its DMA controller's bus window, on the Pi);
+    /// the caller frees it.
+    pub fn alloc_device_frame(&self) -> Result<PhysAddr, RigError> {
         let frames = frames().ok_or_else(|| fail("no frames"))?;
-        let frame = match self.dev.reach() {
+        match self.dev.reach() {
             Some(limit) => frames.alloc_zeroed_below(limit),
             None => frames.alloc_zeroed(),
         }
-        .map_err(fail)?;
+        .map_err(fail)
+    }
+
+    /// Maps a fresh frame the device reaches at `va`, filled with `byte`.
+    fn map_frame(&mut self, va: u64, perms: Permissions, byte: u8) -> Result<PhysAddr, RigError> {
+        let frame = self.alloc_device_frame()?;
         self.owned.push(frame);
         fill(frame, byte)?;
         self.space()
