@@ -6,7 +6,8 @@
 //!   them the firmware leaves to Linux (`brcm,dma-channel-mask`); 7..10 are DMA LITE channels
 //!   (DEBUG.LITE set), 11..14 are DMA4 engines with another register layout (not driven here).
 //!   QEMU `raspi4b` models 16 channels of one kind, reading DEBUG back as written (so every
-//!   channel looks full) and the ENABLE register at 0xff0.
+//!   channel looks full). The global ENABLE register (0xff0) lies outside the tree's `reg`, so
+//!   the driver leaves it as the firmware (or QEMU's reset, 0xffff) set it.
 //! * **Transfers**: a chain of 32-byte, 32-byte-aligned control blocks in one frame; the
 //!   channel fetches them through its bus, so every address it sees is a bus address made from
 //!   the tree's `dma-ranges` (on the Pi 4, bus 0xc000_0000 is CPU 0, for 1 GiB): never an
