@@ -107,6 +107,10 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
     }
     smp::start_secondaries(&cpu_descs(info), cpu::mpidr());
     smp::on_each_cpu(&|_cpu| mmu::drop_identity_map());
+    let dma = info
+        .dma
+        .as_ref()
+        .and_then(|desc| crate::drivers::bcm2835_dma::init(desc, frames));
     probe::init(probe::Platform {
         regs: info.smmu,
         // No SMMU on the Pi 4: the software model stands in, so SVA runs the same code.
@@ -114,6 +118,8 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         streams: info.iommu_map(),
         options: probe::Options::from_bootargs(board::bootargs()),
         frames,
+        // The Pi's DMA controller moves the bytes of the model's DMA master.
+        copier: dma.map(|d| d as &'static dyn crate::mm::dma::PhysCopier),
     });
 
     let iommu = probe::banner_line(&info.smmu_interrupts);

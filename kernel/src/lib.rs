@@ -12,9 +12,9 @@
 //! |---|---|---|
 //! | [`sync`], [`trace`] | spin locks, the grace-period mechanism (SRCU role), loom facade; per-CPU event rings | host + kernel |
 //! | [`board`] | what differs between QEMU `virt` and the Raspberry Pi 4, read from the device tree; this boot's facts | host + kernel |
-//! | [`mm`] | addresses, frames, page tables, address spaces, the notifier core; RAM and the linear map | host + kernel |
+//! | [`mm`] | addresses, frames, page tables, address spaces, the notifier core; RAM and the linear map; the DMA copy seam | host + kernel |
 //! | `arch::aarch64` | boot glue, exceptions, system registers, barriers, TLBI, PSCI, SMP, MMIO | kernel |
-//! | [`drivers`] | PL011, BCM2711 GPIO, PCIe, `edu` | kernel (GPIO routing also on the host) |
+//! | [`drivers`] | PL011, BCM2711 GPIO and DMA controller, PCIe, `edu` | kernel (GPIO routing and DMA control blocks also on the host) |
 //! | `console` | `print!`, the `log` facade, the emergency path | kernel |
 //! | `rt` | the runtime: exit, panic, heap | kernel |
 //! | [`iommu`] | the SMMUv3 in one tree: spec encodings, driver, backends (MMIO, model, injector), SVA, probe | host + kernel |

@@ -5,7 +5,8 @@
 //! properties (Devicetree Specification v0.4: `reg`, `ranges`, `#address-cells`, `status`,
 //! `/chosen`, `/cpus`, `/memory`, `/reserved-memory`) and the bindings of the devices we drive
 //! (Linux `Documentation/devicetree/bindings`: `arm,pl011`, `arm,gic-v3`, `arm,psci`,
-//! `pci-host-ecam-generic`, `arm,smmu-v3`, `brcm,bcm2711-gpio`, CPU `enable-method`).
+//! `pci-host-ecam-generic`, `arm,smmu-v3`, `brcm,bcm2711-gpio`, `brcm,bcm2835-dma`, CPU
+//! `enable-method`) and `dma-ranges` (Devicetree Specification v0.4, 2.3.9).
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -150,6 +151,29 @@ impl PcieHost {
     }
 }
 
+/// One `dma-ranges` entry of a bus: what a DMA master on it puts on the bus to reach CPU
+/// physical addresses `[cpu, cpu + size)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaRange {
+    /// The bus (DMA) address of `cpu`.
+    pub bus: u64,
+    /// First CPU physical address.
+    pub cpu: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// The BCM283x/BCM2711 DMA controller (`brcm,bcm2835-dma`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmaController {
+    /// The channel registers (translated to a CPU physical address).
+    pub regs: Range,
+    /// `brcm,dma-channel-mask`: the channels the firmware leaves to the ARM side.
+    pub channel_mask: u32,
+    /// How the controller's bus addresses reach RAM: its bus's `dma-ranges`.
+    pub dma_ranges: Vec<DmaRange>,
+}
+
 /// Everything the kernel takes from the device tree.
 #[derive(Debug, Clone)]
 pub struct BoardInfo {
@@ -181,6 +205,8 @@ pub struct BoardInfo {
     pub smmu_interrupts: Vec<String>,
     /// The BCM2711 GPIO block (Pi only: the console pins are muxed there).
     pub gpio: Option<Range>,
+    /// The BCM2711 DMA controller (Pi only).
+    pub dma: Option<DmaController>,
     /// Names of the device nodes we found and use, for the boot banner.
     pub devices: Vec<String>,
 }
@@ -393,6 +419,7 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
         smmu_phandle: None,
         smmu_interrupts: Vec::new(),
         gpio: None,
+        dma: None,
         devices: Vec::new(),
     };
 
@@ -556,6 +583,59 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
         info.gpio = reg_cpu(loc, 0);
         info.devices.push(device_name(loc));
     }
+
+    if let Some(loc) = find(nodes, "brcm,bcm2835-dma") {
+        info.dma = read_dma(loc);
+        if info.dma.is_some() {
+            info.devices.push(device_name(loc));
+        }
+    }
+}
+
+fn read_dma(loc: &Located<'_>) -> Option<DmaController> {
+    Some(DmaController {
+        regs: reg_cpu(loc, 0)?,
+        channel_mask: prop_u32(&loc.node, "brcm,dma-channel-mask").unwrap_or(0),
+        dma_ranges: dma_ranges(loc),
+    })
+}
+
+/// The `dma-ranges` of the bus `loc` sits on (Devicetree Specification v0.4, 2.3.9: each entry
+/// is (child bus address, parent bus address, length) in the bus's `#address-cells`, its
+/// parent's `#address-cells` and the bus's `#size-cells`). Only a bus directly under the root
+/// is translated (the parent address is then the CPU's); an empty `dma-ranges` is the identity
+/// over 32-bit bus addresses; a missing one, or a deeper bus, gives no range (no DMA).
+fn dma_ranges(loc: &Located<'_>) -> Vec<DmaRange> {
+    let (Some(bus), 2) = (loc.ancestors.last(), loc.ancestors.len()) else {
+        return Vec::new();
+    };
+    let Some(prop) = bus.property("dma-ranges") else {
+        return Vec::new();
+    };
+    if prop.value().is_empty() {
+        return alloc::vec![DmaRange {
+            bus: 0,
+            cpu: 0,
+            size: 1 << 32,
+        }];
+    }
+    let (child_ac, child_sc) = child_cells(bus);
+    let parent_ac = child_cells(&loc.ancestors[0]).0;
+    if !(1..=2).contains(&child_ac) || !(1..=2).contains(&parent_ac) || !(1..=2).contains(&child_sc)
+    {
+        return Vec::new();
+    }
+    prop.value()
+        .chunks_exact((child_ac + parent_ac + child_sc) * 4)
+        .filter_map(|e| {
+            Some(DmaRange {
+                bus: be_cells(e, child_ac)?,
+                cpu: be_cells(&e[child_ac * 4..], parent_ac)?,
+                size: be_cells(&e[(child_ac + parent_ac) * 4..], child_sc)?,
+            })
+        })
+        .filter(|r| r.size > 0)
+        .collect()
 }
 
 fn read_pcie(loc: &Located<'_>) -> Option<PcieHost> {
@@ -702,6 +782,41 @@ mod tests {
         };
         assert_eq!(overflow.stream_id(1, 0), Some(u32::MAX));
         assert_eq!(overflow.stream_id(1, 1), None);
+    }
+
+    /// The mainline Pi 4 tree (what QEMU `raspi4b` and the SD card use): the DMA controller's
+    /// registers through the `soc` bus's `ranges`, its channel mask, and the bus's `dma-ranges`.
+    #[test]
+    #[ignore = "needs the Pi 4 device tree (SHOOTDOWN_DTB): `make test` runs it with --include-ignored"]
+    fn the_pi4_tree_describes_its_dma_controller() {
+        let path = std::path::PathBuf::from(std::env::var("SHOOTDOWN_DTB").expect("SHOOTDOWN_DTB"));
+        let path = if path.is_relative() {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(path)
+        } else {
+            path
+        };
+        // The tree has no /memory (the firmware adds it), so `parse` would refuse it: read the
+        // node the way `parse` does.
+        let blob = std::fs::read(&path).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let mut nodes = Vec::new();
+        collect(fdt.root(), &mut Vec::new(), &mut nodes);
+        let loc = find(&nodes, "brcm,bcm2835-dma").expect("dma@7e007000");
+        let dma = read_dma(loc).unwrap();
+        // reg <0x7e007000 0xb00>; soc ranges map bus 0x7e000000 to CPU 0xfe000000.
+        assert_eq!(dma.regs, r(0xfe00_7000, 0xb00));
+        assert_eq!(dma.channel_mask, 0x7f5);
+        // soc dma-ranges <0xc0000000 0x0 0x0 0x40000000>: bus 0xc0000000 is CPU 0, for 1 GiB.
+        assert_eq!(
+            dma.dma_ranges,
+            vec![DmaRange {
+                bus: 0xc000_0000,
+                cpu: 0,
+                size: 0x4000_0000
+            }]
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Device drivers (the SMMU's is in `iommu`). Each MMIO block is described with tock-registers `register_structs!`.
+//! Device drivers (the SMMU's is in `iommu`): PL011, BCM2711 GPIO and DMA controller, PCIe,
+//! `edu`. Register blocks are tock-registers `register_structs!` or offsets into an `IoWindow`.
 
-// The GPIO routing is plain register arithmetic: host-tested. The rest needs the machine.
+// The GPIO routing and the DMA controller's control blocks are plain arithmetic: host-tested.
+// The rest needs the machine.
 pub mod bcm2711_gpio;
+pub mod bcm2835_dma;
 #[cfg(target_os = "none")]
 pub mod edu;
 #[cfg(target_os = "none")]

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`spec`] | the encodings: registers, commands, STEs, CDs, events, queue arithmetic, ID features |
 //! | [`driver`] | the driver, one file per family: `init`, `cmdq`, `strtab`, `context`, `invalidate` (+ `planner`), `evtq`, `error` |
-//! | [`backend`] | what the driver runs on ([`backend::SmmuBackend`]): `mmio` (a real SMMU, kernel only), [`backend::model`] (the software SMMUv3 with IOTLB, walk cache, coherence checker and a DMA engine), [`backend::inject`] (the fault injector wrapping either) |
+//! | [`backend`] | what the driver runs on ([`backend::SmmuBackend`]): `mmio` (a real SMMU, kernel only), [`backend::model`] (the software SMMUv3 with IOTLB, walk cache, coherence checker, a DMA engine and a master whose bytes a DMA controller moves), [`backend::inject`] (the fault injector wrapping either) |
 //! | [`sva`] | binding devices to address spaces: one context and one notifier subscription per (SMMU, address space) |
 //! | `probe` | the board's SMMU (MMIO, or the model on the Pi), probed at boot (kernel only) |
 //! | [`physmem`] | byte/word access to physical memory without `unsafe` |

@@ -6,9 +6,11 @@
 //!   through its registers ([`MmioSmmu`]). PCIe requesters reach it with the StreamID the host
 //!   bridge's `iommu-map` gives ([`stream_id`]).
 //! * **Raspberry Pi 4 (QEMU `raspi4b` or real)**: no SMMU exists, so the software SMMUv3 model
-//!   runs as the backend over real RAM (the linear map), and a model DMA engine
-//!   ([`model_dma_engine`], StreamID [`MODEL_DMA_SID`]) stands in for a PCIe device. The driver,
-//!   SVA and the tests are the same code.
+//!   runs as the backend over real RAM (the linear map), and model DMA masters stand in for
+//!   PCIe devices: [`copier_engine_at`], whose bytes the board's DMA controller moves (the
+//!   [`PhysCopier`] the composition root hands over), and [`model_dma_engine_at`], whose bytes
+//!   the CPU copies (StreamIDs [`MODEL_DMA_SIDS`]). The driver, SVA and the tests are the same
+//!   code.
 //! * **Anything else** (plain `virt`): no IOMMU; SVA binds fail with
 //!   [`SvaError::NoSmmu`](crate::iommu::sva::SvaError::NoSmmu).
 //!
@@ -33,10 +35,12 @@ use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
 use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
+use crate::iommu::backend::model::master::CopierEngine;
 use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::spec::event::{EventRecord, EVENT_SIZE};
 use crate::iommu::spec::queue::MAX_LOG2_ENTRIES;
 use crate::iommu::sva::{Sva, SvaDomain};
+use crate::mm::dma::PhysCopier;
 use crate::mm::ram::{LinearMap, RamFrames};
 
 pub use crate::board::StreamIdError;
@@ -98,6 +102,7 @@ static SMMU: spin::Once<BoardSmmu> = spin::Once::new();
 static SVA: spin::Once<Sva> = spin::Once::new();
 static PROBE: spin::Once<Probe> = spin::Once::new();
 static STREAMS: spin::Once<Result<IommuMap, StreamIdError>> = spin::Once::new();
+static COPIER: spin::Once<Option<&'static dyn PhysCopier>> = spin::Once::new();
 
 /// The board's SMMU as an SVA domain: `sva::bind::<BoardDomain>(...)`.
 pub struct BoardDomain;
@@ -120,6 +125,8 @@ pub struct Platform {
     pub options: Options,
     /// The frame allocator for the SMMU's queues and tables.
     pub frames: &'static RamFrames,
+    /// What moves the bytes of the model's DMA master: the board's DMA controller, if any.
+    pub copier: Option<&'static dyn PhysCopier>,
 }
 
 /// The driver settings a boot can choose.
@@ -164,6 +171,7 @@ impl Options {
 /// 0), the chosen strategy, the driver's default queue sizes and 1 s timeouts.
 pub fn init(platform: Platform) {
     STREAMS.call_once(|| platform.streams.clone());
+    COPIER.call_once(|| platform.copier);
     let outcome = PROBE.call_once(|| probe(&platform));
     match outcome {
         Probe::Absent => log::info!("smmu: none on this board"),
@@ -296,6 +304,13 @@ pub fn model_dma_engine_at(sid: u32) -> Option<DmaEngine<'static, 'static>> {
     DmaEngine::new(MODEL.get()?, sid)
         .with_transactions(MODEL_DMA_ACCESS, FaultPolicy::Continue)
         .ok()
+}
+
+/// A model DMA master issuing as StreamID `sid` whose bytes the board's DMA controller moves,
+/// on boards where the model is the SMMU and such a controller was brought up.
+pub fn copier_engine_at(sid: u32) -> Option<CopierEngine<'static, 'static>> {
+    let copier = (*COPIER.get()?)?;
+    Some(CopierEngine::new(MODEL.get()?, copier, sid))
 }
 
 /// The StreamID of PCIe function `bdf` on the board's SMMU, from the `iommu-map` of the host

@@ -242,22 +242,51 @@ impl FrameBitmap {
         let start = self.hint.load(Ordering::Relaxed) % count;
         for step in 0..count {
             let index = (start + step) % count;
-            let word = &self.words[index];
-            let mut current = word.load(Ordering::Relaxed);
-            while current != !0 {
-                let bit = (!current).trailing_zeros();
-                match word.compare_exchange_weak(
-                    current,
-                    current | (1 << bit),
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        self.free.fetch_sub(1, Ordering::Relaxed);
-                        self.hint.store(index, Ordering::Relaxed);
-                        return Some(self.frame_at(index, bit as usize));
-                    }
-                    Err(seen) => current = seen,
+            if let Some(frame) = self.claim_in_word(index, !0) {
+                self.hint.store(index, Ordering::Relaxed);
+                return Some(frame);
+            }
+        }
+        None
+    }
+
+    /// Claims the lowest free frame among the `allowed` bits of bitmap word `index`.
+    fn claim_in_word(&self, index: usize, allowed: u64) -> Option<PhysAddr> {
+        let word = &self.words[index];
+        let mut current = word.load(Ordering::Relaxed);
+        while !current & allowed != 0 {
+            let bit = (!current & allowed).trailing_zeros();
+            match word.compare_exchange_weak(
+                current,
+                current | (1 << bit),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.free.fetch_sub(1, Ordering::Relaxed);
+                    return Some(self.frame_at(index, bit as usize));
+                }
+                Err(seen) => current = seen,
+            }
+        }
+        None
+    }
+
+    /// Claims a free frame lying wholly below `limit` (lowest first), or `None`: for devices
+    /// that reach only part of RAM (a DMA controller behind a bus window).
+    pub fn alloc_below(&self, limit: PhysAddr) -> Option<PhysAddr> {
+        let limit = limit.as_u64();
+        for region in self.regions.iter().take_while(|r| r.start < limit) {
+            let frames = ((limit.min(region.end()) - region.start) / FRAME) as usize;
+            for w in 0..frames.div_ceil(BITS_PER_WORD) {
+                let bits = (frames - w * BITS_PER_WORD).min(BITS_PER_WORD);
+                let allowed = if bits == BITS_PER_WORD {
+                    !0
+                } else {
+                    (1u64 << bits) - 1
+                };
+                if let Some(frame) = self.claim_in_word(region.first_word + w, allowed) {
+                    return Some(frame);
                 }
             }
         }
@@ -477,6 +506,17 @@ impl<M: PhysMemory> BitmapFrameAllocator<M> {
     pub fn bad_frees(&self) -> usize {
         self.bad_frees.load(Ordering::Relaxed)
     }
+
+    /// A zeroed frame lying wholly below `limit` (see [`FrameBitmap::alloc_below`]); give it
+    /// back with [`FrameAllocator::free`].
+    pub fn alloc_zeroed_below(&self, limit: PhysAddr) -> Result<PhysAddr, OutOfFrames> {
+        let frame = self.bitmap.alloc_below(limit).ok_or(OutOfFrames)?;
+        if zero_frame(&self.mem, frame).is_err() {
+            let _ = self.bitmap.try_free(frame);
+            return Err(OutOfFrames);
+        }
+        Ok(frame)
+    }
 }
 
 /// Zeroes a frame with word stores: the frame may later be read as page-table entries through
@@ -577,6 +617,28 @@ mod tests {
             FrameBitmap::new(&reversed, &[]),
             Err(FrameInitError::Reversed(_))
         ));
+    }
+
+    #[test]
+    fn alloc_below_stays_under_the_limit_until_none_is_left() {
+        // 70 frames in the first region (a full word and part of one), 3 in the second; the
+        // limit cuts the first region after 66 frames.
+        let ram = [
+            pa(0x10_0000)..pa(0x10_0000 + 70 * FRAME),
+            pa(0x20_0000)..pa(0x20_3000),
+        ];
+        let bitmap = FrameBitmap::new(&ram, &[]).unwrap();
+        let limit = pa(0x10_0000 + 66 * FRAME);
+        let first = bitmap.alloc().unwrap(); // taken already: skipped
+        let mut got = HashSet::new();
+        while let Some(frame) = bitmap.alloc_below(limit) {
+            assert!(frame.as_u64() + FRAME <= limit.as_u64(), "{frame} crosses the limit");
+            assert!(got.insert(frame), "{frame} handed out twice");
+        }
+        assert_eq!(got.len(), 65);
+        assert!(!got.contains(&first));
+        assert_eq!(bitmap.free_frames(), 4 + 3, "frames above the limit stay free");
+        assert_eq!(bitmap.alloc_below(pa(0x10_0000)), None, "nothing lies below the RAM");
     }
 
     #[test]

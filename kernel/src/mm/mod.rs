@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod asid;
 pub mod aspace;
+pub mod dma;
 #[cfg(not(target_os = "none"))]
 pub mod fake;
 pub mod frame;

@@ -6,8 +6,10 @@
 //!   records them as events), its 4 KiB buffer is only reachable by DMA, and every transfer
 //!   takes ~100 ms of virtual time, so tests use few transfers: the buffer is filled and read
 //!   back through a *staging page* mapped in the same address space.
-//! * On the Raspberry Pi 4 the master is the model DMA engine behind the kernel's SMMU model
-//!   (4-byte transactions carrying on after a fault, like `edu`).
+//! * On the Raspberry Pi 4 the master sits behind the kernel's SMMU model (4-byte transactions
+//!   carrying on after a fault, like `edu`); the board's DMA controller moves its bytes between
+//!   the translated addresses, or the CPU does (`dma.engine=cpu`, and always for the second
+//!   master, so two masters with two StreamIDs exist).
 //! * [`Rig::model`] builds a private model SMMU over RAM (on any board): for the model-only
 //!   checks (IOTLB hit counts, fault injection) without disturbing the kernel's SMMU.
 //!
@@ -19,7 +21,7 @@ mod device;
 mod memory;
 mod model;
 
-pub use device::{Device, Outcome};
+pub use device::{CopierMaster, Device, Outcome};
 pub use memory::{fill, read, write};
 pub use model::TestModelDomain;
 
@@ -38,6 +40,8 @@ use crate::iommu::backend::mmio::GenericTimerClock;
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::{DebugKnobs, EventDrain, Smmu, SmmuConfig};
 use crate::iommu::backend::model::dma::{DmaEngine, DmaError, FaultPolicy};
+use crate::iommu::backend::model::master::CopierEngine;
+use crate::iommu::backend::model::TranslationFault;
 use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::physmem;
 use crate::iommu::probe::{self, BoardDomain, BoardSmmu, MODEL_DMA_SID};
@@ -232,11 +236,20 @@ impl<D: SvaDomain> Rig<D> {
         &self.mm
     }
 
+    /// A zeroed frame the device reaches (below its DMA controller's bus window, on the Pi);
+    /// the caller frees it.
+    pub fn alloc_device_frame(&self) -> Result<PhysAddr, RigError> {
+        let frames = frames().ok_or_else(|| fail("no frames"))?;
+        match self.dev.reach() {
+            Some(limit) => frames.alloc_zeroed_below(limit),
+            None => frames.alloc_zeroed(),
+        }
+        .map_err(fail)
+    }
+
+    /// Maps a fresh frame the device reaches at `va`, filled with `byte`.
     fn map_frame(&mut self, va: u64, perms: Permissions, byte: u8) -> Result<PhysAddr, RigError> {
-        let frame = frames()
-            .ok_or_else(|| fail("no frames"))?
-            .alloc_zeroed()
-            .map_err(fail)?;
+        let frame = self.alloc_device_frame()?;
         self.owned.push(frame);
         fill(frame, byte)?;
         self.space()
@@ -279,28 +292,21 @@ impl<D: SvaDomain> Rig<D> {
 
     /// Puts `data` into the device buffer (edu: through the staging page).
     pub fn load_buffer(&self, data: &[u8]) -> Result<(), RigError> {
-        match &self.dev {
-            Device::Model(_, buf) => {
-                buf.lock()[..data.len()].copy_from_slice(data);
-                Ok(())
-            }
-            Device::Edu(_) => {
-                write(self.staging, data)?;
-                self.dev.fetch(STAGING_VA, data.len()).map(|_| ())
-            }
+        if self.dev.load_model_buffer(data)? {
+            return Ok(());
         }
+        write(self.staging, data)?;
+        self.dev.fetch(STAGING_VA, data.len()).map(|_| ())
     }
 
     /// The first `len` bytes of the device buffer (edu: through the staging page).
     pub fn read_buffer(&self, len: usize) -> Result<Vec<u8>, RigError> {
-        match &self.dev {
-            Device::Model(_, buf) => Ok(buf.lock()[..len].to_vec()),
-            Device::Edu(_) => {
-                fill(self.staging, 0x77)?;
-                self.dev.store(STAGING_VA, len)?;
-                read(self.staging, len)
-            }
+        if let Some(bytes) = self.dev.model_buffer(len)? {
+            return Ok(bytes);
         }
+        fill(self.staging, 0x77)?;
+        self.dev.store(STAGING_VA, len)?;
+        read(self.staging, len)
     }
 
     /// Stale translations the model's coherence checker recorded (always 0 on a real SMMU,

@@ -1,9 +1,10 @@
-//! The in-kernel test suites (KTAP, `ktest=<glob>`): boot, devices, memory, exceptions, SMP,
-//! the notifier, the SMMU, SVA, isolation, fault injection, and the test framework's own
-//! self-tests. Each `ktest!` registers itself in a linker section; nothing lists them.
+//! The in-kernel test suites (KTAP, `ktest=<glob>`): boot, devices, the DMA controller, memory,
+//! exceptions, SMP, the notifier, the SMMU, SVA, isolation, fault injection, and the test
+//! framework's own self-tests. Each `ktest!` registers itself in a linker section; nothing lists them.
 
 mod boot;
 mod devices;
+mod dma;
 mod exceptions;
 mod faults;
 mod isolation;

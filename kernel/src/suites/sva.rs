@@ -570,13 +570,8 @@ ktest!(sva, smp_unmaps_on_every_cpu_while_dma_runs, |_t| {
         }
         // Completed before returning: the very next access on this CPU must fault (at an
         // offset no DMA uses, so its event is not mistaken for one of a transfer).
-        if let Device::Model(engine, _) = &r.dev {
-            if engine
-                .touch(VirtAddr(va(p) + PAGE / 2), AccessKind::Write)
-                .is_ok()
-            {
-                post_unmap_hits.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(Ok(_)) = r.dev.touch(VirtAddr(va(p) + PAGE / 2), AccessKind::Write) {
+            post_unmap_hits.fetch_add(1, Ordering::Relaxed);
         }
     };
     let drain = |k: u64| {

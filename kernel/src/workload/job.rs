@@ -96,11 +96,7 @@ pub fn run(args: &BootArgs) -> ExitCode {
     println!(
         "shootdown: SVA coherence workload: seed={seed} rounds={rounds} strategy={strategy:?} \
          device={} (StreamID {:#x})",
-        if rig.dev.is_edu() {
-            "edu"
-        } else {
-            "model DMA engine"
-        },
+        rig.dev.name(),
         rig.sid
     );
     if let Err(e) = rig.bind() {

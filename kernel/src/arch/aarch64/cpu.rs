@@ -58,16 +58,55 @@ pub fn isb() {
 }
 
 /// Cleans the data cache lines covering `[addr, addr + len)` to the point of coherency, so
-/// that a CPU running with its MMU off (a secondary being started) sees what we wrote.
+/// that a CPU running with its MMU off (a secondary being started) or a device that does not
+/// snoop the caches sees what we wrote.
 pub fn clean_dcache_to_poc(addr: u64, len: usize) {
+    for_each_line(addr, len, |p| {
+        // SAFETY: DC CVAC on a mapped address only writes back a cache line.
+        unsafe { asm!("dc cvac, {}", in(reg) p, options(nostack, preserves_flags)) };
+    });
+    dsb_sy();
+}
+
+/// Cleans and invalidates the data cache lines covering `[addr, addr + len)` to the point of
+/// coherency: memory holds the CPU's latest bytes and no line stays cached.
+pub fn clean_invalidate_dcache_to_poc(addr: u64, len: usize) {
+    for_each_line(addr, len, |p| {
+        // SAFETY: DC CIVAC on a mapped address writes back and drops one cache line.
+        unsafe { asm!("dc civac, {}", in(reg) p, options(nostack, preserves_flags)) };
+    });
+    dsb_sy();
+}
+
+/// Invalidates the data cache lines covering `[addr, addr + len)` to the point of coherency,
+/// so that the CPU's next loads see what a device wrote to memory. A line only partly inside
+/// the range is cleaned and invalidated instead: dropping it would lose the CPU's bytes next
+/// to the range (Linux's arm64 `dcache_inval_poc` does the same).
+pub fn invalidate_dcache_to_poc(addr: u64, len: usize) {
+    let line = dcache_line_size();
+    let end = addr + len as u64;
+    for_each_line(addr, len, |p| {
+        if p < addr || p + line > end {
+            // SAFETY: as in `clean_invalidate_dcache_to_poc`.
+            unsafe { asm!("dc civac, {}", in(reg) p, options(nostack, preserves_flags)) };
+        } else {
+            // SAFETY: DC IVAC drops one line of a range the caller hands to the device; the
+            // line lies wholly inside it, so no byte of anyone else's is lost.
+            unsafe { asm!("dc ivac, {}", in(reg) p, options(nostack, preserves_flags)) };
+        }
+    });
+    dsb_sy();
+}
+
+/// Calls `f` with the address of every data cache line (CTR_EL0.DminLine granule) that covers
+/// part of `[addr, addr + len)`.
+fn for_each_line(addr: u64, len: usize, mut f: impl FnMut(u64)) {
     let line = dcache_line_size();
     let mut p = addr & !(line - 1);
     while p < addr + len as u64 {
-        // SAFETY: DC CVAC on a mapped address only writes back a cache line.
-        unsafe { asm!("dc cvac, {}", in(reg) p, options(nostack, preserves_flags)) };
+        f(p);
         p += line;
     }
-    dsb_sy();
 }
 
 /// Makes `[addr, addr + len)` coherent for instruction fetch: cleans the data cache to the point

@@ -144,9 +144,8 @@ impl Soak<'_> {
         let pages = ctx.rand_range(1, MAX_PAGES + 1);
         let (base, _) = self.slice(cpu);
         let va = base + ctx.rand_range(0, self.round_slots(cpu)) * SLOT;
-        let alloc = frames().ok_or_else(|| rig::fail("no frames"))?;
         let mut owned = Vec::new();
-        let result = self.round_body(cpu, ctx, churn, fault, va, pages, alloc, &mut owned);
+        let result = self.round_body(cpu, ctx, churn, fault, va, pages, &mut owned);
         // Freed only after the unbind has invalidated the whole ASID: with the invalidation
         // switched off (`smmu.skip_invalidate=1`) the device may still write through stale
         // entries, which must land in these frames (and be counted), not in reused ones.
@@ -163,13 +162,12 @@ impl Soak<'_> {
         fault: Option<Fault>,
         va: u64,
         pages: u64,
-        alloc: &'static crate::mm::ram::RamFrames,
         owned: &mut Vec<PhysAddr>,
     ) -> Result<(), RigError> {
         let space = self.rig.space();
         let mut contents = Vec::new();
         for i in 0..pages {
-            let frame = alloc.alloc_zeroed().map_err(rig::fail)?;
+            let frame = self.rig.alloc_device_frame()?;
             owned.push(frame);
             let bytes: Vec<u8> = (0..PAGE).map(|_| ctx.rand() as u8).collect();
             rig::write(frame, &bytes)?;

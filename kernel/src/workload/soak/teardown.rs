@@ -12,10 +12,7 @@ pub(crate) fn teardown_race(
     bond: Bond<BoardDomain>,
     cpus: usize,
 ) -> Result<Result<(), String>, RigError> {
-    let frame = frames()
-        .ok_or_else(|| rig::fail("no frames"))?
-        .alloc_zeroed()
-        .map_err(rig::fail)?;
+    let frame = rig.alloc_device_frame()?;
     rig::fill(frame, 0)?;
     rig.space()
         .mmap(

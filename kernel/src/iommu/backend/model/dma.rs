@@ -13,6 +13,7 @@ use core::fmt;
 use super::{SmmuModel, TranslationFault};
 use crate::iommu::spec::event::AccessKind;
 use crate::iommu::physmem::{self, Unreachable};
+use crate::mm::dma::CopyError;
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 
 /// What the engine does after a faulting transaction.
@@ -44,6 +45,8 @@ pub enum DmaError {
     AddressOverflow(VirtAddr),
     /// `access_size` is not a power of two in 1..=4096.
     BadAccessSize(usize),
+    /// The engine that moves the bytes refused or failed ([`super::master::CopierEngine`]).
+    Copy(CopyError),
 }
 
 impl fmt::Display for DmaError {
@@ -67,6 +70,7 @@ impl fmt::Display for DmaError {
             Self::BadAccessSize(n) => {
                 write!(f, "DMA transaction size {n} is not a power of two ≤ 4096")
             }
+            Self::Copy(e) => write!(f, "DMA engine: {e}"),
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod checker;
 pub mod decode;
 pub mod dma;
 pub mod iotlb;
+pub mod master;
 pub mod walk;
 pub mod walkcache;
 
@@ -555,6 +556,26 @@ impl<'m> SmmuModel<'m> {
         let mut s = self.state.lock();
         let t = s.translate(self.mem, sid, va, access)?;
         Ok(f(t.pa, t.contiguous))
+    }
+
+    /// Translates the transactions of one transfer, in order, and runs `f` with their outcomes
+    /// while the SMMU cannot complete a CMD_SYNC: a master that moves a whole transfer as one
+    /// unit (a DMA controller walking a chain of control blocks) has used every translation
+    /// before an invalidation's completion can be observed, as [`SmmuModel::access`] ensures
+    /// for one transaction.
+    pub fn access_all<R>(
+        &self,
+        sid: u32,
+        vas: &[VirtAddr],
+        access: AccessKind,
+        f: impl FnOnce(&[Result<Translation, TranslationFault>]) -> R,
+    ) -> R {
+        let mut s = self.state.lock();
+        let outcomes: Vec<_> = vas
+            .iter()
+            .map(|&va| s.translate(self.mem, sid, va, access))
+            .collect();
+        f(&outcomes)
     }
 }
 

@@ -1235,3 +1235,134 @@ fn a_window_does_not_excuse_a_configuration_changed_before_it_opened() {
     assert_eq!(stale[0].source, checker::StaleSource::Config);
     assert!(rig.smmu.end_unmap(1));
 }
+
+/// A copier over the arena that records the chunks it was given (the stand-in for the Pi's DMA
+/// controller), refusing chunks it cannot reach like the real one.
+struct RecordingCopier<'a> {
+    mem: &'a PhysArena,
+    runs: spin::Mutex<Vec<Vec<crate::mm::dma::Chunk>>>,
+}
+
+impl<'a> RecordingCopier<'a> {
+    fn new(mem: &'a PhysArena) -> Self {
+        Self {
+            mem,
+            runs: spin::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl crate::mm::dma::PhysCopier for RecordingCopier<'_> {
+    fn copy(&self, chunks: &[crate::mm::dma::Chunk]) -> Result<(), crate::mm::dma::CopyError> {
+        use crate::mm::dma::{CopyError, Source};
+        for c in chunks {
+            let mut bytes = alloc::vec![0u8; c.len];
+            if let Source::Phys(pa) = c.src {
+                self.mem
+                    .read(pa, &mut bytes)
+                    .map_err(|_| CopyError::Unreachable { pa, len: c.len })?;
+            }
+            self.mem.write(c.dst, &bytes).map_err(|_| CopyError::Unreachable {
+                pa: c.dst,
+                len: c.len,
+            })?;
+        }
+        self.runs.lock().push(chunks.to_vec());
+        Ok(())
+    }
+
+    fn name(&self) -> alloc::string::String {
+        "recording copier".into()
+    }
+
+    fn reach(&self) -> PhysAddr {
+        PhysAddr(u64::MAX)
+    }
+}
+
+#[test]
+fn copier_engine_chains_a_chunk_per_page_and_reports_faults() {
+    use super::master::CopierEngine;
+    use crate::mm::dma::{Chunk, Source};
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let [a, b, buffer] = [(); 3].map(|()| mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(0x10_0000), a, LeafAttrs::RW).unwrap();
+    t.map(VirtAddr(0x10_1000), b, LeafAttrs::RW).unwrap();
+    let copier = RecordingCopier::new(&mem);
+    let dma = CopierEngine::new(&rig.smmu, &copier, SID);
+    let data: Vec<u8> = (0..=255).cycle().take(0x800).collect();
+    mem.write(buffer, &data).unwrap();
+    dma.write(VirtAddr(0x10_0c00), buffer, data.len()).unwrap();
+    // One run, one chunk per page: 0x400 bytes into a, then 0x400 into b.
+    let run = copier.runs.lock().pop().unwrap();
+    let expected = [
+        Chunk {
+            src: Source::Phys(buffer),
+            dst: PhysAddr(a.as_u64() + 0xc00),
+            len: 0x400,
+        },
+        Chunk {
+            src: Source::Phys(PhysAddr(buffer.as_u64() + 0x400)),
+            dst: b,
+            len: 0x400,
+        },
+    ];
+    assert_eq!(run, expected);
+    let mut back = alloc::vec![0u8; 0x800];
+    mem.read(PhysAddr(a.as_u64() + 0xc00), &mut back[..0x400]).unwrap();
+    mem.read(b, &mut back[0x400..]).unwrap();
+    assert_eq!(back, data);
+
+    // Past the mapping: one event per 4-byte transaction; the read delivers zeros there.
+    mem.fill_frame(buffer, 0xff).unwrap();
+    mem.write(PhysAddr(b.as_u64() + 0xff0), &[7; 16]).unwrap();
+    let err = dma.read(VirtAddr(0x10_1ff0), buffer, 32).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DmaError::Fault {
+                faulted: 4,
+                bytes_done: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut got = [0xaau8; 32];
+    mem.read(buffer, &mut got).unwrap();
+    assert_eq!(got[..16], [7; 16]);
+    assert_eq!(got[16..], [0; 16], "faulting reads deliver zeros");
+    assert_eq!(rig.events().len(), 4);
+    // A faulting write moves nothing there.
+    copier.runs.lock().clear();
+    let _ = dma.write(VirtAddr(0x10_1ff0), buffer, 32);
+    let run = copier.runs.lock().pop().unwrap();
+    assert_eq!(run.len(), 1);
+    assert_eq!(run[0].len, 16);
+}
+
+#[test]
+fn copier_engine_moves_the_old_frame_through_a_stale_iotlb_entry() {
+    use super::master::CopierEngine;
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let [old, new, buffer] = [(); 3].map(|()| mem.alloc_zeroed().unwrap());
+    mem.fill_frame(old, 0x0d).unwrap();
+    mem.fill_frame(new, 0x4e).unwrap();
+    t.map(VirtAddr(0x20_0000), old, LeafAttrs::RW).unwrap();
+    let copier = RecordingCopier::new(&mem);
+    let dma = CopierEngine::new(&rig.smmu, &copier, SID);
+    dma.read(VirtAddr(0x20_0000), buffer, 64).unwrap(); // cached
+    t.remap(VirtAddr(0x20_0000), new).unwrap(); // and no TLBI: the entry is stale
+    dma.read(VirtAddr(0x20_0000), buffer, 64).unwrap();
+    let mut got = [0u8; 64];
+    mem.read(buffer, &mut got).unwrap();
+    assert_eq!(got, [0x0d; 64], "the engine read the old frame");
+    assert!(!rig.smmu.stale_translations().is_empty(), "the checker saw it");
+    // After the TLBI and its CMD_SYNC the engine reads the new frame.
+    rig.submit(&[TLBI_ASID, Command::SYNC]);
+    dma.read(VirtAddr(0x20_0000), buffer, 64).unwrap();
+    mem.read(buffer, &mut got).unwrap();
+    assert_eq!(got, [0x4e; 64]);
+}
