@@ -168,7 +168,7 @@ pub fn activate(aspace: &Arc<CpuAddressSpace>) -> Result<(), ActivateError> {
     // unmap path makes before reading the ASID: see MmPlatform::full_barrier).
     dsb_ish();
     if a.flush_local_tlb {
-        super::mmu::flush_local_tlb();
+        HwSysRegs.run_all(&switch::flush_local_tlb());
     }
     HwSysRegs.run_all(&switch::load_ttbr0(ttbr(loaded.root(), a.asid)));
     let previous = LOADED[cpu].lock().replace(loaded);

@@ -13,7 +13,8 @@ const SPACE_B: u64 = 0x6000;
 fn kind(table: u64) -> TableKind {
     match table {
         RESERVED => TableKind::Empty,
-        EARLY_TTBR1 | KERNEL_TTBR1 | IDMAP | SPACE_A | SPACE_B => TableKind::Mapped,
+        IDMAP => TableKind::Global,
+        EARLY_TTBR1 | KERNEL_TTBR1 | SPACE_A | SPACE_B => TableKind::Mapped,
         _ => TableKind::Unknown,
     }
 }
@@ -191,6 +192,14 @@ fn reusing_an_asid_for_other_tables_without_a_tlbi_is_caught() {
         ),
         "SPACE_A's entries may answer for SPACE_B under ASID 7"
     );
+    // What `activate` runs when the allocator asks for it: the local flush in between.
+    let mut flushed = load_ttbr0(asid(SPACE_A, 7)).to_vec();
+    flushed.extend(unload_ttbr0(RESERVED));
+    flushed.extend(flush_local_tlb());
+    flushed.extend(load_ttbr0(asid(SPACE_B, 7)));
+    let mut cpu = idle();
+    cpu.run(&flushed, kind).unwrap();
+    assert_eq!(cpu.cached_ttbr0(), [asid(SPACE_B, 7)]);
     // Straight from A to B, no unload in between: the same.
     let mut direct = load_ttbr0(asid(SPACE_A, 7)).to_vec();
     direct.extend(load_ttbr0(asid(SPACE_B, 7)));
