@@ -55,12 +55,20 @@ fn a_second_load_on_the_same_cpu_is_refused_and_keeps_the_bit() {
     let users = user.mm().users();
     let second = user.load(1);
     assert!(
-        second.is_err(),
+        matches!(second, Err(MmError::AlreadyLoaded(1))),
         "a second Loaded for CPU 1 shares the first one's bit"
     );
     drop(second);
-    assert_eq!(user.mm().users(), users, "the refused load kept no user reference");
-    assert_eq!(user.active_cpus(), 0b10, "the refusal took the loaded CPU's bit away");
+    assert_eq!(
+        user.mm().users(),
+        users,
+        "the refused load kept no user reference"
+    );
+    assert_eq!(
+        user.active_cpus(),
+        0b10,
+        "the refusal took the loaded CPU's bit away"
+    );
     drop(first);
     assert_eq!(user.active_cpus(), 0);
     assert!(user.load(1).is_ok(), "once unloaded it can be loaded again");
