@@ -406,6 +406,7 @@ impl<P: MmPlatform> Drop for Loaded<P> {
         self.aspace
             .active
             .fetch_and(!(1 << self.cpu), Ordering::Release);
+        crate::sync::notify_waiters();
         drop(self.user.take());
     }
 }
@@ -548,6 +549,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         }
         let Some(root) = self.root() else {
             self.active.fetch_and(!(1 << cpu), Ordering::Release);
+            crate::sync::notify_waiters();
             return Err(MmError::Exited);
         };
         Ok(Loaded {
@@ -1074,9 +1076,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         // No CPU can load it any more (the table is gone: `load` fails); wait for any that
         // loaded it before. With a user reference per `Loaded` there is none: this is the
         // second line of the protocol, not the first.
-        while self.active.load(Ordering::Acquire) != 0 {
-            core::hint::spin_loop();
-        }
+        crate::sync::wait_until(|| self.active.load(Ordering::Acquire) == 0);
         table.destroy(|| {
             self.platform.full_barrier();
             if let Some(asid) = self.platform.asids().asid_of(&self.asid) {
