@@ -46,7 +46,9 @@
 //! the CPU may walk the tables. The protocol:
 //!
 //! 1. `load`: take a user reference (`mmget_not_zero`; an exited space cannot be loaded), then
-//!    set the CPU's bit, then read the root. The CPU writes its TTBR0 only after this.
+//!    set the CPU's bit, then read the root. The CPU writes its TTBR0 only after this. A CPU
+//!    loads a space at most once ([`MmError::AlreadyLoaded`]): re-activating what it runs is
+//!    not a switch.
 //! 2. Unloading: the CPU points its TTBR0 elsewhere (and synchronizes), then drops the
 //!    `Loaded`, which clears the bit and only then puts the user reference.
 //! 3. Teardown runs only when the last user reference goes, so never while a `Loaded` exists;
@@ -160,6 +162,8 @@ pub enum MmError {
     },
     /// A CPU number the address space cannot track (at most 64 CPUs).
     NoSuchCpu(usize),
+    /// The address space is already loaded on this CPU: one [`Loaded`] per CPU owns its bit.
+    AlreadyLoaded(usize),
     /// `mprotect` would move this page between EL0 and EL1 ownership (`Permissions::user`):
     /// that is not a permission change (the translation's owner changes), do it with `munmap`
     /// and `mmap`.
@@ -202,6 +206,9 @@ impl fmt::Display for MmError {
                 "physical range {start} + {len:#x} is beyond the {bits}-bit physical address size"
             ),
             MmError::NoSuchCpu(cpu) => write!(f, "CPU {cpu} cannot load an address space"),
+            MmError::AlreadyLoaded(cpu) => {
+                write!(f, "the address space is already loaded on CPU {cpu}")
+            }
             MmError::OwnerChange(at) => write!(
                 f,
                 "{at} would move between user and kernel ownership: unmap and map it instead"
@@ -399,6 +406,7 @@ impl<P: MmPlatform> Drop for Loaded<P> {
         self.aspace
             .active
             .fetch_and(!(1 << self.cpu), Ordering::Release);
+        crate::sync::notify_waiters();
         drop(self.user.take());
     }
 }
@@ -535,11 +543,13 @@ impl<P: MmPlatform> AddressSpace<P> {
         } else {
             None
         };
-        if knob < 2 {
-            self.active.fetch_or(1 << cpu, Ordering::AcqRel);
+        if knob < 2 && self.active.fetch_or(1 << cpu, Ordering::AcqRel) & (1 << cpu) != 0 {
+            // The bit is the other Loaded's: a second one would clear it when dropped.
+            return Err(MmError::AlreadyLoaded(cpu));
         }
         let Some(root) = self.root() else {
             self.active.fetch_and(!(1 << cpu), Ordering::Release);
+            crate::sync::notify_waiters();
             return Err(MmError::Exited);
         };
         Ok(Loaded {
@@ -1066,9 +1076,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         // No CPU can load it any more (the table is gone: `load` fails); wait for any that
         // loaded it before. With a user reference per `Loaded` there is none: this is the
         // second line of the protocol, not the first.
-        while self.active.load(Ordering::Acquire) != 0 {
-            core::hint::spin_loop();
-        }
+        crate::sync::wait_until(|| self.active.load(Ordering::Acquire) == 0);
         table.destroy(|| {
             self.platform.full_barrier();
             if let Some(asid) = self.platform.asids().asid_of(&self.asid) {

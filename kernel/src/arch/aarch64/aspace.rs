@@ -159,6 +159,11 @@ static LOADED: [spin::Mutex<Option<Loaded<CpuMm>>>; MAX_CPUS] =
 /// next `activate`, which releases it only after TTBR0 stopped selecting it.
 pub fn activate(aspace: &Arc<CpuAddressSpace>) -> Result<(), ActivateError> {
     let cpu = cpu_id();
+    if runs_here(cpu, aspace) {
+        // As Linux's switch_mm with prev == next: nothing to switch. Its ASID is still its own
+        // (a rollover keeps the one a CPU runs), and a second load would be refused.
+        return Ok(());
+    }
     let loaded = aspace.load(cpu).map_err(ActivateError::Load)?;
     let a = cpu_mm()
         .asids
@@ -168,12 +173,19 @@ pub fn activate(aspace: &Arc<CpuAddressSpace>) -> Result<(), ActivateError> {
     // unmap path makes before reading the ASID: see MmPlatform::full_barrier).
     dsb_ish();
     if a.flush_local_tlb {
-        super::mmu::flush_local_tlb();
+        HwSysRegs.run_all(&switch::flush_local_tlb());
     }
     HwSysRegs.run_all(&switch::load_ttbr0(ttbr(loaded.root(), a.asid)));
     let previous = LOADED[cpu].lock().replace(loaded);
     drop(previous);
     Ok(())
+}
+
+fn runs_here(cpu: usize, aspace: &Arc<CpuAddressSpace>) -> bool {
+    LOADED[cpu]
+        .lock()
+        .as_ref()
+        .is_some_and(|loaded| Arc::ptr_eq(loaded.space(), aspace))
 }
 
 /// Stops this CPU from translating the lower half (TTBR0 := the reserved empty table, walks

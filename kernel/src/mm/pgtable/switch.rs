@@ -25,7 +25,10 @@
 //! The checker models, per register, the set of values the walker may be using (every value
 //! written since the last `ISB`), and per half the set of tables whose entries the TLB may
 //! hold (a table enters once a walk may use it, and only a `TLBI VMALLE1` completed by a `DSB`
-//! drops the ones no longer in use).
+//! drops the ones no longer in use). TTBR0 entries are tagged with the ASID they were walked
+//! under (TCR_EL1.A1 = 0: TTBR0 selects it), except the global ones (nG = 0, the identity
+//! map's), which match every ASID: two TTBR0 tables conflict when they share an ASID, or when
+//! one of them is global (D8.14 "Translation Lookaside Buffers", ASID matching).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -50,6 +53,16 @@ pub enum SysOp {
 /// The table address a TTBR value selects (BADDR, bits \[47:1\]; ASID and CnP dropped).
 pub const fn ttbr_table(ttbr: u64) -> u64 {
     ttbr & ((1 << 48) - 1) & !1
+}
+
+/// The ASID a TTBR value carries (\[63:48\]).
+const fn ttbr_asid(ttbr: u64) -> u64 {
+    ttbr >> 48
+}
+
+/// A TTBR value as TLB entries are tagged by it: ASID and table, CnP dropped.
+const fn ttbr_tagged(ttbr: u64) -> u64 {
+    ttbr & !1
 }
 
 /// `TTBR1 := new` without a TLB conflict, from code the identity map keeps mapped: break
@@ -89,6 +102,12 @@ pub const fn unload_ttbr0(reserved: u64) -> [SysOp; 4] {
     ]
 }
 
+/// Drops every entry this CPU's TLB holds (EL1&0, all ASIDs): before running an ASID a
+/// rollover handed to new tables, whose old owner's entries may still be cached here.
+pub const fn flush_local_tlb() -> [SysOp; 3] {
+    [SysOp::TlbiVmalle1, SysOp::DsbNsh, SysOp::Isb]
+}
+
 /// Drops the boot identity map from TTBR0: unloads it, then drops its entries, which are
 /// global (nG = 0) and would otherwise outlive it for every ASID.
 pub const fn drop_identity_map(reserved: u64) -> [SysOp; 7] {
@@ -109,8 +128,11 @@ pub const fn drop_identity_map(reserved: u64) -> [SysOp; 7] {
 pub enum TableKind {
     /// A valid table whose entries are all invalid: a walk caches nothing.
     Empty,
-    /// A valid table tree with mappings.
+    /// A valid table tree with mappings, private to its ASID (nG = 1; any TTBR1 table).
     Mapped,
+    /// A valid TTBR0 table tree whose entries are global (nG = 0: the identity map): cached,
+    /// they match every ASID.
+    Global,
     /// Not a table (0, freed memory, firmware): a walk reads garbage.
     Unknown,
 }
@@ -125,7 +147,8 @@ pub enum SwitchHazard {
         /// The TTBR0 value.
         ttbr0: u64,
     },
-    /// The TLB may hold entries of two different mapped tables for the same half.
+    /// The TLB may hold entries of two different mapped tables that can match the same
+    /// lookup (TTBR1: any two; TTBR0: the same ASID, or a global one).
     TlbConflict {
         /// The op after which it is possible.
         at: usize,
@@ -164,7 +187,8 @@ impl fmt::Display for SwitchHazard {
 struct Half {
     /// Values the walker may be using (the last one is the register's).
     live: Vec<u64>,
-    /// Tables with entries possibly in the TLB.
+    /// Tables with entries possibly in the TLB; for TTBR0 with the ASID that tags them, as a
+    /// TTBR value (ASID | table).
     cached: Vec<u64>,
 }
 
@@ -227,7 +251,8 @@ impl CpuTables {
         *self.epd0.last().expect("a register always has a value")
     }
 
-    /// Mapped TTBR0 tables whose entries the TLB may still hold.
+    /// Mapped TTBR0 tables whose entries the TLB may still hold, each with the ASID tagging
+    /// them (as a TTBR value, CnP dropped).
     pub fn cached_ttbr0(&self) -> &[u64] {
         &self.ttbr0.cached
     }
@@ -244,14 +269,19 @@ impl CpuTables {
     /// Every table a walk may use now adds its entries to the TLB.
     fn fill_tlb(&mut self, kind: &impl Fn(u64) -> TableKind) {
         let walks0 = self.walks0_possible();
-        for (half, walks) in [(&mut self.ttbr0, walks0), (&mut self.ttbr1, true)] {
+        for (half, walks, tag) in [
+            (&mut self.ttbr0, walks0, true),
+            (&mut self.ttbr1, true, false),
+        ] {
             if !walks {
                 continue;
             }
             for &v in &half.live {
-                let table = ttbr_table(v);
-                if kind(table) == TableKind::Mapped && !half.cached.contains(&table) {
-                    half.cached.push(table);
+                let entry = if tag { ttbr_tagged(v) } else { ttbr_table(v) };
+                let cacheable =
+                    matches!(kind(ttbr_table(v)), TableKind::Mapped | TableKind::Global);
+                if cacheable && !half.cached.contains(&entry) {
+                    half.cached.push(entry);
                 }
             }
         }
@@ -294,18 +324,38 @@ impl CpuTables {
                 return Some(SwitchHazard::WalkOfNonTable { at, ttbr0 });
             }
         }
-        // TTBR0 entries are tagged by ASID, except global ones (the identity map): two mapped
-        // TTBR0 tables are only a conflict when their entries share a tag, which the checker
-        // cannot see. TTBR1 tables are all global: any two conflict.
-        match self.ttbr1.cached.as_slice() {
-            [old, new, ..] => Some(SwitchHazard::TlbConflict {
+        // TTBR1 tables are all global: any two conflict.
+        if let [old, new, ..] = *self.ttbr1.cached.as_slice() {
+            return Some(SwitchHazard::TlbConflict {
                 at,
                 ttbr1: true,
-                old: *old,
-                new: *new,
-            }),
-            _ => None,
+                old,
+                new,
+            });
         }
+        self.ttbr0_conflict(kind)
+            .map(|(old, new)| SwitchHazard::TlbConflict {
+                at,
+                ttbr1: false,
+                old,
+                new,
+            })
+    }
+
+    /// Two cached TTBR0 tables whose entries can answer the same lookup: the same ASID, or
+    /// one of them global.
+    fn ttbr0_conflict(&self, kind: &impl Fn(u64) -> TableKind) -> Option<(u64, u64)> {
+        let cached = &self.ttbr0.cached;
+        let global = |v: u64| kind(ttbr_table(v)) == TableKind::Global;
+        cached.iter().enumerate().find_map(|(i, &old)| {
+            cached[i + 1..]
+                .iter()
+                .find(|&&new| {
+                    ttbr_table(old) != ttbr_table(new)
+                        && (ttbr_asid(old) == ttbr_asid(new) || global(old) || global(new))
+                })
+                .map(|&new| (ttbr_table(old), ttbr_table(new)))
+        })
     }
 
     /// Runs `ops` and returns the first hazard any intermediate state has.

@@ -45,6 +45,35 @@ fn an_exited_space_cannot_be_loaded_and_bad_cpus_are_refused() {
     assert_eq!(arc.active_cpus(), 0, "a failed load leaves no bit behind");
 }
 
+/// Re-activating the space a CPU already runs loads it a second time, then drops the first
+/// `Loaded`: that drop must not take the CPU's bit away from the second one.
+#[test]
+fn a_second_load_on_the_same_cpu_is_refused_and_keeps_the_bit() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    let first = user.load(1).unwrap();
+    let users = user.mm().users();
+    let second = user.load(1);
+    assert!(
+        matches!(second, Err(MmError::AlreadyLoaded(1))),
+        "a second Loaded for CPU 1 shares the first one's bit"
+    );
+    drop(second);
+    assert_eq!(
+        user.mm().users(),
+        users,
+        "the refused load kept no user reference"
+    );
+    assert_eq!(
+        user.active_cpus(),
+        0b10,
+        "the refusal took the loaded CPU's bit away"
+    );
+    drop(first);
+    assert_eq!(user.active_cpus(), 0);
+    assert!(user.load(1).is_ok(), "once unloaded it can be loaded again");
+}
+
 #[test]
 fn teardown_waits_for_a_cpu_that_loaded_without_a_user_reference() {
     let h = host(64);

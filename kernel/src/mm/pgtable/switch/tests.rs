@@ -13,7 +13,8 @@ const SPACE_B: u64 = 0x6000;
 fn kind(table: u64) -> TableKind {
     match table {
         RESERVED => TableKind::Empty,
-        EARLY_TTBR1 | KERNEL_TTBR1 | IDMAP | SPACE_A | SPACE_B => TableKind::Mapped,
+        IDMAP => TableKind::Global,
+        EARLY_TTBR1 | KERNEL_TTBR1 | SPACE_A | SPACE_B => TableKind::Mapped,
         _ => TableKind::Unknown,
     }
 }
@@ -173,4 +174,49 @@ fn the_recorder_keeps_the_order() {
     r.run_all(&load_ttbr0(asid(SPACE_A, 3)));
     assert_eq!(r.ops, load_ttbr0(asid(SPACE_A, 3)));
     assert_eq!(ttbr_table(asid(SPACE_A, 3) | 1), SPACE_A);
+}
+
+/// After an ASID rollover a number comes back for other tables: a CPU that still caches the old
+/// owner's entries under it would translate the new space through them. Only a local TLBI
+/// between the two makes that safe, and a checker that accepts the sequence without it cannot
+/// fail where it matters.
+#[test]
+fn reusing_an_asid_for_other_tables_without_a_tlbi_is_caught() {
+    let mut reuse = load_ttbr0(asid(SPACE_A, 7)).to_vec();
+    reuse.extend(unload_ttbr0(RESERVED));
+    reuse.extend(load_ttbr0(asid(SPACE_B, 7)));
+    assert!(
+        matches!(
+            idle().run(&reuse, kind),
+            Err(SwitchHazard::TlbConflict { ttbr1: false, .. })
+        ),
+        "SPACE_A's entries may answer for SPACE_B under ASID 7"
+    );
+    // What `activate` runs when the allocator asks for it: the local flush in between.
+    let mut flushed = load_ttbr0(asid(SPACE_A, 7)).to_vec();
+    flushed.extend(unload_ttbr0(RESERVED));
+    flushed.extend(flush_local_tlb());
+    flushed.extend(load_ttbr0(asid(SPACE_B, 7)));
+    let mut cpu = idle();
+    cpu.run(&flushed, kind).unwrap();
+    assert_eq!(cpu.cached_ttbr0(), [asid(SPACE_B, 7)]);
+    // Straight from A to B, no unload in between: the same.
+    let mut direct = load_ttbr0(asid(SPACE_A, 7)).to_vec();
+    direct.extend(load_ttbr0(asid(SPACE_B, 7)));
+    assert!(idle().run(&direct, kind).is_err());
+}
+
+/// The identity map's entries are global (nG = 0): cached, they match every ASID, so a user
+/// space loaded before they were invalidated may translate its addresses through them.
+#[test]
+fn loading_a_space_over_cached_identity_entries_is_caught() {
+    let mut ops = unload_ttbr0(RESERVED).to_vec();
+    ops.extend(load_ttbr0(asid(SPACE_A, 7)));
+    assert!(
+        matches!(
+            booting().run(&ops, kind),
+            Err(SwitchHazard::TlbConflict { ttbr1: false, .. })
+        ),
+        "the identity map's global entries may still answer for SPACE_A"
+    );
 }
