@@ -836,6 +836,7 @@ ok 2 smmu
                 ("no_asid_below_512", "not measured"),
                 ("interval_100x", "pass"),
                 ("empty_dispatch_2x", "pass"),
+                ("shared_sync", "not measured"),
             ]
         );
     }
