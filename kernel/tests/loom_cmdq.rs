@@ -24,7 +24,10 @@ use shootdown::iommu::spec::command::Command;
 use shootdown::iommu::spec::queue::{QueueGeometry, QueuePtr};
 use shootdown::sync::{current_cpu, set_model_cpu};
 
-const LOG2_ENTRIES: u8 = 1;
+/// A 2-entry queue: wraps every other command.
+const SMALL: u8 = 1;
+/// Room for everything the timeout model publishes.
+const ROOMY: u8 = 3;
 const SYNC: u64 = 0;
 const IDS: usize = 8;
 
@@ -119,8 +122,17 @@ impl CommandRing<Hw> for Ring {
     }
     fn publish(&mut self, hw: &Hw, commands: &[Command]) -> Result<(), SmmuError> {
         let geo = self.smmu.geo;
-        while geo.free(self.prod, self.cons) < commands.len() as u32 {
+        let needed = commands.len() as u32;
+        // The driver's wait for room has a deadline too: a held CMD_SYNC must not spin here.
+        for _ in 0..4 {
+            if geo.free(self.prod, self.cons) >= needed {
+                break;
+            }
             self.poll(hw)?;
+        }
+        let free = geo.free(self.prod, self.cons);
+        if free < needed {
+            return Err(SmmuError::CommandQueueFull { needed, free });
         }
         for c in commands {
             if encode(c) != SYNC {
@@ -156,8 +168,8 @@ struct World {
     hw: Arc<Hw>,
 }
 
-fn world(hold_syncs: bool, timeout: u64) -> World {
-    let geo = QueueGeometry::new(LOG2_ENTRIES).unwrap();
+fn world(log2_entries: u8, hold_syncs: bool, timeout: u64) -> World {
+    let geo = QueueGeometry::new(log2_entries).unwrap();
     let smmu = Smmu {
         geo,
         cons: 0,
@@ -224,7 +236,7 @@ fn two_cpus(w: &World, rounds: u16, adopt_earlier_sync: bool) -> Vec<Vec<Result<
 #[test]
 fn a_cpu_returns_only_after_a_later_sync_completed() {
     loom::model(|| {
-        let w = world(false, u64::MAX / 2);
+        let w = world(SMALL, false, u64::MAX / 2);
         let results = two_cpus(&w, 1, false);
         assert!(results.iter().flatten().all(|r| r.is_ok()), "{results:?}");
     });
@@ -234,7 +246,7 @@ fn a_cpu_returns_only_after_a_later_sync_completed() {
 #[should_panic(expected = "returned before a CMD_SYNC after its command completed")]
 fn waiting_for_an_earlier_sync_fails_the_check() {
     loom::model(|| {
-        let w = world(false, u64::MAX / 2);
+        let w = world(SMALL, false, u64::MAX / 2);
         two_cpus(&w, 1, true);
     });
 }
@@ -243,7 +255,7 @@ fn waiting_for_an_earlier_sync_fails_the_check() {
 #[test]
 fn positions_hold_across_wraps() {
     loom::model(|| {
-        let w = world(false, u64::MAX / 2);
+        let w = world(SMALL, false, u64::MAX / 2);
         let results = two_cpus(&w, 2, false);
         assert!(results.iter().flatten().all(|r| r.is_ok()), "{results:?}");
     });
@@ -259,7 +271,7 @@ fn a_given_up_sync_fails_every_waiter() {
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(2);
     model.check(|| {
-        let w = world(true, 2);
+        let w = world(ROOMY, true, 2);
         let results = two_cpus(&w, 1, false);
         let mut q = w.queue.lock();
         let waits = q.waits.clone();
