@@ -118,11 +118,11 @@ lint:
 	$(HCARGO) test -q -p shootdown --test architecture
 	@$(MAKE) --no-print-directory image chainloader
 
-# The concurrency core under loom's model checker: the notifier's, the SVA release protocol's and the ASID
-# allocator's (own target dir: --cfg loom rebuilds everything).
+# The concurrency core under loom's model checker: the notifier's, the SVA release protocol's, the ASID
+# allocator's and the command queue's CMD_SYNC sharing (own target dir: --cfg loom rebuilds everything).
 test-loom:
 	LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-	    $(HCARGO) test -q -p shootdown --test loom_notifier --test loom_asid --test loom_sva
+	    $(HCARGO) test -q -p shootdown --test loom_notifier --test loom_asid --test loom_sva --test loom_cmdq
 
 test-boards: image $(HARNESS) qemu $(PI_DTB)
 	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \

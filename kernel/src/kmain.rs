@@ -23,6 +23,7 @@ static PLATFORM_HOOKS: crate::sync::PlatformHooks = crate::sync::PlatformHooks {
     current_cpu: crate::arch::aarch64::cpu_id,
     wait_for_event: cpu::wfe,
     send_event,
+    yield_cpu: cpu::yield_hint,
 };
 
 fn send_event() {

@@ -35,7 +35,7 @@ use crate::board::bootargs;
 use crate::ktest::{KTest, TestCtx, TestError, TestResult};
 
 /// Every benchmark, in the order they run.
-static BENCHES: [KTest; 4] = [
+static BENCHES: [KTest; 5] = [
     KTest {
         suite: "boot",
         name: "to_first_bench",
@@ -50,6 +50,11 @@ static BENCHES: [KTest; 4] = [
         suite: "smmu",
         name: "unmap",
         run: smmu::unmap,
+    },
+    KTest {
+        suite: "smmu",
+        name: "shared_sync",
+        run: smmu::shared_sync,
     },
     KTest {
         suite: "smmu",

@@ -9,22 +9,30 @@
 //!   (`strategy=floor`). Run on the kernel's SMMU (`mmio`: QEMU's SMMUv3; `model`: the software
 //!   model on the Pi, whose command processing runs on this CPU and is counted) and on a private
 //!   model without range invalidation running Linux's policy (`model-noril`, strategy `auto`).
+//! * `smmu.shared_sync`: every online CPU invalidates one page of its own context (the SMMU
+//!   part of an unmap in its own address space) [`SHARED_ROUNDS`] times, all at once: the
+//!   CMD_SYNCs sent per invalidation and the instructions per invalidation (every CPU's, over
+//!   the whole run: under QEMU's round-robin `-icount` one vCPU runs at a time, so this is each
+//!   invalidation's own cost), with CMD_SYNC sharing on and off (Linux's way), and the same on
+//!   one CPU alone.
 //! * `smmu.iotlb_hit_rate`: on the model, 64 unrelated pages of the same address space are
 //!   cached in the IOTLB (device reads), a range is unmapped, and the unrelated pages are read
 //!   again: the per-mille of those reads served from the IOTLB is what the strategy left alone.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::mm::{map_aliased, map_unmap_once, AliasRun, Layout, VA};
 use super::{fail, measure, sizes, Record};
-use crate::arch::aarch64::aspace;
+use crate::arch::aarch64::{aspace, smp};
 use crate::iommu::driver::planner::Strategy;
-use crate::iommu::driver::SmmuConfig;
+use crate::iommu::driver::{ContextId, ContextParams, SmmuConfig};
 use crate::iommu::backend::model::ModelConfig;
 use crate::iommu::probe::{self, Probe};
 use crate::iommu::spec::command::CommandKind;
 use crate::iommu::sva::SvaDomain;
 use crate::ktest::{TestCtx, TestError, TestResult};
+use crate::mm::pgtable::descriptor::MAIR_VALUE;
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::iommu::spec::event::{AccessKind, EventKind};
 use crate::rig::{faults, Outcome, Rig, TestModelDomain, RW};
@@ -41,6 +49,9 @@ const UNRELATED_VA: u64 = VA - (1 << 30);
 const TOUCHED: u64 = 64;
 /// The floor's range: 16 pages at a 16-page boundary, one command (NUM = 0, SCALE = 4).
 const FLOOR_PAGES: u64 = 16;
+
+/// Invalidations per CPU in `smmu.shared_sync`.
+const SHARED_ROUNDS: u64 = 256;
 
 /// Driver settings of the private model rigs: the kernel's queue sizes and timeouts, a small
 /// stream table.
@@ -216,6 +227,84 @@ fn floor<D: SvaDomain>(
         .with("pages", FLOOR_PAGES);
     rec.emit("invalidate", insns);
     rec.emit_unit("commands", 2, "commands");
+    Ok(())
+}
+
+pub(super) fn shared_sync(_t: &mut TestCtx) -> TestResult {
+    let (Some(label), Some(smmu)) = (kernel_smmu_label(), probe::smmu()) else {
+        return Err(TestError::Skip("no SMMU on this board".into()));
+    };
+    // One address space and context per CPU; nothing is mapped, so nothing is attached.
+    let spaces = (0..smp::online_count())
+        .map(|_| aspace::create().map_err(|e| fail(alloc::format!("{e:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut contexts = Vec::new();
+    for space in &spaces {
+        let root = space.root().ok_or_else(|| fail("no page table"))?;
+        let params = ContextParams {
+            root,
+            mair: MAIR_VALUE,
+        };
+        contexts.push(smmu.create_context(params).map_err(fail)?);
+    }
+    let result = (|| {
+        shared_run(smmu, label, &contexts[..1], true, SHARED_ROUNDS)?;
+        // Unrecorded: lets the driver see that every CPU invalidates (its sharing heuristic),
+        // as in any steady state.
+        shared_run(smmu, label, &contexts, true, SHARED_ROUNDS / 16)?;
+        shared_run(smmu, label, &contexts, true, SHARED_ROUNDS)?;
+        shared_run(smmu, label, &contexts, false, SHARED_ROUNDS)
+    })();
+    smmu.set_sync_sharing(true);
+    for ctx in contexts {
+        smmu.destroy_context(ctx).map_err(fail)?;
+    }
+    result
+}
+
+/// Each of `contexts`' CPUs (CPU i invalidates context i) invalidates one page `rounds` times,
+/// all at once; recorded if `rounds` is [`SHARED_ROUNDS`].
+fn shared_run(
+    smmu: &'static probe::BoardSmmu,
+    label: &str,
+    contexts: &[ContextId],
+    share: bool,
+    rounds: u64,
+) -> TestResult {
+    smmu.set_sync_sharing(share);
+    let errors = AtomicU64::new(0);
+    let before = smmu.stats();
+    let (start, end) = (VirtAddr(VA), VirtAddr(VA + PAGE));
+    let ((), insns) = measure(|| {
+        smp::on_each_cpu(&|cpu| {
+            let Some(&ctx) = contexts.get(cpu) else {
+                return;
+            };
+            for _ in 0..rounds {
+                if smmu.invalidate_range(ctx, start, end).is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    })?;
+    let after = smmu.stats();
+    if errors.load(Ordering::Relaxed) != 0 {
+        return Err(fail("an invalidation failed"));
+    }
+    if rounds != SHARED_ROUNDS {
+        return Ok(());
+    }
+    let invalidations = rounds * contexts.len() as u64;
+    let syncs = after.commands.get(CommandKind::Sync) - before.commands.get(CommandKind::Sync);
+    let rec = Record::new("smmu.shared_sync")
+        .with("smmu", label)
+        .with("cpus", contexts.len())
+        .with("sharing", if share { "on" } else { "off" });
+    rec.emit_unit("invalidations", invalidations, "invalidations");
+    rec.emit_unit("syncs", syncs, "commands");
+    rec.emit_unit("shared", after.syncs_shared - before.syncs_shared, "invalidations");
+    rec.emit("insns", insns);
+    rec.emit("insns_per_invalidation", insns / invalidations);
     Ok(())
 }
 

@@ -20,6 +20,9 @@ pub struct PlatformHooks {
     /// Wakes every CPU waiting in `wait_for_event` (`SEV`, preceded by a `DSB` so the store that
     /// made the condition true is visible first).
     pub send_event: fn(),
+    /// Offers the rest of this CPU's turn to another hardware thread or vCPU (`YIELD`): a hint
+    /// that costs nothing where nothing else can run.
+    pub yield_cpu: fn(),
 }
 
 static HOOKS: CoreAtomicPtr<PlatformHooks> = CoreAtomicPtr::new(core::ptr::null_mut());
@@ -101,6 +104,29 @@ fn relax() {
         return;
     }
     super::spin_loop();
+}
+
+/// Lets other CPUs run before this one goes on, where they share its core: another hardware
+/// thread, the next vCPU of a round-robin emulator (QEMU's TCG under `-icount` runs one vCPU at
+/// a time and switches at `YIELD`), another host thread, loom's next thread. For a CPU that has
+/// just made work possible for others that are mid-way through the same operation. Only a
+/// hint: on a core of its own it does nothing.
+#[inline]
+pub fn yield_cpu() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    match hooks() {
+        Some(h) => (h.yield_cpu)(),
+        None => yield_host_thread(),
+    }
+}
+
+/// Without hooks: the host's scheduler, or nothing before the kernel installed them.
+#[cfg(not(loom))]
+fn yield_host_thread() {
+    #[cfg(not(target_os = "none"))]
+    std::thread::yield_now();
 }
 
 /// Wakes every CPU waiting in [`wait_until`] so it re-evaluates its condition.

@@ -24,7 +24,9 @@ mod waitqueue;
 
 #[cfg(loom)]
 pub use cpu::set_model_cpu;
-pub use cpu::{current_cpu, install_platform_hooks, notify_waiters, wait_until, PlatformHooks};
+pub use cpu::{
+    current_cpu, install_platform_hooks, notify_waiters, wait_until, yield_cpu, PlatformHooks,
+};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use spin::{SpinLock, SpinLockGuard};
 pub use srcu::{GpLink, GpWork, Srcu, SrcuReadGuard};

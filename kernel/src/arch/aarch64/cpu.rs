@@ -22,6 +22,14 @@ pub fn wfe() {
     unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
 }
 
+/// `YIELD`: a hint that another thread of this core may run (QEMU's round-robin TCG switches
+/// to the next vCPU).
+#[inline]
+pub fn yield_hint() {
+    // SAFETY: YIELD is a hint with no architectural effect.
+    unsafe { asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Signals an event to every CPU (wakes their WFE).
 #[inline]
 pub fn sev() {

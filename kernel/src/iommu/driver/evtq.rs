@@ -65,13 +65,18 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             cons.modify(EVENTQ_CONS::OVACKFLG.val(ovflg));
             self.regs.write32(offset::EVENTQ_CONS, cons.get());
         }
-        let gerror = self.regs.read32(offset::GERROR);
-        let gerrorn = self.regs.read32(offset::GERRORN);
-        let bit = 1 << GERROR::EVENTQ_ABT_ERR.shift;
-        if (gerror ^ gerrorn) & bit != 0 {
-            result.write_aborted = true;
-            self.regs
-                .write32(offset::GERRORN, (gerrorn & !bit) | (gerror & bit));
+        {
+            // GERRORN is shared with the command queue's acknowledgements (see
+            // `acknowledge_global_errors`).
+            let _cmdq = self.cmdq.lock();
+            let gerror = self.regs.read32(offset::GERROR);
+            let gerrorn = self.regs.read32(offset::GERRORN);
+            let bit = 1 << GERROR::EVENTQ_ABT_ERR.shift;
+            if (gerror ^ gerrorn) & bit != 0 {
+                result.write_aborted = true;
+                self.regs
+                    .write32(offset::GERRORN, (gerrorn & !bit) | (gerror & bit));
+            }
         }
         drop(q);
         let mut c = self.cmdq.lock();
@@ -120,6 +125,9 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Global errors other than command-queue errors (those are handled by submissions) that
     /// are active; they are acknowledged. Returns the raw GERROR bits that were active.
     pub fn acknowledge_global_errors(&self) -> u32 {
+        // Under the command-queue lock: a poll acknowledging CMDQ_ERR writes GERRORN too, and
+        // an interleaved read-modify-write would undo its acknowledgement.
+        let _q = self.cmdq.lock();
         let gerror = self.regs.read32(offset::GERROR);
         let gerrorn = self.regs.read32(offset::GERRORN);
         let cmdq = 1 << GERROR::CMDQ_ERR.shift;

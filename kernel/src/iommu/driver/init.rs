@@ -114,10 +114,12 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             sid_log2,
             cmdq_order,
             eventq_order,
-            cmdq: spin::Mutex::new(CommandQueue {
+            cmdq: coalesce::SharedQueue::new(CommandQueue {
                 base: cmdq,
                 geo: cmdq_geo,
                 prod: 0,
+                cons: 0,
+                ledger: coalesce::SyncLedger::new(),
                 stats: DriverStats::default(),
             }),
             eventq: spin::Mutex::new(EventQueue {
@@ -141,6 +143,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             }),
             planner: spin::Mutex::new(planner),
             debug: spin::Mutex::new(DebugKnobs::default()),
+            share_syncs: AtomicBool::new(true),
             disabled: AtomicBool::new(false),
         };
         match smmu.reset() {
@@ -190,7 +193,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
                 .write64(offset::CMDQ_BASE, queue_base(q.base, q.geo));
             self.regs.write32(offset::CMDQ_PROD, 0);
             self.regs.write32(offset::CMDQ_CONS, 0);
+            // Whatever was outstanding will never complete: its waiters fail.
+            q.ledger.abandon_outstanding();
             q.prod = 0;
+            q.cons = 0;
         }
         {
             let mut q = self.eventq.lock();

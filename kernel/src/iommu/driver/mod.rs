@@ -17,17 +17,19 @@
 //!   an STE that is already valid is first made invalid (break-before-make) unless only dword 0
 //!   changes. Every change is followed by the matching CMD_CFGI_* and a CMD_SYNC, because the
 //!   SMMU may cache configuration (§4.3: edits are invisible until invalidated).
-//! * **Every batch ends with one CMD_SYNC that is waited for.** Commands are written to the
-//!   queue in batches (one CMDQ_PROD write per batch), then a CMD_SYNC; the caller returns only
-//!   once SMMU_CMDQ_CONS has passed that CMD_SYNC, which means every earlier command has
-//!   completed (§4.7.3). The wait polls a [`Clock`] and gives up with
-//!   [`SmmuError::SyncTimeout`] — it never hangs. One lock serialises submissions, so each
-//!   caller waits for its own CMD_SYNC only.
+//! * **Every submission ends with a CMD_SYNC that is waited for.** Commands are written to the
+//!   queue in batches (one CMDQ_PROD write per batch); the caller returns only once
+//!   SMMU_CMDQ_CONS has passed a CMD_SYNC written after all of them, which means every one of
+//!   them has completed (§4.7.3). Alone, a caller writes its own CMD_SYNC with its last batch;
+//!   when CPUs submit at once, one CMD_SYNC serves all whose commands precede it
+//!   ([`coalesce`] argues the ordering; loom checks it). The wait polls a [`Clock`] and gives
+//!   up with [`SmmuError::SyncTimeout`] — it never hangs — and a CMD_SYNC given up on fails
+//!   every caller waiting for it.
 //! * **Command errors are recovered.** If the SMMU stops on a bad command (SMMU_GERROR.CMDQ_ERR
 //!   with SMMU_CMDQ_CONS.ERR), the driver records it, replaces the command with a CMD_SYNC
 //!   (CERROR_ILL; a CERROR_ABT fetch is simply retried), acknowledges by toggling the bit in
-//!   SMMU_GERRORN, and lets the queue run on; the submission then fails with
-//!   [`SmmuError::CommandFailed`] after its CMD_SYNC completed. An invalidation that fails this
+//!   SMMU_GERRORN, and lets the queue run on; the submission that queued the command (whoever
+//!   found the error) then fails with [`SmmuError::CommandFailed`] after its CMD_SYNC completed. An invalidation that fails this
 //!   way falls back to a whole-ASID invalidation, so coherence never depends on the bad
 //!   command.
 //! * **Invalidation** of `[start, end)` in an address space follows the
@@ -48,6 +50,7 @@
 //!   GERROR.EVENTQ_ABT_ERR; both are acknowledged and counted.
 
 mod cmdq;
+pub mod coalesce;
 mod context;
 mod error;
 mod evtq;
@@ -173,6 +176,8 @@ pub struct DriverStats {
     pub invalidations_empty: u64,
     pub invalidations_skipped: u64,
     pub invalidation_fallbacks: u64,
+    /// Submissions that waited for another CPU's CMD_SYNC instead of writing their own.
+    pub syncs_shared: u64,
     /// The longest successful [`Smmu::invalidate_range`] that reached the SMMU: waiting for the
     /// command queue, the TLBIs and the CMD_SYNC (the driver's clock, ns).
     pub slowest_invalidation_ns: u64,
@@ -193,6 +198,9 @@ pub struct DebugKnobs {
     pub skip_invalidation: bool,
     /// `invalidate_range` queues its TLBIs but no CMD_SYNC and does not wait.
     pub skip_sync: bool,
+    /// A submission may wait for the newest CMD_SYNC even if it was written before its own
+    /// commands (the wrong sharing rule, for the twin tests of [`coalesce`]).
+    pub adopt_earlier_sync: bool,
 }
 
 struct CommandQueue {
@@ -200,6 +208,9 @@ struct CommandQueue {
     geo: QueueGeometry,
     /// Our copy of CMDQ_PROD (we are the only producer).
     prod: QueuePtr,
+    /// CMDQ_CONS at its last read.
+    cons: QueuePtr,
+    ledger: coalesce::SyncLedger,
     stats: DriverStats,
 }
 
@@ -250,7 +261,9 @@ pub struct Smmu<'a, B: SmmuBackend, C: Clock> {
     sid_log2: u8,
     cmdq_order: u32,
     eventq_order: u32,
-    cmdq: spin::Mutex<CommandQueue>,
+    cmdq: coalesce::SharedQueue<CommandQueue>,
+    /// CPUs submitting at once share CMD_SYNCs (else each writes its own, as Linux).
+    share_syncs: AtomicBool,
     eventq: spin::Mutex<EventQueue>,
     streams: spin::Mutex<Streams>,
     planner: spin::Mutex<PlannerConfig>,
@@ -295,6 +308,12 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Debug-only: sets knobs that deliberately break invalidation.
     pub fn set_debug_knobs(&self, knobs: DebugKnobs) {
         *self.debug.lock() = knobs;
+    }
+
+    /// Whether CPUs submitting at once share CMD_SYNCs (on by default; off is Linux's way,
+    /// for comparison).
+    pub fn set_sync_sharing(&self, share: bool) {
+        self.share_syncs.store(share, Ordering::Relaxed);
     }
 
     /// The debug knobs in force.

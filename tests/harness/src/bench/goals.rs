@@ -37,14 +37,16 @@ pub const RIL_RANGE_COMMANDS: &str = "ril_range_commands";
 pub const NO_ASID_BELOW_512: &str = "no_asid_below_512";
 pub const INTERVAL_100X: &str = "interval_100x";
 pub const EMPTY_DISPATCH_2X: &str = "empty_dispatch_2x";
+pub const SHARED_SYNC: &str = "shared_sync";
 pub const QEMU_COUNTS: &str = "qemu_counts";
 /// `make bench`'s goals (`--require all`); `make bench-peer`'s are [`super::peer::GOALS`].
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     RIL_RANGE_COMMANDS,
     NO_ASID_BELOW_512,
     QEMU_COUNTS,
     INTERVAL_100X,
     EMPTY_DISPATCH_2X,
+    SHARED_SYNC,
 ];
 /// The goals that are exact command counts (no timing): the `make test` smoke checks these.
 pub const COMMAND_GOALS: [&str; 3] = [RIL_RANGE_COMMANDS, NO_ASID_BELOW_512, QEMU_COUNTS];
@@ -96,6 +98,7 @@ pub fn check(kernel: &[KernelRun], host_results: &[HostResult]) -> Vec<Goal> {
         qemu_counts(kernel),
         interval_100x(host_results),
         empty_dispatch_2x(host_results),
+        shared_sync(kernel),
     ];
     goals.extend(super::peer::check(kernel));
     goals
@@ -262,6 +265,65 @@ fn no_asid_below_512(kernel: &[KernelRun]) -> Goal {
     )
 }
 
+/// One `smmu.shared_sync` case: (invalidations, CMD_SYNCs, instructions per invalidation).
+fn shared_case(run: &KernelRun, smmu: &str, cpus: &str, sharing: &str) -> Option<(u64, u64, u64)> {
+    let get = |m| {
+        run.value(
+            "smmu.shared_sync",
+            &[("smmu", smmu), ("cpus", cpus), ("sharing", sharing)],
+            m,
+        )
+    };
+    Some((get("invalidations")?, get("syncs")?, get("insns_per_invalidation")?))
+}
+
+/// Issue 16: with 4 CPUs invalidating at once at most 0.5 CMD_SYNC per invalidation, exactly 1
+/// on one CPU, and no more instructions per invalidation than each CPU its own CMD_SYNC.
+fn shared_sync(kernel: &[KernelRun]) -> Goal {
+    let mut checks = Vec::new();
+    for run in kernel {
+        let mut smmus: Vec<&str> = run
+            .all("smmu.shared_sync", "syncs")
+            .filter_map(|s| s.param("smmu"))
+            .collect();
+        smmus.dedup();
+        for smmu in smmus {
+            let at = |cpus, sharing| shared_case(run, smmu, cpus, sharing);
+            let name = format!("{}/{smmu}", run.board);
+            match at("1", "on") {
+                Some((n, syncs, _)) => checks.push((
+                    syncs == n,
+                    format!("{name} 1 CPU: {syncs} CMD_SYNCs for {n} invalidations (goal: one each)"),
+                )),
+                None => checks.push((false, format!("{name} 1 CPU: not measured"))),
+            }
+            match (at("4", "on"), at("4", "off")) {
+                (Some((n, syncs, on)), Some((_, _, off))) => {
+                    checks.push((
+                        2 * syncs <= n,
+                        format!(
+                            "{name} 4 CPUs: {syncs} CMD_SYNCs for {n} invalidations, {:.2} each (goal ≤ 0.5)",
+                            syncs as f64 / n as f64
+                        ),
+                    ));
+                    checks.push((
+                        on <= off,
+                        format!(
+                            "{name} 4 CPUs: {on} instructions per invalidation sharing, {off} each its own CMD_SYNC (goal: not more)"
+                        ),
+                    ));
+                }
+                _ => checks.push((false, format!("{name} 4 CPUs: not measured (needs 4 CPUs, sharing on and off)"))),
+            }
+        }
+    }
+    goal(
+        SHARED_SYNC,
+        "CMD_SYNC sharing: with 4 CPUs invalidating at once at most 0.5 CMD_SYNC per invalidation, exactly 1 on one CPU, and no more instructions per invalidation than one CMD_SYNC each",
+        checks,
+    )
+}
+
 fn interval_100x(results: &[HostResult]) -> Goal {
     let mut checks = Vec::new();
     let tree = host(results, "interval_invalidation/tree/100000");
@@ -385,6 +447,60 @@ mod tests {
 
     fn verdict(goals: &[Goal], id: &str) -> Verdict {
         goals.iter().find(|g| g.id == id).unwrap().verdict
+    }
+
+    fn shared(smmu: &str, cpus: u64, sharing: &str, (n, syncs, insns): (u64, u64, u64)) -> Vec<Sample> {
+        let s = |metric: &str, value| Sample {
+            name: "smmu.shared_sync".into(),
+            params: vec![
+                ("smmu".into(), smmu.into()),
+                ("cpus".into(), cpus.to_string()),
+                ("sharing".into(), sharing.into()),
+            ],
+            metric: metric.into(),
+            value,
+            unit: "x".into(),
+        };
+        vec![
+            s("invalidations", n),
+            s("syncs", syncs),
+            s("insns_per_invalidation", insns),
+        ]
+    }
+
+    #[test]
+    fn shared_sync_goal() {
+        let good = [
+            shared("m", 1, "on", (256, 256, 2000)),
+            shared("m", 4, "on", (1024, 256, 1900)),
+            shared("m", 4, "off", (1024, 1024, 2100)),
+        ]
+        .concat();
+        assert_eq!(verdict(&check(&[run(good.clone())], &[]), SHARED_SYNC), Verdict::Pass);
+        let too_many = [
+            shared("m", 1, "on", (256, 256, 2000)),
+            shared("m", 4, "on", (1024, 600, 1900)),
+            shared("m", 4, "off", (1024, 1024, 2100)),
+        ]
+        .concat();
+        assert_eq!(verdict(&check(&[run(too_many)], &[]), SHARED_SYNC), Verdict::Fail);
+        let slower = [
+            shared("m", 1, "on", (256, 256, 2000)),
+            shared("m", 4, "on", (1024, 256, 2200)),
+            shared("m", 4, "off", (1024, 1024, 2100)),
+        ]
+        .concat();
+        assert_eq!(verdict(&check(&[run(slower)], &[]), SHARED_SYNC), Verdict::Fail);
+        let one_cpu_shared = [
+            shared("m", 1, "on", (256, 128, 2000)),
+            shared("m", 4, "on", (1024, 256, 1900)),
+            shared("m", 4, "off", (1024, 1024, 2100)),
+        ]
+        .concat();
+        assert_eq!(verdict(&check(&[run(one_cpu_shared)], &[]), SHARED_SYNC), Verdict::Fail);
+        // Only one CPU measured: the 4-CPU checks fail rather than pass silently.
+        let only_one = shared("m", 1, "on", (256, 256, 2000));
+        assert_eq!(verdict(&check(&[run(only_one)], &[]), SHARED_SYNC), Verdict::Fail);
     }
 
     #[test]

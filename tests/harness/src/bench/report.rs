@@ -945,6 +945,7 @@ ok 2 smmu
                 ("qemu_counts", "not measured"),
                 ("interval_100x", "pass"),
                 ("empty_dispatch_2x", "pass"),
+                ("shared_sync", "not measured"),
                 ("peer_commands", "not measured"),
                 ("peer_insns", "not measured"),
                 ("peer_faults", "not measured"),

@@ -1,0 +1,584 @@
+//! CMD_SYNC coalescing: one CMD_SYNC completes the commands of every CPU that queued them
+//! before it, so a CPU whose commands are already followed by another CPU's CMD_SYNC waits for
+//! that one instead of queueing its own. Linux gives every caller its own CMD_SYNC.
+//!
+//! # The protocol
+//!
+//! A CMD_SYNC completes once every command before it in the queue has completed (§4.7.3), and
+//! the SMMU consumes the queue in order, so SMMU_CMDQ_CONS passing a CMD_SYNC's slot means
+//! that CMD_SYNC has completed (what the driver always waited for).
+//!
+//! **Positions.** PROD and CONS wrap: an index and a wrap bit (§3.5). The [`SyncLedger`]
+//! counts entries in positions that never wrap: `written` (entries published, ever) and
+//! `consumed` (the position CONS designated at its last read). A CONS read becomes a position
+//! as `written - used(PROD, CONS)`: exact because both are read under the queue lock, where
+//! PROD and `written` describe the same entries, and the driver never publishes into slots the
+//! SMMU has not consumed (it waits for room), so `used` is in `0..=entries` and the wrap bit
+//! tells full from empty.
+//!
+//! **A caller** with commands C, all under the queue lock unless said otherwise:
+//!
+//! ```text
+//!   publish C at [start, end)
+//!   alone (no other CPU inside submit):  publish CMD_SYNC at s = end, same PROD write
+//!   else: unlock, yield the CPU, lock        -- the others publish their commands meanwhile
+//!         s = the newest CMD_SYNC if it is at or after end         (shared)
+//!             else publish one at s = written                      (own)
+//!   until consumed > s: poll CONS (GERROR first), unlock, relax, lock
+//!   fail if s was given up on (below); fail if one of C was refused (below)
+//! ```
+//!
+//! **Why a caller never returns early.** Positions are handed out under the lock in queue
+//! order, and the newest CMD_SYNC is at or after `end` only if it was written after the last
+//! of C: when CONS passes it, all of C has completed. Adopting a CMD_SYNC written *before*
+//! `end` (the `adopt_earlier_sync` debug knob, the loom twin) lets a CPU return while its own
+//! commands may still be pending. `consumed` only grows and is only computed from a CONS read
+//! made under the lock (the read that saw completion is followed by an acquire fence, so what
+//! the SMMU wrote before completing is visible). Whichever CPU polls, every waiter sees the
+//! same `consumed`, and a waiter decides under the lock, so it cannot mix a stale position
+//! with a newer CONS.
+//!
+//! **Why sharing happens.** Between a caller's commands and its CMD_SYNC the lock is free, so
+//! CPUs queued on it publish their commands; the first of them back for the CMD_SYNC writes
+//! one after all of them, and the rest find it. The yield lets CPUs that share one core run
+//! at that point (on a core of its own it is a no-op; QEMU's round-robin TCG, which runs one
+//! vCPU at a time, switches there). A caller is *alone* when no other CPU is inside
+//! `submit` and none submitted lately ([`Activity`]); alone it keeps Linux's shape: one lock
+//! hold, one PROD write, one CMD_SYNC. Whether a caller thinks it is alone only chooses
+//! between two paths that are both correct, so that guess is not part of the argument.
+//!
+//! **Timeouts.** Each waiter has its own deadline. The first to reach it gives up its CMD_SYNC
+//! and every earlier one not yet consumed ([`SyncLedger::give_up`]): every waiter of those
+//! fails with [`SmmuError::SyncTimeout`], even if CONS moves later. A CONS that moves after a
+//! timeout was declared may be a queue reset, not a completion, and a caller that reported a
+//! failure has already handed the SMMU to recovery (SVA quiesces the context). A caller that
+//! comes later has commands after the given-up CMD_SYNC, so it never adopts it: its own
+//! CMD_SYNC must complete by itself.
+//!
+//! **Command errors.** The SMMU stops at a refused command (GERROR.CMDQ_ERR, CMDQ_CONS.ERR):
+//! whoever polls repairs the slot (a CMD_SYNC in place of an illegal command), acknowledges,
+//! and records the failure at its position; the caller that published that position reports
+//! [`SmmuError::CommandFailed`] once its CMD_SYNC completed, as before. Records are dropped
+//! when no caller is between publishing and returning (none can own them).
+
+use alloc::vec::Vec;
+
+use super::{CommandFailure, SmmuError};
+use crate::iommu::spec::command::{Command, CommandCounts};
+use crate::iommu::spec::queue::{QueueGeometry, QueuePtr};
+use crate::sync::atomic::{fence, AtomicU32, Ordering};
+use crate::sync::{SpinLock, SpinLockGuard};
+
+/// Where a CMD_SYNC stands for its waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Pending,
+    Completed,
+    /// A waiter timed out on it or on a later one before CONS passed it.
+    GivenUp,
+}
+
+/// The command queue in never-wrapping positions: what was published, consumed, which
+/// CMD_SYNC is newest, which were given up on, which commands were refused. Lives under the
+/// queue lock.
+#[derive(Debug, Default)]
+pub struct SyncLedger {
+    written: u64,
+    consumed: u64,
+    newest_sync: Option<u64>,
+    /// CMD_SYNCs at positions in `first..=last` were given up on.
+    given_up: Option<(u64, u64)>,
+    refused: Vec<(u64, CommandFailure)>,
+    /// Callers between their first publish and their return.
+    open: u32,
+}
+
+impl SyncLedger {
+    pub const fn new() -> Self {
+        Self {
+            written: 0,
+            consumed: 0,
+            newest_sync: None,
+            given_up: None,
+            refused: Vec::new(),
+            open: 0,
+        }
+    }
+
+    /// Entries published so far: the position of the next one.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The position CONS designated at its last read.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// `n` more entries were published (PROD moved past them).
+    pub fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+    }
+
+    /// The entry at `pos` is a CMD_SYNC.
+    pub fn wrote_sync(&mut self, pos: u64) {
+        self.newest_sync = Some(pos);
+    }
+
+    /// Takes a CONS read: `prod` is the PROD this ledger's `written` describes.
+    pub fn observe_cons(&mut self, geo: QueueGeometry, prod: QueuePtr, cons: QueuePtr) {
+        let at = self.written - u64::from(geo.used(prod, cons));
+        self.consumed = self.consumed.max(at);
+    }
+
+    /// The CMD_SYNC a caller whose commands end before `end` may wait for, if one was written
+    /// after them. `adopt_earlier` (debug only) takes the newest one wherever it is.
+    pub fn covering_sync(&self, end: u64, adopt_earlier: bool) -> Option<u64> {
+        self.newest_sync.filter(|&s| s >= end || adopt_earlier)
+    }
+
+    pub fn outcome(&self, sync: u64) -> SyncOutcome {
+        match self.given_up {
+            Some((first, last)) if (first..=last).contains(&sync) => SyncOutcome::GivenUp,
+            _ if self.consumed > sync => SyncOutcome::Completed,
+            _ => SyncOutcome::Pending,
+        }
+    }
+
+    /// A waiter for `sync` timed out: it and every CMD_SYNC before it that CONS has not passed
+    /// are given up on. Merging with an earlier give-up may include CMD_SYNCs that completed
+    /// in between; their late waiters then fail too, which errs on the safe side.
+    pub fn give_up(&mut self, sync: u64) {
+        // Not consumed: every position from `consumed` on.
+        self.given_up = Some(match self.given_up {
+            Some((first, last)) => (first, last.max(sync)),
+            None => (self.consumed, sync),
+        });
+    }
+
+    /// The queue was reset under every outstanding entry: none of them will complete.
+    pub fn abandon_outstanding(&mut self) {
+        if self.written > self.consumed {
+            self.give_up(self.written - 1);
+        }
+        self.consumed = self.written;
+    }
+
+    /// The SMMU refused the command at `pos`.
+    pub fn record_refusal(&mut self, pos: u64, failure: CommandFailure) {
+        self.refused.push((pos, failure));
+    }
+
+    /// The first refusal among the positions `start..end`.
+    pub fn refusal_in(&self, start: u64, end: u64) -> Option<CommandFailure> {
+        self.refused
+            .iter()
+            .find(|(pos, _)| (start..end).contains(pos))
+            .map(|&(_, f)| f)
+    }
+
+    fn open(&mut self) {
+        self.open += 1;
+    }
+
+    fn close(&mut self) {
+        self.open -= 1;
+        if self.open == 0 {
+            self.refused.clear();
+        }
+    }
+}
+
+/// What the protocol needs of a command queue. Every method runs with the queue lock held;
+/// `H` is whatever the queue needs to reach the hardware.
+pub trait CommandRing<H: ?Sized> {
+    fn ledger(&mut self) -> &mut SyncLedger;
+    /// Entries the queue holds.
+    fn capacity(&self) -> usize;
+    /// Writes `commands` (at most [`CommandRing::capacity`]) after the last entry, waiting for
+    /// room, and moves PROD past them with one write; all or nothing. Does not tell the
+    /// ledger.
+    fn publish(&mut self, hw: &H, commands: &[Command]) -> Result<(), SmmuError>;
+    /// Reads CONS (repairing and recording a refused command) into the ledger.
+    fn poll(&mut self, hw: &H) -> Result<(), SmmuError>;
+    /// PROD and the last CONS read, for error reports.
+    fn pointers(&self) -> (QueuePtr, QueuePtr);
+    /// Counts what a submission did.
+    fn count(&mut self, event: SyncEvent);
+}
+
+/// What the queue's owner provides besides the queue.
+pub trait SyncHardware {
+    fn now_ns(&self) -> u64;
+    fn sync_timeout_ns(&self) -> u64;
+    /// Commands are no longer sent ([`SmmuError::Disabled`]).
+    fn disabled(&self) -> bool;
+}
+
+/// Events a [`CommandRing`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A caller waited for another caller's CMD_SYNC instead of its own.
+    Shared,
+    SyncTimeout,
+    /// A CMD_SYNC began (its position) and ended (`failed`): for the trace.
+    SyncBegin(u64),
+    SyncEnd { pos: u64, failed: bool },
+}
+
+/// How to submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submission {
+    /// End with a completed CMD_SYNC (else publish and return).
+    pub sync: bool,
+    /// Commands per PROD write.
+    pub batch: usize,
+    /// Share CMD_SYNCs between callers (else each its own, as Linux).
+    pub share: bool,
+    /// Debug only: wait for the newest CMD_SYNC even if it is older than our commands.
+    pub adopt_earlier_sync: bool,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Submitted {
+    /// Commands this caller published, its own CMD_SYNC included.
+    pub counts: CommandCounts,
+    /// It waited for another caller's CMD_SYNC.
+    pub shared_sync: bool,
+}
+
+/// A command queue behind its lock, with the count of callers inside [`SharedQueue::submit`]
+/// and the CPUs that submitted lately.
+pub struct SharedQueue<R> {
+    ring: SpinLock<R>,
+    inside: AtomicU32,
+    activity: Activity,
+}
+
+/// Submissions per window of [`Activity`].
+const ACTIVITY_WINDOW: u32 = 64;
+
+/// Which CPUs submitted in the current and the previous window of [`ACTIVITY_WINDOW`]
+/// submissions: a CPU that saw others lately gives them the chance to join its CMD_SYNC. A
+/// heuristic (racy updates only make a caller split or not), so `core` atomics even under loom.
+struct Activity {
+    submissions: core::sync::atomic::AtomicU32,
+    seen: [core::sync::atomic::AtomicU64; 2],
+}
+
+impl Activity {
+    const fn new() -> Self {
+        use core::sync::atomic::{AtomicU32, AtomicU64};
+        Self {
+            submissions: AtomicU32::new(0),
+            seen: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Notes a submission by the calling CPU; true if another CPU submitted lately.
+    fn note(&self) -> bool {
+        use core::sync::atomic::Ordering::Relaxed;
+        let n = self.submissions.fetch_add(1, Relaxed);
+        let window = &self.seen[(n / ACTIVITY_WINDOW) as usize % 2];
+        if n % ACTIVITY_WINDOW == 0 {
+            window.store(0, Relaxed);
+        }
+        let me = 1u64 << (crate::sync::current_cpu() % 64);
+        window.fetch_or(me, Relaxed);
+        (self.seen[0].load(Relaxed) | self.seen[1].load(Relaxed)) & !me != 0
+    }
+}
+
+impl<R> SharedQueue<R> {
+    pub fn new(ring: R) -> Self {
+        Self {
+            ring: SpinLock::new(ring),
+            inside: AtomicU32::new(0),
+            activity: Activity::new(),
+        }
+    }
+
+    /// The queue, for anything but submitting (statistics, reset).
+    pub fn lock(&self) -> SpinLockGuard<'_, R> {
+        self.ring.lock()
+    }
+
+    /// Publishes `commands` and, if asked, returns once a CMD_SYNC written after all of them
+    /// has completed (see the module documentation).
+    pub fn submit<H: SyncHardware + ?Sized>(
+        &self,
+        hw: &H,
+        commands: impl Iterator<Item = Command>,
+        how: Submission,
+    ) -> Result<Submitted, SmmuError>
+    where
+        R: CommandRing<H>,
+    {
+        let _inside = Inside::enter(&self.inside);
+        let others_lately = self.activity.note();
+        let mut q = self.ring.lock();
+        if hw.disabled() {
+            return Err(SmmuError::Disabled);
+        }
+        q.ledger().open();
+        let start = q.ledger().written();
+        let mut done = Submitted::default();
+        let published = self.publish_all(hw, &mut q, commands, how, others_lately, &mut done);
+        let end = q.ledger().written();
+        let (q, result) = match published {
+            Ok(own_sync) if how.sync => self.complete(hw, q, end, own_sync, how, &mut done),
+            Ok(_) => (q, Ok(())),
+            Err(e) => (q, Err(e)),
+        };
+        let mut q = q;
+        let refused = q.ledger().refusal_in(start, end);
+        q.ledger().close();
+        match (result, refused) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(f)) => Err(SmmuError::CommandFailed(f)),
+            (Ok(()), None) => Ok(done),
+        }
+    }
+
+    /// Publishes the commands in batches; the last batch carries our CMD_SYNC when we are
+    /// alone (or do not share). Returns the CMD_SYNC's position if it wrote one.
+    fn publish_all<H: SyncHardware + ?Sized>(
+        &self,
+        hw: &H,
+        q: &mut SpinLockGuard<'_, R>,
+        commands: impl Iterator<Item = Command>,
+        how: Submission,
+        others_lately: bool,
+        done: &mut Submitted,
+    ) -> Result<Option<u64>, SmmuError>
+    where
+        R: CommandRing<H>,
+    {
+        let mut batch = Vec::with_capacity(how.batch + 1);
+        let mut commands = commands.peekable();
+        loop {
+            batch.clear();
+            batch.extend(commands.by_ref().take(how.batch));
+            let last = commands.peek().is_none();
+            let own_sync = last && how.sync && (!how.share || self.alone(others_lately));
+            if own_sync {
+                batch.push(Command::SYNC);
+            }
+            for chunk in batch.chunks(q.capacity()) {
+                q.publish(hw, chunk)?;
+                q.ledger().wrote(chunk.len());
+                done.counts.add_all(chunk);
+            }
+            if last {
+                if !own_sync {
+                    return Ok(None);
+                }
+                let pos = q.ledger().written() - 1;
+                q.ledger().wrote_sync(pos);
+                return Ok(Some(pos));
+            }
+        }
+    }
+
+    /// No other CPU is inside [`SharedQueue::submit`] or submitted lately.
+    fn alone(&self, others_lately: bool) -> bool {
+        !others_lately && self.inside.load(Ordering::Relaxed) <= 1
+    }
+
+    /// Finds or writes a CMD_SYNC after position `end` and waits for it.
+    fn complete<'q, H: SyncHardware + ?Sized>(
+        &'q self,
+        hw: &H,
+        mut q: SpinLockGuard<'q, R>,
+        end: u64,
+        own_sync: Option<u64>,
+        how: Submission,
+        done: &mut Submitted,
+    ) -> (SpinLockGuard<'q, R>, Result<(), SmmuError>)
+    where
+        R: CommandRing<H>,
+    {
+        let sync = match own_sync {
+            Some(pos) => pos,
+            None => {
+                // Let the CPUs behind us on the lock publish before anyone writes the CMD_SYNC.
+                drop(q);
+                crate::sync::yield_cpu();
+                q = self.ring.lock();
+                let shared = q.ledger().covering_sync(end, how.adopt_earlier_sync);
+                match shared {
+                    Some(pos) => {
+                        q.count(SyncEvent::Shared);
+                        done.shared_sync = true;
+                        pos
+                    }
+                    None => match Self::write_sync(hw, &mut q, done) {
+                        Ok(pos) => pos,
+                        Err(e) => return (q, Err(e)),
+                    },
+                }
+            }
+        };
+        q.count(SyncEvent::SyncBegin(sync));
+        let (q, waited) = self.wait_for(hw, q, sync);
+        let mut q = q;
+        let failed = waited.is_err();
+        q.count(SyncEvent::SyncEnd { pos: sync, failed });
+        (q, waited)
+    }
+
+    fn write_sync<H: SyncHardware + ?Sized>(
+        hw: &H,
+        q: &mut SpinLockGuard<'_, R>,
+        done: &mut Submitted,
+    ) -> Result<u64, SmmuError>
+    where
+        R: CommandRing<H>,
+    {
+        if hw.disabled() {
+            return Err(SmmuError::Disabled);
+        }
+        q.publish(hw, &[Command::SYNC])?;
+        let pos = q.ledger().written();
+        q.ledger().wrote(1);
+        q.ledger().wrote_sync(pos);
+        done.counts.add(Command::SYNC.kind());
+        Ok(pos)
+    }
+
+    /// Polls until CONS has passed the CMD_SYNC at `sync`, it was given up on, or our deadline.
+    fn wait_for<'q, H: SyncHardware + ?Sized>(
+        &'q self,
+        hw: &H,
+        mut q: SpinLockGuard<'q, R>,
+        sync: u64,
+    ) -> (SpinLockGuard<'q, R>, Result<(), SmmuError>)
+    where
+        R: CommandRing<H>,
+    {
+        let deadline = hw.now_ns().saturating_add(hw.sync_timeout_ns());
+        loop {
+            if q.ledger().outcome(sync) == SyncOutcome::Pending {
+                if let Err(e) = q.poll(hw) {
+                    return (q, Err(e));
+                }
+            }
+            match q.ledger().outcome(sync) {
+                SyncOutcome::Completed => {
+                    // Whatever the SMMU wrote before completing is visible after this.
+                    fence(Ordering::Acquire);
+                    return (q, Ok(()));
+                }
+                SyncOutcome::GivenUp => {
+                    let e = Self::timed_out(&q);
+                    return (q, Err(e));
+                }
+                SyncOutcome::Pending => {}
+            }
+            if hw.disabled() {
+                return (q, Err(SmmuError::Disabled));
+            }
+            if hw.now_ns() >= deadline {
+                q.ledger().give_up(sync);
+                q.count(SyncEvent::SyncTimeout);
+                let e = Self::timed_out(&q);
+                return (q, Err(e));
+            }
+            drop(q);
+            crate::sync::spin_loop();
+            q = self.ring.lock();
+        }
+    }
+
+    fn timed_out<H: ?Sized>(q: &SpinLockGuard<'_, R>) -> SmmuError
+    where
+        R: CommandRing<H>,
+    {
+        let (prod, cons) = q.pointers();
+        SmmuError::SyncTimeout { prod, cons }
+    }
+}
+
+/// Counts a caller inside [`SharedQueue::submit`] until it returns.
+struct Inside<'a>(&'a AtomicU32);
+
+impl<'a> Inside<'a> {
+    fn enter(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_survive_the_wrap() {
+        let geo = QueueGeometry::new(2).unwrap(); // 4 entries, pointers mod 8
+        let mut l = SyncLedger::new();
+        let mut prod = 0;
+        for round in 0..5u64 {
+            l.wrote(3);
+            prod = geo.advance(prod, 3);
+            l.wrote_sync(l.written() - 1);
+            let sync = l.written() - 1;
+            // CONS one short of PROD: the CMD_SYNC is not consumed yet.
+            l.observe_cons(geo, prod, geo.advance(prod, 7));
+            assert_eq!(l.outcome(sync), SyncOutcome::Pending, "round {round}");
+            l.observe_cons(geo, prod, prod);
+            assert_eq!(l.outcome(sync), SyncOutcome::Completed, "round {round}");
+            assert_eq!(l.consumed(), 3 * (round + 1));
+        }
+        // A full queue (same index, other wrap bit) is 4 outstanding, not 0.
+        l.wrote(4);
+        let full = geo.advance(prod, 4);
+        l.observe_cons(geo, full, prod);
+        assert_eq!(l.consumed(), l.written() - 4);
+    }
+
+    #[test]
+    fn only_a_later_sync_covers() {
+        let mut l = SyncLedger::new();
+        l.wrote(2);
+        l.wrote_sync(1);
+        assert_eq!(l.covering_sync(2, false), None, "the CMD_SYNC precedes our commands");
+        assert_eq!(l.covering_sync(2, true), Some(1), "the debug knob takes it anyway");
+        assert_eq!(l.covering_sync(1, false), Some(1));
+    }
+
+    #[test]
+    fn a_given_up_sync_never_completes_later() {
+        let geo = QueueGeometry::new(3).unwrap();
+        let mut l = SyncLedger::new();
+        l.wrote(4);
+        l.wrote_sync(1);
+        l.wrote_sync(3);
+        l.observe_cons(geo, 4, 1); // CONS at the first CMD_SYNC
+        l.give_up(3);
+        l.observe_cons(geo, 4, 4); // CONS moves on afterwards
+        assert_eq!(l.outcome(1), SyncOutcome::GivenUp);
+        assert_eq!(l.outcome(3), SyncOutcome::GivenUp);
+        assert_eq!(l.outcome(0), SyncOutcome::Completed, "consumed before the give-up");
+        l.wrote(2);
+        l.wrote_sync(5);
+        l.observe_cons(geo, 6, 6);
+        assert_eq!(l.outcome(5), SyncOutcome::Completed, "a later CMD_SYNC counts by itself");
+    }
+
+    #[test]
+    fn a_reset_fails_everything_outstanding() {
+        let mut l = SyncLedger::new();
+        l.wrote(3);
+        l.wrote_sync(2);
+        l.abandon_outstanding();
+        assert_eq!(l.outcome(2), SyncOutcome::GivenUp);
+    }
+}
