@@ -21,9 +21,15 @@
 //!   invalidation: its use is that unmap's bug, whatever window happens to be open now.
 //! * a **table descriptor** (walk cache): the window overlaps the region the descriptor maps
 //!   (unlinking a table changes the walk of its whole span, not just the unmapped pages), and
-//!   memory still held the descriptor when the window opened.
+//!   memory still held the descriptor when the window opened. If the walk *reached memory*,
+//!   the window must cover the VA: the table still maps it, so only an unmap of the VA can be
+//!   taking that translation away (an unlink under a live page, or a table replaced by
+//!   another, is no unmap's doing).
 //! * a **configuration** (STE/CD): the window covers the VA, and the cached configuration still
-//!   agreed with memory when the window opened.
+//!   agreed with memory when the window opened. If the use reached memory, memory's
+//!   configuration must translate nothing now (STE invalid or abort, CD invalid or walks
+//!   disabled): an unmap takes a context away (release's quiesce, detach), it never gives the
+//!   stream another one.
 //!
 //! The last two are not judged by the last unmap of the VA: an unmap's TLBIs never remove
 //! configuration, and a leaf-only unmap may keep table descriptors, so an entry older than that
@@ -136,6 +142,9 @@ pub struct Use {
     pub with: Option<Cached>,
     /// The walk went through a table descriptor memory no longer holds.
     pub table_gone: bool,
+    /// The stream's configuration in memory translates nothing now (STE invalid or abort, CD
+    /// invalid or TTB0 walks disabled).
+    pub config_off: bool,
 }
 
 /// One stale translation.
@@ -246,15 +255,17 @@ impl Checker {
     }
 
     /// Whether a mismatch is an allowed race (module documentation): every cached entry the
-    /// use relied on could have been made stale by an unmap still in progress.
-    fn racing(&self, u: &Use) -> bool {
+    /// use relied on could have been made stale by an unmap still in progress. `reached`: the
+    /// access reached memory.
+    fn racing(&self, u: &Use, reached: bool) -> bool {
         let Some(asid) = u.asid else { return false };
         core::iter::once(u.cached)
             .chain(u.with)
-            .all(|c| self.entry_racing(asid, u.va, c))
+            .all(|c| self.entry_racing(asid, u, c, reached))
     }
 
-    fn entry_racing(&self, asid: u16, va: VirtAddr, c: Cached) -> bool {
+    fn entry_racing(&self, asid: u16, u: &Use, c: Cached, reached: bool) -> bool {
+        let va = u.va;
         let mut open = self.in_flight.iter().filter(|w| w.unmap.note.asid == asid);
         let fresh_at_open = |w: &Window| !w.stale_at_open.contains(&c);
         match c.entry {
@@ -265,7 +276,8 @@ impl Checker {
                         .is_none_or(|u| c.born > u.began)
             }
             Entry::Config { .. } => {
-                open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
+                (!reached || u.config_off)
+                    && open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
             }
             Entry::Table {
                 base, span_log2, ..
@@ -273,7 +285,12 @@ impl Checker {
                 let end = base.saturating_add(1 << span_log2);
                 open.any(|w| {
                     let n = &w.unmap.note;
-                    n.start.as_u64() < end && base < n.end.as_u64() && fresh_at_open(w)
+                    let affects = if reached {
+                        covers(n, asid, va)
+                    } else {
+                        n.start.as_u64() < end && base < n.end.as_u64()
+                    };
+                    affects && fresh_at_open(w)
                 })
             }
         }
@@ -328,7 +345,7 @@ impl Checker {
             _ => return false,
         };
         let source = cached.entry.source();
-        if self.racing(&u) {
+        if self.racing(&u, used.is_ok()) {
             self.raced += 1;
             return false;
         }

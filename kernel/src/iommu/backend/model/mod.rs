@@ -1210,7 +1210,8 @@ impl State {
         // root is fresh by definition, and walking twice would race with table writes the
         // kernel may legitimately make concurrently (new mappings need no invalidation).
         if self.checker.enabled && (config_born.is_some() || cache_use.is_some()) {
-            let config_stale = config_born.is_some() && self.decode_config(mem, sid) != Ok(cfg);
+            let config_now = self.decode_config(mem, sid);
+            let config_stale = config_born.is_some() && config_now != Ok(cfg);
             // A stale configuration takes the blame; a leaf or table descriptor used through it
             // is judged along with it.
             let used_cache = match (config_stale, config_born, cache_use) {
@@ -1239,6 +1240,7 @@ impl State {
                         cached: u.cached,
                         with,
                         table_gone: u.table_gone,
+                        config_off: translates_nothing(&config_now),
                     },
                     used,
                     fresh,
@@ -1374,6 +1376,16 @@ fn va_covers(cmd: &TlbiVa, va_base: u64, size_log2: u8, leaf_level: Option<u8>) 
             let end = addr.saturating_add(r.bytes());
             va_base < end && addr < entry_end
         }
+    }
+}
+
+/// Whether a stream configured so translates nothing: STE invalid or abort, CD invalid or
+/// TTB0 walks disabled (what release's quiesce and detach leave).
+fn translates_nothing(cfg: &Result<StreamCfg, FaultKind>) -> bool {
+    match cfg {
+        Err(_) | Ok(StreamCfg::Abort) => true,
+        Ok(StreamCfg::Bypass) => false,
+        Ok(StreamCfg::Stage1 { s1, .. }) => s1.ttb0.is_none(),
     }
 }
 
