@@ -40,8 +40,9 @@
 //! [`super::SmmuModel::note_unmap`] for each unmap.)
 //!
 //! A walk resumed from a walk-cache entry is checked only when memory no longer holds the
-//! cached table descriptor: otherwise it read the same tables a fresh walk would, and walking
-//! twice would only race with concurrent mappings.
+//! cached table descriptor or one the walk that filled it read above it: otherwise it read
+//! the same tables a fresh walk would, and walking twice would only race with concurrent
+//! mappings.
 //!
 //! A spurious fault (cached state faults where the tables now allow the access) is recorded
 //! but counted apart ([`Checker::spurious`]): it costs a retry, not isolation.

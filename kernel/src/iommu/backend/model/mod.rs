@@ -596,7 +596,7 @@ impl State {
         let tables = self
             .walk_cache
             .entries()
-            .filter(|(tag, e)| tag.asid == asid && !table_still_there(mem, &e.step))
+            .filter(|(tag, e)| tag.asid == asid && !still_reached(mem, e))
             .map(|(tag, e)| CachedEntry {
                 entry: table_entry(tag.level, tag.va_base, e.step.span_log2),
                 born: e.born,
@@ -1287,10 +1287,11 @@ impl State {
                 if cached_table.is_some() {
                     self.stats.walk_cache_hits += 1;
                 }
-                // A walk resumed from a descriptor memory still holds is a fresh walk: checking
+                // A walk resumed from a descriptor memory still holds (with every one above it)
+                // is a fresh walk: checking
                 // it would only race with concurrent table writes (as walking twice does).
                 let used = cached_table
-                    .filter(|e| !table_still_there(mem, &e.step))
+                    .filter(|e| !still_reached(mem, e))
                     .map(|e| CacheUse {
                         cached: CachedEntry {
                             entry: table_entry(e.step.level, va.as_u64(), e.step.span_log2),
@@ -1307,9 +1308,11 @@ impl State {
                     cached_table.map(|e| e.resume()),
                     &mut |step| steps.push(step),
                 );
+                let mut above = cached_table.map_or([None; 2], |e| e.path());
                 for step in steps {
                     self.walk_cache
-                        .insert(s1.asid, vmid, va.as_u64(), step, born);
+                        .insert(s1.asid, vmid, va.as_u64(), (above, step), born);
+                    above = walkcache::extend(above, step);
                 }
                 match walked {
                     Ok(leaf) => {
@@ -1399,9 +1402,11 @@ fn table_entry(level: u8, va: u64, span_log2: u8) -> Entry {
     }
 }
 
-/// True if memory still holds the table descriptor a walk-cache entry was filled from.
-fn table_still_there(mem: &dyn PhysMemory, step: &TableStep) -> bool {
-    physmem::load(mem, step.slot, Ordering::Acquire).is_ok_and(|d| d == step.desc)
+/// True if memory still holds the table descriptor a walk-cache entry was filled from, and
+/// every one the walk read above it: a walk from the root still reaches it.
+fn still_reached(mem: &dyn PhysMemory, e: &walkcache::WalkEntry) -> bool {
+    e.chain()
+        .all(|s| physmem::load(mem, s.slot, Ordering::Acquire).is_ok_and(|d| d == s.desc))
 }
 
 impl SmmuBackend for SmmuModel<'_> {
