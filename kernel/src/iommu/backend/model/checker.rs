@@ -16,7 +16,7 @@
 //! open window of the same ASID is counted as a *race* and not recorded, if that window's
 //! operation can be what made the entry stale ([`Checker::racing`]):
 //!
-//! * an **IOTLB leaf**: the window covers the VA, and the leaf was filled after the last
+//! * an **IOTLB leaf**: the window covers the VA, and the leaf was filled after every
 //!   *completed* unmap covering the VA began. An older leaf should have gone with that unmap's
 //!   invalidation: its use is that unmap's bug, whatever window happens to be open now.
 //! * a **table descriptor** (walk cache): the window overlaps the region the descriptor maps
@@ -163,7 +163,7 @@ pub struct StaleTranslation {
     pub used: Result<PhysAddr, FaultKind>,
     /// What the tables say now.
     pub fresh: Result<PhysAddr, FaultKind>,
-    /// The most recent noted unmap of this ASID covering `va`.
+    /// The completed noted unmap of this ASID covering `va` that began last.
     pub last_unmap: Option<UnmapNote>,
 }
 
@@ -309,12 +309,14 @@ impl Checker {
         self.unmaps.push_back(done);
     }
 
+    /// The completed unmap covering `va` that began last: overlapping unmaps may complete in
+    /// another order, and an entry cached before any of them began should have gone with it.
     fn last_completed(&self, asid: u16, va: VirtAddr) -> Option<Timed> {
         self.unmaps
             .iter()
-            .rev()
             .copied()
-            .find(|u| covers(&u.note, asid, va))
+            .filter(|u| covers(&u.note, asid, va))
+            .max_by_key(|u| u.began)
     }
 
     fn last_unmap(&self, asid: Option<u16>, va: VirtAddr) -> Option<UnmapNote> {
