@@ -1406,3 +1406,27 @@ fn a_leaf_is_judged_by_the_latest_completed_unmap_to_begin() {
     assert_eq!(stale.last_unmap.map(|u| u.id), Some(2));
     assert!(rig.smmu.end_unmap(3));
 }
+
+/// A PTE changed with no invalidation (and no unmap noted) before a window over the page
+/// opened: the cached leaf was stale before the window, so the window cannot excuse it. With
+/// no completed unmap of the VA to compare the leaf's age with, it was excused.
+#[test]
+fn a_window_does_not_excuse_a_leaf_already_stale_when_it_opened() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Read), Ok(a));
+    t.remap(VirtAddr(VA), b).unwrap();
+    // Say an mprotect of the page: its window opens over a leaf that is already stale.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(VA), VirtAddr(VA + 0x1000), 1);
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Write), Ok(a));
+    take_one_stale(
+        &rig.smmu,
+        checker::StaleSource::Iotlb,
+        checker::StaleKind::WrongFrame,
+        "stale before the window",
+    );
+    assert!(rig.smmu.end_unmap(1));
+}
