@@ -16,9 +16,11 @@
 //! open window of the same ASID is counted as a *race* and not recorded, if that window's
 //! operation can be what made the entry stale ([`Checker::racing`]):
 //!
-//! * an **IOTLB leaf**: the window covers the VA, and the leaf was filled after every
-//!   *completed* unmap covering the VA began. An older leaf should have gone with that unmap's
-//!   invalidation: its use is that unmap's bug, whatever window happens to be open now.
+//! * an **IOTLB leaf**: the window covers the VA, the leaf was filled after every
+//!   *completed* unmap covering the VA began, and it still agreed with memory when the window
+//!   opened. An older leaf should have gone with that unmap's invalidation: its use is that
+//!   unmap's bug, whatever window happens to be open now; one already stale at the opening
+//!   was made so by a change before the window (one no unmap was noted for).
 //! * a **table descriptor** (walk cache): the window overlaps the region the descriptor maps
 //!   (unlinking a table changes the walk of its whole span, not just the unmapped pages), and
 //!   memory still held the descriptor when the window opened. If the walk *reached memory*,
@@ -204,7 +206,8 @@ struct Timed {
 #[derive(Debug, Clone)]
 struct Window {
     unmap: Timed,
-    /// Configurations and table descriptors of its ASID already stale when it opened.
+    /// Configurations and table descriptors of its ASID, and leaves in its range, already
+    /// stale when it opened.
     stale_at_open: Vec<Cached>,
 }
 
@@ -235,7 +238,8 @@ impl Checker {
     }
 
     /// Opens the window of `note`, which began at time `now`; `stale_at_open` are the cached
-    /// configurations and table descriptors of its ASID that memory no longer agreed with.
+    /// configurations and table descriptors of its ASID, and leaves in its range, that memory
+    /// no longer agreed with.
     pub(super) fn begin_unmap(&mut self, note: UnmapNote, now: u64, stale_at_open: Vec<Cached>) {
         self.in_flight.push(Window {
             unmap: Timed { note, began: now },
@@ -271,7 +275,7 @@ impl Checker {
         let fresh_at_open = |w: &Window| !w.stale_at_open.contains(&c);
         match c.entry {
             Entry::Leaf => {
-                open.any(|w| covers(&w.unmap.note, asid, va))
+                open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
                     && self
                         .last_completed(asid, va)
                         .is_none_or(|u| c.born > u.began)

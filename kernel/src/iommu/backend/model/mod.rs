@@ -494,7 +494,7 @@ impl<'m> SmmuModel<'m> {
         let mut s = self.state.lock();
         let (note, now) = s.unmap_note(asid, start, end, id);
         let stale = if s.checker.enabled {
-            s.stale_entries(self.mem, asid)
+            s.stale_entries(self.mem, &note)
         } else {
             Vec::new()
         };
@@ -582,9 +582,11 @@ impl State {
         (note, self.tick())
     }
 
-    /// The cached configurations and table descriptors of `asid` that memory no longer agrees
-    /// with: an unmap window opening now cannot be what made them stale.
-    fn stale_entries(&self, mem: &dyn PhysMemory, asid: u16) -> Vec<CachedEntry> {
+    /// The cached configurations and table descriptors of `note`'s ASID, and its leaves in
+    /// `note`'s range, that memory no longer agrees with: an unmap window opening now cannot be
+    /// what made them stale.
+    fn stale_entries(&self, mem: &dyn PhysMemory, note: &UnmapNote) -> Vec<CachedEntry> {
+        let asid = note.asid;
         let configs = self.stes.keys().filter_map(|&sid| {
             let (cfg, born) = self.cached_view(mem, sid)?;
             let of_asid = matches!(cfg, StreamCfg::Stage1 { s1, .. } if s1.asid == asid);
@@ -601,7 +603,43 @@ impl State {
                 entry: table_entry(tag.level, tag.va_base, e.step.span_log2),
                 born: e.born,
             });
-        configs.chain(tables).collect()
+        configs
+            .chain(tables)
+            .chain(self.stale_leaves(mem, note))
+            .collect()
+    }
+
+    /// The cached leaves of `note`'s ASID (or global) overlapping its range that a walk of
+    /// memory, through a configuration in memory with that ASID, no longer gives.
+    fn stale_leaves<'s>(
+        &'s self,
+        mem: &'s dyn PhysMemory,
+        note: &'s UnmapNote,
+    ) -> impl Iterator<Item = CachedEntry> + 's {
+        let now: Vec<(Stage1Config, u16)> = self
+            .stes
+            .keys()
+            .filter_map(|&sid| match self.decode_config(mem, sid) {
+                Ok(StreamCfg::Stage1 { s1, vmid }) if s1.asid == note.asid => Some((s1, vmid)),
+                _ => None,
+            })
+            .collect();
+        let (start, end) = (note.start.as_u64(), note.end.as_u64());
+        self.iotlb
+            .fills()
+            .filter(move |(tag, leaf, _)| {
+                let leaf_end = leaf.va_base.saturating_add(1 << leaf.size_log2);
+                (tag.global || tag.asid == note.asid) && leaf.va_base < end && start < leaf_end
+            })
+            .filter(move |(tag, leaf, _)| {
+                now.iter().any(|(s1, vmid)| {
+                    *vmid == tag.vmid && walk::walk(mem, s1, leaf.va_base) != Ok(*leaf)
+                })
+            })
+            .map(|(_, _, born)| CachedEntry {
+                entry: Entry::Leaf,
+                born,
+            })
     }
 
     fn oas_bits(&self) -> u8 {
