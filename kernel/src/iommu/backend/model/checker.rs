@@ -16,14 +16,22 @@
 //! open window of the same ASID is counted as a *race* and not recorded, if that window's
 //! operation can be what made the entry stale ([`Checker::racing`]):
 //!
-//! * an **IOTLB leaf**: the window covers the VA, and the leaf was filled after the last
-//!   *completed* unmap covering the VA began. An older leaf should have gone with that unmap's
-//!   invalidation: its use is that unmap's bug, whatever window happens to be open now.
+//! * an **IOTLB leaf**: the window covers the VA, the leaf was filled after every
+//!   *completed* unmap covering the VA began, and it still agreed with memory when the window
+//!   opened. An older leaf should have gone with that unmap's invalidation: its use is that
+//!   unmap's bug, whatever window happens to be open now; one already stale at the opening
+//!   was made so by a change before the window (one no unmap was noted for).
 //! * a **table descriptor** (walk cache): the window overlaps the region the descriptor maps
 //!   (unlinking a table changes the walk of its whole span, not just the unmapped pages), and
-//!   memory still held the descriptor when the window opened.
+//!   memory still held the descriptor when the window opened. If the walk *reached memory*,
+//!   the window must cover the VA: the table still maps it, so only an unmap of the VA can be
+//!   taking that translation away (an unlink under a live page, or a table replaced by
+//!   another, is no unmap's doing).
 //! * a **configuration** (STE/CD): the window covers the VA, and the cached configuration still
-//!   agreed with memory when the window opened.
+//!   agreed with memory when the window opened. If the use reached memory, memory's
+//!   configuration must translate nothing now (STE invalid or abort, CD invalid or walks
+//!   disabled): an unmap takes a context away (release's quiesce, detach), it never gives the
+//!   stream another one.
 //!
 //! The last two are not judged by the last unmap of the VA: an unmap's TLBIs never remove
 //! configuration, and a leaf-only unmap may keep table descriptors, so an entry older than that
@@ -34,8 +42,9 @@
 //! [`super::SmmuModel::note_unmap`] for each unmap.)
 //!
 //! A walk resumed from a walk-cache entry is checked only when memory no longer holds the
-//! cached table descriptor: otherwise it read the same tables a fresh walk would, and walking
-//! twice would only race with concurrent mappings.
+//! cached table descriptor or one the walk that filled it read above it: otherwise it read
+//! the same tables a fresh walk would, and walking twice would only race with concurrent
+//! mappings.
 //!
 //! A spurious fault (cached state faults where the tables now allow the access) is recorded
 //! but counted apart ([`Checker::spurious`]): it costs a retry, not isolation.
@@ -136,6 +145,9 @@ pub struct Use {
     pub with: Option<Cached>,
     /// The walk went through a table descriptor memory no longer holds.
     pub table_gone: bool,
+    /// The stream's configuration in memory translates nothing now (STE invalid or abort, CD
+    /// invalid or TTB0 walks disabled).
+    pub config_off: bool,
 }
 
 /// One stale translation.
@@ -153,7 +165,7 @@ pub struct StaleTranslation {
     pub used: Result<PhysAddr, FaultKind>,
     /// What the tables say now.
     pub fresh: Result<PhysAddr, FaultKind>,
-    /// The most recent noted unmap of this ASID covering `va`.
+    /// The completed noted unmap of this ASID covering `va` that began last.
     pub last_unmap: Option<UnmapNote>,
 }
 
@@ -194,7 +206,8 @@ struct Timed {
 #[derive(Debug, Clone)]
 struct Window {
     unmap: Timed,
-    /// Configurations and table descriptors of its ASID already stale when it opened.
+    /// Configurations and table descriptors of its ASID, and leaves in its range, already
+    /// stale when it opened.
     stale_at_open: Vec<Cached>,
 }
 
@@ -225,7 +238,8 @@ impl Checker {
     }
 
     /// Opens the window of `note`, which began at time `now`; `stale_at_open` are the cached
-    /// configurations and table descriptors of its ASID that memory no longer agreed with.
+    /// configurations and table descriptors of its ASID, and leaves in its range, that memory
+    /// no longer agreed with.
     pub(super) fn begin_unmap(&mut self, note: UnmapNote, now: u64, stale_at_open: Vec<Cached>) {
         self.in_flight.push(Window {
             unmap: Timed { note, began: now },
@@ -246,26 +260,29 @@ impl Checker {
     }
 
     /// Whether a mismatch is an allowed race (module documentation): every cached entry the
-    /// use relied on could have been made stale by an unmap still in progress.
-    fn racing(&self, u: &Use) -> bool {
+    /// use relied on could have been made stale by an unmap still in progress. `reached`: the
+    /// access reached memory.
+    fn racing(&self, u: &Use, reached: bool) -> bool {
         let Some(asid) = u.asid else { return false };
         core::iter::once(u.cached)
             .chain(u.with)
-            .all(|c| self.entry_racing(asid, u.va, c))
+            .all(|c| self.entry_racing(asid, u, c, reached))
     }
 
-    fn entry_racing(&self, asid: u16, va: VirtAddr, c: Cached) -> bool {
+    fn entry_racing(&self, asid: u16, u: &Use, c: Cached, reached: bool) -> bool {
+        let va = u.va;
         let mut open = self.in_flight.iter().filter(|w| w.unmap.note.asid == asid);
         let fresh_at_open = |w: &Window| !w.stale_at_open.contains(&c);
         match c.entry {
             Entry::Leaf => {
-                open.any(|w| covers(&w.unmap.note, asid, va))
+                open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
                     && self
                         .last_completed(asid, va)
                         .is_none_or(|u| c.born > u.began)
             }
             Entry::Config { .. } => {
-                open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
+                (!reached || u.config_off)
+                    && open.any(|w| covers(&w.unmap.note, asid, va) && fresh_at_open(w))
             }
             Entry::Table {
                 base, span_log2, ..
@@ -273,7 +290,12 @@ impl Checker {
                 let end = base.saturating_add(1 << span_log2);
                 open.any(|w| {
                     let n = &w.unmap.note;
-                    n.start.as_u64() < end && base < n.end.as_u64() && fresh_at_open(w)
+                    let affects = if reached {
+                        covers(n, asid, va)
+                    } else {
+                        n.start.as_u64() < end && base < n.end.as_u64()
+                    };
+                    affects && fresh_at_open(w)
                 })
             }
         }
@@ -291,12 +313,14 @@ impl Checker {
         self.unmaps.push_back(done);
     }
 
+    /// The completed unmap covering `va` that began last: overlapping unmaps may complete in
+    /// another order, and an entry cached before any of them began should have gone with it.
     fn last_completed(&self, asid: u16, va: VirtAddr) -> Option<Timed> {
         self.unmaps
             .iter()
-            .rev()
             .copied()
-            .find(|u| covers(&u.note, asid, va))
+            .filter(|u| covers(&u.note, asid, va))
+            .max_by_key(|u| u.began)
     }
 
     fn last_unmap(&self, asid: Option<u16>, va: VirtAddr) -> Option<UnmapNote> {
@@ -328,7 +352,7 @@ impl Checker {
             _ => return false,
         };
         let source = cached.entry.source();
-        if self.racing(&u) {
+        if self.racing(&u, used.is_ok()) {
             self.raced += 1;
             return false;
         }

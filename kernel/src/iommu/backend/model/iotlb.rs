@@ -207,6 +207,11 @@ impl Iotlb {
     pub fn entries(&self) -> impl Iterator<Item = (IotlbTag, Leaf)> + '_ {
         self.entries.iter().map(|(t, s)| (*t, s.leaf))
     }
+
+    /// Every cached (tag, leaf, fill time).
+    pub fn fills(&self) -> impl Iterator<Item = (IotlbTag, Leaf, u64)> + '_ {
+        self.entries.iter().map(|(t, s)| (*t, s.leaf, s.born))
+    }
 }
 
 #[cfg(all(test, not(loom)))]

@@ -495,7 +495,7 @@ impl<'m> SmmuModel<'m> {
         let mut s = self.state.lock();
         let (note, now) = s.unmap_note(asid, start, end, id);
         let stale = if s.checker.enabled {
-            s.stale_entries(self.mem, asid)
+            s.stale_entries(self.mem, &note)
         } else {
             Vec::new()
         };
@@ -603,9 +603,11 @@ impl State {
         (note, self.tick())
     }
 
-    /// The cached configurations and table descriptors of `asid` that memory no longer agrees
-    /// with: an unmap window opening now cannot be what made them stale.
-    fn stale_entries(&self, mem: &dyn PhysMemory, asid: u16) -> Vec<CachedEntry> {
+    /// The cached configurations and table descriptors of `note`'s ASID, and its leaves in
+    /// `note`'s range, that memory no longer agrees with: an unmap window opening now cannot be
+    /// what made them stale.
+    fn stale_entries(&self, mem: &dyn PhysMemory, note: &UnmapNote) -> Vec<CachedEntry> {
+        let asid = note.asid;
         let configs = self.stes.keys().filter_map(|&sid| {
             let (cfg, born) = self.cached_view(mem, sid)?;
             let of_asid = matches!(cfg, StreamCfg::Stage1 { s1, .. } if s1.asid == asid);
@@ -617,12 +619,48 @@ impl State {
         let tables = self
             .walk_cache
             .entries()
-            .filter(|(tag, e)| tag.asid == asid && !table_still_there(mem, &e.step))
+            .filter(|(tag, e)| tag.asid == asid && !still_reached(mem, e))
             .map(|(tag, e)| CachedEntry {
                 entry: table_entry(tag.level, tag.va_base, e.step.span_log2),
                 born: e.born,
             });
-        configs.chain(tables).collect()
+        configs
+            .chain(tables)
+            .chain(self.stale_leaves(mem, note))
+            .collect()
+    }
+
+    /// The cached leaves of `note`'s ASID (or global) overlapping its range that a walk of
+    /// memory, through a configuration in memory with that ASID, no longer gives.
+    fn stale_leaves<'s>(
+        &'s self,
+        mem: &'s dyn PhysMemory,
+        note: &'s UnmapNote,
+    ) -> impl Iterator<Item = CachedEntry> + 's {
+        let now: Vec<(Stage1Config, u16)> = self
+            .stes
+            .keys()
+            .filter_map(|&sid| match self.decode_config(mem, sid) {
+                Ok(StreamCfg::Stage1 { s1, vmid }) if s1.asid == note.asid => Some((s1, vmid)),
+                _ => None,
+            })
+            .collect();
+        let (start, end) = (note.start.as_u64(), note.end.as_u64());
+        self.iotlb
+            .fills()
+            .filter(move |(tag, leaf, _)| {
+                let leaf_end = leaf.va_base.saturating_add(1 << leaf.size_log2);
+                (tag.global || tag.asid == note.asid) && leaf.va_base < end && start < leaf_end
+            })
+            .filter(move |(tag, leaf, _)| {
+                now.iter().any(|(s1, vmid)| {
+                    *vmid == tag.vmid && walk::walk(mem, s1, leaf.va_base) != Ok(*leaf)
+                })
+            })
+            .map(|(_, _, born)| CachedEntry {
+                entry: Entry::Leaf,
+                born,
+            })
     }
 
     fn oas_bits(&self) -> u8 {
@@ -1231,7 +1269,8 @@ impl State {
         // root is fresh by definition, and walking twice would race with table writes the
         // kernel may legitimately make concurrently (new mappings need no invalidation).
         if self.checker.enabled && (config_born.is_some() || cache_use.is_some()) {
-            let config_stale = config_born.is_some() && self.decode_config(mem, sid) != Ok(cfg);
+            let config_now = self.decode_config(mem, sid);
+            let config_stale = config_born.is_some() && config_now != Ok(cfg);
             // A stale configuration takes the blame; a leaf or table descriptor used through it
             // is judged along with it.
             let used_cache = match (config_stale, config_born, cache_use) {
@@ -1260,6 +1299,7 @@ impl State {
                         cached: u.cached,
                         with,
                         table_gone: u.table_gone,
+                        config_off: translates_nothing(&config_now),
                     },
                     used,
                     fresh,
@@ -1306,10 +1346,11 @@ impl State {
                 if cached_table.is_some() {
                     self.stats.walk_cache_hits += 1;
                 }
-                // A walk resumed from a descriptor memory still holds is a fresh walk: checking
+                // A walk resumed from a descriptor memory still holds (with every one above it)
+                // is a fresh walk: checking
                 // it would only race with concurrent table writes (as walking twice does).
                 let used = cached_table
-                    .filter(|e| !table_still_there(mem, &e.step))
+                    .filter(|e| !still_reached(mem, e))
                     .map(|e| CacheUse {
                         cached: CachedEntry {
                             entry: table_entry(e.step.level, va.as_u64(), e.step.span_log2),
@@ -1326,9 +1367,11 @@ impl State {
                     cached_table.map(|e| e.resume()),
                     &mut |step| steps.push(step),
                 );
+                let mut above = cached_table.map_or([None; 2], |e| e.path());
                 for step in steps {
                     self.walk_cache
-                        .insert(s1.asid, vmid, va.as_u64(), step, born);
+                        .insert(s1.asid, vmid, va.as_u64(), (above, step), born);
+                    above = walkcache::extend(above, step);
                 }
                 match walked {
                     Ok(leaf) => {
@@ -1398,6 +1441,16 @@ fn va_covers(cmd: &TlbiVa, va_base: u64, size_log2: u8, leaf_level: Option<u8>) 
     }
 }
 
+/// Whether a stream configured so translates nothing: STE invalid or abort, CD invalid or
+/// TTB0 walks disabled (what release's quiesce and detach leave).
+fn translates_nothing(cfg: &Result<StreamCfg, FaultKind>) -> bool {
+    match cfg {
+        Err(_) | Ok(StreamCfg::Abort) => true,
+        Ok(StreamCfg::Bypass) => false,
+        Ok(StreamCfg::Stage1 { s1, .. }) => s1.ttb0.is_none(),
+    }
+}
+
 /// The checker's name for a table descriptor held at `level`, on the walk of `va`, mapping
 /// `2^span_log2` bytes.
 fn table_entry(level: u8, va: u64, span_log2: u8) -> Entry {
@@ -1408,9 +1461,11 @@ fn table_entry(level: u8, va: u64, span_log2: u8) -> Entry {
     }
 }
 
-/// True if memory still holds the table descriptor a walk-cache entry was filled from.
-fn table_still_there(mem: &dyn PhysMemory, step: &TableStep) -> bool {
-    physmem::load(mem, step.slot, Ordering::Acquire).is_ok_and(|d| d == step.desc)
+/// True if memory still holds the table descriptor a walk-cache entry was filled from, and
+/// every one the walk read above it: a walk from the root still reaches it.
+fn still_reached(mem: &dyn PhysMemory, e: &walkcache::WalkEntry) -> bool {
+    e.chain()
+        .all(|s| physmem::load(mem, s.slot, Ordering::Acquire).is_ok_and(|d| d == s.desc))
 }
 
 impl SmmuBackend for SmmuModel<'_> {

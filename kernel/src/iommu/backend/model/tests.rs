@@ -1236,6 +1236,201 @@ fn a_window_does_not_excuse_a_configuration_changed_before_it_opened() {
     assert!(rig.smmu.end_unmap(1));
 }
 
+/// Takes the stale translations: exactly one, of `kind`, from `source` (`case` names the
+/// variant in a failure).
+fn take_one_stale(
+    smmu: &SmmuModel,
+    source: checker::StaleSource,
+    kind: checker::StaleKind,
+    case: &str,
+) -> StaleTranslation {
+    let stale = smmu.take_stale_translations();
+    assert_eq!(stale.len(), 1, "{case}: {stale:?}");
+    assert_eq!((stale[0].source, stale[0].kind), (source, kind), "{case}");
+    stale[0]
+}
+
+/// Unlinking a table changes the walk of its whole span, so a window over one page of it
+/// excuses a walk of a neighbouring page through the cached pointer that *faults* (the
+/// `sva.smp` race above). A walk there that *reaches memory* went through a table still
+/// mapping a page nobody is unmapping: the table was unlinked under a live page, or replaced
+/// by another (a remap without Leaf = 0). No unmap in flight explains either.
+#[test]
+fn a_window_over_one_page_does_not_excuse_reaching_its_neighbour_through_a_changed_table() {
+    use crate::iommu::fake::desc;
+    let (p, q) = (VA, VA + 0x1000);
+    for replaced in [false, true] {
+        let mem = arena();
+        let (rig, t) = stage1_rig(&mem);
+        let [a, b, c] = [(); 3].map(|()| mem.alloc_zeroed().unwrap());
+        t.map(VirtAddr(p), a, LeafAttrs::RW).unwrap();
+        t.map(VirtAddr(q), b, LeafAttrs::RW).unwrap();
+        // Caches the level-2 descriptor (and p's leaf, not q's).
+        assert_eq!(pa_of(&rig.smmu, p, AccessKind::Read), Ok(a));
+        rig.smmu
+            .begin_unmap(ASID, VirtAddr(p), VirtAddr(p + 0x1000), 1);
+        t.unmap(VirtAddr(p)).unwrap();
+        let l2 = cached_level2_step(&rig.smmu, p);
+        let now = if replaced {
+            let table = mem.alloc_zeroed().unwrap();
+            let pte = c.as_u64() | desc::VALID | desc::TABLE_OR_PAGE | desc::AF | desc::NOT_GLOBAL;
+            physmem::store(
+                rig.mem,
+                PhysAddr(table.as_u64() + 8),
+                pte,
+                Ordering::Release,
+            )
+            .unwrap();
+            table.as_u64() | desc::VALID | desc::TABLE_OR_PAGE
+        } else {
+            0
+        };
+        physmem::store(rig.mem, l2.slot, now, Ordering::Release).unwrap();
+        assert_eq!(
+            pa_of(&rig.smmu, q, AccessKind::Write),
+            Ok(b),
+            "walked the old table"
+        );
+        let kind = if replaced {
+            checker::StaleKind::WrongFrame
+        } else {
+            checker::StaleKind::UseAfterUnmap
+        };
+        let case = alloc::format!("replaced: {replaced}");
+        take_one_stale(&rig.smmu, checker::StaleSource::WalkCache, kind, &case);
+        assert!(rig.smmu.end_unmap(1));
+    }
+}
+
+/// An unmap takes translations away; it never gives a stream another context. A CD pointed
+/// at other tables (TTB0 changed) without CFGI_CD is stale even inside a window over the
+/// address: the device reaches the old tables' frame, whether the new tables map the address
+/// elsewhere or not at all. (Release's quiesce, after which the CD translates nothing, stays
+/// a race: `a_cached_cd_older_than_the_last_unmap_races_its_own_change`.)
+#[test]
+fn a_window_does_not_excuse_a_context_switched_to_other_tables() {
+    for remapped in [false, true] {
+        let mem = arena();
+        let (rig, _t, cd, a) = used_rig(&mem);
+        let other = TestPageTables::new(&mem).unwrap();
+        let b = mem.alloc_zeroed().unwrap();
+        if remapped {
+            other.map(VirtAddr(0x1000), b, LeafAttrs::RW).unwrap();
+        }
+        rig.smmu
+            .begin_unmap(ASID, VirtAddr(0x1000), VirtAddr(0x2000), 1);
+        rig.write_cd(cd, &CdFields::sva(ASID, other.root(), 48, 4, 0).unwrap());
+        // The leaf and table descriptors go; the CD stays cached.
+        rig.submit(&[TLBI_ASID, Command::SYNC]);
+        assert_eq!(pa_of(&rig.smmu, 0x1000, AccessKind::Write), Ok(a));
+        let kind = if remapped {
+            checker::StaleKind::WrongFrame
+        } else {
+            checker::StaleKind::UseAfterUnmap
+        };
+        let case = alloc::format!("remapped: {remapped}");
+        take_one_stale(&rig.smmu, checker::StaleSource::Config, kind, &case);
+        assert!(rig.smmu.end_unmap(1));
+    }
+}
+
+/// A cached table descriptor is only as good as the ones above it: a level-2 descriptor still
+/// in memory, in a level-2 table that was itself unlinked (level-1 descriptor cleared, then a
+/// Leaf = 1 invalidation), still leads a walk to the old page. That walk is stale although the
+/// descriptor it resumed from is unchanged, and a window opened after the unlink does not
+/// excuse it.
+#[test]
+fn a_walk_below_an_unlinked_table_is_stale_though_its_own_descriptor_remains() {
+    for window in [false, true] {
+        let mem = arena();
+        let (rig, t) = stage1_rig(&mem);
+        let a = mem.alloc_zeroed().unwrap();
+        t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
+        pa_of(&rig.smmu, VA, AccessKind::Read).unwrap();
+        let l1 = rig
+            .smmu
+            .walk_cache_entries()
+            .into_iter()
+            .find(|(tag, _)| tag.level == 1)
+            .map(|(_, e)| e.step)
+            .expect("the walk cached its level-1 descriptor");
+        physmem::store(rig.mem, l1.slot, 0, Ordering::Release).unwrap();
+        rig.submit(&[tlbi_va_leaf(VA, true), Command::SYNC]);
+        if window {
+            rig.smmu
+                .begin_unmap(ASID, VirtAddr(VA), VirtAddr(VA + 0x1000), 1);
+        }
+        assert_eq!(
+            pa_of(&rig.smmu, VA, AccessKind::Read),
+            Ok(a),
+            "resumed from the cached level-2 descriptor"
+        );
+        take_one_stale(
+            &rig.smmu,
+            checker::StaleSource::WalkCache,
+            checker::StaleKind::UseAfterUnmap,
+            &alloc::format!("window: {window}"),
+        );
+    }
+}
+
+/// Two unmaps of one page overlap: the later to begin clears the PTE and returns without
+/// invalidating, the earlier returns after it (nothing left to clear). Once both returned, a
+/// leaf cached between their beginnings must be gone, so a third unmap's window does not
+/// excuse it. Judging the leaf by the unmap that *completed* last (which began before the
+/// leaf was cached) did.
+#[test]
+fn a_leaf_is_judged_by_the_latest_completed_unmap_to_begin() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let a = mem.alloc_zeroed().unwrap();
+    t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
+    let window = |id| {
+        rig.smmu
+            .begin_unmap(ASID, VirtAddr(VA), VirtAddr(VA + 0x1000), id)
+    };
+    window(1);
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Read), Ok(a));
+    window(2);
+    t.unmap(VirtAddr(VA)).unwrap();
+    assert!(rig.smmu.end_unmap(2));
+    assert!(rig.smmu.end_unmap(1));
+    window(3);
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Write), Ok(a));
+    let stale = take_one_stale(
+        &rig.smmu,
+        checker::StaleSource::Iotlb,
+        checker::StaleKind::UseAfterUnmap,
+        "after both unmaps",
+    );
+    assert_eq!(stale.last_unmap.map(|u| u.id), Some(2));
+    assert!(rig.smmu.end_unmap(3));
+}
+
+/// A PTE changed with no invalidation (and no unmap noted) before a window over the page
+/// opened: the cached leaf was stale before the window, so the window cannot excuse it. With
+/// no completed unmap of the VA to compare the leaf's age with, it was excused.
+#[test]
+fn a_window_does_not_excuse_a_leaf_already_stale_when_it_opened() {
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let (a, b) = (mem.alloc_zeroed().unwrap(), mem.alloc_zeroed().unwrap());
+    t.map(VirtAddr(VA), a, LeafAttrs::RW).unwrap();
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Read), Ok(a));
+    t.remap(VirtAddr(VA), b).unwrap();
+    // Say an mprotect of the page: its window opens over a leaf that is already stale.
+    rig.smmu
+        .begin_unmap(ASID, VirtAddr(VA), VirtAddr(VA + 0x1000), 1);
+    assert_eq!(pa_of(&rig.smmu, VA, AccessKind::Write), Ok(a));
+    take_one_stale(
+        &rig.smmu,
+        checker::StaleSource::Iotlb,
+        checker::StaleKind::WrongFrame,
+        "stale before the window",
+    );
+    assert!(rig.smmu.end_unmap(1));
+}
+
 /// A copier over the arena that records the chunks it was given (the stand-in for the Pi's DMA
 /// controller), refusing chunks it cannot reach like the real one.
 struct RecordingCopier<'a> {

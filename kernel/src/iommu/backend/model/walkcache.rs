@@ -27,8 +27,23 @@ pub struct WalkTag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkEntry {
     pub step: TableStep,
+    /// The table descriptors the walk read above `step`, by level (`None` above the start
+    /// level): the entry leads where it did only while memory holds all of them, not just
+    /// `step` (a table unlinked higher up leaves the descriptors below it intact).
+    pub above: Path,
     /// When the entry was filled (the model's clock).
     pub born: u64,
+}
+
+/// Table descriptors read on a walk, by level (0 and 1: those above a level-2 descriptor).
+pub type Path = [Option<TableStep>; 2];
+
+/// `path` with `step` read after it.
+pub fn extend(mut path: Path, step: TableStep) -> Path {
+    if let Some(slot) = path.get_mut(usize::from(step.level)) {
+        *slot = Some(step);
+    }
+    path
 }
 
 /// The walk cache.
@@ -74,10 +89,17 @@ impl WalkCache {
         })
     }
 
-    /// Caches `step`, read on a walk of `va` for (`asid`, `vmid`) at time `born`; when full,
-    /// everything is dropped first (like QEMU's IOTLB, the simplest policy that never keeps an
-    /// entry hardware could not).
-    pub fn insert(&mut self, asid: u16, vmid: u16, va: u64, step: TableStep, born: u64) {
+    /// Caches `step`, read on a walk of `va` for (`asid`, `vmid`) after the descriptors
+    /// `above`, at time `born`; when full, everything is dropped first (like QEMU's IOTLB, the
+    /// simplest policy that never keeps an entry hardware could not).
+    pub fn insert(
+        &mut self,
+        asid: u16,
+        vmid: u16,
+        va: u64,
+        (above, step): (Path, TableStep),
+        born: u64,
+    ) {
         if self.capacity == 0 {
             return;
         }
@@ -91,7 +113,7 @@ impl WalkCache {
             self.entries.clear();
             self.capacity_flushes += 1;
         }
-        self.entries.insert(tag, WalkEntry { step, born });
+        self.entries.insert(tag, WalkEntry { step, above, born });
     }
 
     /// Removes every entry filled before `cached_before` for which `matches` is true; returns
@@ -118,6 +140,19 @@ impl WalkEntry {
     pub fn resume(&self) -> Resume {
         self.step.resume()
     }
+
+    /// The descriptors a walk resumed from this entry has read.
+    pub fn path(&self) -> Path {
+        extend(self.above, self.step)
+    }
+
+    /// Every descriptor the entry depends on, root first.
+    pub fn chain(&self) -> impl Iterator<Item = &TableStep> {
+        self.above
+            .iter()
+            .flatten()
+            .chain(core::iter::once(&self.step))
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -139,8 +174,8 @@ mod tests {
     #[test]
     fn lookup_returns_the_deepest_entry_of_the_asid() {
         let mut c = WalkCache::new(8);
-        c.insert(1, 0, 0x1234_5000, step(0, 0x1000), 1);
-        c.insert(1, 0, 0x1234_5000, step(2, 0x3000), 2);
+        c.insert(1, 0, 0x1234_5000, ([None; 2], step(0, 0x1000)), 1);
+        c.insert(1, 0, 0x1234_5000, ([None; 2], step(2, 0x3000)), 2);
         assert_eq!(
             c.lookup(1, 0, 0x1230_0000).map(|e| e.step.next_table),
             Some(0x3000)
@@ -157,12 +192,12 @@ mod tests {
     #[test]
     fn invalidation_spares_entries_filled_later_and_full_cache_flushes() {
         let mut c = WalkCache::new(2);
-        c.insert(1, 0, 0, step(1, 0x1000), 5);
-        c.insert(1, 0, 0, step(2, 0x2000), 9);
+        c.insert(1, 0, 0, ([None; 2], step(1, 0x1000)), 5);
+        c.insert(1, 0, 0, ([None; 2], step(2, 0x2000)), 9);
         assert_eq!(c.invalidate(6, |_, _| true), 1);
         assert_eq!(c.len(), 1);
-        c.insert(1, 0, 1 << 30, step(1, 0x3000), 10);
-        c.insert(1, 0, 2 << 30, step(1, 0x4000), 11);
+        c.insert(1, 0, 1 << 30, ([None; 2], step(1, 0x3000)), 10);
+        c.insert(1, 0, 2 << 30, ([None; 2], step(1, 0x4000)), 11);
         assert_eq!((c.len(), c.capacity_flushes), (1, 1));
     }
 }
