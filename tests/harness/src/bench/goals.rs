@@ -486,23 +486,34 @@ mod tests {
     /// A run whose kernel counted (va, range) + 1 sync for 16 pages, and QEMU's trace of it in
     /// which the window saw `qemu` (opcode lines, range_inval lines included).
     fn traced(smmu: &str, kernel: (u64, u64), qemu: &str) -> KernelRun {
-        let key = format!("name=smmu.unmap smmu={smmu} strategy=range pages=16");
+        traced_all(&[(smmu, Some(kernel), qemu)])
+    }
+
+    /// One measurement of 16 pages: `(smmu, the kernel's (va, range) count or None if it printed
+    /// none, what QEMU saw in its window)`.
+    type Measured<'a> = (&'a str, Option<(u64, u64)>, &'a str);
+
+    /// [`traced`] for several measurements in one boot, in order.
+    fn traced_all(measured: &[Measured]) -> KernelRun {
         let console = |line: &str| -> String {
             format!("{line}\n")
                 .bytes()
                 .map(|b| format!("pl011_write addr 0x000 value 0x{b:08x} reg DR\n"))
                 .collect()
         };
-        let trace = [
-            console(&format!("# bench-window begin {key}")),
-            qemu.to_string(),
-            console(&format!("# bench-window end {key}")),
-        ]
-        .concat();
-        let log = format!("# bench-window begin {key}\n# bench-window end {key}\n");
-        let mut r = run(unmap(smmu, "range", 16, (kernel.0, kernel.1, 0)));
+        let (mut trace, mut samples) = (String::new(), Vec::new());
+        for &(smmu, kernel, qemu) in measured {
+            let key = format!("name=smmu.unmap smmu={smmu} strategy=range pages=16");
+            trace += &console(&format!("# bench-window begin {key}"));
+            trace += qemu;
+            trace += &console(&format!("# bench-window end {key}"));
+            if let Some((va, range)) = kernel {
+                samples.extend(unmap(smmu, "range", 16, (va, range, 0)));
+            }
+        }
+        let mut r = run(samples);
         let t = crate::bench::qemu_trace::parse(&trace).unwrap();
-        assert!(t.console.contains(&log));
+        assert_eq!(t.windows.len(), measured.len());
         r.qemu = Some(t);
         r
     }
@@ -523,7 +534,11 @@ mod tests {
         assert_eq!(v(traced("mmio", (0, 1), &extra)), Verdict::Fail);
         // A model's unmap reaches QEMU: wrong; nothing there: fine (its counts are the model's).
         assert_eq!(v(traced("model", (0, 1), RANGE_AND_SYNC)), Verdict::Fail);
-        assert_eq!(v(traced("model", (0, 1), "")), Verdict::Pass);
+        let beside_mmio = traced_all(&[
+            ("mmio", Some((0, 1)), RANGE_AND_SYNC),
+            ("model", Some((0, 1)), ""),
+        ]);
+        assert_eq!(v(beside_mmio), Verdict::Pass);
         // A kernel count without a window.
         let mut lost = traced("mmio", (0, 1), RANGE_AND_SYNC);
         lost.qemu.as_mut().unwrap().windows.clear();
@@ -532,6 +547,53 @@ mod tests {
         assert_eq!(
             v(run(unmap("mmio", "range", 16, (0, 1, 0)))),
             Verdict::NotMeasured
+        );
+    }
+
+    /// A model's windows say only that nothing reached QEMU: without one unmap on QEMU's SMMU
+    /// compared with the kernel (its probe failed, `smmu.unmap` skipped it), the goal has no
+    /// evidence and must not pass.
+    #[test]
+    fn model_windows_alone_are_not_a_pass() {
+        let v = |r: KernelRun| verdict(&check(&[r], &[]), QEMU_COUNTS);
+        assert_eq!(v(traced("model-noril", (16, 0), "")), Verdict::NotMeasured);
+        assert_eq!(v(traced("model", (0, 1), "")), Verdict::NotMeasured);
+        // A command in a model's window still fails, alone or not.
+        assert_eq!(v(traced("model", (0, 1), RANGE_AND_SYNC)), Verdict::Fail);
+    }
+
+    /// `bench.pages=16,16` (or `PEER_PAGES=16,16`) measures one key twice: the n-th count is
+    /// checked against the n-th window with that key and its own kinds, not every count against
+    /// the first window and the first count's kinds.
+    #[test]
+    fn a_key_measured_twice_is_checked_window_by_window() {
+        let v = |r: KernelRun| verdict(&check(&[r], &[]), QEMU_COUNTS);
+        let range = ("mmio", Some((0, 1)), RANGE_AND_SYNC);
+        assert_eq!(v(traced_all(&[range, range])), Verdict::Pass);
+        let per_page = RANGE_AND_SYNC.replace("tg=1", "tg=0");
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", Some((1, 0)), &per_page)])),
+            Verdict::Pass
+        );
+        // The second window saw a command more than the second count.
+        let extra = format!("{RANGE_AND_SYNC}smmuv3_cmdq_opcode <--- SMMU_CMD_SYNC\n");
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", Some((0, 1)), &extra)])),
+            Verdict::Fail
+        );
+        // The second count says per page, its window saw a range command.
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", Some((1, 0)), RANGE_AND_SYNC)])),
+            Verdict::Fail
+        );
+        // Two counts, one window.
+        let mut lost = traced_all(&[range, range]);
+        lost.qemu.as_mut().unwrap().windows.pop();
+        assert_eq!(v(lost), Verdict::Fail);
+        // Two windows, one count: what QEMU saw in the second is checked against nothing.
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", None, &extra)])),
+            Verdict::Fail
         );
     }
 
