@@ -116,7 +116,7 @@ pub struct QemuTrace {
     pub windows: Vec<Window>,
     /// In boot order, one entry per segment that saw commands.
     pub outside: Vec<Outside>,
-    /// The console as the trace rebuilt it (`\r` dropped).
+    /// The console as the trace rebuilt it (UTF-8, `\r` dropped).
     pub console: String,
 }
 
@@ -215,7 +215,8 @@ fn parse_key(text: &str) -> Option<(String, Vec<(String, String)>)> {
 /// The parser's state while it walks the trace.
 struct Splitter {
     out: QemuTrace,
-    line: String,
+    /// The console line being received: bytes, decoded as UTF-8 once the line ends.
+    line: Vec<u8>,
     open: Option<Window>,
     segment: String,
     /// A `TLBI_NH_VA` waiting for its first `smmuv3_range_inval`.
@@ -250,14 +251,14 @@ impl Splitter {
     fn console_byte(&mut self, byte: u8) -> Result<(), TraceError> {
         match byte {
             b'\n' => {
-                let line = std::mem::take(&mut self.line);
+                let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
                 self.out.console.push_str(&line);
                 self.out.console.push('\n');
                 self.console_line(line.trim())
             }
             b'\r' => Ok(()),
             b => {
-                self.line.push(char::from(b));
+                self.line.push(b);
                 Ok(())
             }
         }
@@ -352,7 +353,7 @@ fn is_zero(v: &str) -> bool {
 pub fn parse(text: &str) -> Result<QemuTrace, TraceError> {
     let mut s = Splitter {
         out: QemuTrace::default(),
-        line: String::new(),
+        line: Vec::new(),
         open: None,
         segment: "boot".into(),
         pending_va: None,
@@ -380,9 +381,7 @@ pub fn parse(text: &str) -> Result<QemuTrace, TraceError> {
             w.name
         )));
     }
-    if !s.line.is_empty() {
-        s.out.console.push_str(&s.line);
-    }
+    s.out.console.push_str(&String::from_utf8_lossy(&s.line));
     Ok(s.out)
 }
 
