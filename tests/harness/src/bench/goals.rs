@@ -1,7 +1,8 @@
 //! The performance goals of issues 7 and 16, checked on measured results. A goal whose data is
 //! missing is reported as not measured, never as passed.
 
-use super::{host, HostResult, KernelRun};
+use super::qemu_trace::{QemuTrace, Window};
+use super::{host, HostResult, KernelRun, Sample};
 
 /// The outcome of one goal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,64 +106,38 @@ pub fn check(kernel: &[KernelRun], host_results: &[HostResult]) -> Vec<Goal> {
 }
 
 /// Every unmap the kernel counted on QEMU's SMMU (`smmu=mmio`) against what QEMU's trace saw in
-/// its window, kind by kind; a count without a window fails, and so does a command QEMU saw in
-/// a window of a software model's unmap (those never reach QEMU).
+/// its window, kind by kind. A key measured twice (`bench.pages=16,16`) has two windows: the
+/// n-th count of a key goes with the n-th window of that key. A count without its window fails,
+/// so does a window without its count, and a command QEMU saw in a window of a software model's
+/// unmap (those never reach QEMU). Model windows alone are no evidence: if no unmap on QEMU's
+/// SMMU was compared, only their failures count.
 fn qemu_counts(kernel: &[KernelRun]) -> Goal {
     let mut checks = Vec::new();
+    let mut model_checks = Vec::new();
     for run in kernel {
         let Some(trace) = &run.qemu else {
             continue;
         };
-        let counted = run.samples.iter().filter(|s| {
-            s.metric == "commands"
-                && s.param("smmu") == Some("mmio")
-                && s.param("strategy") != Some("floor")
-        });
-        for s in counted {
-            let key: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let at = format!("{} {} {}", run.board, s.name, key.join(" "));
-            let Some(w) = trace
-                .windows
-                .iter()
-                .find(|w| w.name == s.name && w.params == s.params)
-            else {
-                checks.push((
-                    false,
-                    format!("{at}: counted by the kernel, no window in QEMU's trace"),
-                ));
-                continue;
-            };
-            let params: Vec<(&str, &str)> = s
-                .params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let mine: Vec<(String, Option<u64>)> = KERNEL_KINDS
-                .iter()
-                .map(|k| (k.to_string(), run.value(&s.name, &params, k)))
-                .collect();
-            let same = mine.iter().all(|(k, n)| *n == Some(w.counts.get(k)))
-                && w.counts.commands() == s.value;
-            let kernel_says: Vec<String> = mine
-                .iter()
-                .map(|(k, n)| format!("{} {k}", n.map_or("?".into(), |n| n.to_string())))
-                .collect();
-            checks.push((
-                same,
-                format!(
-                    "{at}: QEMU {} / kernel {} ({} total)",
-                    w.counts,
-                    kernel_says.join(", "),
-                    s.value
-                ),
-            ));
+        let counted: Vec<&Sample> = run
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == "commands"
+                    && s.param("smmu") == Some("mmio")
+                    && s.param("strategy") != Some("floor")
+            })
+            .collect();
+        for (i, s) in counted.iter().enumerate() {
+            let nth = counted[..i].iter().filter(|c| same_key(c, s)).count();
+            checks.push(compare_window(run, trace, s, nth));
         }
+        checks.extend(uncounted_windows(run, trace, &counted));
         for w in trace
             .windows
             .iter()
             .filter(|w| w.param("smmu").is_some_and(|s| s != "mmio"))
         {
-            checks.push((
+            model_checks.push((
                 w.counts.commands() == 0,
                 format!(
                     "{} {} on {}: QEMU saw {} (a model's commands never reach QEMU)",
@@ -174,11 +149,105 @@ fn qemu_counts(kernel: &[KernelRun]) -> Goal {
             ));
         }
     }
+    let compared = !checks.is_empty();
+    checks.extend(model_checks.into_iter().filter(|(ok, _)| compared || !ok));
     goal(
         QEMU_COUNTS,
         "QEMU's trace counts the same SMMU commands, kind by kind, as the kernel in every measured unmap on QEMU's SMMU",
         checks,
     )
+}
+
+fn same_key(a: &Sample, b: &Sample) -> bool {
+    a.name == b.name && a.params == b.params
+}
+
+/// The windows with `s`'s key, in boot order.
+fn windows_of<'a>(trace: &'a QemuTrace, s: &'a Sample) -> impl Iterator<Item = &'a Window> + 'a {
+    trace
+        .windows
+        .iter()
+        .filter(|w| w.name == s.name && w.params == s.params)
+}
+
+/// `board name k=v ...`, for a check's message.
+fn at(run: &KernelRun, s: &Sample) -> String {
+    let key: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{} {} {}", run.board, s.name, key.join(" "))
+}
+
+/// The `nth` count of `total`'s key against the `nth` window with that key, kind by kind.
+fn compare_window(
+    run: &KernelRun,
+    trace: &QemuTrace,
+    total: &Sample,
+    nth: usize,
+) -> (bool, String) {
+    let Some(w) = windows_of(trace, total).nth(nth) else {
+        return (
+            false,
+            format!(
+                "{}: counted by the kernel (measurement {}), no window in QEMU's trace",
+                at(run, total),
+                nth + 1
+            ),
+        );
+    };
+    let mine: Vec<(&str, Option<u64>)> = KERNEL_KINDS
+        .iter()
+        .map(|k| {
+            let value = run
+                .samples
+                .iter()
+                .filter(|s| s.metric == *k && same_key(s, total))
+                .nth(nth)
+                .map(|s| s.value);
+            (*k, value)
+        })
+        .collect();
+    let same =
+        mine.iter().all(|(k, n)| *n == Some(w.counts.get(k))) && w.counts.commands() == total.value;
+    let kernel_says: Vec<String> = mine
+        .iter()
+        .map(|(k, n)| format!("{} {k}", n.map_or("?".into(), |n| n.to_string())))
+        .collect();
+    (
+        same,
+        format!(
+            "{}: QEMU {} / kernel {} ({} total)",
+            at(run, total),
+            w.counts,
+            kernel_says.join(", "),
+            total.value
+        ),
+    )
+}
+
+/// A failed check for each counted key with more windows than counts: what QEMU saw in the
+/// extra window is compared with nothing.
+fn uncounted_windows(
+    run: &KernelRun,
+    trace: &QemuTrace,
+    counted: &[&Sample],
+) -> Vec<(bool, String)> {
+    let mut checks = Vec::new();
+    for (i, s) in counted.iter().enumerate() {
+        if counted[..i].iter().any(|c| same_key(c, s)) {
+            continue;
+        }
+        let counts = counted.iter().filter(|c| same_key(c, s)).count();
+        let windows = windows_of(trace, s).count();
+        if windows > counts {
+            checks.push((
+                false,
+                format!(
+                    "{}: {windows} windows in QEMU's trace, {counts} counted by the kernel",
+                    at(run, s)
+                ),
+            ));
+        }
+    }
+    checks
 }
 
 /// The SMMUs (`smmu=` labels) of a run that implement range invalidation.
@@ -384,7 +453,6 @@ fn empty_dispatch_2x(results: &[HostResult]) -> Goal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::Sample;
 
     fn sample(smmu: &str, strategy: &str, pages: u64, metric: &str, value: u64) -> Sample {
         Sample {
@@ -602,23 +670,34 @@ mod tests {
     /// A run whose kernel counted (va, range) + 1 sync for 16 pages, and QEMU's trace of it in
     /// which the window saw `qemu` (opcode lines, range_inval lines included).
     fn traced(smmu: &str, kernel: (u64, u64), qemu: &str) -> KernelRun {
-        let key = format!("name=smmu.unmap smmu={smmu} strategy=range pages=16");
+        traced_all(&[(smmu, Some(kernel), qemu)])
+    }
+
+    /// One measurement of 16 pages: `(smmu, the kernel's (va, range) count or None if it printed
+    /// none, what QEMU saw in its window)`.
+    type Measured<'a> = (&'a str, Option<(u64, u64)>, &'a str);
+
+    /// [`traced`] for several measurements in one boot, in order.
+    fn traced_all(measured: &[Measured]) -> KernelRun {
         let console = |line: &str| -> String {
             format!("{line}\n")
                 .bytes()
                 .map(|b| format!("pl011_write addr 0x000 value 0x{b:08x} reg DR\n"))
                 .collect()
         };
-        let trace = [
-            console(&format!("# bench-window begin {key}")),
-            qemu.to_string(),
-            console(&format!("# bench-window end {key}")),
-        ]
-        .concat();
-        let log = format!("# bench-window begin {key}\n# bench-window end {key}\n");
-        let mut r = run(unmap(smmu, "range", 16, (kernel.0, kernel.1, 0)));
+        let (mut trace, mut samples) = (String::new(), Vec::new());
+        for &(smmu, kernel, qemu) in measured {
+            let key = format!("name=smmu.unmap smmu={smmu} strategy=range pages=16");
+            trace += &console(&format!("# bench-window begin {key}"));
+            trace += qemu;
+            trace += &console(&format!("# bench-window end {key}"));
+            if let Some((va, range)) = kernel {
+                samples.extend(unmap(smmu, "range", 16, (va, range, 0)));
+            }
+        }
+        let mut r = run(samples);
         let t = crate::bench::qemu_trace::parse(&trace).unwrap();
-        assert!(t.console.contains(&log));
+        assert_eq!(t.windows.len(), measured.len());
         r.qemu = Some(t);
         r
     }
@@ -639,7 +718,11 @@ mod tests {
         assert_eq!(v(traced("mmio", (0, 1), &extra)), Verdict::Fail);
         // A model's unmap reaches QEMU: wrong; nothing there: fine (its counts are the model's).
         assert_eq!(v(traced("model", (0, 1), RANGE_AND_SYNC)), Verdict::Fail);
-        assert_eq!(v(traced("model", (0, 1), "")), Verdict::Pass);
+        let beside_mmio = traced_all(&[
+            ("mmio", Some((0, 1)), RANGE_AND_SYNC),
+            ("model", Some((0, 1)), ""),
+        ]);
+        assert_eq!(v(beside_mmio), Verdict::Pass);
         // A kernel count without a window.
         let mut lost = traced("mmio", (0, 1), RANGE_AND_SYNC);
         lost.qemu.as_mut().unwrap().windows.clear();
@@ -648,6 +731,53 @@ mod tests {
         assert_eq!(
             v(run(unmap("mmio", "range", 16, (0, 1, 0)))),
             Verdict::NotMeasured
+        );
+    }
+
+    /// A model's windows say only that nothing reached QEMU: without one unmap on QEMU's SMMU
+    /// compared with the kernel (its probe failed, `smmu.unmap` skipped it), the goal has no
+    /// evidence and must not pass.
+    #[test]
+    fn model_windows_alone_are_not_a_pass() {
+        let v = |r: KernelRun| verdict(&check(&[r], &[]), QEMU_COUNTS);
+        assert_eq!(v(traced("model-noril", (16, 0), "")), Verdict::NotMeasured);
+        assert_eq!(v(traced("model", (0, 1), "")), Verdict::NotMeasured);
+        // A command in a model's window still fails, alone or not.
+        assert_eq!(v(traced("model", (0, 1), RANGE_AND_SYNC)), Verdict::Fail);
+    }
+
+    /// `bench.pages=16,16` (or `PEER_PAGES=16,16`) measures one key twice: the n-th count is
+    /// checked against the n-th window with that key and its own kinds, not every count against
+    /// the first window and the first count's kinds.
+    #[test]
+    fn a_key_measured_twice_is_checked_window_by_window() {
+        let v = |r: KernelRun| verdict(&check(&[r], &[]), QEMU_COUNTS);
+        let range = ("mmio", Some((0, 1)), RANGE_AND_SYNC);
+        assert_eq!(v(traced_all(&[range, range])), Verdict::Pass);
+        let per_page = RANGE_AND_SYNC.replace("tg=1", "tg=0");
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", Some((1, 0)), &per_page)])),
+            Verdict::Pass
+        );
+        // The second window saw a command more than the second count.
+        let extra = format!("{RANGE_AND_SYNC}smmuv3_cmdq_opcode <--- SMMU_CMD_SYNC\n");
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", Some((0, 1)), &extra)])),
+            Verdict::Fail
+        );
+        // The second count says per page, its window saw a range command.
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", Some((1, 0)), RANGE_AND_SYNC)])),
+            Verdict::Fail
+        );
+        // Two counts, one window.
+        let mut lost = traced_all(&[range, range]);
+        lost.qemu.as_mut().unwrap().windows.pop();
+        assert_eq!(v(lost), Verdict::Fail);
+        // Two windows, one count: what QEMU saw in the second is checked against nothing.
+        assert_eq!(
+            v(traced_all(&[range, ("mmio", None, &extra)])),
+            Verdict::Fail
         );
     }
 

@@ -462,4 +462,34 @@ ok 1 smmu
         assert!(parse_estimate(&meta, &serde_json::json!({"mean": {}})).is_none());
         assert!(read_criterion(Path::new("/nonexistent/criterion")).is_err());
     }
+
+    /// QEMU's trace of the console `text` (one pl011_write line per byte).
+    fn uart_trace(text: &str) -> String {
+        text.bytes()
+            .map(|b| format!("pl011_write addr 0x000 value 0x{b:08x} reg DR\n"))
+            .collect()
+    }
+
+    /// The trace must be this log's boot: the same benchmark lines in the same order, whatever
+    /// the line ends (the log has the tty's CR LF, the trace's console drops CR).
+    #[test]
+    fn a_trace_of_another_boot_is_refused() {
+        let run = || KernelRun::parse("b", LOG).unwrap();
+        let crlf = LOG.replace('\n', "\r\n");
+        assert!(run().with_qemu_trace(&crlf, &uart_trace(LOG)).is_ok());
+        let other = LOG.replace("value=2 unit=commands", "value=3 unit=commands");
+        let err = run().with_qemu_trace(LOG, &uart_trace(&other)).unwrap_err();
+        assert!(err.contains("another boot"), "{err}");
+        let cut = &LOG[..LOG.find("# bench name=").unwrap()];
+        assert!(run().with_qemu_trace(LOG, &uart_trace(cut)).is_err());
+        // Non-ASCII in a benchmark line is the same text on both sides.
+        let utf8 = LOG.replace(
+            "(1 of 1 tests selected)",
+            "(1 of 1 tests selected)\n# bench-note µs",
+        );
+        assert!(KernelRun::parse("b", &utf8)
+            .unwrap()
+            .with_qemu_trace(&utf8, &uart_trace(&utf8))
+            .is_ok());
+    }
 }

@@ -116,7 +116,7 @@ pub struct QemuTrace {
     pub windows: Vec<Window>,
     /// In boot order, one entry per segment that saw commands.
     pub outside: Vec<Outside>,
-    /// The console as the trace rebuilt it (`\r` dropped).
+    /// The console as the trace rebuilt it (UTF-8, `\r` dropped).
     pub console: String,
 }
 
@@ -215,7 +215,8 @@ fn parse_key(text: &str) -> Option<(String, Vec<(String, String)>)> {
 /// The parser's state while it walks the trace.
 struct Splitter {
     out: QemuTrace,
-    line: String,
+    /// The console line being received: bytes, decoded as UTF-8 once the line ends.
+    line: Vec<u8>,
     open: Option<Window>,
     segment: String,
     /// A `TLBI_NH_VA` waiting for its first `smmuv3_range_inval`.
@@ -250,14 +251,14 @@ impl Splitter {
     fn console_byte(&mut self, byte: u8) -> Result<(), TraceError> {
         match byte {
             b'\n' => {
-                let line = std::mem::take(&mut self.line);
+                let line = String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned();
                 self.out.console.push_str(&line);
                 self.out.console.push('\n');
                 self.console_line(line.trim())
             }
             b'\r' => Ok(()),
             b => {
-                self.line.push(char::from(b));
+                self.line.push(b);
                 Ok(())
             }
         }
@@ -352,7 +353,7 @@ fn is_zero(v: &str) -> bool {
 pub fn parse(text: &str) -> Result<QemuTrace, TraceError> {
     let mut s = Splitter {
         out: QemuTrace::default(),
-        line: String::new(),
+        line: Vec::new(),
         open: None,
         segment: "boot".into(),
         pending_va: None,
@@ -380,9 +381,7 @@ pub fn parse(text: &str) -> Result<QemuTrace, TraceError> {
             w.name
         )));
     }
-    if !s.line.is_empty() {
-        s.out.console.push_str(&s.line);
-    }
+    s.out.console.push_str(&String::from_utf8_lossy(&s.line));
     Ok(s.out)
 }
 
@@ -500,5 +499,128 @@ mod tests {
             &console(&format!("# bench-window begin {KEY}\n")),
         );
         assert!(parse(&nested).is_err());
+    }
+
+    /// The window around `body`, with `KEY`.
+    fn windowed(body: &str) -> String {
+        [
+            console(&format!("    # bench-window begin {KEY}\n")),
+            body.to_string(),
+            console(&format!("    # bench-window end {KEY}\n")),
+        ]
+        .concat()
+    }
+
+    /// The UART carries bytes; the log they are compared with is UTF-8 text. A character of
+    /// several bytes is one character of the console, not one per byte.
+    #[test]
+    fn the_console_is_rebuilt_as_utf8() {
+        let text = "Shootdown – 4 µs\n";
+        assert_eq!(parse(&console(text)).unwrap().console, text);
+        // Bytes that are not UTF-8 are replaced, and the markers after them still split.
+        let garbage = [0xffu8, 0xfe, b'\n']
+            .iter()
+            .map(|b| format!("pl011_write addr 0x000 value 0x{b:08x} reg DR\n"))
+            .collect::<String>();
+        let t = parse(&(garbage + &windowed(&opcode("SYNC")))).unwrap();
+        assert!(
+            t.console.starts_with("\u{fffd}\u{fffd}\n"),
+            "{:?}",
+            t.console
+        );
+        assert_eq!(t.windows[0].counts.to_string(), "1 sync");
+    }
+
+    /// Another CPU's bytes inside a marker line break it: an error (a window that never began,
+    /// never ended, or ends another), never a window with a wrong key. Whole lines printed
+    /// between the markers (kernel messages, other results) change nothing.
+    #[test]
+    fn interleaved_console_output_is_an_error_or_harmless() {
+        let begin = format!("    # bench-window begin {KEY}\n");
+        // A line of k=v tokens, the worst case: the broken marker still parses as a key.
+        let (head, tail) = begin.split_at(40);
+        let split = sample_trace().replace(
+            &console(&begin),
+            &[console(head), console("x=1\n"), console(tail)].concat(),
+        );
+        assert!(parse(&split).unwrap_err().reason.contains("is open"));
+        // A partial line (printk without a newline) before a marker hides it.
+        let end = format!("    # bench-window end {KEY}\n");
+        let hidden_end =
+            sample_trace().replace(&console(&end), &console(&format!("[ 1.0] cut{end}")));
+        assert!(parse(&hidden_end)
+            .unwrap_err()
+            .reason
+            .contains("never ended"));
+        let hidden_begin = sample_trace().replace(
+            &console(&begin),
+            &console(&format!("cut{}", begin.trim_start())),
+        );
+        assert!(parse(&hidden_begin)
+            .unwrap_err()
+            .reason
+            .contains("never began"));
+        // Whole lines between the markers.
+        let between = sample_trace().replace(
+            &inval(0, 1),
+            &[
+                inval(0, 1),
+                console("[    1.000000] vfio-pci 0000:00:02.0: a warning\r\n"),
+                console("    # bench name=smmu.iotlb_hit_rate smmu=model metric=hits value=1 unit=lookups\n"),
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            parse(&between).unwrap().windows,
+            parse(&sample_trace()).unwrap().windows
+        );
+        // CR LF (a tty's ONLCR) ends a marker like LF.
+        let crlf = sample_trace().replace(&console(&end), &console(&end.replace('\n', "\r\n")));
+        assert_eq!(parse(&crlf).unwrap(), parse(&sample_trace()).unwrap());
+    }
+
+    /// A TLBI_NH_VA's TG comes from the range_inval lines QEMU writes while executing it, right
+    /// after its opcode line. Without them (QEMU before 8.1 names the event
+    /// smmuv3_s1_range_inval) the next command is an error, never a guess from another
+    /// command's lines; TLBI_NH_VAA's lines never stand for a TLBI_NH_VA.
+    #[test]
+    fn range_inval_lines_belong_to_the_command_before_them() {
+        let two_va = [opcode("TLBI_NH_VA"), opcode("TLBI_NH_VA"), inval(1, 16)].concat();
+        assert!(parse(&windowed(&two_va))
+            .unwrap_err()
+            .reason
+            .contains("range_inval"));
+        let old_name = inval(0, 1).replace("smmuv3_range_inval", "smmuv3_s1_range_inval");
+        let old = [opcode("TLBI_NH_VA"), old_name, opcode("SYNC")].concat();
+        assert!(parse(&windowed(&old)).is_err());
+        let vaa = [opcode("TLBI_NH_VAA"), inval(1, 16), opcode("SYNC")].concat();
+        let t = parse(&windowed(&vaa)).unwrap();
+        assert_eq!(t.windows[0].counts.to_string(), "1 sync, 1 tlbi_nh_vaa");
+    }
+
+    /// Lines exactly as QEMU 10.0.2 writes them (`-D`; `-msg timestamp=on` adds `pid@time:`).
+    #[test]
+    fn qemu_10_lines_are_read() {
+        let lines = "smmuv3_cmdq_opcode <--- SMMU_CMD_TLBI_NH_VA\n\
+            smmuv3_range_inval vmid=-1 asid=1 addr=0x4000000000 tg=1 num_pages=0x10 ttl=0 leaf=1 stage=1\n\
+            31940@1796605182.189211:smmuv3_cmdq_opcode <--- SMMU_CMD_SYNC\n\
+            smmuv3_record_event SMMU_EVT_F_TRANSLATION sid=0x10\n";
+        let t = parse(&windowed(lines)).unwrap();
+        assert_eq!(
+            t.windows[0].counts.to_string(),
+            "1 event:F_TRANSLATION, 1 sync, 1 tlbi_va_range"
+        );
+    }
+
+    /// A trace cut off inside a window (QEMU killed) is an error; so is an empty one. A boot
+    /// without markers has no windows (the goal then says not measured).
+    #[test]
+    fn cut_empty_and_unmarked_traces() {
+        let text = sample_trace();
+        let cut = &text[..text.find("SMMU_CMD_TLBI_NH_VA").unwrap() + 12];
+        assert!(parse(cut).unwrap_err().reason.contains("never ended"));
+        assert!(parse("").unwrap_err().reason.contains("pl011_write"));
+        let unmarked = [console("KTAP version 1\n"), opcode("SYNC")].concat();
+        assert!(parse(&unmarked).unwrap().windows.is_empty());
     }
 }
