@@ -91,7 +91,8 @@ static void marker(const char *fmt, ...)
 	vprintf(fmt, ap);
 	va_end(ap);
 	fflush(stdout);
-	tcdrain(STDOUT_FILENO);
+	if (tcdrain(STDOUT_FILENO))
+		die("tcdrain (stdout must be the console tty: the markers order the trace)");
 }
 
 static uint32_t pattern(uint64_t page)
