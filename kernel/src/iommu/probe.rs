@@ -24,15 +24,16 @@
 
 use core::fmt;
 
+use crate::board::bootargs::SmmuStrategy;
 use crate::board::dt::Range;
 use crate::board::{Bdf, BootArgs, IommuMap};
 use crate::iommu::backend::inject::InjectingBackend;
 use crate::iommu::backend::mmio::{GenericTimerClock, MmioSmmu};
+use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
+use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
-use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
-use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::spec::event::EventRecord;
 use crate::iommu::sva::{Sva, SvaDomain};
 use crate::mm::ram::{LinearMap, RamFrames};
@@ -125,8 +126,6 @@ pub struct Platform {
 pub struct Options {
     /// The invalidation strategy (`smmu.strategy=` or `strategy=`; default `auto`).
     pub strategy: Strategy,
-    /// A strategy name nobody knows (then `auto`), reported when the driver is configured.
-    pub unknown_strategy: Option<alloc::string::String>,
     /// `smmu.skip_invalidate=1`: debug only, breaks coherence.
     pub skip_invalidate: bool,
 }
@@ -134,13 +133,20 @@ pub struct Options {
 impl Options {
     /// The settings in the boot arguments.
     pub fn from_bootargs(args: &BootArgs) -> Self {
-        let name = args.get("smmu.strategy").or_else(|| args.get("strategy"));
-        let strategy = name.and_then(Strategy::from_name);
         Self {
-            strategy: strategy.unwrap_or(Strategy::Auto),
-            unknown_strategy: name.filter(|_| strategy.is_none()).map(Into::into),
-            skip_invalidate: args.flag("smmu.skip_invalidate"),
+            strategy: strategy(args.smmu_strategy),
+            skip_invalidate: args.smmu_skip_invalidate,
         }
+    }
+}
+
+/// The planner's strategy for what `smmu.strategy=` asked (`auto` when nothing was).
+pub fn strategy(asked: Option<SmmuStrategy>) -> Strategy {
+    match asked {
+        Some(SmmuStrategy::PerPage) => Strategy::PerPage,
+        Some(SmmuStrategy::Range) => Strategy::Range,
+        Some(SmmuStrategy::Asid) => Strategy::Asid,
+        Some(SmmuStrategy::Auto) | None => Strategy::Auto,
     }
 }
 
@@ -194,9 +200,6 @@ fn probe(platform: &Platform) -> Probe {
     // the soak arms it.
     let backend: &'static dyn SmmuBackend =
         INJECTOR.call_once(|| InjectingBackend::new(backend, &LINEAR));
-    if let Some(name) = &platform.options.unknown_strategy {
-        log::warn!("smmu: unknown strategy {name:?} (per-page, range, asid, auto): using auto");
-    }
     let config = SmmuConfig {
         strategy: platform.options.strategy,
         ..SmmuConfig::default()

@@ -54,11 +54,7 @@ impl Device {
             ));
         };
         let mut bus = PcieBus::new(host).map_err(fail)?;
-        let mask = bootargs()
-            .number("edu.dma_mask")
-            .and_then(Result::ok)
-            .unwrap_or(edu::DEFAULT_DMA_MASK);
-        Edu::probe_all(&mut bus, mask)
+        Edu::probe_all(&mut bus, edu_dma_mask())
             .map_err(fail)?
             .into_iter()
             .map(|edu| {
@@ -66,6 +62,20 @@ impl Device {
                 Ok((Device::Edu(edu), sid))
             })
             .collect()
+    }
+
+    /// The highest bus address the device can emit (the model engine: any).
+    pub fn dma_mask(&self) -> u64 {
+        match self {
+            Device::Edu(e) => e.dma_mask(),
+            Device::Model(..) => u64::MAX,
+        }
+    }
+
+    /// True if the device can emit every address of `[addr, addr + len)`.
+    pub fn reaches(&self, addr: u64, len: usize) -> bool {
+        addr.checked_add(len as u64 - 1)
+            .is_some_and(|last| last & !self.dma_mask() == 0)
     }
 
     /// True for QEMU's `edu` (slow: ~100 ms per transfer).
@@ -126,6 +136,14 @@ impl Device {
         match self {
             Device::Edu(e) => e.start_dma(Direction::ToMemory, va, 0, len).map_err(fail),
             Device::Model(..) => self.store(va, len).map(|_| ()),
+        }
+    }
+
+    /// True while a transfer [`Device::start_store`] started has not finished.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Device::Edu(e) => e.is_busy(),
+            Device::Model(..) => false,
         }
     }
 

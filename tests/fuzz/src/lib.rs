@@ -9,12 +9,14 @@
 //! | `dt` | the device-tree reader on corrupted blobs | [`dt`] |
 //! | `ktap` | the harness's KTAP parser and JUnit writer | [`ktap`] |
 //! | `sdcl` | the chainloader protocol's reply-line parser and header decoder | [`sdcl`] |
+//! | `bootargs` | the kernel's boot-argument parser | [`bootargs`] |
 //!
 //! libFuzzer runs them from `libfuzzer/` (`make fuzz`); `tests/replay.rs` runs the seed
 //! corpora (`corpus/<target>/`) and every input that ever failed (`regressions/<target>/`) on
 //! the stable toolchain, as part of `cargo test`.
 
 pub mod aspace;
+pub mod bootargs;
 pub mod dt;
 pub mod fdt;
 pub mod input;
@@ -31,7 +33,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         name: "aspace",
         run: aspace::fuzz,
@@ -51,5 +53,9 @@ pub const TARGETS: [Target; 5] = [
     Target {
         name: "sdcl",
         run: sdcl::fuzz,
+    },
+    Target {
+        name: "bootargs",
+        run: bootargs::fuzz,
     },
 ];

@@ -250,6 +250,25 @@ impl Profile {
         })
     }
 
+    /// A matrix entry as a profile: its machine and raw arguments, no boot arguments.
+    pub fn from_matrix_entry(e: &crate::matrix::Entry) -> Self {
+        Profile {
+            name: e.name.clone(),
+            description: String::new(),
+            machine: e.machine.clone(),
+            cpu: None,
+            smp: None,
+            memory: None,
+            dtb: None,
+            devices: Vec::new(),
+            args: e.args.clone(),
+            bootargs: String::new(),
+            timeout: e.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            test_timeout: None,
+            firmware_banner: None,
+        }
+    }
+
     /// The QEMU arguments that describe the board (machine, CPUs, memory, DTB, devices, extra
     /// arguments), with relative paths resolved against `root`.
     pub fn board_args(&self, root: &Path) -> Vec<String> {
