@@ -280,6 +280,8 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
         };
         let log_path = log_dir.join(format!("{stem}.log"));
         let mut cap = boot_once(&p.command, limits, &log_dir, &stem, o.verbose)?;
+        let skipped = p.profile.check_must_run(&cap.document);
+        cap.board_checks.extend(skipped);
         if let Some(banner) = &p.profile.firmware_banner {
             if !cap
                 .document
