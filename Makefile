@@ -32,13 +32,15 @@ $(BUILD)/toolchain.mk: .cargo/toolchain.sh
 	@mkdir -p $(BUILD)
 	@bash .cargo/toolchain.sh > $@.tmp && mv $@.tmp $@
 
-.PHONY: help image run gdb setup uboot-disk test test-loom test-boards test-kunit lint qemu dtb clean FORCE soak test-soak
+.PHONY: help image run gdb setup uboot-disk test test-loom test-boards test-kunit lint qemu dtb clean FORCE soak test-soak \
+    test-matrix test-matrix-sample
 
 help:
 	@echo "make image   build $(KERNEL_IMG) (arm64 Image) and $(KERNEL_ELF) (ELF with symbols)"
 	@echo "make run     boot BOARD=$(BOARD) in QEMU [BOOTARGS=... QEMU_ARGS=... TRACE=out.json]"
 	@echo "make test    lint, host unit tests + in-kernel tests on: $(TEST_BOARDS)"
 	@echo "make lint    clippy -D warnings: the host workspace, the kernel and chainloader builds"
+	@echo "make test-matrix  ktest=* on every QEMU line of $(MATRIX) (make test runs $(MATRIX_SAMPLE) of them)"
 	@echo "make soak    the soak on virt-smmu and raspi4b [SEEDS='1 2' ROUNDS=8 FAULTS=all]"
 	@echo "make fuzz    libFuzzer on every fuzz target [FUZZ_SECONDS=300 FUZZ_TARGETS='aspace dt']"
 	@echo "make stress  host threads: CPUs change shared bound address spaces, devices DMA without pause [STRESS_SEED=1 STRESS_ACCESSES=10000000]"
@@ -100,6 +102,7 @@ test: setup
 	@$(MAKE) --no-print-directory test-fuzz
 	@$(MAKE) --no-print-directory test-loom
 	@$(MAKE) --no-print-directory test-boards
+	@$(MAKE) --no-print-directory test-matrix-sample
 	@$(MAKE) --no-print-directory test-kunit
 	@$(MAKE) --no-print-directory test-labgrid
 	@$(MAKE) --no-print-directory test-labgrid-farm
@@ -127,6 +130,20 @@ test-loom:
 test-boards: image $(HARNESS) qemu $(PI_DTB)
 	$(HARNESS) test --board $(subst $(space),$(comma),$(TEST_BOARDS)) --kernel $(KERNEL_IMG) \
 	    --bootargs "ktest=* $(BOOTARGS)" --junit $(BUILD)/junit.xml $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+# QEMU lines as users write them (qemu/matrix.toml: slots, masks, GICs, CPUs, RAM, EL2, CPU
+# models; no -append but ktest=*). `make test` runs MATRIX_SAMPLE of them, a window that moves
+# with the UTC date (consecutive days cover the whole matrix; MATRIX_ROTATE=20261207 replays a day).
+MATRIX        := qemu/matrix.toml
+MATRIX_SAMPLE ?= 2
+MATRIX_ROTATE ?= $(shell date -u +%Y%m%d)
+
+test-matrix: image $(HARNESS) qemu
+	$(HARNESS) matrix --file $(MATRIX) --kernel $(KERNEL_IMG) --junit $(BUILD)/junit-matrix.xml
+
+test-matrix-sample: image $(HARNESS) qemu
+	$(HARNESS) matrix --file $(MATRIX) --kernel $(KERNEL_IMG) --sample $(MATRIX_SAMPLE) \
+	    --rotate-by $(MATRIX_ROTATE) --junit $(BUILD)/junit-matrix-sample.xml
 
 # Everything `make test` needs from outside, installed once, one after the other, before any
 # test runs (qemu/install.sh holds one lock across all of it): tests never install.

@@ -66,16 +66,16 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
             rt::exit(ExitCode::BootError);
         }
     };
-    let args = BootArgs::parse(&info.bootargs);
+    let parsed = BootArgs::parse(&info.bootargs);
     let facts = BootFacts {
         entered_el,
         load_pa,
         dtb_pa,
         dtb_size: dtb.len() as u64,
     };
-    let info = board::init(info, args, facts);
+    let info = board::init(info, parsed.args.clone(), facts);
     crate::console::init_logger(board::bootargs().log_level());
-    if board::bootargs().flag("trace") {
+    if board::bootargs().trace {
         crate::trace::TRACER.enable(timer::now_ns, crate::arch::aarch64::cpu_id);
     }
 
@@ -134,23 +134,42 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
             iommu: iommu.as_deref(),
         }
     );
+    check_bootargs(&parsed);
     // One KTAP document per boot: benchmarks or tests.
     let args = board::bootargs();
-    let failed = match (args.get("bench"), args.get("ktest")) {
-        (Some(benches), tests) => {
-            if tests.is_some() {
-                log::warn!("bench= given: ktest= is ignored (one KTAP document per boot)");
-            }
-            crate::bench::run(benches, seed(args))
-        }
-        (None, Some(tests)) => crate::ktest::runner::run(tests, seed(args)),
+    let seed = args.seed.unwrap_or_else(timer::ticks);
+    let failed = match (&args.bench, &args.ktest) {
+        (Some(benches), _) => crate::bench::run(benches, seed),
+        (None, Some(tests)) => crate::ktest::runner::run(tests, seed),
         (None, None) => rt::exit(crate::workload::run(args)),
     };
-    rt::exit(if failed == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
+    rt::exit(match failed {
+        Ok(0) => ExitCode::Success,
+        Ok(_) => ExitCode::Failure,
+        Err(e) => {
+            println!("shootdown: {e}");
+            ExitCode::BootError
+        }
     })
+}
+
+/// Reports every boot argument the kernel cannot use, by name; stops the boot if one of them
+/// changes what runs (running something else would pass for what was asked).
+fn check_bootargs(parsed: &board::bootargs::Parsed) {
+    for e in &parsed.errors {
+        println!(
+            "shootdown: {e}{}",
+            if e.is_fatal() { "" } else { " (ignored)" }
+        );
+    }
+    if let Some(e) = parsed.fatal().next() {
+        println!(
+            "shootdown: not running anything: `{}` decides what runs (exit {})",
+            e.shown_key(),
+            ExitCode::BootError as u32
+        );
+        rt::exit(ExitCode::BootError);
+    }
 }
 
 /// Checks the device tree header through the early linear map and returns the blob.
@@ -213,16 +232,4 @@ fn cpu_descs(info: &BoardInfo) -> Vec<smp::CpuDesc> {
             },
         })
         .collect()
-}
-
-/// The `seed=` of this boot, else the timer.
-fn seed(args: &BootArgs) -> u64 {
-    match args.number("seed") {
-        None => timer::ticks(),
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
-            println!("# {e}; using the timer as seed");
-            timer::ticks()
-        }
-    }
 }

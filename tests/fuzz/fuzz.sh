@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(aspace smmu_codec dt ktap sdcl receiver)
+[ ${#targets[@]} -gt 0 ] || targets=(aspace smmu_codec dt ktap sdcl receiver bootargs)
 figures=${figures:-$out/figures.md}
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -21,7 +21,7 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROFILES = os.path.join(ROOT, "qemu")
 KEYS = {"description", "machine", "cpu", "smp", "memory", "dtb", "devices", "args", "bootargs",
-        "timeout", "test_timeout", "firmware_banner"}
+        "timeout", "test_timeout", "firmware_banner", "must_run"}
 # QEMUDriver always passes -cpu; a profile without one gets the machine's own CPU.
 MACHINE_CPU = {"raspi4b": "cortex-a72"}
 # No -semihosting: QEMU would exit with the kernel and labgrid's QMP `quit` then fails.

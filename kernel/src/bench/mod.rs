@@ -76,7 +76,8 @@ static OPT_IN: [KTest; 1] = [KTest {
 static AT_START: AtomicU64 = AtomicU64::new(0);
 
 /// Runs the benchmarks `filter` selects; returns how many failed.
-pub fn run(filter: &str, seed: u64) -> usize {
+pub fn run(filter: &str, seed: u64) -> Result<usize, crate::ktest::runner::NothingSelected> {
+    crate::ktest::runner::select(&BENCHES, "bench", filter)?;
     AT_START.store(pmu::read(), Ordering::Relaxed);
     let unit = pmu::kind().unit();
     match pmu::kind() {
@@ -109,17 +110,10 @@ fn boot_to_first_bench(_t: &mut TestCtx) -> TestResult {
 
 /// The sizes (in pages) to measure: `bench.pages=` if given, else `default`.
 pub(crate) fn sizes(default: &[u64]) -> Result<Vec<u64>, TestError> {
-    let Some(list) = bootargs().get("bench.pages") else {
-        return Ok(default.to_vec());
-    };
-    list.split(',')
-        .map(|s| match s.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(TestError::Fail(alloc::format!(
-                "bench.pages={list}: `{s}` is not a page count"
-            ))),
-        })
-        .collect()
+    Ok(bootargs()
+        .bench_pages
+        .clone()
+        .unwrap_or_else(|| default.to_vec()))
 }
 
 /// Counts what `f` executes.

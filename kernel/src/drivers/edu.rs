@@ -147,6 +147,11 @@ impl Edu {
         self.bdf
     }
 
+    /// The DMA mask the driver assumes (the device cannot report its own).
+    pub fn dma_mask(&self) -> u64 {
+        self.dma_mask
+    }
+
     fn read32(&self, off: usize) -> u32 {
         // SAFETY: BAR0 is mapped (Device memory); offsets below 0x80 take 32-bit accesses.
         unsafe { ((self.regs + off as u64) as *const u32).read_volatile() }

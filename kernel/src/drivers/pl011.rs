@@ -122,6 +122,19 @@ impl Pl011 {
         }
     }
 
+    /// The identification registers UARTPeriphID0-3 and UARTPCellID0-3 (TRM 3.3.14-3.3.15,
+    /// offsets 0xFE0-0xFFC, the low byte of each), as (peripheral ID, PrimeCell ID).
+    pub fn ids(&self) -> (u32, u32) {
+        let byte = |off: usize| {
+            // SAFETY: `new`'s contract: the block's 4 KiB page is mapped (the ID registers are
+            // its last 32 bytes); a read of an ID register has no side effect.
+            let v = unsafe { ((self.regs as usize + off) as *const u32).read_volatile() };
+            v & 0xff
+        };
+        let word = |first: usize| (0..4).fold(0, |w, i| w | byte(first + 4 * i) << (8 * i));
+        (word(0xfe0), word(0xff0))
+    }
+
     /// Writes a string, turning `\n` into `\r\n` for terminals.
     pub fn write_str(&self, s: &str) {
         for b in s.bytes() {

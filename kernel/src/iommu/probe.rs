@@ -27,18 +27,18 @@
 
 use core::fmt;
 
+use crate::board::bootargs::SmmuStrategy;
 use crate::board::dt::Range;
 use crate::board::{Bdf, BootArgs, IommuMap};
 use crate::iommu::backend::inject::InjectingBackend;
 use crate::iommu::backend::mmio::{GenericTimerClock, MmioSmmu};
+use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
+use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
-use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
 use crate::iommu::backend::model::master::CopierEngine;
-use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::spec::event::{EventRecord, EVENT_SIZE};
-use crate::iommu::spec::queue::MAX_LOG2_ENTRIES;
 use crate::iommu::sva::{Sva, SvaDomain};
 use crate::mm::dma::PhysCopier;
 use crate::mm::ram::{LinearMap, RamFrames};
@@ -134,35 +134,30 @@ pub struct Platform {
 pub struct Options {
     /// The invalidation strategy (`smmu.strategy=` or `strategy=`; default `auto`).
     pub strategy: Strategy,
-    /// A strategy name nobody knows (then `auto`), reported when the driver is configured.
-    pub unknown_strategy: Option<alloc::string::String>,
     /// `smmu.skip_invalidate=1`: debug only, breaks coherence.
     pub skip_invalidate: bool,
     /// `smmu.eventq_log2=N`: debug only, caps the event queue.
     pub eventq_log2: Option<u8>,
-    /// A `smmu.eventq_log2=` value that is not a number ≤ 19, reported at probe time.
-    pub bad_eventq_log2: Option<alloc::string::String>,
 }
 
 impl Options {
     /// The settings in the boot arguments.
     pub fn from_bootargs(args: &BootArgs) -> Self {
-        let name = args.get("smmu.strategy").or_else(|| args.get("strategy"));
-        let strategy = name.and_then(Strategy::from_name);
-        let eventq_log2 = match args.number("smmu.eventq_log2") {
-            Some(Ok(n)) if n <= u64::from(MAX_LOG2_ENTRIES) => Some(n as u8),
-            _ => None,
-        };
         Self {
-            strategy: strategy.unwrap_or(Strategy::Auto),
-            unknown_strategy: name.filter(|_| strategy.is_none()).map(Into::into),
-            skip_invalidate: args.flag("smmu.skip_invalidate"),
-            eventq_log2,
-            bad_eventq_log2: args
-                .get("smmu.eventq_log2")
-                .filter(|_| eventq_log2.is_none())
-                .map(Into::into),
+            strategy: strategy(args.smmu_strategy),
+            skip_invalidate: args.smmu_skip_invalidate,
+            eventq_log2: args.smmu_eventq_log2,
         }
+    }
+}
+
+/// The planner's strategy for what `smmu.strategy=` asked (`auto` when nothing was).
+pub fn strategy(asked: Option<SmmuStrategy>) -> Strategy {
+    match asked {
+        Some(SmmuStrategy::PerPage) => Strategy::PerPage,
+        Some(SmmuStrategy::Range) => Strategy::Range,
+        Some(SmmuStrategy::Asid) => Strategy::Asid,
+        Some(SmmuStrategy::Auto) | None => Strategy::Auto,
     }
 }
 
@@ -217,12 +212,6 @@ fn probe(platform: &Platform) -> Probe {
     // the soak arms it.
     let backend: &'static dyn SmmuBackend =
         INJECTOR.call_once(|| InjectingBackend::new(backend, &LINEAR));
-    if let Some(name) = &platform.options.unknown_strategy {
-        log::warn!("smmu: unknown strategy {name:?} (per-page, range, asid, auto): using auto");
-    }
-    if let Some(v) = &platform.options.bad_eventq_log2 {
-        log::warn!("smmu: smmu.eventq_log2={v:?} is not a number 0..={MAX_LOG2_ENTRIES}: ignored");
-    }
     let defaults = SmmuConfig::default();
     let config = SmmuConfig {
         strategy: platform.options.strategy,

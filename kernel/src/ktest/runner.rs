@@ -46,18 +46,61 @@ impl core::fmt::Write for Console {
     }
 }
 
+/// A filter that selects no case: a typo in a lab's filter must not pass for ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NothingSelected {
+    /// The boot argument (`ktest` or `bench`).
+    pub what: &'static str,
+    /// Its value.
+    pub filter: alloc::string::String,
+    /// How many cases there are.
+    pub cases: usize,
+}
+
+impl core::fmt::Display for NothingSelected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{}={} selects none of the {} cases (globs with * and ?, comma-separated; `suite` or `suite.case`)",
+            self.what, self.filter, self.cases
+        )
+    }
+}
+
 /// Runs the tests selected by `filter` and returns the number that failed.
-pub fn run(filter: &str, seed: u64) -> usize {
+pub fn run(filter: &str, seed: u64) -> Result<usize, NothingSelected> {
     run_cases(all_tests(), "ktest", filter, seed)
 }
 
-/// Runs the cases of `tests` selected by `filter` as one KTAP document (`what` names the
-/// selecting boot argument in its header) and returns the number that failed.
-pub fn run_cases(tests: &'static [KTest], what: &str, filter: &str, seed: u64) -> usize {
+/// The cases of `tests` that `filter` selects (at least one).
+pub fn select(
+    tests: &'static [KTest],
+    what: &'static str,
+    filter: &str,
+) -> Result<Vec<&'static KTest>, NothingSelected> {
     let chosen: Vec<&'static KTest> = tests
         .iter()
         .filter(|t| selected(filter, t.suite, t.name))
         .collect();
+    if chosen.is_empty() {
+        return Err(NothingSelected {
+            what,
+            filter: filter.into(),
+            cases: tests.len(),
+        });
+    }
+    Ok(chosen)
+}
+
+/// Runs the cases of `tests` selected by `filter` as one KTAP document (`what` names the
+/// selecting boot argument in its header) and returns the number that failed.
+pub fn run_cases(
+    tests: &'static [KTest],
+    what: &'static str,
+    filter: &str,
+    seed: u64,
+) -> Result<usize, NothingSelected> {
+    let chosen = select(tests, what, filter)?;
     let mut suites: Vec<&'static str> = Vec::new();
     for t in &chosen {
         if !suites.contains(&t.suite) {
@@ -114,5 +157,5 @@ pub fn run_cases(tests: &'static [KTest], what: &str, filter: &str, seed: u64) -
         let _ = w.result(si + 1, suite, outcome, None);
         failed_total += failed;
     }
-    failed_total
+    Ok(failed_total)
 }

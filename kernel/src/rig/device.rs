@@ -68,7 +68,7 @@ pub enum Outcome {
 /// Which engine moves the bytes of the model's first master: `dma.engine=` (`bcm`, the
 /// board's DMA controller, by default where there is one; `cpu`, the CPU).
 fn use_dma_controller() -> bool {
-    bootargs().get("dma.engine") != Some("cpu")
+    bootargs().dma_engine != Some(CopyEngine::Cpu)
 }
 
 impl Device {
@@ -111,11 +111,7 @@ impl Device {
             ));
         };
         let mut bus = PcieBus::new(host).map_err(fail)?;
-        let mask = bootargs()
-            .number("edu.dma_mask")
-            .and_then(Result::ok)
-            .unwrap_or(edu::DEFAULT_DMA_MASK);
-        Edu::probe_all(&mut bus, mask)
+        Edu::probe_all(&mut bus, edu_dma_mask())
             .map_err(fail)?
             .into_iter()
             .map(|edu| {
@@ -186,6 +182,20 @@ impl Device {
         }
     }
 
+    /// The highest bus address the device can emit (the model engine: any).
+    pub fn dma_mask(&self) -> u64 {
+        match self {
+            Device::Edu(e) => e.dma_mask(),
+            Device::Model(..) | Device::Copier(_) => u64::MAX,
+        }
+    }
+
+    /// True if the device can emit every address of `[addr, addr + len)`.
+    pub fn reaches(&self, addr: u64, len: usize) -> bool {
+        addr.checked_add(len as u64 - 1)
+            .is_some_and(|last| last & !self.dma_mask() == 0)
+    }
+
     /// True for QEMU's `edu` (slow: ~100 ms per transfer).
     pub fn is_edu(&self) -> bool {
         matches!(self, Device::Edu(_))
@@ -199,6 +209,7 @@ impl Device {
         match self {
             Device::Edu(_) => 4,
             Device::Model(engine, _) => engine.transaction_size(),
+            Device::Copier(_) => CopierEngine::TRANSACTION,
         }
     }
 
@@ -257,6 +268,14 @@ impl Device {
         match self {
             Device::Edu(e) => e.start_dma(Direction::ToMemory, va, 0, len).map_err(fail),
             Device::Model(..) | Device::Copier(_) => self.store(va, len).map(|_| ()),
+        }
+    }
+
+    /// True while a transfer [`Device::start_store`] started has not finished.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Device::Edu(e) => e.is_busy(),
+            Device::Model(..) | Device::Copier(_) => false,
         }
     }
 

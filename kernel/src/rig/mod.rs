@@ -33,16 +33,17 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::aarch64::aspace::{self, CpuMm};
 use crate::board;
+use crate::board::bootargs::CopyEngine;
 use crate::board::bootargs;
 use crate::drivers::edu::{self, Direction, Edu};
 use crate::drivers::pcie::PcieBus;
 use crate::iommu::backend::mmio::GenericTimerClock;
-use crate::iommu::backend::SmmuBackend;
-use crate::iommu::driver::{DebugKnobs, EventDrain, Smmu, SmmuConfig};
 use crate::iommu::backend::model::dma::{DmaEngine, DmaError, FaultPolicy};
 use crate::iommu::backend::model::master::CopierEngine;
 use crate::iommu::backend::model::TranslationFault;
 use crate::iommu::backend::model::{ModelConfig, SmmuModel};
+use crate::iommu::backend::SmmuBackend;
+use crate::iommu::driver::{DebugKnobs, EventDrain, Smmu, SmmuConfig};
 use crate::iommu::physmem;
 use crate::iommu::probe::{self, BoardDomain, BoardSmmu, MODEL_DMA_SID};
 use crate::iommu::spec::event::{AccessKind, EventKind, EventRecord};
@@ -64,6 +65,12 @@ pub const STAGING_VA: u64 = 0x0700_0000;
 const EDU_TIMEOUT_US: u64 = 5_000_000;
 
 pub static LINEAR: LinearMap = LinearMap;
+
+/// The DMA mask `edu` is driven with: QEMU's default of 28 bits, which the device cannot
+/// report, unless the boot says it was given a wider one (`edu.dma_mask=`).
+pub fn edu_dma_mask() -> u64 {
+    bootargs().edu_dma_mask.unwrap_or(edu::DEFAULT_DMA_MASK)
+}
 
 /// Why a rig operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,11 +3,12 @@
 //! so the harness can prove it notices both.
 
 use crate::board::bootargs;
+use crate::board::bootargs::Crash;
 use crate::ktest;
 use crate::ktest::TestError;
 
 ktest!(ktest, selftest_fail, |_t| {
-    if bootargs().flag("ktest.fail") {
+    if bootargs().ktest_fail {
         return Err(TestError::Fail(alloc::string::String::from(
             "deliberate failure requested by ktest.fail=1",
         )));
@@ -27,7 +28,7 @@ fn overflow_the_stack(depth: u64) -> u64 {
 }
 
 ktest!(ktest, selftest_crash, |_t| {
-    if bootargs().get("ktest.crash") == Some("stack") {
+    if bootargs().ktest_crash == Some(Crash::StackOverflow) {
         // Runs off the bottom of the main stack: the guard page faults, the handler (on its
         // own stack) must say so.
         let v = overflow_the_stack(0);
@@ -35,7 +36,7 @@ ktest!(ktest, selftest_crash, |_t| {
             "unbounded recursion returned {v}"
         )));
     }
-    if bootargs().flag("ktest.crash") {
+    if bootargs().ktest_crash == Some(Crash::Exception) {
         // An access to an address no page table maps: an unexpected Data Abort, which must
         // end the run with "Bail out!" and a decoded report.
         // SAFETY: deliberately invalid; the exception handler ends the kernel.

@@ -15,11 +15,11 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::aarch64::{smp, timer};
 use crate::board::bootargs;
-use crate::iommu::driver::planner::Strategy;
-use crate::iommu::driver::SmmuError;
 use crate::iommu::backend::model::checker::StaleKind;
 use crate::iommu::backend::model::iotlb::IotlbConfig;
 use crate::iommu::backend::model::ModelConfig;
+use crate::iommu::driver::planner::Strategy;
+use crate::iommu::driver::SmmuError;
 use crate::iommu::physmem;
 use crate::iommu::probe::BoardDomain;
 use crate::iommu::spec::event::{AccessKind, EventKind};
@@ -526,11 +526,7 @@ ktest!(sva, smp_unmaps_on_every_cpu_while_dma_runs, |_t| {
     // The kernel SMMU's counters run since boot (the `faults` suite times out on purpose).
     let timeouts_before = r.smmu.stats().sync_timeouts;
     let cpus = smp::online_count().clamp(1, 4);
-    let rounds_factor = bootargs()
-        .number("sva.smp_rounds")
-        .and_then(Result::ok)
-        .unwrap_or(1)
-        .max(1);
+    let rounds_factor = bootargs().sva_smp_rounds.unwrap_or(1);
     // edu: one page per CPU and 3 laps (12 transfers, ~1.2 s of virtual time).
     let (per_cpu, laps) = if r.dev.is_edu() { (1, 3) } else { (16, 8) };
     let pages = (cpus * per_cpu) as u64;

@@ -69,18 +69,9 @@ impl Tally {
 
 /// Runs the coherence job and returns the kernel's exit status.
 pub fn run(args: &BootArgs) -> ExitCode {
-    let seed = match args.number("seed") {
-        Some(Ok(s)) => s,
-        _ => timer::ticks(),
-    };
-    let rounds = match args.number("rounds") {
-        None => 12,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            println!("shootdown: rounds= must be a positive number");
-            return ExitCode::Failure;
-        }
-    };
+    // The boot refused a bad seed= or rounds= before any workload started.
+    let seed = args.seed.unwrap_or_else(timer::ticks);
+    let rounds = args.rounds.unwrap_or(12);
     let mut rig = match Rig::<BoardDomain>::board() {
         Ok(r) => r,
         Err(RigError::Unavailable(why)) => {

@@ -15,8 +15,8 @@ pub mod soak;
 /// the kernel's exit status.
 #[cfg(target_os = "none")]
 pub fn run(args: &crate::board::BootArgs) -> crate::rt::ExitCode {
-    if args.get("job") == Some("soak") {
-        return soak::run();
+    match args.job {
+        crate::board::bootargs::Job::Soak => soak::run(),
+        crate::board::bootargs::Job::Coherence => job::run(args),
     }
-    job::run(args)
 }

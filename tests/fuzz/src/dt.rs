@@ -43,10 +43,8 @@ fn use_info(info: &BoardInfo) {
             info.memory
         );
     }
-    let args = BootArgs::parse(&info.bootargs);
-    let _ = (
-        args.get("ktest"),
-        args.flag("ktest.fail"),
-        args.number("seed"),
-    );
+    let parsed = BootArgs::parse(&info.bootargs);
+    for e in &parsed.errors {
+        let _ = (e.to_string(), e.is_fatal());
+    }
 }

@@ -10,12 +10,14 @@
 //! | `ktap` | the harness's KTAP parser and JUnit writer | [`ktap`] |
 //! | `sdcl` | the chainloader protocol's reply-line parser and header decoder | [`sdcl`] |
 //! | `receiver` | every byte on the chainloader's serial line, into its receiver | [`receiver`] |
+//! | `bootargs` | the kernel's boot-argument parser | [`bootargs`] |
 //!
 //! libFuzzer runs them from `libfuzzer/` (`make fuzz`); `tests/replay.rs` runs the seed
 //! corpora (`corpus/<target>/`) and every input that ever failed (`regressions/<target>/`) on
 //! the stable toolchain, as part of `cargo test`.
 
 pub mod aspace;
+pub mod bootargs;
 pub mod dt;
 pub mod fdt;
 pub mod input;
@@ -33,7 +35,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     Target {
         name: "aspace",
         run: aspace::fuzz,
@@ -57,5 +59,7 @@ pub const TARGETS: [Target; 6] = [
     Target {
         name: "receiver",
         run: receiver::fuzz,
+        name: "bootargs",
+        run: bootargs::fuzz,
     },
 ];

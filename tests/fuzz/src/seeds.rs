@@ -20,6 +20,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "ktap" => ktap(),
         "sdcl" => sdcl(),
         "receiver" => receiver(),
+        "bootargs" => bootargs(),
         _ => Vec::new(),
     }
 }
@@ -420,6 +421,23 @@ fn ktap() -> Vec<(String, Vec<u8>)> {
             doc("KTAP version 1\n1..2\nok 2 b\nok 2 b\nok 3 c # timeout\nnot ok 4 d # ERROR setup\n1..0 # SKIP nothing\r\n"),
         ),
     ]
+}
+
+fn bootargs() -> Vec<(String, Vec<u8>)> {
+    [
+        ("seed-every-key", "ktest=mm.*,smmu seed=0x2a log=debug trace ktest.fail=0 ktest.crash=stack \
+          edu.dma_mask=0xfffffff smmu.strategy=range smmu.skip_invalidate=0 sva.smp_rounds=2 \
+          rounds=3 bench.pages=1,16"),
+        ("seed-soak", "job=soak rounds=2 fault=all fault.seed=9 fault.rate=500 strategy=per_page"),
+        ("seed-issue-13", "seed=abc log=bogus frobnicate=1 job=nonsense ktest=[ bench=zzz smmu.strategy=zzz rounds=-1"),
+        ("seed-quotes", "  ktest=\"mm.*, smmu\"\t\"log=warn\" seed=\"7\" fault=\"unterminated"),
+        ("seed-empty-and-bare", "seed= ktest= job trace= = =5 ktest.crash"),
+        ("seed-pi-firmware", "coherent_pool=1M 8250.nr_uarts=1 snd_bcm2835.enable_headphones=0 \
+          console=ttyS0,115200 console=tty1 root=PARTUUID=1234-02 rootfstype=ext4 rootwait ktest=*"),
+    ]
+    .into_iter()
+    .map(|(name, line)| (name.to_string(), line.as_bytes().to_vec()))
+    .collect()
 }
 
 fn sdcl() -> Vec<(String, Vec<u8>)> {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crate::capture::{self, Capture, End, Limits, Sinks, Stream, Target};
 use crate::chainload::{self, BootargsMode, ConsoleEnd, Observer};
 use crate::cli::{
-    self, ChainbootOptions, Command, KunitCheckOptions, ParseOptions, PushOptions, QemuOptions,
-    SerialOptions,
+    self, ChainbootOptions, Command, KunitCheckOptions, MatrixOptions, ParseOptions, PushOptions,
+    QemuOptions, SerialOptions,
 };
 use crate::junit::{self, RunInfo};
 use crate::ktap::{Counts, Parser};
@@ -76,6 +76,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Boards { profiles } => boards(profiles.as_deref()),
         Command::BenchReport(o) => crate::bench::report::run(&o).map_err(SetupError),
         Command::Soak(o) => soak(&o),
+        Command::Matrix(o) => matrix(&o),
     };
     result.unwrap_or_else(|e| {
         eprintln!("harness: {e}");
@@ -137,11 +138,7 @@ fn prepare(o: &QemuOptions, board: &str, console: Console) -> Result<Prepared, S
         }
     }
     let launch = Launch {
-        qemu: o
-            .qemu
-            .clone()
-            .or_else(|| std::env::var("QEMU").ok().filter(|q| !q.is_empty()))
-            .unwrap_or_else(|| "qemu-system-aarch64".into()),
+        qemu: emulator(o.qemu.as_deref()),
         kernel,
         bootargs: if o.replace_bootargs {
             o.bootargs.clone().unwrap_or_default()
@@ -158,6 +155,14 @@ fn prepare(o: &QemuOptions, board: &str, console: Console) -> Result<Prepared, S
         root,
         command,
     })
+}
+
+/// The emulator: `--qemu`, else $QEMU, else qemu-system-aarch64.
+fn emulator(given: Option<&str>) -> String {
+    given
+        .map(str::to_string)
+        .or_else(|| std::env::var("QEMU").ok().filter(|q| !q.is_empty()))
+        .unwrap_or_else(|| "qemu-system-aarch64".into())
 }
 
 fn spawn_error(program: &str, e: io::Error) -> SetupError {
@@ -278,24 +283,9 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
             format!("{board}.run{k}")
         };
         let log_path = log_dir.join(format!("{stem}.log"));
-        let mut log = BufWriter::new(
-            File::create(&log_path)
-                .map_err(|e| SetupError(format!("{}: {e}", log_path.display())))?,
-        );
-        let (tx, rx) = channel();
-        let mut target = Qemu::spawn(&p.command, tx).map_err(|e| spawn_error(&p.command[0], e))?;
-        let cap = capture::watch(
-            rx,
-            &mut target,
-            limits,
-            Sinks {
-                log: Some(&mut log),
-                echo: o.verbose,
-            },
-        );
-        drop(target);
-        drop(log);
-        let mut cap = cap;
+        let mut cap = boot_once(&p.command, limits, &log_dir, &stem, o.verbose)?;
+        let skipped = p.profile.check_must_run(&cap.document);
+        cap.board_checks.extend(skipped);
         if let Some(banner) = &p.profile.firmware_banner {
             if !cap
                 .document
@@ -311,12 +301,6 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
                     ),
                 });
             }
-        }
-        let stderr_path = log_dir.join(format!("{stem}.stderr.log"));
-        if cap.stderr.is_empty() {
-            let _ = fs::remove_file(&stderr_path);
-        } else {
-            let _ = fs::write(&stderr_path, cap.stderr.join("\n") + "\n");
         }
         let passed = cap.passed();
         if o.repeat == 1 || !passed {
@@ -344,6 +328,139 @@ fn test_board(o: &QemuOptions, p: &Prepared) -> Result<Vec<Capture>, SetupError>
         println!("{}", report::closing_line(board, &counts, failures));
     }
     Ok(captures)
+}
+
+/// Boots `command` once, console in `log_dir/stem.log` (QEMU's stderr beside it when it said
+/// anything), and checks the banner's CPUs and memory against the command's -smp and -m.
+fn boot_once(
+    command: &[String],
+    limits: Limits,
+    log_dir: &Path,
+    stem: &str,
+    echo: bool,
+) -> Result<Capture, SetupError> {
+    let log_path = log_dir.join(format!("{stem}.log"));
+    let mut log = BufWriter::new(
+        File::create(&log_path).map_err(|e| SetupError(format!("{}: {e}", log_path.display())))?,
+    );
+    let (tx, rx) = channel();
+    let mut target = Qemu::spawn(command, tx).map_err(|e| spawn_error(&command[0], e))?;
+    let mut cap = capture::watch(
+        rx,
+        &mut target,
+        limits,
+        Sinks {
+            log: Some(&mut log),
+            echo,
+        },
+    );
+    drop(target);
+    drop(log);
+    let machine = crate::machine::Machine::from_args(command);
+    cap.board_checks
+        .extend(machine.check_banner(&cap.document.preamble));
+    let stderr_path = log_dir.join(format!("{stem}.stderr.log"));
+    if cap.stderr.is_empty() {
+        let _ = fs::remove_file(&stderr_path);
+    } else {
+        let _ = fs::write(&stderr_path, cap.stderr.join("\n") + "\n");
+    }
+    Ok(cap)
+}
+
+/// `harness matrix`: one boot per entry (or per sampled entry) of a matrix of QEMU lines.
+fn matrix(o: &MatrixOptions) -> Result<i32, SetupError> {
+    let entries = crate::matrix::load(&o.file)?;
+    let chosen = match o.sample {
+        Some(n) => crate::matrix::sample(entries.len(), n, &o.rotate_by),
+        None => (0..entries.len()).collect(),
+    };
+    let root = match o.file.canonicalize()?.parent().and_then(Path::parent) {
+        Some(r) => r.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    let kernel = o
+        .kernel
+        .clone()
+        .unwrap_or_else(|| root.join("build/shootdown.img"));
+    if !kernel.is_file() {
+        return setup(format!("kernel image {} not found: build it with `make image`", kernel.display()));
+    }
+    let log_dir = o.log_dir.clone().unwrap_or_else(|| root.join("build/logs/matrix"));
+    fs::create_dir_all(&log_dir).map_err(|e| SetupError(format!("{}: {e}", log_dir.display())))?;
+    let bootargs = o.bootargs.clone().unwrap_or_else(|| "ktest=*".into());
+    let commands: Vec<(&crate::matrix::Entry, Vec<String>)> = chosen
+        .iter()
+        .map(|&i| {
+            let e = &entries[i];
+            let profile = Profile::from_matrix_entry(e);
+            let launch = Launch {
+                qemu: emulator(o.qemu.as_deref()),
+                kernel: kernel.clone(),
+                bootargs: bootargs.clone(),
+                gdb: false,
+                console: Console::Captured,
+                extra: Vec::new(),
+            };
+            (e, qemu::command_line(&profile, &root, &launch))
+        })
+        .collect();
+    println!(
+        "[harness] matrix {}: {} of {} entries{}",
+        o.file.display(),
+        commands.len(),
+        entries.len(),
+        o.sample
+            .map(|_| format!(" (sample rotated by `{}`)", o.rotate_by))
+            .unwrap_or_default()
+    );
+    if o.dry_run {
+        for (e, cmd) in &commands {
+            println!("{}: {}", e.name, qemu::shell_quote(cmd));
+        }
+        return Ok(PASS);
+    }
+    qemu::kill_child_on_signals();
+    let mut results = Vec::new();
+    for (e, cmd) in &commands {
+        let mut limits = Limits::new(o.timeout.or(e.timeout).unwrap_or(profile::DEFAULT_TIMEOUT));
+        limits.no_progress = o.test_timeout.unwrap_or(Some(Duration::from_secs(90)));
+        println!("[harness] {}: {}", e.name, qemu::shell_quote(cmd));
+        let cap = boot_once(cmd, limits, &log_dir, &e.name, o.verbose)?;
+        let log_path = log_dir.join(format!("{}.log", e.name));
+        print!("{}", report::summary(&e.name, &cap, o.verbose, Some(&log_path)));
+        flush();
+        results.push((e.name.as_str(), cap));
+    }
+    if let Some(path) = &o.junit {
+        let runs: Vec<_> = results
+            .iter()
+            .map(|(name, capture)| RunInfo {
+                board: name,
+                repeat: None,
+                capture,
+            })
+            .collect();
+        write_junit(path, "shootdown matrix", &runs)?;
+    }
+    println!("{:=^70}", " matrix ");
+    for (name, cap) in &results {
+        let verdict = if cap.passed() { "PASSED" } else { "FAILED" };
+        let c = cap.document.counts();
+        println!(
+            "{name:<32} {verdict} ({} passed, {} skipped, {:.0} s)",
+            c.passed,
+            c.skipped + c.xfail,
+            cap.elapsed.as_secs_f64()
+        );
+    }
+    let (counts, failures) = totals(results.iter().map(|(_, c)| c));
+    println!("{}", report::closing_line("matrix", &counts, failures));
+    Ok(if results.iter().all(|(_, c)| c.passed()) {
+        PASS
+    } else {
+        FAIL
+    })
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SetupError> {

@@ -39,6 +39,14 @@ usage:
   harness kunit-check LOG... --kunit PATH/kunit.py
       Run Linux's own KTAP parser (`kunit.py parse --json`) on each log and compare with ours,
       case by case; exit 1 on a kunit.py parse error or any difference.
+  harness matrix --file FILE [--sample N --rotate-by TEXT] [--bootargs ARGS] [--kernel PATH]
+                 [--qemu PATH] [--log-dir DIR] [--junit PATH] [--timeout SECS]
+                 [--test-timeout SECS] [--verbose] [--dry-run]
+      Boot the kernel once per entry of a matrix of raw QEMU machine lines (qemu/matrix.toml),
+      with `-append ktest=*` (or ARGS) and nothing else, and check each run like `test`, plus
+      the banner's CPUs and memory against -smp and -m. --sample N runs N consecutive entries
+      chosen by TEXT (a date, a commit), rotating through the matrix. Consoles in
+      DIR/NAME.log (default build/logs/matrix). Exit 1 if any entry failed.
   harness boards [--profiles DIR]
       List the board profiles.
   harness soak   --boards B1,B2 --seeds S1,S2 --rounds N [--bootargs ARGS] [--expect-stale]
@@ -173,6 +181,25 @@ pub struct ParseOptions {
     pub verbose: bool,
 }
 
+/// `harness matrix` options.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MatrixOptions {
+    pub file: PathBuf,
+    /// Run only this many entries (`None`: all).
+    pub sample: Option<usize>,
+    /// What picks the sample's window (a date, a commit).
+    pub rotate_by: String,
+    pub bootargs: Option<String>,
+    pub kernel: Option<PathBuf>,
+    pub qemu: Option<String>,
+    pub log_dir: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub test_timeout: Option<Option<Duration>>,
+    pub verbose: bool,
+    pub dry_run: bool,
+}
+
 /// `harness kunit-check` options.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KunitCheckOptions {
@@ -199,6 +226,7 @@ pub enum Command {
         profiles: Option<PathBuf>,
     },
     BenchReport(crate::bench::report::ReportOptions),
+    Matrix(MatrixOptions),
     Soak(crate::soak::SoakOptions),
     Help,
 }
@@ -303,9 +331,10 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         }
         "bench-report" => parse_bench_report(&mut a),
         "soak" => parse_soak(&mut a),
+        "matrix" => parse_matrix(&mut a),
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!(
-            "unknown command `{other}` (test, run, serial, chainboot, parse, kunit-check, trace, boards, soak, bench-report)"
+            "unknown command `{other}` (test, run, serial, chainboot, parse, kunit-check, trace, boards, soak, bench-report, matrix)"
         )),
     }
 }
@@ -357,6 +386,45 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
     value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|item| !item.is_empty())
+}
+
+fn parse_matrix(a: &mut Args) -> Result<Command, String> {
+    let mut o = MatrixOptions::default();
+    while let Some(flag) = a.next_flag()? {
+        match flag.as_str() {
+            "--file" => o.file = a.value(&flag)?.into(),
+            "--sample" => {
+                o.sample = Some(a.number(&flag)?).filter(|&n| n > 0);
+                if o.sample.is_none() {
+                    return Err("--sample must be more than 0".into());
+                }
+            }
+            "--rotate-by" => o.rotate_by = a.value(&flag)?,
+            "--bootargs" => o.bootargs = Some(a.value(&flag)?),
+            "--kernel" => o.kernel = Some(a.value(&flag)?.into()),
+            "--qemu" => o.qemu = Some(a.value(&flag)?),
+            "--log-dir" => o.log_dir = Some(a.value(&flag)?.into()),
+            "--junit" => o.junit = Some(a.value(&flag)?.into()),
+            "--timeout" => o.timeout = Some(a.seconds(&flag)?).filter(|t| !t.is_zero()),
+            "--test-timeout" => {
+                let t = a.seconds(&flag)?;
+                o.test_timeout = Some((!t.is_zero()).then_some(t));
+            }
+            "--verbose" | "-v" => o.verbose = true,
+            "--dry-run" => o.dry_run = true,
+            _ => return Err(unknown(&flag, "matrix")),
+        }
+    }
+    if !a.rest.is_empty() {
+        return Err("`harness matrix` takes no arguments after --: put them in the matrix".into());
+    }
+    if o.file.as_os_str().is_empty() {
+        return Err("`harness matrix` needs --file FILE".into());
+    }
+    if o.sample.is_some() && o.rotate_by.is_empty() {
+        return Err("--sample needs --rotate-by TEXT (a date or a commit)".into());
+    }
+    Ok(Command::Matrix(o))
 }
 
 fn parse_soak(a: &mut Args) -> Result<Command, String> {

@@ -8,6 +8,8 @@
 //!   UART chainloader.
 //! - [`report`], [`junit`], [`results`]: the human summary, JUnit XML and per-case JSON.
 //! - [`kunit`]: the cross-check with Linux's own KTAP parser (`kunit.py parse`).
+//! - [`machine`]: what a QEMU line gives the guest, against the kernel's banner.
+//! - [`matrix`]: raw QEMU lines as users write them (`qemu/matrix.toml`), sampled by date.
 //! - [`trace`]: the kernel's event trace as Chrome/Perfetto JSON.
 //! - [`bench`]: `make bench`'s report (results file, SVG plots, performance goals).
 //! - [`soak`]: `make soak`'s runs judged from the kernel's summary lines.
@@ -21,6 +23,8 @@ pub mod cli;
 pub mod junit;
 pub mod ktap;
 pub mod kunit;
+pub mod machine;
+pub mod matrix;
 pub mod profile;
 pub mod qemu;
 pub mod report;

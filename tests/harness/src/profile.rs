@@ -13,6 +13,7 @@
 //! timeout = 120                                 # seconds for a whole test run
 //! test_timeout = 60                             # seconds without a new KTAP result (0 = off)
 //! firmware_banner = "U-Boot 20"                 # a line the firmware prints before the kernel
+//! must_run = ["isolation.*"]                    # cases this board's devices let run: a SKIP fails
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently drop a device).
@@ -42,6 +43,9 @@ pub struct Profile {
     /// Text the console must show before the kernel's first line (the firmware's banner), so
     /// a profile that boots through firmware cannot pass by booting the kernel directly.
     pub firmware_banner: Option<String>,
+    /// Cases (`suite.case`, or `suite.*`) the profile's hardware lets run: reported as a SKIP,
+    /// one fails the run (the kernel skips what it does not find; the profile knows what it gave).
+    pub must_run: Vec<String>,
 }
 
 /// Why a profile could not be loaded.
@@ -111,6 +115,7 @@ const KEYS: &[&str] = &[
     "timeout",
     "test_timeout",
     "firmware_banner",
+    "must_run",
 ];
 
 /// Default whole-run limit when a profile has none.
@@ -247,7 +252,56 @@ impl Profile {
             timeout,
             test_timeout: seconds("test_timeout")?.filter(|d| !d.is_zero()),
             firmware_banner: string("firmware_banner")?.filter(|b| !b.is_empty()),
+            must_run: strings("must_run")?,
         })
+    }
+
+    /// A matrix entry as a profile: its machine and raw arguments, no boot arguments.
+    pub fn from_matrix_entry(e: &crate::matrix::Entry) -> Self {
+        Profile {
+            name: e.name.clone(),
+            description: String::new(),
+            machine: e.machine.clone(),
+            cpu: None,
+            smp: None,
+            memory: None,
+            dtb: None,
+            devices: Vec::new(),
+            args: e.args.clone(),
+            bootargs: String::new(),
+            timeout: e.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            test_timeout: None,
+            firmware_banner: None,
+            must_run: Vec::new(),
+        }
+    }
+
+    /// True if `case` (`suite.case`) is one the profile says must run.
+    pub fn must_run(&self, case: &str) -> bool {
+        self.must_run.iter().any(|p| match p.strip_suffix(".*") {
+            Some(suite) => case.split_once('.').is_some_and(|(s, _)| s == suite),
+            None => p == case,
+        })
+    }
+
+    /// A failure for every case of `doc` the profile says must run that was skipped.
+    pub fn check_must_run(&self, doc: &crate::ktap::Document) -> Vec<crate::ktap::Failure> {
+        let mut out = Vec::new();
+        for suite in &doc.tests {
+            suite.walk("", &mut |path, t| {
+                if t.is_leaf() && t.outcome == crate::ktap::Outcome::Skipped && self.must_run(path)
+                {
+                    out.push(crate::ktap::Failure {
+                        test: path.to_string(),
+                        message: format!(
+                            "skipped ({}), but board `{}` has what it needs (must_run)",
+                            t.comment, self.name
+                        ),
+                    });
+                }
+            });
+        }
+        out
     }
 
     /// The QEMU arguments that describe the board (machine, CPUs, memory, DTB, devices, extra
@@ -357,6 +411,23 @@ mod tests {
                 "guest_errors"
             ]
         );
+    }
+
+    #[test]
+    fn a_skip_the_profile_forbids_fails() {
+        let p = parse("machine = \"virt\"\nmust_run = [\"iso.*\", \"dev.bypass\"]").unwrap();
+        let doc = crate::ktap::parse(
+            "KTAP version 1\n1..2\n  KTAP version 1\n  # Subtest: iso\n  1..2\n  ok 1 a # SKIP one device\n  ok 2 b\nok 1 iso\n\
+             \x20 KTAP version 1\n  # Subtest: dev\n  1..2\n  ok 1 bypass # SKIP mask\n  ok 2 other # SKIP fine\nok 2 dev\n",
+        );
+        let f = p.check_must_run(&doc);
+        let names: Vec<&str> = f.iter().map(|f| f.test.as_str()).collect();
+        assert_eq!(names, ["iso.a", "dev.bypass"], "{f:?}");
+        assert!(f[0].message.contains("one device"), "{f:?}");
+        assert!(parse("machine = \"virt\"")
+            .unwrap()
+            .check_must_run(&doc)
+            .is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 const HARNESS: &str = env!("CARGO_BIN_EXE_harness");
 const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
-const BOOTARGS: &str = "ktest=boot expect.mem_mib=1024 expect.cpus=2 expect.uart=0x9000000";
+const BOOTARGS: &str = "ktest=boot seed=5";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -171,36 +171,12 @@ static WATCHED: AtomicU64 = AtomicU64::new(0);
 /// Runs the soak from the boot arguments and prints its summary.
 pub fn run() -> ExitCode {
     let args = bootargs();
-    let seed = match args.number("seed") {
-        Some(Ok(s)) => s,
-        _ => timer::ticks(),
-    };
-    let rounds = match args.number("rounds") {
-        None => 8,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            println!("shootdown: rounds= must be a positive number");
-            return ExitCode::Failure;
-        }
-    };
-    let fault_seed = match args.number("fault.seed") {
-        // By default the faults follow the workload's seed, so every seed injects its own.
-        None => Some(seed),
-        Some(Ok(s)) => Some(s),
-        Some(Err(e)) => {
-            println!("shootdown: {e}");
-            return ExitCode::Failure;
-        }
-    };
-    let fault_rate = match args.number("fault.rate") {
-        None => None,
-        Some(Ok(r)) => Some(r),
-        Some(Err(e)) => {
-            println!("shootdown: {e}");
-            return ExitCode::Failure;
-        }
-    };
-    let faults = match FaultConfig::new(args.get("fault"), fault_seed, fault_rate) {
+    // The boot refused bad numbers before any workload started.
+    let seed = args.seed.unwrap_or_else(timer::ticks);
+    let rounds = args.rounds.unwrap_or(8);
+    // By default the faults follow the workload's seed, so every seed injects its own.
+    let fault_seed = Some(args.fault_seed.unwrap_or(seed));
+    let faults = match FaultConfig::new(args.fault.as_deref(), fault_seed, args.fault_rate) {
         Ok(f) => f,
         Err(e) => {
             println!("shootdown: {e}");

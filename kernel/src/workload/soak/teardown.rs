@@ -54,15 +54,19 @@ pub(super) fn edu_teardown_race(
     rig.load_buffer(&[0xee; 16])?;
     rig.drain_events();
     rig.dev.start_store(TEARDOWN_VA, 16)?;
+    let started = crate::arch::aarch64::timer::now_ns();
     let space: Option<MmUser<CpuMm>> = rig.take_space();
     drop(space); // the last user: release quiesces the context, then the tables are freed
     let torn = bond.state();
+    let pending = rig.dev.is_busy();
+    let took_us = (crate::arch::aarch64::timer::now_ns() - started) / 1000;
     rig.dev.wait()?;
     let now = rig::read(frame, 16)?;
     let events = rig.drain_events();
     Ok(if now != [0x44; 16] {
         Err(format!(
-            "the in-flight DMA landed after the teardown ({torn:?}): {now:?}"
+            "the in-flight DMA landed after the teardown ({torn:?}, {took_us} us, transfer \
+             still pending when it returned: {pending}): {now:?}"
         ))
     } else if !events.is_empty() {
         Err(format!("release faults must be quiet: {events:?}"))

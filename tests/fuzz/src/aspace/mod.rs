@@ -242,6 +242,7 @@ impl Runner {
         smmu.set_debug_knobs(DebugKnobs {
             skip_invalidation: knobs.skip_smmu_invalidation,
             skip_sync: knobs.skip_smmu_sync,
+            ..DebugKnobs::default()
         });
         let mut runner = Runner {
             mem,
