@@ -315,6 +315,54 @@ mod tests {
         assert_eq!(wide.reach_from_zero(), None);
     }
 
+    /// A run of zero bytes at the window's end is not inside it: its bus address would be one
+    /// past the window (here 1 << 32, which wraps to bus address 0).
+    #[test]
+    fn nothing_at_the_window_end_gets_a_bus_address() {
+        let w = pi4_window();
+        let end = PhysAddr(0x4000_0000);
+        assert_eq!(
+            w.bus_address(end, 0),
+            Err(CopyError::Unreachable { pa: end, len: 0 })
+        );
+        assert_eq!(w.bus_address(PhysAddr(0x3fff_fffc), 0), Ok(0xffff_fffc));
+    }
+
+    /// `reach_from_zero` promises that memory below it is reachable (the frames for the engine
+    /// come from there), so any run below it has a bus address: two ranges whose CPU sides
+    /// touch but whose bus sides do not are two windows, and only the first counts.
+    #[test]
+    fn every_run_below_the_reach_has_a_bus_address() {
+        let split = |second_bus| {
+            BusWindow::new(&[
+                DmaRange {
+                    bus: second_bus,
+                    cpu: 0x2000_0000,
+                    size: 0x2000_0000,
+                },
+                DmaRange {
+                    bus: 0xc000_0000,
+                    cpu: 0,
+                    size: 0x2000_0000,
+                },
+            ])
+        };
+        let straddle = (PhysAddr(0x1fff_fff0), 32);
+        // Bus sides apart: the straddling run has no one bus address, so it lies past the reach.
+        let apart = split(0x4000_0000);
+        let reach = apart.reach_from_zero().unwrap();
+        assert!(apart.bus_address(straddle.0, straddle.1).is_err());
+        assert!(
+            straddle.0.as_u64() + straddle.1 as u64 > reach.as_u64(),
+            "{reach} covers a run the engine cannot address"
+        );
+        assert_eq!(apart.bus_address(PhysAddr(0x2000_0000), 4), Ok(0x4000_0000));
+        // Bus sides continuing each other: one window, the run is reachable.
+        let joined = split(0xe000_0000);
+        assert_eq!(joined.reach_from_zero(), Some(PhysAddr(0x4000_0000)));
+        assert_eq!(joined.bus_address(straddle.0, straddle.1), Ok(0xdfff_fff0));
+    }
+
     #[test]
     fn a_chain_links_one_block_per_chunk() {
         let w = pi4_window();
@@ -390,6 +438,22 @@ mod tests {
         assert_eq!(
             build_chain(&many, ChannelKind::Full, &w, 0, 4),
             Err(CopyError::TooManyChunks { count: 5, max: 4 })
+        );
+    }
+
+    /// With CS.WAIT_FOR_OUTSTANDING_WRITES (which `run` sets), the engine clears ACTIVE and
+    /// loads a zero NEXTCONBK while the last writes are still unacknowledged, and sets END only
+    /// once they are ("BCM2711 ARM Peripherals" 4.2.1.2, CS bit 28): idle without END is not done.
+    #[test]
+    fn a_chain_is_done_only_once_end_is_set() {
+        assert_eq!(
+            progress(cs::WAIT_FOR_OUTSTANDING_WRITES, 0, 0),
+            Progress::Running,
+            "ACTIVE is clear but writes are outstanding"
+        );
+        assert_eq!(
+            progress(cs::WAIT_FOR_OUTSTANDING_WRITES | cs::END, 0, 0),
+            Progress::Done
         );
     }
 
