@@ -241,16 +241,17 @@ pub enum Progress {
     Failed(CopyError),
 }
 
-/// Reads CS, CONBLK_AD and DEBUG after a start: the chain is done once the channel is idle
-/// with no control block left (the last NEXTCONBK was 0), failed once CS.ERROR or a DEBUG
-/// error flag is up.
+/// Reads CS, CONBLK_AD and DEBUG after a start (which cleared END): the chain is done once the
+/// channel is idle with no control block left (the last NEXTCONBK was 0) and END is set, failed
+/// once CS.ERROR or a DEBUG error flag is up. END matters: with WAIT_FOR_OUTSTANDING_WRITES the
+/// engine clears ACTIVE before its last writes are acknowledged and sets END only after them.
 pub fn progress(cs_val: u32, conblk: u32, debug_val: u32) -> Progress {
     if cs_val & cs::ERROR != 0 || debug_val & debug::ERRORS != 0 {
         Progress::Failed(CopyError::Transfer {
             cs: cs_val,
             debug: debug_val,
         })
-    } else if cs_val & cs::ACTIVE == 0 && conblk == 0 {
+    } else if cs_val & (cs::ACTIVE | cs::END) == cs::END && conblk == 0 {
         Progress::Done
     } else {
         Progress::Running
