@@ -144,13 +144,17 @@ impl BusWindow {
         Self { ranges }
     }
 
-    /// The bus address of `[pa, pa + len)`, which must lie in one range.
+    /// The bus address of `[pa, pa + len)`, which must lie in one range (even when empty: the
+    /// end of a range has no bus address inside it).
     pub fn bus_address(&self, pa: PhysAddr, len: usize) -> Result<u32, CopyError> {
         let (start, unreachable) = (pa.as_u64(), CopyError::Unreachable { pa, len });
         let end = start.checked_add(len as u64).ok_or(unreachable)?;
         self.ranges
             .iter()
-            .find(|r| start >= r.cpu && end <= r.cpu.saturating_add(r.size))
+            .find(|r| {
+                let r_end = r.cpu.saturating_add(r.size);
+                start >= r.cpu && start < r_end && end <= r_end
+            })
             .map(|r| (r.bus + (start - r.cpu)) as u32)
             .ok_or(unreachable)
     }
