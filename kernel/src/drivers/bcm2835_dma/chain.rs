@@ -134,14 +134,29 @@ pub struct BusWindow {
 
 impl BusWindow {
     /// The window the device tree describes; ranges whose bus side does not fit the
-    /// controller's 32-bit addresses are dropped.
+    /// controller's 32-bit addresses are dropped, and ranges that continue each other on both
+    /// sides are joined (so a run across their boundary has one bus address).
     pub fn new(ranges: &[DmaRange]) -> Self {
-        let ranges = ranges
+        let mut fitting: Vec<DmaRange> = ranges
             .iter()
+            .filter(|r| r.size > 0)
             .filter(|r| r.bus.checked_add(r.size).is_some_and(|end| end <= 1 << 32))
             .copied()
             .collect();
-        Self { ranges }
+        fitting.sort_by_key(|r| r.cpu);
+        let mut joined: Vec<DmaRange> = Vec::with_capacity(fitting.len());
+        for r in fitting {
+            match joined.last_mut() {
+                Some(last)
+                    if last.cpu.checked_add(last.size) == Some(r.cpu)
+                        && last.bus + last.size == r.bus =>
+                {
+                    last.size += r.size
+                }
+                _ => joined.push(r),
+            }
+        }
+        Self { ranges: joined }
     }
 
     /// The bus address of `[pa, pa + len)`, which must lie in one range (even when empty: the
@@ -159,18 +174,15 @@ impl BusWindow {
             .ok_or(unreachable)
     }
 
-    /// The end of the lowest stretch of RAM the controller reaches from CPU address 0, for
-    /// allocating its memory (`None` if the window does not start at 0).
+    /// The end of the range that starts at CPU address 0, for allocating the controller's
+    /// memory: every run below it has a bus address (`None` if no range starts at 0). A range
+    /// after it whose bus side does not continue it is left out: a run across the two would
+    /// have no one bus address.
     pub fn reach_from_zero(&self) -> Option<PhysAddr> {
-        let mut end = 0u64;
-        while let Some(r) = self
-            .ranges
+        self.ranges
             .iter()
-            .find(|r| r.cpu <= end && end < r.cpu.saturating_add(r.size))
-        {
-            end = r.cpu.saturating_add(r.size);
-        }
-        (end > 0).then_some(PhysAddr(end))
+            .find(|r| r.cpu == 0)
+            .map(|r| PhysAddr(r.size))
     }
 }
 
