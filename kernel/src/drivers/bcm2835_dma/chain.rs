@@ -472,6 +472,14 @@ mod tests {
             progress(cs::WAIT_FOR_OUTSTANDING_WRITES | cs::END, 0, 0),
             Progress::Done
         );
+        // END is sticky: in a chain it is already up from an earlier block while the last
+        // block's writes are outstanding, which CS.WAITING_FOR_OUTSTANDING_WRITES (bit 6) says.
+        let waiting = 1 << 6;
+        assert_eq!(
+            progress(cs::WAIT_FOR_OUTSTANDING_WRITES | cs::END | waiting, 0, 0),
+            Progress::Running,
+            "the last block's writes are outstanding"
+        );
     }
 
     #[test]
