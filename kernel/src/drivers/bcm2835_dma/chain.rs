@@ -37,6 +37,8 @@ pub mod cs {
     pub const ACTIVE: u32 = 1 << 0;
     /// Set when a control block's transfer completes; write 1 to clear.
     pub const END: u32 = 1 << 1;
+    /// Read-only: the engine waits for the acknowledgements of writes it made.
+    pub const WAITING_FOR_OUTSTANDING_WRITES: u32 = 1 << 6;
     pub const ERROR: u32 = 1 << 8;
     /// Signal END only once every AXI write of the block has been acknowledged.
     pub const WAIT_FOR_OUTSTANDING_WRITES: u32 = 1 << 28;
@@ -258,16 +260,18 @@ pub enum Progress {
 }
 
 /// Reads CS, CONBLK_AD and DEBUG after a start (which cleared END): the chain is done once the
-/// channel is idle with no control block left (the last NEXTCONBK was 0) and END is set, failed
-/// once CS.ERROR or a DEBUG error flag is up. END matters: with WAIT_FOR_OUTSTANDING_WRITES the
-/// engine clears ACTIVE before its last writes are acknowledged and sets END only after them.
+/// channel is idle with no control block left (the last NEXTCONBK was 0), END set and no write
+/// outstanding; failed once CS.ERROR or a DEBUG error flag is up. With WAIT_FOR_OUTSTANDING_WRITES
+/// the engine clears ACTIVE before its last writes are acknowledged and sets END only after
+/// them; END may also be left from an earlier block, hence the WAITING flag too.
 pub fn progress(cs_val: u32, conblk: u32, debug_val: u32) -> Progress {
+    let settled = cs::ACTIVE | cs::END | cs::WAITING_FOR_OUTSTANDING_WRITES;
     if cs_val & cs::ERROR != 0 || debug_val & debug::ERRORS != 0 {
         Progress::Failed(CopyError::Transfer {
             cs: cs_val,
             debug: debug_val,
         })
-    } else if cs_val & (cs::ACTIVE | cs::END) == cs::END && conblk == 0 {
+    } else if cs_val & settled == cs::END && conblk == 0 {
         Progress::Done
     } else {
         Progress::Running
@@ -474,7 +478,7 @@ mod tests {
         );
         // END is sticky: in a chain it is already up from an earlier block while the last
         // block's writes are outstanding, which CS.WAITING_FOR_OUTSTANDING_WRITES (bit 6) says.
-        let waiting = 1 << 6;
+        let waiting = cs::WAITING_FOR_OUTSTANDING_WRITES;
         assert_eq!(
             progress(cs::WAIT_FOR_OUTSTANDING_WRITES | cs::END | waiting, 0, 0),
             Progress::Running,
