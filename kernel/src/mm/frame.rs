@@ -734,6 +734,42 @@ mod tests {
         assert_eq!(bitmap.used_frames(), all.len());
     }
 
+    /// `alloc_below` and `alloc` share the claim loop: raced on the same words, with a limit
+    /// that is not frame-aligned, they never hand out a frame twice, `alloc_below` never one
+    /// crossing the limit, and between them every frame is claimed.
+    #[test]
+    fn alloc_below_races_alloc_without_sharing_or_crossing() {
+        let ram = [pa(0x10_0000)..pa(0x10_0000 + 200 * FRAME)];
+        let bitmap = FrameBitmap::new(&ram, &[]).unwrap();
+        let limit = pa(0x10_0000 + 100 * FRAME + 0x800);
+        let bitmap = &bitmap;
+        let runs: Vec<(bool, Vec<PhysAddr>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = [true, false, true, false]
+                .into_iter()
+                .map(|low| {
+                    s.spawn(move || {
+                        let next = || match low {
+                            true => bitmap.alloc_below(limit),
+                            false => bitmap.alloc(),
+                        };
+                        (low, core::iter::from_fn(next).collect())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let below = runs.iter().filter(|(low, _)| *low).flat_map(|(_, f)| f);
+        for f in below {
+            assert!(f.as_u64() + FRAME <= limit.as_u64(), "{f} crosses {limit}");
+        }
+        let all: Vec<_> = runs.into_iter().flat_map(|(_, f)| f).collect();
+        let unique: HashSet<_> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "a frame was handed out twice");
+        assert_eq!(all.len(), 200, "every frame was claimed");
+        assert_eq!(bitmap.free_frames(), 0);
+        assert_eq!(bitmap.alloc_below(limit), None);
+    }
+
     #[test]
     fn allocator_zeroes_frames_and_counts_bad_frees() {
         let mem = TestMemory::new(8);

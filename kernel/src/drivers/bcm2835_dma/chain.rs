@@ -37,6 +37,8 @@ pub mod cs {
     pub const ACTIVE: u32 = 1 << 0;
     /// Set when a control block's transfer completes; write 1 to clear.
     pub const END: u32 = 1 << 1;
+    /// Read-only: the engine waits for the acknowledgements of writes it made.
+    pub const WAITING_FOR_OUTSTANDING_WRITES: u32 = 1 << 6;
     pub const ERROR: u32 = 1 << 8;
     /// Signal END only once every AXI write of the block has been acknowledged.
     pub const WAIT_FOR_OUTSTANDING_WRITES: u32 = 1 << 28;
@@ -134,39 +136,55 @@ pub struct BusWindow {
 
 impl BusWindow {
     /// The window the device tree describes; ranges whose bus side does not fit the
-    /// controller's 32-bit addresses are dropped.
+    /// controller's 32-bit addresses are dropped, and ranges that continue each other on both
+    /// sides are joined (so a run across their boundary has one bus address).
     pub fn new(ranges: &[DmaRange]) -> Self {
-        let ranges = ranges
+        let mut fitting: Vec<DmaRange> = ranges
             .iter()
+            .filter(|r| r.size > 0)
             .filter(|r| r.bus.checked_add(r.size).is_some_and(|end| end <= 1 << 32))
             .copied()
             .collect();
-        Self { ranges }
+        fitting.sort_by_key(|r| r.cpu);
+        let mut joined: Vec<DmaRange> = Vec::with_capacity(fitting.len());
+        for r in fitting {
+            match joined.last_mut() {
+                Some(last)
+                    if last.cpu.checked_add(last.size) == Some(r.cpu)
+                        && last.bus + last.size == r.bus =>
+                {
+                    last.size += r.size
+                }
+                _ => joined.push(r),
+            }
+        }
+        Self { ranges: joined }
     }
 
-    /// The bus address of `[pa, pa + len)`, which must lie in one range.
+    /// The bus address of `[pa, pa + len)`, which must lie in one range (even when empty: the
+    /// end of a range has no bus address inside it).
     pub fn bus_address(&self, pa: PhysAddr, len: usize) -> Result<u32, CopyError> {
         let (start, unreachable) = (pa.as_u64(), CopyError::Unreachable { pa, len });
         let end = start.checked_add(len as u64).ok_or(unreachable)?;
         self.ranges
             .iter()
-            .find(|r| start >= r.cpu && end <= r.cpu.saturating_add(r.size))
+            .find(|r| {
+                let r_end = r.cpu.saturating_add(r.size);
+                start >= r.cpu && start < r_end && end <= r_end
+            })
             .map(|r| (r.bus + (start - r.cpu)) as u32)
             .ok_or(unreachable)
     }
 
-    /// The end of the lowest stretch of RAM the controller reaches from CPU address 0, for
-    /// allocating its memory (`None` if the window does not start at 0).
+    /// The end of the range that starts at CPU address 0, for allocating the controller's
+    /// memory: every run below it has a bus address (`None` if no range starts at 0). A range
+    /// after it whose bus side does not continue it is left out: a run across the two would
+    /// have no one bus address.
     pub fn reach_from_zero(&self) -> Option<PhysAddr> {
-        let mut end = 0u64;
-        while let Some(r) = self
-            .ranges
+        self.ranges
             .iter()
-            .find(|r| r.cpu <= end && end < r.cpu.saturating_add(r.size))
-        {
-            end = r.cpu.saturating_add(r.size);
-        }
-        (end > 0).then_some(PhysAddr(end))
+            .find(|r| r.cpu == 0)
+            .map(|r| PhysAddr(r.size))
     }
 }
 
@@ -241,16 +259,19 @@ pub enum Progress {
     Failed(CopyError),
 }
 
-/// Reads CS, CONBLK_AD and DEBUG after a start: the chain is done once the channel is idle
-/// with no control block left (the last NEXTCONBK was 0), failed once CS.ERROR or a DEBUG
-/// error flag is up.
+/// Reads CS, CONBLK_AD and DEBUG after a start (which cleared END): the chain is done once the
+/// channel is idle with no control block left (the last NEXTCONBK was 0), END set and no write
+/// outstanding; failed once CS.ERROR or a DEBUG error flag is up. With WAIT_FOR_OUTSTANDING_WRITES
+/// the engine clears ACTIVE before its last writes are acknowledged and sets END only after
+/// them; END may also be left from an earlier block, hence the WAITING flag too.
 pub fn progress(cs_val: u32, conblk: u32, debug_val: u32) -> Progress {
+    let settled = cs::ACTIVE | cs::END | cs::WAITING_FOR_OUTSTANDING_WRITES;
     if cs_val & cs::ERROR != 0 || debug_val & debug::ERRORS != 0 {
         Progress::Failed(CopyError::Transfer {
             cs: cs_val,
             debug: debug_val,
         })
-    } else if cs_val & cs::ACTIVE == 0 && conblk == 0 {
+    } else if cs_val & settled == cs::END && conblk == 0 {
         Progress::Done
     } else {
         Progress::Running
@@ -313,6 +334,54 @@ mod tests {
         }]);
         assert!(wide.bus_address(PhysAddr(0), 4).is_err());
         assert_eq!(wide.reach_from_zero(), None);
+    }
+
+    /// A run of zero bytes at the window's end is not inside it: its bus address would be one
+    /// past the window (here 1 << 32, which wraps to bus address 0).
+    #[test]
+    fn nothing_at_the_window_end_gets_a_bus_address() {
+        let w = pi4_window();
+        let end = PhysAddr(0x4000_0000);
+        assert_eq!(
+            w.bus_address(end, 0),
+            Err(CopyError::Unreachable { pa: end, len: 0 })
+        );
+        assert_eq!(w.bus_address(PhysAddr(0x3fff_fffc), 0), Ok(0xffff_fffc));
+    }
+
+    /// `reach_from_zero` promises that memory below it is reachable (the frames for the engine
+    /// come from there), so any run below it has a bus address: two ranges whose CPU sides
+    /// touch but whose bus sides do not are two windows, and only the first counts.
+    #[test]
+    fn every_run_below_the_reach_has_a_bus_address() {
+        let split = |second_bus| {
+            BusWindow::new(&[
+                DmaRange {
+                    bus: second_bus,
+                    cpu: 0x2000_0000,
+                    size: 0x2000_0000,
+                },
+                DmaRange {
+                    bus: 0xc000_0000,
+                    cpu: 0,
+                    size: 0x2000_0000,
+                },
+            ])
+        };
+        let straddle = (PhysAddr(0x1fff_fff0), 32);
+        // Bus sides apart: the straddling run has no one bus address, so it lies past the reach.
+        let apart = split(0x4000_0000);
+        let reach = apart.reach_from_zero().unwrap();
+        assert!(apart.bus_address(straddle.0, straddle.1).is_err());
+        assert!(
+            straddle.0.as_u64() + straddle.1 as u64 > reach.as_u64(),
+            "{reach} covers a run the engine cannot address"
+        );
+        assert_eq!(apart.bus_address(PhysAddr(0x2000_0000), 4), Ok(0x4000_0000));
+        // Bus sides continuing each other: one window, the run is reachable.
+        let joined = split(0xe000_0000);
+        assert_eq!(joined.reach_from_zero(), Some(PhysAddr(0x4000_0000)));
+        assert_eq!(joined.bus_address(straddle.0, straddle.1), Ok(0xdfff_fff0));
     }
 
     #[test]
@@ -390,6 +459,30 @@ mod tests {
         assert_eq!(
             build_chain(&many, ChannelKind::Full, &w, 0, 4),
             Err(CopyError::TooManyChunks { count: 5, max: 4 })
+        );
+    }
+
+    /// With CS.WAIT_FOR_OUTSTANDING_WRITES (which `run` sets), the engine clears ACTIVE and
+    /// loads a zero NEXTCONBK while the last writes are still unacknowledged, and sets END only
+    /// once they are ("BCM2711 ARM Peripherals" 4.2.1.2, CS bit 28): idle without END is not done.
+    #[test]
+    fn a_chain_is_done_only_once_end_is_set() {
+        assert_eq!(
+            progress(cs::WAIT_FOR_OUTSTANDING_WRITES, 0, 0),
+            Progress::Running,
+            "ACTIVE is clear but writes are outstanding"
+        );
+        assert_eq!(
+            progress(cs::WAIT_FOR_OUTSTANDING_WRITES | cs::END, 0, 0),
+            Progress::Done
+        );
+        // END is sticky: in a chain it is already up from an earlier block while the last
+        // block's writes are outstanding, which CS.WAITING_FOR_OUTSTANDING_WRITES (bit 6) says.
+        let waiting = cs::WAITING_FOR_OUTSTANDING_WRITES;
+        assert_eq!(
+            progress(cs::WAIT_FOR_OUTSTANDING_WRITES | cs::END | waiting, 0, 0),
+            Progress::Running,
+            "the last block's writes are outstanding"
         );
     }
 

@@ -11,8 +11,9 @@
 //! * **Transfers**: a chain of 32-byte, 32-byte-aligned control blocks in one frame; the
 //!   channel fetches them through its bus, so every address it sees is a bus address made from
 //!   the tree's `dma-ranges` (on the Pi 4, bus 0xc000_0000 is CPU 0, for 1 GiB): never an
-//!   assumed alias. Completion is polled (CS.ACTIVE clear, CONBLK_AD back to 0), errors come
-//!   from CS.ERROR and the DEBUG flags; a failed or stuck channel is reset.
+//!   assumed alias. Completion is polled (CS.ACTIVE clear, CONBLK_AD back to 0, CS.END set and
+//!   no write outstanding), errors come from CS.ERROR and the DEBUG flags; a failed or stuck
+//!   channel is reset.
 //! * **Caches**: the engine does not snoop the Cortex-A72 caches; see `Bcm2835Dma::run`.
 //!
 //! `chain` is the portable half (encodings, planning, status decoding: host-tested), `channel`

@@ -9,7 +9,8 @@
 //!
 //! * **Transactions** are 4 bytes, naturally aligned: the 32-bit single-beat reads and writes
 //!   the BCM DMA makes without bursts or wide accesses, and the size `edu` uses on QEMU `virt`,
-//!   so a faulting 4 KiB transfer makes about 1024 events on both boards.
+//!   so a faulting 4 KiB transfer makes about 1024 events on both boards. A transfer whose
+//!   address, buffer or length is not in whole transactions is refused before it is translated.
 //! * **One unit**: every transaction of a transfer is translated under one hold of the model
 //!   ([`SmmuModel::access_all`]) and the copier runs the whole chain before the model can
 //!   complete a CMD_SYNC, as a DMA controller walking its control blocks does.
@@ -23,7 +24,7 @@ use alloc::vec::Vec;
 use super::dma::DmaError;
 use super::{SmmuModel, Translation, TranslationFault};
 use crate::iommu::spec::event::AccessKind;
-use crate::mm::dma::{Chunk, PhysCopier, Source};
+use crate::mm::dma::{Chunk, CopyError, PhysCopier, Source};
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 
 /// A master with a StreamID whose transfers a [`PhysCopier`] carries out.
@@ -77,6 +78,7 @@ impl<'a, 'm> CopierEngine<'a, 'm> {
         if va.checked_add(len as u64).is_none() {
             return Err(DmaError::AddressOverflow(va));
         }
+        whole_transactions(va, buffer, len)?;
         let transactions = transactions(va, len);
         let vas: Vec<VirtAddr> = transactions.iter().map(|t| t.0).collect();
         self.smmu.access_all(self.sid, &vas, access, |outcomes| {
@@ -151,6 +153,28 @@ struct Plan {
     first_fault: Option<(VirtAddr, TranslationFault)>,
     faulted: u64,
     bytes_done: usize,
+}
+
+/// Refuses a transfer that is not whole, aligned transactions before the SMMU sees any of it:
+/// the engine moves whole words only and would refuse the chunks after their translation
+/// (having left events and IOTLB entries for a transfer that did not happen), or carry out
+/// the rest when the partial word faulted.
+fn whole_transactions(va: VirtAddr, buffer: PhysAddr, len: usize) -> Result<(), DmaError> {
+    let unit = CopierEngine::TRANSACTION;
+    let misaligned = |v: u64| v % unit as u64 != 0;
+    let addr = if misaligned(buffer.as_u64()) {
+        buffer.as_u64()
+    } else {
+        va.as_u64()
+    };
+    if misaligned(addr) || len % unit != 0 {
+        return Err(DmaError::Copy(CopyError::Unaligned {
+            addr,
+            len,
+            align: unit,
+        }));
+    }
+    Ok(())
 }
 
 /// The transactions of `len` bytes at `va`: naturally aligned, at most 4 bytes each.

@@ -1561,3 +1561,80 @@ fn copier_engine_moves_the_old_frame_through_a_stale_iotlb_entry() {
     mem.read(buffer, &mut got).unwrap();
     assert_eq!(got, [0x4e; 64]);
 }
+
+/// A copier with the BCM2711 DMA controller's unit: it refuses chunks that are not whole
+/// 32-bit words, as the driver does (`drivers::bcm2835_dma::chain::UNIT`).
+struct WordCopier<'a>(RecordingCopier<'a>);
+
+impl crate::mm::dma::PhysCopier for WordCopier<'_> {
+    fn copy(&self, chunks: &[crate::mm::dma::Chunk]) -> Result<(), crate::mm::dma::CopyError> {
+        use crate::mm::dma::{CopyError, Source};
+        for c in chunks {
+            let src = match c.src {
+                Source::Phys(pa) => pa.as_u64(),
+                Source::Zeros => 0,
+            };
+            if let Some(&addr) = [src, c.dst.as_u64(), c.len as u64]
+                .iter()
+                .find(|v| *v % 4 != 0)
+            {
+                return Err(CopyError::Unaligned {
+                    addr,
+                    len: c.len,
+                    align: 4,
+                });
+            }
+        }
+        self.0.copy(chunks)
+    }
+
+    fn name(&self) -> alloc::string::String {
+        "word copier".into()
+    }
+
+    fn reach(&self) -> PhysAddr {
+        self.0.reach()
+    }
+}
+
+/// A transfer the engine cannot carry out is refused whole, as the copier's contract says:
+/// the SMMU must not see its transactions either (no events, nothing for the checker), or the
+/// event queue reports faults of a transfer that never happened.
+#[test]
+fn copier_engine_refuses_partial_words_before_the_smmu_sees_them() {
+    use super::master::CopierEngine;
+    use crate::mm::dma::CopyError;
+    let mem = arena();
+    let (rig, t) = stage1_rig(&mem);
+    let [a, buffer] = [(); 2].map(|()| mem.alloc_zeroed().unwrap());
+    // 0x10_0000 is mapped, the page after it is not: each transfer below crosses into it.
+    t.map(VirtAddr(0x10_0000), a, LeafAttrs::RW).unwrap();
+    let copier = WordCopier(RecordingCopier::new(&mem));
+    let dma = CopierEngine::new(&rig.smmu, &copier, SID);
+    let odd_buffer = PhysAddr(buffer.as_u64() + 2);
+    for (va, buf, len) in [
+        (0x10_0ff2, buffer, 16),
+        (0x10_0ff0, buffer, 18),
+        (0x10_0ff0, odd_buffer, 32),
+    ] {
+        for r in [
+            dma.read(VirtAddr(va), buf, len),
+            dma.write(VirtAddr(va), buf, len),
+        ] {
+            let err = r.unwrap_err();
+            assert!(
+                matches!(err, DmaError::Copy(CopyError::Unaligned { align: 4, .. })),
+                "{va:#x}+{len} via {buf}: {err}"
+            );
+        }
+    }
+    assert!(
+        copier.0.runs.lock().is_empty(),
+        "nothing reached the copier"
+    );
+    assert_eq!(
+        rig.events().len(),
+        0,
+        "the SMMU saw transactions of refused transfers"
+    );
+}
