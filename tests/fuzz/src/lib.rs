@@ -59,6 +59,8 @@ pub const TARGETS: [Target; 7] = [
     Target {
         name: "receiver",
         run: receiver::fuzz,
+    },
+    Target {
         name: "bootargs",
         run: bootargs::fuzz,
     },

@@ -63,6 +63,11 @@ impl MmPlatform for StressPlatform {
     fn full_barrier(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
     }
+    fn pa_bits(&self) -> u32 {
+        48
+    }
+    /// No CPU fetches instructions from the arena.
+    fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
 }
 
 /// The SMMU of one run.
