@@ -774,6 +774,18 @@ mod tests {
         assert_eq!(ok("ktest=a=b").ktest.as_deref(), Some("a=b"));
     }
 
+    /// `fault=,` names no fault: the soak would run without injection and pass, which is not
+    /// what was asked for (as `ktest=,` is refused).
+    #[test]
+    fn a_fault_list_naming_nothing_is_fatal() {
+        for cmdline in ["job=soak fault=,", "job=soak fault=\",, ,\""] {
+            let e = one_error(cmdline);
+            assert_eq!(e.key, "fault", "{cmdline}");
+            assert!(e.is_fatal(), "{cmdline}: {e}");
+        }
+        assert_eq!(ok("job=soak fault=sync,").fault.as_deref(), Some("sync,"));
+    }
+
     #[test]
     fn contradictions_are_fatal() {
         let e = one_error("ktest=* bench=*");

@@ -760,6 +760,24 @@ mod tests {
         }
     }
 
+    /// `/chosen/bootargs` as a Pi's `cmdline.txt` or a hand-made `-append` may give it: a byte
+    /// that is not UTF-8 (Latin-1's no-break space), or no final NUL. The line must still reach
+    /// the boot-argument parser (invalid bytes replaced), never vanish: an empty line runs the
+    /// default workload and exits 0 where the user asked for tests.
+    #[test]
+    fn bootargs_that_are_not_utf8_still_reach_the_kernel() {
+        let seed = include_bytes!("../../../tests/fuzz/corpus/dt/seed-virt-like");
+        let line = b"ktest=boot.* seed=7";
+        let at = seed
+            .windows(line.len())
+            .position(|w| w == line)
+            .expect("the seed tree has bootargs");
+        let mut blob = seed.to_vec();
+        blob[at + line.len() - 7] = 0xa0; // the space before `seed=7`
+        let info = parse(&blob).unwrap();
+        assert_eq!(info.bootargs, "ktest=boot.*\u{fffd}seed=7");
+    }
+
     #[test]
     fn iommu_map_translates_requester_ids() {
         let host = PcieHost {

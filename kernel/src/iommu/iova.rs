@@ -241,6 +241,23 @@ mod tests {
         assert!(IovaAllocator::new(u64::MAX, u64::MAX - 5, u64::MAX, PAGE).is_err());
     }
 
+    /// A mask below one page, in a domain whose IOVAs start at 0: no page fits, so the
+    /// allocator must refuse (the highest page's end rounded down to 0 once wrapped to the top
+    /// of the address space and handed out IOVAs far beyond the mask).
+    #[test]
+    fn a_mask_below_one_page_is_refused_from_iova_zero() {
+        for mask in [0, 0x7ff, 0xffe] {
+            assert_eq!(
+                IovaAllocator::new(mask, 0, 1 << 48, PAGE).map(|a| a.limit()),
+                Err(IovaError::ApertureTooSmall { mask, start: 0 }),
+                "mask {mask:#x}"
+            );
+        }
+        let mut a = IovaAllocator::new(0xfff, 0, 1 << 48, PAGE).unwrap();
+        assert_eq!(a.alloc(1), Ok(0));
+        assert!(a.alloc(1).is_err());
+    }
+
     #[test]
     fn never_overlaps_under_a_random_mix() {
         let mut a = IovaAllocator::new(0xf_ffff, 0x1_0000, 1 << 48, PAGE).unwrap();
