@@ -73,15 +73,16 @@ impl IovaAllocator {
         debug_assert!(page.is_power_of_two());
         let start = start.checked_next_multiple_of(page).unwrap_or(u64::MAX);
         let limit = mask.min(end.saturating_sub(1));
-        // The highest page that ends at or below `limit`.
-        let top = (limit.wrapping_add(1) & !(page - 1)).wrapping_sub(1);
-        if limit < start || top < start || top.wrapping_sub(start) < page - 1 {
+        // One past the highest page that ends at or below `limit` (`limit < u64::MAX`); 0 when
+        // the mask is below one page.
+        let top_end = (limit + 1) & !(page - 1);
+        if top_end < start.saturating_add(page) {
             return Err(IovaError::ApertureTooSmall { mask, start });
         }
         Ok(Self {
             page,
             start,
-            limit: top,
+            limit: top_end - 1,
             used: Vec::new(),
         })
     }
