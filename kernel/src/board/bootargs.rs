@@ -348,6 +348,10 @@ const KEYS: &[KeySpec] = &[
         Ok(())
     }),
     key("fault", Shape::Value, true, |a, v| {
+        // The names are the soak's fault plan's to check; a list naming none is refused here.
+        if v.unwrap_or("").split(',').all(|k| k.trim().is_empty()) {
+            return Err(bad(v, "fault kinds such as `sync,cmdq`, or `all`"));
+        }
         a.fault = v.map(String::from);
         Ok(())
     }),
