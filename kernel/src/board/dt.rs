@@ -258,6 +258,14 @@ fn prop_str<'a>(node: &FdtNode<'a>, name: &str) -> Option<&'a str> {
         .and_then(|p| p.value_as::<&'a str>().ok())
 }
 
+/// `/chosen/bootargs` as text, whatever its bytes (a Pi's `cmdline.txt` may hold Latin-1, a
+/// hand-made tree may lack the final NUL): bytes that are not UTF-8 are replaced, so the parser
+/// reports the argument they spoil instead of the whole line vanishing.
+fn bootargs_text(raw: &[u8]) -> String {
+    let line = raw.strip_suffix(b"\0").unwrap_or(raw);
+    String::from_utf8_lossy(line).into_owned()
+}
+
 fn prop_u32(node: &FdtNode<'_>, name: &str) -> Option<u32> {
     node.property(name).and_then(|p| p.value_as::<u32>().ok())
 }
@@ -431,8 +439,8 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
     let chosen = nodes
         .iter()
         .find(|l| l.ancestors.len() == 1 && l.node.name() == "chosen");
-    if let Some(args) = chosen.and_then(|c| prop_str(&c.node, "bootargs")) {
-        info.bootargs = args.to_string();
+    if let Some(args) = chosen.and_then(|c| c.node.property("bootargs")) {
+        info.bootargs = bootargs_text(args.value());
     }
     let stdout = chosen.and_then(|c| prop_str(&c.node, "stdout-path"));
     read_devices(stdout, &nodes, &mut info);
