@@ -348,6 +348,10 @@ const KEYS: &[KeySpec] = &[
         Ok(())
     }),
     key("fault", Shape::Value, true, |a, v| {
+        // The names are the soak's fault plan's to check; a list naming none is refused here.
+        if v.unwrap_or("").split(',').all(|k| k.trim().is_empty()) {
+            return Err(bad(v, "fault kinds such as `sync,cmdq`, or `all`"));
+        }
         a.fault = v.map(String::from);
         Ok(())
     }),
@@ -772,6 +776,18 @@ mod tests {
         assert_eq!(one_error("\"frob nicate\"").key, "frob nicate");
         // `=` inside a value stays in it.
         assert_eq!(ok("ktest=a=b").ktest.as_deref(), Some("a=b"));
+    }
+
+    /// `fault=,` names no fault: the soak would run without injection and pass, which is not
+    /// what was asked for (as `ktest=,` is refused).
+    #[test]
+    fn a_fault_list_naming_nothing_is_fatal() {
+        for cmdline in ["job=soak fault=,", "job=soak fault=\",, ,\""] {
+            let e = one_error(cmdline);
+            assert_eq!(e.key, "fault", "{cmdline}");
+            assert!(e.is_fatal(), "{cmdline}: {e}");
+        }
+        assert_eq!(ok("job=soak fault=sync,").fault.as_deref(), Some("sync,"));
     }
 
     #[test]

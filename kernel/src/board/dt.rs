@@ -258,6 +258,14 @@ fn prop_str<'a>(node: &FdtNode<'a>, name: &str) -> Option<&'a str> {
         .and_then(|p| p.value_as::<&'a str>().ok())
 }
 
+/// `/chosen/bootargs` as text, whatever its bytes (a Pi's `cmdline.txt` may hold Latin-1, a
+/// hand-made tree may lack the final NUL): bytes that are not UTF-8 are replaced, so the parser
+/// reports the argument they spoil instead of the whole line vanishing.
+fn bootargs_text(raw: &[u8]) -> String {
+    let line = raw.strip_suffix(b"\0").unwrap_or(raw);
+    String::from_utf8_lossy(line).into_owned()
+}
+
 fn prop_u32(node: &FdtNode<'_>, name: &str) -> Option<u32> {
     node.property(name).and_then(|p| p.value_as::<u32>().ok())
 }
@@ -431,8 +439,8 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
     let chosen = nodes
         .iter()
         .find(|l| l.ancestors.len() == 1 && l.node.name() == "chosen");
-    if let Some(args) = chosen.and_then(|c| prop_str(&c.node, "bootargs")) {
-        info.bootargs = args.to_string();
+    if let Some(args) = chosen.and_then(|c| c.node.property("bootargs")) {
+        info.bootargs = bootargs_text(args.value());
     }
     let stdout = chosen.and_then(|c| prop_str(&c.node, "stdout-path"));
     read_devices(stdout, &nodes, &mut info);
@@ -758,6 +766,24 @@ mod tests {
         for blob in [&name[..], &token[..]] {
             assert!(matches!(parse(blob), Err(DtError::Parse(_))));
         }
+    }
+
+    /// `/chosen/bootargs` as a Pi's `cmdline.txt` or a hand-made `-append` may give it: a byte
+    /// that is not UTF-8 (Latin-1's no-break space), or no final NUL. The line must still reach
+    /// the boot-argument parser (invalid bytes replaced), never vanish: an empty line runs the
+    /// default workload and exits 0 where the user asked for tests.
+    #[test]
+    fn bootargs_that_are_not_utf8_still_reach_the_kernel() {
+        let seed = include_bytes!("../../../tests/fuzz/corpus/dt/seed-virt-like");
+        let line = b"ktest=boot.* seed=7";
+        let at = seed
+            .windows(line.len())
+            .position(|w| w == line)
+            .expect("the seed tree has bootargs");
+        let mut blob = seed.to_vec();
+        blob[at + line.len() - 7] = 0xa0; // the space before `seed=7`
+        let info = parse(&blob).unwrap();
+        assert_eq!(info.bootargs, "ktest=boot.*\u{fffd}seed=7");
     }
 
     #[test]

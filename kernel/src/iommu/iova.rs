@@ -73,15 +73,16 @@ impl IovaAllocator {
         debug_assert!(page.is_power_of_two());
         let start = start.checked_next_multiple_of(page).unwrap_or(u64::MAX);
         let limit = mask.min(end.saturating_sub(1));
-        // The highest page that ends at or below `limit`.
-        let top = (limit.wrapping_add(1) & !(page - 1)).wrapping_sub(1);
-        if limit < start || top < start || top.wrapping_sub(start) < page - 1 {
+        // One past the highest page that ends at or below `limit` (`limit < u64::MAX`); 0 when
+        // the mask is below one page.
+        let top_end = (limit + 1) & !(page - 1);
+        if top_end < start.saturating_add(page) {
             return Err(IovaError::ApertureTooSmall { mask, start });
         }
         Ok(Self {
             page,
             start,
-            limit: top,
+            limit: top_end - 1,
             used: Vec::new(),
         })
     }
@@ -239,6 +240,23 @@ mod tests {
         assert!(IovaAllocator::new(0x1_0ffe, 0x1_0000, 1 << 48, PAGE).is_err());
         assert!(IovaAllocator::new(0x1_0fff, 0x1_0000, 1 << 48, PAGE).is_ok());
         assert!(IovaAllocator::new(u64::MAX, u64::MAX - 5, u64::MAX, PAGE).is_err());
+    }
+
+    /// A mask below one page, in a domain whose IOVAs start at 0: no page fits, so the
+    /// allocator must refuse (the highest page's end rounded down to 0 once wrapped to the top
+    /// of the address space and handed out IOVAs far beyond the mask).
+    #[test]
+    fn a_mask_below_one_page_is_refused_from_iova_zero() {
+        for mask in [0, 0x7ff, 0xffe] {
+            assert_eq!(
+                IovaAllocator::new(mask, 0, 1 << 48, PAGE).map(|a| a.limit()),
+                Err(IovaError::ApertureTooSmall { mask, start: 0 }),
+                "mask {mask:#x}"
+            );
+        }
+        let mut a = IovaAllocator::new(0xfff, 0, 1 << 48, PAGE).unwrap();
+        assert_eq!(a.alloc(1), Ok(0));
+        assert!(a.alloc(1).is_err());
     }
 
     #[test]
