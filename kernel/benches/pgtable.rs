@@ -6,27 +6,19 @@
 //! instruction counts under QEMU `-icount` come from the in-kernel benchmark, `mm.map_unmap`,
 //! which drives the same code.
 
-use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shootdown::mm::asid::{Asid, AsidBits};
 use shootdown::mm::fake::TestMemory;
 use shootdown::mm::pgtable::{
-    Attributes, Blocks, Config, CpuTlb, Holes, PageTable, Permissions, TlbFeatures, TlbMaintenance,
-    TlbPlan, TlbPolicy, TlbScope,
+    Attributes, Blocks, Config, CpuTlb, Holes, PageTable, Permissions, TlbFeatures, TlbPolicy,
+    TlbScope,
 };
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
 
-/// Walks each plan as the kernel's executor would, without executing anything.
-struct DiscardTlb;
-
-impl TlbMaintenance for DiscardTlb {
-    fn execute(&mut self, plan: &TlbPlan) {
-        for op in plan.ops() {
-            black_box(op);
-        }
-    }
-}
+#[path = "discard_tlb.rs"]
+mod discard_tlb;
+use discard_tlb::DiscardTlb;
 
 fn map_unmap(c: &mut Criterion) {
     let mut group = c.benchmark_group("map_unmap");

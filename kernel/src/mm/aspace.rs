@@ -690,13 +690,14 @@ impl<P: MmPlatform> AddressSpace<P> {
         // The unmapped runs, from one walk over the leaves (a 1 GiB region is not 2^18 walks).
         let mut holes = Vec::new();
         let mut next = start;
-        table.walk(VirtAddr(start), (end - start) as usize, |m| {
-            if m.va.start().0 > next {
-                holes.push((next, m.va.start().0));
-            }
-            next = m.va.end().0;
-        })
-        .map_err(|e| stopped(e.into(), start))?;
+        table
+            .walk(VirtAddr(start), (end - start) as usize, |m| {
+                if m.va.start().0 > next {
+                    holes.push((next, m.va.start().0));
+                }
+                next = m.va.end().0;
+            })
+            .map_err(|e| stopped(e.into(), start))?;
         if next < end {
             holes.push((next, end));
         }
@@ -857,13 +858,12 @@ impl<P: MmPlatform> AddressSpace<P> {
                     }
                 })?;
             }
-            let mut pages = 0;
-            table.walk(VirtAddr(start), len, |m| pages += m.va.pages())?;
             let mut flush = Flush {
                 aspace: self,
                 secondary: true,
             };
             let change = table.unmap(VirtAddr(start), len, Holes::Skip, &mut flush)?;
+            let pages = change.pages();
             table.complete(change, &mut flush);
             pages
         };

@@ -359,6 +359,25 @@ fn run(blocks: Blocks, ops: &[(Op, Option<usize>)], knobs: Knobs) -> Result<(), 
                     );
                 }
                 prop_assert_eq!(change.splits(), checker.seen.len() - splits_seen);
+                // Map writes every page; unmap removes exactly the mapped ones (the address
+                // space's page count comes from here).
+                let written = match *op {
+                    Op::Map { len, .. } => Some(len / K4),
+                    Op::Unmap { start, len, .. } => Some(
+                        model
+                            .overlapping(start, start + len)
+                            .iter()
+                            .map(|s| {
+                                let c = s.clip(start, start + len);
+                                (c.end - c.start) / K4
+                            })
+                            .sum(),
+                    ),
+                    Op::Protect { .. } => None,
+                };
+                if let Some(pages) = written {
+                    prop_assert_eq!(change.pages(), pages, "step {}: pages of {:?}", step, op);
+                }
                 let changed = change
                     .changed_range()
                     .map(|r| (r.start().as_u64(), r.end().as_u64()));

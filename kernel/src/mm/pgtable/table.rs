@@ -4,7 +4,7 @@
 //! break-before-make, deferred freeing of table pages).
 
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::descriptor::{
     is_lower_half, Attributes, Descriptor, DescriptorKind, Level, MemoryType, Permissions,
@@ -79,6 +79,7 @@ pub struct Change {
     freed: Vec<PhysAddr>,
     splits: usize,
     was_young: bool,
+    pages: u64,
 }
 
 impl Change {
@@ -102,6 +103,13 @@ impl Change {
     /// Number of blocks the operation split (each already went through break-before-make).
     pub fn splits(&self) -> usize {
         self.splits
+    }
+
+    /// Pages whose leaves the operation wrote: mapped by `map`, unmapped by `unmap` (holes
+    /// and the parts of split blocks outside the range are not counted), rewritten by
+    /// `protect` and ageing.
+    pub fn pages(&self) -> u64 {
+        self.pages
     }
 
     /// For [`PageTable::clear_young`]: whether any leaf had its access flag set.
@@ -130,6 +138,7 @@ impl Change {
         self.freed.append(&mut other.freed);
         self.splits += other.splits;
         self.was_young |= other.was_young;
+        self.pages += other.pages;
     }
 
     fn record_leaf(&mut self, range: VaRange, level: Level) {
@@ -175,6 +184,41 @@ enum Node {
     /// A table a block split will create: entry `i` maps `base + i * entry_size` with the
     /// attributes of `block`.
     Split { block: Descriptor, base: u64 },
+}
+
+/// The entries of a [`Node`] while a loop indexes them: a table's words, reached once per table
+/// rather than once per entry (the kernel's accessor searches the RAM ranges on every call),
+/// or the leaves a split will write.
+#[derive(Clone, Copy)]
+enum Entries<'m> {
+    Table(&'m [AtomicU64; ENTRIES_PER_TABLE]),
+    Split { block: Descriptor, base: u64 },
+}
+
+impl Entries<'_> {
+    /// Entry `index` (we are the only writer: our own earlier stores are visible to us without
+    /// ordering).
+    #[inline]
+    fn load(&self, level: Level, index: usize) -> Descriptor {
+        match self {
+            Entries::Table(words) => Descriptor::from_bits(words[index].load(Ordering::Relaxed)),
+            Entries::Split { block, base } => {
+                block.leaf_like(level, PhysAddr(base + index as u64 * level.entry_size()))
+            }
+        }
+    }
+
+    /// Stores into a live table. Release: a walker that sees a new table descriptor also sees
+    /// the table's contents (on arm64 an STLR, which orders the earlier stores before it for
+    /// every observer, as the `smp_wmb()` Linux issues before linking a new page table).
+    #[inline]
+    fn store(&self, index: usize, desc: Descriptor) {
+        match self {
+            Entries::Table(words) => words[index].store(desc.bits(), Ordering::Release),
+            // Only dry runs walk virtual tables, and they never store.
+            Entries::Split { .. } => debug_assert!(false, "store into a virtual table"),
+        }
+    }
 }
 
 /// What `modify` does to each covered leaf.
@@ -330,6 +374,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             &mut pass,
         )?;
         pass.change.changed = Some(range);
+        pass.change.pages = range.pages();
         Ok(self.finish(pass))
     }
 
@@ -540,37 +585,31 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             .ok_or(PageTableError::Unreachable(table))
     }
 
-    fn load_node(
-        &self,
-        node: Node,
-        level: Level,
-        index: usize,
-    ) -> Result<Descriptor, PageTableError> {
+    /// The entries of `node`, reachable as a whole (the dry run checked every table it enters,
+    /// the engine allocated the rest).
+    fn entries(&self, node: Node) -> Result<Entries<'_>, PageTableError> {
         match node {
-            Node::Table(table) => self.load(table, index),
-            Node::Split { block, base } => {
-                Ok(block.leaf_like(level, PhysAddr(base + index as u64 * level.entry_size())))
-            }
+            Node::Table(table) => self.table_entries(table).map(Entries::Table),
+            Node::Split { block, base } => Ok(Entries::Split { block, base }),
         }
     }
 
-    /// Stores a descriptor into a live table. Release: a walker that sees a new table
-    /// descriptor also sees the table's contents (on arm64 an STLR, which orders the earlier
-    /// stores before it for every observer, as the `smp_wmb()` Linux issues before linking a
-    /// new page table).
+    fn table_entries(
+        &self,
+        table: PhysAddr,
+    ) -> Result<&[AtomicU64; ENTRIES_PER_TABLE], PageTableError> {
+        self.mem
+            .words(table, ENTRIES_PER_TABLE)
+            .and_then(|words| words.try_into().ok())
+            .ok_or(PageTableError::Unreachable(table))
+    }
+
+    /// Stores a descriptor into a live table (see [`Entries::store`] for the ordering).
     fn store(&self, table: PhysAddr, index: usize, desc: Descriptor) {
         match self.mem.word(PhysAddr(table.as_u64() + 8 * index as u64)) {
             Some(word) => word.store(desc.bits(), Ordering::Release),
             // The dry run (or the reservation) checked the whole table frame.
             None => debug_assert!(false, "table {table:?} unreachable after it was checked"),
-        }
-    }
-
-    fn store_node(&self, node: Node, index: usize, desc: Descriptor) {
-        match node {
-            Node::Table(table) => self.store(table, index, desc),
-            // Only dry runs walk virtual tables, and they never store.
-            Node::Split { .. } => debug_assert!(false, "store into a virtual table"),
         }
     }
 
@@ -691,6 +730,10 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         pass: &mut Pass<'_>,
     ) -> Result<(), PageTableError> {
         let size = level.entry_size();
+        let entries = self.entries(node)?;
+        if let (Level::L3, Entries::Table(words)) = (level, entries) {
+            return self.map_pages(words, start, end, pa_start, attrs, pass);
+        }
         let mut va = start;
         while va < end {
             #[cfg(test)]
@@ -699,14 +742,14 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             let entry_start = va & !(size - 1);
             let chunk_end = end.min(entry_start + size);
             let pa = pa_start + (va - start);
-            let desc = self.load_node(node, level, index)?;
+            let desc = entries.load(level, index);
             match desc.kind(level) {
                 DescriptorKind::Invalid => {
                     if self.leaf_fits(level, va, chunk_end, pa) {
                         if pass.commit {
                             let leaf =
                                 Descriptor::leaf(level, PhysAddr(pa), attrs, self.config.global);
-                            self.store_node(node, index, leaf);
+                            entries.store(index, leaf);
                         }
                     } else {
                         let next = Self::below(level, va, desc)?;
@@ -722,7 +765,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
                                 pass,
                             )?;
                             // Link the table only once it is complete.
-                            self.store_node(node, index, Descriptor::table(table));
+                            entries.store(index, Descriptor::table(table));
                         } else {
                             let below = self.tables_below_new(next, va, chunk_end, pa);
                             pass.tables_needed =
@@ -749,6 +792,59 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             va = chunk_end;
         }
         Ok(())
+    }
+
+    /// [`map_level`](Self::map_level) inside one level-3 table: every entry is a whole page,
+    /// so the loop only checks that each is free (dry run) or writes it (commit).
+    fn map_pages(
+        &self,
+        words: &[AtomicU64; ENTRIES_PER_TABLE],
+        start: u64,
+        end: u64,
+        pa_start: u64,
+        attrs: Attributes,
+        pass: &mut Pass<'_>,
+    ) -> Result<(), PageTableError> {
+        let words = self.pages_of(words, start, end);
+        if pass.commit {
+            let leaf = Descriptor::leaf(Level::L3, PhysAddr(pa_start), attrs, self.config.global);
+            let mut pa = pa_start;
+            for word in words {
+                word.store(
+                    leaf.leaf_like(Level::L3, PhysAddr(pa)).bits(),
+                    Ordering::Release,
+                );
+                pa += PAGE_SIZE as u64;
+            }
+            return Ok(());
+        }
+        for (i, word) in words.iter().enumerate() {
+            let va = start + i as u64 * PAGE_SIZE as u64;
+            let desc = Descriptor::from_bits(word.load(Ordering::Relaxed));
+            match desc.kind(Level::L3) {
+                DescriptorKind::Invalid => {}
+                DescriptorKind::Leaf(_) => return Err(PageTableError::AlreadyMapped(VirtAddr(va))),
+                DescriptorKind::Table(_) | DescriptorKind::Reserved => {
+                    return Err(corrupt_page(va, desc))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of a level-3 table for the pages `[start, end)` (inside it).
+    fn pages_of<'w>(
+        &self,
+        words: &'w [AtomicU64; ENTRIES_PER_TABLE],
+        start: u64,
+        end: u64,
+    ) -> &'w [AtomicU64] {
+        let first = Level::L3.index(start);
+        let words = &words[first..first + ((end - start) / PAGE_SIZE as u64) as usize];
+        #[cfg(test)]
+        self.entries_walked
+            .fetch_add(words.len(), Ordering::Relaxed);
+        words
     }
 
     /// Dry run, reservation and commit of an edit of existing leaves.
@@ -794,6 +890,13 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         pass: &mut Pass<'_>,
     ) -> Result<(), PageTableError> {
         let size = level.entry_size();
+        let entries = self.entries(node)?;
+        if let (Level::L3, Entries::Table(words)) = (level, entries) {
+            return self.modify_pages(words, start, end, edit, pass);
+        }
+        // The leaves this call rewrites, recorded once at the end: the invalidation is their
+        // hull anyway, and recording each of 512 pages costs more than rewriting it.
+        let mut rewritten: Option<(u64, u64)> = None;
         let mut va = start;
         while va < end {
             #[cfg(test)]
@@ -802,7 +905,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             let entry_start = va & !(size - 1);
             let entry_end = entry_start + size;
             let chunk_end = end.min(entry_end);
-            let desc = self.load_node(node, level, index)?;
+            let desc = entries.load(level, index);
             match desc.kind(level) {
                 DescriptorKind::Invalid => {
                     if pass.holes == Holes::Reject {
@@ -823,7 +926,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
                     }
                     self.modify_level(Node::Table(table), next, va, chunk_end, edit, pass)?;
                     if pass.commit && edit == Edit::Unmap {
-                        self.unlink_if_empty(node, index, table, pass)?;
+                        self.unlink_if_empty(entries, index, table, pass)?;
                     }
                 }
                 DescriptorKind::Leaf(base) => {
@@ -836,15 +939,15 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
                         // Nothing to change, and no reason to split.
                     } else if whole || edit == Edit::ClearYoung {
                         if pass.commit {
-                            self.store_node(node, index, new);
-                            pass.change
-                                .record_leaf(VaRange::between(entry_start, entry_end), level);
+                            entries.store(index, new);
+                            rewritten = Some((rewritten.map_or(entry_start, |r| r.0), entry_end));
+                            pass.change.pages += size / PAGE_SIZE as u64;
                         }
                     } else {
                         let next = Self::below(level, va, desc)?;
                         if pass.commit {
                             let table =
-                                self.split(node, index, level, desc, base, entry_start, pass)?;
+                                self.split(entries, index, level, desc, base, entry_start, pass)?;
                             self.modify_level(Node::Table(table), next, va, chunk_end, edit, pass)?;
                         } else {
                             pass.tables_needed += 1;
@@ -858,6 +961,48 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
                 }
             }
             va = chunk_end;
+        }
+        if let Some((first, end)) = rewritten {
+            pass.change.record_leaf(VaRange::between(first, end), level);
+        }
+        Ok(())
+    }
+
+    /// [`modify_level`](Self::modify_level) inside one level-3 table: every entry is a whole
+    /// page (nothing to split), so the loop edits the entries in place and records the
+    /// rewritten run once.
+    fn modify_pages(
+        &self,
+        words: &[AtomicU64; ENTRIES_PER_TABLE],
+        start: u64,
+        end: u64,
+        edit: Edit,
+        pass: &mut Pass<'_>,
+    ) -> Result<(), PageTableError> {
+        let words = self.pages_of(words, start, end);
+        let mut rewritten: Option<(u64, u64)> = None;
+        for (i, word) in words.iter().enumerate() {
+            let va = start + i as u64 * PAGE_SIZE as u64;
+            let desc = Descriptor::from_bits(word.load(Ordering::Relaxed));
+            match desc.kind(Level::L3) {
+                DescriptorKind::Leaf(_) => {}
+                DescriptorKind::Invalid if pass.holes == Holes::Skip => continue,
+                DescriptorKind::Invalid => return Err(PageTableError::NotMapped(VirtAddr(va))),
+                DescriptorKind::Table(_) | DescriptorKind::Reserved => {
+                    return Err(corrupt_page(va, desc))
+                }
+            }
+            let new = Self::edited(desc, edit, VirtAddr(va))?;
+            pass.change.was_young |= desc.is_young();
+            if pass.commit && new != desc {
+                word.store(new.bits(), Ordering::Release);
+                rewritten = Some((rewritten.map_or(va, |r| r.0), va + PAGE_SIZE as u64));
+                pass.change.pages += 1;
+            }
+        }
+        if let Some((first, end)) = rewritten {
+            pass.change
+                .record_leaf(VaRange::between(first, end), Level::L3);
         }
         Ok(())
     }
@@ -882,13 +1027,13 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         }
     }
 
-    /// Replaces the block at `node[index]` by a table of next-level leaves with the same
+    /// Replaces the block at `entries[index]` by a table of next-level leaves with the same
     /// translation, by break-before-make (D8.16.1: changing the block size of a live
     /// translation requires it): invalid entry, TLB invalidation of the block, table entry.
     #[allow(clippy::too_many_arguments)]
     fn split(
         &self,
-        node: Node,
+        entries: Entries<'_>,
         index: usize,
         level: Level,
         block: Descriptor,
@@ -914,21 +1059,21 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         #[cfg(not(test))]
         let skip_break = false;
         if !skip_break {
-            self.store_node(node, index, Descriptor::INVALID);
+            entries.store(index, Descriptor::INVALID);
         }
         if let Some(inv) = pass.inv.as_deref_mut() {
             inv.invalidate(&TlbInvalidation::leaf(block_range, level));
         }
-        self.store_node(node, index, Descriptor::table(table));
+        entries.store(index, Descriptor::table(table));
         pass.change.splits += 1;
         Ok(table)
     }
 
-    /// After an unmap inside `table` (linked at `node[index]`): unlinks it if it is now empty
+    /// After an unmap inside `table` (linked at `entries[index]`): unlinks it if it is now empty
     /// and queues it for freeing after the invalidation.
     fn unlink_if_empty(
         &self,
-        node: Node,
+        entries: Entries<'_>,
         index: usize,
         table: PhysAddr,
         pass: &mut Pass<'_>,
@@ -940,7 +1085,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         if !walk::table_is_empty(&self.mem, table)? {
             return Ok(());
         }
-        self.store_node(node, index, Descriptor::INVALID);
+        entries.store(index, Descriptor::INVALID);
         pass.change.freed.push(table);
         // The table held a leaf that this operation removed, so an invalidation exists; it
         // must now reach the walk caches too.
@@ -1001,6 +1146,15 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             }
         }
         out.push(table);
+    }
+}
+
+/// A level-3 entry that is neither invalid nor a page (the engine never writes one).
+fn corrupt_page(va: u64, desc: Descriptor) -> PageTableError {
+    PageTableError::Corrupt {
+        va: VirtAddr(va),
+        level: Level::L3,
+        bits: desc.bits(),
     }
 }
 

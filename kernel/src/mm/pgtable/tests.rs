@@ -515,6 +515,7 @@ fn unmap_partial_block_splits_with_break_before_make() {
         .unmap(va(hole), 4096, Holes::Reject, &mut checker)
         .unwrap();
     assert_eq!(change.splits(), 1);
+    assert_eq!(change.pages(), 1, "the block's other 511 pages stay mapped");
     // The split invalidated the whole block while its entry was invalid...
     assert_eq!(checker.seen.len(), 1);
     let split = &checker.seen[0];
@@ -602,6 +603,7 @@ fn unmap_whole_blocks_invalidates_with_block_stride() {
         .unmap(va(G1 + M2), (2 * M2) as usize, Holes::Reject, &mut checker)
         .unwrap();
     assert_eq!(c.splits(), 0);
+    assert_eq!(c.pages(), 2 * M2 / K4);
     let inv = *c.invalidation().unwrap();
     assert_eq!(inv.stride(), M2);
     assert_eq!(inv.level_hint(), Some(Level::L2));
@@ -636,6 +638,7 @@ fn unmap_holes_reject_or_skip() {
         c.changed_range(),
         Some(VaRange::new(va(0), (3 * K4) as usize).unwrap())
     );
+    assert_eq!(c.pages(), 2, "the hole is not counted");
     checker.complete(&table, c);
     assert_eq!(mem.live_frames(), 1);
 
@@ -643,7 +646,7 @@ fn unmap_holes_reject_or_skip() {
     let c = table
         .unmap(va(0), (3 * K4) as usize, Holes::Skip, &mut checker)
         .unwrap();
-    assert!(c.is_empty() && c.invalidation().is_none());
+    assert!(c.is_empty() && c.invalidation().is_none() && c.pages() == 0);
     let calls = checker.seen.len();
     checker.complete(&table, c);
     assert_eq!(checker.seen.len(), calls);

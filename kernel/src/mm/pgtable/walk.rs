@@ -6,7 +6,7 @@
 
 use core::sync::atomic::Ordering;
 
-use super::descriptor::{Attributes, Descriptor, DescriptorKind, Level};
+use super::descriptor::{Attributes, Descriptor, DescriptorKind, Level, ENTRIES_PER_TABLE};
 use super::error::PageTableError;
 use super::range::VaRange;
 use crate::mm::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
@@ -104,13 +104,16 @@ pub(crate) fn walk_leaves<M: PhysMemory + ?Sized>(
     f: &mut dyn FnMut(Mapping),
 ) -> Result<(), PageTableError> {
     let size = level.entry_size();
+    // One reachability check per table, not per entry (see PhysMemory::words).
+    let entries = mem
+        .words(table, ENTRIES_PER_TABLE)
+        .ok_or(PageTableError::Unreachable(table))?;
     let mut va = range.start().as_u64();
     let end = range.end().as_u64();
     while va < end {
         let entry_start = va & !(size - 1);
         let chunk_end = end.min(entry_start + size);
-        let desc = load(mem, table, level.index(va), Ordering::Acquire)
-            .ok_or(PageTableError::Unreachable(table))?;
+        let desc = Descriptor::from_bits(entries[level.index(va)].load(Ordering::Acquire));
         match desc.kind(level) {
             DescriptorKind::Invalid => {}
             DescriptorKind::Table(next) => {

@@ -40,19 +40,25 @@ pub const INTERVAL_100X: &str = "interval_100x";
 pub const EMPTY_DISPATCH_2X: &str = "empty_dispatch_2x";
 pub const SHARED_SYNC: &str = "shared_sync";
 pub const QEMU_COUNTS: &str = "qemu_counts";
+pub const PER_PAGE_100: &str = "per_page_100";
 /// `make bench`'s goals (`--require all`); `make bench-peer`'s are [`super::peer::GOALS`].
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     RIL_RANGE_COMMANDS,
     NO_ASID_BELOW_512,
     QEMU_COUNTS,
     INTERVAL_100X,
     EMPTY_DISPATCH_2X,
     SHARED_SYNC,
+    PER_PAGE_100,
 ];
 /// The goals that are exact command counts (no timing): the `make test` smoke checks these.
 pub const COMMAND_GOALS: [&str; 3] = [RIL_RANGE_COMMANDS, NO_ASID_BELOW_512, QEMU_COUNTS];
 /// The command kinds the kernel counts per unmap (its metric names; QEMU's trace uses them too).
 const KERNEL_KINDS: [&str; 4] = ["tlbi_va", "tlbi_va_range", "tlbi_asid", "sync"];
+
+/// Issue 16: instructions per page of `mmap` and `munmap` at [`PER_PAGE_PAGES`] 4 KiB pages.
+const PER_PAGE_MAX_INSNS: u64 = 100;
+const PER_PAGE_PAGES: u64 = 262_144;
 
 /// Linux's threshold (`CMDQ_MAX_TLBI_OPS` for 4 KiB pages).
 const ASID_THRESHOLD_PAGES: u64 = 512;
@@ -100,6 +106,7 @@ pub fn check(kernel: &[KernelRun], host_results: &[HostResult]) -> Vec<Goal> {
         interval_100x(host_results),
         empty_dispatch_2x(host_results),
         shared_sync(kernel),
+        per_page_100(kernel),
     ];
     goals.extend(super::peer::check(kernel));
     goals
@@ -393,6 +400,48 @@ fn shared_sync(kernel: &[KernelRun]) -> Goal {
     )
 }
 
+/// Issue 16: `mm.map_unmap` with 4 KiB leaves only (`layout=pages`) at 262144 pages, on every
+/// board that ran it: at most 100 instructions per page for the `mmap`s and for the `munmap`.
+/// A board that ran the case at that size but lost a metric, or counted timer ticks instead of
+/// instructions, fails; boards that did not run that size are not evidence either way.
+fn per_page_100(kernel: &[KernelRun]) -> Goal {
+    let mut checks = Vec::new();
+    let pages = PER_PAGE_PAGES.to_string();
+    let key = [("layout", "pages"), ("pages", pages.as_str())];
+    for run in kernel {
+        let ran = ["map", "unmap"]
+            .iter()
+            .any(|m| run.value("mm.map_unmap", &key, m).is_some());
+        if !ran {
+            continue;
+        }
+        for metric in ["map", "unmap"] {
+            let name = format!("{} {metric} of {PER_PAGE_PAGES} pages", run.board);
+            match run.value("mm.map_unmap", &key, metric) {
+                None => checks.push((false, format!("{name}: missing"))),
+                Some(_) if !run.counts_instructions() => checks.push((
+                    false,
+                    format!("{name}: counted timer ticks, not instructions"),
+                )),
+                Some(insns) => {
+                    let per_page = insns as f64 / PER_PAGE_PAGES as f64;
+                    checks.push((
+                        insns <= PER_PAGE_MAX_INSNS * PER_PAGE_PAGES,
+                        format!(
+                            "{name}: {insns} instructions, {per_page:.1} per page (goal ≤ {PER_PAGE_MAX_INSNS})"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    goal(
+        PER_PAGE_100,
+        "mmap and munmap of 262144 4 KiB pages (mm.map_unmap, layout pages): at most 100 instructions per page each",
+        checks,
+    )
+}
+
 fn interval_100x(results: &[HostResult]) -> Goal {
     let mut checks = Vec::new();
     let tree = host(results, "interval_invalidation/tree/100000");
@@ -534,6 +583,64 @@ mod tests {
             s("syncs", syncs),
             s("insns_per_invalidation", insns),
         ]
+    }
+
+    /// `mm.map_unmap` samples of one layout and size: (map, unmap) instructions.
+    fn map_unmap(layout: &str, pages: u64, (map, unmap): (Option<u64>, Option<u64>)) -> Vec<Sample> {
+        let s = |metric: &str, value| Sample {
+            name: "mm.map_unmap".into(),
+            params: vec![
+                ("layout".into(), layout.into()),
+                ("pages".into(), pages.to_string()),
+            ],
+            metric: metric.into(),
+            value,
+            unit: "insns".into(),
+        };
+        [("map", map), ("unmap", unmap)]
+            .into_iter()
+            .filter_map(|(m, v)| v.map(|v| s(m, v)))
+            .collect()
+    }
+
+    fn insns_run(samples: Vec<Sample>) -> KernelRun {
+        KernelRun {
+            counter: Some(super::super::Counter {
+                unit: "insns".into(),
+                source: "pmu".into(),
+            }),
+            ..run(samples)
+        }
+    }
+
+    #[test]
+    fn per_page_goal_checks_map_and_unmap_at_262144_pages() {
+        const N: u64 = PER_PAGE_PAGES;
+        let v = |r: KernelRun| verdict(&check(&[r], &[]), PER_PAGE_100);
+        let at = |map, unmap| insns_run(map_unmap("pages", N, (Some(map), Some(unmap))));
+        assert_eq!(v(at(100 * N, 100 * N)), Verdict::Pass);
+        assert_eq!(v(at(100 * N + 1, 50 * N)), Verdict::Fail, "map over");
+        assert_eq!(v(at(50 * N, 100 * N + 1)), Verdict::Fail, "unmap over");
+        // Half the metrics is a failure, not half a pass.
+        let lost = insns_run(map_unmap("pages", N, (Some(N), None)));
+        assert_eq!(v(lost), Verdict::Fail);
+        // Timer ticks are not instructions.
+        let ticks = KernelRun {
+            counter: None,
+            ..at(N, N)
+        };
+        assert_eq!(v(ticks), Verdict::Fail);
+        // Blocks, or smaller sizes only (the smoke run), say nothing about the goal.
+        let blocks = insns_run(map_unmap("blocks", N, (Some(N), Some(N))));
+        assert_eq!(v(blocks), Verdict::NotMeasured);
+        let small = insns_run(map_unmap("pages", 512, (Some(N), Some(N))));
+        assert_eq!(v(small), Verdict::NotMeasured);
+        assert_eq!(v(run(vec![])), Verdict::NotMeasured);
+        // One board over the goal fails the goal.
+        assert_eq!(
+            verdict(&check(&[at(N, N), at(N, 101 * N)], &[]), PER_PAGE_100),
+            Verdict::Fail
+        );
     }
 
     #[test]

@@ -946,6 +946,7 @@ ok 2 smmu
                 ("interval_100x", "pass"),
                 ("empty_dispatch_2x", "pass"),
                 ("shared_sync", "not measured"),
+                ("per_page_100", "not measured"),
                 ("peer_commands", "not measured"),
                 ("peer_insns", "not measured"),
                 ("peer_faults", "not measured"),
