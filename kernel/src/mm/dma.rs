@@ -47,6 +47,9 @@ pub enum CopyError {
     Timeout { cs: u32 },
     /// No memory for the engine's descriptors.
     NoMemory,
+    /// A failed chain left a channel that would not stop (status register): it may still be
+    /// moving bytes and is never used again.
+    Wedged { cs: u32 },
 }
 
 impl fmt::Display for CopyError {
@@ -78,7 +81,7 @@ impl fmt::Display for CopyError {
             ),
             Self::ChannelInError { cs, debug } => write!(
                 f,
-                "the channel is in error (CS {cs:#010x}, DEBUG {debug:#010x}): reset it first"
+                "the channel is in error (CS {cs:#010x}, DEBUG {debug:#010x})"
             ),
             Self::Transfer { cs, debug } => write!(
                 f,
@@ -86,6 +89,10 @@ impl fmt::Display for CopyError {
             ),
             Self::Timeout { cs } => write!(f, "the transfer did not finish (CS {cs:#010x})"),
             Self::NoMemory => f.write_str("no memory for DMA control blocks"),
+            Self::Wedged { cs } => write!(
+                f,
+                "the channel would not stop after a failed transfer (CS {cs:#010x}): taken out of use"
+            ),
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct Bcm2835Dma {
     /// (the control blocks are still cleaned): how the cache test shows, on a board, that the
     /// maintenance is needed.
     skip_maintenance: AtomicBool,
+    /// The channel would not stop after a failed chain: it may still be moving bytes, so it is
+    /// never used again (every later request is refused).
+    wedged: AtomicBool,
 }
 
 impl Bcm2835Dma {
@@ -105,6 +108,7 @@ impl Bcm2835Dma {
             blocks_bus,
             lock: SpinLock::new(()),
             skip_maintenance: AtomicBool::new(false),
+            wedged: AtomicBool::new(false),
         };
         dma.reset().map_err(|cs| ProbeError::Reset { cs })?;
         Ok(dma)
@@ -128,6 +132,11 @@ impl Bcm2835Dma {
     /// Runs `chunks` as one chain of control blocks and waits for it; see [`PhysCopier::copy`].
     fn run(&self, chunks: &[Chunk]) -> Result<(), CopyError> {
         let _one_at_a_time = self.lock.lock();
+        if self.wedged.load(Ordering::Acquire) {
+            return Err(CopyError::Wedged {
+                cs: self.read(reg::CS),
+            });
+        }
         chain::ready(
             self.read(reg::CS),
             self.read(reg::CONBLK_AD),
@@ -165,8 +174,12 @@ impl Bcm2835Dma {
         );
         let outcome = self.wait();
         if outcome.is_err() {
-            // Best effort: a channel that will not reset reports itself in error next time.
-            let _ = self.reset();
+            if let Err(cs) = self.reset() {
+                // The engine may still write: take the channel out of use for good and say so,
+                // rather than let a later chain (or a freed frame) meet its bytes.
+                self.wedged.store(true, Ordering::Release);
+                return Err(CopyError::Wedged { cs });
+            }
         }
         self.write(reg::CS, cs::END);
         if maintain {
@@ -219,6 +232,19 @@ impl Bcm2835Dma {
     fn reset(&self) -> Result<(), u32> {
         self.write(reg::CS, 0);
         let deadline = timer::Deadline::after_us(RESET_TIMEOUT_US);
+        // A reset drops the AXI writes still in flight on the floor only after they land
+        // somewhere: wait for the paused channel's outstanding writes first (CS bit 6, what
+        // Linux's bcm2835_dma_abort waits on), so none lands after the caller moved on.
+        loop {
+            let cs_val = self.read(reg::CS);
+            if cs_val & cs::WAITING_FOR_OUTSTANDING_WRITES == 0 {
+                break;
+            }
+            if deadline.expired() {
+                return Err(cs_val);
+            }
+            core::hint::spin_loop();
+        }
         self.write(reg::CS, cs::RESET);
         loop {
             let cs_val = self.read(reg::CS);
