@@ -19,7 +19,8 @@ use loom::thread;
 use shootdown::iommu::driver::coalesce::{
     CommandRing, SharedQueue, Submission, SyncEvent, SyncHardware, SyncLedger, SyncOutcome,
 };
-use shootdown::iommu::driver::SmmuError;
+use shootdown::iommu::driver::{CommandFailure, SmmuError};
+use shootdown::iommu::spec::regs::CommandErrorCode;
 use shootdown::iommu::spec::command::Command;
 use shootdown::iommu::spec::queue::{QueueGeometry, QueuePtr};
 use shootdown::sync::{current_cpu, set_model_cpu};
@@ -40,6 +41,10 @@ struct Smmu {
     done: [bool; IDS],
     /// CMD_SYNCs are held (not consumed) until a waiter gives up.
     hold_syncs: bool,
+    /// The command (by id) the SMMU refuses: it stops in front of it until repaired.
+    refuse: Option<u64>,
+    /// Stopped on the refused command (GERROR.CMDQ_ERR active).
+    stopped: bool,
 }
 
 impl Smmu {
@@ -49,6 +54,10 @@ impl Smmu {
             return;
         }
         let entry = self.slots[self.geo.index(self.cons) as usize];
+        if self.stopped || Some(entry) == self.refuse {
+            self.stopped = true;
+            return;
+        }
         if entry == SYNC {
             if self.hold_syncs {
                 return;
@@ -73,6 +82,8 @@ struct Ring {
     waits: Vec<(usize, u64)>,
     /// (CPU, command id) of every command published.
     owners: Vec<(usize, u64)>,
+    /// Commands refused (never completed).
+    refused: Vec<u64>,
 }
 
 impl Ring {
@@ -82,7 +93,7 @@ impl Ring {
         let cpu = current_cpu();
         for &(owner, id) in &self.owners {
             assert!(
-                owner != cpu || self.smmu.done[id as usize],
+                owner != cpu || self.smmu.done[id as usize] || self.refused.contains(&id),
                 "CPU {cpu} returned before a CMD_SYNC after its command completed"
             );
         }
@@ -147,6 +158,21 @@ impl CommandRing<Hw> for Ring {
         self.smmu.step(self.prod);
         self.cons = self.smmu.cons;
         self.ledger.observe_cons(self.smmu.geo, self.prod, self.cons);
+        if self.smmu.stopped {
+            // As the driver: record the refusal at CONS, a CMD_SYNC in its place, run on.
+            let slot = self.smmu.geo.index(self.cons) as usize;
+            let id = std::mem::replace(&mut self.smmu.slots[slot], SYNC);
+            let failure = CommandFailure {
+                code: CommandErrorCode::Illegal,
+                index: slot as u32,
+                command: Ok(tlbi(id as u16)),
+            };
+            let at = self.ledger.consumed();
+            self.ledger.record_refusal(at, failure);
+            self.refused.push(id);
+            self.smmu.refuse = None;
+            self.smmu.stopped = false;
+        }
         Ok(())
     }
     fn pointers(&self) -> (QueuePtr, QueuePtr) {
@@ -177,6 +203,8 @@ fn world(log2_entries: u8, hold_syncs: bool, timeout: u64) -> World {
         pending: Vec::new(),
         done: [false; IDS],
         hold_syncs,
+        refuse: None,
+        stopped: false,
     };
     let queue = Arc::new(SharedQueue::new(Ring {
         smmu,
@@ -185,6 +213,7 @@ fn world(log2_entries: u8, hold_syncs: bool, timeout: u64) -> World {
         ledger: SyncLedger::new(),
         waits: Vec::new(),
         owners: Vec::new(),
+        refused: Vec::new(),
     }));
     let hw = Arc::new(Hw {
         clock: AtomicU64::new(0),
@@ -285,5 +314,23 @@ fn a_given_up_sync_fails_every_waiter() {
                 );
             }
         }
+    });
+}
+
+/// The SMMU refuses CPU 1's command wherever it lands among CPU 0's traffic; whoever polls
+/// repairs it. CPU 1 (and only CPU 1) is told, even when it shares CPU 0's CMD_SYNC or CPU 0
+/// shares its.
+#[test]
+fn a_refused_command_fails_its_owner_only() {
+    loom::model(|| {
+        let w = world(ROOMY, false, u64::MAX / 2);
+        let refused = tlbi(2);
+        w.queue.lock().smmu.refuse = Some(2);
+        let results = two_cpus(&w, 1, false);
+        assert!(results[0][0].is_ok(), "{results:?}");
+        assert!(
+            matches!(&results[1][0], Err(SmmuError::CommandFailed(f)) if f.command == Ok(refused)),
+            "{results:?}"
+        );
     });
 }

@@ -10,7 +10,10 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
-use shootdown::iommu::driver::DebugKnobs;
+use shootdown::iommu::backend::model::{Knobs, SmmuModel};
+use shootdown::iommu::driver::{CommandFailure, DebugKnobs, SmmuError};
+use shootdown::iommu::spec::command::{opcode, Command};
+use shootdown::iommu::spec::regs::CommandErrorCode;
 use shootdown::iommu::fake::LeafAttrs;
 use shootdown::iommu::backend::model::dma::DmaEngine;
 use shootdown::iommu::spec::event::AccessKind;
@@ -42,9 +45,76 @@ struct Outcome {
     races: u64,
     /// DMA reads attempted (most fault: each page is mapped only briefly).
     dma_reads: u64,
+    /// Invalidations that timed out (and were retried).
+    #[allow(dead_code)]
+    sync_timeouts: u64,
+    /// Commands the model refused.
+    command_errors: u64,
+    /// Invalidations that reported a refused command (and fell back to the whole ASID).
+    recovered: u64,
+    /// Of those, reports naming a command that was not the reporting CPU's.
+    misattributed: u64,
+}
+
+/// The refused command is a TLBI of `cpu`'s region.
+fn refused_in(f: &CommandFailure, cpu: u64) -> bool {
+    match f.command {
+        Ok(Command::TlbiNhVa(t)) => (region(cpu)..region(cpu + 1)).contains(&t.addr.as_u64()),
+        _ => false,
+    }
 }
 
 fn run(knobs: DebugKnobs) -> Outcome {
+    run_with(knobs, Chaos::None)
+}
+
+/// What a fifth thread does to the SMMU while the CPUs unmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chaos {
+    None,
+    /// CMD_SYNCs stop completing for a while, again and again: waits overlap, CPUs publish
+    /// behind a pending CMD_SYNC and share the next one.
+    StallSyncs,
+    /// The next TLBI_NH_VA is refused (CERROR_ILL), again and again, whichever CPU sent it.
+    RefuseTlbis,
+}
+
+impl Chaos {
+    /// Unmaps per CPU: fewer under chaos, where every one is slow.
+    fn iterations(self) -> u64 {
+        match self {
+            Chaos::None => ITERATIONS,
+            _ => ITERATIONS / 4,
+        }
+    }
+
+    /// One disturbance, then a pause.
+    fn strike(self, model: &SmmuModel<'_>) {
+        let knobs = model.knobs();
+        match self {
+            Chaos::None => {}
+            Chaos::StallSyncs => {
+                model.set_knobs(Knobs { stall_sync: true, ..knobs });
+                pause(50);
+                model.set_knobs(Knobs { stall_sync: false, ..knobs });
+            }
+            Chaos::RefuseTlbis if knobs.fail_command.is_none() => {
+                let refuse = Some((Some(opcode::TLBI_NH_VA), CommandErrorCode::Illegal));
+                model.set_knobs(Knobs { fail_command: refuse, ..knobs });
+            }
+            Chaos::RefuseTlbis => {}
+        }
+        pause(50);
+    }
+}
+
+fn pause(yields: u32) {
+    for _ in 0..yields {
+        thread::yield_now();
+    }
+}
+
+fn run_with(knobs: DebugKnobs, chaos: Chaos) -> Outcome {
     with_default_world(|w| {
         // Build every intermediate table up front, so that the threads only touch leaves.
         let placeholder = w.mem.alloc_zeroed().unwrap();
@@ -62,7 +132,16 @@ fn run(knobs: DebugKnobs) -> Outcome {
         let post_unmap_hits = AtomicU64::new(0);
         let poisoned = AtomicU64::new(0);
         let reads = AtomicU64::new(0);
+        let (timeouts, recovered, misattributed) =
+            (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
         thread::scope(|s| {
+            if chaos != Chaos::None {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        chaos.strike(model);
+                    }
+                });
+            }
             s.spawn(|| {
                 let dma = DmaEngine::new(model, SID);
                 while !stop.load(Ordering::Relaxed) {
@@ -81,9 +160,11 @@ fn run(knobs: DebugKnobs) -> Outcome {
             let unmappers: Vec<_> = (0..CPUS)
                 .map(|cpu| {
                     let post_unmap_hits = &post_unmap_hits;
+                    let (timeouts, recovered, misattributed) =
+                        (&timeouts, &recovered, &misattributed);
                     s.spawn(move || {
                         let dma = DmaEngine::new(model, SID);
-                        for k in 0..ITERATIONS {
+                        for k in 0..chaos.iterations() {
                             let va = VirtAddr(region(cpu) + (k % PAGES_PER_CPU) * PAGE);
                             let frame = mem.alloc_zeroed().unwrap();
                             mem.fill_frame(frame, (cpu * 16 + k % 16) as u8).unwrap();
@@ -94,7 +175,23 @@ fn run(knobs: DebugKnobs) -> Outcome {
                             let end = VirtAddr(va.as_u64() + PAGE);
                             model.begin_unmap(asid, va, end, id);
                             tables.unmap(va).unwrap();
-                            smmu.invalidate_range(ctx, va, end).unwrap();
+                            // A timed-out invalidation is retried: its CMD_SYNC was given
+                            // up on, a new one follows the retried commands.
+                            let report = loop {
+                                match smmu.invalidate_range(ctx, va, end) {
+                                    Ok(r) => break r,
+                                    Err(SmmuError::SyncTimeout { .. }) => {
+                                        timeouts.fetch_add(1, Ordering::Relaxed)
+                                    }
+                                    Err(e) => panic!("CPU {cpu}: {e}"),
+                                };
+                            };
+                            if let Some(f) = report.recovered {
+                                recovered.fetch_add(1, Ordering::Relaxed);
+                                if !refused_in(&f, cpu) {
+                                    misattributed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             model.end_unmap(id);
                             // The unmap has returned: the device must not get through.
                             if model.translate(SID, va, AccessKind::Read).is_ok() {
@@ -118,6 +215,10 @@ fn run(knobs: DebugKnobs) -> Outcome {
             violations: model.stale_translations().len(),
             races: stats.raced_translations,
             dma_reads: reads.into_inner(),
+            sync_timeouts: timeouts.into_inner(),
+            command_errors: stats.command_errors,
+            recovered: recovered.into_inner(),
+            misattributed: misattributed.into_inner(),
         }
     })
 }
@@ -141,4 +242,42 @@ fn concurrent_unmaps_without_invalidation_are_caught() {
     assert!(o.post_unmap_hits > 0, "{o:?}");
     assert!(o.violations > 0, "{o:?}");
     eprintln!("{o:?}");
+}
+
+/// Waits overlap (the SMMU holds CMD_SYNCs now and then), so CPUs share CMD_SYNCs written
+/// while their commands were still pending: none may return before its own commands completed.
+#[test]
+fn shared_syncs_under_stalls_complete_before_returning() {
+    let o = run_with(DebugKnobs::default(), Chaos::StallSyncs);
+    eprintln!("{o:?}");
+    assert_eq!(o.post_unmap_hits, 0, "{o:?}");
+    assert_eq!(o.poisoned_reads, 0, "{o:?}");
+    assert_eq!(o.violations, 0, "{o:?}");
+}
+
+/// The failing twin: waiting for the newest CMD_SYNC even when it precedes our commands.
+#[test]
+fn adopting_an_earlier_sync_is_caught_on_the_model() {
+    let o = run_with(
+        DebugKnobs {
+            adopt_earlier_sync: true,
+            ..DebugKnobs::default()
+        },
+        Chaos::StallSyncs,
+    );
+    eprintln!("{o:?}");
+    assert!(o.post_unmap_hits > 0 || o.violations > 0, "{o:?}");
+}
+
+/// TLBIs are refused in the middle of other CPUs' traffic: each refusal is reported once, to
+/// the CPU whose command it was, and every unmap still completes (the ASID-wide fallback).
+#[test]
+fn refused_commands_are_reported_to_their_owner() {
+    let o = run_with(DebugKnobs::default(), Chaos::RefuseTlbis);
+    eprintln!("{o:?}");
+    assert!(o.command_errors > 0, "nothing was refused: {o:?}");
+    assert_eq!(o.recovered, o.command_errors, "{o:?}");
+    assert_eq!(o.misattributed, 0, "{o:?}");
+    assert_eq!(o.post_unmap_hits, 0, "{o:?}");
+    assert_eq!(o.violations, 0, "{o:?}");
 }
