@@ -126,9 +126,16 @@ impl SyncLedger {
     }
 
     /// Takes a CONS read: `prod` is the PROD this ledger's `written` describes.
+    /// A CONS ahead of PROD, or one that would un-consume published entries, is not a position
+    /// the SMMU can report (§3.5: CONS never passes PROD): such a read is ignored.
     pub fn observe_cons(&mut self, geo: QueueGeometry, prod: QueuePtr, cons: QueuePtr) {
-        let at = self.written - u64::from(geo.used(prod, cons));
-        self.consumed = self.consumed.max(at);
+        let used = geo.used(prod, cons);
+        if used > geo.entries() {
+            return;
+        }
+        if let Some(at) = self.written.checked_sub(u64::from(used)) {
+            self.consumed = self.consumed.max(at);
+        }
     }
 
     /// The CMD_SYNC a caller whose commands end before `end` may wait for, if one was written
@@ -315,6 +322,9 @@ impl<R> SharedQueue<R> {
     where
         R: CommandRing<H>,
     {
+        if how.batch == 0 {
+            return Err(SmmuError::BadConfig("batch must be at least 1"));
+        }
         let _inside = Inside::enter(&self.inside);
         let others_lately = self.activity.note();
         let mut q = self.ring.lock();
@@ -542,6 +552,21 @@ mod tests {
         let full = geo.advance(prod, 4);
         l.observe_cons(geo, full, prod);
         assert_eq!(l.consumed(), l.written() - 4);
+    }
+
+    #[test]
+    fn a_cons_the_smmu_cannot_report_is_ignored() {
+        let geo = QueueGeometry::new(2).unwrap(); // 4 entries, pointers mod 8
+        let mut l = SyncLedger::new();
+        l.wrote(2);
+        // CONS two ahead of PROD reads as 6 outstanding of a 4-entry queue.
+        l.observe_cons(geo, 2, 4);
+        assert_eq!(l.consumed(), 0);
+        // More outstanding than ever published (a CONS from before this ledger's start).
+        l.observe_cons(geo, 2, geo.advance(2, 5));
+        assert_eq!(l.consumed(), 0);
+        l.observe_cons(geo, 2, 1);
+        assert_eq!(l.consumed(), 1);
     }
 
     #[test]
