@@ -16,7 +16,10 @@ use std::cell::Cell;
 use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use loom::thread;
 use shootdown::iommu::spec::command::CommandCounts;
-use shootdown::iommu::driver::{ContextId, ContextParams, InvalidationReport, SmmuError};
+use shootdown::iommu::driver::{
+    ContextId, ContextParams, EventDrain, InvalidationReport, SmmuError,
+};
+use shootdown::iommu::spec::event::EventRecord;
 use shootdown::iommu::driver::planner::PlanKind;
 use shootdown::iommu::sva::{self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaIommu};
 use shootdown::mm::notifier::MmCore;
@@ -114,6 +117,10 @@ impl SvaIommu for Smmu {
     fn abort_all_traffic(&self) -> Result<(), SmmuError> {
         self.aborts.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+    fn drain_events(&self, _: &mut dyn FnMut(&EventRecord)) -> Result<EventDrain, SmmuError> {
+        // This SMMU faults no transaction: its queue stays empty.
+        Ok(EventDrain::default())
     }
 }
 

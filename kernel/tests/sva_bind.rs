@@ -16,12 +16,12 @@ use shootdown::iommu::backend::model::checker::StaleKind;
 use shootdown::iommu::backend::model::dma::{DmaEngine, DmaError};
 use shootdown::iommu::backend::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
 use shootdown::iommu::sva::{
-    self, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
+    self, AccessFaultError, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
 };
 use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};
 use shootdown::mm::asid::{AsidAllocator, AsidBits};
 use shootdown::mm::aspace::{AddressSpace, Backing, MmPlatform, Placement};
-use shootdown::mm::notifier::{self, InvalidArgument, MmCore, NotifierError};
+use shootdown::mm::notifier::{self, FaultError, InvalidArgument, MmCore, NotifierError};
 use shootdown::mm::pgtable::tlb::{TlbFeatures, TlbPlan, TlbPolicy};
 use shootdown::mm::pgtable::{Permissions, MAIR_VALUE};
 use shootdown::mm::phys::FrameAllocator;
@@ -891,54 +891,199 @@ impl MmPlatform for ArenaPlatform {
     fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
 }
 
-/// After `clear_flush_young` a device's access takes F_ACCESS and moves no data; the driver
-/// answers the event with `mark_young`, as the CPU's exception handler answers its fault, and
-/// the retried access goes through. Without the answer the page stays faulting.
-#[test]
-fn a_device_access_to_an_aged_page_goes_through_once_the_fault_is_answered() {
-    let w = world::<20>(ModelConfig::default());
+type ArenaSpace = shootdown::mm::aspace::MmUser<ArenaPlatform>;
+
+/// An empty address space over the world's RAM.
+fn arena_space(w: &World) -> ArenaSpace {
     let platform = leak(ArenaPlatform {
         mem: w.mem,
         asids: AsidAllocator::new(AsidBits::Sixteen, 4).unwrap(),
     });
-    let space = AddressSpace::create(platform).unwrap();
-    let va = space
+    AddressSpace::create(platform).unwrap()
+}
+
+/// Maps one read-write anonymous page at `VA`.
+fn map_page(space: &ArenaSpace) -> VirtAddr {
+    space
         .mmap(
             Placement::Fixed(VirtAddr(VA)),
             PAGE_SIZE,
             Permissions::new(true, false, false),
             Backing::Anonymous,
         )
-        .unwrap();
-    let frame = space.translate(va).unwrap().pa;
-    let bond = sva::bind::<Domain<20>>(1, space.mm(), space.root().unwrap(), MAIR_VALUE).unwrap();
-    let dev = w.device(1);
-    dev.write(va, &[0x11; 8]).unwrap();
-    assert_eq!(space.clear_flush_young(va, PAGE_SIZE), Ok(true));
+        .unwrap()
+}
 
-    let aged_write = |byte: u8| dev.write(va, &[byte; 8]);
-    for attempt in 0..2 {
-        let r = aged_write(0x22);
-        assert!(
-            matches!(r, Err(DmaError::Fault { fault, .. }) if matches!(fault.kind, FaultKind::AccessFlag { .. })),
-            "attempt {attempt}: {r:?}"
-        );
-    }
+/// An address space over the world's RAM with one read-write anonymous page at `VA`, bound to
+/// stream 1 of domain `N`; the device has written 0x11 there, and the page was then aged
+/// (`clear_flush_young`). Returns the space, the bond and the page's frame.
+fn aged_page<const N: usize>(w: &World) -> (ArenaSpace, sva::Bond<Domain<N>>, PhysAddr) {
+    let space = arena_space(w);
+    let va = map_page(&space);
+    let frame = space.translate(va).unwrap().pa;
+    let bond = sva::bind::<Domain<N>>(1, space.mm(), space.root().unwrap(), MAIR_VALUE).unwrap();
+    w.device(1).write(va, &[0x11; 8]).unwrap();
+    assert_eq!(space.clear_flush_young(va, PAGE_SIZE), Ok(true));
+    (space, bond, frame)
+}
+
+/// A device write to the aged page: it must take F_ACCESS and move nothing.
+fn aged_write_faults(w: &World, frame: PhysAddr, byte: u8) {
+    let r = w.device(1).write(VirtAddr(VA), &[byte; 8]);
+    assert!(
+        matches!(r, Err(DmaError::Fault { fault, .. }) if matches!(fault.kind, FaultKind::AccessFlag { .. })),
+        "{r:?}"
+    );
     assert_eq!(w.byte(frame), 0x11, "nothing reached the aged page");
-    let events = w.events();
+}
+
+/// The F_ACCESS records of stream 1 among `events`; each names the page.
+fn access_faults(events: &[EventRecord]) -> usize {
     let aged: Vec<_> = events
         .iter()
         .filter(|e| e.kind == EventKind::Access && e.sid == 1)
         .collect();
-    assert!(!aged.is_empty(), "{events:?}");
-    for e in &aged {
-        assert_eq!(e.input_addr, VA);
-        assert!(space.mark_young(VirtAddr(e.input_addr)).is_ok());
+    assert!(aged.iter().all(|e| e.input_addr == VA && e.ssid.is_none()), "{aged:?}");
+    aged.len()
+}
+
+/// After `clear_flush_young` a device's access takes F_ACCESS and moves no data. The product's
+/// event path (`Sva::handle_events`) answers the event by making the page young in the bound
+/// address space, and the access the device's driver re-issues goes through.
+#[test]
+fn a_device_access_to_an_aged_page_goes_through_once_the_event_is_handled() {
+    let w = world::<20>(ModelConfig::default());
+    let (space, bond, frame) = aged_page::<20>(&w);
+    for _ in 0..2 {
+        aged_write_faults(&w, frame, 0x22);
     }
-    assert_eq!(space.test_young(va), Ok(true));
-    aged_write(0x33).unwrap();
+    let handled = w.sva.handle_events().unwrap();
+    let faults = access_faults(&handled.events);
+    assert!(faults >= 2, "{:?}", handled.events);
+    assert_eq!(handled.answered, faults);
+    assert!(handled.unanswered.is_empty(), "{:?}", handled.unanswered);
+    assert_eq!(w.sva.stats().access_faults_answered, faults as u64);
+    assert_eq!(space.test_young(VirtAddr(VA)), Ok(true));
+    // The transaction was terminated, not stalled: the driver issues it again.
+    w.device(1).write(VirtAddr(VA), &[0x33; 8]).unwrap();
     assert_eq!(w.byte(frame), 0x33);
-    assert!(w.events().is_empty());
+    assert_eq!(w.sva.handle_events().unwrap(), Default::default());
     assert!(w.model.stale_translations().is_empty());
+    bond.unbind().unwrap();
+}
+
+/// The failing twin: with the answer switched off the event is drained but the page stays
+/// old, so every re-issued access faults again.
+#[test]
+fn with_the_answer_switched_off_an_aged_page_keeps_faulting() {
+    let w = world::<21>(ModelConfig::default());
+    w.sva.set_debug_knobs(SvaDebugKnobs {
+        skip_access_fault_answer: true,
+        ..SvaDebugKnobs::default()
+    });
+    let (space, bond, frame) = aged_page::<21>(&w);
+    for _ in 0..3 {
+        aged_write_faults(&w, frame, 0x22);
+        let handled = w.sva.handle_events().unwrap();
+        assert!(access_faults(&handled.events) >= 1, "{:?}", handled.events);
+        assert_eq!((handled.answered, handled.unanswered.len()), (0, 0));
+    }
+    assert_eq!(space.test_young(VirtAddr(VA)), Ok(false));
+    bond.unbind().unwrap();
+}
+
+/// An F_ACCESS drained after its stream was unbound names an unknown stream: reported with a
+/// typed error, and the page stays old.
+#[test]
+fn an_access_fault_of_a_stream_unbound_since_is_reported_not_answered() {
+    let w = world::<22>(ModelConfig::default());
+    let (space, bond, frame) = aged_page::<22>(&w);
+    aged_write_faults(&w, frame, 0x22);
+    bond.unbind().unwrap();
+    let handled = w.sva.handle_events().unwrap();
+    let faults = access_faults(&handled.events);
+    assert!(faults >= 1);
+    assert_eq!(handled.answered, 0);
+    assert_eq!(handled.unanswered.len(), faults);
+    for (_, why) in &handled.unanswered {
+        assert_eq!(*why, AccessFaultError::UnknownStream { sid: 1, ssid: None });
+    }
+    assert_eq!(w.sva.stats().access_faults_unanswered, faults as u64);
+    assert_eq!(space.test_young(VirtAddr(VA)), Ok(false));
+}
+
+/// A stream bound to a bare notifier core (no address space behind it answers faults): its
+/// F_ACCESS is reported as not answered, and nothing changes.
+#[test]
+fn an_access_fault_with_no_address_space_behind_the_core_is_reported() {
+    let w = world::<23>(ModelConfig::default());
+    let s = w.space();
+    let frame = w.map(&s, VA, 1, LeafAttrs::RW, 0x11)[0];
+    let bond = sva::bind::<Domain<23>>(1, &s.mm, s.tables.root(), MAIR).unwrap();
+    s.tables.set_accessed(VirtAddr(VA), false).unwrap();
+    s.flush(VA, 1);
+    aged_write_faults(&w, frame, 0x22);
+    let handled = w.sva.handle_events().unwrap();
+    assert!(access_faults(&handled.events) >= 1);
+    assert_eq!(handled.answered, 0);
+    for (_, why) in &handled.unanswered {
+        assert_eq!(
+            *why,
+            AccessFaultError::NotAnswered {
+                sid: 1,
+                va: VirtAddr(VA),
+                why: FaultError::NoHandler
+            }
+        );
+    }
+    bond.unbind().unwrap();
+}
+
+/// Answering events while another thread maps, ages and unmaps the page: the answer takes the
+/// page-table lock the unmap holds, so the two must neither deadlock nor let the device use a
+/// stale translation. Every unanswered fault names a page that was unmapped meanwhile.
+#[test]
+fn answering_access_faults_alongside_unmaps_neither_deadlocks_nor_goes_stale() {
+    let w = world::<24>(ModelConfig::default());
+    let space = arena_space(&w);
+    let bond = sva::bind::<Domain<24>>(1, space.mm(), space.root().unwrap(), MAIR_VALUE).unwrap();
+    let asid = bond.asid().unwrap();
+    // The checker allows a device to use the old translation only while a change is open.
+    let noted = |id: u64, change: &dyn Fn()| {
+        w.model
+            .begin_unmap(asid, VirtAddr(VA), VirtAddr(VA + PAGE), id);
+        change();
+        w.model.end_unmap(id);
+    };
+    let done = AtomicBool::new(false);
+    let answered = thread::scope(|scope| {
+        let cpu = scope.spawn(|| {
+            for i in 0..200 {
+                let va = map_page(&space);
+                noted(2 * i + 1, &|| {
+                    space.clear_flush_young(va, PAGE_SIZE).unwrap();
+                });
+                thread::yield_now();
+                noted(2 * i + 2, &|| space.munmap(va, PAGE_SIZE).unwrap());
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        let mut answered = 0;
+        while !done.load(Ordering::SeqCst) {
+            let _ = w.device(1).write(VirtAddr(VA), &[0x5a; 8]);
+            let handled = w.sva.handle_events().unwrap();
+            answered += handled.answered;
+            for (e, why) in &handled.unanswered {
+                assert!(
+                    matches!(why, AccessFaultError::NotAnswered { why: FaultError::NotMapped(_), .. }),
+                    "{e}: {why}"
+                );
+            }
+        }
+        cpu.join().unwrap();
+        answered
+    });
+    assert!(w.model.stale_translations().is_empty(), "{:?}", w.model.stale_translations());
+    eprintln!("{answered} access faults answered alongside the unmaps");
     bond.unbind().unwrap();
 }

@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use shootdown::iommu::driver::{ContextId, ContextParams, InvalidationReport, SmmuError};
+use shootdown::iommu::driver::{
+    ContextId, ContextParams, EventDrain, InvalidationReport, SmmuError,
+};
+use shootdown::iommu::spec::event::EventRecord;
 use shootdown::iommu::sva::SvaIommu;
 use shootdown::mm::VirtAddr;
 
@@ -120,6 +123,9 @@ impl SvaIommu for Double {
     }
     fn abort_all_traffic(&self) -> Result<(), SmmuError> {
         self.inner.abort_all_traffic()
+    }
+    fn drain_events(&self, sink: &mut dyn FnMut(&EventRecord)) -> Result<EventDrain, SmmuError> {
+        self.inner.drain_events(sink)
     }
 }
 

@@ -311,17 +311,27 @@ pub fn stream_id(bdf: Bdf) -> Result<u32, StreamIdError> {
     }
 }
 
-/// Every pending event record of the board's SMMU (an overflow is logged).
+/// Every pending event record of the board's SMMU, each F_ACCESS of a stream bound through SVA
+/// answered ([`Sva::handle_events`]); an overflow and unanswered faults are logged.
 pub fn drain_events() -> alloc::vec::Vec<EventRecord> {
-    let mut out = alloc::vec::Vec::new();
-    if let Some(smmu) = smmu() {
-        match smmu.drain_events(|e| out.push(*e)) {
-            Ok(d) if d.overflowed => log::warn!("smmu: event queue overflowed, events lost"),
-            Ok(_) => {}
-            Err(e) => log::error!("smmu: draining events failed: {e}"),
+    let Some(sva) = sva() else {
+        return alloc::vec::Vec::new();
+    };
+    match sva.handle_events() {
+        Ok(handled) => {
+            if handled.drain.overflowed {
+                log::warn!("smmu: event queue overflowed, events lost");
+            }
+            for (e, why) in &handled.unanswered {
+                log::warn!("smmu: {e} unanswered: {why}");
+            }
+            handled.events
+        }
+        Err(e) => {
+            log::error!("smmu: draining events failed: {e}");
+            alloc::vec::Vec::new()
         }
     }
-    out
 }
 
 /// A stream let through untranslated (bus address = physical address) while this lives; its

@@ -82,13 +82,16 @@
 //!
 //! The CD leaves hardware access-flag updates off (HA = 0, AFFD = 0: §5.4, "CD.HA"): a device
 //! access to a page whose access flag was cleared (`clear_flush_young`) takes an Access-flag
-//! fault (F_ACCESS, an event with the StreamID and address) and moves no data, until the flag is
-//! set again: the driver answers the event with `AddressSpace::mark_young` (as the CPU's
-//! exception handler answers its fault) and retries. No data reaches an aged page unseen; host
-//! tests `sva_bind::device_access_to_an_aged_page_faults_until_it_is_young_again` and
-//! `sva_bind::a_device_access_to_an_aged_page_goes_through_once_the_fault_is_answered`. Hardware
-//! updates (CD.HA with SMMU_IDR0.HTTU, TCR_EL1.HA with FEAT_HAFDBS) stay off: neither QEMU's
-//! SMMU, the model nor the Pi's Cortex-A72 has them, so every board runs the same path.
+//! fault (F_ACCESS: the StreamID and the VA) and moves no data. Whoever polls the SMMU's events
+//! does it through [`Sva::handle_events`], which answers each F_ACCESS of a bound stream by
+//! making the page young in that stream's address space ([`MmCore::mark_young`], reaching
+//! `AddressSpace::mark_young` as the CPU's exception handler does); the transaction itself was
+//! terminated (no stall, no PRI), so the device's driver re-issues it (`events.rs`). An event
+//! naming a stream not bound here is reported, not answered. No data reaches an aged page
+//! unseen. Host tests: `sva_bind::a_device_access_to_an_aged_page_goes_through_once_the_event_is_handled`
+//! and its twin with the answer off; KTAP: `sva.device_access_after_ageing_*`. Hardware updates
+//! (CD.HA with SMMU_IDR0.HTTU, TCR_EL1.HA with FEAT_HAFDBS) stay off: neither QEMU's SMMU, the
+//! model nor the Pi's Cortex-A72 has them, so every board runs the same path.
 //!
 //! # Unbind
 //!
@@ -96,13 +99,21 @@
 //! the last stream of a context also destroys the context (TLBI by ASID, then CD and ASID are
 //! freed), then the subscription reference is put.
 
+mod events;
+
+pub use events::{AccessFaultError, HandledEvents};
+
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 
 use crate::iommu::backend::{Clock, SmmuBackend};
-use crate::iommu::driver::{ContextId, ContextParams, InvalidationReport, Smmu, SmmuError};
+use crate::iommu::driver::{
+    ContextId, ContextParams, EventDrain, InvalidationReport, Smmu, SmmuError,
+};
+use crate::iommu::spec::event::EventRecord;
 use crate::mm::notifier::{
     InvalidArgument, MmCore, MmuNotifier, MmuNotifierOps, NotifierError, OpSet,
 };
@@ -134,6 +145,8 @@ pub trait SvaIommu: Send + Sync {
     fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError>;
     /// See [`Smmu::abort_all_traffic`].
     fn abort_all_traffic(&self) -> Result<(), SmmuError>;
+    /// See [`Smmu::drain_events`].
+    fn drain_events(&self, sink: &mut dyn FnMut(&EventRecord)) -> Result<EventDrain, SmmuError>;
 }
 
 impl<B: SmmuBackend + Send, C: Clock + Send> SvaIommu for Smmu<'_, B, C> {
@@ -165,6 +178,9 @@ impl<B: SmmuBackend + Send, C: Clock + Send> SvaIommu for Smmu<'_, B, C> {
     }
     fn abort_all_traffic(&self) -> Result<(), SmmuError> {
         Smmu::abort_all_traffic(self)
+    }
+    fn drain_events(&self, sink: &mut dyn FnMut(&EventRecord)) -> Result<EventDrain, SmmuError> {
+        Smmu::drain_events(self, sink)
     }
 }
 
@@ -275,6 +291,9 @@ pub struct SvaDebugKnobs {
     /// `release` marks the context released *before* its quiesce completes, so invalidations
     /// racing the quiesce are skipped while the IOTLB still holds their pages (issue 20's race).
     pub release_marks_before_quiesce: bool,
+    /// [`Sva::handle_events`] leaves F_ACCESS unanswered: an aged page stays faulting for
+    /// every device (issue 22's item 4).
+    pub skip_access_fault_answer: bool,
 }
 
 /// Counters of one SMMU's SVA layer (a snapshot).
@@ -296,6 +315,10 @@ pub struct SvaStats {
     pub aborts: u64,
     /// Subscriptions freed after their grace period.
     pub notifiers_freed: u64,
+    /// F_ACCESS events answered: the page is young again.
+    pub access_faults_answered: u64,
+    /// F_ACCESS events that could not be answered ([`AccessFaultError`]).
+    pub access_faults_unanswered: u64,
 }
 
 struct Counters {
@@ -309,6 +332,8 @@ struct Counters {
     failures: AtomicU64,
     aborts: AtomicU64,
     notifiers_freed: AtomicU64,
+    access_faults_answered: AtomicU64,
+    access_faults_unanswered: AtomicU64,
 }
 
 impl Counters {
@@ -325,6 +350,8 @@ impl Counters {
             failures: zero(),
             aborts: zero(),
             notifiers_freed: zero(),
+            access_faults_answered: zero(),
+            access_faults_unanswered: zero(),
         }
     }
 }
@@ -338,8 +365,12 @@ pub struct Sva {
     iommu: &'static dyn SvaIommu,
     name: &'static str,
     counters: Counters,
+    /// The address space each bound stream translates through (for answering its faults).
+    /// Changed under a subscription's `control` lock; a leaf lock.
+    streams: SpinLock<BTreeMap<u32, Arc<MmCore>>>,
     skip_release_quiesce: AtomicBool,
     release_marks_before_quiesce: AtomicBool,
+    skip_access_fault_answer: AtomicBool,
 }
 
 impl Sva {
@@ -349,8 +380,10 @@ impl Sva {
             iommu,
             name,
             counters: Counters::new(),
+            streams: SpinLock::new(BTreeMap::new()),
             skip_release_quiesce: AtomicBool::new(false),
             release_marks_before_quiesce: AtomicBool::new(false),
+            skip_access_fault_answer: AtomicBool::new(false),
         }
     }
 
@@ -379,6 +412,8 @@ impl Sva {
             failures: get(&c.failures),
             aborts: get(&c.aborts),
             notifiers_freed: get(&c.notifiers_freed),
+            access_faults_answered: get(&c.access_faults_answered),
+            access_faults_unanswered: get(&c.access_faults_unanswered),
         }
     }
 
@@ -388,6 +423,8 @@ impl Sva {
             .store(knobs.skip_release_quiesce, Ordering::Relaxed);
         self.release_marks_before_quiesce
             .store(knobs.release_marks_before_quiesce, Ordering::Relaxed);
+        self.skip_access_fault_answer
+            .store(knobs.skip_access_fault_answer, Ordering::Relaxed);
     }
 
     /// The debug knobs in force.
@@ -397,6 +434,7 @@ impl Sva {
             release_marks_before_quiesce: self
                 .release_marks_before_quiesce
                 .load(Ordering::Relaxed),
+            skip_access_fault_answer: self.skip_access_fault_answer.load(Ordering::Relaxed),
         }
     }
 }
@@ -445,8 +483,9 @@ impl<D: SvaDomain> SvaNotifier<D> {
         self.control.lock().sids.clone()
     }
 
-    /// Adds stream `sid`, creating the context on first use. Runs under the mmap write lock.
-    fn attach(&self, sid: u32, root: PhysAddr, mair: u64) -> Result<(), SvaError> {
+    /// Adds stream `sid` of the address space `mm`, creating the context on first use. Runs
+    /// under the mmap write lock.
+    fn attach(&self, sid: u32, mm: &MmCore, root: PhysAddr, mair: u64) -> Result<(), SvaError> {
         let mut control = self.control.lock();
         let ctx = match self.state() {
             ContextState::Unused => self.create(&mut control, root, mair)?,
@@ -476,6 +515,7 @@ impl<D: SvaDomain> SvaNotifier<D> {
             return Err(e.into());
         }
         control.sids.push(sid);
+        self.sva.note_bound(sid, mm.mmgrab());
         bump(&self.sva.counters.binds);
         Ok(())
     }
@@ -522,6 +562,8 @@ impl<D: SvaDomain> SvaNotifier<D> {
             return Err(SvaError::NotBound(sid));
         };
         control.sids.remove(pos);
+        // From here its F_ACCESS events name an unknown stream: the STE goes next.
+        self.sva.note_unbound(sid);
         bump(&self.sva.counters.unbinds);
         if let Err(e) = self.sva.iommu.detach(sid) {
             // The STE may still point at our CD: keep the context (and its CD) and make it
@@ -743,7 +785,7 @@ pub fn bind<D: SvaDomain>(
         _ if !mm.still_has_users() => Err(SvaError::Notifier(
             InvalidArgument::NoLiveUsers.into(),
         )),
-        Some(ops) if core::ptr::eq(ops.sva, sva) => ops.attach(sid, root, mair),
+        Some(ops) if core::ptr::eq(ops.sva, sva) => ops.attach(sid, mm, root, mair),
         _ => Err(SvaError::DomainMismatch),
     };
     match attached {

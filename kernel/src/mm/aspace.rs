@@ -71,13 +71,15 @@
 //! then fail with [`MmError::Exited`].
 
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Deref;
 
 use super::asid::{AsidAllocator, AsidContext};
-use super::notifier::{MmCore, NotifierError, NotifierRange, NotifyEvent, WouldBlock};
+use super::notifier::{
+    FaultError, MmCore, MmFaultHandler, NotifierError, NotifierRange, NotifyEvent, WouldBlock,
+};
 use super::pgtable::descriptor::{AttributeError, Attributes, MemoryType, Permissions, PA_BITS};
 use super::pgtable::table::{Config, Holes, PageTable};
 use super::pgtable::tlb::{Invalidate, TlbInvalidation, TlbPlan, TlbPolicy, TlbScope};
@@ -483,9 +485,10 @@ impl<P: MmPlatform> AddressSpace<P> {
     /// A new, empty address space with one user.
     pub fn create(platform: &'static P) -> Result<MmUser<P>, MmError> {
         let table = PageTable::new(platform.memory(), platform.frames(), Config::USER)?;
-        let aspace = Arc::new(AddressSpace {
+        let aspace = Arc::new_cyclic(|this| AddressSpace {
             platform,
-            mm: MmCore::new(),
+            // Faults arriving through the core (a device's F_ACCESS) reach this space.
+            mm: MmCore::owned_by(this.clone() as Weak<dyn MmFaultHandler>),
             asid: AsidContext::new(),
             inner: SpinLock::new(Inner {
                 table: Some(table),
@@ -1005,9 +1008,10 @@ impl<P: MmPlatform> AddressSpace<P> {
         Ok(young | secondary)
     }
 
-    /// Answers an Access-flag fault at `va`, from a CPU or from a device (its SMMU event,
-    /// F_ACCESS): sets the access flag of the leaf translating it (Linux's `handle_mm_fault`
-    /// making the entry young). An entry with AF = 0 is never cached (Arm ARM D8.4, "The Access
+    /// Answers an Access-flag fault at `va`, from a CPU (the exception handler) or from a device
+    /// (its SMMU event F_ACCESS, through `Sva::handle_events` and [`MmCore::mark_young`]): sets
+    /// the access flag of the leaf translating it (Linux's `handle_mm_fault` making the entry
+    /// young). Takes the page-table lock, not the mmap lock. An entry with AF = 0 is never cached (Arm ARM D8.4, "The Access
     /// flag"), so publishing the store is enough: the faulting access can be retried at once.
     /// Returns whether the flag was clear (`false`: someone else answered first).
     pub fn mark_young(&self, va: VirtAddr) -> Result<bool, MmError> {
@@ -1092,6 +1096,18 @@ impl<P: MmPlatform> AddressSpace<P> {
         self.stats
             .pages_unmapped
             .fetch_add(pages, Ordering::Relaxed);
+    }
+}
+
+/// A device's Access-flag fault, reaching the space through its core ([`MmCore::mark_young`]).
+impl<P: MmPlatform> MmFaultHandler for AddressSpace<P> {
+    fn mark_young(&self, va: VirtAddr) -> Result<bool, FaultError> {
+        AddressSpace::mark_young(self, va).map_err(|e| match e {
+            MmError::Exited => FaultError::Exited,
+            MmError::NotMapped(_) => FaultError::NotMapped(va),
+            MmError::OutOfRange { .. } | MmError::Overflow { .. } => FaultError::OutOfRange(va),
+            _ => FaultError::PageTable(va),
+        })
     }
 }
 

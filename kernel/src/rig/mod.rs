@@ -334,14 +334,20 @@ impl<D: SvaDomain> Rig<D> {
 
     /// Every pending event, and whether events were lost since the last drain (the queue
     /// overflowed: EVENTQ_PROD.OVFLG, or QEMU's GERROR.EVENTQ_ABT_ERR). A loss is counted
-    /// ([`Rig::event_losses`]); the first is a warning, later ones are debug messages.
+    /// ([`Rig::event_losses`]); the first is a warning, later ones are debug messages. The
+    /// drain is SVA's ([`Sva::handle_events`]): an F_ACCESS of a bound stream is answered, so
+    /// the device may re-issue what faulted.
     pub fn drain_events_reporting(&self) -> (Vec<EventRecord>, EventDrain) {
-        let mut out = Vec::new();
-        let drain = match self.smmu.drain_events(|e| out.push(*e)) {
-            Ok(d) => d,
+        let (out, drain) = match self.sva.handle_events() {
+            Ok(handled) => {
+                for (e, why) in &handled.unanswered {
+                    log::warn!("sva: {e} unanswered: {why}");
+                }
+                (handled.events, handled.drain)
+            }
             Err(e) => {
                 log::error!("draining SMMU events: {e}");
-                EventDrain::default()
+                (Vec::new(), EventDrain::default())
             }
         };
         if drain.overflowed || drain.write_aborted {

@@ -292,6 +292,95 @@ ktest!(
     }
 );
 
+/// What a device saw writing to a page aged by `clear_flush_young`: the frame after the
+/// first write and after the re-issued one, the events drained after each, and whether the
+/// page was young at the end.
+struct AfterAgeing {
+    first: Vec<u8>,
+    first_events: Vec<crate::iommu::spec::event::EventRecord>,
+    reissued: Vec<u8>,
+    reissued_events: Vec<crate::iommu::spec::event::EventRecord>,
+    young: bool,
+    answered: u64,
+    sid: u32,
+    stale: usize,
+}
+
+/// Maps a page of 0x5a, lets the device cache it, ages it, then has the device write 0xa1
+/// there; drains the events through SVA (which answers F_ACCESS unless `answer` is off) and
+/// has the device re-issue the write, as its driver would: the SMMU terminated the first one.
+fn device_write_after_ageing(answer: bool) -> Result<AfterAgeing, TestError> {
+    let mut r = Rig::board()?;
+    let frame = r.map(VA, 1, RW, 0x5a)?[0];
+    r.bind()?;
+    r.dev.fetch(VA, LEN)?; // the IOTLB now holds VA
+    let aged = r
+        .space()
+        .clear_flush_young(VirtAddr(VA), PAGE as usize)
+        .map_err(fail)?;
+    kassert!(aged, "a fresh mapping was not young");
+    r.load_buffer(&[0xa1; LEN])?;
+    let before = r.sva.debug_knobs();
+    r.sva.set_debug_knobs(SvaDebugKnobs {
+        skip_access_fault_answer: !answer,
+        ..before
+    });
+    let answered_before = r.sva.stats().access_faults_answered;
+    let result = (|| {
+        r.dev.store(VA, LEN)?;
+        let first = read(frame, LEN)?;
+        let first_events = r.drain_events();
+        r.dev.store(VA, LEN)?;
+        Ok::<_, TestError>(AfterAgeing {
+            first,
+            first_events,
+            reissued: read(frame, LEN)?,
+            reissued_events: r.drain_events(),
+            young: r.space().test_young(VirtAddr(VA)).map_err(fail)?,
+            answered: r.sva.stats().access_faults_answered - answered_before,
+            sid: r.sid,
+            stale: r.stale_translation_count(),
+        })
+    })();
+    r.sva.set_debug_knobs(before);
+    result
+}
+
+/// The F_ACCESS writes of `sid` to `[VA, VA + LEN)`, checked to be all of `events`.
+fn access_writes(
+    events: &[crate::iommu::spec::event::EventRecord],
+    sid: u32,
+) -> Result<usize, TestError> {
+    let n = faults(events, EventKind::Access, sid, VA, VA + LEN as u64, AccessKind::Write);
+    kassert!(n >= 1, "no F_ACCESS for SID {sid:#x} at {VA:#x}: {events:?}");
+    kassert_eq!(n, events.len(), "other events: {:?}", events);
+    Ok(n)
+}
+
+ktest!(sva, device_access_after_ageing_faults_until_the_event_is_answered, |_t| {
+    let a = device_write_after_ageing(true)?;
+    kassert_eq!(a.first, vec![0x5au8; LEN], "a write reached the aged page");
+    let faults = access_writes(&a.first_events, a.sid)?;
+    kassert_eq!(a.answered, faults as u64, "every F_ACCESS is answered");
+    kassert_eq!(a.reissued, vec![0xa1u8; LEN], "the re-issued write did not land");
+    kassert!(a.reissued_events.is_empty(), "{:?}", a.reissued_events);
+    kassert!(a.young, "the answer left the page old");
+    kassert_eq!(a.stale, 0);
+    Ok(())
+});
+
+ktest!(sva, device_access_after_ageing_keeps_faulting_when_unanswered, |_t| {
+    // The failing twin: nothing makes the page young, so every re-issue faults again.
+    let a = device_write_after_ageing(false)?;
+    kassert_eq!(a.first, vec![0x5au8; LEN]);
+    access_writes(&a.first_events, a.sid)?;
+    kassert_eq!(a.answered, 0);
+    kassert_eq!(a.reissued, vec![0x5au8; LEN], "the re-issued write reached an old page");
+    access_writes(&a.reissued_events, a.sid)?;
+    kassert!(!a.young);
+    Ok(())
+});
+
 /// The four table frames a walk of `va` from `root` goes through (levels 0-3).
 fn table_frames(root: PhysAddr, va: u64) -> Vec<PhysAddr> {
     let mut out = vec![root];

@@ -44,7 +44,8 @@
 //!   Later submissions fail at once with [`SmmuError::Disabled`] instead of timing out.
 //! * **Events** are drained on request ([`Smmu::drain_events`]): the driver enables no
 //!   interrupt (the kernel has no interrupt-controller driver), so its users drain after each
-//!   transfer that may fault. The queue is as large as SMMU_IDR1.EVENTQS allows within a memory
+//!   transfer that may fault, through SVA's `Sva::handle_events`, which answers the
+//!   Access-flag faults (F_ACCESS) of bound streams. The queue is as large as SMMU_IDR1.EVENTQS allows within a memory
 //!   budget ([`SmmuConfig::eventq_budget`]). A full queue loses events, which the SMMU signals
 //!   with SMMU_EVENTQ_PROD.OVFLG (acknowledged through OVACKFLG, §7.4) or, on QEMU, with
 //!   GERROR.EVENTQ_ABT_ERR; both are acknowledged and counted.

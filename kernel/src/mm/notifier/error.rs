@@ -3,6 +3,7 @@
 use core::fmt;
 
 use super::alloc::OutOfMemory;
+use crate::mm::VirtAddr;
 
 /// A subscriber (or the core on its behalf) refused a non-blockable invalidation because it
 /// would have had to sleep (`-EAGAIN`).
@@ -115,5 +116,33 @@ impl From<InvalidArgument> for NotifierError {
 impl From<Overflow> for NotifierError {
     fn from(what: Overflow) -> Self {
         NotifierError::Overflow(what)
+    }
+}
+
+/// Why a fault that reached an address space through its core was not answered
+/// ([`super::MmCore::mark_young`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultError {
+    /// No address space answers for this core (none was registered, or it was freed).
+    NoHandler,
+    /// The address space has exited.
+    Exited,
+    /// Nothing maps the address any more: a re-issued access takes a translation fault.
+    NotMapped(VirtAddr),
+    /// The address is outside the address space.
+    OutOfRange(VirtAddr),
+    /// The page tables refused (a corrupt entry: a bug).
+    PageTable(VirtAddr),
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultError::NoHandler => f.write_str("no address space answers faults for this core"),
+            FaultError::Exited => f.write_str("the address space has exited"),
+            FaultError::NotMapped(va) => write!(f, "{va} is not mapped"),
+            FaultError::OutOfRange(va) => write!(f, "{va} is outside the address space"),
+            FaultError::PageTable(va) => write!(f, "the page tables refused {va}"),
+        }
     }
 }

@@ -5,8 +5,9 @@ use alloc::sync::{Arc, Weak};
 use core::ptr;
 
 use super::alloc::try_box;
-use super::error::NotifierError;
+use super::error::{FaultError, NotifierError};
 use super::subscriptions::Subscriptions;
+use crate::mm::VirtAddr;
 use crate::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, Srcu};
 
@@ -25,6 +26,16 @@ pub fn notifier_srcu() -> &'static Srcu {
         static ref NOTIFIER_SRCU: Srcu = Srcu::new();
     }
     &NOTIFIER_SRCU
+}
+
+/// What a fault arriving through a core can ask of the address space that owns it. A device's
+/// fault handler (the SMMU's event queue, through an SVA binding) holds only the core: the
+/// owner's type depends on its platform. Linux's I/O page-fault handler likewise holds the
+/// `mm_struct` it hands to `handle_mm_fault`.
+pub trait MmFaultHandler: Send + Sync {
+    /// Answers an Access-flag fault at `va`: sets the access flag of the leaf that maps it now.
+    /// `Ok(false)` if the flag was set already (someone answered first).
+    fn mark_young(&self, va: VirtAddr) -> Result<bool, FaultError>;
 }
 
 /// The notifier's view of an address space.
@@ -48,6 +59,8 @@ pub struct MmCore {
     subscriptions: AtomicPtr<Subscriptions>,
     srcu: &'static Srcu,
     this: Weak<MmCore>,
+    /// The address space that answers faults arriving through the core, fixed at creation.
+    fault_handler: Option<Weak<dyn MmFaultHandler>>,
     #[cfg(any(test, loom))]
     pub(crate) knobs: super::DebugKnobs,
 }
@@ -73,12 +86,23 @@ impl MmCore {
     /// A new core whose subscribers are protected by `srcu` instead of the shared domain (tests
     /// use private domains so that their grace periods are independent).
     pub fn with_grace_domain(srcu: &'static Srcu) -> Arc<Self> {
+        Self::build(srcu, None)
+    }
+
+    /// A new core owned by the address space `handler` points to, which answers the faults
+    /// that arrive through the core ([`MmCore::mark_young`]).
+    pub fn owned_by(handler: Weak<dyn MmFaultHandler>) -> Arc<Self> {
+        Self::build(notifier_srcu(), Some(handler))
+    }
+
+    fn build(srcu: &'static Srcu, fault_handler: Option<Weak<dyn MmFaultHandler>>) -> Arc<Self> {
         Arc::new_cyclic(|this| MmCore {
             users: AtomicUsize::new(1),
             mmap_lock: RwLock::new(()),
             subscriptions: AtomicPtr::new(ptr::null_mut()),
             srcu,
             this: this.clone(),
+            fault_handler,
             #[cfg(any(test, loom))]
             knobs: super::DebugKnobs::default(),
         })
@@ -138,6 +162,18 @@ impl MmCore {
     pub fn still_has_users(&self) -> bool {
         fence(Ordering::SeqCst);
         self.users.load(Ordering::Relaxed) != 0
+    }
+
+    /// Answers an Access-flag fault at `va` that reached the address space through its core (a
+    /// device's F_ACCESS): the owner sets the flag of the leaf mapping `va`. Takes the owner's
+    /// page-table lock: never call it with that lock held (from a notifier callback).
+    pub fn mark_young(&self, va: VirtAddr) -> Result<bool, FaultError> {
+        let owner = self
+            .fault_handler
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .ok_or(FaultError::NoHandler)?;
+        owner.mark_young(va)
     }
 
     /// The number of user references (`mm_users`).

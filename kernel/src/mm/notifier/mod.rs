@@ -134,10 +134,10 @@ mod subscriptions;
 mod tests;
 
 pub use self::alloc::OutOfMemory;
-pub use error::{InvalidArgument, NotifierError, Overflow, WouldBlock};
+pub use error::{FaultError, InvalidArgument, NotifierError, Overflow, WouldBlock};
 pub use interval::{IntervalNotifier, IntervalNotifierOps, IntervalSubscription};
 pub use list::{MmuNotifier, MmuNotifierOps, OpSet};
-pub use mm::{notifier_srcu, MmCore, MmapReadGuard, MmapWriteGuard};
+pub use mm::{notifier_srcu, MmCore, MmFaultHandler, MmapReadGuard, MmapWriteGuard};
 pub use range::{NotifierRange, NotifyEvent};
 
 /// Waits until every subscriber freed by [`MmuNotifier::put`] on the shared grace-period domain

@@ -193,6 +193,33 @@ fn an_access_flag_fault_is_answered_by_setting_the_flag() {
     ));
 }
 
+/// A device's Access-flag fault arrives through the core (an SVA binding holds only that): the
+/// core reaches its address space, and says so when there is none left to answer.
+#[test]
+fn the_core_answers_an_access_flag_fault_through_its_address_space() {
+    let h = host(64);
+    let user = AddressSpace::create(h).unwrap();
+    map_anon(&user, A, 1);
+    assert_eq!(user.clear_flush_young(VirtAddr(A), PAGE_SIZE), Ok(true));
+    let core = user.mm().clone();
+    assert_eq!(core.mark_young(VirtAddr(A + 8)), Ok(true));
+    assert_eq!(user.test_young(VirtAddr(A)), Ok(true));
+    assert_eq!(
+        core.mark_young(VirtAddr(A + PAGE)),
+        Err(FaultError::NotMapped(VirtAddr(A + PAGE)))
+    );
+    assert_eq!(
+        core.mark_young(VirtAddr(USER_END)),
+        Err(FaultError::OutOfRange(VirtAddr(USER_END)))
+    );
+    let space = Arc::clone(&user);
+    drop(user);
+    assert_eq!(core.mark_young(VirtAddr(A)), Err(FaultError::Exited));
+    drop(space);
+    assert_eq!(core.mark_young(VirtAddr(A)), Err(FaultError::NoHandler));
+    assert_eq!(MmCore::new().mark_young(VirtAddr(A)), Err(FaultError::NoHandler));
+}
+
 #[test]
 fn memory_is_made_icache_coherent_before_it_becomes_executable() {
     let h = host(64);
