@@ -34,8 +34,13 @@ class ProfileError(Exception):
     pass
 
 
+# Beside the profiles, the list of users' own QEMU lines (`harness matrix`): not a profile.
+MATRIX_FILE = "matrix.toml"
+
+
 def names():
-    return sorted(f[:-5] for f in os.listdir(PROFILES) if f.endswith(".toml"))
+    return sorted(f[:-5] for f in os.listdir(PROFILES)
+                  if f.endswith(".toml") and f != MATRIX_FILE)
 
 
 def load(board: str) -> dict:

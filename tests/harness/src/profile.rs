@@ -351,12 +351,19 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// The file beside the profiles that lists users' own QEMU lines (`harness matrix`): not a
+/// profile.
+pub const MATRIX_FILE: &str = "matrix.toml";
+
 /// The profile names in `dir`, sorted.
 pub fn list(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
+            if name == MATRIX_FILE {
+                return None;
+            }
             name.strip_suffix(".toml").map(str::to_string)
         })
         .collect();
@@ -466,6 +473,10 @@ mod tests {
             );
             let p = Profile::load(&dir, board).unwrap();
             assert!(!p.description.is_empty());
+        }
+        // Every name listed is a profile (the matrix of user lines lives beside them).
+        for name in &names {
+            Profile::load(&dir, name).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let smmu = Profile::load(&dir, "virt-smmu").unwrap();
         assert!(smmu.machine.contains("iommu=smmuv3"));
