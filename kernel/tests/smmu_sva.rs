@@ -292,6 +292,82 @@ fn every_strategy_invalidates_a_2mib_block_and_sends_one_sync() {
     }
 }
 
+/// Issue 16's free cover on the model: 4095 pages whose neighbours map nothing take one range
+/// command; with mapped neighbours the exact encoding stays and their IOTLB entries survive
+/// (hit rate 100 %); the twin forces the cover over the mapped neighbours (the debug knob) and
+/// the hit rate drops, so the hit-rate check can fail. Turned off, the exact encoding always.
+#[test]
+fn free_cover_spares_mapped_neighbours_and_its_twin_does_not() {
+    const PAGES: u64 = 4095;
+    let frame = PhysAddr(0x4080_0000);
+    let neighbours = [VA - PAGE, VA + PAGES * PAGE];
+    // (neighbours mapped, cover forced, cover on) -> (plan, range commands, neighbour hits)
+    let run = |mapped: bool, forced: bool, cover: bool| {
+        with_default_world(|w| {
+            w.smmu.set_free_cover(cover);
+            w.smmu.set_debug_knobs(DebugKnobs {
+                cover_ignores_tables: forced,
+                ..DebugKnobs::default()
+            });
+            for i in 0..PAGES {
+                w.tables
+                    .map(VirtAddr(VA + i * PAGE), frame, LeafAttrs::RW)
+                    .unwrap();
+            }
+            let dma = w.dma();
+            if mapped {
+                for n in neighbours {
+                    w.tables.map(VirtAddr(n), frame, LeafAttrs::RW).unwrap();
+                    dma.touch(VirtAddr(n), AccessKind::Read).unwrap();
+                }
+            }
+            for i in [0, 1, PAGES / 2, PAGES - 1] {
+                dma.touch(VirtAddr(VA + i * PAGE), AccessKind::Read)
+                    .unwrap();
+            }
+            let report = w.unmap(VA, PAGES);
+            assert_eq!(report.commands.get(CommandKind::Sync), 1);
+            for i in [0, 1, PAGES / 2, PAGES - 1] {
+                assert!(dma
+                    .touch(VirtAddr(VA + i * PAGE), AccessKind::Read)
+                    .is_err());
+            }
+            assert!(w.model.stale_translations().is_empty());
+            w.model.reset_stats();
+            if mapped {
+                for n in neighbours {
+                    dma.touch(VirtAddr(n), AccessKind::Read).unwrap();
+                }
+            }
+            let ranges = report.commands.get(CommandKind::TlbiNhVaRange);
+            assert_eq!(report.commands.total(), ranges + 1, "{report:?}");
+            (report.plan, ranges, w.model.stats().iotlb_hits)
+        })
+    };
+    let cover = PlanKind::Cover {
+        pages: PAGES,
+        covered: 4096,
+    };
+    let exact = PlanKind::Range { pages: PAGES };
+    assert_eq!(
+        run(false, false, true),
+        (cover, 1, 0),
+        "unmapped neighbours: one command"
+    );
+    assert_eq!(
+        run(true, false, true),
+        (exact, 3, 2),
+        "mapped neighbours: exact, both hit"
+    );
+    let (plan, ranges, hits) = run(true, true, true);
+    assert_eq!((plan, ranges), (cover, 1), "the twin takes the cover");
+    assert!(
+        hits < 2,
+        "the twin over mapped neighbours must lose one of their entries"
+    );
+    assert_eq!(run(false, false, false), (exact, 3, 0), "cover off: exact");
+}
+
 #[test]
 fn strategies_send_the_planned_commands() {
     let expect = |strategy: Strategy, pages: u64| -> (PlanKind, u64, CommandKind) {

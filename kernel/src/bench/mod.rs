@@ -35,7 +35,7 @@ use crate::board::bootargs;
 use crate::ktest::{KTest, TestCtx, TestError, TestResult};
 
 /// Every benchmark, in the order they run.
-static BENCHES: [KTest; 5] = [
+static BENCHES: [KTest; 6] = [
     KTest {
         suite: "boot",
         name: "to_first_bench",
@@ -60,6 +60,11 @@ static BENCHES: [KTest; 5] = [
         suite: "smmu",
         name: "iotlb_hit_rate",
         run: smmu::iotlb_hit_rate,
+    },
+    KTest {
+        suite: "smmu",
+        name: "free_cover",
+        run: smmu::free_cover,
     },
 ];
 

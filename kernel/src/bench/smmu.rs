@@ -18,6 +18,11 @@
 //! * `smmu.iotlb_hit_rate`: on the model, 64 unrelated pages of the same address space are
 //!   cached in the IOTLB (device reads), a range is unmapped, and the unrelated pages are read
 //!   again: the per-mille of those reads served from the IOTLB is what the strategy left alone.
+//! * `smmu.free_cover`: `munmap` of [`COVER_PAGES`] pages (3 range commands exactly) with the
+//!   page below and the page above it unmapped or mapped (`neighbours=`), with the planner's
+//!   free cover on and off (`cover=`), strategy `range`: the commands by kind (counted by QEMU
+//!   too on `mmio`), and on the model the hit rate of the mapped neighbours, read by the device
+//!   before the unmap and again after it. Always 4095 pages, whatever `bench.pages=` says.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +54,9 @@ const UNRELATED_VA: u64 = VA - (1 << 30);
 const TOUCHED: u64 = 64;
 /// The floor's range: 16 pages at a 16-page boundary, one command (NUM = 0, SCALE = 4).
 const FLOOR_PAGES: u64 = 16;
+
+/// `smmu.free_cover`'s range: every low bit set, so the exact encoding takes 3 commands.
+const COVER_PAGES: u64 = 4095;
 
 /// Invalidations per CPU in `smmu.shared_sync`.
 const SHARED_ROUNDS: u64 = 256;
@@ -379,6 +387,108 @@ fn hit_rates<D: SvaDomain>(
     r.smmu.set_strategy(original).map_err(fail)?;
     r.drain_events();
     result
+}
+
+pub(super) fn free_cover(_t: &mut TestCtx) -> TestResult {
+    let run = AliasRun::new()?;
+    if let Some(label) = kernel_smmu_label() {
+        let mut r = Rig::board()?;
+        cover_cases(&mut r, label, &run)?;
+    }
+    if probe::model().is_none() {
+        let mut m = Rig::model(ModelConfig::default(), private_config())?;
+        cover_cases(&mut m, "model", &run)?;
+    }
+    Ok(())
+}
+
+/// `smmu.free_cover` on rig `r` (skipped without RIL: no range command to save).
+fn cover_cases<D: SvaDomain>(r: &mut Rig<D>, label: &str, run: &AliasRun) -> TestResult {
+    if !r.smmu.features().range_invalidation {
+        return Ok(());
+    }
+    r.bind()?;
+    let _active = Active::new(r)?;
+    let original = r.smmu.planner();
+    let result = (|| {
+        r.smmu.set_strategy(Strategy::Range).map_err(fail)?;
+        for mapped in [false, true] {
+            for cover in [true, false] {
+                r.smmu.set_free_cover(cover);
+                cover_case(r, label, run, mapped, cover)?;
+            }
+        }
+        Ok(())
+    })();
+    r.smmu.set_strategy(original.strategy()).map_err(fail)?;
+    r.smmu.set_free_cover(original.free_cover());
+    r.drain_events();
+    result
+}
+
+/// One `smmu.free_cover` measurement.
+fn cover_case<D: SvaDomain>(
+    r: &Rig<D>,
+    label: &str,
+    run: &AliasRun,
+    mapped: bool,
+    cover: bool,
+) -> TestResult {
+    let neighbours = [VA - PAGE, VA + COVER_PAGES * PAGE];
+    let pa = PhysAddr(run.base().as_u64() + PAGE);
+    map_aliased(r.space(), VA, COVER_PAGES, pa, RW)?;
+    // The device reads only on the model: on QEMU each edu read polls 100 ms of virtual time,
+    // and QEMU's IOTLB hits are not counted anyway.
+    let model = r.model;
+    let read_neighbours = |r: &Rig<D>| -> Result<(), TestError> {
+        for &n in neighbours.iter().filter(|_| mapped && model.is_some()) {
+            if r.dev.fetch(n, 4)? != Outcome::Clean {
+                return Err(fail("a mapped neighbour faulted"));
+            }
+        }
+        Ok(())
+    };
+    if mapped {
+        for n in neighbours {
+            map_aliased(r.space(), n, 1, pa, RW)?;
+        }
+    }
+    read_neighbours(r)?;
+    let rec = Record::new("smmu.free_cover")
+        .with("smmu", label)
+        .with("neighbours", if mapped { "mapped" } else { "unmapped" })
+        .with("cover", if cover { "on" } else { "off" })
+        .with("pages", COVER_PAGES);
+    let before = r.smmu.stats();
+    rec.window(|| r.unmap(VA, COVER_PAGES))?;
+    let after = r.smmu.stats();
+    emit_commands(&rec, |k| after.commands.get(k) - before.commands.get(k));
+    let covered = after.invalidations_covered - before.invalidations_covered;
+    rec.emit_unit("covered", covered, "invalidations");
+    if let Some(model) = model {
+        model.reset_stats();
+        read_neighbours(r)?;
+        let stats = model.stats();
+        // The numbers mean something only if the invalidation was complete.
+        if r.dev.fetch(VA + (COVER_PAGES - 1) * PAGE, 4)? != Outcome::Faulted {
+            return Err(fail("the unmapped range is still reachable"));
+        }
+        if !model.stale_translations().is_empty() {
+            return Err(fail("the model's checker saw a stale translation"));
+        }
+        if mapped {
+            rec.emit_unit("hits", stats.iotlb_hits, "lookups");
+            rec.emit_unit("misses", stats.iotlb_misses, "lookups");
+            let per_mille = stats.iotlb_hits_per_mille().unwrap_or(0);
+            rec.emit_unit("hit_rate", per_mille, "permille");
+        }
+    }
+    if mapped {
+        for n in neighbours {
+            r.unmap(n, 1)?;
+        }
+    }
+    Ok(())
 }
 
 /// Pages the device reads before a `peer.unmap` unmap, spread over the region, as

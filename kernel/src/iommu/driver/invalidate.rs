@@ -26,8 +26,11 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         end: VirtAddr,
     ) -> Result<InvalidationReport, SmmuError> {
         let asid = self.context_asid(ctx)?;
-        let plan = self.planner.lock().plan(asid, start, end)?;
+        let mut plan = self.planner.lock().plan(asid, start, end)?;
         let debug = *self.debug.lock();
+        if plan.may_cover() {
+            plan = self.cover_if_free(ctx, plan, debug);
+        }
         let mut report = InvalidationReport {
             plan: plan.kind(),
             commands: CommandCounts::default(),
@@ -38,6 +41,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             PlanKind::Nothing => stats.invalidations_empty += 1,
             PlanKind::PerPage { .. } => stats.invalidations_per_page += 1,
             PlanKind::Range { .. } => stats.invalidations_range += 1,
+            PlanKind::Cover { .. } => {
+                stats.invalidations_range += 1;
+                stats.invalidations_covered += 1;
+            }
             PlanKind::Asid(_) => stats.invalidations_asid += 1,
         };
         if debug.skip_invalidation {

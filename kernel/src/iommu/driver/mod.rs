@@ -53,6 +53,7 @@
 mod cmdq;
 pub mod coalesce;
 mod context;
+mod cover;
 mod error;
 mod evtq;
 mod init;
@@ -173,6 +174,8 @@ pub struct DriverStats {
     /// Calls of [`Smmu::invalidate_range`], by what they did.
     pub invalidations_per_page: u64,
     pub invalidations_range: u64,
+    /// Of `invalidations_range`, those sent as one command over a free cover.
+    pub invalidations_covered: u64,
     pub invalidations_asid: u64,
     pub invalidations_empty: u64,
     pub invalidations_skipped: u64,
@@ -202,6 +205,9 @@ pub struct DebugKnobs {
     /// A submission may wait for the newest CMD_SYNC even if it was written before its own
     /// commands (the wrong sharing rule, for the twin tests of [`coalesce`]).
     pub adopt_earlier_sync: bool,
+    /// The free cover is taken without asking the page tables, even over mapped neighbours
+    /// (the twin of the IOTLB hit-rate checks).
+    pub cover_ignores_tables: bool,
 }
 
 struct CommandQueue {
@@ -307,6 +313,13 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut p = self.planner.lock();
         *p = p.with_strategy(strategy)?;
         Ok(())
+    }
+
+    /// Whether range invalidations may take a free cover (on by default; off is Linux's
+    /// exact encoding, for comparison). See [`planner::Plan::cover`].
+    pub fn set_free_cover(&self, free_cover: bool) {
+        let mut p = self.planner.lock();
+        *p = p.with_free_cover(free_cover);
     }
 
     /// Debug-only: sets knobs that deliberately break invalidation.

@@ -22,6 +22,16 @@
 //!   d5afb4b47e13, which fixed a soft lockup from per-page loops over huge ranges); with RIL,
 //!   range commands for every range except the whole address space.
 //!
+//! **Free cover.** Range plans (`Range`, and `Auto` with RIL) whose exact encoding takes more
+//! than one command may be replaced by one command over a larger range containing the request
+//! (a *cover*), when the address space's page tables say the extra pages map nothing: nothing
+//! cached is lost, and 4095 pages take 1 command instead of 3. The planner asks through the
+//! [`MappedQuery`] seam ([`Plan::cover`]), only when the exact encoding takes more than one
+//! command ([`Plan::may_cover`]), and at most [`COVER_QUERY_BUDGET`] descriptor reads per
+//! invalidation; an answer it cannot get keeps the exact encoding. See [`Plan::cover`] for
+//! the candidates and why any answer, even a wrong one, keeps the invalidation complete.
+//! [`PlannerConfig::with_free_cover`] turns it off (Linux's exact encoding always).
+//!
 //! Every strategy sends a single `CMD_TLBI_NH_ASID` for the whole address space (`0..u64::MAX`,
 //! Linux's `flush_tlb_mm()` case) or a range covering the whole TTB0 region. `PerPage` also
 //! falls back to the ASID-wide command beyond [`PER_PAGE_HARD_LIMIT`] pages rather than queue
@@ -50,6 +60,19 @@ pub const PER_PAGE_HARD_LIMIT: u64 = 1 << 18;
 pub const VMID: u16 = 0;
 
 const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Page-table descriptors the free-cover query may read for one invalidation (all candidates
+/// together): a few hundred instructions, about what one more command costs the CPU.
+pub const COVER_QUERY_BUDGET: u32 = 64;
+
+/// The planner's question to the page tables of the address space whose ASID it invalidates.
+pub trait MappedQuery {
+    /// Whether anything is mapped in `[start, end)` (page aligned, non-empty, inside the TTB0
+    /// region), reading at most `*budget` page-table descriptors (each read takes one).
+    /// `Some(false)` only if the tables show every page of it unmapped; `None` if the answer
+    /// is not known within the budget.
+    fn maps_anything(&self, start: u64, end: u64, budget: &mut u32) -> Option<bool>;
+}
 
 /// How to turn a VA range into invalidation commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,6 +125,8 @@ pub struct PlannerConfig {
     pub va_bits: u8,
     /// Set Leaf = 1 in VA invalidations (only when the caller knows no table was freed).
     pub leaf: bool,
+    /// Range plans may take a free cover ([`Plan::cover`]); off = the exact encoding always.
+    free_cover: bool,
 }
 
 /// The planner cannot be configured or used as asked.
@@ -142,7 +167,18 @@ impl PlannerConfig {
             asid_threshold_pages: LINUX_MAX_TLBI_OPS,
             va_bits: 48,
             leaf: false,
+            free_cover: true,
         })
+    }
+
+    /// The same settings with the free cover allowed (the default) or not.
+    pub const fn with_free_cover(self, free_cover: bool) -> Self {
+        Self { free_cover, ..self }
+    }
+
+    /// Whether range plans may take a free cover.
+    pub const fn free_cover(&self) -> bool {
+        self.free_cover
     }
 
     /// The same settings for a `va_bits`-bit TTB0 region.
@@ -197,6 +233,8 @@ impl PlannerConfig {
             start: first,
             end: last.max(first),
             leaf: self.leaf,
+            cover_allowed: self.free_cover,
+            limit,
         })
     }
 
@@ -235,6 +273,10 @@ enum Shape {
     Nothing,
     PerPage,
     Range,
+    /// One range command over the plan's bounds, which contain the `requested` pages.
+    Cover {
+        requested: (u64, u64),
+    },
     Asid(AsidReason),
 }
 
@@ -247,6 +289,9 @@ pub enum PlanKind {
     PerPage { pages: u64 },
     /// Range TLBI_NH_VA commands.
     Range { pages: u64 },
+    /// One range TLBI_NH_VA over `covered` pages that contain the `pages` requested; the
+    /// page tables showed the others unmapped.
+    Cover { pages: u64, covered: u64 },
     /// One TLBI_NH_ASID.
     Asid(AsidReason),
 }
@@ -260,6 +305,10 @@ pub struct Plan {
     start: u64,
     end: u64,
     leaf: bool,
+    /// The configuration allows a free cover.
+    cover_allowed: bool,
+    /// The end of the TTB0 region.
+    limit: u64,
 }
 
 impl Plan {
@@ -270,8 +319,90 @@ impl Plan {
             Shape::Nothing => PlanKind::Nothing,
             Shape::PerPage => PlanKind::PerPage { pages },
             Shape::Range => PlanKind::Range { pages },
+            Shape::Cover {
+                requested: (first, last),
+            } => PlanKind::Cover {
+                pages: (last - first) >> PAGE_SHIFT,
+                covered: pages,
+            },
             Shape::Asid(r) => PlanKind::Asid(r),
         }
+    }
+
+    /// True if [`Plan::cover`] might make this plan cheaper: a range plan whose exact encoding
+    /// takes more than one command, with the cover allowed. Costs no query, so the driver asks
+    /// this before it looks anything up: a plan that is one command already never pays.
+    pub fn may_cover(&self) -> bool {
+        self.cover_allowed && self.shape == Shape::Range && exact_commands(self.pages()) > 1
+    }
+
+    /// This plan, or one range command over a *cover* of it when `tables` say the cover's
+    /// extra pages map nothing.
+    ///
+    /// The cover has the fewest pages one command can cover, `m = (NUM+1) << SCALE >= n`
+    /// (`n` the pages requested), and the first candidate whose extra pages are all unmapped
+    /// wins: the request extended upwards, downwards, and rounded out to the `m`-block aligned
+    /// on `m`'s own power of two, each inside the TTB0 region. Only the extra pages are asked
+    /// about, within [`COVER_QUERY_BUDGET`] descriptor reads for all candidates together;
+    /// without a yes for every extra part, the exact plan stays.
+    ///
+    /// Invariants (the tests check each): every candidate contains every requested page, so
+    /// the cover invalidates at least what the exact plan does, whatever `tables` answer;
+    /// Leaf and TTL are the exact plan's (TTL = 0, Leaf as configured), so walk-cache entries
+    /// of freed tables go as before; a plan is covered only once (the result never
+    /// [`may_cover`](Self::may_cover)).
+    ///
+    /// Concurrency: the answer only decides what *else* is dropped, never what the request
+    /// needs. A neighbour another CPU maps between the query and the command had nothing
+    /// cached before the query, so at worst it loses a fresh entry (a miss, not a stale hit);
+    /// a neighbour being unmapped meanwhile is invalidated by its own unmap, whatever this
+    /// one covers.
+    pub fn cover(self, tables: &dyn MappedQuery) -> Plan {
+        if !self.may_cover() {
+            return self;
+        }
+        let m = single_command_pages(self.pages());
+        if exact_commands(m) != 1 {
+            return self;
+        }
+        let span = m << PAGE_SHIFT;
+        let mut budget = COVER_QUERY_BUDGET;
+        for (start, end) in self.cover_candidates(span) {
+            let mut free =
+                |a: u64, b: u64| a >= b || tables.maps_anything(a, b, &mut budget) == Some(false);
+            if free(start, self.start) && free(self.end, end) {
+                return Plan {
+                    shape: Shape::Cover {
+                        requested: (self.start, self.end),
+                    },
+                    start,
+                    end,
+                    ..self
+                };
+            }
+        }
+        self
+    }
+
+    /// The `[start, end)` ranges of `span` bytes tried as covers, in order.
+    fn cover_candidates(&self, span: u64) -> impl Iterator<Item = (u64, u64)> {
+        let (first, last, limit) = (self.start, self.end, self.limit);
+        let up = first
+            .checked_add(span)
+            .filter(|&e| e <= limit)
+            .map(|e| (first, e));
+        let down = last.checked_sub(span).map(|s| (s, last));
+        // Aligned on the largest power of two dividing `span`.
+        let align = 1u64 << span.trailing_zeros();
+        let base = first & !(align - 1);
+        let aligned = Some((base, base + span))
+            .filter(|&c| c.1 >= last && c.1 <= limit && Some(c) != up && Some(c) != down);
+        [up, down, aligned].into_iter().flatten()
+    }
+
+    /// Pages between the plan's bounds.
+    fn pages(&self) -> u64 {
+        (self.end - self.start) >> PAGE_SHIFT
     }
 
     /// The ASID the plan invalidates in.
@@ -285,17 +416,10 @@ impl Plan {
             Shape::Nothing => State::Done,
             Shape::Asid(_) => State::Asid,
             Shape::PerPage => State::PerPage { next: self.start },
-            Shape::Range => {
-                let mut pages = (self.end - self.start) >> PAGE_SHIFT;
-                // eb6c97647be2: never leave a first command with NUM = SCALE = 0 (TTL is 0).
-                if pages & u64::from(TLBI_RANGE_FIELD_MAX) == 1 {
-                    pages += 1;
-                }
-                State::Range {
-                    next: self.start,
-                    pages,
-                }
-            }
+            Shape::Range | Shape::Cover { .. } => State::Range {
+                next: self.start,
+                pages: encoded_pages(self.pages()),
+            },
         };
         PlanCommands { plan: *self, state }
     }
@@ -315,7 +439,7 @@ impl Plan {
             Shape::Nothing => 0,
             Shape::Asid(_) => 1,
             Shape::PerPage => (self.end - self.start) >> PAGE_SHIFT,
-            Shape::Range => self.commands().count() as u64,
+            Shape::Range | Shape::Cover { .. } => exact_commands(self.pages()),
         }
     }
 
@@ -391,6 +515,36 @@ impl Iterator for PlanCommands {
             }
         }
     }
+}
+
+/// The pages the range commands for `pages` pages cover: `pages`, or one more where
+/// eb6c97647be2 forbids a first command with NUM = SCALE = 0 (TTL is 0).
+fn encoded_pages(pages: u64) -> u64 {
+    if pages & u64::from(TLBI_RANGE_FIELD_MAX) == 1 {
+        pages + 1
+    } else {
+        pages
+    }
+}
+
+/// The number of range commands the exact encoding of `pages` pages takes.
+fn exact_commands(pages: u64) -> u64 {
+    let mut left = encoded_pages(pages);
+    let mut commands = 0;
+    while left != 0 {
+        let (scale, num) = range_step(left);
+        left -= num << scale;
+        commands += 1;
+    }
+    commands
+}
+
+/// The fewest pages, at least `pages` (≥ 2), that one range command covers: `(NUM + 1) <<
+/// SCALE` with the five significant bits of `pages` rounded up.
+fn single_command_pages(pages: u64) -> u64 {
+    let bits = u64::BITS - pages.leading_zeros();
+    let scale = bits.saturating_sub(TLBI_RANGE_FIELD_MAX.count_ones());
+    pages.div_ceil(1 << scale) << scale
 }
 
 /// The next range command for `pages` remaining pages: `(SCALE, NUM + 1)`.
@@ -629,7 +783,239 @@ mod tests {
         assert_eq!(p.kind(), PlanKind::Asid(AsidReason::WholeAddressSpace));
     }
 
+    /// Page tables as a set of mapped page numbers; each question costs one descriptor read.
+    struct FakeTables {
+        mapped: alloc::collections::BTreeSet<u64>,
+        asked: core::cell::Cell<u32>,
+    }
+
+    impl FakeTables {
+        fn new(pages: impl IntoIterator<Item = u64>) -> Self {
+            Self {
+                mapped: pages.into_iter().collect(),
+                asked: 0.into(),
+            }
+        }
+
+        fn mapped_in(&self, start: u64, end: u64) -> bool {
+            self.mapped
+                .range(start >> PAGE_SHIFT..end >> PAGE_SHIFT)
+                .next()
+                .is_some()
+        }
+    }
+
+    impl MappedQuery for FakeTables {
+        fn maps_anything(&self, start: u64, end: u64, budget: &mut u32) -> Option<bool> {
+            assert!(start < end && start % PAGE == 0 && end % PAGE == 0 && end <= 1 << 48);
+            self.asked.set(self.asked.get() + 1);
+            *budget = budget.checked_sub(1)?;
+            Some(self.mapped_in(start, end))
+        }
+    }
+
+    /// A query that must not be made.
+    struct NoQuery;
+
+    impl MappedQuery for NoQuery {
+        fn maps_anything(&self, start: u64, end: u64, _: &mut u32) -> Option<bool> {
+            panic!("queried {start:#x}..{end:#x} for a plan that is one command already")
+        }
+    }
+
+    fn range_plan(start_page: u64, pages: u64) -> Plan {
+        let cfg = PlannerConfig::new(Strategy::Range, true).unwrap();
+        cfg.plan(
+            3,
+            VirtAddr(start_page * PAGE),
+            VirtAddr((start_page + pages) * PAGE),
+        )
+        .unwrap()
+    }
+
+    /// The pages `plan`'s commands invalidate, as one contiguous span (checked).
+    fn span(plan: &Plan) -> (u64, u64) {
+        let mut spans = covered(plan).expect("a range plan is not ASID-wide");
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "gap or overlap in {spans:?}");
+        }
+        (spans[0].0, spans[spans.len() - 1].1)
+    }
+
+    #[test]
+    fn one_command_plans_never_ask_the_page_tables() {
+        for pages in [1, 2, 16, 31, 33, 512, 4096, 1 << 18] {
+            let plan = range_plan(0x40_0000, pages);
+            assert!(!plan.may_cover(), "{pages} pages");
+            assert_eq!(plan.cover(&NoQuery), plan);
+        }
+        for s in [Strategy::PerPage, Strategy::Asid] {
+            let cfg = PlannerConfig::new(s, true).unwrap();
+            let plan = cfg
+                .plan(3, VirtAddr(0x1000), VirtAddr(0x1000 + 4095 * PAGE))
+                .unwrap();
+            assert!(!plan.may_cover());
+            assert_eq!(plan.cover(&NoQuery), plan);
+        }
+    }
+
+    #[test]
+    fn a_4095_page_range_with_unmapped_neighbours_is_one_command() {
+        let first = 0x40_0000; // pages: 16 GiB, 4096-page aligned
+        let exact = range_plan(first, 4095);
+        assert_eq!(exact.len(), 3);
+        let tables = FakeTables::new((first..first + 4095).chain([first + 8192]));
+        let plan = exact.cover(&tables);
+        assert_eq!(
+            plan.kind(),
+            PlanKind::Cover {
+                pages: 4095,
+                covered: 4096
+            }
+        );
+        assert_eq!(plan.len(), 1);
+        assert!(!plan.may_cover(), "covered twice");
+        let cmds: alloc::vec::Vec<_> = plan.commands().collect();
+        let [Command::TlbiNhVa(va)] = cmds[..] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!((va.addr.as_u64(), va.leaf), (first * PAGE, false));
+        assert_eq!(
+            va.range,
+            Some(TlbiRange::new(Granule::K4, 0, 12, 0).unwrap())
+        );
+        assert_eq!(tables.asked.get(), 1, "only the extra page is asked about");
+    }
+
+    #[test]
+    fn mapped_neighbours_keep_the_exact_encoding() {
+        let first = 0x40_0001;
+        let exact = range_plan(first, 4095);
+        // Up: first + 4095 mapped; down: first - 1 mapped; aligned: the same pages.
+        let tables = FakeTables::new([first - 1, first + 4095]);
+        assert_eq!(exact.cover(&tables), exact);
+        // Either side free is enough.
+        let up_free = FakeTables::new([first - 1]);
+        assert_eq!(span(&exact.cover(&up_free)), (first, first + 4096));
+        let down_free = FakeTables::new([first + 4095]);
+        assert_eq!(span(&exact.cover(&down_free)), (first - 1, first + 4095));
+        // Rounded out on both sides: 4094 pages need 2 more for one command, one on each side.
+        let both = range_plan(first, 4094);
+        let tables = FakeTables::new([first - 2, first + 4095]);
+        assert_eq!(span(&both.cover(&tables)), (first - 1, first + 4095));
+    }
+
+    #[test]
+    fn the_cover_can_be_turned_off() {
+        let cfg = PlannerConfig::new(Strategy::Auto, true)
+            .unwrap()
+            .with_free_cover(false);
+        assert!(!cfg.free_cover());
+        let plan = cfg.plan(3, VirtAddr(0), VirtAddr(4095 * PAGE)).unwrap();
+        assert!(!plan.may_cover());
+        assert_eq!(plan.cover(&NoQuery), plan);
+    }
+
+    #[test]
+    fn the_cover_keeps_leaf_and_ttl() {
+        for leaf in [false, true] {
+            let cfg = PlannerConfig {
+                leaf,
+                ..PlannerConfig::new(Strategy::Range, true).unwrap()
+            };
+            let exact = cfg
+                .plan(3, VirtAddr(0x1000), VirtAddr(0x1000 + 4095 * PAGE))
+                .unwrap();
+            let plan = exact.cover(&FakeTables::new([]));
+            assert!(matches!(plan.kind(), PlanKind::Cover { .. }));
+            for c in exact.commands().chain(plan.commands()) {
+                let Command::TlbiNhVa(va) = c else { panic!() };
+                assert_eq!(va.leaf, leaf);
+                assert_eq!(va.range.map(|r| r.ttl), Some(0));
+            }
+        }
+    }
+
+    #[test]
+    fn the_query_is_bounded_and_stays_inside_the_ttb0_region() {
+        let exact = range_plan(0x40_0001, 4095);
+        let tables = FakeTables::new([0x40_0000, 0x40_0001 + 4095]);
+        exact.cover(&tables);
+        assert!(tables.asked.get() <= COVER_QUERY_BUDGET);
+        // Against the top of the region: only downwards (the fake checks every bound).
+        let top = (1u64 << 36) - 4095;
+        let plan = range_plan(top, 4095).cover(&FakeTables::new([]));
+        assert_eq!(span(&plan), (top - 1, 1 << 36));
+        // At the bottom: only upwards.
+        let plan = range_plan(0, 4095).cover(&FakeTables::new([]));
+        assert_eq!(span(&plan), (0, 4096));
+        // A query out of budget is a "don't know": exact.
+        struct Spent;
+        impl MappedQuery for Spent {
+            fn maps_anything(&self, _: u64, _: u64, budget: &mut u32) -> Option<bool> {
+                *budget = 0;
+                None
+            }
+        }
+        let exact = range_plan(0x40_0000, 4095);
+        assert_eq!(exact.cover(&Spent), exact);
+    }
+
+    #[test]
+    fn single_command_pages_is_the_smallest_single_command() {
+        for n in 2u64..3000 {
+            let m = single_command_pages(n);
+            assert!(m >= n && exact_commands(m) == 1, "{n} -> {m}");
+            assert!(
+                (n..m).all(|k| exact_commands(k) > 1 || encoded_pages(k) != k),
+                "{n} -> {m}"
+            );
+        }
+        assert_eq!(single_command_pages(4095), 4096);
+        assert_eq!(single_command_pages(5000), 20 << 8);
+    }
+
     proptest! {
+        /// For random ranges and random page-table contents around them: the commands cover
+        /// the range; with a cover taken every extra page is unmapped; otherwise the plan is
+        /// the exact one, and neither the upward nor the downward cover was free.
+        #[test]
+        fn the_free_cover_contains_the_range_and_only_unmapped_pages(
+            start_page in 1u64..(1 << 30), pages in 2u64..70_000,
+            near in proptest::collection::vec((any::<bool>(), 0u64..128), 0..4),
+        ) {
+            let exact = range_plan(start_page, pages);
+            let end_page = start_page + pages;
+            let mapped = (start_page..end_page).step_by(97).chain(near.iter().map(|&(below, d)| {
+                if below { start_page.saturating_sub(d + 1) } else { end_page + d }
+            }));
+            let tables = FakeTables::new(mapped);
+            let plan = exact.cover(&tables);
+            let (first, last) = span(&plan);
+            prop_assert!(first <= start_page && last >= end_page, "{first}..{last}");
+            match plan.kind() {
+                PlanKind::Cover { pages: p, covered } => {
+                    prop_assert_eq!((p, covered), (pages, last - first));
+                    prop_assert_eq!(plan.len(), 1);
+                    prop_assert!(exact.len() > 1);
+                    prop_assert!(!tables.mapped_in(first * PAGE, start_page * PAGE));
+                    prop_assert!(!tables.mapped_in(end_page * PAGE, last * PAGE));
+                }
+                _ => {
+                    prop_assert_eq!(plan, exact);
+                    if exact.len() > 1 {
+                        let m = single_command_pages(pages);
+                        let up_free = !tables.mapped_in(end_page * PAGE, (start_page + m) * PAGE);
+                        let down_blocked = m - pages > start_page
+                            || tables.mapped_in((end_page - m) * PAGE, start_page * PAGE);
+                        prop_assert!(!up_free && down_blocked, "a free cover was missed");
+                    }
+                }
+            }
+            prop_assert!(tables.asked.get() <= COVER_QUERY_BUDGET);
+        }
+
         #[test]
         fn every_strategy_covers_every_page(start_page in 0u64..(1 << 30), pages in 1u64..5000,
                                             s in 0usize..4, ril in any::<bool>()) {

@@ -88,4 +88,4 @@ pub use tlb::{
     CpuTlb, Invalidate, RecordingTlb, TlbFeatures, TlbInvalidation, TlbMaintenance, TlbOp, TlbPlan,
     TlbPolicy, TlbScope, Tlbi,
 };
-pub use walk::{translate, Mapping, Translation};
+pub use walk::{maps_anything, translate, Mapping, Translation};

@@ -20,8 +20,10 @@ use proptest::prelude::*;
 
 use super::descriptor::{AttributeError, Attributes, MemoryType, Permissions};
 use super::error::PageTableError;
+use super::range::VaRange;
 use super::table::{Blocks, Config, Holes, Knobs};
 use super::tests::{new_table, snapshot, va, Checker, TestTable, G1, K4, M2};
+use super::walk::maps_anything;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::fake::TestMemory;
 
@@ -273,6 +275,52 @@ fn engine_segments(table: &TestTable<'_>) -> Vec<Seg> {
     Model::normalized(leaves)
 }
 
+/// `walk::maps_anything` agrees with the model on every segment, every gap between segments
+/// and the pages around each edge; with a small budget it answers right or not at all.
+fn check_maps_anything(
+    mem: &TestMemory,
+    root: PhysAddr,
+    model: &Model,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    let mut edges = alloc::vec![0, WINDOW];
+    for seg in model.segs.values() {
+        edges.extend([seg.start, seg.end]);
+    }
+    edges.sort_unstable();
+    edges.dedup();
+    let mut ranges: Vec<(u64, u64)> = edges.windows(2).map(|w| (w[0], w[1])).collect();
+    for &e in &edges {
+        ranges.push((e.saturating_sub(K4), (e + K4).min(WINDOW)));
+    }
+    for (start, end) in ranges {
+        let Some(range) = VaRange::from_bounds(VirtAddr(start), VirtAddr(end)) else {
+            continue;
+        };
+        let expected = !model.overlapping(start, end).is_empty();
+        let mut budget = u32::MAX;
+        let got = maps_anything(mem, root, range, &mut budget);
+        prop_assert_eq!(
+            got,
+            Some(expected),
+            "step {}: maps_anything {:#x}..{:#x}",
+            step,
+            start,
+            end
+        );
+        let mut small = 3;
+        let got = maps_anything(mem, root, range, &mut small);
+        prop_assert!(
+            got.is_none() || got == Some(expected),
+            "step {}: budgeted {:#x}..{:#x}",
+            step,
+            start,
+            end
+        );
+    }
+    Ok(())
+}
+
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -446,6 +494,7 @@ fn run(blocks: Blocks, ops: &[(Op, Option<usize>)], knobs: Knobs) -> Result<(), 
                 );
             }
         }
+        check_maps_anything(&mem, table.root(), &model, step)?;
         // No empty or leaked table, no bad free.
         let stats = table.stats().expect("stats");
         prop_assert_eq!(stats.empty_tables, 0, "step {}", step);

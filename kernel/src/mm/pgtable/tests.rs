@@ -448,6 +448,45 @@ fn walk_clips_leaves_to_the_range() {
     assert_eq!(seen[0].level, Level::L2);
 }
 
+/// Descriptors `maps_anything` reads to answer for `[start, end)`, and its answer.
+fn probe(table: &TestTable<'_>, mem: &TestMemory, start: u64, end: u64) -> (Option<bool>, u32) {
+    let mut budget = u32::MAX;
+    let range = VaRange::from_bounds(va(start), va(end)).unwrap();
+    let found = super::walk::maps_anything(mem, table.root(), range, &mut budget);
+    (found, u32::MAX - budget)
+}
+
+#[test]
+fn maps_anything_skips_empty_subtrees_and_stops_at_the_first_leaf() {
+    let mem = TestMemory::new(16);
+    let mut table = new_table(&mem, Config::USER);
+    let c = table.map(va(G1 + 5 * K4), pa(G1), 4096, RW).unwrap();
+    table.complete(c, &mut Checker::new(&mem, table.root()));
+    // An empty 1 GiB and an empty 512 GiB: one invalid entry each, whatever their size.
+    assert_eq!(probe(&table, &mem, 2 * G1, 3 * G1), (Some(false), 2));
+    assert_eq!(probe(&table, &mem, 512 * G1, 1024 * G1), (Some(false), 1));
+    // The pages around the leaf: root, L1, L2 entries, then the L3 entries up to the leaf.
+    assert_eq!(probe(&table, &mem, G1, G1 + 5 * K4), (Some(false), 3 + 5));
+    assert_eq!(
+        probe(&table, &mem, G1 + 6 * K4, G1 + M2),
+        (Some(false), 3 + 506)
+    );
+    assert_eq!(probe(&table, &mem, G1, 2 * G1), (Some(true), 3 + 6));
+    // A budget that runs out gives no answer rather than a guess.
+    let range = VaRange::from_bounds(va(G1 + 6 * K4), va(G1 + M2)).unwrap();
+    assert_eq!(
+        super::walk::maps_anything(&mem, table.root(), range, &mut 100),
+        None
+    );
+    // A 2 MiB block is found at level 2.
+    let c = table.map(va(4 * G1), pa(4 * G1), M2 as usize, RW).unwrap();
+    table.complete(c, &mut Checker::new(&mem, table.root()));
+    assert_eq!(
+        probe(&table, &mem, 4 * G1 + M2 - K4, 4 * G1 + M2),
+        (Some(true), 3)
+    );
+}
+
 // ---- unmap ---------------------------------------------------------------------------------
 
 #[test]

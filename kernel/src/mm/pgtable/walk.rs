@@ -152,6 +152,55 @@ pub(crate) fn walk_leaves<M: PhysMemory + ?Sized>(
     Ok(())
 }
 
+/// Whether anything is mapped in `range` of the table rooted at `root`, reading at most
+/// `budget` descriptors (each read takes one): `Some(true)` at the first leaf found,
+/// `Some(false)` if there is none, `None` once the budget is spent or at something this engine
+/// never writes (an unreachable table, a reserved encoding). An invalid entry skips its whole
+/// subtree (512 GiB, 1 GiB or 2 MiB at once), so the cost follows the tables present, not the
+/// pages. Lock-free, with the guarantees of [`translate`]: each entry is seen old or new.
+pub fn maps_anything<M: PhysMemory + ?Sized>(
+    mem: &M,
+    root: PhysAddr,
+    range: VaRange,
+    budget: &mut u32,
+) -> Option<bool> {
+    if !super::descriptor::is_lower_half(VirtAddr(range.end().as_u64() - 1)) {
+        return None;
+    }
+    any_leaf(mem, root, Level::ROOT, range, budget)
+}
+
+fn any_leaf<M: PhysMemory + ?Sized>(
+    mem: &M,
+    table: PhysAddr,
+    level: Level,
+    range: VaRange,
+    budget: &mut u32,
+) -> Option<bool> {
+    let size = level.entry_size();
+    let entries = mem.words(table, ENTRIES_PER_TABLE)?;
+    let mut va = range.start().as_u64();
+    let end = range.end().as_u64();
+    while va < end {
+        *budget = budget.checked_sub(1)?;
+        let chunk_end = end.min((va & !(size - 1)) + size);
+        let desc = Descriptor::from_bits(entries[level.index(va)].load(Ordering::Acquire));
+        match desc.kind(level) {
+            DescriptorKind::Invalid => {}
+            DescriptorKind::Leaf(_) => return Some(true),
+            DescriptorKind::Table(next) => {
+                let sub = VaRange::between(va, chunk_end);
+                if any_leaf(mem, next, level.next()?, sub, budget)? {
+                    return Some(true);
+                }
+            }
+            DescriptorKind::Reserved => return None,
+        }
+        va = chunk_end;
+    }
+    Some(false)
+}
+
 /// True if every entry of the table at `table` is invalid.
 pub(crate) fn table_is_empty<M: PhysMemory + ?Sized>(
     mem: &M,

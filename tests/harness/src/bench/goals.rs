@@ -41,8 +41,9 @@ pub const EMPTY_DISPATCH_2X: &str = "empty_dispatch_2x";
 pub const SHARED_SYNC: &str = "shared_sync";
 pub const QEMU_COUNTS: &str = "qemu_counts";
 pub const PER_PAGE_100: &str = "per_page_100";
+pub const FREE_COVER: &str = "free_cover";
 /// `make bench`'s goals (`--require all`); `make bench-peer`'s are [`super::peer::GOALS`].
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     RIL_RANGE_COMMANDS,
     NO_ASID_BELOW_512,
     QEMU_COUNTS,
@@ -50,9 +51,15 @@ pub const ALL: [&str; 7] = [
     EMPTY_DISPATCH_2X,
     SHARED_SYNC,
     PER_PAGE_100,
+    FREE_COVER,
 ];
 /// The goals that are exact command counts (no timing): the `make test` smoke checks these.
-pub const COMMAND_GOALS: [&str; 3] = [RIL_RANGE_COMMANDS, NO_ASID_BELOW_512, QEMU_COUNTS];
+pub const COMMAND_GOALS: [&str; 4] = [
+    RIL_RANGE_COMMANDS,
+    NO_ASID_BELOW_512,
+    QEMU_COUNTS,
+    FREE_COVER,
+];
 /// The command kinds the kernel counts per unmap (its metric names; QEMU's trace uses them too).
 const KERNEL_KINDS: [&str; 4] = ["tlbi_va", "tlbi_va_range", "tlbi_asid", "sync"];
 
@@ -107,6 +114,7 @@ pub fn check(kernel: &[KernelRun], host_results: &[HostResult]) -> Vec<Goal> {
         empty_dispatch_2x(host_results),
         shared_sync(kernel),
         per_page_100(kernel),
+        free_cover(kernel),
     ];
     goals.extend(super::peer::check(kernel));
     goals
@@ -442,6 +450,90 @@ fn per_page_100(kernel: &[KernelRun]) -> Goal {
     )
 }
 
+/// One `smmu.free_cover` case: its commands by kind ([`KERNEL_KINDS`]) and in total.
+fn cover_counts(run: &KernelRun, smmu: &str, neighbours: &str, cover: &str) -> Option<Vec<u64>> {
+    let key = [("smmu", smmu), ("neighbours", neighbours), ("cover", cover)];
+    KERNEL_KINDS
+        .iter()
+        .chain(&["commands"])
+        .map(|m| run.value("smmu.free_cover", &key, m))
+        .collect()
+}
+
+/// Issue 16 part 3: on every SMMU that ran `smmu.free_cover`, the range with unmapped
+/// neighbours and the cover on is 1 range command + 1 CMD_SYNC, nothing else; with mapped
+/// neighbours the cover changes nothing (the exact encoding: the commands with the cover off,
+/// which must take more than one range command, whatever the neighbours); and the mapped
+/// neighbours' IOTLB hit rate on the model is 1000 ‰. A run without any hit rate fails: the
+/// check that the cover drops nothing live was not made.
+fn free_cover(kernel: &[KernelRun]) -> Goal {
+    let mut checks = Vec::new();
+    for run in kernel {
+        let mut smmus: Vec<&str> = run
+            .all("smmu.free_cover", "commands")
+            .filter_map(|s| s.param("smmu"))
+            .collect();
+        smmus.sort_unstable();
+        smmus.dedup();
+        let mut hit_rates = 0;
+        for &smmu in &smmus {
+            let name = format!("{}/{smmu}", run.board);
+            let at = |n, c| cover_counts(run, smmu, n, c);
+            let show =
+                |c: &[u64]| format!("{} range + {} CMD_SYNC of {} commands", c[1], c[3], c[4]);
+            match at("unmapped", "on") {
+                Some(c) => checks.push((
+                    c == [0, 1, 0, 1, 2],
+                    format!(
+                        "{name} unmapped neighbours, cover on: {} (goal: 1 + 1)",
+                        show(&c)
+                    ),
+                )),
+                None => checks.push((
+                    false,
+                    format!("{name} unmapped neighbours, cover on: missing"),
+                )),
+            }
+            match (at("mapped", "on"), at("mapped", "off"), at("unmapped", "off")) {
+                (Some(on), Some(off), Some(exact)) => checks.push((
+                    on == off && off == exact && exact[1] > 1,
+                    format!(
+                        "{name} mapped neighbours: cover on {}, off {}, exact {} (goal: all the exact encoding)",
+                        show(&on),
+                        show(&off),
+                        show(&exact)
+                    ),
+                )),
+                _ => checks.push((false, format!("{name} mapped neighbours or cover off: missing"))),
+            }
+            let key = [("smmu", smmu), ("neighbours", "mapped"), ("cover", "on")];
+            if let Some(rate) = run.value("smmu.free_cover", &key, "hit_rate") {
+                hit_rates += 1;
+                checks.push((
+                    rate == 1000,
+                    format!(
+                        "{name} mapped neighbours, cover on: IOTLB hit rate {rate} ‰ (goal: 1000)"
+                    ),
+                ));
+            }
+        }
+        if !smmus.is_empty() && hit_rates == 0 {
+            checks.push((
+                false,
+                format!(
+                    "{}: no model measured the neighbours' IOTLB hit rate",
+                    run.board
+                ),
+            ));
+        }
+    }
+    goal(
+        FREE_COVER,
+        "free over-invalidation: 4095 pages with unmapped neighbours are 1 range command + 1 CMD_SYNC; with mapped neighbours the exact encoding, and the model's IOTLB hit rate of those neighbours stays 1000 ‰",
+        checks,
+    )
+}
+
 fn interval_100x(results: &[HostResult]) -> Goal {
     let mut checks = Vec::new();
     let tree = host(results, "interval_invalidation/tree/100000");
@@ -676,6 +768,73 @@ mod tests {
         // Only one CPU measured: the 4-CPU checks fail rather than pass silently.
         let only_one = shared("m", 1, "on", (256, 256, 2000));
         assert_eq!(verdict(&check(&[run(only_one)], &[]), SHARED_SYNC), Verdict::Fail);
+    }
+
+    fn cover_case(
+        smmu: &str,
+        neighbours: &str,
+        cover: &str,
+        counts: [u64; 5],
+        hit_rate: Option<u64>,
+    ) -> Vec<Sample> {
+        let metrics = [
+            "tlbi_va",
+            "tlbi_va_range",
+            "tlbi_asid",
+            "sync",
+            "commands",
+            "hit_rate",
+        ];
+        metrics
+            .iter()
+            .zip(counts.iter().copied().map(Some).chain([hit_rate]))
+            .filter_map(|(m, v)| {
+                Some(Sample {
+                    name: "smmu.free_cover".into(),
+                    params: vec![
+                        ("smmu".into(), smmu.into()),
+                        ("neighbours".into(), neighbours.into()),
+                        ("cover".into(), cover.into()),
+                        ("pages".into(), "4095".into()),
+                    ],
+                    metric: (*m).into(),
+                    value: v?,
+                    unit: "commands".into(),
+                })
+            })
+            .collect()
+    }
+
+    fn cover_run(covered: [u64; 5], mapped_on: [u64; 5], hit_rate: Option<u64>) -> KernelRun {
+        let exact = [0, 3, 0, 1, 4];
+        let mut samples = cover_case("model", "unmapped", "on", covered, None);
+        samples.extend(cover_case("model", "mapped", "on", mapped_on, hit_rate));
+        samples.extend(cover_case("model", "unmapped", "off", exact, None));
+        samples.extend(cover_case("model", "mapped", "off", exact, None));
+        run(samples)
+    }
+
+    #[test]
+    fn free_cover_goal() {
+        let one = [0, 1, 0, 1, 2];
+        let exact = [0, 3, 0, 1, 4];
+        assert_eq!(verdict(&check(&[], &[]), FREE_COVER), Verdict::NotMeasured);
+        let pass = cover_run(one, exact, Some(1000));
+        assert_eq!(verdict(&check(&[pass], &[]), FREE_COVER), Verdict::Pass);
+        // Not taken with unmapped neighbours, taken over mapped ones, a neighbour lost, or
+        // no hit rate at all: each fails.
+        for bad in [
+            cover_run(exact, exact, Some(1000)),
+            cover_run(one, one, Some(1000)),
+            cover_run(one, exact, Some(500)),
+            cover_run(one, exact, None),
+        ] {
+            assert_eq!(verdict(&check(&[bad], &[]), FREE_COVER), Verdict::Fail);
+        }
+        // A case missing is a failure too, not a pass.
+        let mut partial = cover_run(one, exact, Some(1000));
+        partial.samples.retain(|s| s.param("cover") != Some("off"));
+        assert_eq!(verdict(&check(&[partial], &[]), FREE_COVER), Verdict::Fail);
     }
 
     #[test]

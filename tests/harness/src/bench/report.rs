@@ -947,6 +947,7 @@ ok 2 smmu
                 ("empty_dispatch_2x", "pass"),
                 ("shared_sync", "not measured"),
                 ("per_page_100", "not measured"),
+                ("free_cover", "not measured"),
                 ("peer_commands", "not measured"),
                 ("peer_insns", "not measured"),
                 ("peer_faults", "not measured"),
@@ -1017,7 +1018,8 @@ ok 2 smmu
             p,
             [
                 "goal no_asid_below_512 was not measured",
-                "goal qemu_counts was not measured"
+                "goal qemu_counts was not measured",
+                "goal free_cover was not measured"
             ]
         );
         assert!(required_goals(&["nonsense".into()]).is_err());
