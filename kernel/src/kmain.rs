@@ -4,14 +4,18 @@
 //!
 //! Boot order on the boot CPU (the others wait in `arch::aarch64::smp` until started):
 //! crash hooks and early heap → device tree → boot facts and log level → kernel page tables →
-//! heap and frames → real console → secondary CPUs → identity map dropped → SMMU → banner →
+//! heap and frames → real console → secondary CPUs → identity map dropped → SMMU → its
+//! interrupts (the GIC, only if the SMMU has a wired eventq interrupt) → banner →
 //! `bench=` benchmarks, `ktest=` tests or the workload → exit with a status.
 
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::arch::aarch64::{cpu, exceptions, mmu, power, smp, timer};
 use crate::board::dt::{self, BoardInfo, BoardKind, CpuEnable, PsciMethod, Range};
+use crate::board::interrupts::GicInterrupt;
 use crate::board::{self, Banner, BootArgs, BootFacts};
+use crate::drivers::gic;
 use crate::iommu::probe;
 use crate::mm::layout::{self, KERNEL_VBASE};
 use crate::mm::{ram, PhysAddr};
@@ -123,7 +127,8 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         copier: dma.map(|d| d as &'static dyn crate::mm::dma::PhysCopier),
     });
 
-    let iommu = probe::banner_line(&info.smmu_interrupts);
+    probe::connect_interrupts(&info.smmu_interrupts, &|| interrupt_controller(info));
+    let iommu = probe::banner_line();
     print!(
         "{}",
         Banner {
@@ -217,6 +222,33 @@ fn init_memory(
         .map(|r| PhysAddr(r.base)..PhysAddr(r.end()))
         .collect();
     ram::init_frames(&free, &[PhysAddr(heap.base)..PhysAddr(heap.end())])
+}
+
+/// The GIC as the SMMU probe wires its interrupts through it.
+struct GicController(&'static gic::Gic);
+
+impl probe::InterruptController for GicController {
+    fn name(&self) -> String {
+        alloc::format!("GICv{}", self.0.version())
+    }
+
+    fn enable(&self, irq: GicInterrupt, handler: fn(u32)) -> Result<(), String> {
+        self.0.enable_spi(irq, handler).map_err(|e| e.to_string())
+    }
+}
+
+static GIC_CONTROLLER: spin::Once<GicController> = spin::Once::new();
+
+/// Brings up the GIC the device tree describes (only when a device asks for an interrupt).
+fn interrupt_controller(
+    info: &BoardInfo,
+) -> Result<&'static dyn probe::InterruptController, String> {
+    let desc = info
+        .gic
+        .as_ref()
+        .ok_or("no interrupt controller in the device tree")?;
+    let gic = gic::init(desc).map_err(|e| e.to_string())?;
+    Ok(GIC_CONTROLLER.call_once(|| GicController(gic)))
 }
 
 /// The CPUs the device tree lists, as `smp` starts them.

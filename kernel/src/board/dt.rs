@@ -15,6 +15,8 @@ use core::fmt;
 use dtoolkit::fdt::{Fdt, FdtNode};
 use dtoolkit::{Node, Property};
 
+pub use super::interrupts::{GicInterrupt, InterruptError, NamedInterrupt};
+
 /// FDT header magic (Devicetree Specification 5.2).
 pub const FDT_MAGIC: u32 = 0xd00d_feed;
 /// Largest device tree we accept (booting.rst: the DTB must not exceed 2 MiB).
@@ -201,8 +203,9 @@ pub struct BoardInfo {
     pub smmu: Option<Range>,
     /// The SMMUv3 node's phandle (matched against `iommu-map`).
     pub smmu_phandle: Option<u32>,
-    /// The SMMUv3's wired interrupts by name (`interrupt-names`: `eventq`, `gerror`, ...).
-    pub smmu_interrupts: Vec<String>,
+    /// The SMMUv3's wired interrupts (`interrupts` with `interrupt-names`: `eventq`, `gerror`,
+    /// ...), or why they cannot be used; empty if the node has none.
+    pub smmu_interrupts: Result<Vec<NamedInterrupt>, InterruptError>,
     /// The BCM2711 GPIO block (Pi only: the console pins are muxed there).
     pub gpio: Option<Range>,
     /// The BCM2711 DMA controller (Pi only).
@@ -431,7 +434,7 @@ pub fn parse(blob: &[u8]) -> Result<BoardInfo, DtError> {
         pcie: None,
         smmu: None,
         smmu_phandle: None,
-        smmu_interrupts: Vec::new(),
+        smmu_interrupts: Ok(Vec::new()),
         gpio: None,
         dma: None,
         devices: Vec::new(),
@@ -541,7 +544,9 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
         info.devices.push(device_name(loc));
     }
 
+    let mut gic_node = None;
     if let Some(loc) = find(nodes, "arm,gic-v3") {
+        gic_node = Some(loc);
         if let (Some(d), Some(r)) = (reg_cpu(loc, 0), reg_cpu(loc, 1)) {
             info.gic = Some(Gic {
                 version: 3,
@@ -554,6 +559,7 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
         .iter()
         .find_map(|c| find(nodes, c))
     {
+        gic_node = Some(loc);
         if let (Some(d), Some(c)) = (reg_cpu(loc, 0), reg_cpu(loc, 1)) {
             info.gic = Some(Gic {
                 version: 2,
@@ -580,9 +586,7 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
     if let Some(loc) = find(nodes, "arm,smmu-v3") {
         info.smmu = reg_cpu(loc, 0);
         info.smmu_phandle = prop_u32(&loc.node, "phandle");
-        info.smmu_interrupts = str_list(&loc.node, "interrupt-names")
-            .map(String::from)
-            .collect();
+        info.smmu_interrupts = read_interrupts(loc, gic_node.filter(|_| info.gic.is_some()));
         info.devices.push(device_name(loc));
     }
 
@@ -604,6 +608,28 @@ fn read_devices(stdout_path: Option<&str>, nodes: &[Located<'_>], info: &mut Boa
             info.devices.push(device_name(loc));
         }
     }
+}
+
+/// A node's `interrupts` for the GIC at `gic` (Devicetree Specification v0.4, 2.4: the parent
+/// is the nearest `interrupt-parent` on the node or an ancestor). Empty if the node has no
+/// `interrupts`; an error if they are not the GIC's or not well formed.
+fn read_interrupts(
+    loc: &Located<'_>,
+    gic: Option<&Located<'_>>,
+) -> Result<Vec<NamedInterrupt>, InterruptError> {
+    let Some(cells) = loc.node.property("interrupts") else {
+        return Ok(Vec::new());
+    };
+    let parent = core::iter::once(&loc.node)
+        .chain(loc.ancestors.iter().rev())
+        .find_map(|n| prop_u32(n, "interrupt-parent"));
+    let gic = gic.ok_or(InterruptError::NoController)?;
+    if parent.is_none() || parent != prop_u32(&gic.node, "phandle") {
+        return Err(InterruptError::NoController);
+    }
+    let interrupt_cells = prop_u32(&gic.node, "#interrupt-cells").unwrap_or(0);
+    let names: Vec<&str> = str_list(&loc.node, "interrupt-names").collect();
+    super::interrupts::gic_interrupts(cells.value(), interrupt_cells, &names)
 }
 
 fn read_dma(loc: &Located<'_>) -> Option<DmaController> {

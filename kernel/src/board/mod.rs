@@ -8,6 +8,7 @@ pub mod banner;
 pub mod boot;
 pub mod bootargs;
 pub mod dt;
+pub mod interrupts;
 pub mod iommu_map;
 
 pub use banner::Banner;

@@ -238,13 +238,16 @@ impl Edu {
         self.read64(REG_DMA_CMD) & DMA_RUN != 0
     }
 
-    /// Waits (polling, at most `timeout_us`) until no transfer runs.
+    /// Waits (polling, at most `timeout_us`) until no transfer runs. Each turn opens an
+    /// interrupt window: the SMMU's eventq interrupt drains the records this transfer's faults
+    /// write while it runs (this driver takes no lock a handler takes).
     pub fn wait_dma(&self, timeout_us: u64) -> Result<(), EduError> {
         let deadline = timer::Deadline::after_us(timeout_us);
         while self.is_busy() {
             if deadline.expired() {
                 return Err(EduError::Timeout);
             }
+            crate::arch::aarch64::irq::window();
             core::hint::spin_loop();
         }
         crate::arch::aarch64::cpu::dsb_sy(); // what the device wrote is seen after this

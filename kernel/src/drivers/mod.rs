@@ -1,5 +1,5 @@
 //! Device drivers (the SMMU's is in `iommu`): PL011, BCM2711 GPIO and DMA controller, PCIe,
-//! `edu`. Register blocks are tock-registers `register_structs!` or offsets into an `IoWindow`.
+//! `edu`, the GIC (v2 and v3). Register blocks are tock-registers `register_structs!` or offsets into an `IoWindow`.
 
 // The GPIO routing and the DMA controller's control blocks are plain arithmetic: host-tested.
 // The rest needs the machine.
@@ -7,6 +7,8 @@ pub mod bcm2711_gpio;
 pub mod bcm2835_dma;
 #[cfg(target_os = "none")]
 pub mod edu;
+#[cfg(target_os = "none")]
+pub mod gic;
 #[cfg(target_os = "none")]
 pub mod pcie;
 #[cfg(target_os = "none")]

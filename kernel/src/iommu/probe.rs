@@ -25,19 +25,23 @@
 //! | `smmu.skip_invalidate=1` | **debug only, breaks coherence**: `arch_invalidate_secondary_tlbs` sends nothing to the SMMU (shows the SVA tests fail without it) |
 //! | `smmu.eventq_log2=N` | **debug only**: at most 2^N event-queue entries (default: what SMMU_IDR1.EVENTQS and the driver's budget allow); a small queue loses the events of a faulting page |
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::board::bootargs::SmmuStrategy;
 use crate::board::dt::Range;
+use crate::board::interrupts::{named, GicInterrupt, InterruptError, NamedInterrupt, Trigger};
 use crate::board::{Bdf, BootArgs, IommuMap};
 use crate::iommu::backend::inject::InjectingBackend;
 use crate::iommu::backend::mmio::{GenericTimerClock, MmioSmmu};
 use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
+use crate::iommu::backend::model::master::CopierEngine;
 use crate::iommu::backend::model::{ModelConfig, SmmuModel};
 use crate::iommu::backend::SmmuBackend;
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DebugKnobs, Smmu, SmmuConfig, SmmuError};
-use crate::iommu::backend::model::master::CopierEngine;
 use crate::iommu::spec::event::{EventRecord, EVENT_SIZE};
 use crate::iommu::sva::{Sva, SvaDomain};
 use crate::mm::dma::PhysCopier;
@@ -175,7 +179,7 @@ pub fn init(platform: Platform) {
             let Some(smmu) = SMMU.get() else { return };
             let what = match outcome {
                 Probe::Mmio { pa } => alloc::format!("at {pa:#x}"),
-                _ => alloc::string::String::from("(software model over RAM)"),
+                _ => String::from("(software model over RAM)"),
             };
             log::info!(
                 "smmu: {what}: {}; invalidation {}",
@@ -231,26 +235,156 @@ fn probe(platform: &Platform) -> Probe {
     }
 }
 
-/// The boot banner's SMMU line: what the SMMU is, its event queue, and how its events reach the
-/// kernel. `interrupts` are the names the device tree gives the SMMU's wired interrupts.
-pub fn banner_line(interrupts: &[alloc::string::String]) -> Option<alloc::string::String> {
+/// How the SMMU's event records reach the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventDelivery {
+    /// The eventq interrupt moves records from the SMMU's queue to the driver's software log
+    /// as they arrive ([`Smmu::collect_events`]); the drains decode and answer them.
+    Interrupt {
+        /// The eventq line.
+        eventq: GicInterrupt,
+        /// The gerror line, if it is enabled too.
+        gerror: Option<GicInterrupt>,
+        /// The controller, e.g. `GICv3`.
+        controller: String,
+    },
+    /// Only the drains move records (polling), for this reason.
+    Polling(String),
+}
+
+/// An interrupt controller as the probe needs it: the composition root adapts the GIC driver.
+pub trait InterruptController {
+    /// Its name for the banner (`GICv2`, `GICv3`).
+    fn name(&self) -> String;
+    /// Enables `irq`, routed to the calling CPU, with `handler`.
+    fn enable(&self, irq: GicInterrupt, handler: fn(u32)) -> Result<(), String>;
+}
+
+static DELIVERY: spin::Once<EventDelivery> = spin::Once::new();
+static EVENTQ_IRQS: AtomicU64 = AtomicU64::new(0);
+static EVENTQ_IRQ_ERRORS: AtomicU64 = AtomicU64::new(0);
+static GERROR_IRQS: AtomicU64 = AtomicU64::new(0);
+/// Every SMMU_GERROR bit the gerror interrupt found active (acknowledged in thread context).
+static GERRORS_SEEN: AtomicU32 = AtomicU32::new(0);
+
+/// Wires the SMMU's `eventq` (and, if edge-triggered, `gerror`) interrupt when the device tree
+/// names one and an interrupt controller comes up (`controller` is called only then), and
+/// enables them in SMMU_IRQ_CTRL; otherwise the events are drained by polling. Once, on the
+/// boot CPU (the lines are routed to it), after [`init`].
+pub fn connect_interrupts(
+    irqs: &Result<Vec<NamedInterrupt>, InterruptError>,
+    controller: &dyn Fn() -> Result<&'static dyn InterruptController, String>,
+) -> &'static EventDelivery {
+    DELIVERY.call_once(|| match connect(irqs, controller) {
+        Ok(delivery) => delivery,
+        Err(why) => EventDelivery::Polling(why),
+    })
+}
+
+fn connect(
+    irqs: &Result<Vec<NamedInterrupt>, InterruptError>,
+    controller: &dyn Fn() -> Result<&'static dyn InterruptController, String>,
+) -> Result<EventDelivery, String> {
+    let smmu = match (probe_outcome(), SMMU.get()) {
+        (Probe::Mmio { .. }, Some(smmu)) => smmu,
+        (Probe::Model, _) => return Err("a model raises no interrupt".into()),
+        _ => return Err("no SMMU".into()),
+    };
+    let irqs = irqs
+        .as_ref()
+        .map_err(|e| alloc::format!("its interrupts in the device tree are unusable: {e}"))?;
+    let eventq = *named(irqs, "eventq").ok_or("no eventq interrupt in the device tree")?;
+    let chip = controller()?;
+    chip.enable(eventq, eventq_interrupt)
+        .map_err(|e| alloc::format!("{} refused {eventq}: {e}", chip.name()))?;
+    // A level-triggered gerror line would stay asserted until thread context acknowledges the
+    // error (the handler only records it): such a line is left to polling.
+    let gerror = named(irqs, "gerror")
+        .filter(|g| g.trigger == Trigger::Edge)
+        .copied()
+        .filter(|g| chip.enable(*g, gerror_interrupt).is_ok());
+    smmu.set_interrupts(true, gerror.is_some())
+        .map_err(|e| alloc::format!("SMMU_IRQ_CTRL: {e}"))?;
+    Ok(EventDelivery::Interrupt {
+        eventq,
+        gerror,
+        controller: chip.name(),
+    })
+}
+
+/// The eventq interrupt (IRQ context, boot CPU): moves the records to the software log and
+/// hands the slots back. Decoding and answering wait for the next drain.
+fn eventq_interrupt(_intid: u32) {
+    EVENTQ_IRQS.fetch_add(1, Ordering::Relaxed);
+    if let Some(smmu) = SMMU.get() {
+        if smmu.collect_events().is_err() {
+            EVENTQ_IRQ_ERRORS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The gerror interrupt (IRQ context): records which errors are active. Acknowledging them
+/// writes SMMU_GERRORN, which the command queue's lock guards, so that is left to thread
+/// context as when polling: the next drain acknowledges EVENTQ_ABT_ERR, a submission CMDQ_ERR.
+fn gerror_interrupt(_intid: u32) {
+    GERROR_IRQS.fetch_add(1, Ordering::Relaxed);
+    if let Some(smmu) = SMMU.get() {
+        GERRORS_SEEN.fetch_or(smmu.active_global_errors(), Ordering::Relaxed);
+    }
+}
+
+/// How events are delivered (polling before [`connect_interrupts`]).
+pub fn event_delivery() -> EventDelivery {
+    DELIVERY
+        .get()
+        .cloned()
+        .unwrap_or_else(|| EventDelivery::Polling("interrupts not connected".into()))
+}
+
+/// Interrupt counts so far: (eventq interrupts, of which failed to read the queue, gerror
+/// interrupts, GERROR bits they saw).
+pub fn interrupt_counts() -> (u64, u64, u64, u32) {
+    (
+        EVENTQ_IRQS.load(Ordering::Relaxed),
+        EVENTQ_IRQ_ERRORS.load(Ordering::Relaxed),
+        GERROR_IRQS.load(Ordering::Relaxed),
+        GERRORS_SEEN.load(Ordering::Relaxed),
+    )
+}
+
+/// **Debug and tests only**: turns the eventq interrupt off (SMMU_IRQ_CTRL.EVENTQ_IRQEN = 0)
+/// or back on, leaving gerror as connected. Off, records stay in the SMMU's queue until a
+/// drain polls them. Only where the interrupt was connected.
+pub fn set_event_interrupt(enabled: bool) -> Result<(), SmmuError> {
+    let (Some(smmu), EventDelivery::Interrupt { gerror, .. }) = (SMMU.get(), event_delivery())
+    else {
+        return Err(SmmuError::Disabled);
+    };
+    smmu.set_interrupts(enabled, gerror.is_some())
+}
+
+/// The boot banner's SMMU line: what the SMMU is, its event queue, and how its events reach
+/// the kernel ([`event_delivery`]).
+pub fn banner_line() -> Option<String> {
     let smmu = SMMU.get()?;
-    let (what, delivery) = match probe_outcome() {
-        Probe::Mmio { pa } => (alloc::format!("SMMUv3 at {pa:#x}"), "no interrupt wired"),
-        _ => ("SMMUv3 model".into(), "a model raises no interrupt"),
+    let what = match probe_outcome() {
+        Probe::Mmio { pa } => alloc::format!("SMMUv3 at {pa:#x}"),
+        _ => "SMMUv3 model".into(),
     };
     let q = smmu.event_queue_size().allocated;
-    let delivery = if interrupts.is_empty() {
-        alloc::string::String::from(delivery)
-    } else {
-        alloc::format!(
-            "its {} interrupts unused: no interrupt-controller driver",
-            interrupts.join(", ")
-        )
+    let delivery = match event_delivery() {
+        EventDelivery::Interrupt {
+            eventq, controller, ..
+        } => alloc::format!(
+            "drained by the eventq interrupt (SPI {}, {controller}), decoded after each transfer",
+            eventq.number
+        ),
+        EventDelivery::Polling(why) => {
+            alloc::format!("drained by polling after each transfer ({why})")
+        }
     };
     Some(alloc::format!(
-        "{what}; event queue {} entries ({} KiB; the SMMU allows 2^{}), drained by polling after \
-         each transfer ({delivery})",
+        "{what}; event queue {} entries ({} KiB; the SMMU allows 2^{}), {delivery}",
         q.entries(),
         q.bytes(EVENT_SIZE) >> 10,
         smmu.features().eventq_max_log2,
@@ -313,14 +447,14 @@ pub fn stream_id(bdf: Bdf) -> Result<u32, StreamIdError> {
 
 /// Every pending event record of the board's SMMU, each F_ACCESS of a stream bound through SVA
 /// answered ([`Sva::handle_events`]); an overflow and unanswered faults are logged.
-pub fn drain_events() -> alloc::vec::Vec<EventRecord> {
+pub fn drain_events() -> Vec<EventRecord> {
     let Some(sva) = sva() else {
-        return alloc::vec::Vec::new();
+        return Vec::new();
     };
     match sva.handle_events() {
         Ok(handled) => {
-            if handled.drain.overflowed {
-                log::warn!("smmu: event queue overflowed, events lost");
+            if handled.drain.lost_events() {
+                log::warn!("smmu: events lost: {:?}", handled.drain);
             }
             for (e, why) in &handled.unanswered {
                 log::warn!("smmu: {e} unanswered: {why}");
@@ -329,7 +463,7 @@ pub fn drain_events() -> alloc::vec::Vec<EventRecord> {
         }
         Err(e) => {
             log::error!("smmu: draining events failed: {e}");
-            alloc::vec::Vec::new()
+            Vec::new()
         }
     }
 }

@@ -350,11 +350,13 @@ impl<D: SvaDomain> Rig<D> {
                 (Vec::new(), EventDrain::default())
             }
         };
-        if drain.overflowed || drain.write_aborted {
+        if drain.lost_events() {
             let how = if drain.overflowed {
                 "overflowed (OVFLG)"
-            } else {
+            } else if drain.write_aborted {
                 "write aborted (GERROR.EVENTQ_ABT_ERR)"
+            } else {
+                "drained by the interrupt into a full software log"
             };
             let n = drain.drained;
             if self.event_losses.fetch_add(1, Ordering::Relaxed) == 0 {

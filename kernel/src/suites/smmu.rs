@@ -1,16 +1,19 @@
 //! The SMMU itself: probe, StreamIDs, default deny, a wedged SMMU (fault injection on a private
-//! model), and the commands each strategy sends per unmap (printed as KTAP diagnostics).
+//! model), the commands each strategy sends per unmap (printed as KTAP diagnostics), and the
+//! eventq interrupt where the device tree wires one (with its twin: the interrupt off).
 
 use alloc::vec;
 
-use crate::arch::aarch64::timer;
+use crate::arch::aarch64::{irq, timer};
 use crate::board;
 use crate::board::bootargs;
+use crate::board::interrupts::named;
+use crate::drivers::gic;
 use crate::iommu::backend::model::dma::{DmaEngine, FaultPolicy};
 use crate::iommu::backend::model::{Knobs, ModelConfig};
 use crate::iommu::driver::planner::Strategy;
 use crate::iommu::driver::{DriverStats, SmmuConfig, SmmuError};
-use crate::iommu::probe::{self, Probe, MODEL_DMA_SID};
+use crate::iommu::probe::{self, EventDelivery, Probe, MODEL_DMA_SID};
 use crate::iommu::spec::command::CommandKind;
 use crate::iommu::spec::event::{AccessKind, EventKind, EVENT_SIZE};
 use crate::iommu::sva::{ContextState, SvaError};
@@ -353,5 +356,128 @@ ktest!(smmu, commands_per_unmap_by_strategy, |_t| {
     frames.free_contiguous(run, 12);
     result?;
     restored.map_err(fail)?;
+    Ok(())
+});
+
+/// Whether the device tree wires the SMMU's eventq interrupt to a GIC the kernel found: where
+/// it does, the interrupt must be in use; where it does not, the tests below skip.
+fn eventq_interrupt_expected() -> Result<(), alloc::string::String> {
+    let info = board::info();
+    if !matches!(probe::probe_outcome(), Probe::Mmio { .. }) {
+        return Err("no memory-mapped SMMU (a model raises no interrupt)".into());
+    }
+    if info.gic.is_none() {
+        return Err("no interrupt controller in the device tree".into());
+    }
+    match &info.smmu_interrupts {
+        Ok(irqs) if named(irqs, "eventq").is_some() => Ok(()),
+        Ok(_) => Err("no eventq interrupt in the device tree".into()),
+        Err(e) => Err(alloc::format!("the SMMU's interrupts are unusable: {e}")),
+    }
+}
+
+/// A faulting edu transfer on the board's SMMU, not drained: returns the rig, the faulting
+/// address and how many records it must have produced.
+fn faulting_transfer() -> Result<(Rig<probe::BoardDomain>, u64, usize), TestError> {
+    let mut r = Rig::board()?;
+    r.bind()?;
+    r.drain_events();
+    let hole = VA + 0x20_0000;
+    r.dev.fetch(hole, LEN)?;
+    let expected = LEN / r.dev.transaction_size();
+    Ok((r, hole, expected))
+}
+
+/// Drains `r`'s events: nothing lost, and every transaction of the faulting read at `hole`.
+fn drain_the_faults(
+    r: &Rig<probe::BoardDomain>,
+    hole: u64,
+    expected: usize,
+) -> Result<(), TestError> {
+    let (events, drain) = r.drain_events_reporting();
+    kassert!(!drain.lost_events(), "{drain:?}");
+    let (end, read) = (hole + LEN as u64, AccessKind::Read);
+    kassert_eq!(
+        faults(&events, EventKind::Translation, r.sid, hole, end, read),
+        expected
+    );
+    Ok(())
+}
+
+ktest!(smmu, eventq_interrupt_moves_events_without_a_drain, |_t| {
+    if let Err(why) = eventq_interrupt_expected() {
+        kskip!("{why}");
+    }
+    let EventDelivery::Interrupt { eventq, .. } = probe::event_delivery() else {
+        return Err(fail(alloc::format!(
+            "the device tree wires an eventq interrupt but events are {:?}",
+            probe::event_delivery()
+        ))
+        .into());
+    };
+    let (before, ..) = probe::interrupt_counts();
+    let dispatched = gic::irq_count(eventq.intid());
+    let (r, hole, expected) = faulting_transfer()?;
+    // No drain: only the interrupt, taken in these windows, can empty the SMMU's queue.
+    let moved = irq::wait_in_window(1_000_000_000, || {
+        r.smmu.queued_events() == 0 && r.smmu.logged_events() >= expected
+    });
+    let (after, errors, ..) = probe::interrupt_counts();
+    kassert!(
+        moved,
+        "queued {}, logged {} of {expected}, {} interrupts",
+        r.smmu.queued_events(),
+        r.smmu.logged_events(),
+        after - before
+    );
+    kassert!(after > before, "no eventq interrupt");
+    kassert_eq!(errors, 0);
+    kassert!(
+        gic::irq_count(eventq.intid()) > dispatched,
+        "the GIC did not dispatch INTID {}",
+        eventq.intid()
+    );
+    // The drain decodes what the interrupt moved, in full.
+    drain_the_faults(&r, hole, expected)?;
+    kassert_eq!(r.smmu.logged_events(), 0);
+    Ok(())
+});
+
+/// Turns the eventq interrupt off while it lives (the debug knob), back on when dropped.
+struct EventInterruptOff;
+
+impl EventInterruptOff {
+    fn new() -> Result<Self, SmmuError> {
+        probe::set_event_interrupt(false)?;
+        Ok(Self)
+    }
+}
+
+impl Drop for EventInterruptOff {
+    fn drop(&mut self) {
+        if let Err(e) = probe::set_event_interrupt(true) {
+            log::error!("smmu: turning the eventq interrupt back on: {e}");
+        }
+    }
+}
+
+ktest!(smmu, eventq_interrupt_off_leaves_events_queued_until_polled, |_t| {
+    if let Err(why) = eventq_interrupt_expected() {
+        kskip!("{why}");
+    }
+    let off = EventInterruptOff::new().map_err(fail)?;
+    kassert!(!probe::smmu().is_some_and(|s| s.event_interrupt_enabled()));
+    let (before, ..) = probe::interrupt_counts();
+    let (r, hole, expected) = faulting_transfer()?;
+    // The same windows as above give an interrupt every chance; none comes.
+    let moved = irq::wait_in_window(50_000_000, || r.smmu.queued_events() == 0);
+    kassert!(!moved, "the queue emptied with the interrupt off");
+    kassert_eq!(probe::interrupt_counts().0, before);
+    kassert_eq!(r.smmu.logged_events(), 0);
+    kassert_eq!(r.smmu.queued_events() as usize, expected);
+    // Polling finds them all.
+    drain_the_faults(&r, hole, expected)?;
+    drop(off);
+    kassert!(probe::smmu().is_some_and(|s| s.event_interrupt_enabled()));
     Ok(())
 });

@@ -25,7 +25,7 @@ use core::sync::atomic::Ordering;
 use crate::arch::aarch64::aspace::{activate, deactivate};
 use crate::arch::aarch64::{smp, timer};
 use crate::board::BootArgs;
-use crate::iommu::probe::BoardDomain;
+use crate::iommu::probe::{self, BoardDomain, EventDelivery};
 use crate::iommu::spec::event::{AccessKind, EventKind};
 use crate::ktest::TestCtx;
 use crate::mm::PhysAddr;
@@ -190,6 +190,14 @@ pub fn run(args: &BootArgs) -> ExitCode {
         tally.unexpected_faults,
         tally.fault_events_seen,
         tally.fault_events_expected
+    );
+    let (eventq_irqs, ..) = probe::interrupt_counts();
+    println!(
+        "  event delivery   {}; {eventq_irqs} eventq interrupts",
+        match probe::event_delivery() {
+            EventDelivery::Interrupt { .. } => "interrupt",
+            EventDelivery::Polling(_) => "polling",
+        }
     );
     println!(
         "  stale accesses   {stale} (reads {}, writes {}, model checker {model_stale})",

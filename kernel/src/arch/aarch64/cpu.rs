@@ -161,7 +161,8 @@ pub fn dcache_line_size() -> u64 {
     4 << ((ctr_el0() >> 16) & 0xf)
 }
 
-/// Masks IRQs/FIQs/SErrors/debug on this CPU (the kernel polls; nothing is interrupt driven).
+/// Masks IRQs/FIQs/SErrors/debug on this CPU. The kernel keeps them masked: IRQs are taken
+/// only inside the windows of [`super::irq`].
 pub fn mask_interrupts() {
     // SAFETY: only changes PSTATE.DAIF of this CPU.
     unsafe {

@@ -376,6 +376,31 @@ fn end(which: fn(&FatalHooks) -> fn() -> !) -> ! {
     }
 }
 
+/// The IRQ handler (the interrupt controller's driver installs it): 0 = none.
+static IRQ_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs what an IRQ exception runs (acknowledge, dispatch, end of interrupt). Without one,
+/// an IRQ is reported as unexpected.
+pub fn set_irq_handler(handler: fn()) {
+    IRQ_HANDLER.store(handler as usize, Ordering::Release);
+}
+
+/// Runs the IRQ handler, if one is installed.
+fn handle_irq() -> bool {
+    let f = IRQ_HANDLER.load(Ordering::Acquire);
+    if f == 0 {
+        return false;
+    }
+    // SAFETY: only `set_irq_handler` stores non-zero values, and they are `fn()`s.
+    let handler = unsafe { core::mem::transmute::<usize, fn()>(f) };
+    handler();
+    true
+}
+
+/// The exception kind `vectors.S` passes for an IRQ taken from EL1 on SP_EL0 (the kernel's
+/// own code, inside an interrupt window).
+const KIND_IRQ_FROM_KERNEL: u64 = 1;
+
 /// Per-CPU nesting depth: an exception inside the handler must not recurse forever.
 static DEPTH: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
@@ -389,6 +414,12 @@ extern "C" fn handle_exception(frame: &mut TrapFrame, kind: u64) {
         esr: frame.esr,
         far: frame.far,
     };
+    // An IRQ: the frame `vectors.S` saved is restored on return, so the interrupted code
+    // resumes unchanged; IRQs stay masked (PSTATE.I set on entry) until it returns.
+    if depth == 0 && kind == KIND_IRQ_FROM_KERNEL && handle_irq() {
+        DEPTH[cpu].fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     if depth == 0
         && kind == 0
         && (answer_access_flag_fault(fault)

@@ -200,7 +200,8 @@ pub fn on_each_cpu<F: Fn(usize) + Sync>(f: &F) {
     for (cpu, w) in WORK.iter().enumerate() {
         if gens[cpu] != 0 {
             while w.done.load(Ordering::Acquire) != gens[cpu] {
-                wfe();
+                // Idle: take interrupts (the SMMU's events are routed to the boot CPU).
+                super::irq::wfe_in_window();
             }
         }
     }

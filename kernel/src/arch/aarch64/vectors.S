@@ -6,6 +6,9 @@
  *
  * The kernel runs on SP_EL0, so an exception taken from kernel code lands in the "current EL
  * with SP0" group and runs on a separate stack: a main-stack overflow can still be reported.
+ * An IRQ (entry 1, taken only inside an interrupt window, arch::aarch64::irq) goes the same
+ * way: every register, SIMD ones included, ELR and SPSR are saved and restored, so the
+ * interrupted code resumes as it was; handle_exception dispatches it to the GIC driver.
  */
 
 .equ FRAME_GPRS,  0

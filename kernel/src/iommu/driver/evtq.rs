@@ -21,21 +21,148 @@ pub struct EventDrain {
     pub overflowed: bool,
     /// An event-queue write aborted (GERROR.EVENTQ_ABT_ERR), acknowledged.
     pub write_aborted: bool,
+    /// Records the event interrupt moved out of the SMMU's queue but the software log had no
+    /// room for since the last drain: lost too.
+    pub log_lost: u64,
 }
 
+impl EventDrain {
+    /// Whether any event was lost, however.
+    pub fn lost_events(&self) -> bool {
+        self.overflowed || self.write_aborted || self.log_lost > 0
+    }
+}
+
+/// Records moved out of the SMMU's event queue and not yet decoded, oldest first: a bounded
+/// ring, allocated once, so the event interrupt never allocates. A record that finds it full
+/// is dropped and counted.
+pub(super) struct EventLog {
+    slots: Box<[[u64; EVENT_WORDS]]>,
+    head: usize,
+    len: usize,
+    lost: u64,
+}
+
+impl EventLog {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            slots: vec![[0; EVENT_WORDS]; capacity.max(1)].into_boxed_slice(),
+            head: 0,
+            len: 0,
+            lost: 0,
+        }
+    }
+
+    fn push(&mut self, record: [u64; EVENT_WORDS]) {
+        if self.len == self.slots.len() {
+            self.lost += 1;
+            return;
+        }
+        let tail = (self.head + self.len) % self.slots.len();
+        self.slots[tail] = record;
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<[u64; EVENT_WORDS]> {
+        if self.len == 0 {
+            return None;
+        }
+        let record = self.slots[self.head];
+        self.head = (self.head + 1) % self.slots.len();
+        self.len -= 1;
+        Some(record)
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+/// Records decoded per pass of [`Smmu::drain_events`]: the event queue's lock is held only
+/// while this many are copied out, never while the sink runs.
+const DRAIN_BATCH: usize = 64;
+
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
-    /// Hands every pending event record to `sink`, acknowledges an overflow and an
-    /// event-queue abort if there was one. Bounded: at most two queues' worth per call.
+    /// The event interrupt's work: moves every record the SMMU has written from its queue into
+    /// the software log and hands the slots back (SMMU_EVENTQ_CONS, acknowledging an overflow),
+    /// so the SMMU never waits for thread context. Decodes and answers nothing. Takes only the
+    /// event queue's lock, allocates nothing, logs nothing: safe in an IRQ handler under the
+    /// rule of `arch::aarch64::irq` (see [`Smmu::drain_events`] for the lock's protocol).
+    /// Returns the records moved.
+    pub fn collect_events(&self) -> Result<usize, SmmuError> {
+        let mut q = self.eventq.lock();
+        self.move_to_log(&mut q)
+    }
+
+    /// Hands every pending event record to `sink`, oldest first: first those the event
+    /// interrupt already moved to the software log, then those still in the SMMU's queue.
+    /// Acknowledges an overflow and an event-queue abort if there was one. Bounded: at most
+    /// two queues' worth per call.
+    ///
+    /// # Locking
+    /// The event queue's lock (`self.eventq`) guards the SMMU's EVENTQ_CONS, our copy of it,
+    /// the OVFLG acknowledgement and the software log. It is taken by thread context on any
+    /// CPU and by the event interrupt on the boot CPU. It is a leaf: nothing else is locked,
+    /// allocated or logged under it, and no interrupt window is opened under it (this file has
+    /// none), so an interrupt can never find its own CPU holding it, and another CPU holding it
+    /// releases it after a bounded copy. Decoding, the statistics (under the command queue's
+    /// lock) and the sink run after it is dropped.
     pub fn drain_events(
         &self,
         mut sink: impl FnMut(&EventRecord),
     ) -> Result<EventDrain, SmmuError> {
-        let mut q = self.eventq.lock();
         let mut result = EventDrain::default();
-        let limit = 2 * q.geo.entries() as usize;
         let mut by_kind: Vec<EventKind> = Vec::new();
-        let mut ovflg = q.ovack;
+        let limit = {
+            let q = self.eventq.lock();
+            2 * (q.log.slots.len() + q.geo.entries() as usize)
+        };
         while result.drained < limit {
+            let mut batch = [[0u64; EVENT_WORDS]; DRAIN_BATCH];
+            let n = {
+                let mut q = self.eventq.lock();
+                self.move_to_log(&mut q)?;
+                result.overflowed |= core::mem::take(&mut q.overflow_unreported);
+                result.log_lost += core::mem::take(&mut q.log.lost);
+                let mut n = 0;
+                while n < DRAIN_BATCH {
+                    let Some(record) = q.log.pop() else { break };
+                    batch[n] = record;
+                    n += 1;
+                }
+                n
+            };
+            for words in &batch[..n] {
+                let ev = EventRecord::decode(*words);
+                sink(&ev);
+                by_kind.push(ev.kind);
+            }
+            result.drained += n;
+            if n < DRAIN_BATCH {
+                break;
+            }
+        }
+        result.write_aborted = self.acknowledge_event_write_abort();
+        let mut c = self.cmdq.lock();
+        c.stats.events += result.drained as u64;
+        c.stats.event_overflows += u64::from(result.overflowed);
+        c.stats.event_write_aborts += u64::from(result.write_aborted);
+        c.stats.event_log_lost += result.log_lost;
+        for k in by_kind {
+            *c.stats.events_by_kind.entry(k).or_default() += 1;
+        }
+        Ok(result)
+    }
+
+    /// Moves the SMMU's pending records into the log (at most two queues' worth) and writes
+    /// EVENTQ_CONS, with OVACKFLG following OVFLG (§7.4); an overflow seen is kept for the
+    /// next drain to report. Caller holds the event queue's lock.
+    fn move_to_log(&self, q: &mut EventQueue) -> Result<usize, SmmuError> {
+        let limit = 2 * q.geo.entries() as usize;
+        let mut moved = 0;
+        let mut ovflg = q.ovack;
+        while moved < limit {
             let prod_raw = self.regs.read32(offset::EVENTQ_PROD);
             fence(Ordering::Acquire);
             ovflg = LocalRegisterCopy::<u32, EVENTQ_PROD::Register>::new(prod_raw)
@@ -44,49 +171,82 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             if q.geo.is_empty(prod, q.cons) {
                 break;
             }
-            while !q.geo.is_empty(prod, q.cons) && result.drained < limit {
+            while !q.geo.is_empty(prod, q.cons) && moved < limit {
                 let slot = q.base.as_u64() + (EVENT_SIZE as u64) * u64::from(q.geo.index(q.cons));
                 let words = physmem::load_words::<EVENT_WORDS>(self.mem, PhysAddr(slot))?;
-                let ev = EventRecord::decode(words);
-                sink(&ev);
-                by_kind.push(ev.kind);
+                q.log.push(words);
                 q.cons = q.geo.advance(q.cons, 1);
-                result.drained += 1;
+                moved += 1;
             }
             // Hand the slots back (and acknowledge any overflow seen so far).
-            let mut cons = LocalRegisterCopy::<u32, EVENTQ_CONS::Register>::new(q.cons);
-            cons.modify(EVENTQ_CONS::OVACKFLG.val(ovflg));
-            self.regs.write32(offset::EVENTQ_CONS, cons.get());
+            self.write_event_cons(q.cons, ovflg);
         }
         if ovflg != q.ovack {
-            result.overflowed = true;
+            q.overflow_unreported = true;
             q.ovack = ovflg;
-            let mut cons = LocalRegisterCopy::<u32, EVENTQ_CONS::Register>::new(q.cons);
-            cons.modify(EVENTQ_CONS::OVACKFLG.val(ovflg));
-            self.regs.write32(offset::EVENTQ_CONS, cons.get());
+            self.write_event_cons(q.cons, ovflg);
         }
-        {
-            // GERRORN is shared with the command queue's acknowledgements (see
-            // `acknowledge_global_errors`).
-            let _cmdq = self.cmdq.lock();
-            let gerror = self.regs.read32(offset::GERROR);
-            let gerrorn = self.regs.read32(offset::GERRORN);
-            let bit = 1 << GERROR::EVENTQ_ABT_ERR.shift;
-            if (gerror ^ gerrorn) & bit != 0 {
-                result.write_aborted = true;
-                self.regs
-                    .write32(offset::GERRORN, (gerrorn & !bit) | (gerror & bit));
-            }
+        Ok(moved)
+    }
+
+    fn write_event_cons(&self, cons: QueuePtr, ovackflg: u32) {
+        let mut reg = LocalRegisterCopy::<u32, EVENTQ_CONS::Register>::new(cons);
+        reg.modify(EVENTQ_CONS::OVACKFLG.val(ovackflg));
+        self.regs.write32(offset::EVENTQ_CONS, reg.get());
+    }
+
+    /// Acknowledges GERROR.EVENTQ_ABT_ERR if active; returns whether it was. Under the command
+    /// queue's lock: GERRORN is shared with its acknowledgements (see
+    /// [`Smmu::acknowledge_global_errors`]).
+    fn acknowledge_event_write_abort(&self) -> bool {
+        let _cmdq = self.cmdq.lock();
+        let gerror = self.regs.read32(offset::GERROR);
+        let gerrorn = self.regs.read32(offset::GERRORN);
+        let bit = 1 << GERROR::EVENTQ_ABT_ERR.shift;
+        if (gerror ^ gerrorn) & bit == 0 {
+            return false;
         }
-        drop(q);
-        let mut c = self.cmdq.lock();
-        c.stats.events += result.drained as u64;
-        c.stats.event_overflows += u64::from(result.overflowed);
-        c.stats.event_write_aborts += u64::from(result.write_aborted);
-        for k in by_kind {
-            *c.stats.events_by_kind.entry(k).or_default() += 1;
+        self.regs
+            .write32(offset::GERRORN, (gerrorn & !bit) | (gerror & bit));
+        true
+    }
+
+    /// Records the event interrupt moved to the software log that no drain has taken yet.
+    pub fn logged_events(&self) -> usize {
+        self.eventq.lock().log.len
+    }
+
+    /// Records the SMMU has written to its event queue that nobody has moved out yet
+    /// (SMMU_EVENTQ_PROD against our CONS).
+    pub fn queued_events(&self) -> u32 {
+        let q = self.eventq.lock();
+        let prod = q.geo.ptr(self.regs.read32(offset::EVENTQ_PROD));
+        q.geo.used(prod, q.cons)
+    }
+
+    /// Enables or disables the SMMU's wired event-queue and global-error interrupts
+    /// (SMMU_IRQ_CTRL.EVENTQ_IRQEN / GERROR_IRQEN, §6.3.16), waiting for SMMU_IRQ_CTRLACK to
+    /// match. Only the kernel's interrupt wiring and its tests call it; the driver alone polls.
+    pub fn set_interrupts(&self, eventq: bool, gerror: bool) -> Result<(), SmmuError> {
+        let mut ctrl = LocalRegisterCopy::<u32, IRQ_CTRL::Register>::new(0);
+        if eventq {
+            ctrl.modify(IRQ_CTRL::EVENTQ_IRQEN::SET);
         }
-        Ok(result)
+        if gerror {
+            ctrl.modify(IRQ_CTRL::GERROR_IRQEN::SET);
+        }
+        self.write_acked(
+            offset::IRQ_CTRL,
+            offset::IRQ_CTRLACK,
+            "SMMU_IRQ_CTRLACK",
+            ctrl.get(),
+        )
+    }
+
+    /// Whether SMMU_IRQ_CTRL enables the event-queue interrupt.
+    pub fn event_interrupt_enabled(&self) -> bool {
+        LocalRegisterCopy::<u32, IRQ_CTRL::Register>::new(self.regs.read32(offset::IRQ_CTRLACK))
+            .is_set(IRQ_CTRL::EVENTQ_IRQEN)
     }
 
     /// The event queue's size: in use, and allocated (the two differ only while a test has
@@ -124,8 +284,17 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         q.geo = geo;
         q.cons = 0;
         q.ovack = 0;
+        q.overflow_unreported = false;
+        q.log.clear();
         self.write_cr0(cr0.get())?;
         Ok(geo)
+    }
+
+    /// The global errors active now (SMMU_GERROR ^ SMMU_GERRORN), without acknowledging any:
+    /// the global-error interrupt records them; a drain or
+    /// [`Smmu::acknowledge_global_errors`] acknowledges them in thread context.
+    pub fn active_global_errors(&self) -> u32 {
+        self.regs.read32(offset::GERROR) ^ self.regs.read32(offset::GERRORN)
     }
 
     /// Global errors other than command-queue errors (those are handled by submissions) that

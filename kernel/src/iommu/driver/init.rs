@@ -128,6 +128,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
                 allocated: eventq_geo,
                 cons: 0,
                 ovack: 0,
+                overflow_unreported: false,
+                // As many records as the queue holds: with the interrupt moving them here, no
+                // burst is lost that the queue alone would have held.
+                log: evtq::EventLog::new(eventq_geo.entries() as usize),
             }),
             streams: spin::Mutex::new(Streams {
                 contexts: BTreeMap::new(),
@@ -207,6 +211,8 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             self.regs.write32(offset::EVENTQ_CONS, 0);
             q.cons = 0;
             q.ovack = 0;
+            q.overflow_unreported = false;
+            q.log.clear();
         }
         let mut cr0 = LocalRegisterCopy::<u32, CR0::Register>::new(0);
         cr0.modify(CR0::CMDQEN::SET);

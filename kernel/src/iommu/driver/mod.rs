@@ -42,13 +42,17 @@
 //!   [`Smmu::abort_all_traffic`] turns translation off with SMMU_GBPA.ABORT set, which needs no
 //!   command: every transaction of every stream then aborts, so nothing cached can be used.
 //!   Later submissions fail at once with [`SmmuError::Disabled`] instead of timing out.
-//! * **Events** are drained on request ([`Smmu::drain_events`]): the driver enables no
-//!   interrupt (the kernel has no interrupt-controller driver), so its users drain after each
-//!   transfer that may fault, through SVA's `Sva::handle_events`, which answers the
-//!   Access-flag faults (F_ACCESS) of bound streams. The queue is as large as SMMU_IDR1.EVENTQS allows within a memory
-//!   budget ([`SmmuConfig::eventq_budget`]). A full queue loses events, which the SMMU signals
-//!   with SMMU_EVENTQ_PROD.OVFLG (acknowledged through OVACKFLG, §7.4) or, on QEMU, with
-//!   GERROR.EVENTQ_ABT_ERR; both are acknowledged and counted.
+//! * **Events** are decoded on request ([`Smmu::drain_events`]), by SVA's `Sva::handle_events`
+//!   after each transfer that may fault (it answers the Access-flag faults, F_ACCESS, of bound
+//!   streams). Where the board wires the SMMU's eventq interrupt, the kernel enables it
+//!   (SMMU_IRQ_CTRL, [`Smmu::set_interrupts`]) and its handler only moves raw records from the
+//!   queue into a bounded software log ([`Smmu::collect_events`]), so the SMMU's queue empties
+//!   as events arrive; a drain reads the log first, then the queue. Without the interrupt the
+//!   drain alone empties the queue (polling). The queue is as large as SMMU_IDR1.EVENTQS allows
+//!   within a memory budget ([`SmmuConfig::eventq_budget`]), the log as large as the queue. A
+//!   full queue loses events, which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG (acknowledged
+//!   through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; a full log loses the
+//!   records that find no room; all three are acknowledged, counted and reported as lost.
 
 mod cmdq;
 pub mod coalesce;
@@ -66,6 +70,7 @@ pub use error::{CommandFailure, SmmuError};
 pub use evtq::{EventDrain, EventQueueSize};
 pub use invalidate::InvalidationReport;
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -83,7 +88,7 @@ use crate::iommu::spec::features::Features;
 use crate::iommu::spec::queue::{QueueGeometry, QueuePtr, MAX_LOG2_ENTRIES};
 use crate::iommu::spec::regs::{
     offset, CommandErrorCode, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, GERROR,
-    Q_BASE, STRTAB_BASE, STRTAB_BASE_CFG,
+    IRQ_CTRL, Q_BASE, STRTAB_BASE, STRTAB_BASE_CFG,
 };
 use crate::iommu::spec::ste::{Ste, STE_SIZE, STE_WORDS};
 use crate::mm::phys::PhysMemory;
@@ -192,6 +197,9 @@ pub struct DriverStats {
     /// Drains that found GERROR.EVENTQ_ABT_ERR active (an event write failed; QEMU's SMMU
     /// reports a full queue this way).
     pub event_write_aborts: u64,
+    /// Records the event interrupt moved out of the queue that the software log had no room
+    /// for (lost).
+    pub event_log_lost: u64,
 }
 
 /// Debug-only knobs that break the driver on purpose, so tests can show what they catch.
@@ -230,6 +238,11 @@ struct EventQueue {
     cons: QueuePtr,
     /// The OVFLG value last acknowledged.
     ovack: u32,
+    /// An overflow acknowledged (by the interrupt, or a drain's own pass) and not yet reported
+    /// by a drain.
+    overflow_unreported: bool,
+    /// Records moved out of the queue, not yet decoded.
+    log: evtq::EventLog,
 }
 
 struct Context {

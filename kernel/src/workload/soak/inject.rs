@@ -144,7 +144,7 @@ impl Soak<'_> {
     fn overflow(&self, cpu: usize, hole: u64) {
         let big = self.rig.dev.fetch(hole, PAGE as usize);
         let (events, drain) = self.rig.drain_events_reporting();
-        let lost = drain.overflowed || drain.write_aborted;
+        let lost = drain.lost_events();
         let foreign = events.len()
             - faults(
                 &events,
