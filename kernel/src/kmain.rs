@@ -117,7 +117,7 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         // No SMMU on the Pi 4: the software model stands in, so SVA runs the same code.
         use_model: info.kind == BoardKind::RaspberryPi4,
         streams: info.iommu_map(),
-        options: probe::Options::from_bootargs(board::bootargs()),
+        args: board::bootargs(),
         frames,
         // The Pi's DMA controller moves the bytes of the model's DMA master.
         copier: dma.map(|d| d as &'static dyn crate::mm::dma::PhysCopier),
