@@ -8,6 +8,7 @@
 //! interrupts (the GIC, only if the SMMU has a wired eventq interrupt) → banner →
 //! `bench=` benchmarks, `ktest=` tests or the workload → exit with a status.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -59,16 +60,12 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         Ok(d) => d,
         Err(e) => {
             eprintln!("shootdown: {e}");
-            eprintln!("shootdown: cannot boot without a device tree (loaded at {load_pa:#x}, entered at EL{entered_el})");
-            rt::exit(ExitCode::BootError);
+            boot_error(format!("cannot boot without a device tree (loaded at {load_pa:#x}, entered at EL{entered_el})"));
         }
     };
     let info = match dt::parse(dtb) {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("shootdown: {e}");
-            rt::exit(ExitCode::BootError);
-        }
+        Err(e) => boot_error(format!("{e}")),
     };
     let parsed = BootArgs::parse(&info.bootargs);
     let facts = BootFacts {
@@ -92,15 +89,11 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
     ram::set_ram(&ram_ranges);
     // SAFETY: boot CPU, early tables still live, no other CPU running.
     if let Err(e) = unsafe { mmu::init_kernel_tables(load_pa, &ram) } {
-        eprintln!("shootdown: building the kernel page tables failed: {e:?}");
-        rt::exit(ExitCode::BootError);
+        boot_error(format!("building the kernel page tables failed: {e:?}"));
     }
     let frames = match init_memory(info, facts) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("shootdown: cannot manage RAM: {e}");
-            rt::exit(ExitCode::BootError);
-        }
+        Err(e) => boot_error(format!("cannot manage RAM: {e}")),
     };
     crate::console::init(info);
 
@@ -121,7 +114,7 @@ extern "C" fn kernel_entry(dtb_pa: u64, load_pa: u64, entered_el: u64) -> ! {
         // No SMMU on the Pi 4: the software model stands in, so SVA runs the same code.
         use_model: info.kind == BoardKind::RaspberryPi4,
         streams: info.iommu_map(),
-        options: probe::Options::from_bootargs(board::bootargs()),
+        args: board::bootargs(),
         frames,
         // The Pi's DMA controller moves the bytes of the model's DMA master.
         copier: dma.map(|d| d as &'static dyn crate::mm::dma::PhysCopier),
@@ -173,8 +166,14 @@ fn check_bootargs(parsed: &board::bootargs::Parsed) {
             e.shown_key(),
             ExitCode::BootError as u32
         );
-        rt::exit(ExitCode::BootError);
+        rt::exit_because(ExitCode::BootError, format!("{e}"));
     }
+}
+
+/// Stops a boot that cannot go on, saying why (and, on a board that stays on, saying it again).
+fn boot_error(why: String) -> ! {
+    eprintln!("shootdown: {why}");
+    rt::exit_because(ExitCode::BootError, why)
 }
 
 /// Checks the device tree header through the early linear map and returns the blob.

@@ -19,10 +19,9 @@ use shootdown::iommu::sva::{
     self, AccessFaultError, ContextState, Sva, SvaDebugKnobs, SvaDomain, SvaError, SvaIommu,
 };
 use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock, TestPageTables};
-use shootdown::mm::asid::{AsidAllocator, AsidBits};
-use shootdown::mm::aspace::{AddressSpace, Backing, MmPlatform, Placement};
+use shootdown::mm::aspace::{AddressSpace, Backing, Placement};
 use shootdown::mm::notifier::{self, FaultError, InvalidArgument, MmCore, NotifierError};
-use shootdown::mm::pgtable::tlb::{TlbFeatures, TlbPlan, TlbPolicy};
+use shootdown::mm::fake::ArenaPlatform;
 use shootdown::mm::pgtable::{Permissions, MAIR_VALUE};
 use shootdown::mm::phys::FrameAllocator;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
@@ -856,50 +855,12 @@ fn device_access_to_an_aged_page_faults_until_it_is_young_again() {
 }
 
 /// The kernel's address space over the world's RAM, for what needs the whole of it (ageing,
-/// the Access-flag answer). No CPU runs it, so no CPU TLB plan is ever made.
-struct ArenaPlatform {
-    mem: &'static PhysArena,
-    asids: AsidAllocator,
-}
-
-impl MmPlatform for ArenaPlatform {
-    type Mem = &'static PhysArena;
-    type Frames = &'static PhysArena;
-
-    fn memory(&self) -> Self::Mem {
-        self.mem
-    }
-    fn frames(&self) -> Self::Frames {
-        self.mem
-    }
-    fn asids(&self) -> &AsidAllocator {
-        &self.asids
-    }
-    fn tlb_policy(&self) -> TlbPolicy {
-        TlbPolicy::new(TlbFeatures {
-            range: false,
-            level_hints: false,
-        })
-    }
-    fn run_tlb_plan(&self, _plan: &TlbPlan) {}
-    fn full_barrier(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-    fn pa_bits(&self) -> u32 {
-        48
-    }
-    fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
-}
-
-type ArenaSpace = shootdown::mm::aspace::MmUser<ArenaPlatform>;
+/// the Access-flag answer). No CPU runs it.
+type ArenaSpace = shootdown::mm::aspace::MmUser<ArenaPlatform<&'static PhysArena>>;
 
 /// An empty address space over the world's RAM.
 fn arena_space(w: &World) -> ArenaSpace {
-    let platform = leak(ArenaPlatform {
-        mem: w.mem,
-        asids: AsidAllocator::new(AsidBits::Sixteen, 4).unwrap(),
-    });
-    AddressSpace::create(platform).unwrap()
+    AddressSpace::create(leak(ArenaPlatform::new(w.mem))).unwrap()
 }
 
 /// Maps one read-write anonymous page at `VA`.

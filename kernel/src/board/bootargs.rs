@@ -183,8 +183,9 @@ fn shown(s: &str) -> String {
 
 impl BootArgError {
     /// True if the boot must stop: the argument changes what runs (which tests, which workload,
-    /// its seed or size), so running anything else would report on something not asked for.
-    /// An unknown key, a log level, a strategy or a DMA mask is only reported.
+    /// its seed or size, how the SMMU is driven, what is traced), so running anything else would
+    /// report on something not asked for. Only an unknown key (Linux's `console=` on a Pi's
+    /// `cmdline.txt`) and a log level, which changes only what is printed, are merely reported.
     pub fn is_fatal(&self) -> bool {
         !matches!(self.problem, Problem::UnknownKey)
             && spec(&self.key).is_some_and(|k| k.changes_what_runs)
@@ -284,7 +285,7 @@ const KEYS: &[KeySpec] = &[
         a.log = Some(log_level(v.unwrap_or(""))?);
         Ok(())
     }),
-    key("trace", Shape::Flag, false, |a, v| {
+    key("trace", Shape::Flag, true, |a, v| {
         a.trace = flag(v)?;
         Ok(())
     }),
@@ -301,7 +302,7 @@ const KEYS: &[KeySpec] = &[
         };
         Ok(())
     }),
-    key("edu.dma_mask", Shape::Value, false, |a, v| {
+    key("edu.dma_mask", Shape::Value, true, |a, v| {
         let m = number(v, "a DMA mask 2^n - 1 of 12 to 64 bits")?;
         if m.count_ones() < 12 || m & m.wrapping_add(1) != 0 {
             return Err(bad(v, "a DMA mask 2^n - 1 of 12 to 64 bits"));
@@ -309,13 +310,13 @@ const KEYS: &[KeySpec] = &[
         a.edu_dma_mask = Some(m);
         Ok(())
     }),
-    key("smmu.strategy", Shape::Value, false, set_strategy),
-    key("strategy", Shape::Value, false, set_strategy),
+    key("smmu.strategy", Shape::Value, true, set_strategy),
+    key("strategy", Shape::Value, true, set_strategy),
     key("smmu.skip_invalidate", Shape::Flag, true, |a, v| {
         a.smmu_skip_invalidate = flag(v)?;
         Ok(())
     }),
-    key("smmu.eventq_log2", Shape::Value, false, |a, v| {
+    key("smmu.eventq_log2", Shape::Value, true, |a, v| {
         let n = number(v, "a queue size log2, 0 to 19")?;
         if n > EVENTQ_LOG2_MAX {
             return Err(bad(v, "a queue size log2, 0 to 19"));
@@ -712,20 +713,34 @@ mod tests {
             ("fault.rate=1001", "fault.rate", true),
             ("fault.rate=0", "fault.rate", true),
             ("log=bogus", "log", false),
-            ("smmu.strategy=zzz", "smmu.strategy", false),
-            ("strategy=", "strategy", false),
-            ("trace=2", "trace", false),
-            ("edu.dma_mask=0x1234", "edu.dma_mask", false),
-            ("edu.dma_mask=0x7ff", "edu.dma_mask", false),
-            ("edu.dma_mask=0", "edu.dma_mask", false),
-            ("smmu.eventq_log2=20", "smmu.eventq_log2", false),
-            ("smmu.eventq_log2=x", "smmu.eventq_log2", false),
+            ("log=", "log", false),
+            ("smmu.strategy=zzz", "smmu.strategy", true),
+            ("strategy=", "strategy", true),
+            ("strategy=rnage", "strategy", true),
+            ("trace=2", "trace", true),
+            ("trace=", "trace", true),
+            ("edu.dma_mask=0x1234", "edu.dma_mask", true),
+            ("edu.dma_mask=0x7ff", "edu.dma_mask", true),
+            ("edu.dma_mask=0", "edu.dma_mask", true),
+            ("smmu.eventq_log2=20", "smmu.eventq_log2", true),
+            ("smmu.eventq_log2=x", "smmu.eventq_log2", true),
             ("dma.engine=gpu", "dma.engine", true),
         ] {
             let e = one_error(cmdline);
             assert_eq!(e.key, key, "{cmdline}");
             assert_eq!(e.is_fatal(), fatal, "{cmdline}: {e}");
             assert!(e.to_string().contains(key), "{cmdline}: {e}");
+        }
+    }
+
+    /// Issue 13's rule, over every key the kernel reads: a value it cannot use stops the boot
+    /// unless the key only changes what is printed (`log=`).
+    #[test]
+    fn an_unusable_value_of_any_key_but_the_log_level_is_fatal() {
+        for k in KEYS {
+            let e = one_error(&alloc::format!("{}=", k.name));
+            assert_eq!(e.problem, Problem::EmptyValue, "{}", k.name);
+            assert_eq!(e.is_fatal(), k.name != "log", "{}: {e}", k.name);
         }
     }
 

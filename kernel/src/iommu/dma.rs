@@ -6,11 +6,13 @@
 //!   DMA mask* from [`IovaAllocator`], maps the buffer's pages there and returns that IOVA;
 //!   [`DmaDomain::unmap`] unmaps them, which reaches the SMMU through the notifier (TLBI +
 //!   CMD_SYNC) before it returns, and only then frees the IOVA. A device with a 28-bit mask thus
-//!   reaches RAM at any physical address.
+//!   reaches RAM at any physical address. A mapping knows the domain that made it: another
+//!   domain refuses it ([`DmaError::Foreign`]) and hands it back, as every failed unmap does.
 //! * **Without an SMMU** (dma-direct): the bus address is the physical address, and a buffer the
 //!   mask cannot reach is refused ([`DmaError::BeyondMask`]): there is nothing to remap it with.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::aarch64::aspace::{self, CpuMm};
 use crate::iommu::iova::{IovaAllocator, IovaError};
@@ -65,6 +67,11 @@ pub enum DmaError {
     Map(MmError),
     /// Binding the stream to its domain failed.
     Bind(SvaError),
+    /// The mapping (at this bus address) was not made by the domain asked to unmap it.
+    Foreign {
+        /// The mapping's bus address.
+        bus: u64,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -79,8 +86,48 @@ impl fmt::Display for DmaError {
             Self::Iova(e) => write!(f, "dma: {e}"),
             Self::Map(e) => write!(f, "dma: mapping the IOVA: {e}"),
             Self::Bind(e) => write!(f, "dma: attaching the stream: {e}"),
+            Self::Foreign { bus } => write!(
+                f,
+                "dma: the mapping at bus address {bus:#x} belongs to another domain \
+                 (or to dma-direct)"
+            ),
         }
     }
+}
+
+/// An unmap that did not happen: why, and the mapping, handed back still mapped (the device
+/// still reaches the buffer) so that the caller can give it to the right domain or retry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnmapError {
+    /// Why.
+    pub error: DmaError,
+    /// The mapping, unchanged.
+    pub mapping: DmaMapping,
+}
+
+impl fmt::Display for UnmapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (still mapped)", self.error)
+    }
+}
+
+/// Names a domain, so that a mapping knows which one made it (never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DomainId(u64);
+
+impl DomainId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        DomainId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Where a translated mapping lives: the domain that made it and its page-aligned IOVA range.
+#[derive(Debug, PartialEq, Eq)]
+struct Translated {
+    domain: DomainId,
+    iova: u64,
+    span: u64,
 }
 
 /// A buffer made reachable: the device uses [`DmaMapping::bus`]. Give it back with
@@ -89,8 +136,8 @@ impl fmt::Display for DmaError {
 #[must_use = "the device keeps reaching the buffer until it is unmapped"]
 pub struct DmaMapping {
     bus: u64,
-    /// The page-aligned IOVA range, when translated.
-    iova: Option<(u64, u64)>,
+    /// `None` for dma-direct.
+    translated: Option<Translated>,
 }
 
 impl DmaMapping {
@@ -115,6 +162,7 @@ fn page_span(pa: PhysAddr, len: usize) -> Result<(PhysAddr, u64, u64), DmaError>
 /// A device stream bound to an address space of its own, in which buffers get IOVAs below the
 /// device's mask.
 pub struct DmaDomain {
+    id: DomainId,
     sid: u32,
     /// Dropped after `bond` (field order): the stream is detached before its tables go.
     bond: Option<Bond<BoardDomain>>,
@@ -132,6 +180,7 @@ impl DmaDomain {
         let bond =
             sva::bind::<BoardDomain>(sid, space.mm(), root, MAIR_VALUE).map_err(DmaError::Bind)?;
         Ok(Self {
+            id: DomainId::next(),
             sid,
             bond: Some(bond),
             space,
@@ -166,21 +215,37 @@ impl DmaDomain {
         }
         Ok(DmaMapping {
             bus: iova + offset,
-            iova: Some((iova, span)),
+            translated: Some(Translated {
+                domain: self.id,
+                iova,
+                span,
+            }),
         })
     }
 
-    /// Takes the mapping away: when this returns, the SMMU has dropped every cached
-    /// translation of it (the unmap's invalidation completed), and the IOVA is free again.
-    pub fn unmap(&self, mapping: DmaMapping) -> Result<(), DmaError> {
-        let Some((iova, span)) = mapping.iova else {
-            return Ok(());
+    /// Takes the mapping away: when this returns `Ok`, the SMMU has dropped every cached
+    /// translation of it (the unmap's invalidation completed), and the IOVA is free again. On
+    /// an error nothing changed and the mapping comes back in the [`UnmapError`]: one another
+    /// domain (or dma-direct) made is [`DmaError::Foreign`].
+    pub fn unmap(&self, mapping: DmaMapping) -> Result<(), UnmapError> {
+        let (iova, span) = match &mapping.translated {
+            Some(t) if t.domain == self.id => (t.iova, t.span),
+            _ => {
+                let error = DmaError::Foreign { bus: mapping.bus };
+                return Err(UnmapError { error, mapping });
+            }
         };
-        self.space
-            .munmap(VirtAddr(iova), span as usize)
-            .map_err(DmaError::Map)?;
-        // Only after the invalidation: a freed IOVA may be handed out again at once.
-        self.iovas.lock().free(iova, span).map_err(DmaError::Iova)
+        // A failed munmap changed nothing: the mapping is still whole.
+        if let Err(e) = self.space.munmap(VirtAddr(iova), span as usize) {
+            let error = DmaError::Map(e);
+            return Err(UnmapError { error, mapping });
+        }
+        // Only after the invalidation: a freed IOVA may be handed out again at once. This
+        // domain handed out exactly this range, and only this (unique) mapping gives it back.
+        if let Err(e) = self.iovas.lock().free(iova, span) {
+            log::error!("dma: stream {:#x}: {e} after its unmap", self.sid);
+        }
+        Ok(())
     }
 
     /// Detaches the stream (its traffic aborts again) and frees the domain.
@@ -201,6 +266,6 @@ pub fn map_direct(pa: PhysAddr, len: usize, mask: u64) -> Result<DmaMapping, Dma
     }
     Ok(DmaMapping {
         bus: pa.0,
-        iova: None,
+        translated: None,
     })
 }

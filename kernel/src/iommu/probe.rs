@@ -125,34 +125,12 @@ pub struct Platform {
     pub use_model: bool,
     /// The PCIe host bridge's `iommu-map` for this SMMU.
     pub streams: Result<IommuMap, StreamIdError>,
-    /// The driver settings from the boot arguments.
-    pub options: Options,
+    /// The boot arguments: the driver reads its `smmu.*` settings there.
+    pub args: &'static BootArgs,
     /// The frame allocator for the SMMU's queues and tables.
     pub frames: &'static RamFrames,
     /// What moves the bytes of the model's DMA master: the board's DMA controller, if any.
     pub copier: Option<&'static dyn PhysCopier>,
-}
-
-/// The driver settings a boot can choose.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The invalidation strategy (`smmu.strategy=` or `strategy=`; default `auto`).
-    pub strategy: Strategy,
-    /// `smmu.skip_invalidate=1`: debug only, breaks coherence.
-    pub skip_invalidate: bool,
-    /// `smmu.eventq_log2=N`: debug only, caps the event queue.
-    pub eventq_log2: Option<u8>,
-}
-
-impl Options {
-    /// The settings in the boot arguments.
-    pub fn from_bootargs(args: &BootArgs) -> Self {
-        Self {
-            strategy: strategy(args.smmu_strategy),
-            skip_invalidate: args.smmu_skip_invalidate,
-            eventq_log2: args.smmu_eventq_log2,
-        }
-    }
 }
 
 /// The planner's strategy for what `smmu.strategy=` asked (`auto` when nothing was).
@@ -186,7 +164,7 @@ pub fn init(platform: Platform) {
                 smmu.features(),
                 smmu.planner().strategy().name()
             );
-            if platform.options.skip_invalidate {
+            if platform.args.smmu_skip_invalidate {
                 log::warn!(
                     "smmu: smmu.skip_invalidate=1: IOTLB invalidations are SKIPPED (debug only: \
                      devices may use stale translations)"
@@ -218,8 +196,8 @@ fn probe(platform: &Platform) -> Probe {
         INJECTOR.call_once(|| InjectingBackend::new(backend, &LINEAR));
     let defaults = SmmuConfig::default();
     let config = SmmuConfig {
-        strategy: platform.options.strategy,
-        eventq_log2: platform.options.eventq_log2.unwrap_or(defaults.eventq_log2),
+        strategy: strategy(platform.args.smmu_strategy),
+        eventq_log2: platform.args.smmu_eventq_log2.unwrap_or(defaults.eventq_log2),
         ..defaults
     };
     match Smmu::new(backend, GenericTimerClock, &LINEAR, platform.frames, config) {

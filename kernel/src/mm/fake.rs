@@ -10,14 +10,21 @@
 //! Its words are a [`HeapRam`], which the other arenas (the SMMU tests' `PhysArena`, the
 //! fuzz targets' arena) use too: they differ in their allocators, not in how RAM is played.
 //!
+//! [`ArenaPlatform`] is the host [`MmPlatform`] over such an arena: address spaces that no CPU
+//! runs, for the unit tests here and the SVA, stress and fuzz worlds.
+//!
 //! Only built for hosted targets (tests, benches, the harness); the kernel has real RAM.
 
+use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::addr::PhysAddr;
+use super::asid::{AsidAllocator, AsidBits};
+use super::aspace::MmPlatform;
 use super::frame::{zero_frame, FrameBitmap};
 use super::heap_ram::HeapRam;
+use super::pgtable::tlb::{RecordingTlb, TlbFeatures, TlbMaintenance, TlbOp, TlbPlan, TlbPolicy};
 use super::phys::{FrameAllocator, OutOfFrames, PhysMemory};
 
 /// The pattern freed frames are filled with. As a descriptor it is valid and points far
@@ -146,6 +153,115 @@ impl FrameAllocator for TestMemory {
             Err(_) => {
                 self.bad_frees.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+/// A host [`MmPlatform`]: one arena `M` is both the memory and the frame allocator; ASIDs for 4
+/// CPUs; a 48-bit physical address size unless told otherwise; a CPU without FEAT_TLBIRANGE or
+/// FEAT_TTL. No CPU runs these address spaces, so CPU TLB plans and I-cache maintenance do
+/// nothing, unless [recording](ArenaPlatform::recording) was asked for (a long run would
+/// otherwise keep every plan).
+pub struct ArenaPlatform<M> {
+    mem: M,
+    asids: AsidAllocator,
+    pa_bits: u32,
+    cpu: Option<spin::Mutex<CpuRecord>>,
+}
+
+/// What the CPU was told to do, when recording.
+#[derive(Default)]
+struct CpuRecord {
+    tlb: RecordingTlb,
+    icache: Vec<(PhysAddr, usize)>,
+}
+
+impl<M> ArenaPlatform<M> {
+    /// CPUs the ASID allocator serves.
+    const CPUS: usize = 4;
+
+    /// A platform over `mem` that records nothing.
+    pub fn new(mem: M) -> Self {
+        ArenaPlatform {
+            mem,
+            asids: AsidAllocator::new(AsidBits::Sixteen, Self::CPUS)
+                .expect("16-bit ASIDs serve 4 CPUs"),
+            pa_bits: 48,
+            cpu: None,
+        }
+    }
+
+    /// The same with a `bits`-bit physical address size.
+    pub fn with_pa_bits(self, bits: u32) -> Self {
+        ArenaPlatform {
+            pa_bits: bits,
+            ..self
+        }
+    }
+
+    /// The same, recording every CPU TLB operation and I-cache maintenance.
+    pub fn recording(self) -> Self {
+        ArenaPlatform {
+            cpu: Some(spin::Mutex::new(CpuRecord::default())),
+            ..self
+        }
+    }
+
+    /// The CPU TLB operations run since the last call (empty when not recording).
+    pub fn take_tlb_ops(&self) -> Vec<TlbOp> {
+        self.take(|cpu| core::mem::take(&mut cpu.tlb.ops))
+    }
+
+    /// The ranges made coherent for instruction fetch since the last call (empty when not
+    /// recording).
+    pub fn take_icache_syncs(&self) -> Vec<(PhysAddr, usize)> {
+        self.take(|cpu| core::mem::take(&mut cpu.icache))
+    }
+
+    fn take<T: Default>(&self, f: impl FnOnce(&mut CpuRecord) -> T) -> T {
+        self.cpu
+            .as_ref()
+            .map(|cpu| f(&mut cpu.lock()))
+            .unwrap_or_default()
+    }
+}
+
+impl<M> MmPlatform for ArenaPlatform<M>
+where
+    M: PhysMemory + FrameAllocator + Clone + Send + Sync + 'static,
+{
+    type Mem = M;
+    type Frames = M;
+
+    fn memory(&self) -> M {
+        self.mem.clone()
+    }
+    fn frames(&self) -> M {
+        self.mem.clone()
+    }
+    fn asids(&self) -> &AsidAllocator {
+        &self.asids
+    }
+    fn tlb_policy(&self) -> TlbPolicy {
+        TlbPolicy::new(TlbFeatures {
+            range: false,
+            level_hints: false,
+        })
+    }
+    fn run_tlb_plan(&self, plan: &TlbPlan) {
+        if let Some(cpu) = &self.cpu {
+            cpu.lock().tlb.execute(plan);
+        }
+    }
+    fn full_barrier(&self) {
+        core::sync::atomic::fence(Ordering::SeqCst);
+    }
+    fn pa_bits(&self) -> u32 {
+        self.pa_bits
+    }
+    fn sync_icache(&self, pa: PhysAddr, len: usize) {
+        if let Some(cpu) = &self.cpu {
+            cpu.lock().icache.push((pa, len));
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod exit;
 pub mod heap;
 mod panic;
 
-pub use exit::{exit, exit_now, fatal_exit, ExitCode};
+pub use exit::{exit, exit_because, exit_now, fatal_exit, ExitCode};
 
 /// Names the test running on this kernel, as `(suite, case)`, if one is.
 pub type TestNameHook = fn() -> Option<(&'static str, &'static str)>;

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use crate::board;
 use crate::drivers::edu::{Direction, Edu, EduError};
 use crate::drivers::pcie::PcieBus;
-use crate::iommu::dma::{self, DmaDirection, DmaDomain, DmaError, DmaMapping};
+use crate::iommu::dma::{self, DmaDirection, DmaDomain, DmaError, DmaMapping, UnmapError};
 use crate::iommu::driver::DebugKnobs;
 use crate::iommu::probe::{self, StreamIdError};
 use crate::iommu::spec::event::{AccessKind, EventKind};
@@ -231,6 +231,71 @@ ktest!(
         Ok(())
     }
 );
+
+/// The first two `edu`s with the StreamIDs the SMMU knows them by; skips unless there are two
+/// and an SMMU translates them.
+fn two_translated_edus() -> Result<[(Edu, u32); 2], TestError> {
+    let Some(host) = board::info().pcie.as_ref() else {
+        kskip!("no PCIe host bridge")
+    };
+    let mut bus = PcieBus::new(host).map_err(fail)?;
+    let mut found = Vec::new();
+    for edu in Edu::probe_all(&mut bus, edu_dma_mask()).map_err(fail)? {
+        match stream_of(&edu)? {
+            Some(sid) => found.push((edu, sid)),
+            None => kskip!("no SMMU translates edu"),
+        }
+    }
+    let n = found.len();
+    found.truncate(2);
+    match found.try_into() {
+        Ok(two) => Ok(two),
+        Err(_) => kskip!("{n} edu device(s): two domains need two"),
+    }
+}
+
+// A mapping is only unmapped by the domain that made it: another domain hands it back still
+// mapped, and its own buffers stay mapped too. (Fresh domains with the same mask hand out the
+// same first IOVA: unmapping by address alone would take the other domain's buffer away.)
+ktest!(devices, dma_domain_refuses_another_domains_mapping, |t| {
+    let [(edu_a, sid_a), (edu_b, sid_b)] = two_translated_edus()?;
+    let a = DmaDomain::attach(sid_a, edu_a.dma_mask()).map_err(fail)?;
+    let b = DmaDomain::attach(sid_b, edu_b.dma_mask()).map_err(fail)?;
+    let (fa, fb) = (Frames::new()?, Frames::new()?);
+    let len = 64;
+    let data = pattern(t, len);
+    write(fa.0[0], &data)?;
+    write(fb.0[0], &data)?;
+    let a_src = a.map(fa.0[0], len, DmaDirection::ToDevice).map_err(fail)?;
+    let a_dst = a.map(fa.0[1], len, DmaDirection::FromDevice).map_err(fail)?;
+    let b_src = b.map(fb.0[0], len, DmaDirection::ToDevice).map_err(fail)?;
+    let b_dst = b.map(fb.0[1], len, DmaDirection::FromDevice).map_err(fail)?;
+
+    let bus = a_src.bus();
+    let a_src = match b.unmap(a_src) {
+        Err(UnmapError { error, mapping }) => {
+            kassert_eq!(error, DmaError::Foreign { bus });
+            mapping
+        }
+        Ok(()) => return Err(fail("domain B unmapped domain A's mapping").into()),
+    };
+    let direct = dma::map_direct(fa.0[0], len, u64::MAX).map_err(fail)?;
+    kassert!(
+        matches!(a.unmap(direct), Err(UnmapError { error: DmaError::Foreign { .. }, .. })),
+        "a domain unmapped a dma-direct mapping"
+    );
+    // Both devices still reach what their own domains mapped.
+    round_trip(&edu_a, a_src.bus(), a_dst.bus(), len)?;
+    round_trip(&edu_b, b_src.bus(), b_dst.bus(), len)?;
+    kassert!(read(fa.0[1], len)? == data, "A's buffers are no longer reachable");
+    kassert!(read(fb.0[1], len)? == data, "B's buffers are no longer reachable");
+    for (domain, mapping) in [(&a, a_src), (&a, a_dst), (&b, b_src), (&b, b_dst)] {
+        domain.unmap(mapping).map_err(fail)?;
+    }
+    a.detach().map_err(fail)?;
+    b.detach().map_err(fail)?;
+    Ok(())
+});
 
 ktest!(devices, edu_bypass_dma_is_untranslated, |t| {
     // Needs untranslated DMA: bus address = physical address, so the device's mask must reach

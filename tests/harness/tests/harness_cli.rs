@@ -32,21 +32,33 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
+/// `harness test --board <board>` of `kernel` with the board profiles in `profiles`, its logs in
+/// `dir/logs` and no stdin; the caller adds options and runs it.
+fn harness_test(board: &str, kernel: &Path, profiles: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(HARNESS);
+    cmd.args(["test", "--board", board, "--kernel"])
+        .arg(kernel)
+        .arg("--profiles")
+        .arg(profiles)
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `harness test --board virt` of `kernel` against the fake emulator.
+fn fake_harness_test(dir: &Path, kernel: &Path) -> Command {
+    let mut cmd = harness_test("virt", kernel, &profiles(), dir);
+    cmd.arg("--qemu").arg(fixture("fake-qemu.sh"));
+    cmd
+}
+
 /// `harness test --board virt` against the fake emulator, with `env` for it.
 fn fake_test(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Output {
     let kernel = dir.join("shootdown.img");
     fs::write(&kernel, b"not really a kernel").unwrap();
-    let mut cmd = Command::new(HARNESS);
-    cmd.args(["test", "--board", "virt", "--qemu"])
-        .arg(fixture("fake-qemu.sh"))
-        .arg("--profiles")
-        .arg(profiles())
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--log-dir")
-        .arg(dir.join("logs"))
-        .args(extra_args)
-        .stdin(Stdio::null());
+    let mut cmd = fake_harness_test(dir, &kernel);
+    cmd.args(extra_args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -272,17 +284,8 @@ fn sigterm_to_the_harness_kills_the_emulator_group() {
     let kernel = dir.join("shootdown.img");
     fs::write(&kernel, b"x").unwrap();
     let pid_file = dir.join("sleep.pid");
-    let mut child = Command::new(HARNESS)
-        .args(["test", "--board", "virt", "--qemu"])
-        .arg(fixture("fake-qemu.sh"))
-        .arg("--profiles")
-        .arg(profiles())
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--log-dir")
-        .arg(dir.join("logs"))
+    let mut child = fake_harness_test(&dir, &kernel)
         .env("FAKE_HANG", &pid_file)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -567,14 +570,8 @@ fn real_qemu_runs_each_board_profile() {
             let dtb = crate_dir().join("../../build/dtb/bcm2711-rpi-4-b.dtb");
             assert!(dtb.exists(), "no {} (`bash qemu/install.sh dtb build`)", dtb.display());
         }
-        let out = Command::new(HARNESS)
-            .args(["test", "--board", board, "--timeout", "30", "--kernel"])
-            .arg(&kernel)
-            .arg("--profiles")
-            .arg(profiles())
-            .arg("--log-dir")
-            .arg(dir.join("logs"))
-            .stdin(Stdio::null())
+        let out = harness_test(board, &kernel, &profiles(), &dir)
+            .args(["--timeout", "30"])
             .output()
             .unwrap();
         let text = stdout(&out);
@@ -597,14 +594,8 @@ fn real_qemu_exit_status_and_failures_reach_the_verdict() {
         .unwrap()
         .replace("# shootdown: exit 0\n", "");
     let run = |kernel: &Path| {
-        Command::new(HARNESS)
-            .args(["test", "--board", "virt", "--timeout", "30", "--kernel"])
-            .arg(kernel)
-            .arg("--profiles")
-            .arg(profiles())
-            .arg("--log-dir")
-            .arg(dir.join("logs"))
-            .stdin(Stdio::null())
+        harness_test("virt", kernel, &profiles(), &dir)
+            .args(["--timeout", "30"])
             .output()
             .unwrap()
     };
@@ -644,14 +635,8 @@ fn a_missing_firmware_banner_fails_the_run() {
     .unwrap();
     let pass = fs::read_to_string(fixture("pass.ktap")).unwrap();
     let kernel = mini_kernel(&dir, &pass, 0);
-    let out = Command::new(HARNESS)
-        .args(["test", "--board", "virt-fw", "--timeout", "30", "--kernel"])
-        .arg(&kernel)
-        .arg("--profiles")
-        .arg(&profiles)
-        .arg("--log-dir")
-        .arg(dir.join("logs"))
-        .stdin(Stdio::null())
+    let out = harness_test("virt-fw", &kernel, &profiles, &dir)
+        .args(["--timeout", "30"])
         .output()
         .unwrap();
     let text = stdout(&out);

@@ -176,6 +176,83 @@ fn booting_without_a_device_tree_says_so_and_exits_2() {
     );
 }
 
+/// The console of QEMU run with `args` and no harness (no `-semihosting`, no `-no-reboot`: a
+/// board on its own), for at most `secs` seconds; and whether QEMU ended by itself by then.
+fn console_of_a_board_alone(args: &[&str], secs: u64) -> (String, bool) {
+    let qemu = std::env::var("QEMU").unwrap_or_else(|_| "qemu-system-aarch64".into());
+    let mut child = Command::new(qemu)
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu runs");
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let ended = loop {
+        if child.try_wait().expect("qemu status").is_some() {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    (reader.join().expect("reader"), ended)
+}
+
+/// A fatal boot argument on a board that boots the image by itself (a Pi's `cmdline.txt`) must
+/// stop the board, not reset it into the same command line for ever. With PSCI (QEMU `virt`)
+/// the machine switches off and QEMU ends; without (QEMU `raspi4b`, like a Pi on its own
+/// firmware) it stays stopped and keeps saying why.
+#[test]
+#[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
+fn a_fatal_boot_argument_stops_the_board_instead_of_rebooting_it() {
+    let k = kernel();
+    let k = k.to_str().expect("UTF-8 path");
+    let dtb = repo_root().join(
+        std::env::var_os("SHOOTDOWN_DTB").unwrap_or_else(|| "build/dtb/bcm2711-rpi-4-b.dtb".into()),
+    );
+    let dtb = dtb.to_str().expect("UTF-8 path");
+    let why = "bootargs: `seed=abc`: expected a number";
+    let boots = |console: &str| console.matches("# shootdown: exit 2").count();
+
+    let virt = [
+        "-M", "virt", "-cpu", "max", "-m", "1G", "-kernel", k, "-append", "seed=abc",
+    ];
+    let (console, ended) = console_of_a_board_alone(&virt, 60);
+    assert!(ended, "virt did not switch itself off:\n{console}");
+    assert_eq!(boots(&console), 1, "virt booted again:\n{console}");
+    assert!(console.contains(why), "{console}");
+
+    // Two reminders are due 10 s after the exit line; the boot takes a few more.
+    let pi = [
+        "-M", "raspi4b", "-dtb", dtb, "-kernel", k, "-append", "seed=abc",
+    ];
+    let (console, ended) = console_of_a_board_alone(&pi, 30);
+    assert!(
+        !ended,
+        "raspi4b ended although nothing can switch it off:\n{console}"
+    );
+    assert_eq!(boots(&console), 1, "raspi4b booted again:\n{console}");
+    let reminders = console
+        .lines()
+        .filter(|l| l.starts_with("shootdown: stopped with exit status 2") && l.contains(why))
+        .count();
+    assert!(
+        reminders >= 2,
+        "{reminders} reminders of why it stopped:\n{console}"
+    );
+}
+
 #[test]
 #[ignore = "needs the built images (SHOOTDOWN_KERNEL, SHOOTDOWN_CHAINLOADER, SHOOTDOWN_DTB) and QEMU: `make test` runs it with --include-ignored"]
 fn make_run_trace_writes_valid_chrome_json_with_every_unmap_invalidated_before_it_returned() {

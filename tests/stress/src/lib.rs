@@ -383,7 +383,7 @@ pub fn run(params: &Params) -> Result<Report, String> {
     let slots = params.spaces * params.cpus * params.slots_per_cpu;
     // Every slot's frame, a pool's worth more, the tables and the driver's structures.
     let frames = 2 * slots + 2048;
-    let (n, world) = world::build(frames, params.cpus)?;
+    let (n, world) = world::build(frames)?;
     match n {
         0 => run_in::<Domain<0>>(&world, params),
         1 => run_in::<Domain<1>>(&world, params),

@@ -1,6 +1,6 @@
 //! The world a stress run lives in: one arena of "RAM" holding the page tables, the data frames
 //! and the SMMU driver's structures; the SMMU model over it with the real driver and SVA on
-//! top; address spaces on a host [`MmPlatform`] (never activated on a CPU, so no CPU TLB).
+//! top; address spaces on the host [`ArenaPlatform`] (never activated on a CPU, so no CPU TLB).
 //!
 //! SVA needs `'static` SMMUs named by a type ([`SvaDomain`]); each run leaks its world and
 //! takes one of [`DOMAINS`] domain slots, so a process runs at most that many.
@@ -14,9 +14,7 @@ use shootdown::iommu::backend::Clock;
 use shootdown::iommu::driver::{Smmu, SmmuConfig};
 use shootdown::iommu::fake::PhysArena;
 use shootdown::iommu::sva::{Sva, SvaDomain};
-use shootdown::mm::asid::{AsidAllocator, AsidBits};
-use shootdown::mm::aspace::MmPlatform;
-use shootdown::mm::pgtable::tlb::{TlbFeatures, TlbPlan, TlbPolicy};
+use shootdown::mm::fake::ArenaPlatform;
 use shootdown::mm::PhysAddr;
 
 /// Where the arena's RAM starts (QEMU `virt`'s RAM base).
@@ -35,40 +33,7 @@ pub type StressSmmu = Smmu<'static, &'static SmmuModel<'static>, WallClock>;
 
 /// The host platform: the run's arena; CPU TLB maintenance is nothing (no address space is
 /// ever active on a host thread).
-pub struct StressPlatform {
-    mem: &'static PhysArena,
-    asids: AsidAllocator,
-}
-
-impl MmPlatform for StressPlatform {
-    type Mem = &'static PhysArena;
-    type Frames = &'static PhysArena;
-
-    fn memory(&self) -> Self::Mem {
-        self.mem
-    }
-    fn frames(&self) -> Self::Frames {
-        self.mem
-    }
-    fn asids(&self) -> &AsidAllocator {
-        &self.asids
-    }
-    fn tlb_policy(&self) -> TlbPolicy {
-        TlbPolicy::new(TlbFeatures {
-            range: false,
-            level_hints: false,
-        })
-    }
-    fn run_tlb_plan(&self, _plan: &TlbPlan) {}
-    fn full_barrier(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-    fn pa_bits(&self) -> u32 {
-        48
-    }
-    /// No CPU fetches instructions from the arena.
-    fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
-}
+pub type StressPlatform = ArenaPlatform<&'static PhysArena>;
 
 /// The SMMU of one run.
 pub struct World {
@@ -97,7 +62,7 @@ fn leak<T>(t: T) -> &'static T {
 }
 
 /// Builds a world of `frames` frames in a fresh domain slot; returns the slot's number.
-pub fn build(frames: usize, cpus: usize) -> Result<(usize, World), String> {
+pub fn build(frames: usize) -> Result<(usize, World), String> {
     let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
     if slot >= DOMAINS {
         return Err(format!("at most {DOMAINS} runs per process"));
@@ -118,8 +83,7 @@ pub fn build(frames: usize, cpus: usize) -> Result<(usize, World), String> {
     SLOTS[slot]
         .set(sva)
         .map_err(|_| format!("domain slot {slot} taken twice"))?;
-    let asids = AsidAllocator::new(AsidBits::Sixteen, cpus.max(1)).map_err(|e| format!("{e:?}"))?;
-    let platform = leak(StressPlatform { mem, asids });
+    let platform = leak(ArenaPlatform::new(mem));
     Ok((
         slot,
         World {

@@ -1,8 +1,12 @@
 //! Time from the architected generic timer's physical counter (CNTPCT_EL0 / CNTFRQ_EL0).
 
-use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTPCT_EL0};
+use aarch64_cpu::registers::{ReadWriteable, Readable, CNTFRQ_EL0, CNTKCTL_EL1, CNTPCT_EL0};
 
-use super::cpu::isb;
+use super::cpu::{isb, wfe};
+
+/// The counter bit whose 0-to-1 flips make the event stream's events: one every 2^20 ticks,
+/// about 20 ms at the Pi 4's 54 MHz and QEMU's 62.5 MHz.
+const EVENT_STREAM_BIT: u64 = 19;
 
 /// Counter ticks per second (set by firmware or QEMU; never 0 on our boards).
 pub fn frequency() -> u64 {
@@ -43,5 +47,16 @@ pub fn delay_us(us: u64) {
     let d = Deadline::after_us(us);
     while !d.expired() {
         core::hint::spin_loop();
+    }
+}
+
+/// Waits until `deadline` asleep: in WFE, woken by the timer's event stream (CNTKCTL_EL1.EVNTEN,
+/// EVNTI), so that a CPU with its interrupts masked does not spin. Leaves the stream on (its
+/// events only end WFE waits early, which every waiter tolerates).
+pub fn sleep_until(deadline: Deadline) {
+    CNTKCTL_EL1.modify(CNTKCTL_EL1::EVNTI.val(EVENT_STREAM_BIT) + CNTKCTL_EL1::EVNTEN::SET);
+    isb();
+    while !deadline.expired() {
+        wfe();
     }
 }

@@ -8,66 +8,22 @@ use std::vec;
 use std::vec::Vec;
 
 use super::*;
-use crate::mm::asid::AsidBits;
-use crate::mm::fake::TestMemory;
+use crate::mm::fake::{ArenaPlatform, TestMemory};
 use crate::mm::notifier::{MmuNotifier, MmuNotifierOps, OpSet};
-use crate::mm::pgtable::tlb::{RecordingTlb, TlbFeatures, TlbMaintenance, TlbOp, Tlbi};
+use crate::mm::pgtable::tlb::{TlbOp, Tlbi};
 
-/// The host platform: an arena of RAM, a TLB recorder, an ASID allocator for 4 CPUs, a PA
-/// size and a recorder of I-cache maintenance.
-struct Host {
-    mem: Arc<TestMemory>,
-    asids: AsidAllocator,
-    tlb: Mutex<RecordingTlb>,
-    pa_bits: u32,
-    icache: Mutex<Vec<(PhysAddr, usize)>>,
-}
-
-impl MmPlatform for Host {
-    type Mem = Arc<TestMemory>;
-    type Frames = Arc<TestMemory>;
-
-    fn memory(&self) -> Self::Mem {
-        self.mem.clone()
-    }
-    fn frames(&self) -> Self::Frames {
-        self.mem.clone()
-    }
-    fn asids(&self) -> &AsidAllocator {
-        &self.asids
-    }
-    fn tlb_policy(&self) -> TlbPolicy {
-        TlbPolicy::new(TlbFeatures {
-            range: false,
-            level_hints: false,
-        })
-    }
-    fn run_tlb_plan(&self, plan: &TlbPlan) {
-        self.tlb.lock().unwrap().execute(plan);
-    }
-    fn full_barrier(&self) {
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    }
-    fn pa_bits(&self) -> u32 {
-        self.pa_bits
-    }
-    fn sync_icache(&self, pa: PhysAddr, len: usize) {
-        self.icache.lock().unwrap().push((pa, len));
-    }
-}
+/// The host platform: an arena of RAM that records the CPU's TLB and I-cache maintenance.
+type Host = ArenaPlatform<Arc<TestMemory>>;
 
 fn host(frames: usize) -> &'static Host {
     host_with_pa_bits(frames, 48)
 }
 
 fn host_with_pa_bits(frames: usize, pa_bits: u32) -> &'static Host {
-    std::boxed::Box::leak(std::boxed::Box::new(Host {
-        mem: Arc::new(TestMemory::new(frames)),
-        asids: AsidAllocator::new(AsidBits::Sixteen, 4).unwrap(),
-        tlb: Mutex::new(RecordingTlb::default()),
-        pa_bits,
-        icache: Mutex::new(Vec::new()),
-    }))
+    let platform = ArenaPlatform::new(Arc::new(TestMemory::new(frames)))
+        .with_pa_bits(pa_bits)
+        .recording();
+    std::boxed::Box::leak(std::boxed::Box::new(platform))
 }
 
 /// What a subscriber saw, in order.
@@ -178,7 +134,7 @@ fn map_anon(user: &AddressSpace<Host>, va: u64, pages: usize) {
 #[test]
 fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
     let h = host(256);
-    let base = h.mem.live_frames();
+    let base = h.memory().live_frames();
     let user = AddressSpace::create(h).unwrap();
     let va = user
         .mmap(
@@ -194,7 +150,7 @@ fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
     assert!(pas[0] != pas[1] && pas[1] != pas[2] && pas[0] != pas[2]);
     for pa in &pas {
         assert_eq!(
-            h.mem.word(*pa).unwrap().load(Ordering::Relaxed),
+            h.memory().word(*pa).unwrap().load(Ordering::Relaxed),
             0,
             "not zeroed"
         );
@@ -202,10 +158,10 @@ fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
     user.munmap(VirtAddr(A + PAGE), PAGE_SIZE).unwrap();
     assert!(user.translate(VirtAddr(A + PAGE)).is_none());
     assert!(
-        !h.mem.is_allocated(pas[1]),
+        !h.memory().is_allocated(pas[1]),
         "the unmapped frame was not freed"
     );
-    assert!(h.mem.is_allocated(pas[0]) && h.mem.is_allocated(pas[2]));
+    assert!(h.memory().is_allocated(pas[0]) && h.memory().is_allocated(pas[2]));
     let regions = user.regions();
     assert_eq!(
         regions.len(),
@@ -213,7 +169,7 @@ fn anonymous_memory_is_mapped_zeroed_and_freed_on_unmap() {
         "munmap in the middle splits the region: {regions:?}"
     );
     drop(user);
-    assert_eq!(h.mem.live_frames(), base, "teardown leaked frames");
+    assert_eq!(h.memory().live_frames(), base, "teardown leaked frames");
 }
 
 #[test]
@@ -224,7 +180,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let rec = Arc::new(RangeRecorder::default());
     let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
     let regions = user.regions();
-    let frames = h.mem.live_frames();
+    let frames = h.memory().live_frames();
     let fixed = |va: u64, len: usize| {
         user.mmap(
             Placement::Fixed(VirtAddr(va)),
@@ -277,7 +233,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         Err(MmError::Attributes(AttributeError::ExecutableDevice))
     ));
     assert_eq!(user.regions(), regions);
-    assert_eq!(h.mem.live_frames(), frames);
+    assert_eq!(h.memory().live_frames(), frames);
     assert!(
         rec.log.lock().unwrap().is_empty(),
         "a refused call reached the notifier"
@@ -292,7 +248,7 @@ fn a_physical_range_beyond_the_output_size_is_refused_up_front() {
     let user = AddressSpace::create(h).unwrap();
     let rec = Arc::new(RangeRecorder::default());
     let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
-    let frames = h.mem.live_frames();
+    let frames = h.memory().live_frames();
     let top = PhysAddr((1 << 48) - PAGE);
     let map = |pa: PhysAddr, len: usize| {
         user.mmap(
@@ -311,7 +267,7 @@ fn a_physical_range_beyond_the_output_size_is_refused_up_front() {
         })
     );
     assert!(user.regions().is_empty());
-    assert_eq!(h.mem.live_frames(), frames);
+    assert_eq!(h.memory().live_frames(), frames);
     assert!(rec.log.lock().unwrap().is_empty());
     // The last page below 2^48 is fine.
     assert_eq!(map(top, PAGE_SIZE), Ok(VirtAddr(A)));
@@ -325,7 +281,7 @@ fn a_physical_mapping_larger_than_memory_fails_at_once_and_changes_nothing() {
     let user = AddressSpace::create(h).unwrap();
     let rec = Arc::new(RangeRecorder::default());
     let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
-    let frames = h.mem.live_frames();
+    let frames = h.memory().live_frames();
     // One page off every block boundary: only pages can map it.
     let r = user.mmap(
         Placement::Fixed(VirtAddr(A)),
@@ -336,7 +292,7 @@ fn a_physical_mapping_larger_than_memory_fails_at_once_and_changes_nothing() {
     assert_eq!(r, Err(MmError::OutOfMemory));
     assert!(user.regions().is_empty());
     assert!(user.translate(VirtAddr(A)).is_none());
-    assert_eq!(h.mem.live_frames(), frames);
+    assert_eq!(h.memory().live_frames(), frames);
     assert!(rec.log.lock().unwrap().is_empty());
     map_anon(&user, A, 1);
 }
@@ -443,16 +399,12 @@ fn the_cpu_tlb_is_invalidated_only_for_the_asid_and_range_once_it_ran() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
     map_anon(&user, A, 4);
-    h.tlb.lock().unwrap().ops.clear();
+    h.take_tlb_ops();
     user.munmap(VirtAddr(A), PAGE_SIZE).unwrap();
     let tlbis = |h: &Host| {
-        h.tlb
-            .lock()
-            .unwrap()
-            .ops
-            .iter()
+        h.take_tlb_ops()
+            .into_iter()
             .filter(|op| matches!(op, TlbOp::Tlbi { .. }))
-            .copied()
             .collect::<Vec<_>>()
     };
     assert!(
@@ -460,7 +412,7 @@ fn the_cpu_tlb_is_invalidated_only_for_the_asid_and_range_once_it_ran() {
         "a context that never ran cannot be in any TLB"
     );
 
-    let act = h.asids.activate(0, user.asid_context()).unwrap();
+    let act = h.asids().activate(0, user.asid_context()).unwrap();
     user.munmap(VirtAddr(A + PAGE), PAGE_SIZE).unwrap();
     let ops = tlbis(h);
     assert_eq!(ops.len(), 1, "{ops:?}");
@@ -534,20 +486,20 @@ fn running_out_of_frames_midway_rolls_everything_back() {
     let user = AddressSpace::create(h).unwrap();
     let ranges = Arc::new(RangeRecorder::default());
     let _r = MmuNotifier::register(user.mm(), ranges.clone()).unwrap();
-    let frames = h.mem.live_frames();
-    h.mem.set_alloc_budget(Some(10));
+    let frames = h.memory().live_frames();
+    h.memory().set_alloc_budget(Some(10));
     let r = user.mmap(
         Placement::Fixed(VirtAddr(A)),
         32 * PAGE_SIZE,
         rw(),
         Backing::Anonymous,
     );
-    h.mem.set_alloc_budget(None);
+    h.memory().set_alloc_budget(None);
     assert_eq!(r, Err(MmError::OutOfMemory));
     assert!(user.regions().is_empty());
     assert!(user.translate(VirtAddr(A)).is_none());
-    assert_eq!(h.mem.live_frames(), frames, "frames leaked by the rollback");
-    assert_eq!(h.mem.bad_frees(), 0);
+    assert_eq!(h.memory().live_frames(), frames, "frames leaked by the rollback");
+    assert_eq!(h.memory().bad_frees(), 0);
     // Ten allocations: three tables and seven pages. Only what was mapped is announced.
     let mapped = A + 7 * PAGE;
     assert_eq!(

@@ -1,22 +1,20 @@
-//! The world the address-space target runs in: a host [`MmPlatform`] over the fuzz arena, the
+//! The world the address-space target runs in: the host [`ArenaPlatform`] over the fuzz arena, the
 //! SMMU model with the real driver on top, and the notifier subscribers that connect them.
 //!
 //! The address space's platform and the SMMU driver need `'static` memory, so every thread owns
 //! one leaked [`FuzzMemory`] that is [reset](FuzzMemory::reset) for each input; everything
 //! else (model, driver, address spaces, subscribers) is created per input and dropped with it.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use shootdown::iommu::backend::SmmuBackend;
 use shootdown::iommu::driver::{ContextId, Smmu};
 use shootdown::iommu::fake::StepClock;
 use shootdown::iommu::backend::model::SmmuModel;
-use shootdown::mm::asid::{AsidAllocator, AsidBits};
-use shootdown::mm::aspace::MmPlatform;
+use shootdown::mm::fake::ArenaPlatform;
 use shootdown::mm::notifier::{
     MmCore, MmuNotifierOps, NotifierRange, NotifyEvent, OpSet, WouldBlock,
 };
-use shootdown::mm::pgtable::tlb::{TlbFeatures, TlbPlan, TlbPolicy};
 use shootdown::mm::{PhysAddr, VirtAddr};
 
 use crate::memory::FuzzMemory;
@@ -36,48 +34,17 @@ pub fn arena() -> &'static FuzzMemory {
     ARENA.with(|a| *a)
 }
 
-/// The host platform: this thread's arena, no CPU TLB (address spaces are never activated on a
-/// CPU here, so they never get a CPU ASID and no CPU invalidation is planned).
-pub struct FuzzPlatform {
-    asids: AsidAllocator,
+/// The host platform over this thread's arena, no CPU TLB (address spaces are never activated
+/// on a CPU here, so they never get a CPU ASID and no CPU invalidation is planned).
+pub type FuzzPlatform = ArenaPlatform<&'static FuzzMemory>;
+
+thread_local! {
+    static PLATFORM: &'static FuzzPlatform = Box::leak(Box::new(ArenaPlatform::new(arena())));
 }
 
-/// The platform shared by every thread (its memory is per thread).
+/// This thread's platform.
 pub fn platform() -> &'static FuzzPlatform {
-    static PLATFORM: OnceLock<FuzzPlatform> = OnceLock::new();
-    PLATFORM.get_or_init(|| FuzzPlatform {
-        asids: AsidAllocator::new(AsidBits::Sixteen, 4).expect("4 CPUs fit 16-bit ASIDs"),
-    })
-}
-
-impl MmPlatform for FuzzPlatform {
-    type Mem = &'static FuzzMemory;
-    type Frames = &'static FuzzMemory;
-
-    fn memory(&self) -> Self::Mem {
-        arena()
-    }
-    fn frames(&self) -> Self::Frames {
-        arena()
-    }
-    fn asids(&self) -> &AsidAllocator {
-        &self.asids
-    }
-    fn tlb_policy(&self) -> TlbPolicy {
-        TlbPolicy::new(TlbFeatures {
-            range: false,
-            level_hints: false,
-        })
-    }
-    fn run_tlb_plan(&self, _plan: &TlbPlan) {}
-    fn full_barrier(&self) {
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    }
-    fn pa_bits(&self) -> u32 {
-        48
-    }
-    /// No CPU fetches instructions from the arena.
-    fn sync_icache(&self, _pa: PhysAddr, _len: usize) {}
+    PLATFORM.with(|p| *p)
 }
 
 /// The model as the driver's register window, shared with the harness (which also needs it for

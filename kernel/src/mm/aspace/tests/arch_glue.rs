@@ -16,7 +16,7 @@ fn rx() -> Permissions {
 #[test]
 fn a_loaded_space_outlives_its_last_other_user() {
     let h = host(64);
-    let baseline = h.mem.live_frames();
+    let baseline = h.memory().live_frames();
     let user = AddressSpace::create(h).unwrap();
     map_anon(&user, A, 2);
     let loaded = user.load(1).unwrap();
@@ -31,7 +31,7 @@ fn a_loaded_space_outlives_its_last_other_user() {
     drop(loaded);
     assert_eq!(space.root(), None, "the unload was the last user: teardown ran");
     assert_eq!(space.active_cpus(), 0);
-    assert_eq!(h.mem.live_frames(), baseline, "everything went back");
+    assert_eq!(h.memory().live_frames(), baseline, "everything went back");
 }
 
 #[test]
@@ -82,14 +82,14 @@ fn teardown_waits_for_a_cpu_that_loaded_without_a_user_reference() {
     let space: Arc<AddressSpace<Host>> = Arc::clone(&user);
     space.set_load_knob(LOAD_NO_USER);
     let loaded = space.load(2).unwrap();
-    let frames = h.mem.live_frames();
+    let frames = h.memory().live_frames();
     let dropper = thread::spawn(move || drop(user));
     thread::sleep(Duration::from_millis(50));
     assert!(
         !dropper.is_finished(),
         "teardown finished while CPU 2 had the tables loaded"
     );
-    assert_eq!(h.mem.live_frames(), frames, "nothing was freed yet");
+    assert_eq!(h.memory().live_frames(), frames, "nothing was freed yet");
     drop(loaded);
     dropper.join().unwrap();
     assert_eq!(space.root(), None);
@@ -100,7 +100,7 @@ fn teardown_waits_for_a_cpu_that_loaded_without_a_user_reference() {
 #[test]
 fn without_the_load_protocol_the_tables_are_freed_under_a_loaded_cpu() {
     let h = host(64);
-    let baseline = h.mem.live_frames();
+    let baseline = h.memory().live_frames();
     let user = AddressSpace::create(h).unwrap();
     map_anon(&user, A, 1);
     let space: Arc<AddressSpace<Host>> = Arc::clone(&user);
@@ -113,7 +113,7 @@ fn without_the_load_protocol_the_tables_are_freed_under_a_loaded_cpu() {
         "the tables of a loaded CPU were torn down"
     );
     assert_eq!(
-        h.mem.live_frames(),
+        h.memory().live_frames(),
         baseline,
         "the root {} the CPU still walks was freed",
         loaded.root()
@@ -162,10 +162,10 @@ fn an_access_flag_fault_is_answered_by_setting_the_flag() {
     let rec = Arc::new(RangeRecorder::default());
     let _sub = MmuNotifier::register(user.mm(), rec.clone()).unwrap();
     map_anon(&user, A, 2);
-    let _act = h.asids.activate(0, user.asid_context()).unwrap();
+    let _act = h.asids().activate(0, user.asid_context()).unwrap();
     assert_eq!(user.clear_flush_young(VirtAddr(A), 2 * PAGE_SIZE), Ok(true));
     assert_eq!(user.test_young(VirtAddr(A + PAGE)), Ok(false));
-    h.tlb.lock().unwrap().ops.clear();
+    h.take_tlb_ops();
     let log_before = rec.log.lock().unwrap().len();
 
     // The fault's address is anywhere in the page.
@@ -173,7 +173,7 @@ fn an_access_flag_fault_is_answered_by_setting_the_flag() {
     assert_eq!(user.test_young(VirtAddr(A + PAGE)), Ok(true));
     assert_eq!(user.test_young(VirtAddr(A)), Ok(false), "only that page");
     // Invalid (AF = 0) to valid: published, never invalidated, nobody notified.
-    let ops = h.tlb.lock().unwrap().ops.clone();
+    let ops = h.take_tlb_ops();
     assert!(ops.contains(&TlbOp::DsbIshst), "{ops:?}");
     assert!(
         !ops.iter().any(|op| matches!(op, TlbOp::Tlbi { .. })),
@@ -225,13 +225,13 @@ fn memory_is_made_icache_coherent_before_it_becomes_executable() {
     let h = host(64);
     let user = AddressSpace::create(h).unwrap();
     map_anon(&user, A, 2);
-    assert!(h.icache.lock().unwrap().is_empty(), "not executable");
+    assert!(h.take_icache_syncs().is_empty(), "not executable");
 
     // mmap of executable anonymous memory: each fresh frame.
     let x = user
         .mmap(Placement::Anywhere, 2 * PAGE_SIZE, rx(), Backing::Anonymous)
         .unwrap();
-    let synced = core::mem::take(&mut *h.icache.lock().unwrap());
+    let synced = h.take_icache_syncs();
     let frames: Vec<_> = (0..2)
         .map(|i| (user.translate(VirtAddr(x.0 + i * PAGE)).unwrap().pa, PAGE_SIZE))
         .collect();
@@ -239,12 +239,12 @@ fn memory_is_made_icache_coherent_before_it_becomes_executable() {
 
     // mprotect to executable: every mapped page of the range; already executable: nothing.
     user.mprotect(VirtAddr(A), 2 * PAGE_SIZE, rx()).unwrap();
-    let synced = core::mem::take(&mut *h.icache.lock().unwrap());
+    let synced = h.take_icache_syncs();
     let total: usize = synced.iter().map(|&(_, len)| len).sum();
     assert_eq!(total, 2 * PAGE_SIZE, "{synced:?}");
     assert_eq!(synced[0].0, user.translate(VirtAddr(A)).unwrap().pa);
     user.mprotect(VirtAddr(A), PAGE_SIZE, rx()).unwrap();
-    assert!(h.icache.lock().unwrap().is_empty());
+    assert!(h.take_icache_syncs().is_empty());
 
     // A physical executable mapping: its whole range at once.
     let pa = PhysAddr(0x8000_0000);
@@ -255,7 +255,7 @@ fn memory_is_made_icache_coherent_before_it_becomes_executable() {
         Backing::Physical(pa, MemoryType::Normal),
     )
     .unwrap();
-    assert_eq!(*h.icache.lock().unwrap(), [(pa, 4 * PAGE_SIZE)]);
+    assert_eq!(h.take_icache_syncs(), [(pa, 4 * PAGE_SIZE)]);
 }
 
 #[test]
