@@ -759,3 +759,92 @@ fn event_interrupts_are_enabled_through_irq_ctrl() {
         assert_eq!(w.model.read32(offset::IRQ_CTRLACK), 0b001);
     });
 }
+
+/// The model, except that the driver's next write of SMMU_EVENTQ_BASE waits at a gate once
+/// armed (so another CPU can act while an event-queue resize has the queue off), and the
+/// writes of SMMU_GBPA are counted (another CPU's last resort has begun).
+struct GatedEventqBase<'a> {
+    model: &'a SmmuModel<'a>,
+    armed: std::sync::atomic::AtomicBool,
+    arrived: std::sync::atomic::AtomicBool,
+    open: std::sync::atomic::AtomicBool,
+    gbpa_writes: std::sync::atomic::AtomicU32,
+}
+
+impl SmmuBackend for GatedEventqBase<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        self.model.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        if offset == offset::GBPA {
+            self.gbpa_writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.model.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.model.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if offset == offset::EVENTQ_BASE && self.armed.swap(false, SeqCst) {
+            self.arrived.store(true, SeqCst);
+            while !self.open.load(SeqCst) {
+                std::thread::yield_now();
+            }
+        }
+        self.model.write64(offset, value)
+    }
+}
+
+/// A test's event-queue resize racing the last resort on another CPU: once
+/// `abort_all_traffic` has returned, translation stays off. The resize turns the queue off and
+/// on again by writing SMMU_CR0; writing back the CR0 it read before the last resort cleared
+/// SMMUEN turned translation on again behind the caller that was told it is off.
+#[test]
+fn an_event_queue_resize_never_turns_translation_back_on_after_the_last_resort() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let gated = GatedEventqBase {
+        model: &model,
+        armed: false.into(),
+        arrived: false.into(),
+        open: false.into(),
+        gbpa_writes: 0.into(),
+    };
+    let clock = StepClock::new(1_000);
+    let smmu = Smmu::new(&gated, &clock, &mem, &mem, smmu_config()).unwrap();
+    let smmuen = || model.read32(offset::CR0) & 1;
+    assert_eq!(smmuen(), 1, "enabled");
+    let gbpa_before = gated.gbpa_writes.load(SeqCst);
+    gated.armed.store(true, SeqCst);
+    std::thread::scope(|s| {
+        let resize = s.spawn(|| smmu.resize_event_queue(3));
+        while !gated.arrived.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        // The queue is off, its base being written: the last resort starts on another CPU.
+        let abort = s.spawn(|| smmu.abort_all_traffic());
+        while gated.gbpa_writes.load(SeqCst) == gbpa_before {
+            std::thread::yield_now();
+        }
+        // Give it the time to clear SMMUEN if nothing holds it back (it takes microseconds).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while smmuen() == 1 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        gated.open.store(true, SeqCst);
+        let _ = resize.join().unwrap();
+        abort.join().unwrap().unwrap();
+    });
+    assert!(smmu.is_disabled());
+    assert_eq!(
+        smmuen(),
+        0,
+        "translation is on again after the last resort returned"
+    );
+    // And a resize after it is refused rather than touching CR0.
+    assert_eq!(smmu.resize_event_queue(3), Err(SmmuError::Disabled));
+    assert_eq!(smmuen(), 0);
+}

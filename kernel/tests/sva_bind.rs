@@ -115,10 +115,10 @@ impl World {
         DmaEngine::new(self.model, sid)
     }
 
+    /// Every record, through SVA: it owns the queue while streams are bound (it sets aside
+    /// the records still queued when a stream is unbound, and answers F_ACCESS).
     fn events(&self) -> Vec<EventRecord> {
-        let mut v = Vec::new();
-        self.smmu.drain_events(|e| v.push(*e)).unwrap();
-        v
+        self.sva.handle_events().unwrap().events
     }
 
     fn byte(&self, pa: PhysAddr) -> u8 {
@@ -1086,4 +1086,36 @@ fn answering_access_faults_alongside_unmaps_neither_deadlocks_nor_goes_stale() {
     assert!(w.model.stale_translations().is_empty(), "{:?}", w.model.stale_translations());
     eprintln!("{answered} access faults answered alongside the unmaps");
     bond.unbind().unwrap();
+}
+
+/// An F_ACCESS recorded while stream 1 was bound to one address space, drained after the
+/// stream was unbound and bound to another: the record is the old binding's (the SMMU wrote it
+/// before the unbind's STE invalidation completed), so it must not be answered in the new
+/// space. Answered there, it made a page young that no device of that space had touched (at
+/// the same VA of another address space), and `answered` counted an answer the faulting
+/// device's space never got.
+#[test]
+fn an_access_fault_of_an_earlier_binding_is_not_answered_in_the_next_one() {
+    let w = world::<25>(ModelConfig::default());
+    let (old_space, old_bond, frame) = aged_page::<25>(&w);
+    aged_write_faults(&w, frame, 0x22);
+    old_bond.unbind().unwrap();
+    // The stream is bound again, to another address space with an aged page at the same VA.
+    let new_space = arena_space(&w);
+    let va = map_page(&new_space);
+    assert_eq!(new_space.clear_flush_young(va, PAGE_SIZE), Ok(true));
+    assert_eq!(new_space.test_young(va), Ok(false), "the new page is old");
+    let new_bond =
+        sva::bind::<Domain<25>>(1, new_space.mm(), new_space.root().unwrap(), MAIR_VALUE)
+            .unwrap();
+    let handled = w.sva.handle_events().unwrap();
+    let faults = access_faults(&handled.events);
+    assert!(faults >= 1, "{:?}", handled.events);
+    assert_eq!(
+        handled.answered, 0,
+        "the old binding's F_ACCESS was answered in the new address space"
+    );
+    assert_eq!(new_space.test_young(va), Ok(false), "a page no device touched is young");
+    assert_eq!(old_space.test_young(VirtAddr(VA)), Ok(false));
+    new_bond.unbind().unwrap();
 }

@@ -263,10 +263,16 @@ fn prop_str<'a>(node: &FdtNode<'a>, name: &str) -> Option<&'a str> {
 
 /// `/chosen/bootargs` as text, whatever its bytes (a Pi's `cmdline.txt` may hold Latin-1, a
 /// hand-made tree may lack the final NUL): bytes that are not UTF-8 are replaced, so the parser
-/// reports the argument they spoil instead of the whole line vanishing.
+/// reports the argument they spoil instead of the whole line vanishing. A property of several
+/// strings (`bootargs = "a", "b";`) is one line of all of them: a NUL is a separator, never
+/// part of an argument (kept, it glued the next argument into the previous one's value).
 fn bootargs_text(raw: &[u8]) -> String {
-    let line = raw.strip_suffix(b"\0").unwrap_or(raw);
-    String::from_utf8_lossy(line).into_owned()
+    let strings: Vec<_> = raw
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect();
+    strings.join(" ")
 }
 
 fn prop_u32(node: &FdtNode<'_>, name: &str) -> Option<u32> {
@@ -810,6 +816,32 @@ mod tests {
         blob[at + line.len() - 7] = 0xa0; // the space before `seed=7`
         let info = parse(&blob).unwrap();
         assert_eq!(info.bootargs, "ktest=boot.*\u{fffd}seed=7");
+    }
+
+    /// `/chosen/bootargs` holding several strings (a tree written `bootargs = "a", "b";`, or a
+    /// tool that joins with NULs or pads with them): every argument must reach the parser. A
+    /// NUL kept inside the line glued the next argument to the previous one's value, so
+    /// `console=serial0\0ktest=boot.*` was one unknown key (reported, not fatal) and the
+    /// tests asked for never ran: the default workload ran and exited 0.
+    #[test]
+    fn bootargs_holding_several_strings_reach_the_parser_as_one_line() {
+        let seed = include_bytes!("../../../tests/fuzz/corpus/dt/seed-virt-like");
+        let line = b"ktest=boot.* seed=7";
+        let at = seed
+            .windows(line.len())
+            .position(|w| w == line)
+            .expect("the seed tree has bootargs");
+        let mut blob = seed.to_vec();
+        blob[at + line.len() - 7] = 0; // the space before `seed=7`
+        let info = parse(&blob).unwrap();
+        let parsed = crate::board::bootargs::BootArgs::parse(&info.bootargs);
+        assert!(parsed.errors.is_empty(), "{:?} from {:?}", parsed.errors, info.bootargs);
+        assert_eq!(parsed.args.ktest.as_deref(), Some("boot.*"));
+        assert_eq!(parsed.args.seed, Some(7));
+        // Trailing NULs beyond the terminator are padding, not an argument.
+        assert_eq!(bootargs_text(b"ktest=boot.*\0\0\0"), "ktest=boot.*");
+        assert_eq!(bootargs_text(b"a\0\0b\0"), "a b");
+        assert_eq!(bootargs_text(b"\0"), "");
     }
 
     #[test]

@@ -368,6 +368,9 @@ pub struct Sva {
     /// The address space each bound stream translates through (for answering its faults).
     /// Changed under a subscription's `control` lock; a leaf lock.
     streams: SpinLock<BTreeMap<u32, Arc<MmCore>>>,
+    /// Records drained when a stream was detached (its old binding's), handed out first by
+    /// the next `handle_events`. A leaf lock.
+    detached_records: SpinLock<events::Drained>,
     skip_release_quiesce: AtomicBool,
     release_marks_before_quiesce: AtomicBool,
     skip_access_fault_answer: AtomicBool,
@@ -381,6 +384,7 @@ impl Sva {
             name,
             counters: Counters::new(),
             streams: SpinLock::new(BTreeMap::new()),
+            detached_records: SpinLock::new(events::Drained::default()),
             skip_release_quiesce: AtomicBool::new(false),
             release_marks_before_quiesce: AtomicBool::new(false),
             skip_access_fault_answer: AtomicBool::new(false),
@@ -571,6 +575,9 @@ impl<D: SvaDomain> SvaNotifier<D> {
             self.recover(&control, "detaching a stream", ctx, e);
             return Err(e.into());
         }
+        // The STE is gone and synced: every record of the old binding is in the queue now.
+        // Taken out before the stream can be bound again, they cannot be answered there.
+        self.sva.set_aside_detached_records();
         if control.sids.is_empty() {
             self.destroy(&control, ctx)?;
         }

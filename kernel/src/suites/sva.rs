@@ -605,6 +605,7 @@ ktest!(sva, unrelated_mappings_stay_cached_after_an_unmap, |_t| {
             kassert_eq!(r.dev.fetch(b + i * PAGE, 4)?, Outcome::Faulted);
         }
         kassert!(m.stale_translations().is_empty());
+        kassert_eq!(m.open_unmaps(), 0, "an unmap window left open excuses later changes");
     }
     Ok(())
 });
@@ -748,6 +749,7 @@ ktest!(sva, smp_unmaps_on_every_cpu_while_dma_runs, |_t| {
         );
     }
     if let Some(m) = r.model {
+        kassert_eq!(m.open_unmaps(), 0, "an unmap window left open excuses later changes");
         let stale = m.take_stale_translations();
         kassert!(
             stale.is_empty(),

@@ -7,12 +7,14 @@ use shootdown_stress::{run, Params};
 /// At least this many device accesses per short run.
 const SHORT: u64 = 1_000_000;
 
-/// The seed: `STRESS_SEED` to replay another, else 1.
+/// The seed: `STRESS_SEED` to replay another, else 1. A value that is not a number stops the
+/// test (run as seed 1 instead, a replay would pass without replaying anything).
 fn params() -> Params {
-    let seed = std::env::var("STRESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let seed = std::env::var("STRESS_SEED").map_or(1, |s| {
+        s.replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("STRESS_SEED={s:?} is not a seed (a decimal number)"))
+    });
     Params {
         seed,
         accesses: SHORT,

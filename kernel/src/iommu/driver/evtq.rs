@@ -263,9 +263,15 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// the allocated ones), so tests can overflow it with few faults; returns the size now in
     /// use. Pending records are dropped. The queue is turned off while its base register
     /// changes (§6.3.29: EVENTQ_BASE is only written while CR0.EVENTQEN is 0), so an event
-    /// recorded meanwhile is lost: call it while no device faults.
+    /// recorded meanwhile is lost: call it while no device faults. Refused once
+    /// [`Smmu::abort_all_traffic`] was called: CR0 is the last resort's.
     pub fn resize_event_queue(&self, log2: u8) -> Result<QueueGeometry, SmmuError> {
         let mut q = self.eventq.lock();
+        // CR0 is read, changed and written back whole: a last resort in between would be undone.
+        let _cr0 = self.cr0.lock();
+        if self.is_disabled() {
+            return Err(SmmuError::Disabled);
+        }
         let geo = QueueGeometry::clamped(log2.min(q.allocated.log2_entries()));
         let cr0 = LocalRegisterCopy::<u32, CR0::Register>::new(self.regs.read32(offset::CR0));
         let mut off = cr0;

@@ -149,6 +149,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             debug: spin::Mutex::new(DebugKnobs::default()),
             share_syncs: AtomicBool::new(true),
             disabled: AtomicBool::new(false),
+            cr0: spin::Mutex::new(()),
         };
         match smmu.reset() {
             Ok(()) => Ok(smmu),
@@ -231,7 +232,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// SMMU that ignores GBPA may still obey CR0. The first error is reported.
     pub(super) fn disable(&self) -> Result<(), SmmuError> {
         let gbpa = self.set_gbpa_abort();
-        let cr0 = self.write_cr0(0);
+        let cr0 = {
+            let _cr0 = self.cr0.lock();
+            self.write_cr0(0)
+        };
         gbpa.and(cr0)
     }
 

@@ -284,6 +284,9 @@ pub struct Smmu<'a, B: SmmuBackend, C: Clock> {
     debug: spin::Mutex<DebugKnobs>,
     /// Set by [`Smmu::abort_all_traffic`].
     disabled: AtomicBool,
+    /// Serializes SMMU_CR0 changes made after probe (a resize turning the event queue off and
+    /// on, the last resort turning translation off), so neither writes back a stale CR0.
+    cr0: spin::Mutex<()>,
 }
 
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {

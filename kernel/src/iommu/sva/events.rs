@@ -20,6 +20,12 @@
 //!   STE.S1STALLD = 0) and no PRI: the faulting transaction was terminated (§3.12, the
 //!   Terminate model; CD.A = 1 aborts it to the device) when the event was written. Nothing
 //!   here resumes it; whoever drives the device issues it again once the event was answered.
+//! * **The binding that faulted.** A record names the stream, not the binding: the stream's
+//!   address space is looked up as the record is drained (under the queue's lock), and the
+//!   records still queued when a stream is detached are drained then (after its STE
+//!   invalidation completed, so none of the old binding's can come later) and handed out by
+//!   the next `handle_events` as an unknown stream's. So a stream unbound and bound again never
+//!   gets its old binding's F_ACCESS answered in the new address space.
 //! * **Locking.** The queue's lock is dropped before any answer, and the stream's address
 //!   space is looked up under a leaf lock that is dropped before `mark_young` takes the
 //!   page-table lock. So `handle_events` may run alongside any unmap; it must not be called
@@ -83,27 +89,45 @@ pub struct HandledEvents {
     pub unanswered: Vec<(EventRecord, AccessFaultError)>,
 }
 
+/// Records drained, each F_ACCESS with the address space its stream was bound to then.
+#[derive(Default)]
+pub(super) struct Drained {
+    records: Vec<(EventRecord, Option<Arc<MmCore>>)>,
+    drain: EventDrain,
+}
+
+impl Drained {
+    /// Appends what one drain of the queue found.
+    fn add(&mut self, more: Drained) {
+        self.records.extend(more.records);
+        self.drain.drained += more.drain.drained;
+        self.drain.overflowed |= more.drain.overflowed;
+        self.drain.write_aborted |= more.drain.write_aborted;
+    }
+}
+
 impl Sva {
     /// Drains the SMMU's event queue and answers every F_ACCESS of a bound stream (module
     /// docs). Returns every record; fails only if the queue could not be read, before any
     /// answer.
     pub fn handle_events(&self) -> Result<HandledEvents, SmmuError> {
-        let mut events = Vec::new();
-        let drain = self.iommu.drain_events(&mut |e| events.push(*e))?;
+        let fresh = self.drain_resolved()?;
+        let mut drained = core::mem::take(&mut *self.detached_records.lock());
+        drained.add(fresh);
         let mut handled = HandledEvents {
-            events,
-            drain,
+            events: drained.records.iter().map(|(e, _)| *e).collect(),
+            drain: drained.drain,
             ..HandledEvents::default()
         };
         if self.skip_access_fault_answer.load(Ordering::Relaxed) {
             return Ok(handled);
         }
-        for e in handled
-            .events
+        for (e, mm) in drained
+            .records
             .iter()
-            .filter(|e| e.kind == EventKind::Access)
+            .filter(|(e, _)| e.kind == EventKind::Access)
         {
-            match self.answer_access_fault(e) {
+            match answer_access_fault(e, mm.as_deref()) {
                 Ok(()) => {
                     handled.answered += 1;
                     bump(&self.counters.access_faults_answered);
@@ -117,25 +141,26 @@ impl Sva {
         Ok(handled)
     }
 
-    /// Makes the page of one F_ACCESS young in its stream's address space.
-    fn answer_access_fault(&self, e: &EventRecord) -> Result<(), AccessFaultError> {
-        let unknown = AccessFaultError::UnknownStream {
-            sid: e.sid,
-            ssid: e.ssid,
-        };
-        let mm = match e.ssid {
-            None => self.bound_mm(e.sid).ok_or(unknown)?,
-            Some(_) => return Err(unknown),
-        };
-        let va = VirtAddr(e.input_addr);
-        // `Ok(false)`: an earlier record of the same page was answered already.
-        mm.mark_young(va)
-            .map(|_| ())
-            .map_err(|why| AccessFaultError::NotAnswered {
-                sid: e.sid,
-                va,
-                why,
-            })
+    /// Drains the queue, looking each F_ACCESS's stream up as it is drained.
+    fn drain_resolved(&self) -> Result<Drained, SmmuError> {
+        let mut records = Vec::new();
+        let drain = self.iommu.drain_events(&mut |e| {
+            let mm = match (e.kind, e.ssid) {
+                (EventKind::Access, None) => self.bound_mm(e.sid),
+                _ => None,
+            };
+            records.push((*e, mm));
+        })?;
+        Ok(Drained { records, drain })
+    }
+
+    /// A stream was detached (its STE invalidated): its old binding's records still queued
+    /// are drained now, for the next [`Sva::handle_events`], before it can be bound again.
+    pub(super) fn set_aside_detached_records(&self) {
+        match self.drain_resolved() {
+            Ok(d) => self.detached_records.lock().add(d),
+            Err(e) => log::warn!("sva: draining events at an unbind on {}: {e}", self.name),
+        }
     }
 
     /// The address space stream `sid` is bound to. The lock is released on return, before
@@ -153,4 +178,23 @@ impl Sva {
     pub(super) fn note_unbound(&self, sid: u32) {
         self.streams.lock().remove(&sid);
     }
+}
+
+/// Makes the page of one F_ACCESS young in `mm`, the address space its stream was bound to
+/// when the record was drained.
+fn answer_access_fault(e: &EventRecord, mm: Option<&MmCore>) -> Result<(), AccessFaultError> {
+    let unknown = AccessFaultError::UnknownStream {
+        sid: e.sid,
+        ssid: e.ssid,
+    };
+    let mm = mm.ok_or(unknown)?;
+    let va = VirtAddr(e.input_addr);
+    // `Ok(false)`: an earlier record of the same page was answered already.
+    mm.mark_young(va)
+        .map(|_| ())
+        .map_err(|why| AccessFaultError::NotAnswered {
+            sid: e.sid,
+            va,
+            why,
+        })
 }

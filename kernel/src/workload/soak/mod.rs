@@ -320,6 +320,13 @@ pub fn soak(params: SoakParams) -> Result<SoakReport, RigError> {
     }
     if let Some(m) = rig.model {
         report.model_stale += m.take_stale_translations().len() as u64;
+        let open = m.open_unmaps();
+        if open != 0 {
+            report.errors.push(format!(
+                "{open} unmap window(s) still open at the end: the checker excused every later \
+                 change in their ranges"
+            ));
+        }
     }
     Ok(report)
 }

@@ -259,6 +259,12 @@ impl Checker {
         }
     }
 
+    /// How many unmap windows are open. A window that never closes excuses every later change
+    /// in its range, so a run that ends with one open proves less than it says.
+    pub(super) fn open_unmaps(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Whether a mismatch is an allowed race (module documentation): every cached entry the
     /// use relied on could have been made stale by an unmap still in progress. `reached`: the
     /// access reached memory.

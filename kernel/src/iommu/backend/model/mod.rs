@@ -508,6 +508,12 @@ impl<'m> SmmuModel<'m> {
         self.state.lock().checker.end_unmap(id)
     }
 
+    /// How many unmap windows are open ([`SmmuModel::begin_unmap`] without its
+    /// [`SmmuModel::end_unmap`]); a run must end with none.
+    pub fn open_unmaps(&self) -> usize {
+        self.state.lock().checker.open_unmaps()
+    }
+
     /// The stale translations recorded so far (up to [`checker::RECORD_CAPACITY`]).
     pub fn stale_translations(&self) -> Vec<StaleTranslation> {
         self.state.lock().checker.records().to_vec()

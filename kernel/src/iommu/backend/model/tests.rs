@@ -761,11 +761,13 @@ fn open_unmap_windows_turn_mismatches_into_allowed_races() {
     let stale = rig.smmu.stale_translations();
     assert_eq!(stale.len(), 1);
     assert_eq!(stale[0].last_unmap.map(|u| u.id), Some(7));
+    assert_eq!(rig.smmu.open_unmaps(), 0);
     // A window of another ASID does not cover it.
     rig.smmu
         .begin_unmap(ASID + 1, VirtAddr(0), VirtAddr(1 << 48), 8);
     pa_of(&rig.smmu, 0x1000, AccessKind::Read).unwrap();
     assert_eq!(rig.smmu.stats().stale_translations, 2);
+    assert_eq!(rig.smmu.open_unmaps(), 1, "a run ending here must say so");
 }
 
 // ---- Issue 23: the model is at least as strict as hardware ----
