@@ -1163,3 +1163,28 @@ fn a_rebind_during_a_drain_never_gets_the_old_bindings_access_fault() {
     assert_eq!(old_space.test_young(VirtAddr(VA)), Ok(false));
     new_bond.unbind().unwrap();
 }
+
+/// Records the event interrupt moved into a software log that had no room for them are lost:
+/// a drain through SVA must say so, as a direct drain does (`EventDrain::log_lost`).
+#[test]
+fn records_the_interrupt_could_not_keep_are_reported_lost_through_sva() {
+    let w = world::<27>(ModelConfig::default());
+    let entries = w.smmu.event_queue_size().in_use.entries();
+    let mut written = 0;
+    for _ in 0..2 {
+        for i in 0..entries {
+            let sid = 0x20 + i % 0x80;
+            let _ = w.model.translate(sid, VirtAddr(0), AccessKind::Read);
+            written += 1;
+        }
+        w.smmu.collect_events().unwrap();
+    }
+    assert_eq!(w.model.stats().events_lost, 0, "the SMMU's queue lost nothing");
+    let handled = w.sva.handle_events().unwrap();
+    assert!(
+        handled.events.len() == written as usize || handled.drain.lost_events(),
+        "{} of {written} records delivered and no loss reported: {:?}",
+        handled.events.len(),
+        handled.drain
+    );
+}
