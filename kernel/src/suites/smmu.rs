@@ -388,6 +388,22 @@ fn faulting_transfer() -> Result<(Rig<probe::BoardDomain>, u64, usize), TestErro
     Ok((r, hole, expected))
 }
 
+/// Drains `r`'s events: nothing lost, and every transaction of the faulting read at `hole`.
+fn drain_the_faults(
+    r: &Rig<probe::BoardDomain>,
+    hole: u64,
+    expected: usize,
+) -> Result<(), TestError> {
+    let (events, drain) = r.drain_events_reporting();
+    kassert!(!drain.lost_events(), "{drain:?}");
+    let (end, read) = (hole + LEN as u64, AccessKind::Read);
+    kassert_eq!(
+        faults(&events, EventKind::Translation, r.sid, hole, end, read),
+        expected
+    );
+    Ok(())
+}
+
 ktest!(smmu, eventq_interrupt_moves_events_without_a_drain, |_t| {
     if let Err(why) = eventq_interrupt_expected() {
         kskip!("{why}");
@@ -422,19 +438,7 @@ ktest!(smmu, eventq_interrupt_moves_events_without_a_drain, |_t| {
         eventq.intid()
     );
     // The drain decodes what the interrupt moved, in full.
-    let (events, drain) = r.drain_events_reporting();
-    kassert!(!drain.lost_events(), "{drain:?}");
-    kassert_eq!(
-        faults(
-            &events,
-            EventKind::Translation,
-            r.sid,
-            hole,
-            hole + LEN as u64,
-            AccessKind::Read
-        ),
-        expected
-    );
+    drain_the_faults(&r, hole, expected)?;
     kassert_eq!(r.smmu.logged_events(), 0);
     Ok(())
 });
@@ -457,39 +461,23 @@ impl Drop for EventInterruptOff {
     }
 }
 
-ktest!(
-    smmu,
-    eventq_interrupt_off_leaves_events_queued_until_polled,
-    |_t| {
-        if let Err(why) = eventq_interrupt_expected() {
-            kskip!("{why}");
-        }
-        let off = EventInterruptOff::new().map_err(fail)?;
-        kassert!(!probe::smmu().is_some_and(|s| s.event_interrupt_enabled()));
-        let (before, ..) = probe::interrupt_counts();
-        let (r, hole, expected) = faulting_transfer()?;
-        // The same windows as above give an interrupt every chance; none comes.
-        let moved = irq::wait_in_window(50_000_000, || r.smmu.queued_events() == 0);
-        kassert!(!moved, "the queue emptied with the interrupt off");
-        kassert_eq!(probe::interrupt_counts().0, before);
-        kassert_eq!(r.smmu.logged_events(), 0);
-        kassert_eq!(r.smmu.queued_events() as usize, expected);
-        // Polling finds them all.
-        let (events, drain) = r.drain_events_reporting();
-        kassert!(!drain.lost_events(), "{drain:?}");
-        kassert_eq!(
-            faults(
-                &events,
-                EventKind::Translation,
-                r.sid,
-                hole,
-                hole + LEN as u64,
-                AccessKind::Read
-            ),
-            expected
-        );
-        drop(off);
-        kassert!(probe::smmu().is_some_and(|s| s.event_interrupt_enabled()));
-        Ok(())
+ktest!(smmu, eventq_interrupt_off_leaves_events_queued_until_polled, |_t| {
+    if let Err(why) = eventq_interrupt_expected() {
+        kskip!("{why}");
     }
-);
+    let off = EventInterruptOff::new().map_err(fail)?;
+    kassert!(!probe::smmu().is_some_and(|s| s.event_interrupt_enabled()));
+    let (before, ..) = probe::interrupt_counts();
+    let (r, hole, expected) = faulting_transfer()?;
+    // The same windows as above give an interrupt every chance; none comes.
+    let moved = irq::wait_in_window(50_000_000, || r.smmu.queued_events() == 0);
+    kassert!(!moved, "the queue emptied with the interrupt off");
+    kassert_eq!(probe::interrupt_counts().0, before);
+    kassert_eq!(r.smmu.logged_events(), 0);
+    kassert_eq!(r.smmu.queued_events() as usize, expected);
+    // Polling finds them all.
+    drain_the_faults(&r, hole, expected)?;
+    drop(off);
+    kassert!(probe::smmu().is_some_and(|s| s.event_interrupt_enabled()));
+    Ok(())
+});
