@@ -1080,3 +1080,72 @@ fn an_access_fault_of_an_earlier_binding_is_not_answered_in_the_next_one() {
     assert_eq!(old_space.test_young(VirtAddr(VA)), Ok(false));
     new_bond.unbind().unwrap();
 }
+
+// ---- with the event interrupt (breaker review of fb7a631 merged with f5e1e73) --------------
+
+/// A `handle_events` on one CPU has taken stream 1's F_ACCESS out of the queue and is about to
+/// look the stream up; meanwhile another CPU unbinds the stream and binds it to another
+/// address space. The record is the old binding's: it must not be answered in the new space.
+/// f5e1e73 looked the stream up under the event queue's lock, so the unbind's drain waited
+/// for it; with the drain handing records to its sink after dropping that lock (fb7a631),
+/// nothing made the unbind wait, and the lookup found the new binding.
+#[test]
+fn a_rebind_during_a_drain_never_gets_the_old_bindings_access_fault() {
+    let (w, gate) = gated_world::<26>(None);
+    let (old_space, old_bond, frame) = aged_page::<26>(&w);
+    aged_write_faults(&w, frame, 0x22);
+    let new_space = arena_space(&w);
+    let va = map_page(&new_space);
+    assert_eq!(new_space.clear_flush_young(va, PAGE_SIZE), Ok(true));
+    gate.hold_at(Op::Drain);
+    let (handled, new_bond) = thread::scope(|s| {
+        let drain = s.spawn(|| w.sva.handle_events().unwrap());
+        gate.wait_for_arrival();
+        let rebind = s.spawn(|| {
+            old_bond.unbind().unwrap();
+            sva::bind::<Domain<26>>(1, new_space.mm(), new_space.root().unwrap(), MAIR_VALUE)
+                .unwrap()
+        });
+        let overlapped = finishes_alone(&rebind);
+        gate.open();
+        let handled = drain.join().unwrap();
+        let new_bond = rebind.join().unwrap();
+        eprintln!("the rebind finished while the drain held a record: {overlapped}");
+        (handled, new_bond)
+    });
+    let mut events = handled.events;
+    events.extend(w.sva.handle_events().unwrap().events);
+    assert!(access_faults(&events) >= 1, "{events:?}");
+    assert_eq!(
+        new_space.test_young(va),
+        Ok(false),
+        "the old binding's F_ACCESS was answered in the new address space"
+    );
+    assert_eq!(old_space.test_young(VirtAddr(VA)), Ok(false));
+    new_bond.unbind().unwrap();
+}
+
+/// Records the event interrupt moved into a software log that had no room for them are lost:
+/// a drain through SVA must say so, as a direct drain does (`EventDrain::log_lost`).
+#[test]
+fn records_the_interrupt_could_not_keep_are_reported_lost_through_sva() {
+    let w = world::<27>(ModelConfig::default());
+    let entries = w.smmu.event_queue_size().in_use.entries();
+    let mut written = 0;
+    for _ in 0..2 {
+        for i in 0..entries {
+            let sid = 0x20 + i % 0x80;
+            let _ = w.model.translate(sid, VirtAddr(0), AccessKind::Read);
+            written += 1;
+        }
+        w.smmu.collect_events().unwrap();
+    }
+    assert_eq!(w.model.stats().events_lost, 0, "the SMMU's queue lost nothing");
+    let handled = w.sva.handle_events().unwrap();
+    assert!(
+        handled.events.len() == written as usize || handled.drain.lost_events(),
+        "{} of {written} records delivered and no loss reported: {:?}",
+        handled.events.len(),
+        handled.drain
+    );
+}

@@ -26,6 +26,9 @@ pub enum Op {
     Detach,
     InvalidateRange,
     Quiesce,
+    /// A drain: held as it hands its first record to the sink (the record already taken out
+    /// of the queue).
+    Drain,
 }
 
 /// The driver, with the first caller of one operation held at its entry until
@@ -125,7 +128,14 @@ impl SvaIommu for Double {
         self.inner.abort_all_traffic()
     }
     fn drain_events(&self, sink: &mut dyn FnMut(&EventRecord)) -> Result<EventDrain, SmmuError> {
-        self.inner.drain_events(sink)
+        let mut first = true;
+        self.inner.drain_events(&mut |e| {
+            if core::mem::take(&mut first) {
+                // Only the hold: an error cannot be injected once the driver drains.
+                let _ = self.pass(Op::Drain);
+            }
+            sink(e)
+        })
     }
 }
 

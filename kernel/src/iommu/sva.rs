@@ -369,7 +369,10 @@ pub struct Sva {
     /// Changed under a subscription's `control` lock; a leaf lock.
     streams: SpinLock<BTreeMap<u32, Arc<MmCore>>>,
     /// Records drained when a stream was detached (its old binding's), handed out first by
-    /// the next `handle_events`. A leaf lock.
+    /// the next `handle_events`. Held across each of SVA's drains (before the event queue's
+    /// lock; the sink takes `streams`): the driver hands records to the sink after dropping
+    /// the queue's lock, so without it a detach's drain could return, and the stream be bound
+    /// again, while another drain still had to look up a record of the old binding.
     detached_records: SpinLock<events::Drained>,
     skip_release_quiesce: AtomicBool,
     release_marks_before_quiesce: AtomicBool,

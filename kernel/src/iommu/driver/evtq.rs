@@ -73,6 +73,11 @@ impl EventLog {
         Some(record)
     }
 
+    /// Records it can take before it is full.
+    fn room(&self) -> usize {
+        self.slots.len() - self.len
+    }
+
     pub(super) fn clear(&mut self) {
         self.head = 0;
         self.len = 0;
@@ -92,7 +97,8 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Returns the records moved.
     pub fn collect_events(&self) -> Result<usize, SmmuError> {
         let mut q = self.eventq.lock();
-        self.move_to_log(&mut q)
+        let limit = 2 * q.geo.entries() as usize;
+        self.move_to_log(&mut q, limit)
     }
 
     /// Hands every pending event record to `sink`, oldest first: first those the event
@@ -122,7 +128,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             let mut batch = [[0u64; EVENT_WORDS]; DRAIN_BATCH];
             let n = {
                 let mut q = self.eventq.lock();
-                self.move_to_log(&mut q)?;
+                // Only what the log has room for: the rest waits in the SMMU's queue for the
+                // next pass instead of being dropped.
+                let room = q.log.room();
+                self.move_to_log(&mut q, room)?;
                 result.overflowed |= core::mem::take(&mut q.overflow_unreported);
                 result.log_lost += core::mem::take(&mut q.log.lost);
                 let mut n = 0;
@@ -139,7 +148,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
                 by_kind.push(ev.kind);
             }
             result.drained += n;
-            if n < DRAIN_BATCH {
+            if n == 0 {
                 break;
             }
         }
@@ -155,11 +164,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         Ok(result)
     }
 
-    /// Moves the SMMU's pending records into the log (at most two queues' worth) and writes
+    /// Moves the SMMU's pending records into the log (at most `limit`) and writes
     /// EVENTQ_CONS, with OVACKFLG following OVFLG (§7.4); an overflow seen is kept for the
     /// next drain to report. Caller holds the event queue's lock.
-    fn move_to_log(&self, q: &mut EventQueue) -> Result<usize, SmmuError> {
-        let limit = 2 * q.geo.entries() as usize;
+    fn move_to_log(&self, q: &mut EventQueue, limit: usize) -> Result<usize, SmmuError> {
         let mut moved = 0;
         let mut ovflg = q.ovack;
         while moved < limit {

@@ -21,7 +21,8 @@
 //!   Terminate model; CD.A = 1 aborts it to the device) when the event was written. Nothing
 //!   here resumes it; whoever drives the device issues it again once the event was answered.
 //! * **The binding that faulted.** A record names the stream, not the binding: the stream's
-//!   address space is looked up as the record is drained (under the queue's lock), and the
+//!   address space is looked up as the record is drained (SVA's drains are serialized, so a
+//!   detach's drain waits for a drain that took a record out before it), and the
 //!   records still queued when a stream is detached are drained then (after its STE
 //!   invalidation completed, so none of the old binding's can come later) and handed out by
 //!   the next `handle_events` as an unknown stream's. So a stream unbound and bound again never
@@ -103,6 +104,7 @@ impl Drained {
         self.drain.drained += more.drain.drained;
         self.drain.overflowed |= more.drain.overflowed;
         self.drain.write_aborted |= more.drain.write_aborted;
+        self.drain.log_lost += more.drain.log_lost;
     }
 }
 
@@ -111,9 +113,14 @@ impl Sva {
     /// docs). Returns every record; fails only if the queue could not be read, before any
     /// answer.
     pub fn handle_events(&self) -> Result<HandledEvents, SmmuError> {
-        let fresh = self.drain_resolved()?;
-        let mut drained = core::mem::take(&mut *self.detached_records.lock());
-        drained.add(fresh);
+        let drained = {
+            // Held across the drain: see `detached_records`.
+            let mut detached = self.detached_records.lock();
+            let fresh = self.drain_resolved()?;
+            let mut drained = core::mem::take(&mut *detached);
+            drained.add(fresh);
+            drained
+        };
         let mut handled = HandledEvents {
             events: drained.records.iter().map(|(e, _)| *e).collect(),
             drain: drained.drain,
@@ -157,9 +164,12 @@ impl Sva {
     /// A stream was detached (its STE invalidated): its old binding's records still queued
     /// are drained now, for the next [`Sva::handle_events`], before it can be bound again.
     pub(super) fn set_aside_detached_records(&self) {
-        match self.drain_resolved() {
-            Ok(d) => self.detached_records.lock().add(d),
-            Err(e) => log::warn!("sva: draining events at an unbind on {}: {e}", self.name),
+        let drained = {
+            let mut detached = self.detached_records.lock();
+            self.drain_resolved().map(|d| detached.add(d))
+        };
+        if let Err(e) = drained {
+            log::warn!("sva: draining events at an unbind on {}: {e}", self.name);
         }
     }
 
