@@ -65,6 +65,10 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// together): a few hundred instructions, about what one more command costs the CPU.
 pub const COVER_QUERY_BUDGET: u32 = 64;
 
+/// The input regions of table descriptors at levels 2, 1 and 0 (4 KiB granule): what one
+/// walk-cache entry can cover.
+const TABLE_SPANS: [u64; 3] = [1 << 21, 1 << 30, 1 << 39];
+
 /// The planner's question to the page tables of the address space whose ASID it invalidates.
 pub trait MappedQuery {
     /// Whether anything is mapped in `[start, end)` (page aligned, non-empty, inside the TTB0
@@ -343,8 +347,11 @@ impl Plan {
     /// (`n` the pages requested), and the first candidate whose extra pages are all unmapped
     /// wins: the request extended upwards, downwards, and rounded out to the `m`-block aligned
     /// on `m`'s own power of two, each inside the TTB0 region. Only the extra pages are asked
-    /// about, within [`COVER_QUERY_BUDGET`] descriptor reads for all candidates together;
-    /// without a yes for every extra part, the exact plan stays.
+    /// about, rounded out to the whole region of any table they reach that the request does
+    /// not (with Leaf = 0 the cover drops that table's walk-cache entry, which the exact plan
+    /// keeps: a live neighbour in it would lose it), within [`COVER_QUERY_BUDGET`] descriptor
+    /// reads for all candidates together; without a yes for every extra part, the exact plan
+    /// stays.
     ///
     /// Invariants (the tests check each): every candidate contains every requested page, so
     /// the cover invalidates at least what the exact plan does, whatever `tables` answer;
@@ -370,7 +377,9 @@ impl Plan {
         for (start, end) in self.cover_candidates(span) {
             let mut free =
                 |a: u64, b: u64| a >= b || tables.maps_anything(a, b, &mut budget) == Some(false);
-            if free(start, self.start) && free(self.end, end) {
+            if free(self.below_touched(start), self.start)
+                && free(self.end, self.above_touched(end))
+            {
                 return Plan {
                     shape: Shape::Cover {
                         requested: (self.start, self.end),
@@ -382,6 +391,29 @@ impl Plan {
             }
         }
         self
+    }
+
+    /// Where the tables a cover starting at `start` touches below the request begin: with
+    /// Leaf = 0 its command also drops the walk-cache entries of every table whose region it
+    /// overlaps (§4.4.1), so a table region that does not reach the request (whose entries
+    /// the exact plan keeps) must map nothing either, down to its start.
+    fn below_touched(&self, start: u64) -> u64 {
+        TABLE_SPANS
+            .iter()
+            .filter(|&&s| !self.leaf && start < self.start & !(s - 1))
+            .map(|&s| start & !(s - 1))
+            .fold(start, u64::min)
+    }
+
+    /// The end of the table regions a cover ending at `end` touches above the request (see
+    /// [`below_touched`](Self::below_touched)), inside the TTB0 region.
+    fn above_touched(&self, end: u64) -> u64 {
+        TABLE_SPANS
+            .iter()
+            .filter(|&&s| !self.leaf && self.end.next_multiple_of(s) < end)
+            .map(|&s| end.next_multiple_of(s))
+            .fold(end, u64::max)
+            .min(self.limit)
     }
 
     /// The `[start, end)` ranges of `span` bytes tried as covers, in order.
@@ -999,16 +1031,21 @@ mod tests {
                     prop_assert_eq!((p, covered), (pages, last - first));
                     prop_assert_eq!(plan.len(), 1);
                     prop_assert!(exact.len() > 1);
-                    prop_assert!(!tables.mapped_in(first * PAGE, start_page * PAGE));
-                    prop_assert!(!tables.mapped_in(end_page * PAGE, last * PAGE));
+                    let below = exact.below_touched(first * PAGE);
+                    let above = exact.above_touched(last * PAGE);
+                    prop_assert!(!tables.mapped_in(below, start_page * PAGE));
+                    prop_assert!(!tables.mapped_in(end_page * PAGE, above));
                 }
                 _ => {
                     prop_assert_eq!(plan, exact);
                     if exact.len() > 1 {
                         let m = single_command_pages(pages);
-                        let up_free = !tables.mapped_in(end_page * PAGE, (start_page + m) * PAGE);
-                        let down_blocked = m - pages > start_page
-                            || tables.mapped_in((end_page - m) * PAGE, start_page * PAGE);
+                        let up_end = exact.above_touched((start_page + m) * PAGE);
+                        let up_free = !tables.mapped_in(end_page * PAGE, up_end);
+                        let down_blocked = m - pages > start_page || {
+                            let down_start = exact.below_touched((end_page - m) * PAGE);
+                            tables.mapped_in(down_start, start_page * PAGE)
+                        };
                         prop_assert!(!up_free && down_blocked, "a free cover was missed");
                     }
                 }
