@@ -70,7 +70,7 @@
 //! tears it down. `Arc<AddressSpace>` (`mmgrab`/`mmdrop`) only keeps the structure: operations
 //! then fail with [`MmError::Exited`].
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{btree_map, BTreeMap};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt;
@@ -753,19 +753,14 @@ impl<P: MmPlatform> AddressSpace<P> {
     /// The regions covering `[start, end)` completely, or the first hole.
     fn covering(&self, start: u64, end: u64) -> Result<Vec<Region>, MmError> {
         let inner = self.inner.lock();
-        let mut at = start;
-        let mut out = Vec::new();
-        for r in overlapping(&inner.regions, start, end) {
-            if r.start.0 > at {
-                return Err(MmError::NotMapped(VirtAddr(at)));
-            }
-            out.push(*r);
-            at = r.end.0;
-        }
-        if at < end {
-            return Err(MmError::NotMapped(VirtAddr(at)));
-        }
-        Ok(out)
+        check_covered(&inner.regions, start, end)?;
+        Ok(overlapping(&inner.regions, start, end).copied().collect())
+    }
+
+    /// [`MmError::NotMapped`] at the first hole of `[start, end)` in the regions, if any (what
+    /// [`covering`](Self::covering) checks, without collecting the regions).
+    fn ensure_covered(&self, start: u64, end: u64) -> Result<(), MmError> {
+        check_covered(&self.inner.lock().regions, start, end)
     }
 
     /* ------------------------------------------------------------------------------------ */
@@ -779,7 +774,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.covering(start, end)?;
+        self.ensure_covered(start, end)?;
         trace::record(Kind::UnmapBegin, start, end);
         let r = self.unmap_locked(start, end, NotifyEvent::Unmap, true, &mmap);
         if r.is_ok() {
@@ -795,7 +790,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.covering(start, end)?;
+        self.ensure_covered(start, end)?;
         self.unmap_locked(start, end, NotifyEvent::Unmap, false, &mmap)?;
         split_out(&mut self.inner.lock().regions, start, end, |_| None);
         Ok(())
@@ -808,7 +803,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.covering(start, end)?;
+        self.ensure_covered(start, end)?;
         trace::record(Kind::UnmapBegin, start, end);
         let r = self.unmap_locked(start, end, NotifyEvent::Clear, true, &mmap);
         trace::record(Kind::UnmapEnd, start, end);
@@ -1137,6 +1132,21 @@ fn overlapping(
         .filter(move |r| r.end.0 > start && r.start.0 < end)
 }
 
+/// [`MmError::NotMapped`] at the first address of `[start, end)` that no region covers.
+fn check_covered(regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> Result<(), MmError> {
+    let mut at = start;
+    for r in overlapping(regions, start, end) {
+        if r.start.0 > at {
+            return Err(MmError::NotMapped(VirtAddr(at)));
+        }
+        at = r.end.0;
+    }
+    if at < end {
+        return Err(MmError::NotMapped(VirtAddr(at)));
+    }
+    Ok(())
+}
+
 /// The lowest gap of `len` bytes in `[USER_START, USER_END)`, keeping a guard page between
 /// regions.
 fn find_gap(regions: &BTreeMap<u64, Region>, len: u64) -> Option<u64> {
@@ -1151,15 +1161,29 @@ fn find_gap(regions: &BTreeMap<u64, Region>, len: u64) -> Option<u64> {
 }
 
 /// Splits the regions at `start` and `end` and replaces each piece inside `[start, end)` with
-/// `f(piece)` (or removes it).
+/// `f(piece)` (or removes it). One region at a time, from a cursor past the last one handled,
+/// so an unmap or protection change of a region or two allocates nothing.
 fn split_out(
     regions: &mut BTreeMap<u64, Region>,
     start: u64,
     end: u64,
     f: impl Fn(Region) -> Option<Region>,
 ) {
-    let hit: Vec<Region> = overlapping(regions, start, end).copied().collect();
-    for r in hit {
+    // The common case, a whole region: one lookup, nothing to split.
+    if let btree_map::Entry::Occupied(whole) = regions.entry(start) {
+        if whole.get().end.0 == end {
+            if let Some(n) = f(whole.remove()) {
+                regions.insert(n.start.0, n);
+            }
+            return;
+        }
+    }
+    let mut at = start;
+    while at < end {
+        let Some(r) = overlapping(regions, at, end).next().copied() else {
+            break;
+        };
+        at = r.end.0;
         regions.remove(&r.start.0);
         let piece = |s: u64, e: u64| Region {
             start: VirtAddr(s),

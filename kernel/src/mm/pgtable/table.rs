@@ -523,16 +523,23 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     /// whole huge page when it splits one).
     pub fn affected_range(&self, va: VirtAddr, len: usize) -> Result<VaRange, PageTableError> {
         let range = self.check_range(va, len)?;
-        let leaf_start = |va: u64| match self.query(VirtAddr(va)) {
-            Some(t) => va & !(t.level.entry_size() - 1),
-            None => va,
+        // The leaf at `va` as (its start, its size), if mapped.
+        let leaf_of = |va: u64| {
+            self.query(VirtAddr(va)).map(|t| {
+                let size = t.level.entry_size();
+                (va & !(size - 1), size)
+            })
         };
-        let start = leaf_start(range.start().as_u64());
-        let last = range.end().as_u64() - PAGE_SIZE as u64;
-        let end = match self.query(VirtAddr(last)) {
-            Some(t) => leaf_start(last) + t.level.entry_size(),
-            None => range.end().as_u64(),
+        let (first, last) = (range.start().as_u64(), range.end().as_u64() - PAGE_SIZE as u64);
+        let first_leaf = leaf_of(first);
+        // One walk for a one-page range.
+        let last_leaf = if last == first {
+            first_leaf
+        } else {
+            leaf_of(last)
         };
+        let start = first_leaf.map_or(first, |(start, _)| start);
+        let end = last_leaf.map_or(range.end().as_u64(), |(start, size)| start + size);
         Ok(VaRange::between(start, end))
     }
 
