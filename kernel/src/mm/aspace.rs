@@ -81,6 +81,7 @@ use super::notifier::{
     FaultError, MmCore, MmFaultHandler, NotifierError, NotifierRange, NotifyEvent, WouldBlock,
 };
 use super::pgtable::descriptor::{AttributeError, Attributes, MemoryType, Permissions, PA_BITS};
+use super::pgtable::range::VaRange;
 use super::pgtable::table::{Config, Holes, PageTable};
 use super::pgtable::tlb::{Invalidate, TlbInvalidation, TlbPlan, TlbPolicy, TlbScope};
 use super::pgtable::walk::Translation;
@@ -461,6 +462,40 @@ impl<P: MmPlatform> Invalidate for Flush<'_, P> {
     }
 }
 
+/// What an unmap leaves of the regions around its range, which tells the page-table engine
+/// which emptied tables it may free without scanning them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vacancy {
+    /// `munmap`: the regions in the range go away with the pages. Only regions are ever
+    /// mapped, so nothing is mapped between the neighbouring regions.
+    RegionsRemoved,
+    /// `discard`, or undoing a failed `mmap`: the regions stay (the range is all we know).
+    RegionsKept,
+}
+
+impl Vacancy {
+    /// The range in which nothing is mapped outside `[start, end)` once it is unmapped: up to
+    /// the regions on either side that keep pages (a region cut by the range keeps the part
+    /// outside it).
+    fn around(self, regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> VaRange {
+        if self == Vacancy::RegionsKept {
+            return VaRange::between(start, end);
+        }
+        let floor = regions
+            .range(..start)
+            .next_back()
+            .map_or(0, |(_, r)| r.end.0.min(start));
+        let ceiling = regions
+            .range(..end)
+            .next_back()
+            .filter(|(_, r)| r.end.0 > end)
+            .map(|_| end)
+            .or_else(|| regions.range(end..).next().map(|(_, r)| r.start.0))
+            .unwrap_or(USER_END);
+        VaRange::between(floor, ceiling)
+    }
+}
+
 /// Checks alignment, length, overflow and the user range; returns `[start, end)`.
 fn check_range(va: VirtAddr, len: usize) -> Result<(u64, u64), MmError> {
     if len == 0 {
@@ -666,7 +701,8 @@ impl<P: MmPlatform> AddressSpace<P> {
             // past them was, so nothing past them is announced (a huge physical range refused
             // for want of table frames would otherwise cost an ASID-wide SMMU invalidation).
             if stop.filled_to > start {
-                self.unmap_locked(start, stop.filled_to, NotifyEvent::Unmap, true, &_mmap)
+                let (event, vacancy) = (NotifyEvent::Unmap, Vacancy::RegionsKept);
+                self.unmap_locked(start, stop.filled_to, event, vacancy, true, &_mmap)
                     .expect("unmapping what this call just mapped cannot fail");
             }
             self.inner.lock().regions.remove(&start);
@@ -776,7 +812,14 @@ impl<P: MmPlatform> AddressSpace<P> {
         self.ensure_live()?;
         self.ensure_covered(start, end)?;
         trace::record(Kind::UnmapBegin, start, end);
-        let r = self.unmap_locked(start, end, NotifyEvent::Unmap, true, &mmap);
+        let r = self.unmap_locked(
+            start,
+            end,
+            NotifyEvent::Unmap,
+            Vacancy::RegionsRemoved,
+            true,
+            &mmap,
+        );
         if r.is_ok() {
             split_out(&mut self.inner.lock().regions, start, end, |_| None);
         }
@@ -791,7 +834,14 @@ impl<P: MmPlatform> AddressSpace<P> {
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
         self.ensure_covered(start, end)?;
-        self.unmap_locked(start, end, NotifyEvent::Unmap, false, &mmap)?;
+        self.unmap_locked(
+            start,
+            end,
+            NotifyEvent::Unmap,
+            Vacancy::RegionsRemoved,
+            false,
+            &mmap,
+        )?;
         split_out(&mut self.inner.lock().regions, start, end, |_| None);
         Ok(())
     }
@@ -805,7 +855,14 @@ impl<P: MmPlatform> AddressSpace<P> {
         self.ensure_live()?;
         self.ensure_covered(start, end)?;
         trace::record(Kind::UnmapBegin, start, end);
-        let r = self.unmap_locked(start, end, NotifyEvent::Clear, true, &mmap);
+        let r = self.unmap_locked(
+            start,
+            end,
+            NotifyEvent::Clear,
+            Vacancy::RegionsKept,
+            true,
+            &mmap,
+        );
         trace::record(Kind::UnmapEnd, start, end);
         r
     }
@@ -817,6 +874,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         start: u64,
         end: u64,
         event: NotifyEvent,
+        vacancy: Vacancy,
         blockable: bool,
         mmap: &super::notifier::MmapWriteGuard<'_>,
     ) -> Result<u64, MmError> {
@@ -846,6 +904,7 @@ impl<P: MmPlatform> AddressSpace<P> {
                 .filter(|r| r.backing == Backing::Anonymous)
                 .map(|r| (r.start.0.max(start), r.end.0.min(end)))
                 .collect();
+            let vacant = vacancy.around(&inner.regions, start, end);
             let table = inner.table.as_mut().ok_or(MmError::Exited)?;
             for (s, e) in owned {
                 table.walk(VirtAddr(s), (e - s) as usize, |m| {
@@ -860,7 +919,8 @@ impl<P: MmPlatform> AddressSpace<P> {
                 aspace: self,
                 secondary: true,
             };
-            let change = table.unmap(VirtAddr(start), len, Holes::Skip, &mut flush)?;
+            let change =
+                table.unmap_in_vacancy(VirtAddr(start), len, Holes::Skip, vacant, &mut flush)?;
             let pages = change.pages();
             table.complete(change, &mut flush);
             pages
