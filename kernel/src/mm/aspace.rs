@@ -70,7 +70,7 @@
 //! tears it down. `Arc<AddressSpace>` (`mmgrab`/`mmdrop`) only keeps the structure: operations
 //! then fail with [`MmError::Exited`].
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{btree_map, BTreeMap};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt;
@@ -81,6 +81,7 @@ use super::notifier::{
     FaultError, MmCore, MmFaultHandler, NotifierError, NotifierRange, NotifyEvent, WouldBlock,
 };
 use super::pgtable::descriptor::{AttributeError, Attributes, MemoryType, Permissions, PA_BITS};
+use super::pgtable::range::VaRange;
 use super::pgtable::table::{Config, Holes, PageTable};
 use super::pgtable::tlb::{Invalidate, TlbInvalidation, TlbPlan, TlbPolicy, TlbScope};
 use super::pgtable::walk::Translation;
@@ -461,6 +462,40 @@ impl<P: MmPlatform> Invalidate for Flush<'_, P> {
     }
 }
 
+/// What an unmap leaves of the regions around its range, which tells the page-table engine
+/// which emptied tables it may free without scanning them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vacancy {
+    /// `munmap`: the regions in the range go away with the pages. Only regions are ever
+    /// mapped, so nothing is mapped between the neighbouring regions.
+    RegionsRemoved,
+    /// `discard`, or undoing a failed `mmap`: the regions stay (the range is all we know).
+    RegionsKept,
+}
+
+impl Vacancy {
+    /// The range in which nothing is mapped outside `[start, end)` once it is unmapped: up to
+    /// the regions on either side that keep pages (a region cut by the range keeps the part
+    /// outside it).
+    fn around(self, regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> VaRange {
+        if self == Vacancy::RegionsKept {
+            return VaRange::between(start, end);
+        }
+        let floor = regions
+            .range(..start)
+            .next_back()
+            .map_or(0, |(_, r)| r.end.0.min(start));
+        let ceiling = regions
+            .range(..end)
+            .next_back()
+            .filter(|(_, r)| r.end.0 > end)
+            .map(|_| end)
+            .or_else(|| regions.range(end..).next().map(|(_, r)| r.start.0))
+            .unwrap_or(USER_END);
+        VaRange::between(floor, ceiling)
+    }
+}
+
 /// Checks alignment, length, overflow and the user range; returns `[start, end)`.
 fn check_range(va: VirtAddr, len: usize) -> Result<(u64, u64), MmError> {
     if len == 0 {
@@ -666,7 +701,8 @@ impl<P: MmPlatform> AddressSpace<P> {
             // past them was, so nothing past them is announced (a huge physical range refused
             // for want of table frames would otherwise cost an ASID-wide SMMU invalidation).
             if stop.filled_to > start {
-                self.unmap_locked(start, stop.filled_to, NotifyEvent::Unmap, true, &_mmap)
+                let (event, vacancy) = (NotifyEvent::Unmap, Vacancy::RegionsKept);
+                self.unmap_locked(start, stop.filled_to, event, vacancy, true, &_mmap)
                     .expect("unmapping what this call just mapped cannot fail");
             }
             self.inner.lock().regions.remove(&start);
@@ -753,19 +789,14 @@ impl<P: MmPlatform> AddressSpace<P> {
     /// The regions covering `[start, end)` completely, or the first hole.
     fn covering(&self, start: u64, end: u64) -> Result<Vec<Region>, MmError> {
         let inner = self.inner.lock();
-        let mut at = start;
-        let mut out = Vec::new();
-        for r in overlapping(&inner.regions, start, end) {
-            if r.start.0 > at {
-                return Err(MmError::NotMapped(VirtAddr(at)));
-            }
-            out.push(*r);
-            at = r.end.0;
-        }
-        if at < end {
-            return Err(MmError::NotMapped(VirtAddr(at)));
-        }
-        Ok(out)
+        check_covered(&inner.regions, start, end)?;
+        Ok(overlapping(&inner.regions, start, end).copied().collect())
+    }
+
+    /// [`MmError::NotMapped`] at the first hole of `[start, end)` in the regions, if any (what
+    /// [`covering`](Self::covering) checks, without collecting the regions).
+    fn ensure_covered(&self, start: u64, end: u64) -> Result<(), MmError> {
+        check_covered(&self.inner.lock().regions, start, end)
     }
 
     /* ------------------------------------------------------------------------------------ */
@@ -779,9 +810,16 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.covering(start, end)?;
+        self.ensure_covered(start, end)?;
         trace::record(Kind::UnmapBegin, start, end);
-        let r = self.unmap_locked(start, end, NotifyEvent::Unmap, true, &mmap);
+        let r = self.unmap_locked(
+            start,
+            end,
+            NotifyEvent::Unmap,
+            Vacancy::RegionsRemoved,
+            true,
+            &mmap,
+        );
         if r.is_ok() {
             split_out(&mut self.inner.lock().regions, start, end, |_| None);
         }
@@ -795,8 +833,15 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.covering(start, end)?;
-        self.unmap_locked(start, end, NotifyEvent::Unmap, false, &mmap)?;
+        self.ensure_covered(start, end)?;
+        self.unmap_locked(
+            start,
+            end,
+            NotifyEvent::Unmap,
+            Vacancy::RegionsRemoved,
+            false,
+            &mmap,
+        )?;
         split_out(&mut self.inner.lock().regions, start, end, |_| None);
         Ok(())
     }
@@ -808,9 +853,16 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.covering(start, end)?;
+        self.ensure_covered(start, end)?;
         trace::record(Kind::UnmapBegin, start, end);
-        let r = self.unmap_locked(start, end, NotifyEvent::Clear, true, &mmap);
+        let r = self.unmap_locked(
+            start,
+            end,
+            NotifyEvent::Clear,
+            Vacancy::RegionsKept,
+            true,
+            &mmap,
+        );
         trace::record(Kind::UnmapEnd, start, end);
         r
     }
@@ -822,6 +874,7 @@ impl<P: MmPlatform> AddressSpace<P> {
         start: u64,
         end: u64,
         event: NotifyEvent,
+        vacancy: Vacancy,
         blockable: bool,
         mmap: &super::notifier::MmapWriteGuard<'_>,
     ) -> Result<u64, MmError> {
@@ -851,6 +904,7 @@ impl<P: MmPlatform> AddressSpace<P> {
                 .filter(|r| r.backing == Backing::Anonymous)
                 .map(|r| (r.start.0.max(start), r.end.0.min(end)))
                 .collect();
+            let vacant = vacancy.around(&inner.regions, start, end);
             let table = inner.table.as_mut().ok_or(MmError::Exited)?;
             for (s, e) in owned {
                 table.walk(VirtAddr(s), (e - s) as usize, |m| {
@@ -865,7 +919,8 @@ impl<P: MmPlatform> AddressSpace<P> {
                 aspace: self,
                 secondary: true,
             };
-            let change = table.unmap(VirtAddr(start), len, Holes::Skip, &mut flush)?;
+            let change =
+                table.unmap_in_vacancy(VirtAddr(start), len, Holes::Skip, vacant, &mut flush)?;
             let pages = change.pages();
             table.complete(change, &mut flush);
             pages
@@ -1137,6 +1192,21 @@ fn overlapping(
         .filter(move |r| r.end.0 > start && r.start.0 < end)
 }
 
+/// [`MmError::NotMapped`] at the first address of `[start, end)` that no region covers.
+fn check_covered(regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> Result<(), MmError> {
+    let mut at = start;
+    for r in overlapping(regions, start, end) {
+        if r.start.0 > at {
+            return Err(MmError::NotMapped(VirtAddr(at)));
+        }
+        at = r.end.0;
+    }
+    if at < end {
+        return Err(MmError::NotMapped(VirtAddr(at)));
+    }
+    Ok(())
+}
+
 /// The lowest gap of `len` bytes in `[USER_START, USER_END)`, keeping a guard page between
 /// regions.
 fn find_gap(regions: &BTreeMap<u64, Region>, len: u64) -> Option<u64> {
@@ -1151,15 +1221,29 @@ fn find_gap(regions: &BTreeMap<u64, Region>, len: u64) -> Option<u64> {
 }
 
 /// Splits the regions at `start` and `end` and replaces each piece inside `[start, end)` with
-/// `f(piece)` (or removes it).
+/// `f(piece)` (or removes it). One region at a time, from a cursor past the last one handled,
+/// so an unmap or protection change of a region or two allocates nothing.
 fn split_out(
     regions: &mut BTreeMap<u64, Region>,
     start: u64,
     end: u64,
     f: impl Fn(Region) -> Option<Region>,
 ) {
-    let hit: Vec<Region> = overlapping(regions, start, end).copied().collect();
-    for r in hit {
+    // The common case, a whole region: one lookup, nothing to split.
+    if let btree_map::Entry::Occupied(whole) = regions.entry(start) {
+        if whole.get().end.0 == end {
+            if let Some(n) = f(whole.remove()) {
+                regions.insert(n.start.0, n);
+            }
+            return;
+        }
+    }
+    let mut at = start;
+    while at < end {
+        let Some(r) = overlapping(regions, at, end).next().copied() else {
+            break;
+        };
+        at = r.end.0;
         regions.remove(&r.start.0);
         let piece = |s: u64, e: u64| Region {
             start: VirtAddr(s),

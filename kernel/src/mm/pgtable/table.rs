@@ -237,12 +237,16 @@ struct Pass<'i> {
     reserve: Vec<PhysAddr>,
     change: Change,
     inv: Option<&'i mut dyn Invalidate>,
+    /// Nothing is mapped here outside the range being unmapped: a table inside it is empty
+    /// once the unmap passed, without a scan. At least the range itself.
+    vacant: VaRange,
 }
 
 impl<'i> Pass<'i> {
-    fn dry_run(holes: Holes) -> Self {
+    fn dry_run(holes: Holes, vacant: VaRange) -> Self {
         Pass {
             commit: false,
+            vacant,
             holes,
             tables_needed: 0,
             reserve: Vec::new(),
@@ -349,7 +353,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         }
         attrs.validate()?;
 
-        let mut pass = Pass::dry_run(Holes::Reject);
+        let mut pass = Pass::dry_run(Holes::Reject, range);
         let (start, end) = (range.start().as_u64(), range.end().as_u64());
         self.map_level(
             Node::Table(self.root),
@@ -393,7 +397,30 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         inv: &mut dyn Invalidate,
     ) -> Result<Change, PageTableError> {
         let range = self.check_range(va, len)?;
-        self.modify(range, Edit::Unmap, holes, inv)
+        self.modify(range, Edit::Unmap, holes, range, inv)
+    }
+
+    /// [`unmap`](Self::unmap) for a caller that knows that nothing is mapped in `vacant` outside
+    /// `[va, va + len)` (an address space: no region there). Every table whose whole span lies
+    /// in `vacant` is then empty after the unmap, and is unlinked without scanning its 512
+    /// entries; tables reaching outside are scanned as by `unmap`. Linux's `free_pgtables`
+    /// takes the same knowledge from the neighbouring VMAs (its floor and ceiling).
+    ///
+    /// A `vacant` that does not contain the range is refused ([`PageTableError::VaOutOfRange`]).
+    /// One that is wrong about what is mapped frees live tables: debug builds check each claim.
+    pub fn unmap_in_vacancy(
+        &mut self,
+        va: VirtAddr,
+        len: usize,
+        holes: Holes,
+        vacant: VaRange,
+        inv: &mut dyn Invalidate,
+    ) -> Result<Change, PageTableError> {
+        let range = self.check_range(va, len)?;
+        if !vacant.covers(&range) {
+            return Err(PageTableError::VaOutOfRange { start: va, len });
+        }
+        self.modify(range, Edit::Unmap, holes, vacant, inv)
     }
 
     /// Changes the permissions of `len` bytes at `va` to `perms` (memory type unchanged).
@@ -413,7 +440,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     ) -> Result<Change, PageTableError> {
         let range = self.check_range(va, len)?;
         perms.validate()?;
-        self.modify(range, Edit::Protect(perms), holes, inv)
+        self.modify(range, Edit::Protect(perms), holes, range, inv)
     }
 
     /// Clears the access flag of every leaf touching the range (whole leaves: a block is
@@ -429,7 +456,7 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         inv: &mut dyn Invalidate,
     ) -> Result<Change, PageTableError> {
         let range = self.check_range(va, len)?;
-        self.modify(range, Edit::ClearYoung, Holes::Skip, inv)
+        self.modify(range, Edit::ClearYoung, Holes::Skip, range, inv)
     }
 
     /// True if any leaf touching the range has its access flag set.
@@ -523,16 +550,26 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     /// whole huge page when it splits one).
     pub fn affected_range(&self, va: VirtAddr, len: usize) -> Result<VaRange, PageTableError> {
         let range = self.check_range(va, len)?;
-        let leaf_start = |va: u64| match self.query(VirtAddr(va)) {
-            Some(t) => va & !(t.level.entry_size() - 1),
-            None => va,
+        // The leaf at `va` as (its start, its size), if mapped.
+        let leaf_of = |va: u64| {
+            self.query(VirtAddr(va)).map(|t| {
+                let size = t.level.entry_size();
+                (va & !(size - 1), size)
+            })
         };
-        let start = leaf_start(range.start().as_u64());
-        let last = range.end().as_u64() - PAGE_SIZE as u64;
-        let end = match self.query(VirtAddr(last)) {
-            Some(t) => leaf_start(last) + t.level.entry_size(),
-            None => range.end().as_u64(),
+        let (first, last) = (
+            range.start().as_u64(),
+            range.end().as_u64() - PAGE_SIZE as u64,
+        );
+        let first_leaf = leaf_of(first);
+        // One walk for a one-page range.
+        let last_leaf = if last == first {
+            first_leaf
+        } else {
+            leaf_of(last)
         };
+        let start = first_leaf.map_or(first, |(start, _)| start);
+        let end = last_leaf.map_or(range.end().as_u64(), |(start, size)| start + size);
         Ok(VaRange::between(start, end))
     }
 
@@ -853,10 +890,11 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         range: VaRange,
         edit: Edit,
         holes: Holes,
+        vacant: VaRange,
         inv: &mut dyn Invalidate,
     ) -> Result<Change, PageTableError> {
         let (start, end) = (range.start().as_u64(), range.end().as_u64());
-        let mut pass = Pass::dry_run(holes);
+        let mut pass = Pass::dry_run(holes, vacant);
         self.modify_level(
             Node::Table(self.root),
             Level::ROOT,
@@ -926,7 +964,8 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
                     }
                     self.modify_level(Node::Table(table), next, va, chunk_end, edit, pass)?;
                     if pass.commit && edit == Edit::Unmap {
-                        self.unlink_if_empty(entries, index, table, pass)?;
+                        let span = VaRange::between(entry_start, entry_end);
+                        self.unlink_if_empty(entries, index, table, span, pass)?;
                     }
                 }
                 DescriptorKind::Leaf(base) => {
@@ -1069,20 +1108,31 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         Ok(table)
     }
 
-    /// After an unmap inside `table` (linked at `entries[index]`): unlinks it if it is now empty
-    /// and queues it for freeing after the invalidation.
+    /// After an unmap inside `table` (linked at `entries[index]`, translating `span`): unlinks
+    /// it if it is now empty and queues it for freeing after the invalidation.
     fn unlink_if_empty(
         &self,
         entries: Entries<'_>,
         index: usize,
         table: PhysAddr,
+        span: VaRange,
         pass: &mut Pass<'_>,
     ) -> Result<(), PageTableError> {
         #[cfg(test)]
         if self.knobs.keep_empty_tables {
             return Ok(());
         }
-        if !walk::table_is_empty(&self.mem, table)? {
+        let empty = if pass.vacant.covers(&span) {
+            debug_assert!(
+                walk::table_is_empty(&self.mem, table)?,
+                "table {table:?} for {span:?} in the vacancy {:?} still maps something",
+                pass.vacant
+            );
+            true
+        } else {
+            walk::table_is_empty(&self.mem, table)?
+        };
+        if !empty {
             return Ok(());
         }
         entries.store(index, Descriptor::INVALID);

@@ -748,6 +748,72 @@ fn keeping_empty_tables_is_caught() {
     assert_eq!(mem.live_frames(), 4);
 }
 
+#[test]
+fn a_vacancy_frees_the_tables_inside_it_and_keeps_those_still_mapping() {
+    let mem = TestMemory::new(16);
+    let mut table = new_table(&mem, Config::USER);
+    let mut checker = Checker::new(&mem, table.root());
+    // Two pages in one level-3 table, a third in the next 2 MiB.
+    for at in [0, K4, M2] {
+        let c = table.map(va(at), pa(at), 4096, RW).unwrap();
+        checker.complete(&table, c);
+    }
+    // The vacancy ends where the page at 4K starts: the level-3 table reaches past it and is
+    // scanned (and kept, it still maps that page).
+    let vacant = VaRange::between(0, K4);
+    let c = table
+        .unmap_in_vacancy(va(0), 4096, Holes::Reject, vacant, &mut checker)
+        .unwrap();
+    assert!(c.freed_tables().is_empty());
+    checker.complete(&table, c);
+    assert!(table.query(va(K4)).is_some());
+    // The second 2 MiB is vacant but for the page unmapped: its table goes, the rest stays.
+    let vacant = VaRange::between(M2, G1);
+    let c = table
+        .unmap_in_vacancy(va(M2), 4096, Holes::Reject, vacant, &mut checker)
+        .unwrap();
+    assert_eq!(c.freed_tables().len(), 1);
+    checker.complete(&table, c);
+    assert!(table.query(va(K4)).is_some());
+    assert_eq!(table.stats().unwrap().empty_tables, 0);
+}
+
+#[test]
+fn a_vacancy_that_does_not_hold_the_range_is_refused() {
+    let mem = TestMemory::new(16);
+    let mut table = new_table(&mem, Config::USER);
+    let mut checker = Checker::new(&mem, table.root());
+    let c = table.map(va(0), pa(0), 2 * 4096, RW).unwrap();
+    checker.complete(&table, c);
+    let before = snapshot(&table, &mem);
+    let vacant = VaRange::between(K4, M2);
+    assert_eq!(
+        table
+            .unmap_in_vacancy(va(0), 2 * 4096, Holes::Reject, vacant, &mut checker)
+            .unwrap_err(),
+        PageTableError::VaOutOfRange {
+            start: va(0),
+            len: 2 * 4096
+        }
+    );
+    assert_eq!(snapshot(&table, &mem), before);
+}
+
+/// A caller wrong about its vacancy would free a table that still maps a page: debug builds
+/// catch the claim before anything is freed.
+#[test]
+#[should_panic(expected = "still maps something")]
+fn a_wrong_vacancy_is_caught_in_debug_builds() {
+    let mem = TestMemory::new(16);
+    let mut table = new_table(&mem, Config::USER);
+    let mut checker = Checker::new(&mem, table.root());
+    let c = table.map(va(0), pa(0), 2 * 4096, RW).unwrap();
+    checker.complete(&table, c);
+    // Claims nothing else is mapped in the first 2 MiB, but the page at 4K is.
+    let vacant = VaRange::between(0, M2);
+    let _ = table.unmap_in_vacancy(va(0), 4096, Holes::Reject, vacant, &mut checker);
+}
+
 // ---- protect -------------------------------------------------------------------------------
 
 #[test]
