@@ -800,7 +800,9 @@ fn a_vacancy_that_does_not_hold_the_range_is_refused() {
 }
 
 /// A caller wrong about its vacancy would free a table that still maps a page: debug builds
-/// catch the claim before anything is freed.
+/// catch the claim before anything is freed. Release builds trust the claim (that is the
+/// point of it), so there is nothing to catch there.
+#[cfg(debug_assertions)]
 #[test]
 #[should_panic(expected = "still maps something")]
 fn a_wrong_vacancy_is_caught_in_debug_builds() {
