@@ -353,10 +353,8 @@ impl<D: SvaDomain> Rig<D> {
         if drain.lost_events() {
             let how = if drain.overflowed {
                 "overflowed (OVFLG)"
-            } else if drain.write_aborted {
-                "write aborted (GERROR.EVENTQ_ABT_ERR)"
             } else {
-                "drained by the interrupt into a full software log"
+                "write aborted (GERROR.EVENTQ_ABT_ERR)"
             };
             let n = drain.drained;
             if self.event_losses.fetch_add(1, Ordering::Relaxed) == 0 {

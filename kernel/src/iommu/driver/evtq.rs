@@ -21,26 +21,22 @@ pub struct EventDrain {
     pub overflowed: bool,
     /// An event-queue write aborted (GERROR.EVENTQ_ABT_ERR), acknowledged.
     pub write_aborted: bool,
-    /// Records the event interrupt moved out of the SMMU's queue but the software log had no
-    /// room for since the last drain: lost too.
-    pub log_lost: u64,
 }
 
 impl EventDrain {
     /// Whether any event was lost, however.
     pub fn lost_events(&self) -> bool {
-        self.overflowed || self.write_aborted || self.log_lost > 0
+        self.overflowed || self.write_aborted
     }
 }
 
 /// Records moved out of the SMMU's event queue and not yet decoded, oldest first: a bounded
-/// ring, allocated once, so the event interrupt never allocates. A record that finds it full
-/// is dropped and counted.
+/// ring, allocated once, so the event interrupt never allocates. Records are moved in only up
+/// to its room ([`Smmu::move_to_log`]): it never drops one.
 pub(super) struct EventLog {
     slots: Box<[[u64; EVENT_WORDS]]>,
     head: usize,
     len: usize,
-    lost: u64,
 }
 
 impl EventLog {
@@ -49,15 +45,12 @@ impl EventLog {
             slots: vec![[0; EVENT_WORDS]; capacity.max(1)].into_boxed_slice(),
             head: 0,
             len: 0,
-            lost: 0,
         }
     }
 
+    /// Appends `record`; the caller checked [`EventLog::room`].
     fn push(&mut self, record: [u64; EVENT_WORDS]) {
-        if self.len == self.slots.len() {
-            self.lost += 1;
-            return;
-        }
+        debug_assert!(self.room() > 0, "a record pushed into a full event log");
         let tail = (self.head + self.len) % self.slots.len();
         self.slots[tail] = record;
         self.len += 1;
@@ -89,16 +82,19 @@ impl EventLog {
 const DRAIN_BATCH: usize = 64;
 
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
-    /// The event interrupt's work: moves every record the SMMU has written from its queue into
-    /// the software log and hands the slots back (SMMU_EVENTQ_CONS, acknowledging an overflow),
-    /// so the SMMU never waits for thread context. Decodes and answers nothing. Takes only the
-    /// event queue's lock, allocates nothing, logs nothing: safe in an IRQ handler under the
-    /// rule of `arch::aarch64::irq` (see [`Smmu::drain_events`] for the lock's protocol).
-    /// Returns the records moved.
+    /// The event interrupt's work: moves the records the SMMU has written from its queue into
+    /// the software log, as many as the log has room for, and hands their slots back
+    /// (SMMU_EVENTQ_CONS, acknowledging an overflow), so the SMMU rarely waits for thread
+    /// context. Decodes and answers nothing. Takes only the event queue's lock, allocates
+    /// nothing, logs nothing: safe in an IRQ handler under the rule of `arch::aarch64::irq`
+    /// (see [`Smmu::drain_events`] for the lock's protocol). Returns the records moved.
+    ///
+    /// What the log cannot take stays in the SMMU's queue, where it is not lost: the queue and
+    /// the log together hold two queues' worth. The SMMU raises the interrupt again only when
+    /// its queue goes from empty to non-empty, so nothing here waits for another interrupt:
+    /// every [`Smmu::drain_events`] pass reads the SMMU's queue after the log.
     pub fn collect_events(&self) -> Result<usize, SmmuError> {
-        let mut q = self.eventq.lock();
-        let limit = 2 * q.geo.entries() as usize;
-        self.move_to_log(&mut q, limit)
+        self.move_to_log(&mut self.eventq.lock())
     }
 
     /// Hands every pending event record to `sink`, oldest first: first those the event
@@ -128,12 +124,11 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             let mut batch = [[0u64; EVENT_WORDS]; DRAIN_BATCH];
             let n = {
                 let mut q = self.eventq.lock();
-                // Only what the log has room for: the rest waits in the SMMU's queue for the
-                // next pass instead of being dropped.
-                let room = q.log.room();
-                self.move_to_log(&mut q, room)?;
+                // The SMMU's queue too, every pass: records the interrupt left there (the log
+                // was full) raise no new interrupt. Only what the log has room for: the rest
+                // waits in the SMMU's queue for the next pass.
+                self.move_to_log(&mut q)?;
                 result.overflowed |= core::mem::take(&mut q.overflow_unreported);
-                result.log_lost += core::mem::take(&mut q.log.lost);
                 let mut n = 0;
                 while n < DRAIN_BATCH {
                     let Some(record) = q.log.pop() else { break };
@@ -157,17 +152,17 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         c.stats.events += result.drained as u64;
         c.stats.event_overflows += u64::from(result.overflowed);
         c.stats.event_write_aborts += u64::from(result.write_aborted);
-        c.stats.event_log_lost += result.log_lost;
         for k in by_kind {
             *c.stats.events_by_kind.entry(k).or_default() += 1;
         }
         Ok(result)
     }
 
-    /// Moves the SMMU's pending records into the log (at most `limit`) and writes
+    /// Moves the SMMU's pending records into the log, as many as it has room for, and writes
     /// EVENTQ_CONS, with OVACKFLG following OVFLG (§7.4); an overflow seen is kept for the
     /// next drain to report. Caller holds the event queue's lock.
-    fn move_to_log(&self, q: &mut EventQueue, limit: usize) -> Result<usize, SmmuError> {
+    fn move_to_log(&self, q: &mut EventQueue) -> Result<usize, SmmuError> {
+        let limit = q.log.room();
         let mut moved = 0;
         let mut ovflg = q.ovack;
         while moved < limit {

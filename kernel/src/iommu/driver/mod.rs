@@ -51,8 +51,9 @@
 //!   drain alone empties the queue (polling). The queue is as large as SMMU_IDR1.EVENTQS allows
 //!   within a memory budget ([`SmmuConfig::eventq_budget`]), the log as large as the queue. A
 //!   full queue loses events, which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG (acknowledged
-//!   through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; a full log loses the
-//!   records that find no room; all three are acknowledged, counted and reported as lost.
+//!   through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; both are acknowledged,
+//!   counted and reported as lost. A full log loses nothing: the handler moves only what it
+//!   has room for and the rest waits in the queue for a drain.
 
 mod cmdq;
 pub mod coalesce;
@@ -197,9 +198,6 @@ pub struct DriverStats {
     /// Drains that found GERROR.EVENTQ_ABT_ERR active (an event write failed; QEMU's SMMU
     /// reports a full queue this way).
     pub event_write_aborts: u64,
-    /// Records the event interrupt moved out of the queue that the software log had no room
-    /// for (lost).
-    pub event_log_lost: u64,
 }
 
 /// Debug-only knobs that break the driver on purpose, so tests can show what they catch.
