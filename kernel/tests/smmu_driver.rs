@@ -851,6 +851,69 @@ fn collected_events_wait_in_the_log_and_the_rest_in_the_queue() {
     assert_eq!(smmu.drain_events(|_| {}).unwrap(), Default::default());
 }
 
+/// A shrunk event queue comes with a log as small: a test that shrinks the queue to overflow
+/// it with few faults sees the overflow even though the interrupt empties the queue into the
+/// log, which was allocated for the full queue.
+#[test]
+fn a_shrunk_event_queue_shrinks_the_log_too() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    let config = SmmuConfig {
+        eventq_log2: 5,
+        ..smmu_config()
+    };
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, config).unwrap();
+    let allocated = smmu.event_queue_size().allocated.entries();
+    let resized = smmu.resize_event_queue(2).unwrap();
+    let entries = resized.in_use.entries();
+    assert!(entries < allocated / 2, "{entries} of {allocated}");
+    // Three queues' worth, the interrupt collecting after each: log and queue hold two.
+    for round in 0..3 {
+        for i in 0..entries {
+            let _ = model.translate(0x20 + round * entries + i, VirtAddr(0), AccessKind::Read);
+        }
+        smmu.collect_events().unwrap();
+    }
+    assert_eq!(smmu.logged_events(), entries as usize);
+    let mut n = 0;
+    let drain = smmu.drain_events(|_| n += 1).unwrap();
+    assert_eq!(n, 2 * entries as usize);
+    assert!(drain.overflowed, "{drain:?}: the shrunk queue never overflowed");
+}
+
+/// A resize drops what is pending, in the queue and in the log, and says how much; an
+/// overflow the SMMU signalled before it is still reported by the next drain.
+#[test]
+fn a_resize_counts_what_it_drops_and_keeps_an_unreported_overflow() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, smmu_config()).unwrap();
+    let fault = |sid: u32| {
+        let _ = model.translate(sid, VirtAddr(0), AccessKind::Read);
+    };
+    let entries = smmu.resize_event_queue(2).unwrap().in_use.entries();
+    for sid in 0..3 {
+        fault(0x20 + sid);
+    }
+    smmu.collect_events().unwrap();
+    fault(0x30);
+    assert_eq!((smmu.logged_events(), smmu.queued_events()), (3, 1));
+    assert_eq!(smmu.resize_event_queue(2).unwrap().dropped, 4);
+    assert_eq!(smmu.drain_events(|_| {}).unwrap(), Default::default());
+    // Overflow the queue, nobody drains: the resize must not swallow the overflow.
+    for i in 0..=entries {
+        fault(0x40 + i);
+    }
+    assert_eq!(model.stats().events_lost, 1);
+    let resized = smmu.resize_event_queue(2).unwrap();
+    assert_eq!(resized.dropped, entries as usize);
+    let drain = smmu.drain_events(|_| {}).unwrap();
+    assert_eq!((drain.drained, drain.overflowed), (0, true), "{drain:?}");
+    assert!(!smmu.drain_events(|_| {}).unwrap().overflowed, "reported once");
+}
+
 #[test]
 fn event_interrupts_are_enabled_through_irq_ctrl() {
     with_default_world(|w| {

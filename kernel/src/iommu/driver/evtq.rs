@@ -12,6 +12,15 @@ pub struct EventQueueSize {
     pub allocated: QueueGeometry,
 }
 
+/// What [`Smmu::resize_event_queue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventQueueResize {
+    /// The entries the SMMU writes now.
+    pub in_use: QueueGeometry,
+    /// Records pending in the old queue or the software log, dropped undecoded.
+    pub dropped: usize,
+}
+
 /// What one call of [`Smmu::drain_events`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EventDrain {
@@ -32,20 +41,32 @@ impl EventDrain {
 
 /// Records moved out of the SMMU's event queue and not yet decoded, oldest first: a bounded
 /// ring, allocated once, so the event interrupt never allocates. Records are moved in only up
-/// to its room ([`Smmu::move_to_log`]): it never drops one.
+/// to its room ([`Smmu::move_to_log`]): it never drops one. It holds as many records as the
+/// event queue in use (`capacity`), not the allocated one: a test that shrinks the queue to
+/// overflow it with few faults gets a log as small.
 pub(super) struct EventLog {
     slots: Box<[[u64; EVENT_WORDS]]>,
+    /// The slots in use: at most `slots.len()`.
+    capacity: usize,
     head: usize,
     len: usize,
 }
 
 impl EventLog {
     pub(super) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            slots: vec![[0; EVENT_WORDS]; capacity.max(1)].into_boxed_slice(),
+            slots: vec![[0; EVENT_WORDS]; capacity].into_boxed_slice(),
+            capacity,
             head: 0,
             len: 0,
         }
+    }
+
+    /// Empties it and uses `capacity` of its slots (at most those allocated, at least one).
+    fn reset(&mut self, capacity: usize) {
+        self.clear();
+        self.capacity = capacity.clamp(1, self.slots.len());
     }
 
     /// Appends `record`; the caller checked [`EventLog::room`].
@@ -68,7 +89,7 @@ impl EventLog {
 
     /// Records it can take before it is full.
     fn room(&self) -> usize {
-        self.slots.len() - self.len
+        self.capacity - self.len
     }
 
     pub(super) fn clear(&mut self) {
@@ -118,7 +139,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut by_kind: Vec<EventKind> = Vec::new();
         let limit = {
             let q = self.eventq.lock();
-            2 * (q.log.slots.len() + q.geo.entries() as usize)
+            2 * (q.log.capacity + q.geo.entries() as usize)
         };
         while result.drained < limit {
             let mut batch = [[0u64; EVENT_WORDS]; DRAIN_BATCH];
@@ -263,12 +284,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     /// Test-only: makes the SMMU use the first 2^`log2` entries of the event queue (at most
-    /// the allocated ones), so tests can overflow it with few faults; returns the size now in
-    /// use. Pending records are dropped. The queue is turned off while its base register
-    /// changes (§6.3.29: EVENTQ_BASE is only written while CR0.EVENTQEN is 0), so an event
-    /// recorded meanwhile is lost: call it while no device faults. Refused once
-    /// [`Smmu::abort_all_traffic`] was called: CR0 is the last resort's.
-    pub fn resize_event_queue(&self, log2: u8) -> Result<QueueGeometry, SmmuError> {
+    /// the allocated ones), so tests can overflow it with few faults, and the software log as
+    /// many. Pending records, in the queue or the log, are dropped and counted in the result;
+    /// an overflow the SMMU signalled and no drain reported yet is kept for the next drain. The
+    /// queue is turned off while its base register changes (§6.3.29: EVENTQ_BASE is only
+    /// written while CR0.EVENTQEN is 0), so an event recorded meanwhile is lost: call it while
+    /// no device faults. Refused once [`Smmu::abort_all_traffic`] was called: CR0 is the last
+    /// resort's.
+    pub fn resize_event_queue(&self, log2: u8) -> Result<EventQueueResize, SmmuError> {
         let mut q = self.eventq.lock();
         // CR0 is read, changed and written back whole: a last resort in between would be undone.
         let _cr0 = self.cr0.lock();
@@ -280,17 +303,25 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut off = cr0;
         off.modify(CR0::EVENTQEN::CLEAR);
         self.write_cr0(off.get())?;
+        // Read with the queue off, so nothing is written after it.
+        let prod_raw = self.regs.read32(offset::EVENTQ_PROD);
+        let ovflg = LocalRegisterCopy::<u32, EVENTQ_PROD::Register>::new(prod_raw)
+            .read(EVENTQ_PROD::OVFLG);
+        let dropped = q.log.len + q.geo.used(q.geo.ptr(prod_raw), q.cons) as usize;
         self.regs
             .write64(offset::EVENTQ_BASE, queue_base(q.base, geo));
         self.regs.write32(offset::EVENTQ_PROD, 0);
         self.regs.write32(offset::EVENTQ_CONS, 0);
         q.geo = geo;
         q.cons = 0;
+        q.overflow_unreported |= ovflg != q.ovack;
         q.ovack = 0;
-        q.overflow_unreported = false;
-        q.log.clear();
+        q.log.reset(geo.entries() as usize);
         self.write_cr0(cr0.get())?;
-        Ok(geo)
+        Ok(EventQueueResize {
+            in_use: geo,
+            dropped,
+        })
     }
 
     /// The global errors active now (SMMU_GERROR ^ SMMU_GERRORN), without acknowledging any:

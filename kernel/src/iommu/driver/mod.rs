@@ -49,11 +49,11 @@
 //!   queue into a bounded software log ([`Smmu::collect_events`]), so the SMMU's queue empties
 //!   as events arrive; a drain reads the log first, then the queue. Without the interrupt the
 //!   drain alone empties the queue (polling). The queue is as large as SMMU_IDR1.EVENTQS allows
-//!   within a memory budget ([`SmmuConfig::eventq_budget`]), the log as large as the queue. A
-//!   full queue loses events, which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG (acknowledged
-//!   through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; both are acknowledged,
-//!   counted and reported as lost. A full log loses nothing: the handler moves only what it
-//!   has room for and the rest waits in the queue for a drain.
+//!   within a memory budget ([`SmmuConfig::eventq_budget`]), the log as large as the queue in
+//!   use. A full queue loses events, which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG
+//!   (acknowledged through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; both are
+//!   acknowledged, counted and reported as lost. A full log loses nothing: the handler moves
+//!   only what it has room for and the rest waits in the queue for a drain.
 
 mod cmdq;
 pub mod coalesce;
@@ -68,7 +68,7 @@ mod strtab;
 
 pub use context::ContextParams;
 pub use error::{CommandFailure, SmmuError};
-pub use evtq::{EventDrain, EventQueueSize};
+pub use evtq::{EventDrain, EventQueueResize, EventQueueSize};
 pub use invalidate::InvalidationReport;
 
 use alloc::boxed::Box;
