@@ -126,9 +126,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// # Locking
     /// The event queue's lock (`self.eventq`) guards the SMMU's EVENTQ_CONS, our copy of it,
     /// the OVFLG acknowledgement and the software log. It is taken by thread context on any
-    /// CPU and by the event interrupt on the boot CPU. It is a leaf: nothing else is locked,
-    /// allocated or logged under it, and no interrupt window is opened under it (this file has
-    /// none), so an interrupt can never find its own CPU holding it, and another CPU holding it
+    /// CPU and by the event interrupt on the boot CPU. Nothing is allocated or logged under it,
+    /// and the only lock taken under it is `cr0` (by [`Smmu::resize_event_queue`]), whose
+    /// holders take no other lock; no interrupt window is opened under it (this file has none),
+    /// so an interrupt can never find its own CPU holding it, and another CPU holding it
     /// releases it after a bounded copy. Decoding, the statistics (under the command queue's
     /// lock) and the sink run after it is dropped.
     pub fn drain_events(

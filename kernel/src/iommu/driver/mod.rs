@@ -289,7 +289,8 @@ pub struct Smmu<'a, B: SmmuBackend, C: Clock> {
     /// Set by [`Smmu::abort_all_traffic`].
     disabled: AtomicBool,
     /// Serializes SMMU_CR0 changes made after probe (a resize turning the event queue off and
-    /// on, the last resort turning translation off), so neither writes back a stale CR0.
+    /// on, the last resort turning translation off), so neither writes back a stale CR0. Its
+    /// holders take no other lock (a resize takes it under the event queue's).
     cr0: spin::Mutex<()>,
 }
 
