@@ -783,10 +783,12 @@ fn an_event_queue_resize_never_turns_translation_back_on_after_the_last_resort()
 }
 
 /// What the eventq interrupt does ([`Smmu::collect_events`]): records leave the SMMU's queue
-/// (CONS handed back) into the software log, and the next drain decodes them first, in order;
-/// a log that fills up loses the rest, counted and reported as lost.
+/// (CONS handed back) into the software log, and the next drain decodes them first, in order.
+/// The interrupt moves only what the log has room for: the rest waits in the SMMU's queue, so
+/// log and queue together keep two queues' worth, and only beyond that does the SMMU lose
+/// records (OVFLG).
 #[test]
-fn collected_events_wait_in_the_log_and_a_full_log_counts_its_losses() {
+fn collected_events_wait_in_the_log_and_the_rest_in_the_queue() {
     let mem = arena();
     let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
     let clock = StepClock::new(1_000);
@@ -795,6 +797,8 @@ fn collected_events_wait_in_the_log_and_a_full_log_counts_its_losses() {
         ..smmu_config()
     };
     let smmu = Smmu::new(&model, &clock, &mem, &mem, config).unwrap();
+    let entries = smmu.event_queue_size().in_use.entries();
+    assert_eq!(entries, 8);
     let fault = |sid: u32| {
         let _ = model.translate(sid, VirtAddr(0), AccessKind::Read);
     };
@@ -815,20 +819,99 @@ fn collected_events_wait_in_the_log_and_a_full_log_counts_its_losses() {
     let drain = smmu.drain_events(|e| sids.push(e.sid)).unwrap();
     assert_eq!(sids, (0x20..0x26).collect::<Vec<_>>());
     assert!(!drain.lost_events(), "{drain:?}");
-    // The log holds as many as the queue (8): twice six records without a drain lose four.
-    for round in 0..2 {
-        for sid in 0..6 {
-            fault(0x40 + round * 8 + sid);
+    // Twice six records without a drain: the log takes eight, the queue keeps four, in order.
+    let sids_of = |rounds: u32| -> Vec<u32> {
+        (0..rounds)
+            .flat_map(|round| (0..6).map(move |i| 0x40 + round * 8 + i))
+            .collect()
+    };
+    let collect_rounds = |rounds: u32| {
+        for round in 0..rounds {
+            for i in 0..6 {
+                fault(0x40 + round * 8 + i);
+            }
+            smmu.collect_events().unwrap();
+        }
+    };
+    collect_rounds(2);
+    assert_eq!((smmu.logged_events(), smmu.queued_events()), (8, 4));
+    let mut sids = Vec::new();
+    let drain = smmu.drain_events(|e| sids.push(e.sid)).unwrap();
+    assert_eq!(sids, sids_of(2), "records were lost or reordered");
+    assert!(!drain.lost_events(), "{drain:?}");
+    // Three times six: sixteen fit (log and queue full), the last two overflow the SMMU's
+    // queue, and the drain says so.
+    collect_rounds(3);
+    assert_eq!((smmu.logged_events(), smmu.queued_events()), (8, 8));
+    let mut sids = Vec::new();
+    let drain = smmu.drain_events(|e| sids.push(e.sid)).unwrap();
+    assert_eq!(sids, sids_of(3)[..16]);
+    assert!(drain.overflowed, "{drain:?}");
+    assert_eq!(model.stats().events_lost, 2);
+    assert_eq!(smmu.drain_events(|_| {}).unwrap(), Default::default());
+}
+
+/// A shrunk event queue comes with a log as small: a test that shrinks the queue to overflow
+/// it with few faults sees the overflow even though the interrupt empties the queue into the
+/// log, which was allocated for the full queue.
+#[test]
+fn a_shrunk_event_queue_shrinks_the_log_too() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    let config = SmmuConfig {
+        eventq_log2: 5,
+        ..smmu_config()
+    };
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, config).unwrap();
+    let allocated = smmu.event_queue_size().allocated.entries();
+    let resized = smmu.resize_event_queue(2).unwrap();
+    let entries = resized.in_use.entries();
+    assert!(entries < allocated / 2, "{entries} of {allocated}");
+    // Three queues' worth, the interrupt collecting after each: log and queue hold two.
+    for round in 0..3 {
+        for i in 0..entries {
+            let _ = model.translate(0x20 + round * entries + i, VirtAddr(0), AccessKind::Read);
         }
         smmu.collect_events().unwrap();
     }
-    assert_eq!(smmu.logged_events(), 8);
+    assert_eq!(smmu.logged_events(), entries as usize);
     let mut n = 0;
     let drain = smmu.drain_events(|_| n += 1).unwrap();
-    assert_eq!((n, drain.drained, drain.log_lost), (8, 8, 4));
-    assert!(drain.lost_events());
-    assert_eq!(smmu.stats().event_log_lost, 4);
+    assert_eq!(n, 2 * entries as usize);
+    assert!(drain.overflowed, "{drain:?}: the shrunk queue never overflowed");
+}
+
+/// A resize drops what is pending, in the queue and in the log, and says how much; an
+/// overflow the SMMU signalled before it is still reported by the next drain.
+#[test]
+fn a_resize_counts_what_it_drops_and_keeps_an_unreported_overflow() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let clock = StepClock::new(1_000);
+    let smmu = Smmu::new(&model, &clock, &mem, &mem, smmu_config()).unwrap();
+    let fault = |sid: u32| {
+        let _ = model.translate(sid, VirtAddr(0), AccessKind::Read);
+    };
+    let entries = smmu.resize_event_queue(2).unwrap().in_use.entries();
+    for sid in 0..3 {
+        fault(0x20 + sid);
+    }
+    smmu.collect_events().unwrap();
+    fault(0x30);
+    assert_eq!((smmu.logged_events(), smmu.queued_events()), (3, 1));
+    assert_eq!(smmu.resize_event_queue(2).unwrap().dropped, 4);
     assert_eq!(smmu.drain_events(|_| {}).unwrap(), Default::default());
+    // Overflow the queue, nobody drains: the resize must not swallow the overflow.
+    for i in 0..=entries {
+        fault(0x40 + i);
+    }
+    assert_eq!(model.stats().events_lost, 1);
+    let resized = smmu.resize_event_queue(2).unwrap();
+    assert_eq!(resized.dropped, entries as usize);
+    let drain = smmu.drain_events(|_| {}).unwrap();
+    assert_eq!((drain.drained, drain.overflowed), (0, true), "{drain:?}");
+    assert!(!smmu.drain_events(|_| {}).unwrap().overflowed, "reported once");
 }
 
 #[test]

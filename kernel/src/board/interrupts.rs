@@ -5,7 +5,10 @@
 //! and `arm,gic-v3.yaml`) use three cells per interrupt: the type (0 = SPI, 1 = PPI), the
 //! number within the type (SPI n is INTID 32 + n, PPI n is INTID 16 + n), and flags whose bits
 //! [3:0] give the trigger (1 = edge rising, 4 = level high; a GIC cannot sense the other two
-//! on SPIs and PPIs). The pure parser [`gic_interrupts`] is host-tested; `dt` finds the cells.
+//! on SPIs and PPIs). GICv3 allows a fourth cell, the phandle of a PPI partition (a set of
+//! CPUs the PPI is affine to), which must be 0 for everything but a partitioned PPI; the kernel
+//! uses no partitions, so it takes 4 cells with the fourth 0. The pure parser
+//! [`gic_interrupts`] is host-tested; `dt` finds the cells.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -13,6 +16,8 @@ use core::fmt;
 
 /// Cells per interrupt the GIC bindings use.
 pub const GIC_INTERRUPT_CELLS: u32 = 3;
+/// Cells per interrupt with GICv3's PPI-partition cell.
+pub const GIC_V3_PARTITIONED_CELLS: u32 = 4;
 /// The first INTID of an SPI (GIC architecture: SGIs 0-15, PPIs 16-31, SPIs 32-1019).
 const SPI_BASE: u32 = 32;
 const PPI_BASE: u32 = 16;
@@ -90,12 +95,27 @@ pub struct NamedInterrupt {
 pub enum InterruptError {
     /// No `interrupt-parent` (on the node or an ancestor) names the GIC the kernel found.
     NoController,
-    /// The controller's `#interrupt-cells` is not the GIC bindings' 3.
+    /// The controller's `#interrupt-cells` is neither the GIC bindings' 3 nor GICv3's 4.
     CellsPerInterrupt(u32),
     /// `interrupts` is not a whole number of specifiers (a missing or extra cell).
     Truncated {
         /// Bytes in the property.
         bytes: usize,
+        /// Cells per specifier.
+        cells: u32,
+    },
+    /// `interrupt-names` gives one name to two specifiers.
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// A fourth cell is not 0: a partitioned PPI (which the kernel does not support), or a
+    /// phandle where the binding requires 0.
+    Partitioned {
+        /// Which specifier.
+        index: usize,
+        /// The fourth cell.
+        phandle: u32,
     },
     /// `interrupt-names` does not name each specifier exactly once.
     NamesMismatch {
@@ -133,12 +153,20 @@ impl fmt::Display for InterruptError {
             Self::NoController => f.write_str("no interrupt-parent names the GIC"),
             Self::CellsPerInterrupt(n) => write!(
                 f,
-                "the interrupt controller's #interrupt-cells is {n}, not {GIC_INTERRUPT_CELLS}"
+                "the interrupt controller's #interrupt-cells is {n}, not {GIC_INTERRUPT_CELLS} \
+                 or {GIC_V3_PARTITIONED_CELLS}"
             ),
-            Self::Truncated { bytes } => write!(
+            Self::Truncated { bytes, cells } => write!(
                 f,
-                "`interrupts` has {bytes} bytes, not a whole number of {GIC_INTERRUPT_CELLS}-cell \
-                 specifiers"
+                "`interrupts` has {bytes} bytes, not a whole number of {cells}-cell specifiers"
+            ),
+            Self::DuplicateName { name } => {
+                write!(f, "interrupt-names gives {name:?} to two interrupts")
+            }
+            Self::Partitioned { index, phandle } => write!(
+                f,
+                "interrupt {index}: PPI partition {phandle:#x} (4th cell) is not 0: partitions \
+                 are not supported"
             ),
             Self::NamesMismatch { names, interrupts } => {
                 write!(f, "{names} interrupt-names for {interrupts} interrupts")
@@ -168,18 +196,30 @@ pub fn gic_interrupts(
     interrupt_cells: u32,
     names: &[&str],
 ) -> Result<Vec<NamedInterrupt>, InterruptError> {
-    if interrupt_cells != GIC_INTERRUPT_CELLS {
+    if interrupt_cells != GIC_INTERRUPT_CELLS && interrupt_cells != GIC_V3_PARTITIONED_CELLS {
         return Err(InterruptError::CellsPerInterrupt(interrupt_cells));
     }
-    let stride = GIC_INTERRUPT_CELLS as usize * 4;
+    let stride = interrupt_cells as usize * 4;
     if cells.len() % stride != 0 {
-        return Err(InterruptError::Truncated { bytes: cells.len() });
+        return Err(InterruptError::Truncated {
+            bytes: cells.len(),
+            cells: interrupt_cells,
+        });
     }
     let count = cells.len() / stride;
     if names.len() != count {
         return Err(InterruptError::NamesMismatch {
             names: names.len(),
             interrupts: count,
+        });
+    }
+    if let Some((i, _)) = names
+        .iter()
+        .enumerate()
+        .find(|&(i, name)| names[..i].contains(name))
+    {
+        return Err(InterruptError::DuplicateName {
+            name: names[i].to_string(),
         });
     }
     cells
@@ -195,6 +235,12 @@ pub fn gic_interrupts(
                     spec[4 * i + 3],
                 ])
             };
+            if interrupt_cells == GIC_V3_PARTITIONED_CELLS && cell(3) != 0 {
+                return Err(InterruptError::Partitioned {
+                    index,
+                    phandle: cell(3),
+                });
+            }
             Ok(NamedInterrupt {
                 name: name.to_string(),
                 irq: specifier(index, cell(0), cell(1), cell(2))?,
@@ -272,17 +318,64 @@ mod tests {
         let mut raw = cells(&[0, 0x4a, 1, 0, 0x4b]);
         assert_eq!(
             gic_interrupts(&raw, 3, &["eventq", "gerror"]),
-            Err(InterruptError::Truncated { bytes: 20 })
+            Err(InterruptError::Truncated {
+                bytes: 20,
+                cells: 3
+            })
         );
         raw.extend_from_slice(&cells(&[1, 7]));
         assert_eq!(
             gic_interrupts(&raw, 3, &["eventq", "gerror"]),
-            Err(InterruptError::Truncated { bytes: 28 })
+            Err(InterruptError::Truncated {
+                bytes: 28,
+                cells: 3
+            })
         );
         assert_eq!(
             gic_interrupts(&cells(&[0, 1, 1]), 2, &["eventq"]),
             Err(InterruptError::CellsPerInterrupt(2))
         );
+    }
+
+    /// GICv3's `#interrupt-cells = 4`: the fourth cell (a PPI partition) 0 is read as 3 cells;
+    /// a partition is refused, naming the specifier.
+    #[test]
+    fn four_cell_specifiers_without_a_partition() {
+        let raw = cells(&[0, 0x4a, 1, 0, 1, 13, 4, 0]);
+        let irqs = gic_interrupts(&raw, 4, &["eventq", "timer"]).unwrap();
+        assert_eq!((irqs[0].irq.intid(), irqs[0].irq.trigger), (106, Trigger::Edge));
+        assert_eq!(irqs[1].irq.intid(), 29);
+        assert_eq!(
+            gic_interrupts(&cells(&[0, 0x4a, 1, 0, 1, 13, 4, 7]), 4, &["eventq", "timer"]),
+            Err(InterruptError::Partitioned {
+                index: 1,
+                phandle: 7
+            })
+        );
+        assert_eq!(
+            gic_interrupts(&cells(&[0, 0x4a, 1]), 4, &["eventq"]),
+            Err(InterruptError::Truncated {
+                bytes: 12,
+                cells: 4
+            })
+        );
+        assert_eq!(
+            gic_interrupts(&cells(&[0, 1, 1, 0, 0]), 5, &["eventq"]),
+            Err(InterruptError::CellsPerInterrupt(5))
+        );
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused() {
+        let raw = cells(&[0, 0x4a, 1, 0, 0x4b, 1, 0, 0x4c, 1]);
+        let err = gic_interrupts(&raw, 3, &["eventq", "gerror", "eventq"]).unwrap_err();
+        assert_eq!(
+            err,
+            InterruptError::DuplicateName {
+                name: "eventq".into()
+            }
+        );
+        assert!(err.to_string().contains("\"eventq\""), "{err}");
     }
 
     #[test]

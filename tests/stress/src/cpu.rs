@@ -23,8 +23,14 @@ use shootdown::mm::{PhysAddr, VirtAddr};
 use crate::slot::{cpu_word, Kind};
 use crate::{at, bump, Rng, Shared, PAGE, WORDS};
 
-/// The longest run of pages one `munmap` or `mprotect` covers, and one notifier watches.
+/// The longest run of pages one `munmap` or `mprotect` covers, and one notifier watches
+/// (besides the rare long runs).
 const MAX_RUN: usize = 8;
+
+/// The shortest long run: one range TLBI covers at most 32 pages at the smallest scale, so
+/// this many need several commands exactly, and the driver's free cover may send one
+/// (`Plan::cover`) over pages around them that another thread may map meanwhile.
+const LONG_RUN: usize = 33;
 
 /// An interval subscriber that counts the invalidations it is told about.
 struct Watcher {
@@ -109,6 +115,10 @@ impl<'s, 'w> Cpu<'s, 'w> {
             return;
         }
         let space = self.rng.below(self.pages.len() as u64) as usize;
+        if self.rng.below(100) < 2 && self.pages[space].len() >= LONG_RUN {
+            self.long_run(space);
+            return;
+        }
         let i = self.rng.below(self.pages[space].len() as u64) as usize;
         if self.pages[space][i].is_none() {
             self.map(space, i);
@@ -124,6 +134,25 @@ impl<'s, 'w> Cpu<'s, 'w> {
             let writable = self.pages[space][i].is_some_and(|p| p.writable);
             let run = self.run_from(space, i, |p| p.writable == writable);
             self.protect_run(space, i, run);
+        }
+    }
+
+    /// Maps every free slot of a run of [`LONG_RUN`] or more pages, then unmaps it whole. (Not
+    /// an mprotect: the run's pages differ in writability, and a flip may only name pages it
+    /// changes.)
+    fn long_run(&mut self, space: usize) {
+        let per_cpu = self.pages[space].len();
+        let len = LONG_RUN + self.rng.below((per_cpu - LONG_RUN + 1) as u64) as usize;
+        let first = self.rng.below((per_cpu - len + 1) as u64) as usize;
+        for j in first..first + len {
+            if self.pages[space][j].is_none() {
+                self.map(space, j);
+            }
+        }
+        // A map finding no frame leaves a hole, which munmap refuses: try another time.
+        if self.pages[space][first..first + len].iter().all(Option::is_some) {
+            bump(&self.s.c.long_runs);
+            self.unmap_run(space, first, len);
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! * **CPU threads** own page slots in every shared address space and, without pause, map them
 //!   (over frames from their own pool, filled with the slot's generation word), unmap runs of
-//!   them, flip runs between read-only and read-write, and insert and remove interval notifiers
+//!   them (now and then runs long enough for the driver's free cover), flip runs between
+//!   read-only and read-write, and insert and remove interval notifiers
 //!   over them (each must see every change of its range before the change returns);
 //! * **device threads**, each a StreamID bound through SVA to one address space, run the SMMU
 //!   model's DMA (8-byte reads and writes) at random slots of it, without pause;
@@ -76,7 +77,8 @@ impl Default for Params {
             cpus: 3,
             devices: 3,
             spaces: 2,
-            slots_per_cpu: 32,
+            // More than `cpu::LONG_RUN`, so long runs happen.
+            slots_per_cpu: 48,
             skip_invalidation: false,
         }
     }
@@ -164,6 +166,7 @@ struct Counters {
     protects: AtomicU64,
     inserts: AtomicU64,
     removes: AtomicU64,
+    long_runs: AtomicU64,
     lost_invalidations: AtomicU64,
     dirty_frames: AtomicU64,
     frozen_writes: AtomicU64,
@@ -242,6 +245,10 @@ pub struct Report {
     pub protects: u64,
     pub inserts: u64,
     pub removes: u64,
+    /// Unmaps of runs long enough to need several range TLBIs, and the driver's range
+    /// invalidations sent as one command over a free cover.
+    pub long_runs: u64,
+    pub covered_invalidations: u64,
     pub lost_invalidations: u64,
     /// Device accesses that got through after the unmap or downgrade returned.
     pub after_return: u64,
@@ -314,18 +321,20 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  cpu operations   {} (mmap {}, munmap {}, mprotect {}, interval inserts {}, removes {})",
+            "  cpu operations   {} (mmap {}, munmap {} of which {} long runs, mprotect {}, interval inserts {}, removes {})",
             self.maps + self.unmaps + self.protects + self.inserts + self.removes,
             self.maps,
             self.unmaps,
+            self.long_runs,
             self.protects,
             self.inserts,
             self.removes
         )?;
         writeln!(
             f,
-            "  smmu             invalidations {}, IOTLB hits {}, entries invalidated {}; events {} (unexpected {}; lost {}, in {} overflows)",
+            "  smmu             invalidations {} ({} over a free cover), IOTLB hits {}, entries invalidated {}; events {} (unexpected {}; lost {}, in {} overflows)",
             self.smmu_invalidations,
+            self.covered_invalidations,
             self.iotlb_hits,
             self.iotlb_invalidated,
             self.events,
@@ -472,6 +481,8 @@ fn report(s: &Shared<'_>, params: &Params, elapsed: Duration) -> Report {
         protects: get(&c.protects),
         inserts: get(&c.inserts),
         removes: get(&c.removes),
+        long_runs: get(&c.long_runs),
+        covered_invalidations: smmu.invalidations_covered,
         lost_invalidations: get(&c.lost_invalidations),
         after_return: get(&c.after_return),
         wrong_data: get(&c.wrong_data),

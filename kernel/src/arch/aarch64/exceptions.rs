@@ -385,6 +385,12 @@ pub fn set_irq_handler(handler: fn()) {
     IRQ_HANDLER.store(handler as usize, Ordering::Release);
 }
 
+/// Whether an IRQ handler is installed: until then interrupt windows stay shut
+/// (`arch::aarch64::irq`).
+pub fn irq_handler_installed() -> bool {
+    IRQ_HANDLER.load(Ordering::Acquire) != 0
+}
+
 /// Runs the IRQ handler, if one is installed.
 fn handle_irq() -> bool {
     let f = IRQ_HANDLER.load(Ordering::Acquire);

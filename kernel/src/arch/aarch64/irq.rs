@@ -7,20 +7,30 @@
 //! handler interrupts is always a call of [`window`], and the only locks it can hold are the
 //! ones its caller holds at that call.
 //!
+//! **Windows open only once an IRQ handler is installed** (`exceptions::set_irq_handler`, by
+//! the GIC's driver). Until then a window does nothing (and [`wfe_in_window`] is a plain
+//! `WFE`): on a board the kernel takes no interrupt from (the Pi, or `virt` without an SMMU
+//! interrupt), an IRQ that firmware left enabled and pending would otherwise be taken with
+//! nobody to acknowledge it, and reported as a fatal unexpected IRQ.
+//!
 //! The rule that keeps handlers from deadlocking: **a window is never opened while holding a
 //! lock that a handler takes.** The one handler the kernel has (the SMMU's event queue) takes
-//! only the event queue's lock, a leaf lock private to `iommu/driver/evtq.rs`, which opens no
-//! window; the windows are in code that never touches it: the `edu` driver's waits, the boot
-//! CPU's wait for the others in `smp::on_each_cpu` (the workload's steps run there), and tests
-//! that wait for an interrupt. Another CPU may hold the
-//! event queue's lock when the handler wants it; it holds it only for a bounded copy that takes
-//! no other lock, so the handler's wait ends.
+//! only the event queue's lock, private to `iommu/driver/evtq.rs`, which opens no window; the
+//! windows are in code that never touches it: the `edu` driver's waits, the boot CPU's wait for
+//! the others in `smp::on_each_cpu` (the workload's steps run there), and tests that wait for
+//! an interrupt. Another CPU may hold the event queue's lock when the handler wants it; it
+//! holds it only for a bounded copy (taking at most the `cr0` lock under it, whose holders take
+//! nothing else), so the handler's wait ends.
 
 use core::arch::asm;
 
-/// Takes the IRQs pending on this CPU, if any, then masks them again.
+/// Takes the IRQs pending on this CPU, if any, then masks them again. Does nothing until an
+/// IRQ handler is installed.
 #[inline]
 pub fn window() {
+    if !super::exceptions::irq_handler_installed() {
+        return;
+    }
     // SAFETY: unmasks IRQs for one ISB (a context synchronization event, so a pending IRQ is
     // taken before it completes) and masks them again. Not `nomem`: a handler run here may
     // change memory the caller reads afterwards.
@@ -37,9 +47,14 @@ pub fn window() {
 /// `WFE` with IRQs unmasked: sleeps until an event or an interrupt, taking the interrupt if one
 /// comes (with IRQs masked, a pending IRQ would not end the sleep). An IRQ that arrives
 /// between the unmask and the `WFE` is taken at once; the `WFE` then waits for the caller's
-/// event, which is what it was waiting for anyway.
+/// event, which is what it was waiting for anyway. A plain `WFE` until an IRQ handler is
+/// installed.
 #[inline]
 pub fn wfe_in_window() {
+    if !super::exceptions::irq_handler_installed() {
+        super::cpu::wfe();
+        return;
+    }
     // SAFETY: as in `window`; WFE only pauses this CPU.
     unsafe {
         asm!(

@@ -12,6 +12,15 @@ pub struct EventQueueSize {
     pub allocated: QueueGeometry,
 }
 
+/// What [`Smmu::resize_event_queue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventQueueResize {
+    /// The entries the SMMU writes now.
+    pub in_use: QueueGeometry,
+    /// Records pending in the old queue or the software log, dropped undecoded.
+    pub dropped: usize,
+}
+
 /// What one call of [`Smmu::drain_events`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EventDrain {
@@ -21,43 +30,48 @@ pub struct EventDrain {
     pub overflowed: bool,
     /// An event-queue write aborted (GERROR.EVENTQ_ABT_ERR), acknowledged.
     pub write_aborted: bool,
-    /// Records the event interrupt moved out of the SMMU's queue but the software log had no
-    /// room for since the last drain: lost too.
-    pub log_lost: u64,
 }
 
 impl EventDrain {
     /// Whether any event was lost, however.
     pub fn lost_events(&self) -> bool {
-        self.overflowed || self.write_aborted || self.log_lost > 0
+        self.overflowed || self.write_aborted
     }
 }
 
 /// Records moved out of the SMMU's event queue and not yet decoded, oldest first: a bounded
-/// ring, allocated once, so the event interrupt never allocates. A record that finds it full
-/// is dropped and counted.
+/// ring, allocated once, so the event interrupt never allocates. Records are moved in only up
+/// to its room ([`Smmu::move_to_log`]): it never drops one. It holds as many records as the
+/// event queue in use (`capacity`), not the allocated one: a test that shrinks the queue to
+/// overflow it with few faults gets a log as small.
 pub(super) struct EventLog {
     slots: Box<[[u64; EVENT_WORDS]]>,
+    /// The slots in use: at most `slots.len()`.
+    capacity: usize,
     head: usize,
     len: usize,
-    lost: u64,
 }
 
 impl EventLog {
     pub(super) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            slots: vec![[0; EVENT_WORDS]; capacity.max(1)].into_boxed_slice(),
+            slots: vec![[0; EVENT_WORDS]; capacity].into_boxed_slice(),
+            capacity,
             head: 0,
             len: 0,
-            lost: 0,
         }
     }
 
+    /// Empties it and uses `capacity` of its slots (at most those allocated, at least one).
+    fn reset(&mut self, capacity: usize) {
+        self.clear();
+        self.capacity = capacity.clamp(1, self.slots.len());
+    }
+
+    /// Appends `record`; the caller checked [`EventLog::room`].
     fn push(&mut self, record: [u64; EVENT_WORDS]) {
-        if self.len == self.slots.len() {
-            self.lost += 1;
-            return;
-        }
+        debug_assert!(self.room() > 0, "a record pushed into a full event log");
         let tail = (self.head + self.len) % self.slots.len();
         self.slots[tail] = record;
         self.len += 1;
@@ -75,7 +89,7 @@ impl EventLog {
 
     /// Records it can take before it is full.
     fn room(&self) -> usize {
-        self.slots.len() - self.len
+        self.capacity - self.len
     }
 
     pub(super) fn clear(&mut self) {
@@ -89,16 +103,19 @@ impl EventLog {
 const DRAIN_BATCH: usize = 64;
 
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
-    /// The event interrupt's work: moves every record the SMMU has written from its queue into
-    /// the software log and hands the slots back (SMMU_EVENTQ_CONS, acknowledging an overflow),
-    /// so the SMMU never waits for thread context. Decodes and answers nothing. Takes only the
-    /// event queue's lock, allocates nothing, logs nothing: safe in an IRQ handler under the
-    /// rule of `arch::aarch64::irq` (see [`Smmu::drain_events`] for the lock's protocol).
-    /// Returns the records moved.
+    /// The event interrupt's work: moves the records the SMMU has written from its queue into
+    /// the software log, as many as the log has room for, and hands their slots back
+    /// (SMMU_EVENTQ_CONS, acknowledging an overflow), so the SMMU rarely waits for thread
+    /// context. Decodes and answers nothing. Takes only the event queue's lock, allocates
+    /// nothing, logs nothing: safe in an IRQ handler under the rule of `arch::aarch64::irq`
+    /// (see [`Smmu::drain_events`] for the lock's protocol). Returns the records moved.
+    ///
+    /// What the log cannot take stays in the SMMU's queue, where it is not lost: the queue and
+    /// the log together hold two queues' worth. The SMMU raises the interrupt again only when
+    /// its queue goes from empty to non-empty, so nothing here waits for another interrupt:
+    /// every [`Smmu::drain_events`] pass reads the SMMU's queue after the log.
     pub fn collect_events(&self) -> Result<usize, SmmuError> {
-        let mut q = self.eventq.lock();
-        let limit = 2 * q.geo.entries() as usize;
-        self.move_to_log(&mut q, limit)
+        self.move_to_log(&mut self.eventq.lock())
     }
 
     /// Hands every pending event record to `sink`, oldest first: first those the event
@@ -109,9 +126,10 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// # Locking
     /// The event queue's lock (`self.eventq`) guards the SMMU's EVENTQ_CONS, our copy of it,
     /// the OVFLG acknowledgement and the software log. It is taken by thread context on any
-    /// CPU and by the event interrupt on the boot CPU. It is a leaf: nothing else is locked,
-    /// allocated or logged under it, and no interrupt window is opened under it (this file has
-    /// none), so an interrupt can never find its own CPU holding it, and another CPU holding it
+    /// CPU and by the event interrupt on the boot CPU. Nothing is allocated or logged under it,
+    /// and the only lock taken under it is `cr0` (by [`Smmu::resize_event_queue`]), whose
+    /// holders take no other lock; no interrupt window is opened under it (this file has none),
+    /// so an interrupt can never find its own CPU holding it, and another CPU holding it
     /// releases it after a bounded copy. Decoding, the statistics (under the command queue's
     /// lock) and the sink run after it is dropped.
     pub fn drain_events(
@@ -122,18 +140,17 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut by_kind: Vec<EventKind> = Vec::new();
         let limit = {
             let q = self.eventq.lock();
-            2 * (q.log.slots.len() + q.geo.entries() as usize)
+            2 * (q.log.capacity + q.geo.entries() as usize)
         };
         while result.drained < limit {
             let mut batch = [[0u64; EVENT_WORDS]; DRAIN_BATCH];
             let n = {
                 let mut q = self.eventq.lock();
-                // Only what the log has room for: the rest waits in the SMMU's queue for the
-                // next pass instead of being dropped.
-                let room = q.log.room();
-                self.move_to_log(&mut q, room)?;
+                // The SMMU's queue too, every pass: records the interrupt left there (the log
+                // was full) raise no new interrupt. Only what the log has room for: the rest
+                // waits in the SMMU's queue for the next pass.
+                self.move_to_log(&mut q)?;
                 result.overflowed |= core::mem::take(&mut q.overflow_unreported);
-                result.log_lost += core::mem::take(&mut q.log.lost);
                 let mut n = 0;
                 while n < DRAIN_BATCH {
                     let Some(record) = q.log.pop() else { break };
@@ -157,17 +174,17 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         c.stats.events += result.drained as u64;
         c.stats.event_overflows += u64::from(result.overflowed);
         c.stats.event_write_aborts += u64::from(result.write_aborted);
-        c.stats.event_log_lost += result.log_lost;
         for k in by_kind {
             *c.stats.events_by_kind.entry(k).or_default() += 1;
         }
         Ok(result)
     }
 
-    /// Moves the SMMU's pending records into the log (at most `limit`) and writes
+    /// Moves the SMMU's pending records into the log, as many as it has room for, and writes
     /// EVENTQ_CONS, with OVACKFLG following OVFLG (§7.4); an overflow seen is kept for the
     /// next drain to report. Caller holds the event queue's lock.
-    fn move_to_log(&self, q: &mut EventQueue, limit: usize) -> Result<usize, SmmuError> {
+    fn move_to_log(&self, q: &mut EventQueue) -> Result<usize, SmmuError> {
+        let limit = q.log.room();
         let mut moved = 0;
         let mut ovflg = q.ovack;
         while moved < limit {
@@ -268,12 +285,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     /// Test-only: makes the SMMU use the first 2^`log2` entries of the event queue (at most
-    /// the allocated ones), so tests can overflow it with few faults; returns the size now in
-    /// use. Pending records are dropped. The queue is turned off while its base register
-    /// changes (§6.3.29: EVENTQ_BASE is only written while CR0.EVENTQEN is 0), so an event
-    /// recorded meanwhile is lost: call it while no device faults. Refused once
-    /// [`Smmu::abort_all_traffic`] was called: CR0 is the last resort's.
-    pub fn resize_event_queue(&self, log2: u8) -> Result<QueueGeometry, SmmuError> {
+    /// the allocated ones), so tests can overflow it with few faults, and the software log as
+    /// many. Pending records, in the queue or the log, are dropped and counted in the result;
+    /// an overflow the SMMU signalled and no drain reported yet is kept for the next drain. The
+    /// queue is turned off while its base register changes (§6.3.29: EVENTQ_BASE is only
+    /// written while CR0.EVENTQEN is 0), so an event recorded meanwhile is lost: call it while
+    /// no device faults. Refused once [`Smmu::abort_all_traffic`] was called: CR0 is the last
+    /// resort's.
+    pub fn resize_event_queue(&self, log2: u8) -> Result<EventQueueResize, SmmuError> {
         let mut q = self.eventq.lock();
         // CR0 is read, changed and written back whole: a last resort in between would be undone.
         let _cr0 = self.cr0.lock();
@@ -285,17 +304,25 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let mut off = cr0;
         off.modify(CR0::EVENTQEN::CLEAR);
         self.write_cr0(off.get())?;
+        // Read with the queue off, so nothing is written after it.
+        let prod_raw = self.regs.read32(offset::EVENTQ_PROD);
+        let ovflg = LocalRegisterCopy::<u32, EVENTQ_PROD::Register>::new(prod_raw)
+            .read(EVENTQ_PROD::OVFLG);
+        let dropped = q.log.len + q.geo.used(q.geo.ptr(prod_raw), q.cons) as usize;
         self.regs
             .write64(offset::EVENTQ_BASE, queue_base(q.base, geo));
         self.regs.write32(offset::EVENTQ_PROD, 0);
         self.regs.write32(offset::EVENTQ_CONS, 0);
         q.geo = geo;
         q.cons = 0;
+        q.overflow_unreported |= ovflg != q.ovack;
         q.ovack = 0;
-        q.overflow_unreported = false;
-        q.log.clear();
+        q.log.reset(geo.entries() as usize);
         self.write_cr0(cr0.get())?;
-        Ok(geo)
+        Ok(EventQueueResize {
+            in_use: geo,
+            dropped,
+        })
     }
 
     /// The global errors active now (SMMU_GERROR ^ SMMU_GERRORN), without acknowledging any:

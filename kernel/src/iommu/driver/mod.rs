@@ -49,10 +49,11 @@
 //!   queue into a bounded software log ([`Smmu::collect_events`]), so the SMMU's queue empties
 //!   as events arrive; a drain reads the log first, then the queue. Without the interrupt the
 //!   drain alone empties the queue (polling). The queue is as large as SMMU_IDR1.EVENTQS allows
-//!   within a memory budget ([`SmmuConfig::eventq_budget`]), the log as large as the queue. A
-//!   full queue loses events, which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG (acknowledged
-//!   through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; a full log loses the
-//!   records that find no room; all three are acknowledged, counted and reported as lost.
+//!   within a memory budget ([`SmmuConfig::eventq_budget`]), the log as large as the queue in
+//!   use. A full queue loses events, which the SMMU signals with SMMU_EVENTQ_PROD.OVFLG
+//!   (acknowledged through OVACKFLG, §7.4) or, on QEMU, with GERROR.EVENTQ_ABT_ERR; both are
+//!   acknowledged, counted and reported as lost. A full log loses nothing: the handler moves
+//!   only what it has room for and the rest waits in the queue for a drain.
 
 mod cmdq;
 pub mod coalesce;
@@ -67,7 +68,7 @@ mod strtab;
 
 pub use context::ContextParams;
 pub use error::{CommandFailure, SmmuError};
-pub use evtq::{EventDrain, EventQueueSize};
+pub use evtq::{EventDrain, EventQueueResize, EventQueueSize};
 pub use invalidate::InvalidationReport;
 
 use alloc::boxed::Box;
@@ -197,9 +198,6 @@ pub struct DriverStats {
     /// Drains that found GERROR.EVENTQ_ABT_ERR active (an event write failed; QEMU's SMMU
     /// reports a full queue this way).
     pub event_write_aborts: u64,
-    /// Records the event interrupt moved out of the queue that the software log had no room
-    /// for (lost).
-    pub event_log_lost: u64,
 }
 
 /// Debug-only knobs that break the driver on purpose, so tests can show what they catch.
@@ -291,7 +289,8 @@ pub struct Smmu<'a, B: SmmuBackend, C: Clock> {
     /// Set by [`Smmu::abort_all_traffic`].
     disabled: AtomicBool,
     /// Serializes SMMU_CR0 changes made after probe (a resize turning the event queue off and
-    /// on, the last resort turning translation off), so neither writes back a stale CR0.
+    /// on, the last resort turning translation off), so neither writes back a stale CR0. Its
+    /// holders take no other lock (a resize takes it under the event queue's).
     cr0: spin::Mutex<()>,
 }
 

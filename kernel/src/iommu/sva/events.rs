@@ -104,7 +104,6 @@ impl Drained {
         self.drain.drained += more.drain.drained;
         self.drain.overflowed |= more.drain.overflowed;
         self.drain.write_aborted |= more.drain.write_aborted;
-        self.drain.log_lost += more.drain.log_lost;
     }
 }
 
