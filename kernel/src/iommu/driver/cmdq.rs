@@ -20,11 +20,22 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         commands: impl Iterator<Item = Command>,
         sync: bool,
     ) -> Result<CommandCounts, SmmuError> {
+        let debug = *self.debug.lock();
+        self.submit_with(commands, sync, debug)
+    }
+
+    /// [`Smmu::submit_iter`] for a caller that already read the debug knobs.
+    pub(super) fn submit_with(
+        &self,
+        commands: impl Iterator<Item = Command>,
+        sync: bool,
+        debug: DebugKnobs,
+    ) -> Result<CommandCounts, SmmuError> {
         let how = Submission {
             sync,
             batch: self.config.batch as usize,
             share: self.share_syncs.load(Ordering::Relaxed),
-            adopt_earlier_sync: self.debug.lock().adopt_earlier_sync,
+            adopt_earlier_sync: debug.adopt_earlier_sync,
         };
         self.cmdq.submit(self, commands, how).map(|s| s.counts)
     }

@@ -365,17 +365,19 @@ impl<R> SharedQueue<R> {
     where
         R: CommandRing<H>,
     {
-        let mut batch = Vec::with_capacity(how.batch + 1);
+        let mut batch = Batch::new();
         let mut commands = commands.peekable();
         loop {
             batch.clear();
-            batch.extend(commands.by_ref().take(how.batch));
+            for command in commands.by_ref().take(how.batch) {
+                batch.push(command);
+            }
             let last = commands.peek().is_none();
             let own_sync = last && how.sync && (!how.share || self.alone(others_lately));
             if own_sync {
                 batch.push(Command::SYNC);
             }
-            for chunk in batch.chunks(q.capacity()) {
+            for chunk in batch.as_slice().chunks(q.capacity()) {
                 q.publish(hw, chunk)?;
                 q.ledger().wrote(chunk.len());
                 done.counts.add_all(chunk);
@@ -467,7 +469,9 @@ impl<R> SharedQueue<R> {
     where
         R: CommandRing<H>,
     {
-        let deadline = hw.now_ns().saturating_add(hw.sync_timeout_ns());
+        // The clock is read only once the wait has to spin: a CMD_SYNC found completed at the
+        // first poll (QEMU's SMMU consumes the queue on the CMDQ_PROD write) needs no deadline.
+        let mut deadline = None;
         loop {
             if q.ledger().outcome(sync) == SyncOutcome::Pending {
                 if let Err(e) = q.poll(hw) {
@@ -489,7 +493,8 @@ impl<R> SharedQueue<R> {
             if hw.disabled() {
                 return (q, Err(SmmuError::Disabled));
             }
-            if hw.now_ns() >= deadline {
+            let now = hw.now_ns();
+            if now >= *deadline.get_or_insert_with(|| now.saturating_add(hw.sync_timeout_ns())) {
                 q.ledger().give_up(sync);
                 q.count(SyncEvent::SyncTimeout);
                 let e = Self::timed_out(&q);
@@ -507,6 +512,53 @@ impl<R> SharedQueue<R> {
     {
         let (prod, cons) = q.pointers();
         SmmuError::SyncTimeout { prod, cons }
+    }
+}
+
+/// Commands a [`Batch`] holds without a heap allocation: a range plan of up to three commands
+/// (4095 pages) with its CMD_SYNC. Small, since every slot is initialized on each submit.
+const INLINE_BATCH: usize = 4;
+
+/// The commands of one CMDQ_PROD write: inline when few (an allocation and its free cost
+/// about as much as the rest of a 1-page invalidation's submission), on the heap beyond.
+struct Batch {
+    inline: [Command; INLINE_BATCH],
+    len: usize,
+    spilled: Vec<Command>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            inline: [Command::SYNC; INLINE_BATCH],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spilled.clear();
+    }
+
+    fn push(&mut self, command: Command) {
+        if self.spilled.is_empty() && self.len < INLINE_BATCH {
+            self.inline[self.len] = command;
+            self.len += 1;
+            return;
+        }
+        if self.spilled.is_empty() {
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.push(command);
+    }
+
+    fn as_slice(&self) -> &[Command] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
     }
 }
 
@@ -596,6 +648,21 @@ mod tests {
         l.wrote_sync(5);
         l.observe_cons(geo, 6, 6);
         assert_eq!(l.outcome(5), SyncOutcome::Completed, "a later CMD_SYNC counts by itself");
+    }
+
+    #[test]
+    fn a_batch_keeps_its_order_past_the_inline_room() {
+        let tlbi = |asid| Command::TlbiNhAsid { vmid: 0, asid };
+        let mut b = Batch::new();
+        for round in 0..2 {
+            b.clear();
+            let n = INLINE_BATCH as u16 * 2 + round;
+            (0..n).for_each(|i| b.push(tlbi(i)));
+            assert_eq!(b.as_slice(), (0..n).map(tlbi).collect::<Vec<_>>().as_slice());
+            b.clear();
+            b.push(tlbi(7));
+            assert_eq!(b.as_slice(), &[tlbi(7)], "a cleared batch starts over");
+        }
     }
 
     #[test]

@@ -37,33 +37,23 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             recovered: None,
             skipped: false,
         };
-        let counted = |stats: &mut DriverStats, kind: PlanKind| match kind {
-            PlanKind::Nothing => stats.invalidations_empty += 1,
-            PlanKind::PerPage { .. } => stats.invalidations_per_page += 1,
-            PlanKind::Range { .. } => stats.invalidations_range += 1,
-            PlanKind::Cover { .. } => {
-                stats.invalidations_range += 1;
-                stats.invalidations_covered += 1;
-            }
-            PlanKind::Asid(_) => stats.invalidations_asid += 1,
-        };
         if debug.skip_invalidation {
             self.cmdq.lock().stats.invalidations_skipped += 1;
             report.skipped = true;
             return Ok(report);
         }
-        counted(&mut self.cmdq.lock().stats, plan.kind());
         if plan.is_empty() {
+            count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), None);
             return Ok(report);
         }
         let started = self.clock.now_ns();
         let result = self.invalidate_with_fallback(&plan, asid, debug, &mut report);
-        if result.is_ok() {
-            // A timed-out invalidation is counted as such, not as a slow one.
-            let took = self.clock.now_ns().saturating_sub(started);
-            let mut q = self.cmdq.lock();
-            q.stats.slowest_invalidation_ns = q.stats.slowest_invalidation_ns.max(took);
-        }
+        // A timed-out invalidation is counted as such, not as a slow one.
+        let took = result
+            .is_ok()
+            .then(|| self.clock.now_ns().saturating_sub(started));
+        // One lock hold for the counters, after the submission (which holds the queue lock).
+        count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), took);
         result.map(|()| report)
     }
 
@@ -75,7 +65,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         debug: DebugKnobs,
         report: &mut InvalidationReport,
     ) -> Result<(), SmmuError> {
-        match self.submit_iter(plan.commands(), !debug.skip_sync) {
+        match self.submit_with(plan.commands(), !debug.skip_sync, debug) {
             Ok(counts) => report.commands = counts,
             Err(SmmuError::CommandFailed(f)) => {
                 // The queue ran on, but that invalidation may not have happened: redo it for
@@ -141,5 +131,23 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         self.submit_iter(cfgis, true)?;
         self.submit(&[Command::TlbiNhAsid { vmid: VMID, asid }], true)?;
         Ok(())
+    }
+}
+
+/// Counts one invalidation by what it did, and how long it took if it reached the SMMU and
+/// succeeded.
+fn count_invalidation(stats: &mut DriverStats, kind: PlanKind, took_ns: Option<u64>) {
+    match kind {
+        PlanKind::Nothing => stats.invalidations_empty += 1,
+        PlanKind::PerPage { .. } => stats.invalidations_per_page += 1,
+        PlanKind::Range { .. } => stats.invalidations_range += 1,
+        PlanKind::Cover { .. } => {
+            stats.invalidations_range += 1;
+            stats.invalidations_covered += 1;
+        }
+        PlanKind::Asid(_) => stats.invalidations_asid += 1,
+    }
+    if let Some(took) = took_ns {
+        stats.slowest_invalidation_ns = stats.slowest_invalidation_ns.max(took);
     }
 }
