@@ -266,7 +266,7 @@ fn prop_str<'a>(node: &FdtNode<'a>, name: &str) -> Option<&'a str> {
 /// reports the argument they spoil instead of the whole line vanishing. A property of several
 /// strings (`bootargs = "a", "b";`) is one line of all of them: a NUL is a separator, never
 /// part of an argument (kept, it glued the next argument into the previous one's value).
-fn bootargs_text(raw: &[u8]) -> String {
+pub fn bootargs_text(raw: &[u8]) -> String {
     let strings: Vec<_> = raw
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())
