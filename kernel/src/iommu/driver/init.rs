@@ -297,11 +297,13 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     }
 
     pub(super) fn free_structures(&self) {
+        // The queue locks are not held across the frees: nothing is taken under `eventq`
+        // but `cr0` (evtq.rs).
+        let cmdq = self.cmdq.lock().base;
+        let eventq = self.eventq.lock().base;
         self.frames.free_contiguous(self.strtab, self.strtab_order);
-        self.frames
-            .free_contiguous(self.cmdq.lock().base, self.cmdq_order);
-        self.frames
-            .free_contiguous(self.eventq.lock().base, self.eventq_order);
+        self.frames.free_contiguous(cmdq, self.cmdq_order);
+        self.frames.free_contiguous(eventq, self.eventq_order);
     }
 
     /// Disables the SMMU (all traffic aborts) and frees its tables and queues. If the SMMU does
