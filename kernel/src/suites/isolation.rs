@@ -10,6 +10,9 @@
 //! The same cross-device writes are then repeated with device B's stream deliberately pointed
 //! at A's context (a broken binding, set up by the test through the driver): the check must then
 //! see A's pages written, showing that it can fail.
+//!
+//! `isolation.dma_domain_refuses_another_domains_mapping` (two `DmaDomain`s: neither unmaps the
+//! other's mapping) is in `suites/devices.rs`, beside the edu helpers it shares.
 
 use alloc::vec;
 use alloc::vec::Vec;
