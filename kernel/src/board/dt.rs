@@ -800,12 +800,9 @@ mod tests {
         }
     }
 
-    /// `/chosen/bootargs` as a Pi's `cmdline.txt` or a hand-made `-append` may give it: a byte
-    /// that is not UTF-8 (Latin-1's no-break space), or no final NUL. The line must still reach
-    /// the boot-argument parser (invalid bytes replaced), never vanish: an empty line runs the
-    /// default workload and exits 0 where the user asked for tests.
-    #[test]
-    fn bootargs_that_are_not_utf8_still_reach_the_kernel() {
+    /// The fuzz corpus's virt-like tree, whose `/chosen/bootargs` is `ktest=boot.* seed=7`, with
+    /// the space before `seed=7` replaced by `byte`.
+    fn seed_tree_with_bootargs_separator(byte: u8) -> Vec<u8> {
         let seed = include_bytes!("../../../tests/fuzz/corpus/dt/seed-virt-like");
         let line = b"ktest=boot.* seed=7";
         let at = seed
@@ -813,8 +810,17 @@ mod tests {
             .position(|w| w == line)
             .expect("the seed tree has bootargs");
         let mut blob = seed.to_vec();
-        blob[at + line.len() - 7] = 0xa0; // the space before `seed=7`
-        let info = parse(&blob).unwrap();
+        blob[at + line.len() - 7] = byte;
+        blob
+    }
+
+    /// `/chosen/bootargs` as a Pi's `cmdline.txt` or a hand-made `-append` may give it: a byte
+    /// that is not UTF-8 (Latin-1's no-break space), or no final NUL. The line must still reach
+    /// the boot-argument parser (invalid bytes replaced), never vanish: an empty line runs the
+    /// default workload and exits 0 where the user asked for tests.
+    #[test]
+    fn bootargs_that_are_not_utf8_still_reach_the_kernel() {
+        let info = parse(&seed_tree_with_bootargs_separator(0xa0)).unwrap();
         assert_eq!(info.bootargs, "ktest=boot.*\u{fffd}seed=7");
     }
 
@@ -825,15 +831,7 @@ mod tests {
     /// tests asked for never ran: the default workload ran and exited 0.
     #[test]
     fn bootargs_holding_several_strings_reach_the_parser_as_one_line() {
-        let seed = include_bytes!("../../../tests/fuzz/corpus/dt/seed-virt-like");
-        let line = b"ktest=boot.* seed=7";
-        let at = seed
-            .windows(line.len())
-            .position(|w| w == line)
-            .expect("the seed tree has bootargs");
-        let mut blob = seed.to_vec();
-        blob[at + line.len() - 7] = 0; // the space before `seed=7`
-        let info = parse(&blob).unwrap();
+        let info = parse(&seed_tree_with_bootargs_separator(0)).unwrap();
         let parsed = crate::board::bootargs::BootArgs::parse(&info.bootargs);
         assert!(parsed.errors.is_empty(), "{:?} from {:?}", parsed.errors, info.bootargs);
         assert_eq!(parsed.args.ktest.as_deref(), Some("boot.*"));
