@@ -473,27 +473,61 @@ enum Vacancy {
     RegionsKept,
 }
 
-impl Vacancy {
-    /// The range in which nothing is mapped outside `[start, end)` once it is unmapped: up to
-    /// the regions on either side that keep pages (a region cut by the range keeps the part
-    /// outside it).
-    fn around(self, regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> VaRange {
-        if self == Vacancy::RegionsKept {
-            return VaRange::between(start, end);
+/// What an unmap of `[start, end)` needs to know of the regions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UnmapSite {
+    /// Nothing is mapped here outside `[start, end)` once it is unmapped: up to the regions on
+    /// either side that keep pages (a region cut by the range keeps the part outside it), or
+    /// the range itself when the regions stay.
+    vacant: VaRange,
+    /// Some region in the range is anonymous: its frames must be collected and freed.
+    anonymous: bool,
+}
+
+/// The [`UnmapSite`] of `[start, end)`, or [`MmError::NotMapped`] at the first address no
+/// region covers. One walk down the regions from `end`, which a small unmap ends after a
+/// region or two: the regions in the range, then the one below them (the floor).
+fn unmap_site(
+    regions: &BTreeMap<u64, Region>,
+    start: u64,
+    end: u64,
+    vacancy: Vacancy,
+) -> Result<UnmapSite, MmError> {
+    let mut down = regions.range(..end).map(|(_, r)| r).rev().peekable();
+    // The region holding `end - 1` keeps what lies past `end`; else the next region up does.
+    let ceiling = match down.peek() {
+        Some(r) if r.end.0 > end => end,
+        _ => regions.range(end..).next().map_or(USER_END, |(_, r)| r.start.0),
+    };
+    let (mut covered_from, mut hole, mut anonymous, mut floor) = (end, None, false, 0);
+    for r in down {
+        if r.end.0 <= start {
+            floor = r.end.0;
+            break;
         }
-        let floor = regions
-            .range(..start)
-            .next_back()
-            .map_or(0, |(_, r)| r.end.0.min(start));
-        let ceiling = regions
-            .range(..end)
-            .next_back()
-            .filter(|(_, r)| r.end.0 > end)
-            .map(|_| end)
-            .or_else(|| regions.range(end..).next().map(|(_, r)| r.start.0))
-            .unwrap_or(USER_END);
-        VaRange::between(floor, ceiling)
+        if r.end.0 < covered_from {
+            hole = Some(r.end.0);
+        }
+        covered_from = r.start.0;
+        anonymous |= r.backing == Backing::Anonymous;
+        if r.start.0 < start {
+            floor = start;
+            break;
+        }
     }
+    // Holes were found from the top down: the last one is the lowest, unless the regions
+    // stopped above `start`.
+    if covered_from > start {
+        hole = Some(start);
+    }
+    if let Some(at) = hole {
+        return Err(MmError::NotMapped(VirtAddr(at)));
+    }
+    let vacant = match vacancy {
+        Vacancy::RegionsRemoved => VaRange::between(floor, ceiling),
+        Vacancy::RegionsKept => VaRange::between(start, end),
+    };
+    Ok(UnmapSite { vacant, anonymous })
 }
 
 /// Checks alignment, length, overflow and the user range; returns `[start, end)`.
@@ -701,8 +735,9 @@ impl<P: MmPlatform> AddressSpace<P> {
             // past them was, so nothing past them is announced (a huge physical range refused
             // for want of table frames would otherwise cost an ASID-wide SMMU invalidation).
             if stop.filled_to > start {
-                let (event, vacancy) = (NotifyEvent::Unmap, Vacancy::RegionsKept);
-                self.unmap_locked(start, stop.filled_to, event, vacancy, true, &_mmap)
+                let (end, event) = (stop.filled_to, NotifyEvent::Unmap);
+                self.unmap_site(start, end, Vacancy::RegionsKept)
+                    .and_then(|site| self.unmap_locked(start, end, event, site, true, &_mmap))
                     .expect("unmapping what this call just mapped cannot fail");
             }
             self.inner.lock().regions.remove(&start);
@@ -793,10 +828,10 @@ impl<P: MmPlatform> AddressSpace<P> {
         Ok(overlapping(&inner.regions, start, end).copied().collect())
     }
 
-    /// [`MmError::NotMapped`] at the first hole of `[start, end)` in the regions, if any (what
-    /// [`covering`](Self::covering) checks, without collecting the regions).
-    fn ensure_covered(&self, start: u64, end: u64) -> Result<(), MmError> {
-        check_covered(&self.inner.lock().regions, start, end)
+    /// What unmapping `[start, end)` needs of the regions, or [`MmError::NotMapped`] at the
+    /// first hole.
+    fn unmap_site(&self, start: u64, end: u64, vacancy: Vacancy) -> Result<UnmapSite, MmError> {
+        unmap_site(&self.inner.lock().regions, start, end, vacancy)
     }
 
     /* ------------------------------------------------------------------------------------ */
@@ -810,16 +845,9 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.ensure_covered(start, end)?;
+        let site = self.unmap_site(start, end, Vacancy::RegionsRemoved)?;
         trace::record(Kind::UnmapBegin, start, end);
-        let r = self.unmap_locked(
-            start,
-            end,
-            NotifyEvent::Unmap,
-            Vacancy::RegionsRemoved,
-            true,
-            &mmap,
-        );
+        let r = self.unmap_locked(start, end, NotifyEvent::Unmap, site, true, &mmap);
         if r.is_ok() {
             split_out(&mut self.inner.lock().regions, start, end, |_| None);
         }
@@ -833,15 +861,8 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.ensure_covered(start, end)?;
-        self.unmap_locked(
-            start,
-            end,
-            NotifyEvent::Unmap,
-            Vacancy::RegionsRemoved,
-            false,
-            &mmap,
-        )?;
+        let site = self.unmap_site(start, end, Vacancy::RegionsRemoved)?;
+        self.unmap_locked(start, end, NotifyEvent::Unmap, site, false, &mmap)?;
         split_out(&mut self.inner.lock().regions, start, end, |_| None);
         Ok(())
     }
@@ -853,28 +874,22 @@ impl<P: MmPlatform> AddressSpace<P> {
         let (start, end) = check_range(va, len)?;
         let mmap = self.mm.mmap_write();
         self.ensure_live()?;
-        self.ensure_covered(start, end)?;
+        let site = self.unmap_site(start, end, Vacancy::RegionsKept)?;
         trace::record(Kind::UnmapBegin, start, end);
-        let r = self.unmap_locked(
-            start,
-            end,
-            NotifyEvent::Clear,
-            Vacancy::RegionsKept,
-            true,
-            &mmap,
-        );
+        let r = self.unmap_locked(start, end, NotifyEvent::Clear, site, true, &mmap);
         trace::record(Kind::UnmapEnd, start, end);
         r
     }
 
     /// Unmaps whatever is mapped in `[start, end)` with the full invalidation protocol; the
-    /// caller holds the mmap write lock and checked the range. Returns the pages unmapped.
+    /// caller holds the mmap write lock and found the range's `site` under it. Returns the
+    /// pages unmapped.
     fn unmap_locked(
         &self,
         start: u64,
         end: u64,
         event: NotifyEvent,
-        vacancy: Vacancy,
+        site: UnmapSite,
         blockable: bool,
         mmap: &super::notifier::MmapWriteGuard<'_>,
     ) -> Result<u64, MmError> {
@@ -899,28 +914,33 @@ impl<P: MmPlatform> AddressSpace<P> {
             .fetch_add(1, Ordering::Relaxed);
         let mut data_frames = Vec::new();
         let pages = {
-            let mut inner = self.inner.lock();
-            let owned: Vec<(u64, u64)> = overlapping(&inner.regions, start, end)
-                .filter(|r| r.backing == Backing::Anonymous)
-                .map(|r| (r.start.0.max(start), r.end.0.min(end)))
-                .collect();
-            let vacant = vacancy.around(&inner.regions, start, end);
+            let inner = &mut *self.inner.lock();
             let table = inner.table.as_mut().ok_or(MmError::Exited)?;
-            for (s, e) in owned {
-                table.walk(VirtAddr(s), (e - s) as usize, |m| {
-                    let mut pa = m.pa.0;
-                    for _ in 0..m.va.pages() {
-                        data_frames.push(PhysAddr(pa));
-                        pa += PAGE;
-                    }
-                })?;
+            if site.anonymous {
+                let owned = overlapping(&inner.regions, start, end)
+                    .filter(|r| r.backing == Backing::Anonymous)
+                    .map(|r| (r.start.0.max(start), r.end.0.min(end)));
+                for (s, e) in owned {
+                    table.walk(VirtAddr(s), (e - s) as usize, |m| {
+                        let mut pa = m.pa.0;
+                        for _ in 0..m.va.pages() {
+                            data_frames.push(PhysAddr(pa));
+                            pa += PAGE;
+                        }
+                    })?;
+                }
             }
             let mut flush = Flush {
                 aspace: self,
                 secondary: true,
             };
-            let change =
-                table.unmap_in_vacancy(VirtAddr(start), len, Holes::Skip, vacant, &mut flush)?;
+            let change = table.unmap_in_vacancy(
+                VirtAddr(start),
+                len,
+                Holes::Skip,
+                site.vacant,
+                &mut flush,
+            )?;
             let pages = change.pages();
             table.complete(change, &mut flush);
             pages

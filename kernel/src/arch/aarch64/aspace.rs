@@ -114,7 +114,7 @@ impl MmPlatform for CpuMm {
 
     fn run_tlb_plan(&self, plan: &TlbPlan) {
         use core::sync::atomic::Ordering::Relaxed;
-        let invalidates = plan.tlbi_count() > 0;
+        let invalidates = plan.invalidates();
         if invalidates && self.skip_cpu_tlbi.load(Relaxed) {
             self.plans[1].fetch_add(1, Relaxed);
             dsb_ish();

@@ -56,6 +56,15 @@ fn tlbi(op: Tlbi, x: u64) {
 
 impl TlbMaintenance for HwTlb {
     fn execute(&mut self, plan: &TlbPlan) {
+        // The most common plan (one page, or a whole ASID) without the iterator: the same
+        // operations in the same order as `plan.ops()` (host-tested in mm::pgtable::tlb).
+        if let Some(TlbOp::Tlbi { op, operand }) = plan.single_tlbi() {
+            super::cpu::dsb_ishst();
+            tlbi(op, operand);
+            super::cpu::dsb_ish();
+            super::cpu::isb();
+            return;
+        }
         for op in plan.ops() {
             match op {
                 TlbOp::DsbIshst => super::cpu::dsb_ishst(),

@@ -664,3 +664,55 @@ fn skipping_the_secondary_invalidation_is_caught() {
 }
 
 mod arch_glue;
+
+/// The vacancy as the regions give it, by three separate lookups (the oracle for
+/// [`unmap_site`]'s single walk).
+fn vacancy_by_lookups(regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> VaRange {
+    let floor = regions
+        .range(..start)
+        .next_back()
+        .map_or(0, |(_, r)| r.end.0.min(start));
+    let ceiling = regions
+        .range(..end)
+        .next_back()
+        .filter(|(_, r)| r.end.0 > end)
+        .map(|_| end)
+        .or_else(|| regions.range(end..).next().map(|(_, r)| r.start.0))
+        .unwrap_or(USER_END);
+    VaRange::between(floor, ceiling)
+}
+
+proptest::proptest! {
+    /// `unmap_site` agrees with `check_covered`, a vacancy found by separate lookups and a
+    /// scan for anonymous regions, over random region layouts and ranges (holes, ranges
+    /// cutting regions, ranges starting or ending on region boundaries, no regions at all).
+    #[test]
+    fn unmap_site_matches_separate_lookups(
+        layout in proptest::collection::vec((0u64..4, 1u64..4, proptest::bool::ANY), 0..8),
+        first in 0u64..40,
+        pages in 1u64..12,
+        kept in proptest::bool::ANY,
+    ) {
+        let page = |n: u64| USER_START + n * PAGE;
+        let mut regions = BTreeMap::new();
+        let mut at = 0;
+        for (gap, len, anonymous) in layout {
+            let backing = if anonymous {
+                Backing::Anonymous
+            } else {
+                Backing::Physical(PhysAddr(0x8000_0000), MemoryType::Normal)
+            };
+            let (start, end) = (page(at + gap), page(at + gap + len));
+            let perms = Permissions { read: true, write: true, exec: false, user: true };
+            regions.insert(start, Region { start: VirtAddr(start), end: VirtAddr(end), perms, backing });
+            at += gap + len;
+        }
+        let (start, end) = (page(first), page(first + pages));
+        let vacancy = if kept { Vacancy::RegionsKept } else { Vacancy::RegionsRemoved };
+        let expected = check_covered(&regions, start, end).map(|()| UnmapSite {
+            vacant: if kept { VaRange::between(start, end) } else { vacancy_by_lookups(&regions, start, end) },
+            anonymous: overlapping(&regions, start, end).any(|r| r.backing == Backing::Anonymous),
+        });
+        proptest::prop_assert_eq!(unmap_site(&regions, start, end, vacancy), expected);
+    }
+}

@@ -76,7 +76,7 @@ impl Config {
 pub struct Change {
     changed: Option<VaRange>,
     invalidation: Option<TlbInvalidation>,
-    freed: Vec<PhysAddr>,
+    freed: FreedTables,
     splits: usize,
     was_young: bool,
     pages: u64,
@@ -97,7 +97,7 @@ impl Change {
 
     /// Table frames the operation unlinked; freed by [`PageTable::complete`].
     pub fn freed_tables(&self) -> &[PhysAddr] {
-        &self.freed
+        self.freed.as_slice()
     }
 
     /// Number of blocks the operation split (each already went through break-before-make).
@@ -150,6 +150,55 @@ impl Change {
     }
 }
 
+/// Table frames a change unlinked: inline up to the three an unmap inside one level-3 table
+/// can empty (levels 1 to 3), so the common small unmap does not allocate; on the heap beyond.
+#[derive(Debug, Default)]
+struct FreedTables {
+    inline: [PhysAddr; FREED_INLINE],
+    len: usize,
+    spilled: Vec<PhysAddr>,
+}
+
+const FREED_INLINE: usize = 3;
+
+impl FreedTables {
+    fn push(&mut self, table: PhysAddr) {
+        if self.len < FREED_INLINE {
+            self.inline[self.len] = table;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(table);
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn as_slice(&self) -> &[PhysAddr] {
+        if self.len <= FREED_INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    /// Moves `other`'s tables after ours.
+    fn append(&mut self, other: &mut FreedTables) {
+        for &table in other.as_slice() {
+            self.push(table);
+        }
+        *other = FreedTables::default();
+    }
+}
+
 /// Counts describing a table's shape, from [`PageTable::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableStats {
@@ -184,6 +233,12 @@ enum Node {
     /// A table a block split will create: entry `i` maps `base + i * entry_size` with the
     /// attributes of `block`.
     Split { block: Descriptor, base: u64 },
+}
+
+/// Where [`PageTable::leaf_table_path`] found a range: the tables from the root (level 0) down
+/// to the level-3 table, each with its entries.
+struct LeafPath<'m> {
+    tables: [(PhysAddr, &'m [AtomicU64; ENTRIES_PER_TABLE]); 4],
 }
 
 /// The entries of a [`Node`] while a loop indexes them: a table's words, reached once per table
@@ -508,14 +563,14 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
     pub fn complete(&self, change: Change, inv: &mut dyn Invalidate) {
         #[cfg(test)]
         if self.knobs.release_before_flush {
-            for &table in &change.freed {
+            for &table in change.freed.as_slice() {
                 self.frames.free(table);
             }
             Self::flush(&change, inv);
             return;
         }
         Self::flush(&change, inv);
-        for table in change.freed {
+        for &table in change.freed.as_slice() {
             self.frames.free(table);
         }
     }
@@ -894,6 +949,10 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         inv: &mut dyn Invalidate,
     ) -> Result<Change, PageTableError> {
         let (start, end) = (range.start().as_u64(), range.end().as_u64());
+        let p = self.leaf_table_path(start, end)?;
+        if let Some(path) = p {
+            return self.modify_in_leaf_table(path, start, end, edit, holes, vacant, inv);
+        }
         let mut pass = Pass::dry_run(holes, vacant);
         self.modify_level(
             Node::Table(self.root),
@@ -915,6 +974,67 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
             edit,
             &mut pass,
         )?;
+        Ok(self.finish(pass))
+    }
+
+    /// The tables from the root down to the level-3 table holding `[start, end)`, if the
+    /// range lies inside one level-3 table that table descriptors lead to. An edit there
+    /// splits no block and allocates nothing: [`modify`](Self::modify) then checks and
+    /// rewrites the pages without walking the levels twice (small unmaps and protection
+    /// changes). `None` sends the edit down the general path, which also reports whatever
+    /// stopped this descent.
+    fn leaf_table_path(&self, start: u64, end: u64) -> Result<Option<LeafPath<'_>>, PageTableError> {
+        let span = Level::L2.entry_size();
+        if start & !(span - 1) != (end - 1) & !(span - 1) {
+            return Ok(None);
+        }
+        let root = self.table_entries(self.root)?;
+        let mut path = LeafPath {
+            tables: [(self.root, root); 4],
+        };
+        for (i, level) in [Level::L0, Level::L1, Level::L2].into_iter().enumerate() {
+            let desc = path.tables[i].1[level.index(start)].load(Ordering::Relaxed);
+            let DescriptorKind::Table(next) = Descriptor::from_bits(desc).kind(level) else {
+                return Ok(None);
+            };
+            path.tables[i + 1] = (next, self.table_entries(next)?);
+        }
+        Ok(Some(path))
+    }
+
+    /// [`modify`](Self::modify) along a [`LeafPath`]: a checking pass that stores nothing,
+    /// the rewrite, then (for an unmap) the tables it emptied, from the bottom up.
+    #[allow(clippy::too_many_arguments)]
+    fn modify_in_leaf_table(
+        &self,
+        path: LeafPath<'_>,
+        start: u64,
+        end: u64,
+        edit: Edit,
+        holes: Holes,
+        vacant: VaRange,
+        inv: &mut dyn Invalidate,
+    ) -> Result<Change, PageTableError> {
+        let [.., (_, pages)] = path.tables;
+        let mut pass = Pass::dry_run(holes, vacant);
+        self.modify_pages(pages, start, end, edit, &mut pass)?;
+        pass.commit = true;
+        pass.inv = Some(inv);
+        self.modify_pages(pages, start, end, edit, &mut pass)?;
+        if edit == Edit::Unmap {
+            let levels = [Level::L0, Level::L1, Level::L2];
+            for (i, level) in levels.into_iter().enumerate().rev() {
+                let (parent, child) = (path.tables[i].1, path.tables[i + 1].0);
+                let entry_start = start & !(level.entry_size() - 1);
+                let span = VaRange::between(entry_start, entry_start + level.entry_size());
+                let freed = pass.change.freed.len();
+                self.unlink_if_empty(Entries::Table(parent), level.index(start), child, span, &mut pass)?;
+                if pass.change.freed.len() == freed {
+                    // The child stays linked, so its parent is not empty either.
+                    break;
+                }
+            }
+        }
         Ok(self.finish(pass))
     }
 
@@ -1219,6 +1339,37 @@ impl<M: PhysMemory, F: FrameAllocator> Drop for PageTable<M, F> {
         self.collect_tables(self.root, Level::ROOT, &mut tables);
         for table in tables {
             self.frames.free(table);
+        }
+    }
+}
+
+#[cfg(test)]
+mod freed_tables_tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// Past the inline three the list spills to the heap, in order; `append` keeps the order
+    /// and empties its source.
+    #[test]
+    fn keeps_every_table_in_order_across_the_spill() {
+        let frames = |r: core::ops::Range<u64>| r.map(|i| PhysAddr(i << 12)).collect::<Vec<_>>();
+        for n in 0..8u64 {
+            let mut list = FreedTables::default();
+            for &t in &frames(0..n) {
+                list.push(t);
+            }
+            assert_eq!(list.as_slice(), frames(0..n));
+            assert_eq!((list.len(), list.is_empty()), (n as usize, n == 0));
+            let mut more = FreedTables::default();
+            for &t in &frames(100..100 + n) {
+                more.push(t);
+            }
+            list.append(&mut more);
+            let mut all = frames(0..n);
+            all.extend(frames(100..100 + n));
+            assert_eq!(list.as_slice(), all);
+            assert!(more.is_empty() && more.as_slice().is_empty());
         }
     }
 }

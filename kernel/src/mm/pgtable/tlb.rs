@@ -259,6 +259,20 @@ impl TlbPolicy {
     }
 }
 
+/// The one operation of a whole-scope plan.
+const fn whole_op(scope: TlbScope) -> TlbOp {
+    match scope {
+        TlbScope::Asid(asid) => TlbOp::Tlbi {
+            op: Tlbi::Aside1is,
+            operand: (asid.get() as u64) << 48,
+        },
+        TlbScope::Global => TlbOp::Tlbi {
+            op: Tlbi::Vmalle1is,
+            operand: 0,
+        },
+    }
+}
+
 const fn scope_asid(scope: TlbScope) -> u16 {
     match scope {
         TlbScope::Asid(asid) => asid.get(),
@@ -388,6 +402,48 @@ impl TlbPlan {
         }
     }
 
+    /// True if the plan has a TLBI (what [`TlbPlan::tlbi_count`] > 0 says, without counting).
+    pub fn invalidates(&self) -> bool {
+        match self.0 {
+            PlanKind::Publish | PlanKind::Exhausted => false,
+            PlanKind::ByVa { count, .. } => count > 0,
+            PlanKind::Range { pages, .. } => pages > 0,
+            PlanKind::Whole(_) => true,
+        }
+    }
+
+    /// The plan's TLBI if it is one page or a whole scope: an executor may then issue
+    /// `DSB ISHST; TLBI; DSB ISH; ISB` itself instead of iterating [`TlbPlan::ops`] (the same
+    /// operations, for the most common plan of all). `None` says nothing about the count.
+    pub fn single_tlbi(&self) -> Option<TlbOp> {
+        match self.0 {
+            PlanKind::ByVa {
+                next,
+                count: 1,
+                op,
+                asid,
+                ttl,
+                ..
+            } => Some(TlbOp::Tlbi {
+                op,
+                operand: va_operand(next, asid, ttl),
+            }),
+            PlanKind::Range {
+                next,
+                pages: 1,
+                single,
+                asid,
+                single_ttl,
+                ..
+            } => Some(TlbOp::Tlbi {
+                op: single,
+                operand: va_operand(next, asid, single_ttl),
+            }),
+            PlanKind::Whole(scope) => Some(whole_op(scope)),
+            _ => None,
+        }
+    }
+
     /// The number of TLBI operations (barriers excluded).
     pub fn tlbi_count(&self) -> usize {
         self.ops()
@@ -420,16 +476,7 @@ impl TlbOps {
             PlanKind::Whole(scope) => {
                 let scope = *scope;
                 self.kind = PlanKind::Exhausted;
-                Some(match scope {
-                    TlbScope::Asid(asid) => TlbOp::Tlbi {
-                        op: Tlbi::Aside1is,
-                        operand: u64::from(asid.get()) << 48,
-                    },
-                    TlbScope::Global => TlbOp::Tlbi {
-                        op: Tlbi::Vmalle1is,
-                        operand: 0,
-                    },
-                })
+                Some(whole_op(scope))
             }
             PlanKind::ByVa {
                 next,
@@ -648,6 +695,8 @@ mod tests {
     fn publish_is_just_barriers() {
         let ops: Vec<_> = TlbPlan::publish().ops().collect();
         assert_eq!(ops, [TlbOp::DsbIshst, TlbOp::Isb]);
+        assert!(!TlbPlan::publish().invalidates());
+        assert_eq!(TlbPlan::publish().single_tlbi(), None);
     }
 
     #[test]
@@ -824,6 +873,27 @@ mod tests {
                 }
             }
             prop_assert_eq!(next, start_page + pages);
+        }
+
+        /// [`TlbPlan::single_tlbi`] and [`TlbPlan::invalidates`] agree with the operations the
+        /// plan iterates, for every policy, scope, level and size (an executor trusts them
+        /// instead of iterating), and every one-page plan has its single TLBI.
+        #[test]
+        fn single_tlbi_is_the_plans_only_tlbi(start_page in 0u64..1 << 30, pages in 1u64..2048, policy in 0usize..3, global in any::<bool>(), leaf in any::<bool>(), block in any::<bool>()) {
+            let level = if block { Level::L2 } else { Level::L3 };
+            let mut inv = TlbInvalidation::leaf(range(start_page << 12, pages << 12), level);
+            if !leaf {
+                inv.add_table_change();
+            }
+            let scope = if global { TlbScope::Global } else { asid(3) };
+            let plan = [NO_FEATURES, TTL_ONLY, RANGE][policy].plan(&inv, scope);
+            let ops = tlbis(&plan);
+            prop_assert_eq!(plan.invalidates(), !ops.is_empty());
+            match plan.single_tlbi() {
+                Some(TlbOp::Tlbi { op, operand }) => prop_assert_eq!(ops, vec![(op, operand)]),
+                Some(other) => prop_assert!(false, "not a TLBI: {:?}", other),
+                None => prop_assert!(pages > 1 || block, "a one-page plan not reported: {:?}", ops),
+            }
         }
 
         /// By-VA plans touch every page of a page-level range once, in order, or give up for the
