@@ -644,6 +644,50 @@ fn a_command_error_is_reported_at_the_command_that_failed() {
     });
 }
 
+/// A refused CMD_SYNC written apart from any caller's commands (a caller that saw other CPUs
+/// submit lately publishes its commands first and writes the CMD_SYNC later, for them to
+/// share) has no owner to report to and owes no whole-ASID fallback: the driver runs a
+/// CMD_SYNC in its place (§7.1), which completes every command before it (§4.7.3), so the
+/// invalidation returns only once its TLBI is done. The soak's `cmdq` fault, which refuses
+/// whatever command comes next, hits such CMD_SYNCs.
+#[test]
+fn a_refused_cmd_sync_written_apart_loses_no_invalidation() {
+    with_default_world(|w| {
+        let frame = w.map_pages(VA, 2, LeafAttrs::RW, 0x21)[0];
+        let dma = w.dma();
+        dma.touch(VirtAddr(VA), AccessKind::Write).unwrap();
+        let (smmu, ctx) = (w.smmu, w.ctx);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (start, end) = (VirtAddr(VA + PAGE), VirtAddr(VA + 2 * PAGE));
+                smmu.invalidate_range(ctx, start, end).unwrap()
+            });
+        });
+        let before = w.smmu.stats();
+        w.tables.unmap(VirtAddr(VA)).unwrap();
+        w.model.set_knobs(Knobs {
+            fail_command: Some((Some(opcode::SYNC), CommandErrorCode::Illegal)),
+            ..Knobs::default()
+        });
+        let report = w.invalidate(VA, 1);
+        let after = w.smmu.stats();
+        assert_eq!(
+            after.prod_writes - before.prod_writes,
+            2,
+            "the TLBI, then the CMD_SYNC apart"
+        );
+        let refused = after.last_command_error.expect("the CMD_SYNC was refused");
+        assert_eq!(refused.command.map(|c| c.kind()), Ok(CommandKind::Sync));
+        assert_eq!(after.command_errors, before.command_errors + 1);
+        assert_eq!(report.recovered, None, "nobody's command was lost");
+        assert_eq!(after.invalidation_fallbacks, before.invalidation_fallbacks);
+        // The TLBI completed all the same.
+        assert!(dma.write(VirtAddr(VA), &[9]).is_err());
+        assert_eq!(w.byte(frame), 0x21);
+        assert!(w.model.stale_translations().is_empty());
+    });
+}
+
 /// The model, with SMMU_GBPA.UPDATE never clearing once `stuck` is set.
 struct StuckGbpa<'a> {
     model: &'a SmmuModel<'a>,

@@ -11,7 +11,7 @@
 //! | `alloc` | the address spaces' frame allocator (`CpuMm::frames`), the n-th allocation of one `mmap` on this CPU | `MmError::OutOfMemory`, the region is gone and nothing of it is mapped |
 //! | `notifier` | an interval subscriber refusing a non-blockable range (`munmap_nonblocking`) | `MmError::WouldBlock`, nothing changed, the page still translates for CPU and device |
 //! | `sync` | the driver/backend boundary ([`crate::iommu::backend::inject`]): CMDQ_CONS stops moving for one CMD_SYNC | `SmmuError::SyncTimeout`; SVA marks the context broken and quiesces it (all DMA faults), the unmap returns; the owner rebinds |
-//! | `cmdq` | QEMU: the backend boundary holds CMDQ_PROD before a TLBI and reports CMDQ_CONS.ERR = CERROR_ILL with GERROR.CMDQ_ERR; model: the model's own one-shot command error | the driver skips the command, acknowledges GERRORN and re-sends the invalidation for the whole ASID |
+//! | `cmdq` | QEMU: the backend boundary holds CMDQ_PROD before a TLBI and reports CMDQ_CONS.ERR = CERROR_ILL with GERROR.CMDQ_ERR; model: the model's own one-shot command error, on whatever command (any CPU's) it consumes next | the driver replaces the command with a CMD_SYNC and acknowledges GERRORN; a refused TLBI is re-sent for the whole ASID (by the CPU that queued it); a refused CMD_SYNC loses nothing and owes no re-send |
 //! | `evtq` | a real overflow: the event queue shrunk to 128 entries while a faulting 4 KiB DMA makes 1024 events | reported once (OVFLG on the model, GERROR.EVENTQ_ABT_ERR on QEMU), later events arrive |
 //! | `teardown` | a DMA in flight while the bound address space is torn down | `release` quiesces first: the DMA faults quietly and never lands after the teardown |
 //!

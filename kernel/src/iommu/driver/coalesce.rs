@@ -58,8 +58,11 @@
 //! **Command errors.** The SMMU stops at a refused command (GERROR.CMDQ_ERR, CMDQ_CONS.ERR):
 //! whoever polls repairs the slot (a CMD_SYNC in place of an illegal command), acknowledges,
 //! and records the failure at its position; the caller that published that position reports
-//! [`SmmuError::CommandFailed`] once its CMD_SYNC completed, as before. Records are dropped
-//! when no caller is between publishing and returning (none can own them).
+//! [`SmmuError::CommandFailed`] once its CMD_SYNC completed, as before. A CMD_SYNC written
+//! apart from any caller's commands (the shared path) is nobody's position: its refusal fails
+//! no caller, and loses nothing, since the CMD_SYNC put in its place completes the same
+//! commands. Records are dropped when no caller is between publishing and returning (none can
+//! own them).
 
 use alloc::vec::Vec;
 

@@ -238,7 +238,24 @@ impl Soak<'_> {
         });
         ok
     }
+
+    /// The SMMU's whole-ASID fallbacks, once more than `before` (or after
+    /// [`FALLBACK_WAIT_US`]): the refused TLBI may be another CPU's, which counts its fallback
+    /// only after its CMD_SYNC completed, possibly after this CPU's own change returned.
+    pub(super) fn fallbacks_beyond(&self, before: u64) -> u64 {
+        let deadline = timer::Deadline::after_us(FALLBACK_WAIT_US);
+        loop {
+            let n = self.rig.smmu.stats().invalidation_fallbacks;
+            if n > before || deadline.expired() {
+                return n;
+            }
+            crate::sync::spin_loop();
+        }
+    }
 }
+
+/// How long a CPU waits for another CPU's whole-ASID fallback to be counted.
+const FALLBACK_WAIT_US: u64 = 1_000_000;
 
 /// The current binding's ASID (for the model's checker notes).
 pub(super) static CURRENT_ASID: AtomicU64 = AtomicU64::new(0);
@@ -268,6 +285,15 @@ pub(super) fn arm_command_error(rig: &Rig<BoardDomain>) -> Result<(), RigError> 
             Ok(())
         }
     }
+}
+
+/// Whether the refused command may have lost an invalidation, which its caller must then redo
+/// for the whole ASID. The injected error hits whichever command the SMMU consumes next, any
+/// CPU's. A refused CMD_SYNC loses nothing: the driver runs a CMD_SYNC in its place (§7.1),
+/// which completes every command before it (§4.7.3), so no fallback is owed (the caller whose
+/// own batch held it still falls back; a CMD_SYNC written apart from any batch has no owner).
+pub(super) fn refusal_loses_work(refused: Option<CommandFailure>) -> bool {
+    !matches!(refused.map(|f| f.command), Some(Ok(Command::Sync { .. })))
 }
 
 /// Disarms SMMU faults that did not fire; true if one was still armed.

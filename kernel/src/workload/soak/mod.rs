@@ -40,7 +40,9 @@ mod teardown;
 pub use report::SoakReport;
 pub(crate) use teardown::teardown_race;
 
-use inject::{arm_command_error, arm_sync_timeout, disarm_smmu_faults, CURRENT_ASID};
+use inject::{
+    arm_command_error, arm_sync_timeout, disarm_smmu_faults, refusal_loses_work, CURRENT_ASID,
+};
 use report::print_summary;
 use teardown::release_race;
 
@@ -54,7 +56,9 @@ use crate::arch::aarch64::aspace::{activate, deactivate, CpuMm};
 use crate::arch::aarch64::{cpu_id, smp, timer};
 use crate::board::bootargs;
 use crate::iommu::backend::model::Knobs;
+use crate::iommu::driver::CommandFailure;
 use crate::iommu::probe::{self, BoardDomain};
+use crate::iommu::spec::command::Command;
 use crate::iommu::spec::event::{AccessKind, EventKind, EventRecord};
 use crate::iommu::spec::regs::CommandErrorCode;
 use crate::iommu::sva::{self, Bond, ContextState, SvaError};

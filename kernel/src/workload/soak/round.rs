@@ -265,18 +265,22 @@ impl Soak<'_> {
         let what = if unmap { "munmap" } else { "mprotect" };
         if fault == Some(Fault::CmdqError) {
             let after = self.rig.smmu.stats();
+            let refused = after.last_command_error;
+            let loses_work = refusal_loses_work(refused);
+            let fallbacks = if loses_work {
+                self.fallbacks_beyond(before.invalidation_fallbacks)
+            } else {
+                after.invalidation_fallbacks
+            };
             let survived = changed.is_ok()
                 && after.command_errors > before.command_errors
-                && after.invalidation_fallbacks > before.invalidation_fallbacks
+                && (!loses_work || fallbacks > before.invalidation_fallbacks)
                 && !disarm_smmu_faults(self.rig);
             self.record(cpu, Fault::CmdqError, survived, || {
                 format!(
-                    "command error during the {what} of {page_va:#x}: {}; whole-ASID fallbacks {} -> {}",
-                    after
-                        .last_command_error
-                        .map_or(String::from("none"), |f| format!("{f}")),
+                    "command error during the {what} of {page_va:#x}: {}; whole-ASID fallbacks {} -> {fallbacks}",
+                    refused.map_or(String::from("none"), |f| format!("{f}")),
                     before.invalidation_fallbacks,
-                    after.invalidation_fallbacks
                 )
             });
         }
