@@ -27,7 +27,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     ) -> Result<InvalidationReport, SmmuError> {
         let asid = self.context_asid(ctx)?;
         let mut plan = self.planner.lock().plan(asid, start, end)?;
-        let debug = *self.debug.lock();
+        let debug = self.debug_knobs();
         if plan.may_cover() {
             plan = self.cover_if_free(ctx, plan, debug);
         }
