@@ -2,16 +2,12 @@
 //! ended by a CMD_SYNC that is waited for — shared between CPUs when their commands are queued
 //! together ([`super::coalesce`]) — with command-error recovery on the way.
 
-use super::coalesce::{CommandRing, Submission, SyncEvent, SyncHardware, SyncLedger};
+use super::coalesce::{CommandRing, Submission, SyncEvent, SyncHardware, SyncLedger, Tally};
 use super::*;
 
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Submits `commands` in batches, then (if `sync`) waits for a CMD_SYNC after them.
-    pub(super) fn submit(
-        &self,
-        commands: &[Command],
-        sync: bool,
-    ) -> Result<CommandCounts, SmmuError> {
+    pub(super) fn submit(&self, commands: &[Command], sync: bool) -> Result<(), SmmuError> {
         self.submit_iter(commands.iter().copied(), sync)
     }
 
@@ -19,25 +15,26 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         &self,
         commands: impl Iterator<Item = Command>,
         sync: bool,
-    ) -> Result<CommandCounts, SmmuError> {
-        let debug = self.debug_knobs();
-        self.submit_with(commands, sync, debug)
+    ) -> Result<(), SmmuError> {
+        self.submit_with(commands, sync, self.debug_knobs(), &mut ())
     }
 
-    /// [`Smmu::submit_iter`] for a caller that already read the debug knobs.
+    /// [`Smmu::submit_iter`] for a caller that already read the debug knobs, counting what it
+    /// published in `counts`.
     pub(super) fn submit_with(
         &self,
         commands: impl Iterator<Item = Command>,
         sync: bool,
         debug: DebugKnobs,
-    ) -> Result<CommandCounts, SmmuError> {
+        counts: &mut impl Tally,
+    ) -> Result<(), SmmuError> {
         let how = Submission {
             sync,
             batch: self.config.batch as usize,
             share: self.share_syncs.load(Ordering::Relaxed),
             adopt_earlier_sync: debug.adopt_earlier_sync,
         };
-        self.cmdq.submit(self, commands, how).map(|s| s.counts)
+        self.cmdq.submit(self, commands, how, counts)
     }
 }
 
