@@ -382,7 +382,8 @@ impl<R> SharedQueue<R> {
     {
         // One command of lookahead tells the last batch, which may carry the CMD_SYNC.
         let mut next = commands.next();
-        let mut batch = Batch::new();
+        let mut inline = [Command::SYNC; INLINE_BATCH];
+        let mut batch = Batch::new(&mut inline);
         loop {
             batch.clear();
             while let Some(command) = next {
@@ -544,17 +545,18 @@ const INLINE_BATCH: usize = 4;
 
 /// The commands of one CMDQ_PROD write: inline when few (an allocation and its free cost
 /// about as much as the rest of a 1-page invalidation's submission), on the heap beyond.
-struct Batch {
-    inline: [Command; INLINE_BATCH],
+/// The inline room is borrowed, not owned: a `Batch` built around an array it owns was
+/// copied into place after being built, 128 bytes through `memcpy` on every submission.
+struct Batch<'a> {
+    inline: &'a mut [Command; INLINE_BATCH],
     len: usize,
     spilled: Vec<Command>,
 }
 
-impl Batch {
-    #[inline(always)]
-    fn new() -> Self {
+impl<'a> Batch<'a> {
+    fn new(inline: &'a mut [Command; INLINE_BATCH]) -> Self {
         Self {
-            inline: [Command::SYNC; INLINE_BATCH],
+            inline,
             len: 0,
             spilled: Vec::new(),
         }
@@ -685,7 +687,8 @@ mod tests {
     #[test]
     fn a_batch_keeps_its_order_past_the_inline_room() {
         let tlbi = |asid| Command::TlbiNhAsid { vmid: 0, asid };
-        let mut b = Batch::new();
+        let mut inline = [Command::SYNC; INLINE_BATCH];
+        let mut b = Batch::new(&mut inline);
         for round in 0..2 {
             b.clear();
             let n = INLINE_BATCH as u16 * 2 + round;

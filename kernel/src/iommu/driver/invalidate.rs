@@ -103,9 +103,11 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             Some(r) => self.submit_with(plan.commands(), sync, debug, &mut r.commands),
             None => self.submit_with(plan.commands(), sync, debug, &mut ()),
         };
+        // Ok is matched on its own: passing `sent` on whole would copy the error's bytes too.
         let failure = match sent {
+            Ok(()) => return Ok(()),
             Err(SmmuError::CommandFailed(f)) => f,
-            other => return other,
+            Err(e) => return Err(e),
         };
         // The queue ran on, but that invalidation may not have happened: redo it for the
         // whole ASID, which cannot be malformed.
