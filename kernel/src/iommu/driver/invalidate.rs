@@ -81,13 +81,16 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         }
         let started = self.clock.now_ns();
         let result = self.invalidate_with_fallback(&plan, asid, debug, report);
-        // A timed-out invalidation is counted as such, not as a slow one.
-        let took = result
-            .is_ok()
-            .then(|| self.clock.now_ns().saturating_sub(started));
-        // One lock hold for the counters, after the submission (which holds the queue lock).
-        count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), took);
-        result
+        // A timed-out invalidation is counted as such, not as a slow one. One lock hold for
+        // the counters, after the submission (which holds the queue lock). The error is
+        // passed on by itself: returning `result` whole would copy its bytes on success too.
+        if let Err(e) = result {
+            count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), None);
+            return Err(e);
+        }
+        let took = self.clock.now_ns().saturating_sub(started);
+        count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), Some(took));
+        Ok(())
     }
 
     /// Sends `plan`; if the SMMU refused one of its commands, the whole ASID instead.
