@@ -21,7 +21,7 @@ use shootdown::iommu::driver::coalesce::{
 };
 use shootdown::iommu::driver::{CommandFailure, SmmuError};
 use shootdown::iommu::spec::regs::CommandErrorCode;
-use shootdown::iommu::spec::command::Command;
+use shootdown::iommu::spec::command::{Command, CommandCounts};
 use shootdown::iommu::spec::queue::{QueueGeometry, QueuePtr};
 use shootdown::sync::{current_cpu, set_model_cpu};
 
@@ -246,14 +246,20 @@ fn two_cpus(w: &World, rounds: u16, adopt_earlier_sync: bool) -> Vec<Vec<Result<
                 let mut results = Vec::new();
                 for round in 0..rounds {
                     let id = 1 + cpu + 2 * round;
-                    let r = queue.submit(&*hw, [tlbi(id)].into_iter(), how(adopt_earlier_sync));
+                    let mut counts = CommandCounts::default();
+                    let r = queue.submit(
+                        &*hw,
+                        [tlbi(id)].into_iter(),
+                        how(adopt_earlier_sync),
+                        &mut counts,
+                    );
                     if r.is_ok() {
                         assert!(
                             queue.lock().smmu.done[id as usize],
                             "CPU {cpu} returned before a CMD_SYNC after its command completed"
                         );
                     }
-                    results.push(r.map(|_| ()));
+                    results.push(r);
                 }
                 results
             })

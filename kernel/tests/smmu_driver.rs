@@ -15,7 +15,9 @@ use shootdown::iommu::driver::planner::{PlanError, PlanKind, Strategy};
 use shootdown::iommu::spec::regs::{offset, CommandErrorCode};
 use shootdown::iommu::spec::ste::BadSte;
 use shootdown::iommu::fake::{LeafAttrs, PhysArena, StepClock};
+use shootdown::mm::phys::PhysMemory;
 use shootdown::mm::{PhysAddr, VirtAddr, PAGE_SIZE};
+use std::sync::atomic::AtomicU64;
 use support::*;
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -154,6 +156,18 @@ impl SmmuBackend for NothingImplemented {
     fn write64(&self, _: usize, _: u64) {}
 }
 
+/// Memory reachable one word at a time only: no range of it resolves as one slice.
+struct WordByWord<'a>(&'a PhysArena);
+
+impl PhysMemory for WordByWord<'_> {
+    fn word(&self, pa: PhysAddr) -> Option<&AtomicU64> {
+        self.0.word(pa)
+    }
+    fn bytes(&self, _: PhysAddr, _: usize) -> Option<*mut u8> {
+        None
+    }
+}
+
 #[test]
 fn probe_refuses_what_it_cannot_drive_and_leaks_nothing() {
     let mem = arena();
@@ -171,6 +185,12 @@ fn probe_refuses_what_it_cannot_drive_and_leaks_nothing() {
         Some(SmmuError::OutOfMemory)
     );
     assert_eq!(tiny.frames_in_use(), 0);
+    // A command queue the driver cannot resolve as one slice of words: refused at probe, not
+    // at the first command.
+    let model = SmmuModel::new(&mem, ModelConfig::default()).unwrap();
+    let err = Smmu::new(&model, &clock, &WordByWord(&mem), &mem, smmu_config()).err();
+    assert!(matches!(err, Some(SmmuError::Unreachable(_))), "{err:?}");
+    assert_eq!(mem.frames_in_use(), 0);
     // Range invalidation on an SMMU without RIL.
     let no_ril = SmmuModel::new(
         &mem,

@@ -22,7 +22,8 @@
 //!
 //! The page-table code calls `arch_invalidate_secondary_tlbs(start, end)` from its TLB flush,
 //! after the CPU invalidation and before the unmap returns or a page is freed. The subscription
-//! turns it into [`Smmu::invalidate_range`] on its context, which follows the planner strategy
+//! turns it into [`Smmu::invalidate`] (`invalidate_range` without its report) on its context,
+//! which follows the planner strategy
 //! (per page, range, ASID-wide or automatic) and returns only once the SMMU has completed the
 //! CMD_SYNC that follows the TLBIs (SMMUv3 §4.7.3: completion of a CMD_SYNC means every earlier
 //! command has completed). A protection change — downgrade *or* upgrade, since an SMMU may
@@ -141,6 +142,10 @@ pub trait SvaIommu: Send + Sync {
         start: VirtAddr,
         end: VirtAddr,
     ) -> Result<InvalidationReport, SmmuError>;
+    /// See [`Smmu::invalidate`]: the same without the report, for the unmap path.
+    fn invalidate(&self, ctx: ContextId, start: VirtAddr, end: VirtAddr) -> Result<(), SmmuError> {
+        self.invalidate_range(ctx, start, end).map(|_| ())
+    }
     /// See [`Smmu::quiesce`].
     fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError>;
     /// See [`Smmu::abort_all_traffic`].
@@ -172,6 +177,9 @@ impl<B: SmmuBackend + Send, C: Clock + Send> SvaIommu for Smmu<'_, B, C> {
         end: VirtAddr,
     ) -> Result<InvalidationReport, SmmuError> {
         Smmu::invalidate_range(self, ctx, start, end)
+    }
+    fn invalidate(&self, ctx: ContextId, start: VirtAddr, end: VirtAddr) -> Result<(), SmmuError> {
+        Smmu::invalidate(self, ctx, start, end)
     }
     fn quiesce(&self, ctx: ContextId) -> Result<(), SmmuError> {
         Smmu::quiesce(self, ctx)
@@ -697,9 +705,9 @@ impl<D: SvaDomain> MmuNotifierOps for SvaNotifier<D> {
         match self
             .sva
             .iommu
-            .invalidate_range(ctx, VirtAddr(start), VirtAddr(end))
+            .invalidate(ctx, VirtAddr(start), VirtAddr(end))
         {
-            Ok(_) => {}
+            Ok(()) => {}
             // Destroyed after the state check: its streams were detached and its ASID
             // invalidated on the way out.
             Err(SmmuError::NoSuchContext(_)) => {}

@@ -22,8 +22,12 @@ pub fn ticks() -> u64 {
 
 /// Nanoseconds since the counter started (boot, in practice).
 pub fn now_ns() -> u64 {
-    let f = frequency() as u128;
-    (ticks() as u128 * 1_000_000_000 / f) as u64
+    const NS_PER_S: u64 = 1_000_000_000;
+    // Whole seconds, then the rest: exactly `ticks * 10^9 / f` without a 128-bit division
+    // (a library call; the SMMU driver reads the clock twice per invalidation). CNTFRQ_EL0
+    // holds 32 bits, so `rest * 10^9 < 2^62`.
+    let (f, t) = (frequency(), ticks());
+    (t / f) * NS_PER_S + (t % f) * NS_PER_S / f
 }
 
 /// A point in time after which something gives up.

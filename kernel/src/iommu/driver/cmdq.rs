@@ -2,16 +2,12 @@
 //! ended by a CMD_SYNC that is waited for — shared between CPUs when their commands are queued
 //! together ([`super::coalesce`]) — with command-error recovery on the way.
 
-use super::coalesce::{CommandRing, Submission, SyncEvent, SyncHardware, SyncLedger};
+use super::coalesce::{CommandRing, Submission, SyncEvent, SyncHardware, SyncLedger, Tally};
 use super::*;
 
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Submits `commands` in batches, then (if `sync`) waits for a CMD_SYNC after them.
-    pub(super) fn submit(
-        &self,
-        commands: &[Command],
-        sync: bool,
-    ) -> Result<CommandCounts, SmmuError> {
+    pub(super) fn submit(&self, commands: &[Command], sync: bool) -> Result<(), SmmuError> {
         self.submit_iter(commands.iter().copied(), sync)
     }
 
@@ -19,25 +15,26 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         &self,
         commands: impl Iterator<Item = Command>,
         sync: bool,
-    ) -> Result<CommandCounts, SmmuError> {
-        let debug = *self.debug.lock();
-        self.submit_with(commands, sync, debug)
+    ) -> Result<(), SmmuError> {
+        self.submit_with(commands, sync, self.debug_knobs(), &mut ())
     }
 
-    /// [`Smmu::submit_iter`] for a caller that already read the debug knobs.
+    /// [`Smmu::submit_iter`] for a caller that already read the debug knobs, counting what it
+    /// published in `counts`.
     pub(super) fn submit_with(
         &self,
         commands: impl Iterator<Item = Command>,
         sync: bool,
         debug: DebugKnobs,
-    ) -> Result<CommandCounts, SmmuError> {
+        counts: &mut impl Tally,
+    ) -> Result<(), SmmuError> {
         let how = Submission {
             sync,
             batch: self.config.batch as usize,
             share: self.share_syncs.load(Ordering::Relaxed),
             adopt_earlier_sync: debug.adopt_earlier_sync,
         };
-        self.cmdq.submit(self, commands, how).map(|s| s.counts)
+        self.cmdq.submit(self, commands, how, counts)
     }
 }
 
@@ -55,7 +52,7 @@ impl<B: SmmuBackend, C: Clock> SyncHardware for Smmu<'_, B, C> {
     }
 }
 
-impl<'a, B: SmmuBackend, C: Clock> CommandRing<Smmu<'a, B, C>> for CommandQueue {
+impl<'a, B: SmmuBackend, C: Clock> CommandRing<Smmu<'a, B, C>> for CommandQueue<'a> {
     fn ledger(&mut self) -> &mut SyncLedger {
         &mut self.ledger
     }
@@ -72,9 +69,7 @@ impl<'a, B: SmmuBackend, C: Clock> CommandRing<Smmu<'a, B, C>> for CommandQueue 
         let mut prod = self.prod;
         for cmd in cmds {
             let words = cmd.encode().map_err(SmmuError::Command)?;
-            let slot = self.slot(prod);
-            physmem::store(smmu.mem, slot, words[0], Ordering::Relaxed)?;
-            physmem::store(smmu.mem, PhysAddr(slot.as_u64() + 8), words[1], Ordering::Relaxed)?;
+            self.store_entry(prod, words);
             prod = self.geo.advance(prod, 1);
             crate::trace::record(crate::trace::Kind::SmmuCommand, words[0] & 0xff, words[0]);
         }
@@ -102,8 +97,7 @@ impl<'a, B: SmmuBackend, C: Clock> CommandRing<Smmu<'a, B, C>> for CommandQueue 
         }
         let err =
             LocalRegisterCopy::<u32, CMDQ_CONS::Register>::new(raw).read(CMDQ_CONS::ERR) as u8;
-        let slot = self.slot(cons);
-        let command = physmem::load_words::<2>(smmu.mem, slot).map_err(SmmuError::from)?;
+        let command = self.load_entry(cons);
         let code = CommandErrorCode::from_raw(err).unwrap_or(CommandErrorCode::Other(0));
         let f = CommandFailure {
             code,
@@ -118,8 +112,7 @@ impl<'a, B: SmmuBackend, C: Clock> CommandRing<Smmu<'a, B, C>> for CommandQueue 
             // CERROR_ILL (and anything else): the command cannot be run; a CMD_SYNC in its
             // place keeps the queue's meaning. CERROR_ABT was a fetch abort: retry as is.
             let sync = Command::SYNC.encode().map_err(SmmuError::Command)?;
-            physmem::store(smmu.mem, slot, sync[0], Ordering::Relaxed)?;
-            physmem::store(smmu.mem, PhysAddr(slot.as_u64() + 8), sync[1], Ordering::Relaxed)?;
+            self.store_entry(cons, sync);
             fence(Ordering::Release);
         }
         // Acknowledge exactly this error by making our GERRORN bit equal GERROR's.
@@ -146,10 +139,23 @@ impl<'a, B: SmmuBackend, C: Clock> CommandRing<Smmu<'a, B, C>> for CommandQueue 
     }
 }
 
-impl CommandQueue {
-    /// The queue slot `ptr` designates.
-    fn slot(&self, ptr: QueuePtr) -> PhysAddr {
-        PhysAddr(self.base.as_u64() + (CMD_SIZE as u64) * u64::from(self.geo.index(ptr)))
+impl<'a> CommandQueue<'a> {
+    /// The words of the entry `ptr` designates (the index is below the entries the memory was
+    /// resolved for: the geometry never changes).
+    fn entry(&self, ptr: QueuePtr) -> &[core::sync::atomic::AtomicU64] {
+        let first = CMD_WORDS * self.geo.index(ptr) as usize;
+        &self.words[first..first + CMD_WORDS]
+    }
+
+    fn store_entry(&self, ptr: QueuePtr, words: [u64; CMD_WORDS]) {
+        for (cell, word) in self.entry(ptr).iter().zip(words) {
+            cell.store(word, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn load_entry(&self, ptr: QueuePtr) -> [u64; CMD_WORDS] {
+        let entry = self.entry(ptr);
+        core::array::from_fn(|i| entry[i].load(core::sync::atomic::Ordering::Acquire))
     }
 
     fn observe(&mut self, cons: QueuePtr) {
@@ -159,7 +165,7 @@ impl CommandQueue {
 
     fn wait_for_space<B: SmmuBackend, C: Clock>(
         &mut self,
-        smmu: &Smmu<'_, B, C>,
+        smmu: &Smmu<'a, B, C>,
         needed: u32,
     ) -> Result<(), SmmuError> {
         // CONS only moves on: room seen at the last read is still there.

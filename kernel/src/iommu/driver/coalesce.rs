@@ -67,7 +67,7 @@
 use alloc::vec::Vec;
 
 use super::{CommandFailure, SmmuError};
-use crate::iommu::spec::command::{Command, CommandCounts};
+use crate::iommu::spec::command::{Command, CommandCounts, CommandKind};
 use crate::iommu::spec::queue::{QueueGeometry, QueuePtr};
 use crate::sync::atomic::{fence, AtomicU32, Ordering};
 use crate::sync::{SpinLock, SpinLockGuard};
@@ -249,13 +249,27 @@ pub struct Submission {
     pub adopt_earlier_sync: bool,
 }
 
-/// What a submission did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Submitted {
-    /// Commands this caller published, its own CMD_SYNC included.
-    pub counts: CommandCounts,
-    /// It waited for another caller's CMD_SYNC.
-    pub shared_sync: bool,
+/// Where a submission counts the commands it published: [`CommandCounts`], or `()` for a
+/// caller that does not ask (the counts are 13 words: clearing them costs as much as the rest
+/// of a small submission's bookkeeping).
+pub trait Tally {
+    fn add(&mut self, kind: CommandKind);
+
+    fn add_all(&mut self, commands: &[Command]) {
+        for c in commands {
+            self.add(c.kind());
+        }
+    }
+}
+
+impl Tally for CommandCounts {
+    fn add(&mut self, kind: CommandKind) {
+        CommandCounts::add(self, kind);
+    }
+}
+
+impl Tally for () {
+    fn add(&mut self, _: CommandKind) {}
 }
 
 /// A command queue behind its lock, with the count of callers inside [`SharedQueue::submit`]
@@ -315,13 +329,15 @@ impl<R> SharedQueue<R> {
     }
 
     /// Publishes `commands` and, if asked, returns once a CMD_SYNC written after all of them
-    /// has completed (see the module documentation).
+    /// has completed (see the module documentation). Counts what this caller published, its
+    /// own CMD_SYNC included, in `counts`.
     pub fn submit<H: SyncHardware + ?Sized>(
         &self,
         hw: &H,
         commands: impl Iterator<Item = Command>,
         how: Submission,
-    ) -> Result<Submitted, SmmuError>
+        counts: &mut impl Tally,
+    ) -> Result<(), SmmuError>
     where
         R: CommandRing<H>,
     {
@@ -336,11 +352,10 @@ impl<R> SharedQueue<R> {
         }
         q.ledger().open();
         let start = q.ledger().written();
-        let mut done = Submitted::default();
-        let published = self.publish_all(hw, &mut q, commands, how, others_lately, &mut done);
+        let published = self.publish_all(hw, &mut q, commands, how, others_lately, counts);
         let end = q.ledger().written();
         let (q, result) = match published {
-            Ok(own_sync) if how.sync => self.complete(hw, q, end, own_sync, how, &mut done),
+            Ok(own_sync) if how.sync => self.complete(hw, q, end, own_sync, how, counts),
             Ok(_) => (q, Ok(())),
             Err(e) => (q, Err(e)),
         };
@@ -350,7 +365,7 @@ impl<R> SharedQueue<R> {
         match (result, refused) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(f)) => Err(SmmuError::CommandFailed(f)),
-            (Ok(()), None) => Ok(done),
+            (Ok(()), None) => Ok(()),
         }
     }
 
@@ -360,22 +375,28 @@ impl<R> SharedQueue<R> {
         &self,
         hw: &H,
         q: &mut SpinLockGuard<'_, R>,
-        commands: impl Iterator<Item = Command>,
+        mut commands: impl Iterator<Item = Command>,
         how: Submission,
         others_lately: bool,
-        done: &mut Submitted,
+        counts: &mut impl Tally,
     ) -> Result<Option<u64>, SmmuError>
     where
         R: CommandRing<H>,
     {
-        let mut batch = Batch::new();
-        let mut commands = commands.peekable();
+        // One command of lookahead tells the last batch, which may carry the CMD_SYNC.
+        let mut next = commands.next();
+        let mut inline = [Command::SYNC; INLINE_BATCH];
+        let mut batch = Batch::new(&mut inline);
         loop {
             batch.clear();
-            for command in commands.by_ref().take(how.batch) {
+            while let Some(command) = next {
+                if batch.len() == how.batch {
+                    break;
+                }
                 batch.push(command);
+                next = commands.next();
             }
-            let last = commands.peek().is_none();
+            let last = next.is_none();
             let own_sync = last && how.sync && (!how.share || self.alone(others_lately));
             if own_sync {
                 batch.push(Command::SYNC);
@@ -383,7 +404,7 @@ impl<R> SharedQueue<R> {
             for chunk in batch.as_slice().chunks(q.capacity()) {
                 q.publish(hw, chunk)?;
                 q.ledger().wrote(chunk.len());
-                done.counts.add_all(chunk);
+                counts.add_all(chunk);
             }
             if last {
                 if !own_sync {
@@ -402,6 +423,9 @@ impl<R> SharedQueue<R> {
     }
 
     /// Finds or writes a CMD_SYNC after position `end` and waits for it.
+    // Inlined with `wait_for`: the guard and the result then stay in the caller's frame
+    // instead of being copied back through memory.
+    #[inline(always)]
     fn complete<'q, H: SyncHardware + ?Sized>(
         &'q self,
         hw: &H,
@@ -409,7 +433,7 @@ impl<R> SharedQueue<R> {
         end: u64,
         own_sync: Option<u64>,
         how: Submission,
-        done: &mut Submitted,
+        counts: &mut impl Tally,
     ) -> (SpinLockGuard<'q, R>, Result<(), SmmuError>)
     where
         R: CommandRing<H>,
@@ -425,10 +449,9 @@ impl<R> SharedQueue<R> {
                 match shared {
                     Some(pos) => {
                         q.count(SyncEvent::Shared);
-                        done.shared_sync = true;
                         pos
                     }
-                    None => match Self::write_sync(hw, &mut q, done) {
+                    None => match Self::write_sync(hw, &mut q, counts) {
                         Ok(pos) => pos,
                         Err(e) => return (q, Err(e)),
                     },
@@ -446,7 +469,7 @@ impl<R> SharedQueue<R> {
     fn write_sync<H: SyncHardware + ?Sized>(
         hw: &H,
         q: &mut SpinLockGuard<'_, R>,
-        done: &mut Submitted,
+        counts: &mut impl Tally,
     ) -> Result<u64, SmmuError>
     where
         R: CommandRing<H>,
@@ -458,11 +481,12 @@ impl<R> SharedQueue<R> {
         let pos = q.ledger().written();
         q.ledger().wrote(1);
         q.ledger().wrote_sync(pos);
-        done.counts.add(Command::SYNC.kind());
+        counts.add(Command::SYNC.kind());
         Ok(pos)
     }
 
     /// Polls until CONS has passed the CMD_SYNC at `sync`, it was given up on, or our deadline.
+    #[inline(always)]
     fn wait_for<'q, H: SyncHardware + ?Sized>(
         &'q self,
         hw: &H,
@@ -524,16 +548,18 @@ const INLINE_BATCH: usize = 4;
 
 /// The commands of one CMDQ_PROD write: inline when few (an allocation and its free cost
 /// about as much as the rest of a 1-page invalidation's submission), on the heap beyond.
-struct Batch {
-    inline: [Command; INLINE_BATCH],
+/// The inline room is borrowed, not owned: a `Batch` built around an array it owns was
+/// copied into place after being built, 128 bytes through `memcpy` on every submission.
+struct Batch<'a> {
+    inline: &'a mut [Command; INLINE_BATCH],
     len: usize,
     spilled: Vec<Command>,
 }
 
-impl Batch {
-    fn new() -> Self {
+impl<'a> Batch<'a> {
+    fn new(inline: &'a mut [Command; INLINE_BATCH]) -> Self {
         Self {
-            inline: [Command::SYNC; INLINE_BATCH],
+            inline,
             len: 0,
             spilled: Vec::new(),
         }
@@ -542,6 +568,14 @@ impl Batch {
     fn clear(&mut self) {
         self.len = 0;
         self.spilled.clear();
+    }
+
+    fn len(&self) -> usize {
+        if self.spilled.is_empty() {
+            self.len
+        } else {
+            self.spilled.len()
+        }
     }
 
     fn push(&mut self, command: Command) {
@@ -656,7 +690,8 @@ mod tests {
     #[test]
     fn a_batch_keeps_its_order_past_the_inline_room() {
         let tlbi = |asid| Command::TlbiNhAsid { vmid: 0, asid };
-        let mut b = Batch::new();
+        let mut inline = [Command::SYNC; INLINE_BATCH];
+        let mut b = Batch::new(&mut inline);
         for round in 0..2 {
             b.clear();
             let n = INLINE_BATCH as u16 * 2 + round;

@@ -101,6 +101,14 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
                 return Err(SmmuError::OutOfMemory);
             }
         };
+        // Resolved once: every command is then two plain atomic stores, with no reachability
+        // check per word. A queue the accessor cannot reach is refused here.
+        let Some(cmdq_words) = mem.words(cmdq, cmdq_geo.bytes(CMD_SIZE) / 8) else {
+            frames.free_contiguous(eventq, eventq_order);
+            frames.free_contiguous(cmdq, cmdq_order);
+            frames.free_contiguous(strtab, strtab_order);
+            return Err(SmmuError::Unreachable(cmdq));
+        };
         let asid_words = (1usize << features.asid_bits).div_ceil(64);
         let smmu = Smmu {
             regs,
@@ -116,6 +124,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
             eventq_order,
             cmdq: coalesce::SharedQueue::new(CommandQueue {
                 base: cmdq,
+                words: cmdq_words,
                 geo: cmdq_geo,
                 prod: 0,
                 cons: 0,
@@ -146,7 +155,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
                 asid_cursor: 1,
             }),
             planner: spin::Mutex::new(planner),
-            debug: spin::Mutex::new(DebugKnobs::default()),
+            debug: AtomicU32::new(DebugKnobs::default().to_bits()),
             share_syncs: AtomicBool::new(true),
             disabled: AtomicBool::new(false),
             cr0: spin::Mutex::new(()),

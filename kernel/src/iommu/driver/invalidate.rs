@@ -15,69 +15,115 @@ pub struct InvalidationReport {
     pub skipped: bool,
 }
 
+impl InvalidationReport {
+    fn new() -> Self {
+        Self {
+            plan: PlanKind::Nothing,
+            commands: CommandCounts::default(),
+            recovered: None,
+            skipped: false,
+        }
+    }
+}
+
 impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// Invalidates every IOTLB entry of `ctx` for `[start, end)` (exclusive end; `0..u64::MAX`
-    /// is the whole address space) and returns once the SMMU has completed it. This is what
-    /// `arch_invalidate_secondary_tlbs` calls.
+    /// is the whole address space) and returns once the SMMU has completed it.
     pub fn invalidate_range(
         &self,
         ctx: ContextId,
         start: VirtAddr,
         end: VirtAddr,
     ) -> Result<InvalidationReport, SmmuError> {
+        let mut report = InvalidationReport::new();
+        self.invalidate_reporting(ctx, start, end, Some(&mut report))?;
+        Ok(report)
+    }
+
+    /// [`Smmu::invalidate_range`] without the report, which nothing is spent on: what
+    /// `arch_invalidate_secondary_tlbs` calls on every unmap.
+    pub fn invalidate(
+        &self,
+        ctx: ContextId,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<(), SmmuError> {
+        self.invalidate_reporting(ctx, start, end, None)
+    }
+
+    /// Does [`Smmu::invalidate_range`], filling `report` in place if asked for.
+    fn invalidate_reporting(
+        &self,
+        ctx: ContextId,
+        start: VirtAddr,
+        end: VirtAddr,
+        mut report: Option<&mut InvalidationReport>,
+    ) -> Result<(), SmmuError> {
         let asid = self.context_asid(ctx)?;
         let mut plan = self.planner.lock().plan(asid, start, end)?;
-        let debug = *self.debug.lock();
+        let debug = self.debug_knobs();
         if plan.may_cover() {
             plan = self.cover_if_free(ctx, plan, debug);
         }
-        let mut report = InvalidationReport {
-            plan: plan.kind(),
-            commands: CommandCounts::default(),
-            recovered: None,
-            skipped: false,
-        };
+        if let Some(r) = report.as_deref_mut() {
+            r.plan = plan.kind();
+        }
         if debug.skip_invalidation {
             self.cmdq.lock().stats.invalidations_skipped += 1;
-            report.skipped = true;
-            return Ok(report);
+            if let Some(r) = report {
+                r.skipped = true;
+            }
+            return Ok(());
         }
         if plan.is_empty() {
             count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), None);
-            return Ok(report);
+            return Ok(());
         }
         let started = self.clock.now_ns();
-        let result = self.invalidate_with_fallback(&plan, asid, debug, &mut report);
-        // A timed-out invalidation is counted as such, not as a slow one.
-        let took = result
-            .is_ok()
-            .then(|| self.clock.now_ns().saturating_sub(started));
-        // One lock hold for the counters, after the submission (which holds the queue lock).
-        count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), took);
-        result.map(|()| report)
+        let result = self.invalidate_with_fallback(&plan, asid, debug, report);
+        // A timed-out invalidation is counted as such, not as a slow one. One lock hold for
+        // the counters, after the submission (which holds the queue lock). The error is
+        // passed on by itself: returning `result` whole would copy its bytes on success too.
+        if let Err(e) = result {
+            count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), None);
+            return Err(e);
+        }
+        let took = self.clock.now_ns().saturating_sub(started);
+        count_invalidation(&mut self.cmdq.lock().stats, plan.kind(), Some(took));
+        Ok(())
     }
 
     /// Sends `plan`; if the SMMU refused one of its commands, the whole ASID instead.
-    pub(super) fn invalidate_with_fallback(
+    fn invalidate_with_fallback(
         &self,
         plan: &crate::iommu::driver::planner::Plan,
         asid: u16,
         debug: DebugKnobs,
-        report: &mut InvalidationReport,
+        mut report: Option<&mut InvalidationReport>,
     ) -> Result<(), SmmuError> {
-        match self.submit_with(plan.commands(), !debug.skip_sync, debug) {
-            Ok(counts) => report.commands = counts,
-            Err(SmmuError::CommandFailed(f)) => {
-                // The queue ran on, but that invalidation may not have happened: redo it for
-                // the whole ASID, which cannot be malformed.
-                self.cmdq.lock().stats.invalidation_fallbacks += 1;
-                let fallback = [Command::TlbiNhAsid { vmid: VMID, asid }];
-                report.commands = plan.counts();
-                report.commands.add(Command::SYNC.kind());
-                report.commands.merge(&self.submit(&fallback, true)?);
-                report.recovered = Some(f);
-            }
+        let sync = !debug.skip_sync;
+        let sent = match report.as_deref_mut() {
+            Some(r) => self.submit_with(plan.commands(), sync, debug, &mut r.commands),
+            None => self.submit_with(plan.commands(), sync, debug, &mut ()),
+        };
+        // Ok is matched on its own: passing `sent` on whole would copy the error's bytes too.
+        let failure = match sent {
+            Ok(()) => return Ok(()),
+            Err(SmmuError::CommandFailed(f)) => f,
             Err(e) => return Err(e),
+        };
+        // The queue ran on, but that invalidation may not have happened: redo it for the
+        // whole ASID, which cannot be malformed.
+        self.cmdq.lock().stats.invalidation_fallbacks += 1;
+        let fallback = [Command::TlbiNhAsid { vmid: VMID, asid }].into_iter();
+        match report {
+            Some(r) => {
+                r.commands = plan.counts();
+                r.commands.add(Command::SYNC.kind());
+                self.submit_with(fallback, true, debug, &mut r.commands)?;
+                r.recovered = Some(failure);
+            }
+            None => self.submit_with(fallback, true, debug, &mut ())?,
         }
         Ok(())
     }
@@ -87,7 +133,6 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
     /// invalidation by ASID removes. For clean-up after a test that broke coherence on purpose.
     pub fn invalidate_all(&self) -> Result<(), SmmuError> {
         self.submit(&[Command::CfgiAll, Command::TlbiNsnhAll], true)
-            .map(|_| ())
     }
 
     /// The "release" path: the context stays valid but every access now faults without an

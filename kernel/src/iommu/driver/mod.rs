@@ -94,10 +94,12 @@ use crate::iommu::spec::regs::{
 use crate::iommu::spec::ste::{Ste, STE_SIZE, STE_WORDS};
 use crate::mm::phys::PhysMemory;
 use crate::mm::{PhysAddr, VirtAddr, PAGE_SHIFT};
-use crate::sync::atomic::{fence, AtomicBool, Ordering};
+use crate::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 
 /// Command-queue entry size (§4.1).
 const CMD_SIZE: usize = 16;
+/// 64-bit words per command-queue entry.
+const CMD_WORDS: usize = CMD_SIZE / 8;
 
 /// The event queue's default memory budget: 256 KiB, 8192 records. A faulting 4 KiB transfer
 /// of 4-byte transactions (QEMU's `edu`, the model's engine) records 1024 events, so the queue
@@ -216,8 +218,37 @@ pub struct DebugKnobs {
     pub cover_ignores_tables: bool,
 }
 
-struct CommandQueue {
+impl DebugKnobs {
+    /// One bit per knob, in declaration order: the knobs live in one atomic word, so every
+    /// submission reads them with a single load instead of a lock.
+    fn to_bits(self) -> u32 {
+        [
+            self.skip_invalidation,
+            self.skip_sync,
+            self.adopt_earlier_sync,
+            self.cover_ignores_tables,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0, |bits, (i, &on)| bits | u32::from(on) << i)
+    }
+
+    fn from_bits(bits: u32) -> Self {
+        let on = |i: usize| bits & (1 << i) != 0;
+        Self {
+            skip_invalidation: on(0),
+            skip_sync: on(1),
+            adopt_earlier_sync: on(2),
+            cover_ignores_tables: on(3),
+        }
+    }
+}
+
+struct CommandQueue<'a> {
     base: PhysAddr,
+    /// The queue's memory, [`CMD_WORDS`] words per entry (the accessor's own atomics, which
+    /// the SMMU model reads too: `core`'s even under loom).
+    words: &'a [core::sync::atomic::AtomicU64],
     geo: QueueGeometry,
     /// Our copy of CMDQ_PROD (we are the only producer).
     prod: QueuePtr,
@@ -279,13 +310,14 @@ pub struct Smmu<'a, B: SmmuBackend, C: Clock> {
     sid_log2: u8,
     cmdq_order: u32,
     eventq_order: u32,
-    cmdq: coalesce::SharedQueue<CommandQueue>,
+    cmdq: coalesce::SharedQueue<CommandQueue<'a>>,
     /// CPUs submitting at once share CMD_SYNCs (else each writes its own, as Linux).
     share_syncs: AtomicBool,
     eventq: spin::Mutex<EventQueue>,
     streams: spin::Mutex<Streams>,
     planner: spin::Mutex<PlannerConfig>,
-    debug: spin::Mutex<DebugKnobs>,
+    /// [`DebugKnobs`] as bits (`DebugKnobs::to_bits`).
+    debug: AtomicU32,
     /// Set by [`Smmu::abort_all_traffic`].
     disabled: AtomicBool,
     /// Serializes SMMU_CR0 changes made after probe (a resize turning the event queue off and
@@ -336,7 +368,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
 
     /// Debug-only: sets knobs that deliberately break invalidation.
     pub fn set_debug_knobs(&self, knobs: DebugKnobs) {
-        *self.debug.lock() = knobs;
+        self.debug.store(knobs.to_bits(), Ordering::Release);
     }
 
     /// Whether CPUs submitting at once share CMD_SYNCs (on by default; off is Linux's way,
@@ -347,7 +379,7 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
 
     /// The debug knobs in force.
     pub fn debug_knobs(&self) -> DebugKnobs {
-        *self.debug.lock()
+        DebugKnobs::from_bits(self.debug.load(Ordering::Acquire))
     }
 
     /// The last resort when the SMMU stops completing commands: translation off with

@@ -443,7 +443,7 @@ impl Plan {
     }
 
     /// The commands, without the final CMD_SYNC.
-    pub fn commands(&self) -> PlanCommands {
+    pub fn commands(&self) -> PlanCommands<'_> {
         let state = match self.shape {
             Shape::Nothing => State::Done,
             Shape::Asid(_) => State::Asid,
@@ -453,7 +453,7 @@ impl Plan {
                 pages: encoded_pages(self.pages()),
             },
         };
-        PlanCommands { plan: *self, state }
+        PlanCommands { plan: self, state }
     }
 
     /// Number of commands (without the CMD_SYNC) by kind.
@@ -491,12 +491,12 @@ enum State {
 
 /// Iterator over a plan's commands.
 #[derive(Debug, Clone)]
-pub struct PlanCommands {
-    plan: Plan,
+pub struct PlanCommands<'p> {
+    plan: &'p Plan,
     state: State,
 }
 
-impl PlanCommands {
+impl PlanCommands<'_> {
     fn va(&self, addr: u64, range: Option<TlbiRange>) -> Command {
         Command::TlbiNhVa(TlbiVa {
             vmid: VMID,
@@ -508,7 +508,7 @@ impl PlanCommands {
     }
 }
 
-impl Iterator for PlanCommands {
+impl Iterator for PlanCommands<'_> {
     type Item = Command;
 
     fn next(&mut self) -> Option<Command> {
