@@ -44,6 +44,7 @@ pub mod iommu;
 pub mod ktest;
 pub mod mm;
 pub mod sync;
+pub mod time;
 pub mod trace;
 pub mod workload;
 

@@ -21,7 +21,7 @@ const MACROS: &[(&str, &str)] = &[
 
 /// The product, bottom to top: none of these may import the test side or the root.
 const PRODUCT: &[&str] = &[
-    "sync", "trace", "board", "mm", "arch", "drivers", "console", "rt", "iommu", "ktest",
+    "sync", "time", "trace", "board", "mm", "arch", "drivers", "console", "rt", "iommu", "ktest",
 ];
 /// The test side (rigs, workloads, benchmarks, suites) and the composition root.
 const ABOVE_PRODUCT: &[&str] = &["rig", "workload", "bench", "suites", "kmain"];

@@ -7,8 +7,8 @@
 mod support;
 
 use shootdown::iommu::backend::SmmuBackend;
-use shootdown::iommu::spec::command::{opcode, CommandKind};
-use shootdown::iommu::driver::{ContextParams, Smmu, SmmuConfig, SmmuError};
+use shootdown::iommu::spec::command::{opcode, CommandCounts, CommandKind};
+use shootdown::iommu::driver::{ContextParams, DebugKnobs, Smmu, SmmuConfig, SmmuError};
 use shootdown::iommu::spec::event::{AccessKind, EventKind};
 use shootdown::iommu::backend::model::{FaultKind, Knobs, ModelConfig, SmmuModel};
 use shootdown::iommu::driver::planner::{PlanError, PlanKind, Strategy};
@@ -319,6 +319,80 @@ fn a_full_command_queue_is_an_error_not_a_hang() {
         assert_eq!(report.commands.get(CommandKind::TlbiNhVa), 64);
         // 64 per-page commands through a 16-entry queue: batches of 16.
         assert!(w.smmu.stats().prod_writes >= 5);
+    });
+}
+
+/// The commands the model consumed since it had consumed `before`.
+fn consumed_since(w: &World<'_>, before: CommandCounts) -> CommandCounts {
+    let now = w.model.stats().commands;
+    let mut delta = CommandCounts::default();
+    for kind in CommandKind::ALL {
+        (before.get(kind)..now.get(kind)).for_each(|_| delta.add(kind));
+    }
+    delta
+}
+
+#[test]
+fn a_report_counts_what_the_smmu_consumed_and_the_unmap_path_sends_the_same() {
+    with_default_world(|w| {
+        w.map_pages(VA, 80, LeafAttrs::RW, 0x33);
+        for strategy in [Strategy::PerPage, Strategy::Range, Strategy::Asid, Strategy::Auto] {
+            w.smmu.set_strategy(strategy).unwrap();
+            for pages in [1, 2, 5, 17, 70] {
+                let what = format!("{strategy:?}, {pages} pages");
+                let before = w.model.stats().commands;
+                let report = w.invalidate(VA, pages);
+                let consumed = consumed_since(w, before);
+                assert_eq!(report.commands, consumed, "{what}");
+                assert_eq!(consumed.get(CommandKind::Sync), 1, "{what}: one CMD_SYNC, its own");
+                let before = w.model.stats().commands;
+                let (start, end) = (VirtAddr(VA), VirtAddr(VA + pages * PAGE));
+                w.smmu.invalidate(w.ctx, start, end).unwrap();
+                assert_eq!(consumed_since(w, before), consumed, "{what}: without a report");
+            }
+        }
+        // The fallback after a refused command counts the plan, its CMD_SYNC, the ASID-wide
+        // TLBI and its CMD_SYNC: what was published.
+        w.smmu.set_strategy(Strategy::PerPage).unwrap();
+        w.model.set_knobs(Knobs {
+            fail_command: Some((Some(opcode::TLBI_NH_VA), CommandErrorCode::Illegal)),
+            ..Knobs::default()
+        });
+        let report = w.invalidate(VA, 3);
+        assert!(report.recovered.is_some());
+        let mut published = CommandCounts::default();
+        [CommandKind::TlbiNhVa; 3].into_iter().for_each(|k| published.add(k));
+        published.add(CommandKind::Sync);
+        published.add(CommandKind::TlbiNhAsid);
+        published.add(CommandKind::Sync);
+        assert_eq!(report.commands, published);
+        w.model.set_knobs(Knobs::default());
+    });
+}
+
+#[test]
+fn every_debug_knob_round_trips_and_all_start_off() {
+    with_default_world(|w| {
+        let off = DebugKnobs {
+            skip_invalidation: false,
+            skip_sync: false,
+            adopt_earlier_sync: false,
+            cover_ignores_tables: false,
+        };
+        assert_eq!(w.smmu.debug_knobs(), off);
+        assert_eq!(DebugKnobs::default(), off);
+        for bits in 0..16u32 {
+            let knobs = DebugKnobs {
+                skip_invalidation: bits & 1 != 0,
+                skip_sync: bits & 2 != 0,
+                adopt_earlier_sync: bits & 4 != 0,
+                cover_ignores_tables: bits & 8 != 0,
+            };
+            w.smmu.set_debug_knobs(knobs);
+            assert_eq!(w.smmu.debug_knobs(), knobs);
+        }
+        w.smmu.set_debug_knobs(off);
+        assert_eq!(w.smmu.debug_knobs(), off);
     });
 }
 

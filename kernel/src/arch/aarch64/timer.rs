@@ -2,6 +2,8 @@
 
 use aarch64_cpu::registers::{ReadWriteable, Readable, CNTFRQ_EL0, CNTKCTL_EL1, CNTPCT_EL0};
 
+use core::num::NonZeroU32;
+
 use super::cpu::{isb, wfe};
 
 /// The counter bit whose 0-to-1 flips make the event stream's events: one every 2^20 ticks,
@@ -10,7 +12,12 @@ const EVENT_STREAM_BIT: u64 = 19;
 
 /// Counter ticks per second (set by firmware or QEMU; never 0 on our boards).
 pub fn frequency() -> u64 {
-    CNTFRQ_EL0.get().max(1)
+    u64::from(frequency_hz().get())
+}
+
+/// CNTFRQ_EL0.ClockFreq: its low 32 bits (the rest is RES0), 1 if firmware left it 0.
+fn frequency_hz() -> NonZeroU32 {
+    NonZeroU32::new(CNTFRQ_EL0.get() as u32).unwrap_or(NonZeroU32::MIN)
 }
 
 /// The current counter value.
@@ -22,12 +29,8 @@ pub fn ticks() -> u64 {
 
 /// Nanoseconds since the counter started (boot, in practice).
 pub fn now_ns() -> u64 {
-    const NS_PER_S: u64 = 1_000_000_000;
-    // Whole seconds, then the rest: exactly `ticks * 10^9 / f` without a 128-bit division
-    // (a library call; the SMMU driver reads the clock twice per invalidation). CNTFRQ_EL0
-    // holds 32 bits, so `rest * 10^9 < 2^62`.
-    let (f, t) = (frequency(), ticks());
-    (t / f) * NS_PER_S + (t % f) * NS_PER_S / f
+    // Without a 128-bit division: the SMMU driver reads the clock twice per invalidation.
+    crate::time::ticks_to_ns(ticks(), frequency_hz())
 }
 
 /// A point in time after which something gives up.

@@ -703,6 +703,218 @@ mod tests {
         }
     }
 
+    /// A queue that consumes whatever is published at once and records every PROD write.
+    struct Recorder {
+        capacity: usize,
+        ledger: SyncLedger,
+        writes: Vec<Vec<Command>>,
+        /// `publish` refuses a write holding this command (as an encode error does).
+        bad: Option<Command>,
+    }
+
+    impl Recorder {
+        fn new(capacity: usize) -> Self {
+            Self {
+                capacity,
+                ledger: SyncLedger::new(),
+                writes: Vec::new(),
+                bad: None,
+            }
+        }
+
+        fn published(&self) -> Vec<Command> {
+            self.writes.concat()
+        }
+    }
+
+    /// Every read of the clock is 1 ns later: a CMD_SYNC never consumed times out.
+    struct Instant;
+
+    impl SyncHardware for Instant {
+        fn now_ns(&self) -> u64 {
+            static NOW: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+            NOW.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+        }
+        fn sync_timeout_ns(&self) -> u64 {
+            1 << 20
+        }
+        fn disabled(&self) -> bool {
+            false
+        }
+    }
+
+    impl CommandRing<Instant> for Recorder {
+        fn ledger(&mut self) -> &mut SyncLedger {
+            &mut self.ledger
+        }
+        fn capacity(&self) -> usize {
+            self.capacity
+        }
+        fn publish(&mut self, _: &Instant, commands: &[Command]) -> Result<(), SmmuError> {
+            assert!(!commands.is_empty(), "a PROD write with nothing in it");
+            assert!(commands.len() <= self.capacity, "{} > {}", commands.len(), self.capacity);
+            if self.bad.is_some_and(|bad| commands.contains(&bad)) {
+                return Err(SmmuError::BadConfig("does not encode"));
+            }
+            self.writes.push(commands.to_vec());
+            Ok(())
+        }
+        fn poll(&mut self, _: &Instant) -> Result<(), SmmuError> {
+            self.ledger.consumed = self.ledger.written;
+            Ok(())
+        }
+        fn pointers(&self) -> (QueuePtr, QueuePtr) {
+            (0, 0)
+        }
+        fn count(&mut self, _: SyncEvent) {}
+    }
+
+    fn tlbi(asid: u16) -> Command {
+        Command::TlbiNhAsid { vmid: 0, asid }
+    }
+
+    fn tally(commands: &[Command]) -> CommandCounts {
+        let mut counts = CommandCounts::default();
+        counts.add_all(commands);
+        counts
+    }
+
+    /// The PROD writes a submission of `n` commands should make: batches of `batch` (one,
+    /// empty, for no commands), the last with its CMD_SYNC if `own_sync`, each cut to the
+    /// queue's capacity; a CMD_SYNC written after the others' turn comes alone.
+    fn expected_writes(
+        n: u16,
+        batch: usize,
+        capacity: usize,
+        sync: bool,
+        alone: bool,
+    ) -> Vec<Vec<Command>> {
+        let plan: Vec<Command> = (0..n).map(tlbi).collect();
+        let mut batches: Vec<Vec<Command>> = plan.chunks(batch).map(<[_]>::to_vec).collect();
+        if batches.is_empty() {
+            batches.push(Vec::new());
+        }
+        if sync && alone {
+            batches.last_mut().unwrap().push(Command::SYNC);
+        }
+        let mut writes: Vec<Vec<Command>> = batches
+            .iter()
+            .flat_map(|b| b.chunks(capacity).map(<[_]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        if sync && !alone {
+            writes.push(vec![Command::SYNC]);
+        }
+        writes
+    }
+
+    #[test]
+    fn batches_cut_where_they_should_and_the_ledger_and_counts_stay_exact() {
+        for capacity in 1..=5 {
+            for batch in 1..=6 {
+                for n in 0..=(3 * batch as u16 + 2) {
+                    for (sync, alone) in [(true, true), (true, false), (false, true)] {
+                        let queue = SharedQueue::new(Recorder::new(capacity));
+                        // Another CPU inside `submit`: the CMD_SYNC comes after its turn.
+                        let _other = (!alone).then(|| Inside::enter(&queue.inside));
+                        let how = Submission {
+                            sync,
+                            batch,
+                            share: true,
+                            adopt_earlier_sync: false,
+                        };
+                        let mut counts = CommandCounts::default();
+                        let what = format!(
+                            "{n} commands, batch {batch}, capacity {capacity}, \
+                             sync {sync}, alone {alone}"
+                        );
+                        queue
+                            .submit(&Instant, (0..n).map(tlbi), how, &mut counts)
+                            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                        let q = queue.lock();
+                        let expected = expected_writes(n, batch, capacity, sync, alone);
+                        assert_eq!(q.writes, expected, "{what}");
+                        let published = q.published();
+                        assert_eq!(q.ledger.written(), published.len() as u64, "{what}");
+                        assert_eq!(counts, tally(&published), "{what}");
+                        let sync_at = published.iter().rposition(|c| *c == Command::SYNC);
+                        assert_eq!(q.ledger.newest_sync, sync_at.map(|p| p as u64), "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_that_does_not_publish_leaves_ledger_and_counts_at_what_was_published() {
+        for batch in 1..=5 {
+            for bad in 0..7u16 {
+                let capacity = 4;
+                let mut ring = Recorder::new(capacity);
+                ring.bad = Some(tlbi(bad));
+                let queue = SharedQueue::new(ring);
+                let how = Submission {
+                    sync: true,
+                    batch,
+                    share: true,
+                    adopt_earlier_sync: false,
+                };
+                let mut counts = CommandCounts::default();
+                let r = queue.submit(&Instant, (0..7).map(tlbi), how, &mut counts);
+                assert!(r.is_err(), "batch {batch}, bad {bad}");
+                let q = queue.lock();
+                let published = q.published();
+                // The writes before the bad command's: whole batches, then whole chunks of its
+                // batch; nothing of its own write.
+                let bad = usize::from(bad);
+                let before = bad / batch * batch + bad % batch / capacity * capacity;
+                let what = format!("batch {batch}, bad {bad}");
+                assert_eq!(published, (0..before as u16).map(tlbi).collect::<Vec<_>>(), "{what}");
+                assert_eq!(q.ledger.written(), before as u64, "{what}");
+                assert_eq!(counts, tally(&published), "{what}");
+                assert_eq!(q.ledger.newest_sync, None, "{what}");
+                assert_eq!(q.ledger.open, 0, "the submission closed its ledger entry");
+            }
+        }
+    }
+
+    #[test]
+    fn callers_count_their_own_commands_and_only_the_syncs_they_wrote() {
+        const CPUS: u16 = 4;
+        const ROUNDS: u16 = 300;
+        let queue = SharedQueue::new(Recorder::new(8));
+        let how = Submission {
+            sync: true,
+            batch: 2,
+            share: true,
+            adopt_earlier_sync: false,
+        };
+        let per_cpu: Vec<CommandCounts> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..CPUS)
+                .map(|cpu| {
+                    let queue = &queue;
+                    s.spawn(move || {
+                        let mut counts = CommandCounts::default();
+                        for round in 0..ROUNDS {
+                            let n = round % 4;
+                            let cmds = (0..n).map(|i| tlbi(cpu * 1000 + i));
+                            queue.submit(&Instant, cmds, how, &mut counts).unwrap();
+                        }
+                        counts
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let published = queue.lock().published();
+        let mut sum = CommandCounts::default();
+        for (cpu, counts) in per_cpu.iter().enumerate() {
+            let tlbis = counts.get(CommandKind::TlbiNhAsid);
+            assert_eq!(tlbis, (0..ROUNDS).map(|r| u64::from(r % 4)).sum::<u64>(), "CPU {cpu}");
+            sum.merge(counts);
+        }
+        assert_eq!(sum, tally(&published), "every published command counted once, by its writer");
+    }
+
     #[test]
     fn a_reset_fails_everything_outstanding() {
         let mut l = SyncLedger::new();
