@@ -118,8 +118,8 @@ impl<'a, B: SmmuBackend, C: Clock> Smmu<'a, B, C> {
         let fallback = [Command::TlbiNhAsid { vmid: VMID, asid }].into_iter();
         match report {
             Some(r) => {
-                r.commands = plan.counts();
-                r.commands.add(Command::SYNC.kind());
+                // `r.commands` already holds what the refused submission published (its own
+                // CMD_SYNC only if it wrote one): the fallback adds to it.
                 self.submit_with(fallback, true, debug, &mut r.commands)?;
                 r.recovered = Some(failure);
             }
