@@ -28,17 +28,46 @@ const FRAMES: usize = 192;
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Map { start: u64, len: u64, pa: u64, attrs: Attributes },
-    Unmap { start: u64, len: u64, holes: Holes },
+    Map {
+        start: u64,
+        len: u64,
+        pa: u64,
+        attrs: Attributes,
+    },
+    Unmap {
+        start: u64,
+        len: u64,
+        holes: Holes,
+    },
     /// Unmap claiming the widest vacancy the current mappings allow.
-    UnmapVacant { start: u64, len: u64, holes: Holes },
-    Protect { start: u64, len: u64, perms: Permissions, holes: Holes },
-    ClearYoung { start: u64, len: u64 },
-    SetYoung { at: u64 },
+    UnmapVacant {
+        start: u64,
+        len: u64,
+        holes: Holes,
+    },
+    Protect {
+        start: u64,
+        len: u64,
+        perms: Permissions,
+        holes: Holes,
+    },
+    ClearYoung {
+        start: u64,
+        len: u64,
+    },
+    SetYoung {
+        at: u64,
+    },
     /// Writes `bits` into the level-3 entry of `at`, if a level-3 table holds it.
-    CorruptPage { at: u64, bits: u64 },
+    CorruptPage {
+        at: u64,
+        bits: u64,
+    },
     /// Points the table descriptor at `level` (1 or 2) for `at` outside the arena.
-    UnreachableTable { at: u64, level: u8 },
+    UnreachableTable {
+        at: u64,
+        level: u8,
+    },
 }
 
 /// Offsets (from the window base) where a 2 MiB window of interest starts: the first, one
@@ -71,7 +100,10 @@ fn attrs() -> impl Strategy<Value = Attributes> {
     (perms(), memory).prop_map(|(perms, memory)| Attributes {
         memory,
         perms: if memory == MemoryType::Device {
-            Permissions { exec: false, ..perms }
+            Permissions {
+                exec: false,
+                ..perms
+            }
         } else {
             perms
         },
@@ -173,9 +205,12 @@ fn apply(
     op: Op,
 ) -> Result<Option<ChangeView>, PageTableError> {
     let change = match op {
-        Op::Map { start, len, pa, attrs } => {
-            table.map(va(base + start), PhysAddr(pa), len as usize, attrs)?
-        }
+        Op::Map {
+            start,
+            len,
+            pa,
+            attrs,
+        } => table.map(va(base + start), PhysAddr(pa), len as usize, attrs)?,
         Op::Unmap { start, len, holes } => {
             table.unmap(va(base + start), len as usize, holes, checker)?
         }
@@ -188,20 +223,29 @@ fn apply(
             };
             table.unmap_in_vacancy(va(s), len as usize, holes, vacant, checker)?
         }
-        Op::Protect { start, len, perms, holes } => {
-            table.protect(va(base + start), len as usize, perms, holes, checker)?
+        Op::Protect {
+            start,
+            len,
+            perms,
+            holes,
+        } => table.protect(va(base + start), len as usize, perms, holes, checker)?,
+        Op::ClearYoung { start, len } => {
+            table.clear_young(va(base + start), len as usize, checker)?
         }
-        Op::ClearYoung { start, len } => table.clear_young(va(base + start), len as usize, checker)?,
         Op::SetYoung { at } => table.set_young(va(base + at))?,
         Op::CorruptPage { at, bits } => {
-            if let Some(word) = entry_at(mem, table.root(), base + at, Level::L3).and_then(|e| mem.word(e)) {
+            if let Some(word) =
+                entry_at(mem, table.root(), base + at, Level::L3).and_then(|e| mem.word(e))
+            {
                 word.store(bits, core::sync::atomic::Ordering::Relaxed);
             }
             return Ok(None);
         }
         Op::UnreachableTable { at, level } => {
             let level = if level == 1 { Level::L1 } else { Level::L2 };
-            if let Some(word) = entry_at(mem, table.root(), base + at, level).and_then(|e| mem.word(e)) {
+            if let Some(word) =
+                entry_at(mem, table.root(), base + at, level).and_then(|e| mem.word(e))
+            {
                 let bits = word.load(core::sync::atomic::Ordering::Relaxed);
                 if let DescriptorKind::Table(_) = Descriptor::from_bits(bits).kind(level) {
                     let outside = Descriptor::table(PhysAddr(0x10_0000_0000)).bits();
@@ -234,7 +278,13 @@ fn arena(mem: &TestMemory) -> Vec<(bool, Vec<u64>)> {
         .collect()
 }
 
-fn run(top: bool, tail_pages: u64, blocks: Blocks, knobs: Knobs, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(
+    top: bool,
+    tail_pages: u64,
+    blocks: Blocks,
+    knobs: Knobs,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let base = if top { TOP - WINDOW } else { 0 };
     let config = Config {
         va_start: VirtAddr(base),
@@ -256,7 +306,12 @@ fn run(top: bool, tail_pages: u64, blocks: Blocks, knobs: Knobs, ops: &[Op]) -> 
         let got_fast = apply(&mut fast, &mem_fast, &mut check_fast, base, op);
         let got_general = apply(&mut general, &mem_general, &mut check_general, base, op);
         prop_assert_eq!(&got_fast, &got_general, "step {}: {:?}", step, op);
-        prop_assert_eq!(check_fast.seen.len(), check_general.seen.len(), "step {}: invalidations", step);
+        prop_assert_eq!(
+            check_fast.seen.len(),
+            check_general.seen.len(),
+            "step {}: invalidations",
+            step
+        );
         for (f, g) in check_fast.seen.iter().zip(&check_general.seen) {
             prop_assert_eq!(
                 (f.inv, f.start_mapped, &f.already_freed),
@@ -267,7 +322,12 @@ fn run(top: bool, tail_pages: u64, blocks: Blocks, knobs: Knobs, ops: &[Op]) -> 
             );
         }
         prop_assert_eq!(check_fast.publishes, check_general.publishes);
-        prop_assert!(arena(&mem_fast) == arena(&mem_general), "step {}: memory differs after {:?}", step, op);
+        prop_assert!(
+            arena(&mem_fast) == arena(&mem_general),
+            "step {}: memory differs after {:?}",
+            step,
+            op
+        );
         prop_assert_eq!(mem_fast.bad_frees(), mem_general.bad_frees());
     }
     Ok(())
