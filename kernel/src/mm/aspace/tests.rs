@@ -716,3 +716,40 @@ proptest::proptest! {
         proptest::prop_assert_eq!(unmap_site(&regions, start, end, vacancy), expected);
     }
 }
+
+proptest::proptest! {
+    /// As `unmap_site_matches_separate_lookups`, with the layout against the top of the user
+    /// range: regions and ranges ending at `USER_END`, the ceiling with no region above.
+    #[test]
+    fn unmap_site_matches_separate_lookups_at_the_top(
+        layout in proptest::collection::vec((0u64..4, 1u64..4, proptest::bool::ANY), 0..8),
+        first in 0u64..48,
+        pages in 1u64..12,
+        kept in proptest::bool::ANY,
+    ) {
+        let page = |n: u64| (USER_END - 48 * PAGE + n * PAGE).min(USER_END);
+        let mut regions = BTreeMap::new();
+        let mut at = 0;
+        for (gap, len, anonymous) in layout {
+            let backing = if anonymous {
+                Backing::Anonymous
+            } else {
+                Backing::Physical(PhysAddr(0x8000_0000), MemoryType::Normal)
+            };
+            let (start, end) = (page(at + gap), page(at + gap + len));
+            if start < end {
+                let perms = Permissions { read: true, write: true, exec: false, user: true };
+                regions.insert(start, Region { start: VirtAddr(start), end: VirtAddr(end), perms, backing });
+            }
+            at += gap + len;
+        }
+        let (start, end) = (page(first), page(first + pages));
+        proptest::prop_assume!(start < end);
+        let vacancy = if kept { Vacancy::RegionsKept } else { Vacancy::RegionsRemoved };
+        let expected = check_covered(&regions, start, end).map(|()| UnmapSite {
+            vacant: if kept { VaRange::between(start, end) } else { vacancy_by_lookups(&regions, start, end) },
+            anonymous: overlapping(&regions, start, end).any(|r| r.backing == Backing::Anonymous),
+        });
+        proptest::prop_assert_eq!(unmap_site(&regions, start, end, vacancy), expected);
+    }
+}

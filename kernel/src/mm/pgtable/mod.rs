@@ -72,6 +72,8 @@ pub mod tlb;
 pub mod walk;
 
 #[cfg(test)]
+mod leaf_path_proptests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;

@@ -223,6 +223,9 @@ pub(crate) struct Knobs {
     pub keep_empty_tables: bool,
     /// Allocate tables while committing instead of reserving them first.
     pub no_reservation: bool,
+    /// Send every edit down the general path (dry run over all levels, then commit), never
+    /// the leaf-table shortcut: the reference the shortcut is compared with.
+    pub general_path_only: bool,
 }
 
 /// A table while an operation walks it: a real one, or the one a block split will create.
@@ -949,9 +952,14 @@ impl<M: PhysMemory, F: FrameAllocator> PageTable<M, F> {
         inv: &mut dyn Invalidate,
     ) -> Result<Change, PageTableError> {
         let (start, end) = (range.start().as_u64(), range.end().as_u64());
-        let p = self.leaf_table_path(start, end)?;
-        if let Some(path) = p {
-            return self.modify_in_leaf_table(path, start, end, edit, holes, vacant, inv);
+        #[cfg(test)]
+        let shortcut = !self.knobs.general_path_only;
+        #[cfg(not(test))]
+        let shortcut = true;
+        if shortcut {
+            if let Some(path) = self.leaf_table_path(start, end)? {
+                return self.modify_in_leaf_table(path, start, end, edit, holes, vacant, inv);
+            }
         }
         let mut pass = Pass::dry_run(holes, vacant);
         self.modify_level(
