@@ -682,6 +682,48 @@ fn vacancy_by_lookups(regions: &BTreeMap<u64, Region>, start: u64, end: u64) -> 
     VaRange::between(floor, ceiling)
 }
 
+/// Regions laid out as (gap, length, anonymous) runs of pages, `page(n)` placing page `n`;
+/// runs that `page` squeezes to nothing are left out.
+fn regions_from_layout(
+    layout: Vec<(u64, u64, bool)>,
+    page: impl Fn(u64) -> u64,
+) -> BTreeMap<u64, Region> {
+    let mut regions = BTreeMap::new();
+    let mut at = 0;
+    for (gap, len, anonymous) in layout {
+        let backing = if anonymous {
+            Backing::Anonymous
+        } else {
+            Backing::Physical(PhysAddr(0x8000_0000), MemoryType::Normal)
+        };
+        let (start, end) = (page(at + gap), page(at + gap + len));
+        if start < end {
+            let perms = Permissions { read: true, write: true, exec: false, user: true };
+            let region = Region { start: VirtAddr(start), end: VirtAddr(end), perms, backing };
+            regions.insert(start, region);
+        }
+        at += gap + len;
+    }
+    regions
+}
+
+/// `unmap_site` of `[start, end)` against `check_covered`, [`vacancy_by_lookups`] and a scan
+/// for anonymous regions.
+fn check_unmap_site(
+    regions: &BTreeMap<u64, Region>,
+    start: u64,
+    end: u64,
+    kept: bool,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let vacancy = if kept { Vacancy::RegionsKept } else { Vacancy::RegionsRemoved };
+    let expected = check_covered(regions, start, end).map(|()| UnmapSite {
+        vacant: if kept { VaRange::between(start, end) } else { vacancy_by_lookups(regions, start, end) },
+        anonymous: overlapping(regions, start, end).any(|r| r.backing == Backing::Anonymous),
+    });
+    proptest::prop_assert_eq!(unmap_site(regions, start, end, vacancy), expected);
+    Ok(())
+}
+
 proptest::proptest! {
     /// `unmap_site` agrees with `check_covered`, a vacancy found by separate lookups and a
     /// scan for anonymous regions, over random region layouts and ranges (holes, ranges
@@ -694,30 +736,10 @@ proptest::proptest! {
         kept in proptest::bool::ANY,
     ) {
         let page = |n: u64| USER_START + n * PAGE;
-        let mut regions = BTreeMap::new();
-        let mut at = 0;
-        for (gap, len, anonymous) in layout {
-            let backing = if anonymous {
-                Backing::Anonymous
-            } else {
-                Backing::Physical(PhysAddr(0x8000_0000), MemoryType::Normal)
-            };
-            let (start, end) = (page(at + gap), page(at + gap + len));
-            let perms = Permissions { read: true, write: true, exec: false, user: true };
-            regions.insert(start, Region { start: VirtAddr(start), end: VirtAddr(end), perms, backing });
-            at += gap + len;
-        }
-        let (start, end) = (page(first), page(first + pages));
-        let vacancy = if kept { Vacancy::RegionsKept } else { Vacancy::RegionsRemoved };
-        let expected = check_covered(&regions, start, end).map(|()| UnmapSite {
-            vacant: if kept { VaRange::between(start, end) } else { vacancy_by_lookups(&regions, start, end) },
-            anonymous: overlapping(&regions, start, end).any(|r| r.backing == Backing::Anonymous),
-        });
-        proptest::prop_assert_eq!(unmap_site(&regions, start, end, vacancy), expected);
+        let regions = regions_from_layout(layout, page);
+        check_unmap_site(&regions, page(first), page(first + pages), kept)?;
     }
-}
 
-proptest::proptest! {
     /// As `unmap_site_matches_separate_lookups`, with the layout against the top of the user
     /// range: regions and ranges ending at `USER_END`, the ceiling with no region above.
     #[test]
@@ -728,28 +750,9 @@ proptest::proptest! {
         kept in proptest::bool::ANY,
     ) {
         let page = |n: u64| (USER_END - 48 * PAGE + n * PAGE).min(USER_END);
-        let mut regions = BTreeMap::new();
-        let mut at = 0;
-        for (gap, len, anonymous) in layout {
-            let backing = if anonymous {
-                Backing::Anonymous
-            } else {
-                Backing::Physical(PhysAddr(0x8000_0000), MemoryType::Normal)
-            };
-            let (start, end) = (page(at + gap), page(at + gap + len));
-            if start < end {
-                let perms = Permissions { read: true, write: true, exec: false, user: true };
-                regions.insert(start, Region { start: VirtAddr(start), end: VirtAddr(end), perms, backing });
-            }
-            at += gap + len;
-        }
+        let regions = regions_from_layout(layout, page);
         let (start, end) = (page(first), page(first + pages));
         proptest::prop_assume!(start < end);
-        let vacancy = if kept { Vacancy::RegionsKept } else { Vacancy::RegionsRemoved };
-        let expected = check_covered(&regions, start, end).map(|()| UnmapSite {
-            vacant: if kept { VaRange::between(start, end) } else { vacancy_by_lookups(&regions, start, end) },
-            anonymous: overlapping(&regions, start, end).any(|r| r.backing == Backing::Anonymous),
-        });
-        proptest::prop_assert_eq!(unmap_site(&regions, start, end, vacancy), expected);
+        check_unmap_site(&regions, start, end, kept)?;
     }
 }
